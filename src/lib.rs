@@ -1,0 +1,11 @@
+//! wisp-agent: a small telemetry agent for developer VMs.
+//!
+//! It discovers the host's telemetry stack, tails log files, labels each line with
+//! its level, and ships logs to Loki and OTLP to the host's collector through a
+//! durable buffer, so nothing is lost while the host is away. `src/main.rs` is a
+//! thin shell over this library; `docs/ARCHITECTURE.md` describes the pipeline.
+
+pub mod config;
+pub mod parse;
+pub mod record;
+pub mod source;

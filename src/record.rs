@@ -1,0 +1,237 @@
+//! The data that flows through the pipeline.
+//!
+//! Sources produce [`SourceBatch`]es of raw lines; the transform stage parses them
+//! into [`LogRecord`]s and hands [`Batch`]es to the sinks. Each batch carries an
+//! [`Ack`]: the downstream stage that makes the batch durable (the spool, or the
+//! console sink in `--dry-run`) calls it, and only then does the source advance its
+//! checkpoint. A batch dropped without its ack being called is simply read again
+//! after a restart: at least once at the agent.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::LogFormat;
+
+/// Nanoseconds since the Unix epoch, as Loki and OTLP count time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    pub fn from_system_time(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            Err(e) => Timestamp(-i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    pub fn as_nanos(self) -> i64 {
+        self.0
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.0 as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_nanos(self.0.unsigned_abs())
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with nanoseconds: `2026-11-21T10:00:00.123456789Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_nanos(self.to_system_time()))
+    }
+}
+
+/// A stream's label set: sorted by name, names unique. Cheap to clone (shared), so
+/// the transform stage can cache one per (source, level) and reuse it per line.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Labels(Arc<[(String, String)]>);
+
+impl Labels {
+    /// Builds a label set; a later pair with the same name replaces an earlier one.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut map = std::collections::BTreeMap::new();
+        for (k, v) in pairs {
+            map.insert(k.into(), v.into());
+        }
+        Labels(map.into_iter().collect::<Vec<_>>().into())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Loki's stream selector form: `{host="vm1", job="api"}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (k, v)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{k}=")?;
+            // Label values are quoted as Go's strconv.Quote would, which is what
+            // Loki parses; JSON string escaping is a compatible subset.
+            write!(f, "{}", serde_json::Value::String(v.to_string()))?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One log entry as it will be shipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Stamped once, when the line is parsed: from the line, else the read time.
+    /// A replay after a crash carries the same value, so Loki stores it once.
+    pub timestamp: Timestamp,
+    pub labels: Labels,
+    /// Non-label pairs (trace and span ids): Loki's structured metadata.
+    pub structured_metadata: Vec<(String, String)>,
+    /// The line as written, minus the trailing newline and terminal sequences.
+    pub line: String,
+}
+
+/// Called once a batch is durable downstream; lets the source advance its checkpoint.
+#[must_use = "a batch's ack must be called once the batch is durable, or dropped to re-read it"]
+pub struct Ack(Option<Box<dyn FnOnce() + Send + 'static>>);
+
+impl Ack {
+    /// An ack that does nothing (sources without checkpoints: exec, tests).
+    pub fn none() -> Self {
+        Ack(None)
+    }
+
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Ack(Some(Box::new(f)))
+    }
+
+    /// Joins two acks: calling the result calls both, `self` first.
+    pub fn and(mut self, mut other: Ack) -> Self {
+        match (self.0.take(), other.0.take()) {
+            (None, None) => Ack(None),
+            (Some(a), None) | (None, Some(a)) => Ack(Some(a)),
+            (Some(a), Some(b)) => Ack::new(move || {
+                a();
+                b();
+            }),
+        }
+    }
+
+    pub fn done(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Ack(pending)" } else { "Ack(none)" })
+    }
+}
+
+/// Where a source's lines come from, and how to parse and label them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The `job` label: the `[[files]]` entry's `name`, or `exec` / `--name`.
+    pub job: String,
+    /// The `filename` label, for files.
+    pub filename: Option<String>,
+    /// Static labels of the source (`[[files]].labels`, `exec --label`).
+    pub labels: Vec<(String, String)>,
+    pub format: LogFormat,
+    /// JSON fields promoted to labels (`label_fields`).
+    pub label_fields: Vec<String>,
+}
+
+/// One raw record as a source read it: a line, or lines joined by multi-line rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLine {
+    /// Without its trailing newline; terminal sequences already removed.
+    pub text: String,
+    /// When the source read it: the timestamp when the line carries none.
+    pub read_time: Timestamp,
+}
+
+/// Lines from one source, in the order they were read.
+#[derive(Debug)]
+pub struct SourceBatch {
+    pub source: Arc<SourceInfo>,
+    pub lines: Vec<SourceLine>,
+    pub ack: Ack,
+}
+
+/// Parsed records on their way to a sink.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<LogRecord>,
+    pub ack: Ack,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sorted_and_unique() {
+        let l = Labels::from_pairs([("job", "a"), ("host", "vm"), ("job", "b")]);
+        assert_eq!(l.to_string(), r#"{host="vm", job="b"}"#);
+        assert_eq!(l.get("job"), Some("b"));
+        assert_eq!(l.get("nope"), None);
+    }
+
+    #[test]
+    fn timestamp_formats_as_rfc3339_nanos() {
+        let t = Timestamp(1_795_388_381_726_000_001);
+        assert_eq!(t.to_string(), "2026-11-22T22:59:41.726000001Z");
+    }
+
+    #[test]
+    fn joined_acks_call_both() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let n = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (n.clone(), n.clone());
+        Ack::new(move || {
+            a.fetch_add(1, Ordering::SeqCst);
+        })
+        .and(Ack::new(move || {
+            b.fetch_add(10, Ordering::SeqCst);
+        }))
+        .done();
+        assert_eq!(n.load(Ordering::SeqCst), 11);
+    }
+}

@@ -1,0 +1,1 @@
+//! The file tailer. (Issue 4 fills it in.)
