@@ -45,7 +45,11 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC with nanoseconds: `2026-11-21T10:00:00.123456789Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_nanos(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_nanos(self.to_system_time())
+        )
     }
 }
 
@@ -160,7 +164,11 @@ impl Ack {
 
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Ack(pending)" } else { "Ack(none)" })
+        f.write_str(if self.0.is_some() {
+            "Ack(pending)"
+        } else {
+            "Ack(none)"
+        })
     }
 }
 

@@ -1,6 +1,282 @@
-//! Configuration: the TOML schema of SPEC.md as typed structs with defaults.
+//! Configuration: SPEC.md's TOML schema as typed structs with defaults.
+//!
+//! Loading order: `--config FILE`, else `$WISP_AGENT_CONFIG`, else
+//! `/etc/wisp-agent/config.toml`, else built-in defaults; then the environment
+//! overrides of [`env`]; then [`Config::validate`]. Every error names the key, the
+//! line where there is one, and what was expected.
 
-use serde::{Deserialize, Serialize};
+mod env;
+mod load;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use env::{apply_env, EnvSource, ProcessEnv};
+pub use load::{load, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH};
+pub use units::{Size, Span};
+
+/// The default state directory; see [`AgentConfig::state_dir`].
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/wisp-agent";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub host: HostConfig,
+    pub loki: LokiConfig,
+    pub otlp: OtlpConfig,
+    pub receiver: ReceiverConfig,
+    pub buffer: BufferConfig,
+    pub host_metrics: HostMetricsConfig,
+    pub admin: AdminConfig,
+    pub files: Vec<FileConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Positions and the buffer live here. When the default is not writable (not
+    /// root) the agent falls back to `$XDG_STATE_HOME/wisp-agent`.
+    pub state_dir: PathBuf,
+    /// Static labels on every log stream.
+    pub labels: BTreeMap<String, String>,
+    /// The `host` label; empty means the VM's hostname.
+    pub hostname: String,
+    /// At most this many distinct values per promoted label; past it, `other`.
+    pub max_label_values: usize,
+    /// A line's own timestamp older than this falls back to the read time (Loki
+    /// rejects entries too far behind).
+    pub timestamp_max_age: Span,
+    /// A line's own timestamp further ahead than this falls back to the read time.
+    pub timestamp_max_ahead: Span,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            labels: BTreeMap::new(),
+            hostname: String::new(),
+            max_label_values: 50,
+            timestamp_max_age: Span::secs(7 * 24 * 3600),
+            timestamp_max_ahead: Span::secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// `"auto"` discovers; anything else is a name or IP used as it is.
+    pub address: String,
+    /// Tried in order; `"gateway"` is the default route.
+    pub candidates: Vec<String>,
+    pub rediscover_interval: Span,
+    /// How long one candidate may take to answer.
+    pub probe_timeout: Span,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            address: "auto".into(),
+            candidates: vec![
+                "host.lima.internal".into(),
+                "host.docker.internal".into(),
+                "gateway".into(),
+            ],
+            rediscover_interval: Span::secs(60),
+            probe_timeout: Span::secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LokiEncoding {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LokiConfig {
+    pub enabled: bool,
+    /// `{host}` is replaced by the discovered host.
+    pub url: String,
+    pub encoding: LokiEncoding,
+    /// `X-Scope-OrgID` when not empty.
+    pub tenant: String,
+    pub batch_max_bytes: Size,
+    pub batch_max_wait: Span,
+    pub basic_auth: Option<BasicAuth>,
+    pub bearer_token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) for https URLs.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Per-request timeout.
+    pub timeout: Span,
+    /// Cap of the exponential retry backoff.
+    pub max_backoff: Span,
+}
+
+impl Default for LokiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: "http://{host}:3100/loki/api/v1/push".into(),
+            encoding: LokiEncoding::Protobuf,
+            tenant: String::new(),
+            batch_max_bytes: Size::mib(1),
+            batch_max_wait: Span::secs(1),
+            basic_auth: None,
+            bearer_token_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            timeout: Span::secs(10),
+            max_backoff: Span::secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl OtlpProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            "http/json" => Some(Self::HttpJson),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub enabled: bool,
+    /// `{host}` is replaced by the discovered host.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`); values are secrets.
+    #[serde(serialize_with = "redacted_map")]
+    pub headers: BTreeMap<String, String>,
+    /// `service.name` of what the agent itself sends (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: "http://{host}:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            headers: BTreeMap::new(),
+            service_name: "wisp-agent".into(),
+            resource_attributes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverConfig {
+    /// Local OTLP/gRPC listener; `""` disables.
+    pub grpc: String,
+    /// Local OTLP/HTTP listener; `""` disables.
+    pub http: String,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            grpc: "127.0.0.1:4317".into(),
+            http: "127.0.0.1:4318".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync after every appended batch, before its source checkpoint moves.
+    #[default]
+    Batch,
+    /// fsync on a timer (`buffer.fsync_interval`): faster, may replay more.
+    Interval,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    pub max_bytes: Size,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Span,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: Size::mib(512),
+            fsync: FsyncPolicy::Batch,
+            fsync_interval: Span::secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostMetricsConfig {
+    pub enabled: bool,
+    pub interval: Span,
+}
+
+impl Default for HostMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Span::secs(15),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `GET /metrics` and `GET /healthz`; `""` disables.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9465".into(),
+        }
+    }
+}
 
 /// How a source's lines are parsed (`[[files]].format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -13,4 +289,202 @@ pub enum LogFormat {
     Json,
     Logfmt,
     Text,
+}
+
+/// Where to start in a file the agent has never seen before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    End,
+    Beginning,
+}
+
+/// How physical lines are joined into records.
+#[derive(Clone, Debug, Default)]
+pub enum Multiline {
+    /// A line starting with a space or tab joins the record before it; a line
+    /// starting with `{` always starts a record.
+    #[default]
+    Auto,
+    /// Every line is a record.
+    None,
+    /// A record starts at a line matching the pattern.
+    Start(regex::Regex),
+}
+
+impl PartialEq for Multiline {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Multiline::Auto, Multiline::Auto) | (Multiline::None, Multiline::None) => true,
+            (Multiline::Start(a), Multiline::Start(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Multiline {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Start {
+            start: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Start(Start),
+        }
+        let expected = "expected \"auto\", \"none\" or { start = \"REGEX\" }";
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+            Raw::Word(w) if w == "auto" => Ok(Multiline::Auto),
+            Raw::Word(w) if w == "none" => Ok(Multiline::None),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("{expected}, found {w:?}"))),
+            Raw::Start(s) => regex::Regex::new(&s.start)
+                .map(Multiline::Start)
+                .map_err(|e| serde::de::Error::custom(format!("invalid start pattern: {e}"))),
+        }
+    }
+}
+
+impl Serialize for Multiline {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Multiline::Auto => s.serialize_str("auto"),
+            Multiline::None => s.serialize_str("none"),
+            Multiline::Start(re) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("start", re.as_str())?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Becomes the `job` label.
+    pub name: String,
+    /// Glob patterns (`*`, `**`).
+    pub paths: Vec<String>,
+    pub format: LogFormat,
+    pub start_at: StartAt,
+    /// stat fallback where file events do not fire (shared folders).
+    pub poll_interval: Span,
+    /// Longer lines are cut, and counted.
+    pub max_line_bytes: Size,
+    /// A last line without its newline is shipped after this silence.
+    pub partial_line_timeout: Span,
+    pub multiline: Multiline,
+    /// A pending multi-line record is shipped after this silence.
+    pub multiline_timeout: Span,
+    pub multiline_max_lines: usize,
+    /// Static labels of this entry's streams.
+    pub labels: BTreeMap<String, String>,
+    /// JSON fields promoted to labels (bounded by `agent.max_label_values`).
+    pub label_fields: Vec<String>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            paths: Vec::new(),
+            format: LogFormat::Auto,
+            start_at: StartAt::End,
+            poll_interval: Span::secs(1),
+            max_line_bytes: Size::kib(256),
+            partial_line_timeout: Span::secs(5),
+            multiline: Multiline::Auto,
+            multiline_timeout: Span::secs(1),
+            multiline_max_lines: 500,
+            labels: BTreeMap::new(),
+            label_fields: Vec::new(),
+        }
+    }
+}
+
+fn redacted_map<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = s.serialize_map(Some(m.len()))?;
+    for k in m.keys() {
+        out.serialize_entry(k, "<redacted>")?;
+    }
+    out.end()
+}
+
+/// Is `name` a valid Loki label name (`[a-zA-Z_][a-zA-Z0-9_]*`)?
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Replaces `{host}` in a URL template with the chosen host (bracketed when IPv6).
+pub fn fill_host(template: &str, host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        template.replace("{host}", &format!("[{host}]"))
+    } else {
+        template.replace("{host}", host)
+    }
+}
+
+/// A URL with its password replaced, for printing.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!(
+                "{}{}:<redacted>@{}",
+                &url[..scheme_end + 3],
+                user,
+                &rest[at + 1..]
+            )
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_follow_loki_rules() {
+        assert!(is_valid_label_name("env"));
+        assert!(is_valid_label_name("_x9"));
+        assert!(!is_valid_label_name("9x"));
+        assert!(!is_valid_label_name("a-b"));
+        assert!(!is_valid_label_name(""));
+    }
+
+    #[test]
+    fn host_placeholder_is_filled() {
+        assert_eq!(
+            fill_host("http://{host}:3100/x", "10.0.0.5"),
+            "http://10.0.0.5:3100/x"
+        );
+        assert_eq!(
+            fill_host("http://{host}:4317", "fd00::1"),
+            "http://[fd00::1]:4317"
+        );
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("http://u:secret@h:3100/loki"),
+            "http://u:<redacted>@h:3100/loki"
+        );
+        assert_eq!(redact_url("http://h:3100/loki"), "http://h:3100/loki");
+    }
 }
