@@ -233,7 +233,7 @@ impl Config {
             key: shown,
             message,
         };
-        for (name, _) in &self.agent.labels {
+        for name in self.agent.labels.keys() {
             if !super::is_valid_label_name(name) {
                 return Err(err(
                     "agent",
