@@ -5,7 +5,13 @@
 //! durable buffer, so nothing is lost while the host is away. `src/main.rs` is a
 //! thin shell over this library; `docs/ARCHITECTURE.md` describes the pipeline.
 
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod parse;
+pub mod pipeline;
 pub mod record;
+pub mod shutdown;
+pub mod sink;
 pub mod source;

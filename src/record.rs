@@ -110,6 +110,13 @@ impl fmt::Display for Labels {
     }
 }
 
+impl serde::Serialize for Labels {
+    /// As a JSON object, `{"host":"vm1","job":"api"}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
 impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)

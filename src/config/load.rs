@@ -10,11 +10,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/wisp-agent/config.toml";
 /// expected. Exit status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}", describe(.origin, *.line, .key, .message))]
     Invalid {
@@ -96,7 +95,7 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         (ConfigOrigin::BuiltIn, None)
                     }
-                    Err(source) => return Err(ConfigError::Read { path: p, source }),
+                    Err(error) => return Err(ConfigError::Read { path: p, error }),
                 }
             }
         },
@@ -115,9 +114,9 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
 }
 
 fn read(p: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+    std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
         path: p.to_path_buf(),
-        source,
+        error,
     })
 }
 

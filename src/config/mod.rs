@@ -83,10 +83,14 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             address: "auto".into(),
+            // Lima's host name, Docker's (Colima, containers), the default route,
+            // libvirt's NAT bridge, Lima's user-mode network.
             candidates: vec![
                 "host.lima.internal".into(),
                 "host.docker.internal".into(),
                 "gateway".into(),
+                "192.168.122.1".into(),
+                "192.168.5.2".into(),
             ],
             rediscover_interval: Span::secs(60),
             probe_timeout: Span::secs(1),

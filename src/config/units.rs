@@ -31,8 +31,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 .into(),
         );
     }
-    humantime::parse_duration(s).map_err(|e| {
-        format!("expected a duration such as \"500ms\", \"30s\" or \"5m\", found {s:?} ({e})")
+    humantime::parse_duration(s).map_err(|_| {
+        format!("expected a duration such as \"500ms\", \"30s\" or \"5m\", found {s:?}")
     })
 }
 

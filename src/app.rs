@@ -1,0 +1,193 @@
+//! What each command does: the glue between the command line and the library.
+//! Errors become exit codes here: 2 for a configuration error, 1 otherwise.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Cli, Command, ConfigCommand, ExecArgs, ProbeArgs, RunArgs};
+use crate::config::{self, ConfigError, Loaded, ProcessEnv};
+use crate::discovery::{self, Discovery, Inputs, Resolution};
+
+/// Runs a parsed command line; never panics on bad input, returns the exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_level.as_deref());
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wisp-agent: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// The agent's own log: to stderr, so stdout stays clean for `--dry-run` and
+/// `--json`. `--log-level` wins over `RUST_LOG`; the default is `info`.
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    }
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let loaded = config::load(cli.config.as_deref(), &ProcessEnv)?;
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => config_check(&loaded),
+        Command::Run(args) => runtime()?.block_on(run(loaded, args)),
+        Command::Probe(args) => runtime()?.block_on(probe(loaded, args)),
+        Command::Exec(args) => exec(loaded, args),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn config_check(loaded: &Loaded) -> Result<ExitCode> {
+    let mut shown = loaded.config.clone();
+    shown.loki.url = config::redact_url(&shown.loki.url);
+    shown.otlp.endpoint = config::redact_url(&shown.otlp.endpoint);
+    let text = toml::to_string_pretty(&shown).context("cannot print the configuration")?;
+    let (state_dir, note) = loaded.config.resolve_state_dir(&ProcessEnv);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# configuration is valid")?;
+    writeln!(out, "# read from: {}", loaded.origin)?;
+    if !loaded.env_overrides.is_empty() {
+        writeln!(
+            out,
+            "# overridden by the environment: {}",
+            loaded.env_overrides.join(", ")
+        )?;
+    }
+    writeln!(out, "# state directory in use: {}", state_dir.display())?;
+    if let Some(note) = note {
+        writeln!(out, "# note: {note}")?;
+    }
+    writeln!(out)?;
+    out.write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs what discovery found, in one line per candidate.
+fn log_discovery(d: &Discovery) {
+    for c in &d.candidates {
+        let resolved = match &c.resolution {
+            Resolution::Failed { reason } => {
+                tracing::debug!(candidate = %c.name, "{reason}");
+                continue;
+            }
+            r => describe_resolution(r),
+        };
+        tracing::debug!(candidate = %c.name, %resolved, loki = %c.loki, otlp = %c.otlp, "candidate checked");
+    }
+    match &d.chosen {
+        Some(ch) => tracing::info!("host: {} ({}) answers", ch.name, ch.address),
+        None => tracing::warn!(
+            "host: none answers (tried {}); run `wisp-agent probe` to see why",
+            d.candidates
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn describe_resolution(r: &Resolution) -> String {
+    match r {
+        Resolution::Literal { address } => format!("{address} (literal)"),
+        Resolution::RouteTable { address } => format!("{address} (default route)"),
+        Resolution::Resolver { addresses } => format!(
+            "{} (resolver)",
+            addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Resolution::Failed { reason } => reason.clone(),
+    }
+}
+
+async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
+    tracing::info!(
+        "wisp-agent {} starting; configuration: {}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.origin
+    );
+    let discovery = discovery::discover(&loaded.config, &Inputs::default()).await;
+    log_discovery(&discovery);
+    crate::pipeline::log_tailed_files(&loaded.config);
+    if args.dry_run {
+        crate::pipeline::run_dry(loaded).await
+    } else {
+        anyhow::bail!(
+            "shipping to Loki and OTLP is not built yet: `wisp-agent run --dry-run` shows what \
+             would be shipped"
+        )
+    }
+}
+
+async fn probe(loaded: Loaded, args: ProbeArgs) -> Result<ExitCode> {
+    let config = &loaded.config;
+    let d = discovery::discover(config, &Inputs::default()).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "configuration: {}", loaded.origin)?;
+        writeln!(out, "host candidates:")?;
+        for c in &d.candidates {
+            writeln!(
+                out,
+                "  {:<22} {}",
+                c.name,
+                describe_resolution(&c.resolution)
+            )?;
+            if !matches!(c.resolution, Resolution::Failed { .. }) {
+                if config.loki.enabled {
+                    writeln!(out, "  {:<22}   loki /ready: {}", "", c.loki)?;
+                }
+                if config.otlp.enabled {
+                    writeln!(out, "  {:<22}   otlp port:   {}", "", c.otlp)?;
+                }
+            }
+        }
+        match &d.chosen {
+            Some(ch) => writeln!(out, "chosen host: {} ({})", ch.name, ch.address)?,
+            None => writeln!(out, "chosen host: none answers")?,
+        }
+    }
+    if args.push {
+        anyhow::bail!("`probe --push` is not built yet: it will push a test line and span");
+    }
+    Ok(if d.chosen.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn exec(_loaded: Loaded, args: ExecArgs) -> Result<ExitCode> {
+    anyhow::bail!(
+        "`wisp-agent exec` is not built yet: run `{}` directly for now",
+        args.command.join(" ")
+    )
+}

@@ -1,0 +1,129 @@
+//! The command line: clap derive structs only. What each command does lives in
+//! [`crate::app`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A small telemetry agent for developer VMs: finds the host's telemetry stack,
+/// tails log files, ships logs to Loki and OTLP to the host's collector, and loses
+/// nothing while the host is away.
+#[derive(Debug, Parser)]
+#[command(name = "wisp-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file [default: $WISP_AGENT_CONFIG, then
+    /// /etc/wisp-agent/config.toml, then built-in defaults]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The agent's own log level on stderr (error, warn, info, debug, trace);
+    /// RUST_LOG takes a full filter instead
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: discover the host, tail files, receive local OTLP, buffer
+    /// durably, ship. Stops cleanly on SIGTERM or Ctrl-C
+    Run(RunArgs),
+    /// Check connectivity: each host candidate, how it resolved, each service on it
+    Probe(ProbeArgs),
+    /// Run CMD as one traced iteration: its output passes through unchanged and is
+    /// shipped as logs
+    Exec(ExecArgs),
+    /// Work with the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Print each record that would be shipped as one JSON line on stdout instead
+    /// of shipping it (file positions are not saved)
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Print the result as one JSON document
+    #[arg(long)]
+    pub json: bool,
+    /// Also push a test log line and span, and read the line back from Loki
+    #[arg(long)]
+    pub push: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The `job` label of the command's output [default: exec]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// An extra label on the command's output (repeatable)
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The command and its arguments, after `--`
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective one, secrets redacted
+    Check,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected K=V, found {s:?}"))?;
+    if !crate::config::is_valid_label_name(k) {
+        return Err(format!(
+            "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_labels_and_a_command_after_the_separator() {
+        let cli = Cli::parse_from([
+            "wisp-agent",
+            "exec",
+            "--name",
+            "ralph",
+            "--label",
+            "iter=3",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ]);
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(e.name.as_deref(), Some("ralph"));
+        assert_eq!(e.labels, vec![("iter".into(), "3".into())]);
+        assert_eq!(e.command, vec!["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn config_is_accepted_after_the_subcommand() {
+        let cli = Cli::parse_from(["wisp-agent", "config", "check", "--config", "/x.toml"]);
+        assert_eq!(cli.config, Some(PathBuf::from("/x.toml")));
+    }
+}

@@ -1,0 +1,30 @@
+//! Shutdown: one cancellation token, cancelled by SIGTERM or SIGINT.
+//!
+//! Every task takes a clone of the token (never a global). On the first signal
+//! sources stop reading and the pipeline drains; a second signal exits at once.
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `token` on the first SIGTERM/SIGINT; exits the process on the second.
+pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            "{name} received: stopping sources and draining (send it again to exit at once)"
+        );
+        token.cancel();
+        let code = tokio::select! {
+            _ = term.recv() => 128 + 15,
+            _ = int.recv() => 128 + 2,
+        };
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(code);
+    });
+    Ok(())
+}
