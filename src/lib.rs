@@ -15,3 +15,4 @@ pub mod record;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod spool;

@@ -1,3 +1,4 @@
 //! Sinks: where records go.
 
 pub mod console;
+pub mod loki;

@@ -1,3 +1,5 @@
 //! Sources: where records come from.
 
 pub mod file;
+pub mod multiline;
+pub mod terminal;

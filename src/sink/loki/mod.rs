@@ -1,0 +1,1 @@
+//! The Loki sink. (Stub: issue 5 fills it in.)

@@ -1,0 +1,1 @@
+//! The durable buffer (spool). (Stub: issue 5 fills it in.)
