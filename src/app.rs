@@ -136,7 +136,10 @@ async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
     log_discovery(&discovery);
     crate::pipeline::log_tailed_files(&loaded.config);
     if args.dry_run {
-        crate::pipeline::run_dry(loaded).await
+        let cancel = tokio_util::sync::CancellationToken::new();
+        crate::shutdown::cancel_on_signals(cancel.clone())
+            .context("cannot install the signal handlers")?;
+        crate::pipeline::run_dry(loaded, cancel).await
     } else {
         anyhow::bail!(
             "shipping to Loki and OTLP is not built yet: `wisp-agent run --dry-run` shows what \
