@@ -1,0 +1,1 @@
+//! A fake OTLP collector (filled in below).
