@@ -351,3 +351,361 @@ fn pushed_label_sets_parse_with_go_escapes() {
     assert!(support::loki::parse_labels(r#"{job="a""#).is_err());
     assert!(support::loki::parse_labels(r#"{job!="a"}"#).is_err());
 }
+
+mod otlp {
+    use super::support::otlp::{OtlpReceiver, Transport};
+    use super::support::DEADLINE;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    const TRACE_ID: [u8; 16] = [
+        0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6,
+        0x0c,
+    ];
+    const SPAN_ID: [u8; 8] = [0xee, 0xe1, 0x9b, 0x7e, 0xc3, 0xc1, 0xb1, 0x74];
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn resource(service: &str) -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![kv("service.name", service)],
+            ..Default::default()
+        })
+    }
+
+    fn trace_request(service: &str, name: &str) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: resource(service),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id: TRACE_ID.to_vec(),
+                        span_id: SPAN_ID.to_vec(),
+                        name: name.into(),
+                        kind: 1,
+                        start_time_unix_nano: 1_000,
+                        end_time_unix_nano: 2_000,
+                        attributes: vec![kv("ralph.iteration", "3")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn logs_request(service: &str, body: &str) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: resource(service),
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        time_unix_nano: 5,
+                        severity_number: 9,
+                        severity_text: "INFO".into(),
+                        body: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(body.into())),
+                        }),
+                        trace_id: TRACE_ID.to_vec(),
+                        span_id: SPAN_ID.to_vec(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn metrics_request(service: &str, name: &str) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: resource(service),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: name.into(),
+                        unit: "By".into(),
+                        data: Some(metric::Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint {
+                                time_unix_nano: 7,
+                                value: Some(number_data_point::Value::AsInt(42)),
+                                ..Default::default()
+                            }],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_takes_logs_spans_and_metrics_over_grpc() {
+        let otlp = OtlpReceiver::start().await;
+        let endpoint = otlp.grpc_endpoint();
+        TraceServiceClient::connect(endpoint.clone())
+            .await
+            .unwrap()
+            .export(trace_request("ralph", "iteration"))
+            .await
+            .unwrap();
+        LogsServiceClient::connect(endpoint.clone())
+            .await
+            .unwrap()
+            .export(logs_request("ralph", "hello"))
+            .await
+            .unwrap();
+        MetricsServiceClient::connect(endpoint)
+            .await
+            .unwrap()
+            .export(metrics_request("wisp-agent", "system.memory.usage"))
+            .await
+            .unwrap();
+
+        assert!(otlp.wait_for_spans(1, DEADLINE).await);
+        let spans = otlp.spans();
+        assert_eq!(spans[0].service_name, "ralph");
+        assert_eq!(spans[0].name, "iteration");
+        assert_eq!(spans[0].trace_id, "5b8efff798038103d269b633813fc60c");
+        assert_eq!(spans[0].span_id, "eee19b7ec3c1b174");
+        assert_eq!(spans[0].attributes["ralph.iteration"], "3");
+
+        let logs = otlp.logs();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].body, "hello");
+        assert_eq!(logs[0].severity_number, 9);
+        assert_eq!(logs[0].trace_id, "5b8efff798038103d269b633813fc60c");
+
+        let metrics = otlp.metrics();
+        assert_eq!(metrics.len(), 1);
+        assert_eq!(metrics[0].name, "system.memory.usage");
+        assert_eq!(metrics[0].kind, "gauge");
+        assert_eq!(metrics[0].data_points, 1);
+        assert_eq!(metrics[0].service_name, "wisp-agent");
+        assert_eq!(otlp.transports(), [Transport::Grpc; 3]);
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_takes_http_protobuf_and_answers_in_protobuf() {
+        let otlp = OtlpReceiver::start().await;
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/traces", otlp.http_endpoint()))
+            .header("content-type", "application/x-protobuf")
+            .body(trace_request("ralph", "iteration").encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
+        let answer = ExportTraceServiceResponse::decode(resp.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer, ExportTraceServiceResponse::default());
+        assert_eq!(otlp.spans()[0].name, "iteration");
+        assert_eq!(otlp.transports(), [Transport::HttpProtobuf]);
+
+        for (path, body) in [
+            ("logs", logs_request("a", "x").encode_to_vec()),
+            ("metrics", metrics_request("a", "m").encode_to_vec()),
+        ] {
+            let resp = reqwest::Client::new()
+                .post(format!("{}/v1/{path}", otlp.http_endpoint()))
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+        }
+        assert_eq!(otlp.logs().len(), 1);
+        assert_eq!(otlp.metrics().len(), 1);
+    }
+
+    /// The OTLP/JSON example of the specification: hex ids, times as strings,
+    /// enums as integers, int64 attribute values as strings.
+    const SPEC_TRACE_JSON: &str = r#"{
+      "resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+        "scopeSpans": [{
+          "scope": {"name": "my.library", "version": "1.0.0",
+                    "attributes": [{"key": "my.scope.attribute", "value": {"stringValue": "some scope attribute"}}]},
+          "spans": [{
+            "traceId": "5B8EFFF798038103D269B633813FC60C",
+            "spanId": "EEE19B7EC3C1B174",
+            "parentSpanId": "EEE19B7EC3C1B173",
+            "name": "I'm a server span",
+            "startTimeUnixNano": "1544712660000000000",
+            "endTimeUnixNano": "1544712661000000000",
+            "kind": 2,
+            "attributes": [
+              {"key": "my.span.attr", "value": {"stringValue": "some value"}},
+              {"key": "retries", "value": {"intValue": "3"}}
+            ],
+            "status": {"code": 2, "message": "failed"},
+            "unknownFieldFromTheFuture": true
+          }]
+        }]
+      }]
+    }"#;
+
+    const SPEC_LOGS_JSON: &str = r#"{
+      "resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+        "scopeLogs": [{
+          "scope": {"name": "my.library"},
+          "logRecords": [{
+            "timeUnixNano": "1544712660300000000",
+            "observedTimeUnixNano": "1544712660300000000",
+            "severityNumber": 10,
+            "severityText": "Information",
+            "traceId": "5b8efff798038103d269b633813fc60c",
+            "spanId": "eee19b7ec3c1b174",
+            "body": {"stringValue": "Example log record"},
+            "attributes": [
+              {"key": "string.attribute", "value": {"stringValue": "some string"}},
+              {"key": "boolean.attribute", "value": {"boolValue": true}},
+              {"key": "int.attribute", "value": {"intValue": "10"}},
+              {"key": "double.attribute", "value": {"doubleValue": 637.704}}
+            ]
+          }]
+        }]
+      }]
+    }"#;
+
+    async fn post_json(otlp: &OtlpReceiver, path: &str, body: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", otlp.http_endpoint()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_takes_the_specs_json_traces_and_answers_in_json() {
+        let otlp = OtlpReceiver::start().await;
+        let resp = post_json(&otlp, "/v1/traces", SPEC_TRACE_JSON).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer, serde_json::json!({}));
+
+        let spans = otlp.spans();
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.service_name, "my.service");
+        assert_eq!(s.scope, "my.library");
+        assert_eq!(s.trace_id, "5b8efff798038103d269b633813fc60c");
+        assert_eq!(s.parent_span_id, "eee19b7ec3c1b173");
+        assert_eq!(s.kind, 2);
+        assert_eq!(s.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(s.attributes["retries"], "3");
+        assert_eq!(s.status_code, 2);
+        assert_eq!(s.status_message, "failed");
+        assert_eq!(otlp.transports(), [Transport::HttpJson]);
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_takes_the_specs_json_logs_and_metrics() {
+        let otlp = OtlpReceiver::start().await;
+        let resp = post_json(&otlp, "/v1/logs", SPEC_LOGS_JSON).await;
+        assert_eq!(resp.status(), 200);
+        let logs = otlp.logs();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].body, "Example log record");
+        assert_eq!(logs[0].severity_number, 10);
+        assert_eq!(logs[0].time_unix_nano, 1_544_712_660_300_000_000);
+        assert_eq!(logs[0].span_id, "eee19b7ec3c1b174");
+        assert_eq!(logs[0].attributes["int.attribute"], "10");
+        assert_eq!(logs[0].attributes["boolean.attribute"], "true");
+
+        let metrics = r#"{"resourceMetrics": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "vm"}}]},
+            "scopeMetrics": [{"metrics": [{
+              "name": "my.counter", "unit": "1",
+              "sum": {"aggregationTemporality": 1, "isMonotonic": true,
+                      "dataPoints": [{"asInt": "5", "startTimeUnixNano": "1", "timeUnixNano": "2"}]}
+            }]}]
+        }]}"#;
+        let resp = post_json(&otlp, "/v1/metrics", metrics).await;
+        assert_eq!(resp.status(), 200);
+        let m = otlp.metrics();
+        assert_eq!(m[0].name, "my.counter");
+        assert_eq!(m[0].kind, "sum");
+        assert_eq!(m[0].data_points, 1);
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_rejects_an_undecodable_body_with_400() {
+        let otlp = OtlpReceiver::start().await;
+        let resp = post_json(&otlp, "/v1/traces", "{not json").await;
+        assert_eq!(resp.status(), 400);
+        assert!(otlp.spans().is_empty());
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_fails_on_demand_with_unavailable_and_503() {
+        let otlp = OtlpReceiver::start().await;
+        otlp.fail_next(1);
+        let err = TraceServiceClient::connect(otlp.grpc_endpoint())
+            .await
+            .unwrap()
+            .export(trace_request("a", "s"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(otlp.spans().is_empty());
+
+        otlp.set_unavailable(true);
+        let resp = post_json(&otlp, "/v1/traces", SPEC_TRACE_JSON).await;
+        assert_eq!(resp.status(), 503);
+        assert!(otlp.spans().is_empty());
+
+        otlp.set_unavailable(false);
+        let resp = post_json(&otlp, "/v1/traces", SPEC_TRACE_JSON).await;
+        assert_eq!(resp.status(), 200);
+        assert!(otlp.wait_for_spans(1, DEADLINE).await);
+        assert_eq!(otlp.exports(), 3);
+    }
+
+    #[tokio::test]
+    async fn otlp_receiver_records_grpc_metadata_as_headers() {
+        let otlp = OtlpReceiver::start().await;
+        let mut request = tonic::Request::new(logs_request("a", "x"));
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer t0k".parse().unwrap());
+        LogsServiceClient::connect(otlp.grpc_endpoint())
+            .await
+            .unwrap()
+            .export(request)
+            .await
+            .unwrap();
+        assert_eq!(otlp.last_headers()["authorization"], "Bearer t0k");
+    }
+}
