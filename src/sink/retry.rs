@@ -1,15 +1,16 @@
 //! Classifies a push's answer (acknowledge, retry later, or drop) and paces retries.
 //!
 //! This is the one place that decides retry policy; sink loops match on
-//! [`PushOutcome`]. Promises: 2xx is delivered; 429 and 5xx, timeouts and
+//! [`PushOutcome`]. Promises: 2xx is delivered; 408, 429 and 5xx, timeouts and
 //! connection errors are retried (honouring `Retry-After`, in seconds or as an
-//! HTTP date, bounded by [`MAX_RETRY_AFTER`]); any other answer is rejected with
-//! the server's own words as the reason, cut to [`MAX_REASON_BYTES`]. Retrying is
-//! the default for anything not understood: a batch kept is never lost.
+//! HTTP date, bounded by [`MAX_RETRY_AFTER`]); any other 4xx is rejected with the
+//! server's own words as the reason, cut to [`MAX_REASON_BYTES`]. Retrying is the
+//! default for anything not understood (1xx, 3xx: the client follows no
+//! redirects, since a redirected POST loses its body): a batch kept is never lost.
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 
 /// A `Retry-After` beyond this is taken as this: a misconfigured proxy must not
 /// park the sink for a day.
@@ -50,13 +51,26 @@ impl PushOutcome {
     ) -> Self {
         match status {
             200..=299 => PushOutcome::Delivered,
-            429 | 500..=599 => PushOutcome::Retry {
+            // 408: the server gave up waiting for our body; a transient failure.
+            408 | 429 | 500..=599 => PushOutcome::Retry {
                 after: retry_after(headers, now),
                 reason: with_body(format!("status {status}"), body),
             },
-            _ => PushOutcome::Rejected {
+            400..=499 => PushOutcome::Rejected {
                 status,
                 reason: reason_from_body(status, body),
+            },
+            // A redirect means loki.url is wrong (http to https, a proxy's login
+            // page): keep the data and say where the server points.
+            _ => PushOutcome::Retry {
+                after: None,
+                reason: match headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
+                    Some(to) => format!(
+                        "unexpected status {status}, redirect to {}",
+                        bounded_text(to.as_bytes())
+                    ),
+                    None => with_body(format!("unexpected status {status}"), body),
+                },
             },
         }
     }
@@ -210,6 +224,19 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
+    #[test]
+    fn a_redirect_is_kept_for_retry_and_names_where_it_points() {
+        let mut h = HeaderMap::new();
+        h.insert(LOCATION, HeaderValue::from_static("https://loki/push"));
+        assert_eq!(
+            PushOutcome::from_response(301, &h, b""),
+            PushOutcome::Retry {
+                after: None,
+                reason: "unexpected status 301, redirect to https://loki/push".into()
+            }
+        );
+    }
+
     fn headers(retry_after: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(v) = retry_after {
@@ -278,9 +305,21 @@ mod tests {
             (413, None, b"too big", |o| {
                 matches!(o, PushOutcome::Rejected { status: 413, .. })
             }),
-            (304, None, b"", |o| {
-                matches!(o, PushOutcome::Rejected { status: 304, .. })
+            (408, None, b"", |o| {
+                matches!(o, PushOutcome::Retry { after: None, .. })
             }),
+            (404, None, b"404 page not found", |o| {
+                *o == PushOutcome::Rejected {
+                    status: 404,
+                    reason: "404 page not found".into(),
+                }
+            }),
+            (
+                308,
+                None,
+                b"",
+                |o| matches!(o, PushOutcome::Retry { after: None, reason } if reason == "unexpected status 308"),
+            ),
         ];
         for (status, ra, body, expect) in table {
             let got = PushOutcome::from_response_at(*status, &headers(*ra), body, now);

@@ -124,7 +124,10 @@ impl LokiClient {
             .default_headers(headers)
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get())
-            .danger_accept_invalid_certs(cfg.insecure_skip_verify);
+            .danger_accept_invalid_certs(cfg.insecure_skip_verify)
+            // A redirected POST is resent as a GET without its body; the answer
+            // would then drop the batch. A 3xx is classified (and kept) instead.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &cfg.ca_file {
             let pem = std::fs::read(path).map_err(|source| LokiClientError::ReadFile {
                 what: "loki.ca_file",
@@ -227,6 +230,39 @@ mod tests {
             err.starts_with("cannot read loki.bearer_token_file /nonexistent/wisp-token: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let cfg = LokiConfig {
+            ca_file: Some(path.clone()),
+            ..LokiConfig::default()
+        };
+        let err = LokiClient::new(&cfg).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("loki.ca_file"), "{err}");
+    }
+
+    #[test]
+    fn both_basic_auth_and_a_bearer_token_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "x").unwrap();
+        let cfg = LokiConfig {
+            basic_auth: Some(BasicAuth {
+                username: "u".into(),
+                password_file: path.clone(),
+            }),
+            bearer_token_file: Some(path),
+            ..LokiConfig::default()
+        };
+        assert!(matches!(
+            LokiClient::new(&cfg),
+            Err(LokiClientError::BothAuth)
+        ));
     }
 
     #[test]
