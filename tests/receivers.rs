@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use prost::Message;
-use support::loki::{LokiReceiver, Mode};
+use support::loki::{Limits, LokiReceiver, Mode};
 use support::DEADLINE;
 use wisp_agent::sink::loki::push_proto::{
     EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter, Timestamp,
@@ -60,8 +60,15 @@ async fn query(loki: &LokiReceiver, params: &[(&str, &str)]) -> serde_json::Valu
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{params:?}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap()
 }
 
 #[tokio::test]
@@ -153,19 +160,32 @@ async fn loki_receiver_rejects_garbage_and_streams_without_labels() {
     assert_eq!(loki.unique_count(), 0);
 }
 
+/// 2026-11-22T22:59:41Z in nanoseconds.
+const T: i64 = 1_795_388_381_000_000_000;
+
+fn values(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .map(|e| (e[0].as_str().unwrap().into(), e[1].as_str().unwrap().into()))
+        .collect()
+}
+
 #[tokio::test]
 async fn loki_query_api_filters_by_selector_line_and_time_and_limits() {
     let loki = LokiReceiver::start().await;
     let body = protobuf_push(
         r#"{job="api", level="info"}"#,
         &[
-            (10, "GET /a", &[]),
-            (20, "GET /b", &[]),
-            (30, "POST /c", &[]),
+            (T + 10, "GET /a", &[]),
+            (T + 20, "GET /b", &[]),
+            (T + 30, "POST /c", &[]),
         ],
     );
     post(&loki.push_url(), "application/x-protobuf", body).await;
-    let body = protobuf_push(r#"{job="web", level="info"}"#, &[(15, "GET /w", &[])]);
+    let body = protobuf_push(r#"{job="web", level="info"}"#, &[(T + 15, "GET /w", &[])]);
     post(&loki.push_url(), "application/x-protobuf", body).await;
 
     let v = query(
@@ -182,34 +202,46 @@ async fn loki_query_api_filters_by_selector_line_and_time_and_limits() {
     assert_eq!(result.len(), 1);
     assert_eq!(result[0]["stream"]["job"], "api");
     assert_eq!(
-        result[0]["values"],
-        serde_json::json!([["10", "GET /a"], ["20", "GET /b"]])
+        values(&v),
+        [
+            ((T + 10).to_string(), "GET /a".to_string()),
+            ((T + 20).to_string(), "GET /b".to_string())
+        ]
     );
 
     // Backward (the default) with a limit: the newest first.
     let v = query(&loki, &[("query", r#"{level="info"}"#), ("limit", "2")]).await;
-    let values: Vec<&str> = v["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["values"].as_array().unwrap())
-        .map(|e| e[1].as_str().unwrap())
-        .collect();
-    assert_eq!(values.len(), 2);
-    assert!(values.contains(&"POST /c") && values.contains(&"GET /b"));
+    let lines: Vec<String> = values(&v).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.contains(&"POST /c".into()) && lines.contains(&"GET /b".into()));
 
-    // start inclusive, end exclusive.
     let v = query(&loki, &[("query", r#"{job="nobody"}"#), ("start", "0")]).await;
     assert_eq!(v["data"]["result"].as_array().unwrap().len(), 0);
+
+    // start inclusive, end exclusive, in nanoseconds.
+    let (start, end) = ((T + 20).to_string(), (T + 30).to_string());
     let v = query(
         &loki,
-        &[("query", r#"{job="api"}"#), ("start", "20"), ("end", "30")],
+        &[
+            ("query", r#"{job="api"}"#),
+            ("start", &start),
+            ("end", &end),
+        ],
     )
     .await;
-    assert_eq!(
-        v["data"]["result"][0]["values"],
-        serde_json::json!([["20", "GET /b"]])
-    );
+    assert_eq!(values(&v), [(start.clone(), "GET /b".to_string())]);
+
+    // As Loki: 10 digits or fewer are seconds; RFC 3339 is taken too.
+    let v = query(
+        &loki,
+        &[
+            ("query", r#"{job="api"}"#),
+            ("start", "1795388381"),
+            ("end", "2026-11-22T22:59:41.000000025Z"),
+        ],
+    )
+    .await;
+    assert_eq!(values(&v).len(), 2);
 
     // The instant endpoint answers log queries too.
     let url = format!("{}/loki/api/v1/query", loki.url());
@@ -221,6 +253,43 @@ async fn loki_query_api_filters_by_selector_line_and_time_and_limits() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(v["data"]["result"][0]["values"][0][1], "GET /w");
+}
+
+#[tokio::test]
+async fn loki_receiver_with_limits_stores_the_valid_entries_and_answers_400_for_the_rest() {
+    let loki = LokiReceiver::start().await;
+    loki.set_limits(Limits {
+        max_line_bytes: Some(10),
+        oldest_ns: Some(T),
+        allow_structured_metadata: false,
+    });
+    let body = protobuf_push(
+        r#"{job="api"}"#,
+        &[
+            (T + 1, "ok", &[]),
+            (T - 1, "too old", &[]),
+            (T + 2, "much too long a line", &[]),
+            (T + 3, "traced", &[("trace_id", "abc")]),
+            (T + 4, "ok too", &[]),
+        ],
+    );
+    let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!(resp.status(), 400);
+    let reason = resp.text().await.unwrap();
+    assert!(
+        reason.contains(r#"entry for stream '{job="api"}' has timestamp too old"#),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("Max entry size '10' bytes exceeded"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("includes structured metadata, but this feature is disallowed"),
+        "{reason}"
+    );
+    assert!(reason.contains("total ignored: 3 out of 5"), "{reason}");
+    assert_eq!(loki.lines(r#"{job="api"}"#), ["ok", "ok too"]);
 }
 
 #[tokio::test]
@@ -691,6 +760,26 @@ mod otlp {
         assert_eq!(resp.status(), 200);
         assert!(otlp.wait_for_spans(1, DEADLINE).await);
         assert_eq!(otlp.exports(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_otlp_receiver_refuses_connections_and_comes_back_on_restart() {
+        let otlp = OtlpReceiver::start().await;
+        post_json(&otlp, "/v1/traces", SPEC_TRACE_JSON).await;
+        otlp.stop().await;
+        for addr in [otlp.grpc_addr(), otlp.http_addr()] {
+            let err = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        otlp.restart().await;
+        TraceServiceClient::connect(otlp.grpc_endpoint())
+            .await
+            .unwrap()
+            .export(trace_request("a", "after restart"))
+            .await
+            .unwrap();
+        let names: Vec<String> = otlp.spans().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["I'm a server span", "after restart"]);
     }
 
     #[tokio::test]

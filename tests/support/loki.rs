@@ -7,9 +7,16 @@
 //! [`LokiReceiver::restart`] to take the port away and bring it back, keeping what
 //! was stored (a Loki with persistent storage).
 //!
+//! Validation as Loki's distributor does it, when [`Limits`] are set: an entry
+//! over the line limit, older than the oldest acceptable time, or carrying
+//! structured metadata where that is disallowed is refused, the stream's other
+//! entries are stored, and the push is answered 400 naming each refused entry.
+//! By default everything is accepted (out-of-order entries too, as Loki 2.4+).
+//!
 //! Query semantics kept deliberately small: stream selectors of `=` and `!=`
 //! matchers, then any number of `|= "text"` / `!= "text"` line filters; `start`
-//! (inclusive) and `end` (exclusive) in nanoseconds, unbounded when absent (real
+//! (inclusive) and `end` (exclusive) as Loki takes them (nanoseconds, seconds
+//! when 10 digits or fewer, float seconds, RFC 3339), unbounded when absent (real
 //! Loki defaults to the last hour); `limit` (default 100); `direction`
 //! `backward` (default) or `forward`.
 
@@ -53,6 +60,27 @@ pub enum Mode {
     Hang,
 }
 
+/// Per-entry validation, off by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Loki's `max_line_size` (its default is 256KB).
+    pub max_line_bytes: Option<usize>,
+    /// Entries older than this (ns) are refused (`reject_old_samples`).
+    pub oldest_ns: Option<i64>,
+    /// Loki's `allow_structured_metadata` (false before Loki 3.0).
+    pub allow_structured_metadata: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: None,
+            oldest_ns: None,
+            allow_structured_metadata: true,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Failure {
     status: u16,
@@ -77,6 +105,7 @@ struct Inner {
     ready: bool,
     /// Every push's answer, in order (status codes), for asserting retries.
     answers: Vec<u16>,
+    limits: Limits,
 }
 
 struct Shared {
@@ -115,6 +144,7 @@ impl LokiReceiver {
                 mode: Mode::Normal,
                 ready: true,
                 answers: Vec::new(),
+                limits: Limits::default(),
             }),
             changed: Notify::new(),
         });
@@ -161,6 +191,11 @@ impl LokiReceiver {
 
     pub fn set_mode(&self, mode: Mode) {
         self.shared.lock().mode = mode;
+    }
+
+    /// Validates entries from now on as Loki would with these limits.
+    pub fn set_limits(&self, limits: Limits) {
+        self.shared.lock().limits = limits;
     }
 
     /// `/ready` answers 200 "ready" or 503 "Ingester not ready".
@@ -386,11 +421,19 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let mut inner = shared.lock();
+    let limits = inner.limits;
+    let mut refused = Vec::new();
+    let mut total = 0;
     for (labels, entries) in decoded {
         inner.raw += entries.len();
+        total += entries.len();
         let stream = inner.streams.entry(labels.clone()).or_default();
         let mut added = 0;
         for (ts, line, metadata) in entries {
+            if let Some(why) = validate(&limits, &labels, ts, &line, &metadata) {
+                refused.push(why);
+                continue;
+            }
             // Loki keeps an entry once per stream when timestamp and line repeat.
             if stream.seen.insert((ts, line.clone())) {
                 stream.entries.push(Entry {
@@ -404,7 +447,58 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         }
         inner.unique += added;
     }
-    StatusCode::NO_CONTENT.into_response()
+    if refused.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    // As Loki's distributor: the valid entries are stored, the push is a 400
+    // listing what was refused.
+    let mut body = refused.join("\n");
+    body.push_str(&format!(
+        "\nuser 'fake', total ignored: {} out of {total}\n",
+        refused.len()
+    ));
+    (StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// Why Loki would refuse this entry, in Loki's words; None when it is taken.
+fn validate(
+    limits: &Limits,
+    labels: &LabelMap,
+    ts: i64,
+    line: &str,
+    metadata: &BTreeMap<String, String>,
+) -> Option<String> {
+    let stream = selector(labels);
+    if let Some(oldest) = limits.oldest_ns {
+        if ts < oldest {
+            return Some(format!(
+                "entry for stream '{stream}' has timestamp too old: {ts}, oldest acceptable timestamp is: {oldest}"
+            ));
+        }
+    }
+    if let Some(max) = limits.max_line_bytes {
+        if line.len() > max {
+            return Some(format!(
+                "Max entry size '{max}' bytes exceeded for stream '{stream}' while adding an entry with length '{}' bytes",
+                line.len()
+            ));
+        }
+    }
+    if !limits.allow_structured_metadata && !metadata.is_empty() {
+        return Some(format!(
+            "stream '{stream}' includes structured metadata, but this feature is disallowed. Please see `limits_config.structured_metadata` or contact your Loki administrator to enable it."
+        ));
+    }
+    None
+}
+
+/// A label set in Loki's selector form, `{job="api", level="info"}`.
+pub fn selector(labels: &LabelMap) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
@@ -662,6 +756,23 @@ impl Parser<'_> {
     }
 }
 
+/// A query time as Loki parses it: integer nanoseconds, or seconds when it has
+/// 10 digits or fewer; float seconds; RFC 3339.
+fn parse_time(v: &str) -> Option<i64> {
+    if let Ok(n) = v.parse::<i64>() {
+        return Some(if v.trim_start_matches('-').len() <= 10 {
+            n.saturating_mul(1_000_000_000)
+        } else {
+            n
+        });
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        return Some((f * 1e9) as i64);
+    }
+    let t = humantime::parse_rfc3339_weak(v).ok()?;
+    Some(wisp_agent::record::Timestamp::from_system_time(t).as_nanos())
+}
+
 async fn query(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<BTreeMap<String, String>>,
@@ -674,17 +785,17 @@ async fn query(
         Ok(q) => q,
         Err(e) => return bad(format!("parse error: {e}")),
     };
-    let num = |name: &str, default: i64| -> Result<i64, String> {
+    let time = |name: &str, default: i64| -> Result<i64, String> {
         params
             .get(name)
-            .map(|v| v.parse::<i64>().map_err(|e| format!("{name}: {e}")))
+            .map(|v| parse_time(v).ok_or_else(|| format!("invalid {name} {v:?}")))
             .unwrap_or(Ok(default))
     };
-    let (start, end, limit) = match (
-        num("start", i64::MIN),
-        num("end", i64::MAX),
-        num("limit", 100),
-    ) {
+    let limit = params
+        .get("limit")
+        .map(|v| v.parse::<i64>().map_err(|e| format!("limit: {e}")))
+        .unwrap_or(Ok(100));
+    let (start, end, limit) = match (time("start", i64::MIN), time("end", i64::MAX), limit) {
         (Ok(s), Ok(e), Ok(l)) => (s, e, l.max(0) as usize),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
     };

@@ -6,8 +6,10 @@
 //! spans and metrics tagged with their resource's `service.name`.
 //!
 //! Fault injection: [`OtlpReceiver::fail_next`] and [`OtlpReceiver::set_unavailable`]
-//! make exports fail with gRPC `UNAVAILABLE` or HTTP 503, as a collector whose
-//! pipeline is full does; both are retryable per the OTLP spec.
+//! make exports fail with gRPC `UNAVAILABLE` or HTTP 503 (with `Retry-After: 1`),
+//! as a collector whose pipeline is full does; both are retryable per the OTLP
+//! spec. [`OtlpReceiver::stop`] / [`OtlpReceiver::restart`] take both ports away
+//! and bring them back, keeping what was stored.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -146,7 +148,7 @@ pub struct OtlpReceiver {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     shared: Arc<Shared>,
-    servers: Vec<JoinHandle<()>>,
+    servers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl OtlpReceiver {
@@ -164,26 +166,36 @@ impl OtlpReceiver {
             .expect("bind otlp http");
         let grpc_addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
-        let collector = Collector(shared.clone());
-        let grpc_router = tonic::service::Routes::new(LogsServiceServer::new(collector.clone()))
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .add_service(MetricsServiceServer::new(collector))
-            .into_axum_router();
-        let http_router = Router::new()
-            .route("/v1/logs", post(http_logs))
-            .route("/v1/traces", post(http_traces))
-            .route("/v1/metrics", post(http_metrics))
-            .with_state(shared.clone());
         let servers = vec![
-            super::serve(grpc, grpc_router),
-            super::serve(http, http_router),
+            super::serve(grpc, grpc_router(&shared)),
+            super::serve(http, http_router(&shared)),
         ];
         OtlpReceiver {
             grpc_addr,
             http_addr,
             shared,
-            servers,
+            servers: Mutex::new(servers),
         }
+    }
+
+    /// Closes both ports and every open connection: new connections are refused.
+    pub async fn stop(&self) {
+        let servers: Vec<_> = std::mem::take(&mut *self.servers.lock().unwrap());
+        for s in servers {
+            s.abort();
+            let _ = s.await;
+        }
+    }
+
+    /// Listens again on the same ports, with what was stored before.
+    pub async fn restart(&self) {
+        self.stop().await;
+        let grpc = super::bind(self.grpc_addr).await.expect("rebind otlp grpc");
+        let http = super::bind(self.http_addr).await.expect("rebind otlp http");
+        *self.servers.lock().unwrap() = vec![
+            super::serve(grpc, grpc_router(&self.shared)),
+            super::serve(http, http_router(&self.shared)),
+        ];
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -298,10 +310,28 @@ impl OtlpReceiver {
 
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
-        for s in &self.servers {
-            s.abort();
+        if let Ok(servers) = self.servers.lock() {
+            for s in servers.iter() {
+                s.abort();
+            }
         }
     }
+}
+
+fn grpc_router(shared: &Arc<Shared>) -> Router {
+    let collector = Collector(shared.clone());
+    tonic::service::Routes::new(LogsServiceServer::new(collector.clone()))
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .add_service(MetricsServiceServer::new(collector))
+        .into_axum_router()
+}
+
+fn http_router(shared: &Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/logs", post(http_logs))
+        .route("/v1/traces", post(http_traces))
+        .route("/v1/metrics", post(http_metrics))
+        .with_state(shared.clone())
 }
 
 #[derive(Clone)]
