@@ -289,3 +289,24 @@ async fn a_push_url_with_a_password_keeps_it_out_of_the_reason() {
     let outcome = client(LokiConfig::default()).push(&url, &push).await;
     assert!(!format!("{outcome:?}").contains("pa55word"), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn a_push_retried_after_loki_comes_back_is_delivered_once() {
+    let loki = LokiReceiver::start().await;
+    let client = client(LokiConfig::default());
+    let first = encode(&batch()[..1], LokiEncoding::Protobuf).unwrap();
+    assert!(client.push(&loki.push_url(), &first).await.is_delivered());
+
+    loki.stop().await;
+    let push = encode(&batch(), LokiEncoding::Protobuf).unwrap();
+    let outcome = client.push(&loki.push_url(), &push).await;
+    assert!(matches!(outcome, PushOutcome::Retry { .. }), "{outcome:?}");
+
+    loki.restart().await;
+    // The same client (and pool) as before the outage.
+    assert_eq!(
+        client.push(&loki.push_url(), &push).await,
+        PushOutcome::Delivered
+    );
+    assert_eq!(loki.unique_count(), 3);
+}

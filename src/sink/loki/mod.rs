@@ -1,4 +1,4 @@
-//! The Loki sink: encoding a batch as a push body ([`encode`]), Loki's wire
+//! The Loki sink: encoding a batch as a push body ([`encode()`]), Loki's wire
 //! messages ([`push_proto`]), and one push request ([`service`]). What to do with a
 //! push's answer is decided in [`crate::sink::retry`].
 
