@@ -1,1 +1,10 @@
-//! The Loki sink. (Stub: issue 5 fills it in.)
+//! The Loki sink: encoding a batch as a push body ([`encode()`]), Loki's wire
+//! messages ([`push_proto`]), and one push request ([`service`]). What to do with a
+//! push's answer is decided in [`crate::sink::retry`].
+
+pub mod encode;
+pub mod push_proto;
+pub mod service;
+
+pub use encode::{encode, EncodeError, EncodedPush};
+pub use service::{LokiClient, LokiClientError};

@@ -1,0 +1,300 @@
+//! One Loki push request: the HTTP client, its headers and credentials.
+//!
+//! Promises: one connection pool per client; every request carries
+//! `User-Agent: wisp-agent/<version>`, `X-Scope-OrgID` when a tenant is set, and
+//! the configured credentials; every answer (or failure to get one) becomes a
+//! [`PushOutcome`]. Credentials are read once, at construction, and never appear
+//! in `Debug` output, error messages or outcome reasons.
+//!
+//! Proxies: the client follows reqwest's defaults, so `HTTP_PROXY`, `HTTPS_PROXY`
+//! and `NO_PROXY` in the agent's environment apply, as they do for Promtail and
+//! Alloy. The host is normally on a private network the proxy cannot reach: a VM
+//! that exports a proxy system-wide should list the host in `NO_PROXY`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+use super::encode::EncodedPush;
+use crate::config::LokiConfig;
+use crate::sink::retry::{PushOutcome, MAX_REASON_BYTES};
+
+/// `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("wisp-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Loki's tenant header.
+const ORG_ID: HeaderName = HeaderName::from_static("x-scope-orgid");
+
+/// Why a client could not be built: each names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LokiClientError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} is empty", path.display())]
+    EmptySecret { what: &'static str, path: PathBuf },
+    #[error("invalid CA certificate in loki.ca_file {}: {source}", path.display())]
+    BadCa {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("loki.ca_file {} holds no certificate", path.display())]
+    NoCa { path: PathBuf },
+    #[error("loki.basic_auth and loki.bearer_token_file are both set; choose one")]
+    BothAuth,
+    /// The value itself is not shown: it may be a credential.
+    #[error("{what} holds characters not allowed in an HTTP header")]
+    InvalidHeader { what: &'static str },
+    #[error("cannot build the loki http client: {0}")]
+    Build(reqwest::Error),
+}
+
+/// A credential: shown as `<redacted>` everywhere.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Auth {
+    None,
+    Basic { username: String, password: Secret },
+    Bearer(Secret),
+}
+
+/// Pushes encoded batches to Loki. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct LokiClient {
+    http: reqwest::Client,
+    auth: Auth,
+    tenant: String,
+}
+
+impl fmt::Debug for LokiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LokiClient")
+            .field("tenant", &self.tenant)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LokiClient {
+    /// Builds the client from `[loki]`: reads the credential and CA files now, so
+    /// a missing file is an error at start, naming the file.
+    pub fn new(cfg: &LokiConfig) -> Result<Self, LokiClientError> {
+        let auth = match (&cfg.basic_auth, &cfg.bearer_token_file) {
+            (Some(_), Some(_)) => return Err(LokiClientError::BothAuth),
+            (Some(basic), None) => Auth::Basic {
+                username: basic.username.clone(),
+                password: read_secret("loki.basic_auth.password_file", &basic.password_file)?,
+            },
+            (None, Some(path)) => Auth::Bearer(read_secret("loki.bearer_token_file", path)?),
+            (None, None) => Auth::None,
+        };
+        // Checked now so a bad value fails at start, not on every push.
+        match &auth {
+            Auth::Basic { username, password } => {
+                check_header("loki.basic_auth.username", username)?;
+                check_header("loki.basic_auth.password_file", &password.0)?;
+            }
+            Auth::Bearer(token) => check_header("loki.bearer_token_file", &token.0)?,
+            Auth::None => {}
+        }
+
+        let mut headers = HeaderMap::new();
+        if !cfg.tenant.is_empty() {
+            let v =
+                HeaderValue::from_str(&cfg.tenant).map_err(|_| LokiClientError::InvalidHeader {
+                    what: "loki.tenant",
+                })?;
+            headers.insert(ORG_ID, v);
+        }
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(cfg.timeout.get())
+            .connect_timeout(cfg.timeout.get())
+            .danger_accept_invalid_certs(cfg.insecure_skip_verify)
+            // A redirected POST is resent as a GET without its body; the answer
+            // would then drop the batch. A 3xx is classified (and kept) instead.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|source| LokiClientError::ReadFile {
+                what: "loki.ca_file",
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                LokiClientError::BadCa {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            if certs.is_empty() {
+                return Err(LokiClientError::NoCa { path: path.clone() });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(LokiClientError::Build)?;
+        Ok(LokiClient {
+            http,
+            auth,
+            tenant: cfg.tenant.clone(),
+        })
+    }
+
+    /// Sends one push to `url` (the full push URL) and classifies the answer.
+    /// Never fails: a request that gets no answer is a [`PushOutcome::Retry`].
+    pub async fn push(&self, url: &str, push: &EncodedPush) -> PushOutcome {
+        let mut request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, push.content_type)
+            .body(push.body.clone());
+        // reqwest marks these headers sensitive, so they stay out of its Debug.
+        request = match &self.auth {
+            Auth::None => request,
+            Auth::Basic { username, password } => request.basic_auth(username, Some(&password.0)),
+            Auth::Bearer(token) => request.bearer_auth(&token.0),
+        };
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            // The URL may carry a password; the caller logs its redacted form.
+            Err(e) => return PushOutcome::from_transport_error(&e.without_url()),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        // Only the head of the body is kept: it is a reason to log, and an
+        // unbounded read would let a broken server fill memory.
+        let mut body = Vec::new();
+        if !(200..300).contains(&status) {
+            while body.len() <= MAX_REASON_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        PushOutcome::from_response(status, &headers, &body)
+    }
+}
+
+fn read_secret(what: &'static str, path: &Path) -> Result<Secret, LokiClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LokiClientError::ReadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Files written by `echo` end with a newline that is not part of the secret.
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(LokiClientError::EmptySecret {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Secret(secret.to_string()))
+}
+
+fn check_header(what: &'static str, value: &str) -> Result<(), LokiClientError> {
+    HeaderValue::from_str(value)
+        .map(|_| ())
+        .map_err(|_| LokiClientError::InvalidHeader { what })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BasicAuth;
+
+    #[test]
+    fn missing_credential_files_are_named_in_the_error() {
+        let cfg = LokiConfig {
+            bearer_token_file: Some("/nonexistent/wisp-token".into()),
+            ..LokiConfig::default()
+        };
+        let err = LokiClient::new(&cfg).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot read loki.bearer_token_file /nonexistent/wisp-token: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let cfg = LokiConfig {
+            ca_file: Some(path.clone()),
+            ..LokiConfig::default()
+        };
+        let err = LokiClient::new(&cfg).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("loki.ca_file"), "{err}");
+    }
+
+    #[test]
+    fn both_basic_auth_and_a_bearer_token_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "x").unwrap();
+        let cfg = LokiConfig {
+            basic_auth: Some(BasicAuth {
+                username: "u".into(),
+                password_file: path.clone(),
+            }),
+            bearer_token_file: Some(path),
+            ..LokiConfig::default()
+        };
+        assert!(matches!(
+            LokiClient::new(&cfg),
+            Err(LokiClientError::BothAuth)
+        ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pass");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        let cfg = LokiConfig {
+            basic_auth: Some(BasicAuth {
+                username: "u".into(),
+                password_file: path,
+            }),
+            tenant: "team".into(),
+            ..LokiConfig::default()
+        };
+        let client = LokiClient::new(&cfg).unwrap();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn a_secret_with_a_newline_inside_is_refused_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc\ndef\n").unwrap();
+        let cfg = LokiConfig {
+            bearer_token_file: Some(path),
+            ..LokiConfig::default()
+        };
+        let err = LokiClient::new(&cfg).unwrap_err().to_string();
+        assert!(!err.contains("abc"), "{err}");
+        assert!(err.contains("loki.bearer_token_file"), "{err}");
+    }
+}

@@ -1,0 +1,840 @@
+//! A fake Loki on 127.0.0.1: takes pushes (protobuf + snappy block, or JSON),
+//! stores entries per stream deduplicated by (timestamp, line) as Loki does, and
+//! answers a minimal LogQL on `query_range` / `query`.
+//!
+//! Fault injection: the next N pushes fail with a given status ([`LokiReceiver::fail_next`]),
+//! a persistent [`Mode`], `/ready` answering 503, and [`LokiReceiver::stop`] /
+//! [`LokiReceiver::restart`] to take the port away and bring it back, keeping what
+//! was stored (a Loki with persistent storage).
+//!
+//! Validation as Loki's distributor does it, when [`Limits`] are set: an entry
+//! over the line limit, older than the oldest acceptable time, or carrying
+//! structured metadata where that is disallowed is refused, the stream's other
+//! entries are stored, and the push is answered 400 naming each refused entry.
+//! By default everything is accepted (out-of-order entries too, as Loki 2.4+).
+//!
+//! Query semantics kept deliberately small: stream selectors of `=` and `!=`
+//! matchers, then any number of `|= "text"` / `!= "text"` line filters; `start`
+//! (inclusive) and `end` (exclusive) as Loki takes them (nanoseconds, seconds
+//! when 10 digits or fewer, float seconds, RFC 3339), unbounded when absent (real
+//! Loki defaults to the last hour); `limit` (default 100); `direction`
+//! `backward` (default) or `forward`.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prost::Message;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use wisp_agent::sink::loki::push_proto::PushRequest;
+
+/// Label set of a stream, sorted by name.
+pub type LabelMap = BTreeMap<String, String>;
+
+/// One stored entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub labels: LabelMap,
+    pub timestamp_ns: i64,
+    pub line: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// How every push is answered until changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Answer every push with this status (and store nothing).
+    Status(u16),
+    /// Wait this long, then handle the push normally.
+    Delay(Duration),
+    /// Never answer (the client's timeout fires).
+    Hang,
+}
+
+/// Per-entry validation, off by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Loki's `max_line_size` (its default is 256KB).
+    pub max_line_bytes: Option<usize>,
+    /// Entries older than this (ns) are refused (`reject_old_samples`).
+    pub oldest_ns: Option<i64>,
+    /// Loki's `allow_structured_metadata` (false before Loki 3.0).
+    pub allow_structured_metadata: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: None,
+            oldest_ns: None,
+            allow_structured_metadata: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Failure {
+    status: u16,
+    retry_after: Option<u64>,
+    body: String,
+}
+
+#[derive(Default)]
+struct Stream {
+    entries: Vec<Entry>,
+    seen: HashSet<(i64, String)>,
+}
+
+struct Inner {
+    streams: BTreeMap<LabelMap, Stream>,
+    raw: usize,
+    unique: usize,
+    pushes: usize,
+    last_headers: HeaderMap,
+    failures: VecDeque<Failure>,
+    mode: Mode,
+    ready: bool,
+    /// Every push's answer, in order (status codes), for asserting retries.
+    answers: Vec<u16>,
+    limits: Limits,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A test that panicked while holding the lock already failed; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct LokiReceiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LokiReceiver {
+    /// Starts on 127.0.0.1 on a free port.
+    pub async fn start() -> Self {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind loki receiver");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                streams: BTreeMap::new(),
+                raw: 0,
+                unique: 0,
+                pushes: 0,
+                last_headers: HeaderMap::new(),
+                failures: VecDeque::new(),
+                mode: Mode::Normal,
+                ready: true,
+                answers: Vec::new(),
+                limits: Limits::default(),
+            }),
+            changed: Notify::new(),
+        });
+        let server = super::serve(listener, router(shared.clone()));
+        LokiReceiver {
+            addr,
+            shared,
+            server: Mutex::new(Some(server)),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT` (what `LOKI_URL` takes).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The full push URL.
+    pub fn push_url(&self) -> String {
+        format!("http://{}/loki/api/v1/push", self.addr)
+    }
+
+    /// The IP alone, for a `{host}` placeholder; the port is the template's, so
+    /// tests that need this receiver's port use [`url`](Self::url) instead.
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// The next `n` pushes are answered `status` (with `Retry-After: secs` when
+    /// given, and `body`), storing nothing.
+    pub fn fail_next(&self, n: usize, status: u16, retry_after: Option<u64>, body: &str) {
+        let mut inner = self.shared.lock();
+        for _ in 0..n {
+            inner.failures.push_back(Failure {
+                status,
+                retry_after,
+                body: body.to_string(),
+            });
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.lock().mode = mode;
+    }
+
+    /// Validates entries from now on as Loki would with these limits.
+    pub fn set_limits(&self, limits: Limits) {
+        self.shared.lock().limits = limits;
+    }
+
+    /// `/ready` answers 200 "ready" or 503 "Ingester not ready".
+    pub fn set_ready(&self, ready: bool) {
+        self.shared.lock().ready = ready;
+    }
+
+    /// Closes the port and every open connection: new connections are refused.
+    pub async fn stop(&self) {
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
+    /// Listens again on the same port, with what was stored before.
+    pub async fn restart(&self) {
+        self.stop().await;
+        let listener = super::bind(self.addr).await.expect("rebind loki receiver");
+        let server = super::serve(listener, router(self.shared.clone()));
+        *self.server.lock().unwrap() = Some(server);
+    }
+
+    /// Entries of the streams matching `selector` (LogQL: a stream selector and
+    /// optional line filters), in timestamp order (arrival order on ties).
+    pub fn entries(&self, selector: &str) -> Vec<Entry> {
+        let query = LogQuery::parse(selector).unwrap_or_else(|e| panic!("{selector}: {e}"));
+        let inner = self.shared.lock();
+        let mut out: Vec<Entry> = inner
+            .streams
+            .iter()
+            .filter(|(labels, _)| query.matches_stream(labels))
+            .flat_map(|(_, s)| s.entries.iter().filter(|e| query.matches_line(&e.line)))
+            .cloned()
+            .collect();
+        out.sort_by_key(|e| e.timestamp_ns);
+        out
+    }
+
+    /// Every stored entry, in timestamp order.
+    pub fn all_entries(&self) -> Vec<Entry> {
+        let inner = self.shared.lock();
+        let mut out: Vec<Entry> = inner
+            .streams
+            .values()
+            .flat_map(|s| s.entries.iter().cloned())
+            .collect();
+        out.sort_by_key(|e| e.timestamp_ns);
+        out
+    }
+
+    /// The lines of [`entries`](Self::entries).
+    pub fn lines(&self, selector: &str) -> Vec<String> {
+        self.entries(selector).into_iter().map(|e| e.line).collect()
+    }
+
+    /// Label sets of all streams.
+    pub fn streams(&self) -> Vec<LabelMap> {
+        self.shared.lock().streams.keys().cloned().collect()
+    }
+
+    /// Entries stored (after deduplication).
+    pub fn unique_count(&self) -> usize {
+        self.shared.lock().unique
+    }
+
+    /// Entries received in accepted pushes, duplicates included.
+    pub fn raw_count(&self) -> usize {
+        self.shared.lock().raw
+    }
+
+    /// Push requests received, whatever their answer.
+    pub fn pushes(&self) -> usize {
+        self.shared.lock().pushes
+    }
+
+    /// The status of every push answered so far, in order.
+    pub fn answers(&self) -> Vec<u16> {
+        self.shared.lock().answers.clone()
+    }
+
+    /// Request headers of the last push.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.shared.lock().last_headers.clone()
+    }
+
+    /// One request header of the last push, as text.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .last_headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// Waits until at least `n` unique entries are stored; false on timeout.
+    pub async fn wait_for_unique(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |inner| inner.unique >= n).await
+    }
+
+    /// Waits until at least `n` pushes arrived; false on timeout.
+    pub async fn wait_for_pushes(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |inner| inner.pushes >= n).await
+    }
+
+    /// Waits until `selector` has at least `n` entries; false on timeout.
+    pub async fn wait_for_entries(&self, selector: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.entries(selector).len() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.entries(selector).len() >= n;
+            }
+        }
+    }
+
+    async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Inner) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a change between the check and the
+            // wait still wakes us.
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(&self.shared.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return cond(&self.shared.lock());
+            }
+        }
+    }
+}
+
+impl Drop for LokiReceiver {
+    fn drop(&mut self) {
+        if let Ok(mut server) = self.server.lock() {
+            if let Some(s) = server.take() {
+                s.abort();
+            }
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/loki/api/v1/push", post(push))
+        .route("/ready", get(ready))
+        .route("/loki/api/v1/query_range", get(query))
+        .route("/loki/api/v1/query", get(query))
+        .with_state(shared)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.lock().ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Ingester not ready\n").into_response()
+    }
+}
+
+async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (failure, mode) = {
+        let mut inner = shared.lock();
+        inner.pushes += 1;
+        inner.last_headers = headers.clone();
+        (inner.failures.pop_front(), inner.mode)
+    };
+    shared.changed.notify_waiters();
+    let response = if let Some(f) = failure {
+        failure_response(f.status, f.retry_after, &f.body)
+    } else {
+        match mode {
+            Mode::Status(status) => failure_response(status, None, "injected failure"),
+            Mode::Hang => std::future::pending().await,
+            Mode::Delay(d) => {
+                tokio::time::sleep(d).await;
+                accept(&shared, &headers, &body)
+            }
+            Mode::Normal => accept(&shared, &headers, &body),
+        }
+    };
+    shared.lock().answers.push(response.status().as_u16());
+    shared.changed.notify_waiters();
+    response
+}
+
+fn failure_response(status: u16, retry_after: Option<u64>, body: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body.to_string()).into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    response
+}
+
+/// A decoded push: per stream, its labels and (timestamp, line, metadata).
+type Decoded = Vec<(LabelMap, Vec<(i64, String, BTreeMap<String, String>)>)>;
+
+fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let decoded = if content_type.starts_with("application/x-protobuf") {
+        decode_protobuf(body)
+    } else if content_type.starts_with("application/json") {
+        decode_json(body)
+    } else {
+        Err(format!("unsupported Content-Type {content_type:?}"))
+    };
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let mut inner = shared.lock();
+    let limits = inner.limits;
+    let mut refused = Vec::new();
+    let mut total = 0;
+    for (labels, entries) in decoded {
+        inner.raw += entries.len();
+        total += entries.len();
+        let stream = inner.streams.entry(labels.clone()).or_default();
+        let mut added = 0;
+        for (ts, line, metadata) in entries {
+            if let Some(why) = validate(&limits, &labels, ts, &line, &metadata) {
+                refused.push(why);
+                continue;
+            }
+            // Loki keeps an entry once per stream when timestamp and line repeat.
+            if stream.seen.insert((ts, line.clone())) {
+                stream.entries.push(Entry {
+                    labels: labels.clone(),
+                    timestamp_ns: ts,
+                    line,
+                    metadata,
+                });
+                added += 1;
+            }
+        }
+        inner.unique += added;
+    }
+    if refused.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    // As Loki's distributor: the valid entries are stored, the push is a 400
+    // listing what was refused.
+    let mut body = refused.join("\n");
+    body.push_str(&format!(
+        "\nuser 'fake', total ignored: {} out of {total}\n",
+        refused.len()
+    ));
+    (StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// Why Loki would refuse this entry, in Loki's words; None when it is taken.
+fn validate(
+    limits: &Limits,
+    labels: &LabelMap,
+    ts: i64,
+    line: &str,
+    metadata: &BTreeMap<String, String>,
+) -> Option<String> {
+    let stream = selector(labels);
+    if let Some(oldest) = limits.oldest_ns {
+        if ts < oldest {
+            return Some(format!(
+                "entry for stream '{stream}' has timestamp too old: {ts}, oldest acceptable timestamp is: {oldest}"
+            ));
+        }
+    }
+    if let Some(max) = limits.max_line_bytes {
+        if line.len() > max {
+            return Some(format!(
+                "Max entry size '{max}' bytes exceeded for stream '{stream}' while adding an entry with length '{}' bytes",
+                line.len()
+            ));
+        }
+    }
+    if !limits.allow_structured_metadata && !metadata.is_empty() {
+        return Some(format!(
+            "stream '{stream}' includes structured metadata, but this feature is disallowed. Please see `limits_config.structured_metadata` or contact your Loki administrator to enable it."
+        ));
+    }
+    None
+}
+
+/// A label set in Loki's selector form, `{job="api", level="info"}`.
+pub fn selector(labels: &LabelMap) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+fn decode_protobuf(body: &[u8]) -> Result<Decoded, String> {
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| format!("snappy: {e}"))?;
+    let req = PushRequest::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    req.streams
+        .into_iter()
+        .map(|s| {
+            let labels = parse_labels(&s.labels)?;
+            let entries = s
+                .entries
+                .into_iter()
+                .map(|e| {
+                    let ts = e.timestamp.map(|t| t.to_nanos()).unwrap_or(0);
+                    let md = e
+                        .structured_metadata
+                        .into_iter()
+                        .map(|p| (p.name, p.value))
+                        .collect();
+                    (ts, e.line, md)
+                })
+                .collect();
+            Ok((labels, entries))
+        })
+        .collect()
+}
+
+fn decode_json(body: &[u8]) -> Result<Decoded, String> {
+    #[derive(serde::Deserialize)]
+    struct Push {
+        streams: Vec<JsonStream>,
+    }
+    #[derive(serde::Deserialize)]
+    struct JsonStream {
+        stream: BTreeMap<String, String>,
+        values: Vec<Vec<serde_json::Value>>,
+    }
+    let push: Push = serde_json::from_slice(body).map_err(|e| format!("json: {e}"))?;
+    push.streams
+        .into_iter()
+        .map(|s| {
+            check_labels(&s.stream)?;
+            let entries = s
+                .values
+                .into_iter()
+                .map(|v| {
+                    let ts = v
+                        .first()
+                        .and_then(|t| t.as_str())
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .ok_or("timestamp must be a string of nanoseconds")?;
+                    let line = v
+                        .get(1)
+                        .and_then(|l| l.as_str())
+                        .ok_or("line must be a string")?
+                        .to_string();
+                    let md = match v.get(2) {
+                        None => BTreeMap::new(),
+                        Some(m) => serde_json::from_value(m.clone())
+                            .map_err(|e| format!("structured metadata: {e}"))?,
+                    };
+                    if v.len() > 3 {
+                        return Err("too many elements in a value".to_string());
+                    }
+                    Ok((ts, line, md))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok((s.stream, entries))
+        })
+        .collect()
+}
+
+fn check_labels(labels: &LabelMap) -> Result<(), String> {
+    if labels.is_empty() {
+        return Err("error at least one label pair is required per stream".into());
+    }
+    for name in labels.keys() {
+        let mut chars = name.chars();
+        let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!("invalid label name {name:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a label set in selector form, `{a="b", c="d"}`, as Loki does for pushes.
+pub fn parse_labels(s: &str) -> Result<LabelMap, String> {
+    let q = LogQuery::parse(s)?;
+    if !q.filters.is_empty() || q.matchers.iter().any(|m| !m.equal) {
+        return Err(format!("error parsing labels {s:?}: not a label set"));
+    }
+    let labels: LabelMap = q.matchers.into_iter().map(|m| (m.name, m.value)).collect();
+    check_labels(&labels)?;
+    Ok(labels)
+}
+
+#[derive(Debug, Clone)]
+struct Matcher {
+    name: String,
+    value: String,
+    equal: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Filter {
+    text: String,
+    contains: bool,
+}
+
+/// A stream selector with line filters.
+#[derive(Debug, Clone)]
+struct LogQuery {
+    matchers: Vec<Matcher>,
+    filters: Vec<Filter>,
+}
+
+impl LogQuery {
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut p = Parser { s, pos: 0 };
+        p.ws();
+        p.expect("{")?;
+        let mut matchers = Vec::new();
+        loop {
+            p.ws();
+            if p.eat("}") {
+                break;
+            }
+            if !matchers.is_empty() {
+                p.expect(",")?;
+                p.ws();
+            }
+            let name = p.ident()?;
+            p.ws();
+            let equal = if p.eat("!=") {
+                false
+            } else if p.eat("=") {
+                true
+            } else {
+                return Err(format!("expected = or != at {} in {s:?}", p.pos));
+            };
+            p.ws();
+            let value = p.string()?;
+            matchers.push(Matcher { name, value, equal });
+        }
+        let mut filters = Vec::new();
+        loop {
+            p.ws();
+            if p.pos == s.len() {
+                break;
+            }
+            let contains = if p.eat("|=") {
+                true
+            } else if p.eat("!=") {
+                false
+            } else {
+                return Err(format!("unsupported LogQL at {} in {s:?}", p.pos));
+            };
+            p.ws();
+            filters.push(Filter {
+                text: p.string()?,
+                contains,
+            });
+        }
+        Ok(LogQuery { matchers, filters })
+    }
+
+    fn matches_stream(&self, labels: &LabelMap) -> bool {
+        self.matchers.iter().all(|m| {
+            let v = labels.get(&m.name).map(String::as_str).unwrap_or("");
+            (v == m.value) == m.equal
+        })
+    }
+
+    fn matches_line(&self, line: &str) -> bool {
+        self.filters
+            .iter()
+            .all(|f| line.contains(&f.text) == f.contains)
+    }
+}
+
+struct Parser<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn rest(&self) -> &str {
+        &self.s[self.pos..]
+    }
+    fn ws(&mut self) {
+        let trimmed = self.rest().trim_start();
+        self.pos = self.s.len() - trimmed.len();
+    }
+    fn eat(&mut self, t: &str) -> bool {
+        if self.rest().starts_with(t) {
+            self.pos += t.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, t: &str) -> Result<(), String> {
+        if self.eat(t) {
+            Ok(())
+        } else {
+            Err(format!("expected {t:?} at {} in {:?}", self.pos, self.s))
+        }
+    }
+    fn ident(&mut self) -> Result<String, String> {
+        let len = self
+            .rest()
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(self.rest().len());
+        if len == 0 {
+            return Err(format!(
+                "expected a label name at {} in {:?}",
+                self.pos, self.s
+            ));
+        }
+        let id = self.rest()[..len].to_string();
+        self.pos += len;
+        Ok(id)
+    }
+    /// A double-quoted string with Go/JSON escapes, or a backquoted raw string.
+    fn string(&mut self) -> Result<String, String> {
+        if self.eat("`") {
+            let end = self.rest().find('`').ok_or("unterminated raw string")?;
+            let v = self.rest()[..end].to_string();
+            self.pos += end + 1;
+            return Ok(v);
+        }
+        if !self.rest().starts_with('"') {
+            return Err(format!("expected a string at {} in {:?}", self.pos, self.s));
+        }
+        let bytes = self.rest().as_bytes();
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    let quoted = &self.rest()[..=i];
+                    let v: String =
+                        serde_json::from_str(quoted).map_err(|e| format!("{quoted}: {e}"))?;
+                    self.pos += i + 1;
+                    return Ok(v);
+                }
+                _ => i += 1,
+            }
+        }
+        Err(format!("unterminated string in {:?}", self.s))
+    }
+}
+
+/// A query time as Loki parses it: integer nanoseconds, or seconds when it has
+/// 10 digits or fewer; float seconds; RFC 3339.
+fn parse_time(v: &str) -> Option<i64> {
+    if let Ok(n) = v.parse::<i64>() {
+        return Some(if v.trim_start_matches('-').len() <= 10 {
+            n.saturating_mul(1_000_000_000)
+        } else {
+            n
+        });
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        return Some((f * 1e9) as i64);
+    }
+    let t = humantime::parse_rfc3339_weak(v).ok()?;
+    Some(wisp_agent::record::Timestamp::from_system_time(t).as_nanos())
+}
+
+async fn query(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg).into_response();
+    let Some(q) = params.get("query") else {
+        return bad("query is required".into());
+    };
+    let query = match LogQuery::parse(q) {
+        Ok(q) => q,
+        Err(e) => return bad(format!("parse error: {e}")),
+    };
+    let time = |name: &str, default: i64| -> Result<i64, String> {
+        params
+            .get(name)
+            .map(|v| parse_time(v).ok_or_else(|| format!("invalid {name} {v:?}")))
+            .unwrap_or(Ok(default))
+    };
+    let limit = params
+        .get("limit")
+        .map(|v| v.parse::<i64>().map_err(|e| format!("limit: {e}")))
+        .unwrap_or(Ok(100));
+    let (start, end, limit) = match (time("start", i64::MIN), time("end", i64::MAX), limit) {
+        (Ok(s), Ok(e), Ok(l)) => (s, e, l.max(0) as usize),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+    };
+    let forward = match params.get("direction").map(String::as_str) {
+        None | Some("backward") | Some("BACKWARD") => false,
+        Some("forward") | Some("FORWARD") => true,
+        Some(d) => return bad(format!("invalid direction {d:?}")),
+    };
+    let mut hits: Vec<Entry> = {
+        let inner = shared.lock();
+        inner
+            .streams
+            .iter()
+            .filter(|(labels, _)| query.matches_stream(labels))
+            .flat_map(|(_, s)| s.entries.iter())
+            .filter(|e| e.timestamp_ns >= start && e.timestamp_ns < end)
+            .filter(|e| query.matches_line(&e.line))
+            .cloned()
+            .collect()
+    };
+    hits.sort_by_key(|e| e.timestamp_ns);
+    if !forward {
+        hits.reverse();
+    }
+    hits.truncate(limit);
+    let mut streams: BTreeMap<LabelMap, Vec<[String; 2]>> = BTreeMap::new();
+    for e in hits {
+        streams
+            .entry(e.labels)
+            .or_default()
+            .push([e.timestamp_ns.to_string(), e.line]);
+    }
+    let result: Vec<serde_json::Value> = streams
+        .into_iter()
+        .map(|(stream, values)| serde_json::json!({"stream": stream, "values": values}))
+        .collect();
+    let body = serde_json::json!({
+        "status": "success",
+        "data": {"resultType": "streams", "result": result, "stats": {}},
+    });
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}

@@ -1,0 +1,93 @@
+//! Shared test support: fake Loki and OTLP receivers on loopback, and waiting on
+//! conditions with a deadline (never sleep-and-hope).
+//!
+//! Each test crate includes this with `mod support;` and uses a part of it.
+#![allow(dead_code)]
+
+pub mod loki;
+pub mod otlp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A generous deadline for things that happen at once on a quiet machine but may
+/// take a while on a loaded CI runner.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes;
+/// returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return cond();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// As [`wait_until`], for an async condition.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return cond().await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Binds `addr`, retrying briefly: a port just released may take a moment to be
+/// free again.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..200 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("bind failed")))
+}
+
+/// Serves an axum router (HTTP/1.1 and h2c) on `listener`. Aborting the returned
+/// task closes the port and every open connection at once, as a host that went
+/// away would; axum's own `serve` would leave kept-alive connections running.
+pub fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Dropped with this task: aborts every connection task.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let service = TowerToHyperService::new(router.clone());
+                    connections.spawn(async move {
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
+}
