@@ -670,6 +670,28 @@ async fn proxy_variables_that_do_not_spare_the_host_are_diagnosed_without_their_
         .is_empty());
 }
 
+#[tokio::test]
+async fn credentials_in_urls_never_reach_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, mut ls) = bind_same_port(&["127.0.0.2"]);
+    let _loki = start_loki(ls.remove(0), 200);
+    let otlp_port = closed_port("127.0.0.2");
+    let cfg = config(&format!(
+        "[host]\naddress = \"127.0.0.2\"\n\
+         [loki]\nurl = \"http://probe:s3cret@{{host}}:{port}/loki/api/v1/push\"\n\
+         [otlp]\nendpoint = \"http://probe:s3cret@{{host}}:{otlp_port}\"\nprotocol = \"http/protobuf\"\n"
+    ));
+    let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
+
+    let r = discovery::run_probe(&cfg, &inputs, false).await;
+
+    assert!(r.candidates[0].services.loki.check.is_ok());
+    let json = serde_json::to_string(&r).unwrap();
+    let text = discovery::probe::render_text(&r);
+    assert!(!json.contains("s3cret"), "{json}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
 // ---------------------------------------------------------------- --push
 
 #[tokio::test]

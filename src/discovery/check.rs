@@ -206,7 +206,7 @@ fn finish(
             latency_ms: ms(started.elapsed()),
         },
         Ok(Err(e)) => Check::Error {
-            reason: error_chain(&e),
+            reason: error_chain(&e.without_url()),
         },
     }
 }

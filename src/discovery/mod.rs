@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{fill_host, Config, OtlpProtocol};
+use crate::config::{fill_host, redact_url, Config, OtlpProtocol};
 
 pub use check::{check_client, check_http, check_tcp, Check};
 pub use probe::{probe, run_probe, ProbeReport};
@@ -354,7 +354,7 @@ async fn check_address(
     Services {
         loki: ServiceReport {
             port: port(loki_sock),
-            target: loki_url,
+            target: redact_url(&loki_url),
             required: config.loki.enabled,
             check: loki,
         },
@@ -366,7 +366,7 @@ async fn check_address(
         },
         otlp_http: ServiceReport {
             port: port(http_sock),
-            target: http_url,
+            target: redact_url(&http_url),
             required: config.otlp.enabled && !grpc,
             check: otlp_http,
         },

@@ -754,7 +754,7 @@ async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushSt
         }
         Err(e) => {
             return PushStep::failed(
-                format!("the push failed: {}", check::error_chain(&e)),
+                format!("the push failed: {}", check::error_chain(&e.without_url())),
                 started,
             )
         }
@@ -794,14 +794,14 @@ async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushSt
                         }
                     }
                     Ok(_) => last = "query_range does not return the line yet".into(),
-                    Err(e) => last = format!("query_range: {}", check::error_chain(&e)),
+                    Err(e) => last = format!("query_range: {}", check::error_chain(&e.without_url())),
                 },
                 Ok(resp) => {
                     let code = resp.status().as_u16();
                     let text = check::excerpt(&resp.text().await.unwrap_or_default());
                     last = format!("query_range answered HTTP {code}: {text}");
                 }
-                Err(e) => last = format!("query_range: {}", check::error_chain(&e)),
+                Err(e) => last = format!("query_range: {}", check::error_chain(&e.without_url())),
             },
         }
         if tokio::time::Instant::now() + READ_BACK_INTERVAL > deadline {
@@ -959,7 +959,7 @@ async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
                         started,
                     )
                 }
-                Err(e) => PushStep::failed(check::error_chain(&e), started),
+                Err(e) => PushStep::failed(check::error_chain(&e.without_url()), started),
             }
         }
     }
