@@ -565,7 +565,7 @@ pub fn render_text(r: &ProbeReport) -> String {
         let _ = writeln!(s, "configuration: {}", r.config);
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<24} {:<12} ADDRESS", "CANDIDATE", "RESOLVED VIA");
+    let _ = writeln!(s, "{:<24} {:<13} ADDRESS", "CANDIDATE", "RESOLVED VIA");
     for c in &r.candidates {
         let via = c.resolution.via().replace('_', " ");
         let address = match (&c.resolution, c.address) {
@@ -582,7 +582,7 @@ pub fn render_text(r: &ProbeReport) -> String {
             (_, Some(a)) => a.to_string(),
             (_, None) => String::new(),
         };
-        let _ = writeln!(s, "{:<24} {:<12} {}", c.name, via, address);
+        let _ = writeln!(s, "{:<24} {:<13} {}", c.name, via, address);
         if c.resolution.is_failed() {
             continue;
         }

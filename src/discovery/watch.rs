@@ -174,3 +174,37 @@ async fn rediscover_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Is a rediscovery pending? (A stored permit makes `notified` ready at once.)
+    async fn pending(h: &HostHealth) -> bool {
+        tokio::time::timeout(Duration::ZERO, h.inner.rediscover.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_failures_in_a_row_ask_for_rediscovery_and_a_success_resets_the_count() {
+        let h = HostHealth::default();
+        h.report_failure();
+        h.report_failure();
+        h.report_success();
+        h.report_failure();
+        h.report_failure();
+        assert!(!pending(&h).await);
+        h.report_failure();
+        assert!(pending(&h).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_for_long_enough_asks_for_rediscovery_even_with_few_failures() {
+        let h = HostHealth::default();
+        h.report_failure();
+        tokio::time::advance(FAILING_FOR).await;
+        h.report_failure();
+        assert!(pending(&h).await);
+    }
+}
