@@ -95,7 +95,7 @@ fn log_discovery(d: &Discovery) {
             }
             r => describe_resolution(r),
         };
-        tracing::debug!(candidate = %c.name, %resolved, loki = %c.loki, otlp = %c.otlp, "candidate checked");
+        tracing::debug!(candidate = %c.name, %resolved, loki = %c.services.loki.check, "candidate checked");
     }
     match &d.chosen {
         Some(ch) => tracing::info!("host: {} ({}) answers", ch.name, ch.address),
@@ -111,19 +111,7 @@ fn log_discovery(d: &Discovery) {
 }
 
 fn describe_resolution(r: &Resolution) -> String {
-    match r {
-        Resolution::Literal { address } => format!("{address} (literal)"),
-        Resolution::RouteTable { address } => format!("{address} (default route)"),
-        Resolution::Resolver { addresses } => format!(
-            "{} (resolver)",
-            addresses
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Resolution::Failed { reason } => reason.clone(),
-    }
+    r.to_string()
 }
 
 async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
@@ -149,43 +137,7 @@ async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
 }
 
 async fn probe(loaded: Loaded, args: ProbeArgs) -> Result<ExitCode> {
-    let config = &loaded.config;
-    let d = discovery::discover(config, &Inputs::default()).await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
-    } else {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "configuration: {}", loaded.origin)?;
-        writeln!(out, "host candidates:")?;
-        for c in &d.candidates {
-            writeln!(
-                out,
-                "  {:<22} {}",
-                c.name,
-                describe_resolution(&c.resolution)
-            )?;
-            if !matches!(c.resolution, Resolution::Failed { .. }) {
-                if config.loki.enabled {
-                    writeln!(out, "  {:<22}   loki /ready: {}", "", c.loki)?;
-                }
-                if config.otlp.enabled {
-                    writeln!(out, "  {:<22}   otlp port:   {}", "", c.otlp)?;
-                }
-            }
-        }
-        match &d.chosen {
-            Some(ch) => writeln!(out, "chosen host: {} ({})", ch.name, ch.address)?,
-            None => writeln!(out, "chosen host: none answers")?,
-        }
-    }
-    if args.push {
-        anyhow::bail!("`probe --push` is not built yet: it will push a test line and span");
-    }
-    Ok(if d.chosen.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(discovery::probe(&loaded, &args, &Inputs::default()).await?)
 }
 
 fn exec(_loaded: Loaded, args: ExecArgs) -> Result<ExitCode> {

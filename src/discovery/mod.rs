@@ -1,88 +1,142 @@
 //! Host discovery: which address reaches the host's telemetry stack.
 //!
 //! Candidates are tried in the configured order (an explicit `host.address` or
-//! `WISP_HOST` alone when set); each is resolved (a literal IP, `gateway` from the
-//! route table, else the system resolver, which reads `/etc/hosts` too) and checked
-//! concurrently: Loki's `/ready` answering 200, or with Loki disabled a TCP connect
-//! to the OTLP port. The first candidate in order that answers is chosen. Every
-//! check has a timeout, so discovery ends in about `host.probe_timeout` even when
-//! every candidate hangs.
+//! `WISP_HOST` alone when set); each is resolved ([`resolve`]: a literal IP,
+//! `gateway` from the route tables, the hosts file, else the resolver) and checked
+//! concurrently ([`check`]): Loki's `/ready` answering 200, or with Loki disabled
+//! the OTLP port accepting a connection. The first candidate in order that answers
+//! is chosen. Every step has a timeout (`host.probe_timeout`, capped at
+//! [`MAX_STEP_TIMEOUT`]), so discovery ends within two steps even when every
+//! candidate hangs. [`probe`] builds `wisp-agent probe` on top of it and [`watch`]
+//! keeps the daemon's choice fresh.
 
+pub mod check;
+pub mod probe;
+pub mod resolve;
 pub mod route;
+pub mod watch;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{fill_host, Config};
+use crate::config::{fill_host, redact_url, Config, OtlpProtocol};
+
+pub use check::{check_client, check_http, check_tcp, Check};
+pub use probe::{probe, run_probe, ProbeReport};
+pub use resolve::{resolve, Resolution, Resolver};
+pub use watch::{watch, HostHealth};
+
+/// A resolution or a round of checks never waits longer than this, whatever
+/// `host.probe_timeout` says: two steps then fit in `probe`'s 5 s promise.
+pub const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many addresses of one name are checked (the first ones, IPv4 first).
+const MAX_ADDRESSES_PER_CANDIDATE: usize = 4;
+
+/// Fixed ports of the services `probe` reports on but the agent does not use.
+pub const TEMPO_PORT: u16 = 3200;
+pub const PROMETHEUS_PORT: u16 = 9090;
+pub const GRAFANA_PORT: u16 = 3000;
+/// OTLP's standard ports, for the transport the configured endpoint does not use.
+pub const OTLP_GRPC_PORT: u16 = 4317;
+pub const OTLP_HTTP_PORT: u16 = 4318;
+
+/// The proxy variables `probe` warns about (the checks themselves ignore them).
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// Where discovery reads the machine's network facts; tests point these elsewhere.
 #[derive(Clone, Debug)]
 pub struct Inputs {
+    /// `/proc/net/route`.
     pub route_table: PathBuf,
+    /// `/proc/net/ipv6_route`.
+    pub ipv6_route_table: PathBuf,
+    /// `/etc/hosts`, read before the resolver so `probe` can say which answered.
+    pub hosts_file: PathBuf,
+    pub resolver: Resolver,
+    /// The proxy variables of [`PROXY_VARS`] that are set, for `probe`'s diagnosis.
+    pub proxy_env: BTreeMap<String, String>,
 }
 
 impl Default for Inputs {
+    /// The machine's own files, the system resolver and the process environment.
     fn default() -> Self {
         Inputs {
             route_table: PathBuf::from("/proc/net/route"),
+            ipv6_route_table: PathBuf::from("/proc/net/ipv6_route"),
+            hosts_file: PathBuf::from("/etc/hosts"),
+            resolver: Resolver::System,
+            proxy_env: PROXY_VARS
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect(),
         }
     }
 }
 
-/// How a candidate name became addresses.
+/// One service on one address, as checked.
+///
+/// JSON: `port`, `target` (the URL or `address:port` checked), `required` (the
+/// verdict depends on it), and the [`Check`] fields (`status`, …) inline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "via", rename_all = "snake_case")]
-pub enum Resolution {
-    /// The candidate is an IP address.
-    Literal { address: IpAddr },
-    /// `gateway`: the default route.
-    RouteTable { address: IpAddr },
-    /// A name, through the system resolver (hosts file and DNS).
-    Resolver { addresses: Vec<IpAddr> },
-    /// It did not resolve.
-    Failed { reason: String },
+pub struct ServiceReport {
+    pub port: u16,
+    pub target: String,
+    pub required: bool,
+    #[serde(flatten)]
+    pub check: Check,
 }
 
-impl Resolution {
-    pub fn addresses(&self) -> Vec<IpAddr> {
-        match self {
-            Resolution::Literal { address } | Resolution::RouteTable { address } => vec![*address],
-            Resolution::Resolver { addresses } => addresses.clone(),
-            Resolution::Failed { .. } => Vec::new(),
-        }
-    }
-}
-
-/// What one service check found.
+/// Every service `probe` knows, on one address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Check {
-    Ok { latency_ms: u64 },
-    HttpStatus { code: u16, latency_ms: u64 },
-    Refused,
-    Timeout { after_ms: u64 },
-    Error { reason: String },
-    NotTried,
+pub struct Services {
+    /// Loki `GET /ready` (port from `loki.url`).
+    pub loki: ServiceReport,
+    /// OTLP/gRPC: an empty trace export (port from `otlp.endpoint` when the
+    /// protocol is grpc, else 4317).
+    pub otlp_grpc: ServiceReport,
+    /// OTLP/HTTP: an empty `POST /v1/traces` (port from `otlp.endpoint` when the
+    /// protocol is http/*, else 4318).
+    pub otlp_http: ServiceReport,
+    /// Tempo `GET /ready` on 3200.
+    pub tempo: ServiceReport,
+    /// Prometheus `GET /-/healthy` on 9090.
+    pub prometheus: ServiceReport,
+    /// Grafana `GET /api/health` on 3000.
+    pub grafana: ServiceReport,
 }
 
-impl Check {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Check::Ok { .. })
+impl Services {
+    /// `(json name, human label, report)` in display order.
+    pub fn iter(&self) -> [(&'static str, &'static str, &ServiceReport); 6] {
+        [
+            ("loki", "loki", &self.loki),
+            ("otlp_grpc", "otlp grpc", &self.otlp_grpc),
+            ("otlp_http", "otlp http", &self.otlp_http),
+            ("tempo", "tempo", &self.tempo),
+            ("prometheus", "prometheus", &self.prometheus),
+            ("grafana", "grafana", &self.grafana),
+        ]
     }
-}
 
-impl std::fmt::Display for Check {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Check::Ok { latency_ms } => write!(f, "ok ({latency_ms} ms)"),
-            Check::HttpStatus { code, latency_ms } => write!(f, "HTTP {code} ({latency_ms} ms)"),
-            Check::Refused => f.write_str("refused"),
-            Check::Timeout { after_ms } => write!(f, "timeout after {after_ms} ms"),
-            Check::Error { reason } => write!(f, "error: {reason}"),
-            Check::NotTried => f.write_str("not tried"),
+    /// The OTLP service the configuration exports to.
+    pub fn otlp(&self, config: &Config) -> &ServiceReport {
+        match config.otlp.protocol {
+            OtlpProtocol::Grpc => &self.otlp_grpc,
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => &self.otlp_http,
         }
     }
 }
@@ -94,22 +148,24 @@ pub struct CandidateReport {
     pub resolution: Resolution,
     /// The address checked (the first that answered, else the first resolved).
     pub address: Option<IpAddr>,
-    /// Loki's `/ready` (when Loki is enabled).
-    pub loki: Check,
-    /// A TCP connect to the OTLP endpoint's port (when OTLP is enabled).
-    pub otlp: Check,
+    /// The services on `address` (all `not_checked` when it did not resolve).
+    pub services: Services,
 }
 
 impl CandidateReport {
     /// Does this candidate serve what the configuration needs to choose it?
     pub fn usable(&self, config: &Config) -> bool {
-        if config.loki.enabled {
-            self.loki.is_ok()
-        } else if config.otlp.enabled {
-            self.otlp.is_ok()
-        } else {
-            false
-        }
+        usable(&self.services, config)
+    }
+}
+
+fn usable(services: &Services, config: &Config) -> bool {
+    if config.loki.enabled {
+        services.loki.check.is_ok()
+    } else if config.otlp.enabled {
+        services.otlp(config).check.answered()
+    } else {
+        false
     }
 }
 
@@ -121,8 +177,10 @@ pub struct Discovery {
     pub chosen: Option<Chosen>,
 }
 
+/// The host the sinks send to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Chosen {
+    /// The candidate as configured (`host.lima.internal`, `gateway`, an IP).
     pub name: String,
     pub address: IpAddr,
 }
@@ -143,63 +201,18 @@ pub fn candidate_names(config: &Config) -> Vec<String> {
     }
 }
 
-/// Resolves one candidate name.
-pub async fn resolve(name: &str, inputs: &Inputs, timeout: Duration) -> Resolution {
-    if let Ok(address) = name
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<IpAddr>()
-    {
-        return Resolution::Literal { address };
-    }
-    if name == "gateway" {
-        return match tokio::fs::read_to_string(&inputs.route_table).await {
-            Ok(text) => match route::default_gateway_v4(&text) {
-                Some(gw) => Resolution::RouteTable {
-                    address: IpAddr::V4(gw),
-                },
-                None => Resolution::Failed {
-                    reason: format!("no IPv4 default route in {}", inputs.route_table.display()),
-                },
-            },
-            Err(e) => Resolution::Failed {
-                reason: format!("cannot read {}: {e}", inputs.route_table.display()),
-            },
-        };
-    }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((name, 0))).await {
-        Ok(Ok(addrs)) => {
-            let mut addresses: Vec<IpAddr> = Vec::new();
-            for a in addrs {
-                if !addresses.contains(&a.ip()) {
-                    addresses.push(a.ip());
-                }
-            }
-            // Prefer IPv4: the host's stack usually listens there.
-            addresses.sort_by_key(|a| a.is_ipv6());
-            if addresses.is_empty() {
-                Resolution::Failed {
-                    reason: "the name has no addresses".into(),
-                }
-            } else {
-                Resolution::Resolver { addresses }
-            }
-        }
-        Ok(Err(e)) => Resolution::Failed {
-            reason: format!("does not resolve ({e})"),
-        },
-        Err(_) => Resolution::Failed {
-            reason: format!("resolver timed out after {} ms", timeout.as_millis()),
-        },
-    }
+/// The timeout of one step (a resolution, a round of checks).
+pub fn step_timeout(config: &Config) -> Duration {
+    config.host.probe_timeout.get().min(MAX_STEP_TIMEOUT)
 }
 
 /// `scheme://authority` of a URL template with `{host}` filled in.
-fn base_of(url_template: &str, host: &str) -> String {
+pub(crate) fn base_of(url_template: &str, host: &str) -> String {
     let url = fill_host(url_template, host);
     match url.find("://") {
         Some(i) => {
             let rest = &url[i + 3..];
-            let end = rest.find('/').unwrap_or(rest.len());
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
             format!("{}{}", &url[..i + 3], &rest[..end])
         }
         None => url,
@@ -224,140 +237,221 @@ pub fn endpoint_socket(url_template: &str, host: IpAddr) -> Option<SocketAddr> {
     Some(SocketAddr::new(host, port))
 }
 
-/// An HTTP client for checks: no proxy (the host is local), short timeouts.
-pub fn check_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .user_agent(concat!("wisp-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+/// The OTLP/HTTP traces URL of an endpoint template (`/v1/traces` appended).
+pub(crate) fn otlp_traces_url(endpoint_template: &str, host: &str) -> String {
+    let url = fill_host(endpoint_template, host);
+    let url = url.trim_end_matches('/');
+    if url.ends_with("/v1/traces") {
+        url.to_string()
+    } else {
+        format!("{url}/v1/traces")
+    }
 }
 
-/// GETs `url` and reports ok on a 200.
-pub async fn check_http(client: &reqwest::Client, url: &str, timeout: Duration) -> Check {
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, client.get(url).send()).await {
-        Err(_) => Check::Timeout {
-            after_ms: timeout.as_millis() as u64,
-        },
-        Ok(Ok(resp)) => {
-            let latency_ms = started.elapsed().as_millis() as u64;
-            if resp.status().as_u16() == 200 {
-                Check::Ok { latency_ms }
-            } else {
-                Check::HttpStatus {
-                    code: resp.status().as_u16(),
-                    latency_ms,
-                }
+/// How much to check on each candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// Only what choosing needs (the daemon).
+    Choose,
+    /// Every service (`probe`).
+    Full,
+}
+
+/// The services of one address, checked concurrently.
+async fn check_address(
+    address: IpAddr,
+    config: &Config,
+    client: &reqwest::Client,
+    depth: Depth,
+) -> Services {
+    let timeout = step_timeout(config);
+    let host = address.to_string();
+    let grpc = config.otlp.protocol == OtlpProtocol::Grpc;
+    let choose_otlp = !config.loki.enabled && config.otlp.enabled;
+    let full = depth == Depth::Full;
+    let not_needed = "not needed to choose a host";
+
+    // Loki.
+    let loki_sock = endpoint_socket(&config.loki.url, address);
+    let loki_url = format!("{}/ready", base_of(&config.loki.url, &host));
+    let loki = async {
+        if !config.loki.enabled {
+            Check::not_checked("loki.enabled = false")
+        } else if loki_sock.is_none() {
+            Check::not_checked("loki.url has no usable port")
+        } else {
+            check_http(client, &loki_url, timeout).await
+        }
+    };
+
+    // OTLP over gRPC.
+    let grpc_sock = if grpc {
+        endpoint_socket(&config.otlp.endpoint, address)
+    } else {
+        Some(SocketAddr::new(address, OTLP_GRPC_PORT))
+    };
+    let grpc_tls = grpc && fill_host(&config.otlp.endpoint, &host).starts_with("https://");
+    let otlp_grpc = async {
+        match grpc_sock {
+            None => Check::not_checked("otlp.endpoint has no usable port"),
+            Some(_) if grpc && !config.otlp.enabled => Check::not_checked("otlp.enabled = false"),
+            Some(sock) if full => {
+                check::check_otlp_grpc(sock, grpc_tls, &config.otlp.headers, timeout).await
             }
+            Some(sock) if grpc && choose_otlp => check_tcp(sock, timeout).await,
+            Some(_) => Check::not_checked(not_needed),
         }
-        Ok(Err(e)) if e.is_timeout() => Check::Timeout {
-            after_ms: timeout.as_millis() as u64,
-        },
-        Ok(Err(e)) if e.is_connect() && is_refused(&e) => Check::Refused,
-        Ok(Err(e)) => Check::Error {
-            reason: error_chain(&e),
-        },
-    }
-}
+    };
 
-/// Opens (and closes) a TCP connection.
-pub async fn check_tcp(addr: SocketAddr, timeout: Duration) -> Check {
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Err(_) => Check::Timeout {
-            after_ms: timeout.as_millis() as u64,
-        },
-        Ok(Ok(_)) => Check::Ok {
-            latency_ms: started.elapsed().as_millis() as u64,
-        },
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Check::Refused,
-        Ok(Err(e)) => Check::Error {
-            reason: e.to_string(),
-        },
-    }
-}
-
-fn is_refused(e: &reqwest::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+    // OTLP over HTTP.
+    let http_url = if grpc {
+        format!(
+            "http://{}/v1/traces",
+            SocketAddr::new(address, OTLP_HTTP_PORT)
+        )
+    } else {
+        otlp_traces_url(&config.otlp.endpoint, &host)
+    };
+    let http_sock = if grpc {
+        Some(SocketAddr::new(address, OTLP_HTTP_PORT))
+    } else {
+        endpoint_socket(&config.otlp.endpoint, address)
+    };
+    let otlp_http = async {
+        match http_sock {
+            None => Check::not_checked("otlp.endpoint has no usable port"),
+            Some(_) if !grpc && !config.otlp.enabled => Check::not_checked("otlp.enabled = false"),
+            Some(_) if full => {
+                let json = config.otlp.protocol == OtlpProtocol::HttpJson;
+                check::check_otlp_http(client, &http_url, json, &config.otlp.headers, timeout).await
+            }
+            Some(sock) if !grpc && choose_otlp => check_tcp(sock, timeout).await,
+            Some(_) => Check::not_checked(not_needed),
         }
-        source = s.source();
+    };
+
+    let fixed = |port: u16, path: &str| format!("http://{}{path}", SocketAddr::new(address, port));
+    let tempo_url = fixed(TEMPO_PORT, "/ready");
+    let prometheus_url = fixed(PROMETHEUS_PORT, "/-/healthy");
+    let grafana_url = fixed(GRAFANA_PORT, "/api/health");
+    let optional = |url: String| async move {
+        if full {
+            check_http(client, &url, timeout).await
+        } else {
+            Check::not_checked(not_needed)
+        }
+    };
+
+    let (loki, otlp_grpc, otlp_http, tempo, prometheus, grafana) = tokio::join!(
+        loki,
+        otlp_grpc,
+        otlp_http,
+        optional(tempo_url.clone()),
+        optional(prometheus_url.clone()),
+        optional(grafana_url.clone()),
+    );
+    let port = |s: Option<SocketAddr>| s.map(|s| s.port()).unwrap_or(0);
+    Services {
+        loki: ServiceReport {
+            port: port(loki_sock),
+            target: redact_url(&loki_url),
+            required: config.loki.enabled,
+            check: loki,
+        },
+        otlp_grpc: ServiceReport {
+            port: port(grpc_sock),
+            target: grpc_sock.map(|s| s.to_string()).unwrap_or_default(),
+            required: config.otlp.enabled && grpc,
+            check: otlp_grpc,
+        },
+        otlp_http: ServiceReport {
+            port: port(http_sock),
+            target: redact_url(&http_url),
+            required: config.otlp.enabled && !grpc,
+            check: otlp_http,
+        },
+        tempo: ServiceReport {
+            port: TEMPO_PORT,
+            target: tempo_url,
+            required: false,
+            check: tempo,
+        },
+        prometheus: ServiceReport {
+            port: PROMETHEUS_PORT,
+            target: prometheus_url,
+            required: false,
+            check: prometheus,
+        },
+        grafana: ServiceReport {
+            port: GRAFANA_PORT,
+            target: grafana_url,
+            required: false,
+            check: grafana,
+        },
     }
-    false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// The services of a candidate that did not resolve.
+fn unresolved_services(config: &Config) -> Services {
+    let none = |required: bool| ServiceReport {
+        port: 0,
+        target: String::new(),
+        required,
+        check: Check::not_checked("the candidate did not resolve"),
+    };
+    let grpc = config.otlp.protocol == OtlpProtocol::Grpc;
+    Services {
+        loki: none(config.loki.enabled),
+        otlp_grpc: none(config.otlp.enabled && grpc),
+        otlp_http: none(config.otlp.enabled && !grpc),
+        tempo: none(false),
+        prometheus: none(false),
+        grafana: none(false),
     }
-    out
 }
 
-/// Resolves and checks one candidate.
+/// Resolves and checks one candidate; its addresses are checked concurrently.
 async fn check_candidate(
     name: String,
     config: &Config,
     inputs: &Inputs,
     client: &reqwest::Client,
+    depth: Depth,
 ) -> CandidateReport {
-    let timeout = config.host.probe_timeout.get();
-    let resolution = resolve(&name, inputs, timeout).await;
-    let addresses = resolution.addresses();
-    let mut report = CandidateReport {
-        name,
-        address: addresses.first().copied(),
-        resolution,
-        loki: Check::NotTried,
-        otlp: Check::NotTried,
-    };
-    for address in addresses {
-        let loki = if config.loki.enabled {
-            let url = format!("{}/ready", base_of(&config.loki.url, &address.to_string()));
-            check_http(client, &url, timeout).await
-        } else {
-            Check::NotTried
-        };
-        let otlp = match (
-            config.otlp.enabled,
-            endpoint_socket(&config.otlp.endpoint, address),
-        ) {
-            (true, Some(sock)) => check_tcp(sock, timeout).await,
-            _ => Check::NotTried,
-        };
-        let first = report.loki == Check::NotTried && report.otlp == Check::NotTried;
-        let candidate = CandidateReport {
-            name: report.name.clone(),
-            resolution: report.resolution.clone(),
-            address: Some(address),
-            loki,
-            otlp,
-        };
-        let usable = candidate.usable(config);
-        if first || usable {
-            report = candidate;
-        }
-        if usable {
-            break;
-        }
+    let resolution = resolve(&name, inputs, step_timeout(config)).await;
+    let addresses: Vec<IpAddr> = resolution
+        .addresses()
+        .into_iter()
+        .take(MAX_ADDRESSES_PER_CANDIDATE)
+        .collect();
+    let checked = futures_util::future::join_all(
+        addresses
+            .iter()
+            .map(|a| check_address(*a, config, client, depth)),
+    )
+    .await;
+    let pick = checked.iter().position(|s| usable(s, config)).unwrap_or(0);
+    match checked.into_iter().nth(pick) {
+        Some(services) => CandidateReport {
+            name,
+            resolution,
+            address: addresses.get(pick).copied(),
+            services,
+        },
+        None => CandidateReport {
+            name,
+            resolution,
+            address: None,
+            services: unresolved_services(config),
+        },
     }
-    report
 }
 
-/// Resolves and checks every candidate concurrently; chooses the first usable in order.
-pub async fn discover(config: &Config, inputs: &Inputs) -> Discovery {
-    let client = check_client(config.host.probe_timeout.get());
+pub(crate) async fn discover_with(config: &Config, inputs: &Inputs, depth: Depth) -> Discovery {
+    let client = check_client(step_timeout(config));
     let checks = candidate_names(config)
         .into_iter()
-        .map(|name| check_candidate(name, config, inputs, &client));
+        .map(|name| check_candidate(name, config, inputs, &client, depth));
     let candidates: Vec<CandidateReport> = futures_util::future::join_all(checks).await;
     let chosen = candidates.iter().find(|c| c.usable(config)).and_then(|c| {
         c.address.map(|address| Chosen {
@@ -366,6 +460,12 @@ pub async fn discover(config: &Config, inputs: &Inputs) -> Discovery {
         })
     });
     Discovery { candidates, chosen }
+}
+
+/// Resolves and checks every candidate concurrently (only what choosing needs);
+/// chooses the first usable in order.
+pub async fn discover(config: &Config, inputs: &Inputs) -> Discovery {
+    discover_with(config, inputs, Depth::Choose).await
 }
 
 #[cfg(test)]
@@ -403,7 +503,10 @@ mod tests {
              lo\t00000000\t0300007F\t0003\t0\t0\t0\t00000000\n",
         )
         .unwrap();
-        let inputs = Inputs { route_table: route };
+        let inputs = Inputs {
+            route_table: route,
+            ..Inputs::default()
+        };
         let t = Duration::from_secs(1);
         assert_eq!(
             resolve("127.0.0.9", &inputs, t).await,
@@ -414,7 +517,9 @@ mod tests {
         assert_eq!(
             resolve("gateway", &inputs, t).await,
             Resolution::RouteTable {
-                address: "127.0.0.3".parse().unwrap()
+                address: "127.0.0.3".parse().unwrap(),
+                interface: "lo".into(),
+                family: "ipv4",
             }
         );
     }
