@@ -18,11 +18,11 @@
 //!   not, and what is lost is counted and logged once per drop event. The writer never
 //!   waits for the reader.
 //! - **A full disk is an error, not a loss.** When a write fails with ENOSPC, `append`
-//!   cuts the segment back to its last complete batch and returns
-//!   [`SpoolError::DiskFull`]: the caller must not acknowledge its source, which
-//!   re-reads the batch later. Records of the batch that made it into a segment before
-//!   a rotation may then be appended twice; their replay is identical, so Loki stores
-//!   them once.
+//!   cuts the segment back to its last complete batch (a batch never spans two
+//!   segments) and returns [`SpoolError::DiskFull`]: nothing of the batch is stored,
+//!   the caller must not acknowledge its source, and the source re-reads the batch
+//!   later. The spool does not delete unshipped data to make room on a disk that
+//!   others filled; `max_bytes` is the only reason it drops.
 //! - **Damage inside a segment**: a record whose checksum fails but whose frame is
 //!   intact is skipped and counted, and reading continues at the next frame; damage
 //!   that breaks the framing ends that segment there (see [`segment::scan_segment`]).
@@ -57,8 +57,9 @@ pub struct SpoolSettings {
     pub dir: PathBuf,
     /// Bound on the bytes of all segments together (`buffer.max_bytes`).
     pub max_bytes: u64,
-    /// A segment is sealed and a new one started past this size. Capped at half of
-    /// `max_bytes`, so trimming whole segments can always make room.
+    /// A new segment is started when a batch would take the active one past this size
+    /// (a batch is never split, so a segment may exceed it by one batch). Capped at
+    /// half of `max_bytes`, so trimming whole segments can always make room.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
@@ -631,9 +632,7 @@ impl SpoolWriter {
     ) -> Result<(), SpoolError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let mut chunk_start = 0;
-        let mut chunk_records = 0u64;
-        let mut result = Ok(());
+        let mut stored = 0u64;
         for record in records {
             let start = buf.len();
             let frame_len = segment::encode_frame(record, &mut buf) as u64;
@@ -643,22 +642,19 @@ impl SpoolWriter {
                 warn!(bytes = frame_len, "record too large for the spool; dropped");
                 continue;
             }
-            let chunk_len = (start - chunk_start) as u64;
-            let segment_has_data = self.len + chunk_len > HEADER_LEN;
-            if self.len + chunk_len + frame_len > self.segment_bytes && segment_has_data {
-                result = self
-                    .write_chunk(&buf[chunk_start..start], chunk_records, dropped)
-                    .and_then(|()| self.rotate());
-                if result.is_err() {
-                    break;
-                }
-                chunk_start = start;
-                chunk_records = 0;
-            }
-            chunk_records += 1;
+            stored += 1;
         }
+        // A batch goes whole into one segment (which may so exceed `segment_bytes` by
+        // one batch): then a failed write is undone by cutting one file, and a failed
+        // append has stored nothing.
+        let full = self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes;
+        let mut result = if full || self.needs_rotation {
+            self.rotate()
+        } else {
+            Ok(())
+        };
         if result.is_ok() {
-            result = self.write_chunk(&buf[chunk_start..], chunk_records, dropped);
+            result = self.write_chunk(&buf, stored, dropped);
         }
         self.buf = buf;
         result?;
@@ -681,9 +677,6 @@ impl SpoolWriter {
     ) -> Result<(), SpoolError> {
         if chunk.is_empty() {
             return Ok(());
-        }
-        if self.needs_rotation {
-            self.rotate()?;
         }
         self.trim(chunk.len() as u64, dropped);
         if let Err(e) = self.file.write_all(chunk) {
@@ -778,7 +771,23 @@ impl SpoolWriter {
         );
         index.active = next;
         index.total_bytes += HEADER_LEN;
+        // A segment acknowledged to its end while it was active can go now.
+        let sealed = next - 1;
+        let mut done = None;
+        if index.acked.segment == sealed {
+            if let Some(meta) = index.segments.get(&sealed).copied() {
+                if index.acked.offset >= meta.len {
+                    index.segments.remove(&sealed);
+                    index.total_bytes -= meta.len;
+                    done = Some(sealed);
+                }
+            }
+        }
         index.update_gauges(&self.shared.counters);
+        drop(index);
+        if let Some(id) = done {
+            self.shared.remove_segments(&[id]);
+        }
         Ok(())
     }
 
@@ -969,27 +978,17 @@ impl SpoolReader {
         self.shared.appended.notified().await;
     }
 
-    /// Records that everything up to `upto` was shipped: persists it (written to a
-    /// temporary file, fsynced, renamed) and deletes the segments it covers. A position
-    /// at or before the last acknowledged one is ignored.
+    /// Records that everything up to `upto` was shipped: deletes the segments it
+    /// covers and persists the position (written to a temporary file, fsynced,
+    /// renamed). A position at or before the last acknowledged one is ignored.
+    ///
+    /// Covered segments go first: that is safe (a restart with the older position
+    /// starts at the oldest remaining segment, past them) and frees space, so an
+    /// acknowledgement still works on a full disk.
     pub fn ack(&mut self, upto: SpoolPosition) -> Result<(), SpoolError> {
         if upto <= self.acked {
             return Ok(());
         }
-        let dir = &self.shared.dir;
-        let tmp = dir.join(ACK_TMP_FILE);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&encode_ack(upto))?;
-            f.sync_all()
-        };
-        write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
-        let path = dir.join(ACK_FILE);
-        fs::rename(&tmp, &path)
-            .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
-        sync_dir(dir)?;
-        self.acked = upto;
-
         let mut done = Vec::new();
         {
             let mut index = self.shared.index();
@@ -1010,6 +1009,20 @@ impl SpoolReader {
             index.update_gauges(&self.shared.counters);
         }
         self.shared.remove_segments(&done);
+
+        let dir = &self.shared.dir;
+        let tmp = dir.join(ACK_TMP_FILE);
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&encode_ack(upto))?;
+            f.sync_all()
+        };
+        write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
+        let path = dir.join(ACK_FILE);
+        fs::rename(&tmp, &path)
+            .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
+        sync_dir(dir)?;
+        self.acked = upto;
         Ok(())
     }
 
