@@ -868,6 +868,7 @@ impl SpoolReader {
         let mut records = Vec::new();
         let mut bytes = 0u64;
         let max_records = max_records.max(1);
+        let max_bytes = max_bytes.max(1);
         'segments: while records.len() < max_records && (bytes as usize) < max_bytes {
             let (limit, sealed) = {
                 let index = shared.index();

@@ -125,16 +125,24 @@ pub fn decode_payload(payload: &[u8], cache: &mut LabelCache) -> Result<LogRecor
     ts_bytes.copy_from_slice(ts);
     let timestamp = Timestamp(i64::from_le_bytes(ts_bytes));
 
+    // Skip over the labels first: when their bytes equal the previous record's (one
+    // stream, the common case) the cached set is reused without parsing them.
     let labels_start = payload.len() - cur.buf.len();
     let n_labels = cur.count()?;
-    let mut pairs = Vec::new();
     for _ in 0..n_labels {
-        pairs.push((cur.str()?, cur.str()?));
+        cur.skip_str()?;
+        cur.skip_str()?;
     }
     let labels_bytes = &payload[labels_start..payload.len() - cur.buf.len()];
     let labels = if cache.encoded == labels_bytes {
         cache.labels.clone()
     } else {
+        let mut lc = Cursor { buf: labels_bytes };
+        let n = lc.count()?;
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            pairs.push((lc.str()?, lc.str()?));
+        }
         let labels = Labels::from_pairs(pairs);
         cache.encoded.clear();
         cache.encoded.extend_from_slice(labels_bytes);
@@ -199,10 +207,17 @@ impl<'a> Cursor<'a> {
             .ok_or(DecodeError("count exceeds payload"))
     }
 
-    fn str(&mut self) -> Result<&'a str, DecodeError> {
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = usize::try_from(self.varint()?).map_err(|_| DecodeError("length too large"))?;
-        let bytes = self.take(n).ok_or(DecodeError("truncated string"))?;
-        std::str::from_utf8(bytes).map_err(|_| DecodeError("string is not UTF-8"))
+        self.take(n).ok_or(DecodeError("truncated string"))
+    }
+
+    fn skip_str(&mut self) -> Result<(), DecodeError> {
+        self.bytes().map(|_| ())
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8"))
     }
 }
 
