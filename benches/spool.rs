@@ -9,23 +9,22 @@ use wisp_agent::config::FsyncPolicy;
 use wisp_agent::record::{Labels, LogRecord, Timestamp};
 use wisp_agent::spool::{Spool, SpoolSettings};
 
-const BATCH: usize = 500;
-const BATCHES: usize = 400;
+const RECORDS: usize = 200_000;
 
-fn records(batch: usize) -> Vec<LogRecord> {
+fn records(batch: usize, size: usize) -> Vec<LogRecord> {
     let labels = [
         Labels::from_pairs([("job", "refly-api"), ("host", "vm1"), ("level", "info")]),
         Labels::from_pairs([("job", "refly-api"), ("host", "vm1"), ("level", "error")]),
     ];
-    (0..BATCH)
+    (0..size)
         .map(|i| {
-            let n = batch * BATCH + i;
+            let n = batch * size + i;
             LogRecord {
                 timestamp: Timestamp(1_795_388_381_726_000_000 + n as i64),
                 labels: labels[usize::from(n % 10 == 0)].clone(),
                 structured_metadata: vec![],
                 line: format!(
-                    r#"{{"level":30,"time":{},"pid":4242,"hostname":"vm1","reqId":"req-{n:08}","msg":"request completed","res":{{"statusCode":200}},"responseTime":12.5}}"#,
+                    r#"{{"level":30,"time":{},"pid":4242,"hostname":"vm1","reqId":"req-{n:08}","req":{{"method":"GET","url":"/v1/items/{n}"}},"msg":"request completed","res":{{"statusCode":200}},"responseTime":12.5}}"#,
                     1_795_388_381_726u64 + n as u64
                 ),
             }
@@ -45,7 +44,8 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn run(policy: FsyncPolicy, base: &std::path::Path) {
+fn run(policy: FsyncPolicy, batch_size: usize, base: &std::path::Path) {
+    let batch_count = RECORDS / batch_size;
     let dir = tempfile::tempdir_in(base).expect("temp dir");
     let settings = SpoolSettings {
         dir: dir.path().to_path_buf(),
@@ -56,11 +56,11 @@ fn run(policy: FsyncPolicy, base: &std::path::Path) {
     };
     let (mut w, mut r) = Spool::open(settings).expect("open spool");
     let counters = w.counters();
-    let batches: Vec<Vec<LogRecord>> = (0..BATCHES).map(records).collect();
+    let batches: Vec<Vec<LogRecord>> = (0..batch_count).map(|b| records(b, batch_size)).collect();
     let line_bytes: usize = batches.iter().flatten().map(|r| r.line.len()).sum();
 
-    let mut append_times = Vec::with_capacity(BATCHES);
-    let mut fsync_times = Vec::with_capacity(BATCHES);
+    let mut append_times = Vec::with_capacity(batch_count);
+    let mut fsync_times = Vec::with_capacity(batch_count);
     let started = Instant::now();
     for batch in &batches {
         let before = counters.snapshot().fsync_time;
@@ -72,13 +72,13 @@ fn run(policy: FsyncPolicy, base: &std::path::Path) {
     w.sync().expect("sync");
     let elapsed = started.elapsed();
     let snap = counters.snapshot();
-    let n = (BATCH * BATCHES) as f64;
+    let n = (RECORDS) as f64;
     append_times.sort();
     fsync_times.sort();
-    let fsync_mean = fsync_times.iter().sum::<Duration>() / BATCHES as u32;
+    let fsync_mean = fsync_times.iter().sum::<Duration>() / batch_count as u32;
     println!(
-        "append, fsync={policy:?}: {BATCHES} batches of {BATCH} records (~{} B lines)",
-        line_bytes / (BATCH * BATCHES)
+        "append, fsync={policy:?}: {batch_count} batches of {batch_size} records (~{} B lines)",
+        line_bytes / (RECORDS)
     );
     println!(
         "  {:>10.0} records/s  {:>7.1} MB/s of lines  {:>7.1} MB/s on disk",
@@ -88,7 +88,7 @@ fn run(policy: FsyncPolicy, base: &std::path::Path) {
     );
     println!(
         "  append per batch: mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs",
-        micros(append_times.iter().sum::<Duration>() / BATCHES as u32),
+        micros(append_times.iter().sum::<Duration>() / batch_count as u32),
         micros(percentile(&append_times, 0.5)),
         micros(percentile(&append_times, 0.99))
     );
@@ -101,20 +101,29 @@ fn run(policy: FsyncPolicy, base: &std::path::Path) {
     );
 
     // Read back in sink-sized batches (~1 MiB, as a Loki push), acknowledging each.
-    let started = Instant::now();
     let mut read = 0usize;
     let mut acks = 0usize;
-    while let Some(b) = r.next_batch(100_000, 1 << 20).expect("read") {
+    let (mut read_time, mut ack_time) = (Duration::ZERO, Duration::ZERO);
+    loop {
+        let t = Instant::now();
+        let Some(b) = r.next_batch(100_000, 1 << 20).expect("read") else {
+            break;
+        };
+        read_time += t.elapsed();
         read += b.records.len();
+        let t = Instant::now();
         r.ack(b.end).expect("ack");
+        ack_time += t.elapsed();
         acks += 1;
     }
-    let elapsed = started.elapsed();
-    assert_eq!(read, BATCH * BATCHES, "every record read back");
+    assert_eq!(read, RECORDS, "every record read back");
+    let elapsed = read_time + ack_time;
     println!(
-        "  read + ack: {:>10.0} records/s  {:>7.1} MB/s of lines ({acks} acks of ~1 MiB)",
+        "  read + ack: {:>10.0} records/s  {:>7.1} MB/s of lines; reading alone {:.0} records/s; {acks} acks of ~1 MiB, {:.0} µs each",
         read as f64 / elapsed.as_secs_f64(),
-        line_bytes as f64 / elapsed.as_secs_f64() / 1e6
+        line_bytes as f64 / elapsed.as_secs_f64() / 1e6,
+        read as f64 / read_time.as_secs_f64(),
+        micros(ack_time / acks.max(1) as u32)
     );
 }
 
@@ -123,6 +132,7 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     println!("spool benchmark in {}", base.display());
-    run(FsyncPolicy::Batch, &base);
-    run(FsyncPolicy::Interval, &base);
+    run(FsyncPolicy::Batch, 500, &base);
+    run(FsyncPolicy::Batch, 2000, &base);
+    run(FsyncPolicy::Interval, 500, &base);
 }

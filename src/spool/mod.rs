@@ -981,7 +981,7 @@ impl SpoolReader {
 
     /// Records that everything up to `upto` was shipped: deletes the segments it
     /// covers and persists the position (written to a temporary file, fsynced,
-    /// renamed). A position at or before the last acknowledged one is ignored.
+    /// renamed over the previous one). A position at or before the last acknowledged one is ignored.
     ///
     /// Covered segments go first: that is safe (a restart with the older position
     /// starts at the oldest remaining segment, past them) and frees space, so an
@@ -1022,7 +1022,8 @@ impl SpoolReader {
         let path = dir.join(ACK_FILE);
         fs::rename(&tmp, &path)
             .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
-        sync_dir(dir)?;
+        // No directory fsync: should a power loss undo the rename, the previous
+        // position is used and a little more is shipped again (at least once).
         self.acked = upto;
         Ok(())
     }
