@@ -533,3 +533,89 @@ fn a_full_disk_is_an_error_naming_the_dir_and_the_failed_batch_is_not_stored() {
     assert_records(&read_all(&mut r), &recs(stored..stored + 10), "read back");
     drop((w, r));
 }
+
+#[test]
+fn a_reader_running_alongside_the_writer_sees_every_record_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), 64 << 20, 4096);
+    s.fsync = FsyncPolicy::Interval;
+    let (mut w, mut r) = Spool::open(s).unwrap();
+    let total = 5000;
+    let writer = std::thread::spawn(move || {
+        let mut n = 0;
+        for size in (1..=37).cycle() {
+            let end = (n + size).min(total);
+            w.append(&recs(n..end)).unwrap();
+            n = end;
+            if n == total {
+                break;
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while (got.len() as u64) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records arrived",
+            got.len()
+        );
+        match r.next_batch(50, 1 << 20).unwrap() {
+            Some(b) => {
+                got.extend(b.records);
+                r.ack(b.end).unwrap();
+            }
+            None => {
+                // The timeout only bounds a lost wake-up; the loop's deadline fails it.
+                let wait = async { tokio::time::timeout(Duration::from_secs(1), r.wait()).await };
+                let _ = rt.block_on(wait);
+            }
+        }
+    }
+    writer.join().unwrap();
+    assert_records(&got, &recs(0..total), "concurrent read");
+    assert!(r.next_batch(50, 1 << 20).unwrap().is_none());
+}
+
+#[test]
+fn restarts_without_appends_leave_no_empty_segments_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        drop(open(dir.path()));
+    }
+    assert_eq!(segment_files(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_segment_file_with_a_foreign_header_is_discarded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("00000000000000000003.seg"),
+        b"WSPL\x09\0\0\0from a future version",
+    )
+    .unwrap();
+    let (mut w, mut r) = open(dir.path());
+    assert_eq!(r.counters().snapshot().torn_tails, 1);
+    w.append(&recs(0..3)).unwrap();
+    assert_records(&read_all(&mut r), &recs(0..3), "after the foreign file");
+}
+
+#[test]
+fn counters_are_exported_under_wisp_spool_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _r) = open(dir.path());
+    w.append(&recs(0..4)).unwrap();
+    let metrics = w.counters().snapshot().metrics();
+    assert!(metrics
+        .iter()
+        .all(|(name, _)| name.starts_with("wisp_spool_")));
+    let appended = metrics
+        .iter()
+        .find(|(name, _)| *name == "wisp_spool_records_appended_total")
+        .unwrap();
+    assert_eq!(appended.1, 4.0);
+}
