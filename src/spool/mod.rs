@@ -394,6 +394,9 @@ impl Spool {
             }
         }
         ids.sort_unstable();
+        // Ids never go back, even past segments deleted below, so a position never
+        // names two different segments.
+        let max_seen = ids.last().copied().unwrap_or(0);
 
         let mut segments = BTreeMap::new();
         let mut reader = None;
@@ -407,9 +410,16 @@ impl Spool {
             let ack_offset = acked.filter(|a| a.segment == id).map(|a| a.offset);
             let scan = segment::scan_segment(&path, ack_offset)
                 .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
+            if scan.bad_header && scan.file_len < HEADER_LEN {
+                warn!(segment = %path.display(), bytes = scan.file_len,
+                    "spool segment was cut short as it was created; deleting it");
+                CounterSet(&counters).discarded(scan.file_len);
+                remove_file_logged(&path);
+                continue;
+            }
             if scan.bad_header {
                 error!(segment = %path.display(), bytes = scan.file_len,
-                    "spool segment has no valid header (empty, damaged or another format version); deleting it");
+                    "spool segment has a damaged header or another format version; deleting it");
                 CounterSet(&counters).discarded(scan.file_len);
                 remove_file_logged(&path);
                 continue;
@@ -459,8 +469,7 @@ impl Spool {
 
         // The new segment's id must be above the acknowledged one, or its records
         // would count as acknowledged.
-        let last = segments.keys().next_back().copied().unwrap_or(0);
-        let active = last.max(acked.map_or(0, |a| a.segment)) + 1;
+        let active = max_seen.max(acked.map_or(0, |a| a.segment)) + 1;
         let file = create_segment(&dir, active)?;
         sync_dir(&dir)?;
         segments.insert(
