@@ -619,3 +619,24 @@ fn counters_are_exported_under_wisp_spool_names() {
         .unwrap();
     assert_eq!(appended.1, 4.0);
 }
+
+#[test]
+fn a_segment_deleted_behind_the_agents_back_is_skipped_not_spun_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+    for chunk in recs(0..100).chunks(10) {
+        w.append(chunk).unwrap();
+    }
+    let files = segment_files(dir.path());
+    fs::remove_file(&files[0]).unwrap();
+    fs::remove_file(files.last().unwrap()).unwrap(); // the active one, too
+    let got = read_all(&mut r);
+    let first = (got[0].timestamp.0 - rec(0).timestamp.0) as u64;
+    assert!(first > 0);
+    assert_records(
+        &got,
+        &recs(first..first + got.len() as u64),
+        "the segments left",
+    );
+    assert!(r.counters().snapshot().torn_tails >= 2);
+}

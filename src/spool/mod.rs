@@ -177,7 +177,8 @@ pub struct SpoolCountersSnapshot {
     pub records_oversize: u64,
     /// Records skipped because their checksum did not match.
     pub records_corrupt: u64,
-    /// Torn or unframeable segment tails cut off (each may hold several records).
+    /// Torn or unframeable segment tails cut off, and unreadable or vanished segment
+    /// files discarded (each may have held several records).
     pub torn_tails: u64,
     /// Bytes cut off with torn tails and unreadable segment files.
     pub bytes_discarded: u64,
@@ -903,8 +904,12 @@ impl SpoolReader {
             if self.file.is_none() {
                 match segment::open_at(&path, self.cursor.offset) {
                     Ok(f) => self.file = Some(f),
-                    // Deleted by trimming between the index check and the open.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        if self.forget_missing_segment() {
+                            continue;
+                        }
+                        break;
+                    }
                     Err(e) => return Err(SpoolError::io("open spool segment", &path, e)),
                 }
             }
@@ -971,6 +976,28 @@ impl SpoolReader {
             end: self.cursor,
             bytes,
         }))
+    }
+
+    /// Handles a segment file gone from disk: normally trimmed by the writer between
+    /// the index check and the open (it is out of the index then); otherwise deleted
+    /// behind the agent's back, which is counted as discarded and dropped from the
+    /// index. Returns whether reading can go on with the next segment.
+    fn forget_missing_segment(&mut self) -> bool {
+        let id = self.cursor.segment;
+        let mut index = self.shared.index();
+        let Some(meta) = index.segments.remove(&id) else {
+            return true;
+        };
+        index.total_bytes -= meta.len;
+        index.update_gauges(&self.shared.counters);
+        let active = index.active;
+        drop(index);
+        warn!(segment = %self.shared.segment_path(id).display(),
+            "spool segment file disappeared; its records are lost");
+        CounterSet(&self.shared.counters).discarded(meta.len);
+        // The writer still appends to the active one and will list it again: stop
+        // here rather than spin on it.
+        id != active
     }
 
     fn enter_segment(&mut self, id: u64) {
