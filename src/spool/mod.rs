@@ -330,6 +330,10 @@ impl Shared {
     }
 }
 
+/// Scratch buffers larger than this are released after use rather than kept: a rare
+/// large batch or record must not raise the agent's idle memory for good.
+const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 const ACK_FILE: &str = "ack";
 const ACK_TMP_FILE: &str = "ack.tmp";
 const ACK_MAGIC: [u8; 4] = *b"WSPA";
@@ -666,6 +670,10 @@ impl SpoolWriter {
         if result.is_ok() {
             result = self.write_chunk(&buf, stored, dropped);
         }
+        // Keep the encoding buffer between batches, but not one a rare huge batch grew.
+        if buf.capacity() > RETAINED_BUFFER_BYTES {
+            buf = Vec::new();
+        }
         self.buf = buf;
         result?;
         match self.settings.fsync {
@@ -958,6 +966,9 @@ impl SpoolReader {
                     }
                 }
             }
+        }
+        if self.payload.capacity() > RETAINED_BUFFER_BYTES {
+            self.payload = Vec::new();
         }
         {
             let mut index = shared.index();
