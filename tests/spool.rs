@@ -369,6 +369,7 @@ fn interval_fsync_does_not_sync_every_batch_and_loses_nothing_on_close() {
         }
         assert_eq!(w.counters().snapshot().fsyncs, 0);
         assert!(w.sync_pending());
+        assert!(!w.sync_if_due().unwrap(), "not due for an hour");
         w.sync().unwrap();
         assert_eq!(w.counters().snapshot().fsyncs, 1);
     }
@@ -411,6 +412,7 @@ async fn wait_returns_once_the_writer_appends() {
 }
 
 const CHILD_DIR_ENV: &str = "WISP_SPOOL_TEST_CHILD_DIR";
+const CHILD_INTERVAL_ENV: &str = "WISP_SPOOL_TEST_CHILD_INTERVAL";
 
 /// Not a test on its own: the child process of
 /// `kill_9_at_any_point_keeps_every_confirmed_record_in_order`. It appends batches
@@ -420,7 +422,13 @@ fn child_appends_until_killed() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
-    let (mut w, _r) = Spool::open(settings(Path::new(&dir), 64 << 20, 16 * 1024)).unwrap();
+    let mut s = settings(Path::new(&dir), 64 << 20, 16 * 1024);
+    if std::env::var_os(CHILD_INTERVAL_ENV).is_some() {
+        // Written data sits in the page cache, which a killed process does not lose.
+        s.fsync = FsyncPolicy::Interval;
+        s.fsync_interval = Duration::from_secs(3600);
+    }
+    let (mut w, _r) = Spool::open(s).unwrap();
     let mut out = std::io::stdout().lock();
     let mut n = 0u64;
     for size in (1..=13).cycle() {
@@ -433,20 +441,29 @@ fn child_appends_until_killed() {
 
 #[test]
 fn kill_9_at_any_point_keeps_every_confirmed_record_in_order() {
-    for target in [1, 150, 700, 2000] {
+    let rounds = [
+        (1, false),
+        (150, false),
+        (700, false),
+        (2000, false),
+        (3000, true),
+    ];
+    for (target, interval) in rounds {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_appends_until_killed",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "child_appends_until_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if interval {
+            cmd.env(CHILD_INTERVAL_ENV, "1");
+        }
+        let mut child = cmd.spawn().unwrap();
         let mut confirmed = 0;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             if let Some(n) = line.unwrap().strip_prefix("confirmed ") {
@@ -708,4 +725,50 @@ fn random_damage_never_fails_the_spool_and_never_yields_altered_records() {
         w.append(&recs(500..501)).unwrap();
         assert_records(&read_all(&mut r), &recs(500..501), &format!("seed {seed}"));
     }
+}
+
+/// Collects what the spool logs, for tests that check a drop is reported.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_drop_for_space_is_logged_once_per_append_with_records_and_bytes() {
+    let logs = LogCapture::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let mut drops = 0;
+    tracing::subscriber::with_default(subscriber, || {
+        let (mut w, _r) = Spool::open(settings(dir.path(), 16 * 1024, 4096)).unwrap();
+        for chunk in recs(0..400).chunks(15) {
+            let before = w.counters().snapshot().records_dropped;
+            w.append(chunk).unwrap();
+            if w.counters().snapshot().records_dropped > before {
+                drops += 1;
+            }
+        }
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("max_bytes")).collect();
+    assert!(drops > 0);
+    assert_eq!(lines.len(), drops, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("records=") && l.contains("bytes=")),
+        "{text}"
+    );
 }

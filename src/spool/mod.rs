@@ -835,6 +835,16 @@ impl SpoolWriter {
         Ok(())
     }
 
+    /// Fsyncs if data has waited `fsync_interval` or longer; returns whether it did.
+    /// With [`FsyncPolicy::Interval`], call it on a timer of that period so the last
+    /// appends before a pause do not wait for the next append to reach the disk.
+    pub fn sync_if_due(&mut self) -> Result<bool, SpoolError> {
+        if !self.unsynced || self.last_sync.elapsed() < self.settings.fsync_interval {
+            return Ok(false);
+        }
+        self.sync().map(|()| true)
+    }
+
     /// Whether appended data awaits an fsync (only with [`FsyncPolicy::Interval`]).
     pub fn sync_pending(&self) -> bool {
         self.unsynced
