@@ -1139,6 +1139,14 @@ mod tests {
     }
 
     #[test]
+    fn both_halves_can_move_to_their_own_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<SpoolWriter>();
+        send::<SpoolReader>();
+        send::<Arc<SpoolCounters>>();
+    }
+
+    #[test]
     fn segments_are_at_most_half_the_spool() {
         let mut s = SpoolSettings::new("/tmp/x", 1000, FsyncPolicy::Batch);
         assert_eq!(s.effective_segment_bytes(), 500);
