@@ -7,8 +7,8 @@
 //!   advance its source checkpoint (the agent's commit point). With
 //!   [`FsyncPolicy::Interval`] data is written at once (so it survives `kill -9`, which
 //!   does not lose the page cache) and fsynced at most every `fsync_interval`; a power
-//!   loss may lose up to that much. Call [`SpoolWriter::sync`] at shutdown and on an
-//!   idle timer.
+//!   loss may lose up to that much. Call [`SpoolWriter::sync_if_due`] on a timer of
+//!   that period and [`SpoolWriter::sync`] at shutdown.
 //! - **Recovers by itself.** [`Spool::open`] checks every segment frame by frame through
 //!   a small buffer (never a whole segment in memory), cuts a torn tail (found by
 //!   length and CRC-32, counted and logged with the segment's name), and resumes
@@ -25,7 +25,13 @@
 //!   others filled; `max_bytes` is the only reason it drops.
 //! - **Damage inside a segment**: a record whose checksum fails but whose frame is
 //!   intact is skipped and counted, and reading continues at the next frame; damage
-//!   that breaks the framing ends that segment there (see [`segment::scan_segment`]).
+//!   that breaks the framing ends that segment there (see `segment.rs`).
+//!
+//! On disk: `<dir>/<20-digit id>.seg` segment files (format in `segment.rs`), ids only
+//! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] with a
+//! CRC-32, replaced atomically (temp, fsync, rename). An unreadable `ack` means
+//! "nothing acknowledged": everything is shipped again, never an error. The writer
+//! starts a new segment at each open, so it never appends behind recovered data.
 //!
 //! File I/O here is synchronous: run the writer and the reader on blocking threads
 //! (`spawn_blocking` or a dedicated thread). Only [`SpoolReader::wait`] is async. The
@@ -33,7 +39,7 @@
 //! bookkeeping, never across file I/O. One process per directory: two agents on one
 //! `state_dir` would corrupt each other's spool.
 
-pub mod segment;
+mod segment;
 
 use std::collections::BTreeMap;
 use std::fmt;
