@@ -1,1 +1,1165 @@
-//! The durable buffer (spool). (Stub: issue 5 fills it in.)
+//! The durable buffer (spool): records are appended to segment files under one
+//! directory, read back in append order by one sink, and deleted once acknowledged.
+//!
+//! Promises:
+//! - **Durable before acknowledged.** With [`FsyncPolicy::Batch`], [`SpoolWriter::append`]
+//!   returns only after the batch is written and `fdatasync`ed: the caller may then
+//!   advance its source checkpoint (the agent's commit point). With
+//!   [`FsyncPolicy::Interval`] data is written at once (so it survives `kill -9`, which
+//!   does not lose the page cache) and fsynced at most every `fsync_interval`; a power
+//!   loss may lose up to that much. Call [`SpoolWriter::sync_if_due`] on a timer of
+//!   that period and [`SpoolWriter::sync`] at shutdown.
+//! - **Recovers by itself.** [`Spool::open`] checks every segment frame by frame through
+//!   a small buffer (never a whole segment in memory), cuts a torn tail (found by
+//!   length and CRC-32, counted and logged with the segment's name), and resumes
+//!   reading after the last acknowledged position. Records appended but not
+//!   acknowledged are read again after a restart, byte for byte the same.
+//! - **Bounded.** Beyond `max_bytes` the oldest whole segments are deleted, read or
+//!   not, and what is lost is counted and logged once per drop event. The writer never
+//!   waits for the reader.
+//! - **A full disk is an error, not a loss.** When a write fails with ENOSPC, `append`
+//!   cuts the segment back to its last complete batch (a batch never spans two
+//!   segments) and returns [`SpoolError::DiskFull`]: nothing of the batch is stored,
+//!   the caller must not acknowledge its source, and the source re-reads the batch
+//!   later. The spool does not delete unshipped data to make room on a disk that
+//!   others filled; `max_bytes` is the only reason it drops.
+//! - **Damage inside a segment**: a record whose checksum fails but whose frame is
+//!   intact is skipped and counted, and reading continues at the next frame; damage
+//!   that breaks the framing ends that segment there (see `segment.rs`).
+//!
+//! On disk: `<dir>/<20-digit id>.seg` segment files (format in `segment.rs`), ids only
+//! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] with a
+//! CRC-32, replaced atomically (temp, fsync, rename). An unreadable `ack` means
+//! "nothing acknowledged": everything is shipped again, never an error. The writer
+//! starts a new segment at each open, so it never appends behind recovered data.
+//!
+//! File I/O here is synchronous: run the writer and the reader on blocking threads
+//! (`spawn_blocking` or a dedicated thread). Only [`SpoolReader::wait`] is async. The
+//! two halves share a small mutex-protected index of segments, held only for
+//! bookkeeping, never across file I/O. One process per directory: two agents on one
+//! `state_dir` would corrupt each other's spool.
+
+mod segment;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::{error, warn};
+
+use crate::config::FsyncPolicy;
+use crate::record::LogRecord;
+use segment::{Frame, LabelCache, FRAME_HEADER_LEN, HEADER_LEN};
+
+/// Where the spool lives and how it behaves.
+#[derive(Clone, Debug)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    /// Bound on the bytes of all segments together (`buffer.max_bytes`).
+    pub max_bytes: u64,
+    /// A new segment is started when a batch would take the active one past this size
+    /// (a batch is never split, so a segment may exceed it by one batch). Capped at
+    /// half of `max_bytes`, so trimming whole segments can always make room.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+}
+
+impl SpoolSettings {
+    pub const DEFAULT_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+    /// Settings with the default segment size.
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64, fsync: FsyncPolicy) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes,
+            segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
+            fsync,
+            fsync_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes
+            .min(self.max_bytes / 2)
+            .max(HEADER_LEN + FRAME_HEADER_LEN)
+    }
+}
+
+/// A place in the spool: the byte offset in a segment just after a record.
+/// Positions order as the records they follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpoolPosition {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl fmt::Display for SpoolPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "segment {} offset {}", self.segment, self.offset)
+    }
+}
+
+/// Records read from the spool, and where to acknowledge up to once they are shipped.
+#[derive(Debug)]
+pub struct ReadBatch {
+    pub records: Vec<LogRecord>,
+    /// The position just after the last record: pass it to [`SpoolReader::ack`].
+    pub end: SpoolPosition,
+    /// The records' payload bytes as stored.
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool directory {} is out of space: the batch was not stored and must be re-read", dir.display())]
+    DiskFull { dir: PathBuf },
+}
+
+impl SpoolError {
+    fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        if is_disk_full(&source) {
+            let dir = path.parent().unwrap_or(path).to_path_buf();
+            return SpoolError::DiskFull { dir };
+        }
+        SpoolError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+}
+
+/// The spool's self-metrics, shared by both halves; read with [`SpoolCounters::snapshot`].
+#[derive(Debug, Default)]
+pub struct SpoolCounters {
+    records_appended: AtomicU64,
+    bytes_appended: AtomicU64,
+    bytes_buffered: AtomicU64,
+    segments: AtomicU64,
+    records_dropped: AtomicU64,
+    bytes_dropped: AtomicU64,
+    records_oversize: AtomicU64,
+    records_corrupt: AtomicU64,
+    torn_tails: AtomicU64,
+    bytes_discarded: AtomicU64,
+    records_read: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+}
+
+/// A point-in-time copy of [`SpoolCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolCountersSnapshot {
+    pub records_appended: u64,
+    pub bytes_appended: u64,
+    /// Bytes in segments on disk not yet acknowledged (a gauge).
+    pub bytes_buffered: u64,
+    /// Segment files on disk (a gauge).
+    pub segments: u64,
+    /// Records deleted unread because the spool reached `max_bytes`.
+    pub records_dropped: u64,
+    pub bytes_dropped: u64,
+    /// Records larger than a frame can hold, dropped at append.
+    pub records_oversize: u64,
+    /// Records skipped because their checksum did not match.
+    pub records_corrupt: u64,
+    /// Torn or unframeable segment tails cut off, and unreadable or vanished segment
+    /// files discarded (each may have held several records).
+    pub torn_tails: u64,
+    /// Bytes cut off with torn tails and unreadable segment files.
+    pub bytes_discarded: u64,
+    pub records_read: u64,
+    /// Data fsyncs of segment files, and the time they took.
+    pub fsyncs: u64,
+    pub fsync_time: Duration,
+}
+
+impl SpoolCounters {
+    pub fn snapshot(&self) -> SpoolCountersSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SpoolCountersSnapshot {
+            records_appended: get(&self.records_appended),
+            bytes_appended: get(&self.bytes_appended),
+            bytes_buffered: get(&self.bytes_buffered),
+            segments: get(&self.segments),
+            records_dropped: get(&self.records_dropped),
+            bytes_dropped: get(&self.bytes_dropped),
+            records_oversize: get(&self.records_oversize),
+            records_corrupt: get(&self.records_corrupt),
+            torn_tails: get(&self.torn_tails),
+            bytes_discarded: get(&self.bytes_discarded),
+            records_read: get(&self.records_read),
+            fsyncs: get(&self.fsyncs),
+            fsync_time: Duration::from_nanos(get(&self.fsync_nanos)),
+        }
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl SpoolCountersSnapshot {
+    /// The counters as Prometheus metric names and values.
+    pub fn metrics(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            (
+                "wisp_spool_records_appended_total",
+                self.records_appended as f64,
+            ),
+            (
+                "wisp_spool_bytes_appended_total",
+                self.bytes_appended as f64,
+            ),
+            ("wisp_spool_bytes_buffered", self.bytes_buffered as f64),
+            ("wisp_spool_segments", self.segments as f64),
+            (
+                "wisp_spool_records_dropped_total",
+                self.records_dropped as f64,
+            ),
+            ("wisp_spool_bytes_dropped_total", self.bytes_dropped as f64),
+            (
+                "wisp_spool_records_oversize_total",
+                self.records_oversize as f64,
+            ),
+            (
+                "wisp_spool_records_corrupt_total",
+                self.records_corrupt as f64,
+            ),
+            ("wisp_spool_torn_tails_total", self.torn_tails as f64),
+            (
+                "wisp_spool_bytes_discarded_total",
+                self.bytes_discarded as f64,
+            ),
+            ("wisp_spool_records_read_total", self.records_read as f64),
+            ("wisp_spool_fsyncs_total", self.fsyncs as f64),
+            (
+                "wisp_spool_fsync_seconds_total",
+                self.fsync_time.as_secs_f64(),
+            ),
+        ]
+    }
+}
+
+/// What the index knows of one segment file.
+#[derive(Clone, Copy, Debug)]
+struct SegmentMeta {
+    /// Bytes of whole frames (and the header): readers never read past it.
+    len: u64,
+    records: u64,
+}
+
+/// The reader's progress, as the writer needs it to count what trimming loses.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReaderMark {
+    segment: u64,
+    offset: u64,
+    /// Records read from `segment` before `offset`.
+    records: u64,
+}
+
+#[derive(Debug)]
+struct Index {
+    segments: BTreeMap<u64, SegmentMeta>,
+    /// The segment the writer appends to; every other one is sealed.
+    active: u64,
+    total_bytes: u64,
+    reader: ReaderMark,
+    acked: SpoolPosition,
+}
+
+impl Index {
+    fn update_gauges(&self, c: &SpoolCounters) {
+        let acked_in_head = match self.segments.get(&self.acked.segment) {
+            Some(_) => self.acked.offset,
+            None => 0,
+        };
+        c.bytes_buffered.store(
+            self.total_bytes.saturating_sub(acked_in_head),
+            Ordering::Relaxed,
+        );
+        c.segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    /// Woken by the writer after each append; one permit is kept when nobody waits,
+    /// so an append between `next_batch` returning `None` and `wait` is not missed.
+    appended: Notify,
+    counters: Arc<SpoolCounters>,
+}
+
+impl Shared {
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // The index holds only plain numbers updated in single steps: a panic elsewhere
+        // cannot leave it half-written, so a poisoned lock is still usable.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment::file_name(id))
+    }
+
+    fn remove_segments(&self, ids: &[u64]) {
+        for &id in ids {
+            let path = self.segment_path(id);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot delete spool segment"),
+            }
+        }
+    }
+}
+
+/// Scratch buffers larger than this are released after use rather than kept: a rare
+/// large batch or record must not raise the agent's idle memory for good.
+const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+const ACK_FILE: &str = "ack";
+const ACK_TMP_FILE: &str = "ack.tmp";
+const ACK_MAGIC: [u8; 4] = *b"WSPA";
+const ACK_VERSION: u32 = 1;
+const ACK_LEN: usize = 28;
+
+fn encode_ack(pos: SpoolPosition) -> [u8; ACK_LEN] {
+    let mut b = [0u8; ACK_LEN];
+    b[..4].copy_from_slice(&ACK_MAGIC);
+    b[4..8].copy_from_slice(&ACK_VERSION.to_le_bytes());
+    b[8..16].copy_from_slice(&pos.segment.to_le_bytes());
+    b[16..24].copy_from_slice(&pos.offset.to_le_bytes());
+    let crc = crc32fast::hash(&b[..24]);
+    b[24..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_ack(b: &[u8]) -> Option<SpoolPosition> {
+    if b.len() != ACK_LEN || b[..4] != ACK_MAGIC || b[4..8] != ACK_VERSION.to_le_bytes() {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[24..28].try_into().ok()?);
+    if crc32fast::hash(&b[..24]) != crc {
+        return None;
+    }
+    Some(SpoolPosition {
+        segment: u64::from_le_bytes(b[8..16].try_into().ok()?),
+        offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io("fsync directory", dir, e))
+}
+
+/// Opens a spool directory.
+pub struct Spool;
+
+impl Spool {
+    /// Creates `settings.dir` if needed, recovers the segments in it, and returns the
+    /// writer (which always starts a fresh segment) and the reader (positioned after
+    /// the last acknowledged record). Recovery reads each segment once, frame by frame,
+    /// in bounded memory; its cost is proportional to the unacknowledged backlog.
+    pub fn open(settings: SpoolSettings) -> Result<(SpoolWriter, SpoolReader), SpoolError> {
+        let dir = settings.dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
+        let counters = Arc::new(SpoolCounters::default());
+
+        let acked = read_ack_file(&dir);
+        let mut ids = Vec::new();
+        let entries =
+            fs::read_dir(&dir).map_err(|e| SpoolError::io("list spool directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SpoolError::io("list spool directory", &dir, e))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_file_name)
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        // Ids never go back, even past segments deleted below, so a position never
+        // names two different segments.
+        let max_seen = ids.last().copied().unwrap_or(0);
+
+        let mut segments = BTreeMap::new();
+        let mut reader = None;
+        for id in ids {
+            let path = dir.join(segment::file_name(id));
+            if acked.is_some_and(|a| id < a.segment) {
+                // Acknowledged before the last stop; its deletion did not happen.
+                remove_file_logged(&path);
+                continue;
+            }
+            let ack_offset = acked.filter(|a| a.segment == id).map(|a| a.offset);
+            let scan = segment::scan_segment(&path, ack_offset)
+                .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
+            if scan.bad_header && scan.file_len < HEADER_LEN {
+                warn!(segment = %path.display(), bytes = scan.file_len,
+                    "spool segment was cut short as it was created; deleting it");
+                CounterSet(&counters).discarded(scan.file_len);
+                remove_file_logged(&path);
+                continue;
+            }
+            if scan.bad_header {
+                error!(segment = %path.display(), bytes = scan.file_len,
+                    "spool segment has a damaged header or another format version; deleting it");
+                CounterSet(&counters).discarded(scan.file_len);
+                remove_file_logged(&path);
+                continue;
+            }
+            if scan.valid_len < scan.file_len {
+                let cut = scan.file_len - scan.valid_len;
+                warn!(segment = %path.display(), offset = scan.valid_len, bytes = cut,
+                    "discarding a torn tail of a spool segment; earlier records are kept");
+                CounterSet(&counters).discarded(cut);
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| SpoolError::io("open spool segment", &path, e))?;
+                f.set_len(scan.valid_len)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| SpoolError::io("truncate spool segment", &path, e))?;
+            }
+            if scan.records == 0 {
+                // Header only (a segment started just before a stop): nothing to keep.
+                remove_file_logged(&path);
+                continue;
+            }
+            if scan.corrupt > 0 {
+                warn!(segment = %path.display(), records = scan.corrupt,
+                    "spool segment holds records with a bad checksum; they will be skipped");
+            }
+            if let Some(offset) = ack_offset {
+                if scan.ack_aligned {
+                    reader = Some(ReaderMark {
+                        segment: id,
+                        offset,
+                        records: scan.records_before_ack,
+                    });
+                } else {
+                    warn!(segment = %path.display(), offset,
+                        "acknowledged position is not at a record boundary; re-reading the segment from its start");
+                }
+            }
+            segments.insert(
+                id,
+                SegmentMeta {
+                    len: scan.valid_len,
+                    records: scan.records,
+                },
+            );
+        }
+
+        // The new segment's id must be above the acknowledged one, or its records
+        // would count as acknowledged.
+        let active = max_seen.max(acked.map_or(0, |a| a.segment)) + 1;
+        let file = create_segment(&dir, active)?;
+        sync_dir(&dir)?;
+        segments.insert(
+            active,
+            SegmentMeta {
+                len: HEADER_LEN,
+                records: 0,
+            },
+        );
+
+        let reader = reader.unwrap_or_else(|| {
+            let first = segments.keys().next().copied().unwrap_or(active);
+            ReaderMark {
+                segment: first,
+                offset: HEADER_LEN,
+                records: 0,
+            }
+        });
+        let total_bytes = segments.values().map(|m| m.len).sum();
+        let index = Index {
+            segments,
+            active,
+            total_bytes,
+            reader,
+            acked: acked.unwrap_or_default(),
+        };
+        index.update_gauges(&counters);
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: Mutex::new(index),
+            appended: Notify::new(),
+            counters,
+        });
+        let segment_bytes = settings.effective_segment_bytes();
+        let writer = SpoolWriter {
+            shared: shared.clone(),
+            settings,
+            segment_bytes,
+            file,
+            active,
+            len: HEADER_LEN,
+            records: 0,
+            unsynced: false,
+            last_sync: Instant::now(),
+            buf: Vec::new(),
+            needs_rotation: false,
+        };
+        let reader = SpoolReader {
+            shared,
+            cursor: SpoolPosition {
+                segment: reader.segment,
+                offset: reader.offset,
+            },
+            records_in_segment: reader.records,
+            file: None,
+            acked: acked.unwrap_or_default(),
+            payload: Vec::new(),
+            labels: LabelCache::default(),
+        };
+        Ok((writer, reader))
+    }
+}
+
+/// A borrowed view that bumps related counters together.
+struct CounterSet<'a>(&'a SpoolCounters);
+
+impl CounterSet<'_> {
+    fn discarded(&self, bytes: u64) {
+        SpoolCounters::add(&self.0.torn_tails, 1);
+        SpoolCounters::add(&self.0.bytes_discarded, bytes);
+    }
+}
+
+fn remove_file_logged(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(path = %path.display(), error = %e, "cannot delete spool file");
+        }
+    }
+}
+
+/// The last acknowledged position, or `None` when nothing was acknowledged or the
+/// file is unreadable: then everything is read again (at least once, never fatal).
+fn read_ack_file(dir: &Path) -> Option<SpoolPosition> {
+    remove_file_logged(&dir.join(ACK_TMP_FILE));
+    let path = dir.join(ACK_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let pos = decode_ack(&bytes);
+            if pos.is_none() {
+                warn!(path = %path.display(),
+                    "spool acknowledgement file is corrupt; re-reading the whole spool (records may be shipped twice)");
+            }
+            pos
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e,
+                "cannot read spool acknowledgement file; re-reading the whole spool");
+            None
+        }
+    }
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<File, SpoolError> {
+    let path = dir.join(segment::file_name(id));
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create spool segment", &path, e))?;
+    if let Err(e) = file.write_all(&segment::header()) {
+        remove_file_logged(&path);
+        return Err(SpoolError::io("write spool segment", &path, e));
+    }
+    Ok(file)
+}
+
+/// The appending half. Use it from one thread at a time; its calls block on file I/O.
+pub struct SpoolWriter {
+    shared: Arc<Shared>,
+    settings: SpoolSettings,
+    segment_bytes: u64,
+    file: File,
+    active: u64,
+    /// Bytes of whole frames in the active segment, header included.
+    len: u64,
+    records: u64,
+    unsynced: bool,
+    last_sync: Instant,
+    /// Encoded frames of the batch being appended; reused between batches.
+    buf: Vec<u8>,
+    /// A write failed in the active segment: start a new segment before writing again.
+    needs_rotation: bool,
+}
+
+/// What one append deleted to stay under `max_bytes`.
+#[derive(Default)]
+struct Dropped {
+    segments: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl SpoolWriter {
+    /// Appends `records` in order. With [`FsyncPolicy::Batch`] they are on disk
+    /// (fsynced) when this returns `Ok`. On an error nothing of the batch may be
+    /// assumed stored: do not acknowledge the source; see the module doc for ENOSPC.
+    /// A record too large for a frame (over 64 MiB) is dropped and counted.
+    pub fn append(&mut self, records: &[LogRecord]) -> Result<(), SpoolError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut dropped = Dropped::default();
+        let result = self.append_inner(records, &mut dropped);
+        if dropped.segments > 0 {
+            warn!(dir = %self.shared.dir.display(), records = dropped.records, bytes = dropped.bytes,
+                segments = dropped.segments,
+                "spool reached its max_bytes; dropped the oldest unshipped records");
+        }
+        self.shared.appended.notify_one();
+        result
+    }
+
+    fn append_inner(
+        &mut self,
+        records: &[LogRecord],
+        dropped: &mut Dropped,
+    ) -> Result<(), SpoolError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut stored = 0u64;
+        for record in records {
+            let start = buf.len();
+            let frame_len = segment::encode_frame(record, &mut buf) as u64;
+            if frame_len > FRAME_HEADER_LEN + u64::from(segment::MAX_PAYLOAD) {
+                buf.truncate(start);
+                SpoolCounters::add(&self.shared.counters.records_oversize, 1);
+                warn!(bytes = frame_len, "record too large for the spool; dropped");
+                continue;
+            }
+            stored += 1;
+        }
+        // A batch goes whole into one segment (which may so exceed `segment_bytes` by
+        // one batch): then a failed write is undone by cutting one file, and a failed
+        // append has stored nothing.
+        let full = self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes;
+        let mut result = if full || self.needs_rotation {
+            self.rotate()
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            result = self.write_chunk(&buf, stored, dropped);
+        }
+        // Keep the encoding buffer between batches, but not one a rare huge batch grew.
+        if buf.capacity() > RETAINED_BUFFER_BYTES {
+            buf = Vec::new();
+        }
+        self.buf = buf;
+        result?;
+        match self.settings.fsync {
+            FsyncPolicy::Batch => self.sync(),
+            FsyncPolicy::Interval if self.last_sync.elapsed() >= self.settings.fsync_interval => {
+                self.sync()
+            }
+            FsyncPolicy::Interval => Ok(()),
+        }
+    }
+
+    /// Writes whole frames to the active segment, after trimming old segments to make
+    /// room, and publishes them to the reader.
+    fn write_chunk(
+        &mut self,
+        chunk: &[u8],
+        records: u64,
+        dropped: &mut Dropped,
+    ) -> Result<(), SpoolError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.trim(chunk.len() as u64, dropped);
+        if let Err(e) = self.file.write_all(chunk) {
+            // Cut the partial frames off (best effort, for recovery's sake) and never
+            // write at these offsets again: the reader may have buffered the partial
+            // bytes past the published length, so new frames there could be misread.
+            let path = self.shared.segment_path(self.active);
+            let _ = self.file.set_len(self.len);
+            self.needs_rotation = true;
+            return Err(SpoolError::io("write spool segment", &path, e));
+        }
+        self.len += chunk.len() as u64;
+        self.records += records;
+        self.unsynced = true;
+        let c = &self.shared.counters;
+        SpoolCounters::add(&c.records_appended, records);
+        SpoolCounters::add(&c.bytes_appended, chunk.len() as u64);
+        let mut index = self.shared.index();
+        index.total_bytes += chunk.len() as u64;
+        index.segments.insert(
+            self.active,
+            SegmentMeta {
+                len: self.len,
+                records: self.records,
+            },
+        );
+        index.update_gauges(c);
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segments until `incoming` more bytes fit in `max_bytes`.
+    fn trim(&mut self, incoming: u64, dropped: &mut Dropped) {
+        let mut doomed = Vec::new();
+        {
+            let mut index = self.shared.index();
+            while index.total_bytes + incoming > self.settings.max_bytes {
+                let Some((&id, &meta)) = index.segments.iter().next() else {
+                    break;
+                };
+                if id == self.active {
+                    break;
+                }
+                index.segments.remove(&id);
+                index.total_bytes -= meta.len;
+                // What the reader has not read yet is lost; what it has read is in
+                // the sink's hands already.
+                let r = index.reader;
+                let (records, bytes) = match id.cmp(&r.segment) {
+                    std::cmp::Ordering::Greater => {
+                        (meta.records, meta.len.saturating_sub(HEADER_LEN))
+                    }
+                    std::cmp::Ordering::Equal => (
+                        meta.records.saturating_sub(r.records),
+                        meta.len.saturating_sub(r.offset.max(HEADER_LEN)),
+                    ),
+                    std::cmp::Ordering::Less => (0, 0),
+                };
+                dropped.segments += 1;
+                dropped.records += records;
+                dropped.bytes += bytes;
+                SpoolCounters::add(&self.shared.counters.records_dropped, records);
+                SpoolCounters::add(&self.shared.counters.bytes_dropped, bytes);
+                doomed.push(id);
+            }
+            index.update_gauges(&self.shared.counters);
+        }
+        self.shared.remove_segments(&doomed);
+    }
+
+    /// Seals the active segment (always fsynced, whatever the policy, so only the
+    /// newest segment can be torn by a crash) and starts the next one.
+    fn rotate(&mut self) -> Result<(), SpoolError> {
+        if self.unsynced {
+            self.sync()?;
+        }
+        let next = self.active + 1;
+        let file = create_segment(&self.shared.dir, next)?;
+        sync_dir(&self.shared.dir)?;
+        self.file = file;
+        self.active = next;
+        self.len = HEADER_LEN;
+        self.records = 0;
+        self.unsynced = true;
+        self.needs_rotation = false;
+        let mut index = self.shared.index();
+        index.segments.insert(
+            next,
+            SegmentMeta {
+                len: HEADER_LEN,
+                records: 0,
+            },
+        );
+        index.active = next;
+        index.total_bytes += HEADER_LEN;
+        // A segment acknowledged to its end while it was active can go now.
+        let sealed = next - 1;
+        let mut done = None;
+        if index.acked.segment == sealed {
+            if let Some(meta) = index.segments.get(&sealed).copied() {
+                if index.acked.offset >= meta.len {
+                    index.segments.remove(&sealed);
+                    index.total_bytes -= meta.len;
+                    done = Some(sealed);
+                }
+            }
+        }
+        index.update_gauges(&self.shared.counters);
+        drop(index);
+        if let Some(id) = done {
+            self.shared.remove_segments(&[id]);
+        }
+        Ok(())
+    }
+
+    /// Fsyncs what was appended so far. With [`FsyncPolicy::Interval`] call it at
+    /// shutdown and when appends pause, so data never waits long for the disk.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.file.sync_data().map_err(|e| {
+            SpoolError::io(
+                "fsync spool segment",
+                &self.shared.segment_path(self.active),
+                e,
+            )
+        })?;
+        let took = started.elapsed();
+        let c = &self.shared.counters;
+        SpoolCounters::add(&c.fsyncs, 1);
+        SpoolCounters::add(
+            &c.fsync_nanos,
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        );
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Fsyncs if data has waited `fsync_interval` or longer; returns whether it did.
+    /// With [`FsyncPolicy::Interval`], call it on a timer of that period so the last
+    /// appends before a pause do not wait for the next append to reach the disk.
+    pub fn sync_if_due(&mut self) -> Result<bool, SpoolError> {
+        if !self.unsynced || self.last_sync.elapsed() < self.settings.fsync_interval {
+            return Ok(false);
+        }
+        self.sync().map(|()| true)
+    }
+
+    /// Whether appended data awaits an fsync (only with [`FsyncPolicy::Interval`]).
+    pub fn sync_pending(&self) -> bool {
+        self.unsynced
+    }
+
+    pub fn counters(&self) -> Arc<SpoolCounters> {
+        self.shared.counters.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            warn!(error = %e, "cannot fsync the spool on close");
+        }
+        // Wake a waiting reader so it drains what is left.
+        self.shared.appended.notify_one();
+    }
+}
+
+/// The reading half: one consumer reads records in append order and acknowledges
+/// them once shipped. Its calls block on file I/O, except [`SpoolReader::wait`].
+pub struct SpoolReader {
+    shared: Arc<Shared>,
+    /// The next record to read.
+    cursor: SpoolPosition,
+    records_in_segment: u64,
+    /// The cursor's segment, open at `cursor.offset`.
+    file: Option<BufReader<File>>,
+    acked: SpoolPosition,
+    payload: Vec<u8>,
+    labels: LabelCache,
+}
+
+impl SpoolReader {
+    /// Reads up to `max_records` records and about `max_bytes` bytes (at least one
+    /// record, however large). Returns `None` when everything appended has been read.
+    /// Never waits for the writer: see [`SpoolReader::wait`].
+    pub fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ReadBatch>, SpoolError> {
+        let shared = Arc::clone(&self.shared);
+        let mut records = Vec::new();
+        let mut bytes = 0u64;
+        let max_records = max_records.max(1);
+        let max_bytes = max_bytes.max(1);
+        'segments: while records.len() < max_records && (bytes as usize) < max_bytes {
+            let (limit, sealed) = {
+                let index = shared.index();
+                // Normally the cursor's own segment; when that was trimmed for space
+                // (the writer counted the loss) or acknowledged, the oldest after it.
+                let Some((&id, meta)) = index.segments.range(self.cursor.segment..).next() else {
+                    break;
+                };
+                if id != self.cursor.segment {
+                    self.enter_segment(id);
+                }
+                (meta.len, id < index.active)
+            };
+            if self.cursor.offset >= limit {
+                if sealed {
+                    // Moves on; the next iteration finds the next segment.
+                    self.enter_segment(self.cursor.segment + 1);
+                    continue;
+                }
+                break;
+            }
+            let path = self.shared.segment_path(self.cursor.segment);
+            if self.file.is_none() {
+                match segment::open_at(&path, self.cursor.offset) {
+                    Ok(f) => self.file = Some(f),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        if self.forget_missing_segment() {
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(SpoolError::io("open spool segment", &path, e)),
+                }
+            }
+            while self.cursor.offset < limit
+                && records.len() < max_records
+                && (bytes as usize) < max_bytes
+            {
+                let Some(file) = self.file.as_mut() else {
+                    continue 'segments;
+                };
+                let frame =
+                    segment::read_frame(file, limit - self.cursor.offset, &mut self.payload)
+                        .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
+                match frame {
+                    Frame::Record { len } => {
+                        self.cursor.offset += FRAME_HEADER_LEN + u64::from(len);
+                        self.records_in_segment += 1;
+                        match segment::decode_payload(&self.payload, &mut self.labels) {
+                            Ok(r) => {
+                                bytes += u64::from(len);
+                                records.push(r);
+                            }
+                            Err(e) => {
+                                SpoolCounters::add(&self.shared.counters.records_corrupt, 1);
+                                warn!(segment = %path.display(), offset = self.cursor.offset, error = %e,
+                                    "skipping an undecodable spool record");
+                            }
+                        }
+                    }
+                    Frame::Corrupt { len } => {
+                        self.cursor.offset += FRAME_HEADER_LEN + u64::from(len);
+                        self.records_in_segment += 1;
+                        SpoolCounters::add(&self.shared.counters.records_corrupt, 1);
+                        warn!(segment = %path.display(), offset = self.cursor.offset,
+                            "skipping a spool record whose checksum does not match");
+                    }
+                    Frame::Torn => {
+                        // Damage that breaks framing: nothing more of this region can be
+                        // read. The writer only appends at `limit`, so resume there.
+                        warn!(segment = %path.display(), offset = self.cursor.offset,
+                            bytes = limit - self.cursor.offset,
+                            "spool segment is damaged past this point; skipping the rest of it");
+                        CounterSet(&self.shared.counters).discarded(limit - self.cursor.offset);
+                        self.cursor.offset = limit;
+                        self.file = None;
+                    }
+                }
+            }
+        }
+        if self.payload.capacity() > RETAINED_BUFFER_BYTES {
+            self.payload = Vec::new();
+        }
+        {
+            let mut index = shared.index();
+            index.reader = ReaderMark {
+                segment: self.cursor.segment,
+                offset: self.cursor.offset,
+                records: self.records_in_segment,
+            };
+        }
+        if records.is_empty() {
+            return Ok(None);
+        }
+        SpoolCounters::add(&self.shared.counters.records_read, records.len() as u64);
+        Ok(Some(ReadBatch {
+            records,
+            end: self.cursor,
+            bytes,
+        }))
+    }
+
+    /// Handles a segment file gone from disk: normally trimmed by the writer between
+    /// the index check and the open (it is out of the index then); otherwise deleted
+    /// behind the agent's back, which is counted as discarded and dropped from the
+    /// index. Returns whether reading can go on with the next segment.
+    fn forget_missing_segment(&mut self) -> bool {
+        let id = self.cursor.segment;
+        let mut index = self.shared.index();
+        let Some(meta) = index.segments.remove(&id) else {
+            return true;
+        };
+        index.total_bytes -= meta.len;
+        index.update_gauges(&self.shared.counters);
+        let active = index.active;
+        drop(index);
+        warn!(segment = %self.shared.segment_path(id).display(),
+            "spool segment file disappeared; its records are lost");
+        CounterSet(&self.shared.counters).discarded(meta.len);
+        // The writer still appends to the active one and will list it again: stop
+        // here rather than spin on it.
+        id != active
+    }
+
+    fn enter_segment(&mut self, id: u64) {
+        self.cursor = SpoolPosition {
+            segment: id,
+            offset: HEADER_LEN,
+        };
+        self.records_in_segment = 0;
+        self.file = None;
+    }
+
+    /// Waits until the writer appends (returns at once if it appended since the last
+    /// wait). Cancel-safe. Call [`SpoolReader::next_batch`] after it.
+    pub async fn wait(&self) {
+        self.shared.appended.notified().await;
+    }
+
+    /// Records that everything up to `upto` was shipped: deletes the segments it
+    /// covers and persists the position (written to a temporary file, fsynced,
+    /// renamed over the previous one). A position at or before the last acknowledged one is ignored.
+    ///
+    /// Covered segments go first: that is safe (a restart with the older position
+    /// starts at the oldest remaining segment, past them) and frees space, so an
+    /// acknowledgement still works on a full disk.
+    pub fn ack(&mut self, upto: SpoolPosition) -> Result<(), SpoolError> {
+        if upto <= self.acked {
+            return Ok(());
+        }
+        let mut done = Vec::new();
+        {
+            let mut index = self.shared.index();
+            index.acked = upto;
+            let active = index.active;
+            let covered: Vec<u64> = index
+                .segments
+                .range(..=upto.segment)
+                .filter(|(&id, meta)| id < upto.segment || (id < active && upto.offset >= meta.len))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in covered {
+                if let Some(meta) = index.segments.remove(&id) {
+                    index.total_bytes -= meta.len;
+                    done.push(id);
+                }
+            }
+            index.update_gauges(&self.shared.counters);
+        }
+        self.shared.remove_segments(&done);
+
+        let dir = &self.shared.dir;
+        let tmp = dir.join(ACK_TMP_FILE);
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&encode_ack(upto))?;
+            f.sync_all()
+        };
+        write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
+        let path = dir.join(ACK_FILE);
+        fs::rename(&tmp, &path)
+            .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
+        // No directory fsync: should a power loss undo the rename, the previous
+        // position is used and a little more is shipped again (at least once).
+        self.acked = upto;
+        Ok(())
+    }
+
+    /// The position after the last record returned by [`SpoolReader::next_batch`].
+    pub fn position(&self) -> SpoolPosition {
+        self.cursor
+    }
+
+    pub fn counters(&self) -> Arc<SpoolCounters> {
+        self.shared.counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_file_round_trips_and_rejects_damage() {
+        let pos = SpoolPosition {
+            segment: 7,
+            offset: 1234,
+        };
+        let bytes = encode_ack(pos);
+        assert_eq!(decode_ack(&bytes), Some(pos));
+        for i in 0..bytes.len() {
+            let mut bad = bytes;
+            bad[i] ^= 1;
+            assert_eq!(decode_ack(&bad), None, "flip at {i}");
+        }
+        assert_eq!(decode_ack(&bytes[..20]), None);
+    }
+
+    #[test]
+    fn enospc_and_quota_errors_are_disk_full_naming_the_dir() {
+        let e = SpoolError::io(
+            "write spool segment",
+            Path::new("/var/lib/wisp/spool/00000000000000000001.seg"),
+            io::Error::from_raw_os_error(28),
+        );
+        assert_eq!(
+            e.to_string(),
+            "spool directory /var/lib/wisp/spool is out of space: the batch was not stored and must be re-read"
+        );
+        let e = SpoolError::io(
+            "open spool segment",
+            Path::new("/x/y"),
+            io::Error::from_raw_os_error(13),
+        );
+        assert!(
+            e.to_string()
+                .starts_with("cannot open spool segment /x/y: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn both_halves_can_move_to_their_own_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<SpoolWriter>();
+        send::<SpoolReader>();
+        send::<Arc<SpoolCounters>>();
+    }
+
+    #[test]
+    fn segments_are_at_most_half_the_spool() {
+        let mut s = SpoolSettings::new("/tmp/x", 1000, FsyncPolicy::Batch);
+        assert_eq!(s.effective_segment_bytes(), 500);
+        s.max_bytes = 1 << 40;
+        assert_eq!(
+            s.effective_segment_bytes(),
+            SpoolSettings::DEFAULT_SEGMENT_BYTES
+        );
+    }
+}

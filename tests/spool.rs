@@ -1,0 +1,774 @@
+//! The durable buffer as the rest of the agent relies on it: what is appended is read
+//! back in order and unchanged, survives restarts and `kill -9`, stays within
+//! `max_bytes`, and damage costs only the damaged records.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use wisp_agent::config::FsyncPolicy;
+use wisp_agent::record::{Labels, LogRecord, Timestamp};
+use wisp_agent::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
+
+fn settings(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        max_bytes,
+        segment_bytes,
+        fsync: FsyncPolicy::Batch,
+        fsync_interval: Duration::from_secs(1),
+    }
+}
+
+fn open(dir: &Path) -> (SpoolWriter, SpoolReader) {
+    Spool::open(settings(dir, 64 << 20, 1 << 20)).expect("open spool")
+}
+
+/// Record `i` of a deterministic sequence, about 200 bytes, two streams.
+fn rec(i: u64) -> LogRecord {
+    let level = if i % 3 == 0 { "error" } else { "info" };
+    LogRecord {
+        timestamp: Timestamp(1_795_388_381_726_000_000 + i as i64),
+        labels: Labels::from_pairs([("job", "refly-api"), ("host", "vm1"), ("level", level)]),
+        structured_metadata: if i % 2 == 0 {
+            vec![("trace_id".into(), format!("{i:032x}"))]
+        } else {
+            vec![]
+        },
+        line: format!(
+            r#"{{"level":30,"time":{i},"pid":4242,"hostname":"vm1","msg":"request {i} completed","reqId":"req-{i}","responseTime":12.5}}"#
+        ),
+    }
+}
+
+fn recs(range: std::ops::Range<u64>) -> Vec<LogRecord> {
+    range.map(rec).collect()
+}
+
+fn read_all(reader: &mut SpoolReader) -> Vec<LogRecord> {
+    let mut out = Vec::new();
+    while let Some(batch) = reader.next_batch(100, 1 << 20).expect("read spool") {
+        out.extend(batch.records);
+    }
+    out
+}
+
+/// Compares record lists, reporting lengths and the first difference rather than
+/// printing thousands of records.
+#[track_caller]
+fn assert_records(got: &[LogRecord], expected: &[LogRecord], ctx: &str) {
+    if let Some(i) = (0..got.len().min(expected.len())).find(|&i| got[i] != expected[i]) {
+        panic!(
+            "{ctx}: record {i} differs: {:?} != {:?}",
+            got[i], expected[i]
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "{ctx}: record counts");
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn records_round_trip_with_unicode_empty_lines_metadata_and_large_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = open(dir.path());
+    let odd = vec![
+        LogRecord {
+            timestamp: Timestamp(-1),
+            labels: Labels::default(),
+            structured_metadata: vec![],
+            line: String::new(),
+        },
+        LogRecord {
+            timestamp: Timestamp(i64::MAX),
+            labels: Labels::from_pairs([("job", "ünïcødé ✓"), ("emoji", "🦀")]),
+            structured_metadata: vec![
+                ("trace_id".into(), "4bf92f3577b34da6a3ce929d0e0e4736".into()),
+                ("span_id".into(), "".into()),
+            ],
+            line: "héllo\twörld\r\n\u{0}日本語 🦀".into(),
+        },
+        LogRecord {
+            timestamp: Timestamp(7),
+            labels: Labels::from_pairs([("job", "big")]),
+            structured_metadata: vec![],
+            line: "x".repeat(1 << 20),
+        },
+    ];
+    w.append(&odd).unwrap();
+    w.append(&recs(0..10)).unwrap();
+    let mut expected = odd;
+    expected.extend(recs(0..10));
+    assert_eq!(read_all(&mut r), expected);
+    assert!(r.next_batch(10, 1 << 20).unwrap().is_none(), "caught up");
+}
+
+#[test]
+fn batches_respect_the_record_and_byte_limits_and_keep_append_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+    for chunk in recs(0..200).chunks(17) {
+        w.append(chunk).unwrap();
+    }
+    assert!(
+        segment_files(dir.path()).len() > 5,
+        "rotated into several segments"
+    );
+    let mut got = Vec::new();
+    while let Some(b) = r.next_batch(7, 1000).unwrap() {
+        assert!(!b.records.is_empty() && b.records.len() <= 7);
+        got.extend(b.records);
+    }
+    assert_records(&got, &recs(0..200), "all batches");
+}
+
+#[test]
+fn a_restart_resumes_after_the_acknowledged_position() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, mut r) = open(dir.path());
+        w.append(&recs(0..10)).unwrap();
+        let b = r.next_batch(4, 1 << 20).unwrap().unwrap();
+        assert_eq!(b.records, recs(0..4));
+        r.ack(b.end).unwrap();
+    }
+    let (mut w, mut r) = open(dir.path());
+    assert_records(&read_all(&mut r), &recs(4..10), "read back");
+    // New appends follow the old ones.
+    w.append(&recs(10..12)).unwrap();
+    assert_records(&read_all(&mut r), &recs(10..12), "read back");
+}
+
+#[test]
+fn records_read_but_not_acknowledged_are_read_again_identically_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_read;
+    {
+        let (mut w, mut r) = open(dir.path());
+        w.append(&recs(0..50)).unwrap();
+        let b = r.next_batch(20, 1 << 20).unwrap().unwrap();
+        r.ack(b.end).unwrap();
+        first_read = read_all(&mut r);
+        assert_eq!(first_read, recs(20..50));
+    }
+    for _ in 0..2 {
+        let (_w, mut r) = open(dir.path());
+        assert_eq!(read_all(&mut r), first_read);
+    }
+}
+
+/// Appends records 0..n, one per append, and returns the segment file and the
+/// offset at which each record ends (the writer is dropped, so all is synced).
+fn spool_with_record_ends(dir: &Path, n: u64) -> (PathBuf, Vec<u64>) {
+    let (mut w, _r) = open(dir);
+    let seg = segment_files(dir).pop().unwrap();
+    let mut ends = Vec::new();
+    for i in 0..n {
+        w.append(&[rec(i)]).unwrap();
+        ends.push(file_len(&seg));
+    }
+    (seg, ends)
+}
+
+#[test]
+fn a_torn_last_record_is_discarded_and_all_earlier_ones_kept() {
+    let probe = tempfile::tempdir().unwrap();
+    let (_, ends) = spool_with_record_ends(probe.path(), 10);
+    let (start, end) = (ends[8], ends[9]);
+    for cut in [
+        start + 1,
+        start + 4,
+        start + 8,
+        start + 9,
+        (start + end) / 2,
+        end - 1,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, _) = spool_with_record_ends(dir.path(), 10);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let (mut w, mut r) = open(dir.path());
+        assert_records(&read_all(&mut r), &recs(0..9), &format!("cut at {cut}"));
+        assert_eq!(file_len(&seg), start, "the torn tail is cut off the file");
+        let c = r.counters().snapshot();
+        assert_eq!((c.torn_tails, c.bytes_discarded), (1, cut - start));
+        // And the spool goes on working after it.
+        w.append(&recs(9..11)).unwrap();
+        assert_records(&read_all(&mut r), &recs(9..11), "read back");
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_discarded_and_all_records_kept() {
+    let garbage: [&[u8]; 4] = [
+        &[0xff; 3],
+        &[0; 4096],
+        b"\x10\x00\x00\x00\xde\xad\xbe\xefsixteen bytes!!!",
+        &[0x05, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0x20, 0, 0, 0],
+    ];
+    for g in garbage {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, ends) = spool_with_record_ends(dir.path(), 10);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(g)
+            .unwrap();
+
+        let (_w, mut r) = open(dir.path());
+        assert_records(&read_all(&mut r), &recs(0..10), &format!("garbage {g:?}"));
+        assert_eq!(file_len(&seg), ends[9]);
+        assert_eq!(r.counters().snapshot().torn_tails, 1);
+    }
+}
+
+#[test]
+fn a_flipped_byte_inside_a_record_costs_only_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, ends) = spool_with_record_ends(dir.path(), 10);
+    let mut bytes = fs::read(&seg).unwrap();
+    let middle_of_record_5 = ((ends[4] + ends[5]) / 2) as usize;
+    bytes[middle_of_record_5] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+
+    let (_w, mut r) = open(dir.path());
+    let mut expected = recs(0..5);
+    expected.extend(recs(6..10));
+    assert_eq!(read_all(&mut r), expected);
+    assert_eq!(r.counters().snapshot().records_corrupt, 1);
+}
+
+#[test]
+fn a_damaged_length_field_ends_the_segment_there_keeping_what_precedes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, ends) = spool_with_record_ends(dir.path(), 10);
+    let mut bytes = fs::read(&seg).unwrap();
+    // The length's high byte: the frame now claims more than the file holds.
+    bytes[ends[4] as usize + 3] = 0x7f;
+    fs::write(&seg, &bytes).unwrap();
+
+    let (mut w, mut r) = open(dir.path());
+    assert_records(&read_all(&mut r), &recs(0..5), "read back");
+    assert_eq!(r.counters().snapshot().torn_tails, 1);
+    w.append(&recs(100..101)).unwrap();
+    assert_records(&read_all(&mut r), &recs(100..101), "read back");
+}
+
+#[test]
+fn a_corrupt_ack_file_means_everything_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, mut r) = open(dir.path());
+        w.append(&recs(0..10)).unwrap();
+        let b = r.next_batch(5, 1 << 20).unwrap().unwrap();
+        r.ack(b.end).unwrap();
+    }
+    fs::write(dir.path().join("ack"), b"not an ack file").unwrap();
+    let (_w, mut r) = open(dir.path());
+    assert_records(&read_all(&mut r), &recs(0..10), "read back");
+}
+
+#[test]
+fn acknowledged_segments_are_deleted_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+    for chunk in recs(0..300).chunks(10) {
+        w.append(chunk).unwrap();
+    }
+    let before = segment_files(dir.path()).len();
+    assert!(before > 10);
+
+    let b = r.next_batch(150, 1 << 20).unwrap().unwrap();
+    r.ack(b.end).unwrap();
+    let middle = segment_files(dir.path()).len();
+    assert!(middle < before && middle > 1, "{before} -> {middle}");
+
+    let mut end = b.end;
+    while let Some(b) = r.next_batch(100, 1 << 20).unwrap() {
+        end = b.end;
+    }
+    r.ack(end).unwrap();
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "only the active segment is left"
+    );
+    let c = r.counters().snapshot();
+    assert_eq!((c.bytes_buffered, c.segments), (0, 1));
+}
+
+#[test]
+fn past_max_bytes_the_oldest_segments_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 64 * 1024;
+    let (mut w, mut r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+    for chunk in recs(0..2000).chunks(25) {
+        w.append(chunk).unwrap();
+        let on_disk: u64 = segment_files(dir.path()).iter().map(|p| file_len(p)).sum();
+        assert!(on_disk <= max, "{on_disk} bytes on disk");
+    }
+    let got = read_all(&mut r);
+    let c = w.counters().snapshot();
+    assert!(c.records_dropped > 0 && c.bytes_dropped > 0);
+    // What is left is the newest records, in order, and every other one is counted.
+    let first = got[0].timestamp.0 - rec(0).timestamp.0;
+    assert_records(&got, &recs(first as u64..2000), "newest records");
+    assert_eq!(c.records_dropped, first as u64);
+}
+
+#[test]
+fn a_reader_whose_segment_is_trimmed_continues_at_the_oldest_remaining_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(settings(dir.path(), 64 * 1024, 8 * 1024)).unwrap();
+    w.append(&recs(0..100)).unwrap();
+    let first = r.next_batch(10, 1 << 20).unwrap().unwrap();
+    assert_eq!(first.records, recs(0..10));
+
+    for chunk in recs(100..2000).chunks(50) {
+        w.append(chunk).unwrap();
+    }
+    let rest = read_all(&mut r);
+    let resumed_at = (rest[0].timestamp.0 - rec(0).timestamp.0) as u64;
+    assert!(resumed_at > 100, "the reader's segment was trimmed");
+    assert_records(&rest, &recs(resumed_at..2000), "after the trim");
+    assert_eq!(w.counters().snapshot().records_dropped, resumed_at - 10);
+    // Acknowledging a position in a deleted segment is harmless.
+    r.ack(first.end).unwrap();
+}
+
+#[test]
+fn interval_fsync_does_not_sync_every_batch_and_loses_nothing_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = settings(dir.path(), 64 << 20, 1 << 20);
+        s.fsync = FsyncPolicy::Interval;
+        s.fsync_interval = Duration::from_secs(3600);
+        let (mut w, _r) = Spool::open(s).unwrap();
+        for chunk in recs(0..100).chunks(10) {
+            w.append(chunk).unwrap();
+        }
+        assert_eq!(w.counters().snapshot().fsyncs, 0);
+        assert!(w.sync_pending());
+        assert!(!w.sync_if_due().unwrap(), "not due for an hour");
+        w.sync().unwrap();
+        assert_eq!(w.counters().snapshot().fsyncs, 1);
+    }
+    let (_w, mut r) = open(dir.path());
+    assert_records(&read_all(&mut r), &recs(0..100), "read back");
+}
+
+#[test]
+fn batch_fsync_syncs_before_append_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _r) = open(dir.path());
+    for chunk in recs(0..30).chunks(10) {
+        w.append(chunk).unwrap();
+        assert!(!w.sync_pending());
+    }
+    assert_eq!(w.counters().snapshot().fsyncs, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_once_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = open(dir.path());
+    assert!(r.next_batch(10, 1 << 20).unwrap().is_none());
+    let reader = tokio::spawn(async move {
+        loop {
+            if let Some(b) = r.next_batch(10, 1 << 20).unwrap() {
+                return b.records;
+            }
+            r.wait().await;
+        }
+    });
+    tokio::task::spawn_blocking(move || w.append(&recs(0..3)).unwrap())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("reader woke up")
+        .unwrap();
+    assert_eq!(got, recs(0..3));
+}
+
+const CHILD_DIR_ENV: &str = "WISP_SPOOL_TEST_CHILD_DIR";
+const CHILD_INTERVAL_ENV: &str = "WISP_SPOOL_TEST_CHILD_INTERVAL";
+
+/// Not a test on its own: the child process of
+/// `kill_9_at_any_point_keeps_every_confirmed_record_in_order`. It appends batches
+/// forever, printing the number of records whose append has returned.
+#[test]
+fn child_appends_until_killed() {
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
+    let mut s = settings(Path::new(&dir), 64 << 20, 16 * 1024);
+    if std::env::var_os(CHILD_INTERVAL_ENV).is_some() {
+        // Written data sits in the page cache, which a killed process does not lose.
+        s.fsync = FsyncPolicy::Interval;
+        s.fsync_interval = Duration::from_secs(3600);
+    }
+    let (mut w, _r) = Spool::open(s).unwrap();
+    let mut out = std::io::stdout().lock();
+    let mut n = 0u64;
+    for size in (1..=13).cycle() {
+        w.append(&recs(n..n + size)).unwrap();
+        n += size;
+        writeln!(out, "confirmed {n}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_at_any_point_keeps_every_confirmed_record_in_order() {
+    let rounds = [
+        (1, false),
+        (150, false),
+        (700, false),
+        (2000, false),
+        (3000, true),
+    ];
+    for (target, interval) in rounds {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "child_appends_until_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if interval {
+            cmd.env(CHILD_INTERVAL_ENV, "1");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut confirmed = 0;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if let Some(n) = line.unwrap().strip_prefix("confirmed ") {
+                confirmed = n.parse().unwrap();
+                if confirmed >= target {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL, mid-append or between appends
+        child.wait().unwrap();
+        assert!(
+            confirmed >= target,
+            "the child stopped early at {confirmed}"
+        );
+
+        let (_w, mut r) = open(dir.path());
+        let got = read_all(&mut r);
+        assert!(got.len() as u64 >= confirmed, "{} < {confirmed}", got.len());
+        assert_records(
+            &got,
+            &recs(0..got.len() as u64),
+            "a prefix, in order, unchanged",
+        );
+    }
+}
+
+/// Mounts a tiny tmpfs for the test's life, when the machine lets us (root).
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyFs(dir))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_an_error_naming_the_dir_and_the_failed_batch_is_not_stored() {
+    let Some(fs) = TinyFs::mount("64k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let dir = fs.0.path().join("spool");
+    let (mut w, mut r) = Spool::open(settings(&dir, 64 << 20, 8 * 1024)).unwrap();
+    let mut stored = 0;
+    let err = loop {
+        match w.append(&recs(stored..stored + 10)) {
+            Ok(()) => stored += 10,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "the tmpfs never filled");
+    };
+    assert!(matches!(err, SpoolError::DiskFull { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&dir.display().to_string()),
+        "{err}"
+    );
+
+    // Everything confirmed is there, nothing of the failed batch.
+    let mut got = Vec::new();
+    let mut end = None;
+    while let Some(b) = r.next_batch(100, 1 << 20).unwrap() {
+        end = Some(b.end);
+        got.extend(b.records);
+    }
+    assert_records(&got, &recs(0..stored), "confirmed batches");
+
+    // Once shipped and acknowledged, the space comes back and the batch goes in.
+    r.ack(end.unwrap()).unwrap();
+    w.append(&recs(stored..stored + 10)).unwrap();
+    assert_records(&read_all(&mut r), &recs(stored..stored + 10), "read back");
+    drop((w, r));
+}
+
+#[test]
+fn a_reader_running_alongside_the_writer_sees_every_record_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path(), 64 << 20, 4096);
+    s.fsync = FsyncPolicy::Interval;
+    let (mut w, mut r) = Spool::open(s).unwrap();
+    let total = 5000;
+    let writer = std::thread::spawn(move || {
+        let mut n = 0;
+        for size in (1..=37).cycle() {
+            let end = (n + size).min(total);
+            w.append(&recs(n..end)).unwrap();
+            n = end;
+            if n == total {
+                break;
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while (got.len() as u64) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records arrived",
+            got.len()
+        );
+        match r.next_batch(50, 1 << 20).unwrap() {
+            Some(b) => {
+                got.extend(b.records);
+                r.ack(b.end).unwrap();
+            }
+            None => {
+                // The timeout only bounds a lost wake-up; the loop's deadline fails it.
+                let wait = async { tokio::time::timeout(Duration::from_secs(1), r.wait()).await };
+                let _ = rt.block_on(wait);
+            }
+        }
+    }
+    writer.join().unwrap();
+    assert_records(&got, &recs(0..total), "concurrent read");
+    assert!(r.next_batch(50, 1 << 20).unwrap().is_none());
+}
+
+#[test]
+fn restarts_without_appends_leave_no_empty_segments_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        drop(open(dir.path()));
+    }
+    assert_eq!(segment_files(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_segment_file_with_a_foreign_header_is_discarded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("00000000000000000003.seg"),
+        b"WSPL\x09\0\0\0from a future version",
+    )
+    .unwrap();
+    let (mut w, mut r) = open(dir.path());
+    assert_eq!(r.counters().snapshot().torn_tails, 1);
+    w.append(&recs(0..3)).unwrap();
+    assert_records(&read_all(&mut r), &recs(0..3), "after the foreign file");
+}
+
+#[test]
+fn counters_are_exported_under_wisp_spool_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _r) = open(dir.path());
+    w.append(&recs(0..4)).unwrap();
+    let metrics = w.counters().snapshot().metrics();
+    assert!(metrics
+        .iter()
+        .all(|(name, _)| name.starts_with("wisp_spool_")));
+    let appended = metrics
+        .iter()
+        .find(|(name, _)| *name == "wisp_spool_records_appended_total")
+        .unwrap();
+    assert_eq!(appended.1, 4.0);
+}
+
+#[test]
+fn a_segment_deleted_behind_the_agents_back_is_skipped_not_spun_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+    for chunk in recs(0..100).chunks(10) {
+        w.append(chunk).unwrap();
+    }
+    let files = segment_files(dir.path());
+    fs::remove_file(&files[0]).unwrap();
+    fs::remove_file(files.last().unwrap()).unwrap(); // the active one, too
+    let got = read_all(&mut r);
+    let first = (got[0].timestamp.0 - rec(0).timestamp.0) as u64;
+    assert!(first > 0);
+    assert_records(
+        &got,
+        &recs(first..first + got.len() as u64),
+        "the segments left",
+    );
+    assert!(r.counters().snapshot().torn_tails >= 2);
+}
+
+/// A small deterministic generator, so a failing case can be replayed by its seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below.max(1)
+    }
+}
+
+#[test]
+fn random_damage_never_fails_the_spool_and_never_yields_altered_records() {
+    for seed in 0..30u64 {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = settings(dir.path(), 64 << 20, 6144);
+            s.fsync = FsyncPolicy::Interval; // fsync once, at drop: only speed differs
+            s.fsync_interval = Duration::from_secs(3600);
+            let (mut w, _r) = Spool::open(s).unwrap();
+            for chunk in recs(0..120).chunks(6) {
+                w.append(chunk).unwrap();
+            }
+        }
+        let mut rng = Lcg(seed);
+        let files = segment_files(dir.path());
+        for _ in 0..1 + rng.next(4) {
+            let file = &files[rng.next(files.len() as u64) as usize];
+            let mut bytes = fs::read(file).unwrap();
+            if bytes.is_empty() {
+                continue;
+            }
+            match rng.next(3) {
+                0 => {
+                    let i = rng.next(bytes.len() as u64) as usize;
+                    bytes[i] ^= 1 << rng.next(8);
+                }
+                1 => bytes.truncate(rng.next(bytes.len() as u64) as usize),
+                _ => bytes.extend((0..rng.next(64)).map(|_| rng.next(256) as u8)),
+            }
+            fs::write(file, &bytes).unwrap();
+        }
+        if seed % 2 == 0 {
+            fs::write(dir.path().join("ack"), [rng.next(256) as u8; 28]).unwrap();
+        }
+
+        let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 6144))
+            .unwrap_or_else(|e| panic!("seed {seed}: open failed: {e}"));
+        let got = read_all(&mut r);
+        // Whatever survives is original records, in their original order.
+        let mut last = None;
+        for g in &got {
+            let i = (g.timestamp.0 - rec(0).timestamp.0) as u64;
+            assert!(i < 120, "seed {seed}: unknown record {g:?}");
+            assert_eq!(*g, rec(i), "seed {seed}: record {i} altered");
+            assert!(
+                last.is_none_or(|l| i > l),
+                "seed {seed}: out of order at {i}"
+            );
+            last = Some(i);
+        }
+        // And the spool works on.
+        w.append(&recs(500..501)).unwrap();
+        assert_records(&read_all(&mut r), &recs(500..501), &format!("seed {seed}"));
+    }
+}
+
+/// Collects what the spool logs, for tests that check a drop is reported.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_drop_for_space_is_logged_once_per_append_with_records_and_bytes() {
+    let logs = LogCapture::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let mut drops = 0;
+    tracing::subscriber::with_default(subscriber, || {
+        let (mut w, _r) = Spool::open(settings(dir.path(), 16 * 1024, 4096)).unwrap();
+        for chunk in recs(0..400).chunks(15) {
+            let before = w.counters().snapshot().records_dropped;
+            w.append(chunk).unwrap();
+            if w.counters().snapshot().records_dropped > before {
+                drops += 1;
+            }
+        }
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("max_bytes")).collect();
+    assert!(drops > 0);
+    assert_eq!(lines.len(), drops, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("records=") && l.contains("bytes=")),
+        "{text}"
+    );
+}
