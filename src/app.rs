@@ -120,19 +120,18 @@ async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
         env!("CARGO_PKG_VERSION"),
         loaded.origin
     );
-    let discovery = discovery::discover(&loaded.config, &Inputs::default()).await;
-    log_discovery(&discovery);
     crate::pipeline::log_tailed_files(&loaded.config);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    crate::shutdown::cancel_on_signals(cancel.clone())
+        .context("cannot install the signal handlers")?;
     if args.dry_run {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        crate::shutdown::cancel_on_signals(cancel.clone())
-            .context("cannot install the signal handlers")?;
+        // The daemon's discovery runs in the background and logs its choice; a
+        // dry run ships nothing, so it only says once which host it would use.
+        let discovery = discovery::discover(&loaded.config, &Inputs::default()).await;
+        log_discovery(&discovery);
         crate::pipeline::run_dry(loaded, cancel).await
     } else {
-        anyhow::bail!(
-            "shipping to Loki and OTLP is not built yet: `wisp-agent run --dry-run` shows what \
-             would be shipped"
-        )
+        crate::pipeline::run(loaded, cancel).await
     }
 }
 

@@ -7,15 +7,21 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Loaded};
+use crate::config::{Config, Loaded, ProcessEnv};
+use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
+use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
+use crate::sink::loki::LokiClient;
 use crate::source::file::{self, TailSettings};
+use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most ~1000 lines): the bound that
 /// makes a slow stage push back on the one before it.
@@ -119,5 +125,165 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
         }
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
+/// After the sources stopped, the Loki sink gets this long to ship what is left;
+/// whatever it could not ship stays in the spool for the next start.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// `run`: tails the configured files into the spool and ships the spool to Loki,
+/// until `cancel` fires; then drains (see [`DRAIN_GRACE`]) and returns.
+pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
+    let config = loaded.config;
+    if !config.loki.enabled {
+        anyhow::bail!(
+            "loki.enabled = false: logs have nowhere to go (the OTLP log export is not built yet); \
+             enable [loki] or use `run --dry-run`"
+        );
+    }
+    let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    std::fs::create_dir_all(&state_dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (set agent.state_dir to a writable place)",
+            state_dir.display()
+        )
+    })?;
+    let client = LokiClient::new(&config.loki)?;
+    let spool_settings = SpoolSettings {
+        fsync_interval: config.buffer.fsync_interval.get(),
+        ..SpoolSettings::new(
+            state_dir.join("spool").join("loki"),
+            config.buffer.max_bytes.bytes(),
+            config.buffer.fsync,
+        )
+    };
+    let (writer, reader) = tokio::task::spawn_blocking(move || Spool::open(spool_settings))
+        .await
+        .context("the spool stopped while opening")??;
+    tracing::info!("buffer: {}", writer.dir().display());
+
+    let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
+    let counters = Arc::new(LokiCounters::default());
+    let sink = LokiSink {
+        settings: LokiSinkSettings::from_config(&config.loki),
+        client,
+        reader,
+        host,
+        health,
+        counters,
+    };
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let shipping = tokio::spawn(crate::sink::loki::sink::run(
+        sink,
+        drain.clone(),
+        stop.clone(),
+    ));
+
+    let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
+    let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
+    let transformer = Transformer::new(ParseSettings::from_config(&config));
+    let settings = TailSettings {
+        files: config.files.clone(),
+        state_dir: state_dir.clone(),
+    };
+    let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
+    let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
+    let spooling = {
+        let cancel = cancel.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || spool_batches(batch_rx, writer, cancel, runtime))
+    };
+
+    let tailed = tail.await.context("the file tailer stopped")?;
+    let _ = stage.await;
+    let _ = spooling.await;
+    drain.cancel();
+    let grace = tokio::time::sleep(DRAIN_GRACE);
+    tokio::pin!(grace);
+    let mut shipping = shipping;
+    tokio::select! {
+        _ = &mut shipping => {}
+        _ = &mut grace => {
+            tracing::info!(
+                "loki did not take everything within {DRAIN_GRACE:?}; the rest waits in the buffer for the next start"
+            );
+            stop.cancel();
+            let _ = shipping.await;
+        }
+    }
+    tailed.context("cannot tail files")?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The spool stage, on a blocking thread: appends each batch and only then
+/// acknowledges it to its source (the commit point of the delivery guarantee). A
+/// failed append (a full disk) is retried, holding back the tailer, until it
+/// succeeds or the agent stops: a batch is never skipped, because acknowledging a
+/// later one would move the file checkpoint past it.
+fn spool_batches(
+    mut rx: mpsc::Receiver<Batch>,
+    mut writer: SpoolWriter,
+    cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) {
+    let mut failing = false;
+    // With `buffer.fsync = "interval"` an idle spool still gets its fsync: wake
+    // up at least once a second to see whether one is due.
+    let tick = Duration::from_secs(1);
+    'batches: loop {
+        let batch = match runtime.block_on(tokio::time::timeout(tick, rx.recv())) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(_) => {
+                if let Err(e) = writer.sync_if_due() {
+                    tracing::warn!("cannot fsync the buffer: {e}");
+                }
+                continue;
+            }
+        };
+        loop {
+            match writer.append(&batch.records) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("the buffer takes records again");
+                        failing = false;
+                    }
+                    batch.ack.done();
+                    break;
+                }
+                Err(e) => {
+                    if !failing {
+                        let hint = match e {
+                            SpoolError::DiskFull { .. } => {
+                                " (free space there, or lower buffer.max_bytes)"
+                            }
+                            _ => "",
+                        };
+                        tracing::error!(
+                            "cannot buffer {} record(s): {e}{hint}; reading is paused and nothing is lost",
+                            batch.records.len()
+                        );
+                        failing = true;
+                    }
+                    if cancel.is_cancelled() {
+                        // Unacknowledged: the tailer reads these lines again next start.
+                        break 'batches;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        if let Err(e) = writer.sync_if_due() {
+            tracing::warn!("cannot fsync the buffer: {e}");
+        }
+    }
+    if let Err(e) = writer.sync() {
+        tracing::warn!("cannot fsync the buffer at shutdown: {e}");
     }
 }

@@ -116,7 +116,19 @@ async fn rediscover_loop(
             _ = cancel.cancelled() => return,
             d = discover(&config, &inputs) => d,
         };
-        match round.chosen {
+        // An explicit `host.address` is the one place to send: it is kept even
+        // while it does not answer yet, so the sinks retry there (data waits in
+        // the buffer) instead of waiting for discovery to pick it.
+        let explicit = (config.host.address != "auto")
+            .then(|| round.candidates.first())
+            .flatten()
+            .and_then(|c| {
+                c.address.map(|address| Chosen {
+                    name: c.name.clone(),
+                    address,
+                })
+            });
+        match round.chosen.or(explicit) {
             Some(new) => {
                 let changed = tx.send_if_modified(|current| {
                     if current.as_ref() == Some(&new) {

@@ -5,6 +5,7 @@
 pub mod encode;
 pub mod push_proto;
 pub mod service;
+pub mod sink;
 
 pub use encode::{encode, EncodeError, EncodedPush};
 pub use service::{LokiClient, LokiClientError};

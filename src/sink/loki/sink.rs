@@ -1,0 +1,371 @@
+//! The Loki sink's loop: reads batches from the spool, pushes them to the host
+//! discovery chose, and acknowledges them in the spool once Loki took them.
+//!
+//! Promises: a batch leaves the spool only when Loki answered 2xx, or when it
+//! answered a 4xx that no retry can fix (counted per status, the reason logged once
+//! per cause). Everything else (429, 5xx, timeouts, refused connections, no host
+//! found) is retried with capped exponential backoff and full jitter, honouring
+//! `Retry-After`; meanwhile the spool keeps taking lines, bounded by its size. A
+//! retried batch is the same records in the same order, so Loki stores it once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{fill_host, LokiConfig, LokiEncoding};
+use crate::discovery::{Chosen, HostHealth};
+use crate::sink::loki::encode::{encode, EncodedPush};
+use crate::sink::loki::service::LokiClient;
+use crate::sink::retry::{Backoff, PushOutcome};
+use crate::spool::{ReadBatch, SpoolReader};
+
+/// How the loop batches and paces pushes (from `[loki]`).
+#[derive(Clone, Debug)]
+pub struct LokiSinkSettings {
+    /// The push URL with `{host}` in it.
+    pub url: String,
+    pub encoding: LokiEncoding,
+    /// A push holds at most about this many bytes of lines.
+    pub batch_max_bytes: usize,
+    /// A push waits at most this long for more lines to fill it.
+    pub batch_max_wait: Duration,
+    /// The backoff's cap.
+    pub max_backoff: Duration,
+}
+
+impl LokiSinkSettings {
+    pub fn from_config(c: &LokiConfig) -> Self {
+        Self {
+            url: c.url.clone(),
+            encoding: c.encoding,
+            batch_max_bytes: c.batch_max_bytes.as_usize().max(1),
+            batch_max_wait: c.batch_max_wait.get(),
+            max_backoff: c.max_backoff.get(),
+        }
+    }
+}
+
+/// At most this many records in one push, whatever their size.
+const BATCH_MAX_RECORDS: usize = 10_000;
+
+/// The Loki sink's counters (served by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct LokiCounters {
+    pub records_shipped: AtomicU64,
+    pub batches_shipped: AtomicU64,
+    pub bytes_shipped: AtomicU64,
+    pub retries: AtomicU64,
+    /// Push round trips that got an answer, and their total time.
+    pub pushes: AtomicU64,
+    pub push_micros: AtomicU64,
+    /// Records dropped because Loki rejected them, by HTTP status.
+    pub records_dropped: Mutex<BTreeMap<u16, u64>>,
+    pub batches_dropped: Mutex<BTreeMap<u16, u64>>,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl LokiCounters {
+    /// `(name, labels, value)` triples in the admin endpoint's naming.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = vec![
+            (
+                "wisp_loki_records_shipped_total".to_string(),
+                self.records_shipped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "wisp_loki_batches_shipped_total".to_string(),
+                self.batches_shipped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "wisp_loki_bytes_shipped_total".to_string(),
+                self.bytes_shipped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "wisp_loki_retries_total".to_string(),
+                self.retries.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "wisp_loki_pushes_total".to_string(),
+                self.pushes.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "wisp_loki_push_seconds_sum".to_string(),
+                self.push_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+        ];
+        if let Ok(m) = self.records_dropped.lock() {
+            for (status, n) in m.iter() {
+                out.push((
+                    format!("wisp_loki_records_dropped_total{{reason=\"{status}\"}}"),
+                    *n as f64,
+                ));
+            }
+        }
+        if let Ok(m) = self.batches_dropped.lock() {
+            for (status, n) in m.iter() {
+                out.push((
+                    format!("wisp_loki_batches_dropped_total{{reason=\"{status}\"}}"),
+                    *n as f64,
+                ));
+            }
+        }
+        out
+    }
+
+    fn set_last_error(&self, e: &str) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(e.to_string());
+        }
+    }
+}
+
+/// The loop's inputs besides its settings.
+pub struct LokiSink {
+    pub settings: LokiSinkSettings,
+    pub client: LokiClient,
+    pub reader: SpoolReader,
+    pub host: watch::Receiver<Option<Chosen>>,
+    pub health: HostHealth,
+    pub counters: Arc<LokiCounters>,
+}
+
+/// Runs until `drain` fires and the spool is caught up, or until `stop` fires
+/// (the shutdown grace period ran out: what is unshipped stays in the spool).
+/// `drain` means "no more records are coming" (the spool writer has finished).
+pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), sink.settings.max_backoff);
+    let mut logged_causes: HashSet<(u16, &'static str)> = HashSet::new();
+    loop {
+        let batch = tokio::select! {
+            b = next_batch(&mut sink, &drain) => b,
+            _ = stop.cancelled() => return,
+        };
+        let Some(batch) = batch else { return };
+        let push = match encode(&batch.records, sink.settings.encoding) {
+            Ok(p) => p,
+            Err(e) => {
+                // Cannot happen for records that came through the spool; never
+                // wedge on it: drop the batch, counted under status 0.
+                tracing::error!(
+                    "cannot encode a Loki push, dropping {} record(s): {e}",
+                    batch.records.len()
+                );
+                count_drop(&sink.counters, 0, batch.records.len());
+                ack(&mut sink.reader, &batch);
+                continue;
+            }
+        };
+        if !deliver(&mut sink, &push, &mut backoff, &mut logged_causes, &stop).await {
+            return; // stopped with the batch unshipped: it stays in the spool
+        }
+        sink.counters
+            .bytes_shipped
+            .fetch_add(batch.bytes, Ordering::Relaxed);
+        ack(&mut sink.reader, &batch);
+    }
+}
+
+fn ack(reader: &mut SpoolReader, batch: &ReadBatch) {
+    if let Err(e) = tokio::task::block_in_place(|| reader.ack(batch.end)) {
+        // The records were delivered; an ack that did not persist means they are
+        // pushed again after a restart, which Loki deduplicates.
+        tracing::warn!("cannot record the Loki acknowledgement in the spool: {e}");
+    }
+}
+
+fn count_drop(counters: &LokiCounters, status: u16, records: usize) {
+    if let Ok(mut m) = counters.records_dropped.lock() {
+        *m.entry(status).or_default() += records as u64;
+    }
+    if let Ok(mut m) = counters.batches_dropped.lock() {
+        *m.entry(status).or_default() += 1;
+    }
+}
+
+/// Reads the next batch: waits for the first record, then up to
+/// `batch_max_wait` for more to fill the push. `None` once drained and caught up.
+async fn next_batch(sink: &mut LokiSink, drain: &CancellationToken) -> Option<ReadBatch> {
+    let max_bytes = sink.settings.batch_max_bytes;
+    let mut batch: Option<ReadBatch> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let have = batch.as_ref().map_or(0, |b| b.records.len());
+        let have_bytes = batch.as_ref().map_or(0, |b| b.bytes as usize);
+        if have >= BATCH_MAX_RECORDS || have_bytes >= max_bytes {
+            return batch;
+        }
+        let read = tokio::task::block_in_place(|| {
+            sink.reader
+                .next_batch(BATCH_MAX_RECORDS - have, max_bytes - have_bytes)
+        });
+        match read {
+            Ok(Some(more)) => {
+                match &mut batch {
+                    Some(b) => {
+                        b.records.extend(more.records);
+                        b.end = more.end;
+                        b.bytes += more.bytes;
+                    }
+                    None => {
+                        deadline = Some(tokio::time::Instant::now() + sink.settings.batch_max_wait);
+                        batch = Some(more);
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("cannot read the spool: {e}");
+                sink.counters.set_last_error(&e.to_string());
+                if batch.is_some() {
+                    return batch;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = drain.cancelled() => return None,
+                }
+                continue;
+            }
+        }
+        // Caught up with the writer.
+        if drain.is_cancelled() {
+            return batch;
+        }
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    _ = sink.reader.wait() => {}
+                    _ = tokio::time::sleep_until(d) => return batch,
+                    _ = drain.cancelled() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = sink.reader.wait() => {}
+                    _ = drain.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// The short name of a rejection's cause, so each is logged once.
+fn cause_of(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("too far behind") || r.contains("too old") {
+        "too old"
+    } else if r.contains("too far in the future") || r.contains("too new") {
+        "too new"
+    } else if r.contains("out of order") {
+        "out of order"
+    } else if r.contains("rate limit") {
+        "rate limited"
+    } else if r.contains("line too long") || r.contains("exceeds") {
+        "too long"
+    } else if r.contains("label") {
+        "labels"
+    } else {
+        "other"
+    }
+}
+
+/// Pushes one batch until Loki takes it or rejects it for good. Returns false
+/// when `stop` fired first.
+async fn deliver(
+    sink: &mut LokiSink,
+    push: &EncodedPush,
+    backoff: &mut Backoff,
+    logged: &mut HashSet<(u16, &'static str)>,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        let host = match current_host(&mut sink.host, stop).await {
+            Some(h) => h,
+            None => return false,
+        };
+        let url = fill_host(&sink.settings.url, &host);
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = sink.client.push(&url, push) => o,
+            _ = stop.cancelled() => return false,
+        };
+        let took = started.elapsed();
+        match outcome {
+            PushOutcome::Delivered => {
+                let c = &sink.counters;
+                c.pushes.fetch_add(1, Ordering::Relaxed);
+                c.push_micros
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                c.records_shipped
+                    .fetch_add(push.entries as u64, Ordering::Relaxed);
+                c.batches_shipped.fetch_add(1, Ordering::Relaxed);
+                if backoff.attempts() > 0 {
+                    tracing::info!("loki at {url} takes pushes again");
+                }
+                backoff.reset();
+                sink.health.report_success();
+                return true;
+            }
+            PushOutcome::Rejected { status, reason } => {
+                sink.counters.pushes.fetch_add(1, Ordering::Relaxed);
+                count_drop(&sink.counters, status, push.entries);
+                let cause = cause_of(&reason);
+                if logged.insert((status, cause)) {
+                    tracing::warn!(
+                        "loki rejected a push of {} entries with status {status} ({cause}); \
+                         dropping it, further rejections for this cause are only counted: {reason}",
+                        push.entries
+                    );
+                }
+                sink.counters
+                    .set_last_error(&format!("status {status}: {reason}"));
+                backoff.reset();
+                sink.health.report_success();
+                return true;
+            }
+            PushOutcome::Retry { after, reason } => {
+                sink.counters.retries.fetch_add(1, Ordering::Relaxed);
+                sink.counters.set_last_error(&reason);
+                sink.health.report_failure();
+                let delay = after.unwrap_or_default().max(backoff.next_delay());
+                if backoff.attempts() <= 1 {
+                    tracing::warn!(
+                        "push to loki at {url} failed ({reason}); retrying with backoff, lines wait in the buffer"
+                    );
+                } else {
+                    tracing::debug!(
+                        "push to loki at {url} failed again ({reason}); next try in {delay:?}"
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return false,
+                }
+            }
+        }
+    }
+}
+
+/// The chosen host's address as text; waits while none is chosen.
+async fn current_host(
+    host: &mut watch::Receiver<Option<Chosen>>,
+    stop: &CancellationToken,
+) -> Option<String> {
+    loop {
+        if let Some(c) = host.borrow_and_update().as_ref() {
+            return Some(c.address.to_string());
+        }
+        tokio::select! {
+            changed = host.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
