@@ -58,6 +58,9 @@ pub enum Mode {
     Delay(Duration),
     /// Never answer (the client's timeout fires).
     Hang,
+    /// Store the push, then never answer: Loki has the entries but the agent never
+    /// hears so (an agent killed between push and acknowledgement).
+    StoreThenHang,
 }
 
 /// Per-entry validation, off by default.
@@ -378,6 +381,11 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         match mode {
             Mode::Status(status) => failure_response(status, None, "injected failure"),
             Mode::Hang => std::future::pending().await,
+            Mode::StoreThenHang => {
+                let _ = accept(&shared, &headers, &body);
+                shared.changed.notify_waiters();
+                std::future::pending().await
+            }
             Mode::Delay(d) => {
                 tokio::time::sleep(d).await;
                 accept(&shared, &headers, &body)

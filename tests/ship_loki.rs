@@ -1,0 +1,417 @@
+//! The daemon end to end: the built binary tails real files and ships to the fake
+//! Loki on loopback, through the spool, across outages, kills and restarts.
+
+mod support;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::loki::{LokiReceiver, Mode};
+use support::{wait_until, DEADLINE};
+
+/// A running agent; killed on drop so a failing test leaves no process behind.
+struct Agent {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path, stderr: &Path) -> Agent {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(config)
+            .env_remove("WISP_AGENT_CONFIG")
+            .env_remove("LOKI_URL")
+            .env_remove("WISP_HOST")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            stderr: stderr.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit status (bounded).
+    fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no drain, no checkpoint, no goodbye.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(loki: &LokiReceiver, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "vm-test"
+
+[host]
+address = "127.0.0.1"
+
+[loki]
+url = "http://{{host}}:{port}/loki/api/v1/push"
+batch_max_wait = "100ms"
+timeout = "1s"
+max_backoff = "300ms"
+
+[otlp]
+enabled = false
+
+[receiver]
+grpc = ""
+http = ""
+
+[host_metrics]
+enabled = false
+
+[admin]
+listen = ""
+
+[[files]]
+name = "app"
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+poll_interval = "100ms"
+{extra}
+"#,
+            state = dir.path().join("state").display(),
+            port = loki.addr().port(),
+            logs = logs.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup { dir, config }
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(name)
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("agent.stderr")
+    }
+
+    fn start(&self) -> Agent {
+        Agent::start(&self.config, &self.stderr_path())
+    }
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
+fn pino_lines(from: usize, to: usize, level: u8) -> Vec<String> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (from..to)
+        .map(|i| {
+            format!(
+                r#"{{"level":{level},"time":{},"pid":4242,"hostname":"vm","msg":"line {i:05}"}}"#,
+                now_ms + i as u128
+            )
+        })
+        .collect()
+}
+
+fn shipped_lines(loki: &LokiReceiver) -> Vec<String> {
+    loki.all_entries().into_iter().map(|e| e.line).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    let mut lines = pino_lines(0, 3, 30);
+    lines.extend(pino_lines(3, 5, 50));
+    append(&file, &lines);
+    let agent = setup.start();
+    assert!(
+        loki.wait_for_unique(5, DEADLINE).await,
+        "got {} entries; agent log:\n{}",
+        loki.unique_count(),
+        agent.log()
+    );
+    let info = loki.entries(r#"{job="app",level="info"}"#);
+    let error = loki.entries(r#"{job="app",level="error"}"#);
+    assert_eq!(info.len(), 3, "{:?}", loki.streams());
+    assert_eq!(error.len(), 2, "{:?}", loki.streams());
+    let labels = &info[0].labels;
+    assert_eq!(labels.get("host").map(String::as_str), Some("vm-test"));
+    assert_eq!(
+        labels.get("filename").map(String::as_str),
+        Some(file.to_str().unwrap())
+    );
+    assert_eq!(info[0].line, lines[0]);
+    assert_eq!(
+        loki.last_header("user-agent").unwrap_or_default(),
+        format!("wisp-agent/{}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_rotates() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    let agent = setup.start();
+    let mut written = Vec::new();
+
+    let batch = pino_lines(0, 100, 30);
+    append(&file, &batch);
+    written.extend(batch);
+    assert!(loki.wait_for_unique(100, DEADLINE).await, "{}", agent.log());
+
+    // Refused: the port is closed.
+    loki.stop().await;
+    let batch = pino_lines(100, 200, 30);
+    append(&file, &batch);
+    written.extend(batch);
+    assert!(
+        wait_until(DEADLINE, || agent.log().contains("retrying")).await,
+        "{}",
+        agent.log()
+    );
+
+    // Timing out: the port accepts and never answers.
+    loki.set_mode(Mode::Hang);
+    loki.restart().await;
+    let batch = pino_lines(200, 300, 30);
+    append(&file, &batch);
+    written.extend(batch);
+    let pushes = loki.pushes();
+    assert!(loki.wait_for_pushes(pushes + 1, DEADLINE).await);
+
+    // 503, while the file is rotated by rename-and-create.
+    loki.set_mode(Mode::Status(503));
+    let pushes = loki.pushes();
+    assert!(loki.wait_for_pushes(pushes + 1, DEADLINE).await);
+    let batch = pino_lines(300, 350, 30);
+    append(&file, &batch);
+    written.extend(batch);
+    std::fs::rename(&file, setup.log_path("api.log.1")).unwrap();
+    let batch = pino_lines(350, 400, 30);
+    append(&file, &batch);
+    written.extend(batch);
+
+    // Back.
+    loki.set_mode(Mode::Normal);
+    assert!(
+        loki.wait_for_unique(400, Duration::from_secs(30)).await,
+        "got {} of 400; agent log:\n{}",
+        loki.unique_count(),
+        agent.log()
+    );
+    let mut got = shipped_lines(&loki);
+    assert_eq!(got.len(), 400);
+    // In order per stream (the fake returns a stream's entries by timestamp, and
+    // the lines were stamped in order): exactly what was written.
+    got.sort();
+    let mut want = written.clone();
+    want.sort();
+    assert_eq!(got, want);
+    let in_stream = loki.lines(r#"{job="app",level="info"}"#);
+    assert_eq!(in_stream, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_stores_once() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    loki.set_mode(Mode::StoreThenHang);
+    let mut agent = setup.start();
+    let lines = pino_lines(0, 50, 40);
+    append(&file, &lines);
+    assert!(loki.wait_for_unique(50, DEADLINE).await, "{}", agent.log());
+    agent.kill9();
+
+    loki.set_mode(Mode::Normal);
+    let more = pino_lines(50, 60, 40);
+    append(&file, &more);
+    let agent = setup.start();
+    assert!(
+        loki.wait_for_unique(60, DEADLINE).await,
+        "got {}; agent log:\n{}",
+        loki.unique_count(),
+        agent.log()
+    );
+    // The first 50 were pushed twice (no acknowledgement reached the agent) and
+    // stored once.
+    assert!(loki.raw_count() >= 110, "raw {}", loki.raw_count());
+    let mut want = lines.clone();
+    want.extend(more);
+    assert_eq!(loki.lines(r#"{job="app"}"#), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_resumes_where_it_stopped() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    let mut agent = setup.start();
+    let lines = pino_lines(0, 20, 30);
+    append(&file, &lines);
+    assert!(loki.wait_for_unique(20, DEADLINE).await, "{}", agent.log());
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+
+    let more = pino_lines(20, 30, 30);
+    append(&file, &more);
+    let agent = setup.start();
+    assert!(loki.wait_for_unique(30, DEADLINE).await, "{}", agent.log());
+    // Nothing was pushed twice: the checkpoint and the spool's acknowledgement
+    // were both where the first run stopped.
+    assert_eq!(loki.raw_count(), 30, "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_batch_is_dropped_logged_with_the_reason_and_the_rest_flows() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    loki.fail_next(
+        1,
+        400,
+        None,
+        "entry for stream '{job=\"app\"}' has timestamp too old: 2026-11-01T00:00:00Z",
+    );
+    let agent = setup.start();
+    append(&file, &pino_lines(0, 5, 30));
+    assert!(
+        wait_until(DEADLINE, || agent.log().contains("too old")).await,
+        "{}",
+        agent.log()
+    );
+    append(&file, &pino_lines(5, 10, 30));
+    assert!(loki.wait_for_unique(1, DEADLINE).await, "{}", agent.log());
+    assert!(
+        wait_until(DEADLINE, || loki
+            .lines(r#"{job="app"}"#)
+            .iter()
+            .any(|l| l.contains("line 00009")))
+        .await,
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("status 400"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_buffer_drops_the_oldest_lines_and_says_so() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    // The [buffer] table must come before [[files]]: rewrite the config.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text.replace(
+        "[host_metrics]",
+        "[buffer]\nmax_bytes = \"64KiB\"\n\n[host_metrics]",
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    loki.stop().await;
+    let file = setup.log_path("api.log");
+    let agent = setup.start();
+    let lines = pino_lines(0, 2000, 30);
+    for chunk in lines.chunks(100) {
+        append(&file, chunk);
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.log().contains("dropp")).await,
+        "no drop reported; agent log:\n{}",
+        agent.log()
+    );
+    loki.restart().await;
+    // What survived arrives: the newest lines, not the oldest.
+    assert!(
+        wait_until(DEADLINE, || shipped_lines(&loki)
+            .iter()
+            .any(|l| l.contains("line 01999")))
+        .await,
+        "{}",
+        agent.log()
+    );
+    let got = loki.unique_count();
+    assert!(got < 2000, "nothing was dropped: {got}");
+    assert!(!shipped_lines(&loki)
+        .iter()
+        .any(|l| l.contains("line 00000")));
+}
+
+#[test]
+fn sigterm_drains_and_exits_0() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let loki = rt.block_on(LokiReceiver::start());
+    let setup = Setup::new(&loki, "");
+    let mut agent = setup.start();
+    append(&setup.log_path("a.log"), &pino_lines(0, 3, 30));
+    assert!(
+        rt.block_on(loki.wait_for_unique(3, DEADLINE)),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    let _ = File::open(setup.stderr_path()).unwrap();
+}
