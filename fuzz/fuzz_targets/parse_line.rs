@@ -1,14 +1,56 @@
-//! Fuzzes the line parser and the transform stage with arbitrary bytes, decoded
-//! lossily as the tailer decodes them. Checks, beyond "never panics": every line is
-//! shipped unchanged, and a line serde_json accepts as an object is never a miss.
+//! Fuzzes the line parser (`src/parse/line.rs` and the scanners it calls) with
+//! arbitrary bytes, decoded lossily as the tailer decodes them. Checks, beyond
+//! "never panics": a line serde_json accepts as an object is never a parse miss,
+//! the label slots match the configured fields, and a line that does not open
+//! with `{` is never taken for JSON in `auto`.
+//!
+//! The parser's source files are compiled straight into this target (below), with
+//! two small stand-ins for the agent's `record::Timestamp` and
+//! `config::LogFormat`: depending on the whole agent would build its network
+//! stack (tokio, reqwest, tonic, rustls) with fuzzing instrumentation, which takes
+//! minutes; this builds in seconds. A variant added to the real `LogFormat` and
+//! handled in `line.rs` fails this build until it is added here too.
 #![no_main]
-
-use std::sync::Arc;
+#![allow(dead_code)]
 
 use libfuzzer_sys::fuzz_target;
-use wisp_agent::config::LogFormat;
-use wisp_agent::parse::{parse_line, LineKind, ParseSettings, Transformer};
-use wisp_agent::record::{Ack, SourceBatch, SourceInfo, SourceLine, Timestamp};
+
+#[path = "../../src/parse/json.rs"]
+mod json;
+#[path = "../../src/parse/level.rs"]
+mod level;
+#[path = "../../src/parse/line.rs"]
+mod line;
+#[path = "../../src/parse/logfmt.rs"]
+mod logfmt;
+#[path = "../../src/parse/text.rs"]
+mod text;
+#[path = "../../src/parse/timestamp.rs"]
+mod timestamp;
+
+use line::{parse_line, Fields, LineKind};
+
+/// Stand-in for `wisp_agent::record`.
+mod record {
+    /// Nanoseconds since the Unix epoch.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+    pub struct Timestamp(pub i64);
+}
+
+/// Stand-in for `wisp_agent::config`.
+mod config {
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub enum LogFormat {
+        #[default]
+        Auto,
+        Pino,
+        Json,
+        Logfmt,
+        Text,
+    }
+}
+
+use config::LogFormat;
 
 const FORMATS: [LogFormat; 5] = [
     LogFormat::Auto,
@@ -19,8 +61,8 @@ const FORMATS: [LogFormat; 5] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data).into_owned();
-    let fields = vec!["service".to_string(), "level".to_string(), "a.b".to_string()];
+    let text = String::from_utf8_lossy(data);
+    let fields = ["service".to_string(), "level".to_string(), "a.b".to_string()];
     let is_object = matches!(
         serde_json::from_str::<serde_json::Value>(&text),
         Ok(serde_json::Value::Object(_))
@@ -28,34 +70,18 @@ fuzz_target!(|data: &[u8]| {
     for format in FORMATS {
         let parsed = parse_line(&text, format, &fields);
         assert_eq!(parsed.label_values.len(), fields.len());
-        if is_object && matches!(format, LogFormat::Auto | LogFormat::Json | LogFormat::Pino) {
+        let json_format = matches!(format, LogFormat::Auto | LogFormat::Json | LogFormat::Pino);
+        if is_object && json_format {
             assert_eq!(parsed.kind, LineKind::Json, "valid object counted as a miss");
         }
+        if format == LogFormat::Auto && !text.trim_start().starts_with('{') {
+            assert!(matches!(parsed.kind, LineKind::Text | LineKind::Logfmt));
+        }
+        if format == LogFormat::Text {
+            assert_eq!(parsed.kind, LineKind::Text);
+        }
     }
-
-    let mut transformer = Transformer::new(ParseSettings {
-        hostname: "vm1".into(),
-        agent_labels: vec![("env".into(), "fuzz".into())],
-        max_label_values: 3,
-        max_age: std::time::Duration::from_secs(7 * 86_400),
-        max_ahead: std::time::Duration::from_secs(600),
-    });
-    let source = Arc::new(SourceInfo {
-        job: "fuzz".into(),
-        filename: Some("/tmp/fuzz.log".into()),
-        labels: Vec::new(),
-        format: LogFormat::Auto,
-        label_fields: fields,
-    });
-    let batch = transformer.transform(SourceBatch {
-        source,
-        lines: vec![SourceLine {
-            text: text.clone(),
-            read_time: Timestamp(1_795_388_381_726_000_000),
-        }],
-        ack: Ack::none(),
-    });
-    assert_eq!(batch.records.len(), 1);
-    assert_eq!(batch.records[0].line, text);
-    batch.ack.done();
+    // The scanner alone, on the raw text: never panics, whatever it returns.
+    let mut out = Fields::new(fields.len());
+    let _ = json::scan(&text, &fields, &mut out);
 });
