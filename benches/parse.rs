@@ -24,7 +24,7 @@ fn pino_lines() -> Vec<String> {
     (0..LINES)
         .map(|i| {
             format!(
-                r#"{{"level":{},"time":{},"pid":3846,"hostname":"refly-vm","reqId":"req-{:05x}","req":{{"method":"POST","url":"/v1/canvas/sync"}},"durationMs":{},"msg":"request completed {}"}}"#,
+                r#"{{"level":{},"time":{},"pid":3846,"hostname":"refly-vm","module":"canvas","reqId":"req-{:05x}","req":{{"method":"POST","url":"/v1/canvas/sync"}},"durationMs":{},"msg":"request completed {}"}}"#,
                 levels[i % levels.len()],
                 1_795_388_381_726u64 + i as u64,
                 i,

@@ -62,7 +62,11 @@ const FORMATS: [LogFormat; 5] = [
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let fields = ["service".to_string(), "level".to_string(), "a.b".to_string()];
+    let fields = [
+        "service".to_string(),
+        "level".to_string(),
+        "a.b".to_string(),
+    ];
     let is_object = matches!(
         serde_json::from_str::<serde_json::Value>(&text),
         Ok(serde_json::Value::Object(_))
@@ -72,7 +76,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parsed.label_values.len(), fields.len());
         let json_format = matches!(format, LogFormat::Auto | LogFormat::Json | LogFormat::Pino);
         if is_object && json_format {
-            assert_eq!(parsed.kind, LineKind::Json, "valid object counted as a miss");
+            assert_eq!(
+                parsed.kind,
+                LineKind::Json,
+                "valid object counted as a miss"
+            );
         }
         if format == LogFormat::Auto && !text.trim_start().starts_with('{') {
             assert!(matches!(parsed.kind, LineKind::Text | LineKind::Logfmt));
