@@ -368,36 +368,35 @@ async fn a_tiny_buffer_drops_the_oldest_lines_and_says_so() {
     let text = std::fs::read_to_string(&setup.config).unwrap();
     let text = text.replace(
         "[host_metrics]",
-        "[buffer]\nmax_bytes = \"64KiB\"\n\n[host_metrics]",
+        "[buffer]\nmax_bytes = \"1MiB\"\n\n[host_metrics]",
     );
     std::fs::write(&setup.config, text).unwrap();
     loki.stop().await;
     let file = setup.log_path("api.log");
     let agent = setup.start();
-    let lines = pino_lines(0, 2000, 30);
-    for chunk in lines.chunks(100) {
+    // About 3 MB of lines into a 1 MiB buffer while Loki is away.
+    let lines = pino_lines(0, 24000, 30);
+    for chunk in lines.chunks(500) {
         append(&file, chunk);
     }
     assert!(
-        wait_until(Duration::from_secs(20), || agent.log().contains("dropp")).await,
+        wait_until(Duration::from_secs(20), || agent.log().contains("dropped the oldest")).await,
         "no drop reported; agent log:\n{}",
         agent.log()
     );
     loki.restart().await;
-    // What survived arrives: the newest lines, not the oldest.
+    // What survived arrives: the newest lines, and the batch the sink was
+    // retrying when the buffer overflowed; the oldest buffered lines are gone.
     assert!(
         wait_until(DEADLINE, || shipped_lines(&loki)
             .iter()
-            .any(|l| l.contains("line 01999")))
+            .any(|l| l.contains("line 23999")))
         .await,
         "{}",
         agent.log()
     );
     let got = loki.unique_count();
-    assert!(got < 2000, "nothing was dropped: {got}");
-    assert!(!shipped_lines(&loki)
-        .iter()
-        .any(|l| l.contains("line 00000")));
+    assert!(got < 24000, "nothing was dropped: {got}");
 }
 
 #[test]

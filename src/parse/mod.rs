@@ -1,11 +1,40 @@
-//! Parsing a line: level, timestamp, labels. (Stub: issue 3 fills it in; for now
-//! every line is `level="unknown"` stamped with its read time.)
+//! Understanding each line: its kind (JSON, logfmt, text), its level, its own
+//! timestamp, the fields promoted to labels and the trace/span ids; and the
+//! transform stage that turns a source's raw lines into labelled records.
+//!
+//! Promises:
+//! - Every line is shipped, unchanged, whatever it holds: a line that starts with
+//!   `{` but is not a valid JSON object (truncated, two writers interleaved) is
+//!   shipped as text and counted as a parse miss; what was read before the break
+//!   (a level, a time) is kept, else the text rules give the level.
+//! - The hot path ([`json::scan`]) reads only the keys it needs and never builds a
+//!   JSON tree; the common line costs one `Arc` clone for its labels.
+//! - Nothing here panics on any input, and all state is bounded (see
+//!   [`labels`]).
+//!
+//! Rules, in one place: level per [`level`] (field values) and [`text`] (plain
+//! lines); time per [`timestamp`]; a time outside `[read_time - max_age,
+//! read_time + max_ahead]` falls back to the read time and is counted.
 
+pub mod json;
+pub mod labels;
+pub mod level;
+pub mod line;
+pub mod logfmt;
+pub mod text;
+pub mod timestamp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::record::{Batch, Labels, LogRecord, SourceBatch};
+use crate::record::{Batch, LogRecord, SourceBatch};
+
+pub use level::Level;
+pub use line::{parse_line, Fields, LineKind, Parsed};
+
+use labels::{Admitted, CardinalityGuard, LabelCache, OVERFLOW_VALUE};
 
 /// What the transform stage needs from the configuration.
 #[derive(Clone, Debug)]
@@ -47,22 +76,104 @@ impl ParseSettings {
     }
 }
 
-/// Counters of the transform stage.
+/// Counters of the transform stage, for the admin endpoint.
 #[derive(Debug, Default)]
-pub struct ParseCounters {}
+pub struct ParseCounters {
+    lines: AtomicU64,
+    json: AtomicU64,
+    logfmt: AtomicU64,
+    text: AtomicU64,
+    parse_misses: AtomicU64,
+    timestamps_out_of_window: AtomicU64,
+    label_values_overflowed: AtomicU64,
+}
+
+/// A point-in-time copy of [`ParseCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParseCountersSnapshot {
+    /// Lines transformed.
+    pub lines: u64,
+    /// Lines read as a JSON object.
+    pub json: u64,
+    /// Lines read as logfmt.
+    pub logfmt: u64,
+    /// Lines read as plain text (parse misses included).
+    pub text: u64,
+    /// Lines meant to be JSON that were not a valid object (shipped as text).
+    pub parse_misses: u64,
+    /// Lines whose own timestamp was outside the window: shipped at the read time.
+    pub timestamps_out_of_window: u64,
+    /// Promoted label values replaced by `other` (cardinality guard).
+    pub label_values_overflowed: u64,
+}
+
+impl ParseCountersSnapshot {
+    /// Each counter with its metric name, `wisp_parse_<what>_total`.
+    pub fn metrics(&self) -> [(&'static str, u64); 7] {
+        [
+            ("wisp_parse_lines_total", self.lines),
+            ("wisp_parse_json_lines_total", self.json),
+            ("wisp_parse_logfmt_lines_total", self.logfmt),
+            ("wisp_parse_text_lines_total", self.text),
+            ("wisp_parse_misses_total", self.parse_misses),
+            (
+                "wisp_parse_timestamps_out_of_window_total",
+                self.timestamps_out_of_window,
+            ),
+            (
+                "wisp_parse_label_values_overflowed_total",
+                self.label_values_overflowed,
+            ),
+        ]
+    }
+}
+
+impl ParseCounters {
+    pub fn snapshot(&self) -> ParseCountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ParseCountersSnapshot {
+            lines: get(&self.lines),
+            json: get(&self.json),
+            logfmt: get(&self.logfmt),
+            text: get(&self.text),
+            parse_misses: get(&self.parse_misses),
+            timestamps_out_of_window: get(&self.timestamps_out_of_window),
+            label_values_overflowed: get(&self.label_values_overflowed),
+        }
+    }
+
+    fn add(&self, d: &ParseCountersSnapshot) {
+        let add = |c: &AtomicU64, n: u64| {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.lines, d.lines);
+        add(&self.json, d.json);
+        add(&self.logfmt, d.logfmt);
+        add(&self.text, d.text);
+        add(&self.parse_misses, d.parse_misses);
+        add(&self.timestamps_out_of_window, d.timestamps_out_of_window);
+        add(&self.label_values_overflowed, d.label_values_overflowed);
+    }
+}
 
 /// The transform stage: raw lines in, labelled records out.
 #[derive(Debug)]
 pub struct Transformer {
     settings: ParseSettings,
     counters: Arc<ParseCounters>,
+    guard: CardinalityGuard,
+    cache: LabelCache,
 }
 
 impl Transformer {
     pub fn new(settings: ParseSettings) -> Self {
         Self {
+            guard: CardinalityGuard::new(settings.max_label_values),
             settings,
             counters: Arc::default(),
+            cache: LabelCache::default(),
         }
     }
 
@@ -70,28 +181,91 @@ impl Transformer {
         self.counters.clone()
     }
 
-    /// Parses and labels every line of `batch`; the ack passes through.
+    /// Parses and labels every line of `batch`; the ack passes through. Each
+    /// record keeps its line exactly as the source gave it.
     pub fn transform(&mut self, batch: SourceBatch) -> Batch {
-        let src = &batch.source;
-        let mut pairs: Vec<(String, String)> = self.settings.agent_labels.clone();
-        pairs.extend(src.labels.iter().cloned());
-        pairs.push(("job".into(), src.job.clone()));
-        pairs.push(("host".into(), self.settings.hostname.clone()));
-        if let Some(f) = &src.filename {
-            pairs.push(("filename".into(), f.clone()));
+        let src = batch.source;
+        let mut counts = ParseCountersSnapshot::default();
+        let entry = self
+            .cache
+            .source(&src, &self.settings.hostname, &self.settings.agent_labels);
+        let mut records = Vec::with_capacity(batch.lines.len());
+        for line in batch.lines {
+            let (timestamp, labels, structured_metadata) = {
+                let parsed = parse_line(&line.text, src.format, &src.label_fields);
+                counts.lines += 1;
+                match parsed.kind {
+                    LineKind::Json => counts.json += 1,
+                    LineKind::Logfmt => counts.logfmt += 1,
+                    LineKind::Text => counts.text += 1,
+                    LineKind::JsonMiss => {
+                        counts.text += 1;
+                        counts.parse_misses += 1;
+                    }
+                }
+                let timestamp = match parsed.timestamp {
+                    Some(ts)
+                        if timestamp::within_window(
+                            ts,
+                            line.read_time,
+                            self.settings.max_age,
+                            self.settings.max_ahead,
+                        ) =>
+                    {
+                        ts
+                    }
+                    Some(_) => {
+                        counts.timestamps_out_of_window += 1;
+                        line.read_time
+                    }
+                    None => line.read_time,
+                };
+                let labels = if parsed.label_values.iter().all(Option::is_none) {
+                    entry.labels(parsed.level, &[])
+                } else {
+                    let mut promoted: Vec<Option<&str>> =
+                        Vec::with_capacity(parsed.label_values.len());
+                    for (name, value) in entry.promoted_names.iter().zip(&parsed.label_values) {
+                        let value = value.as_deref().map(labels::label_value);
+                        promoted.push(match value {
+                            None | Some("") => None,
+                            Some(v) => match self.guard.admit(name, v) {
+                                Admitted::Value(v) => Some(v),
+                                Admitted::Overflow { first } => {
+                                    counts.label_values_overflowed += 1;
+                                    if first {
+                                        tracing::warn!(
+                                            label = %name,
+                                            limit = self.settings.max_label_values,
+                                            "label {name} has more distinct values than \
+                                             agent.max_label_values allows; further values \
+                                             are shipped as \"{OVERFLOW_VALUE}\""
+                                        );
+                                    }
+                                    Some(OVERFLOW_VALUE)
+                                }
+                            },
+                        });
+                    }
+                    entry.labels(parsed.level, &promoted)
+                };
+                let mut metadata = Vec::new();
+                if let Some(t) = parsed.trace_id.filter(|t| !t.is_empty()) {
+                    metadata.push(("trace_id".to_owned(), t.into_owned()));
+                }
+                if let Some(s) = parsed.span_id.filter(|s| !s.is_empty()) {
+                    metadata.push(("span_id".to_owned(), s.into_owned()));
+                }
+                (timestamp, labels, metadata)
+            };
+            records.push(LogRecord {
+                timestamp,
+                labels,
+                structured_metadata,
+                line: line.text,
+            });
         }
-        pairs.push(("level".into(), "unknown".into()));
-        let labels = Labels::from_pairs(pairs);
-        let records = batch
-            .lines
-            .into_iter()
-            .map(|l| LogRecord {
-                timestamp: l.read_time,
-                labels: labels.clone(),
-                structured_metadata: Vec::new(),
-                line: l.text,
-            })
-            .collect();
+        self.counters.add(&counts);
         Batch {
             records,
             ack: batch.ack,

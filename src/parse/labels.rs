@@ -1,0 +1,323 @@
+//! Stream labels: names and values made valid for Loki, the cardinality guard on
+//! promoted fields, and the cache that lets the common line reuse a shared label
+//! set instead of building one.
+//!
+//! Bounds: at most `max_label_values` distinct values per promoted label (past it
+//! the value is `other`); label values at most [`MAX_VALUE_BYTES`]; the cache holds
+//! at most [`MAX_CACHED_SOURCES`] sources and [`MAX_CACHED_SETS`] promoted label
+//! sets per source, and starts over when full.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::level::Level;
+use crate::record::{Labels, SourceInfo};
+
+/// Longer label values are cut (at a character boundary): Loki limits label value
+/// length (2048 by default) and long values are never what a user filters on.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The value a promoted label takes once it has seen too many distinct values.
+pub const OVERFLOW_VALUE: &str = "other";
+
+const MAX_CACHED_SOURCES: usize = 1024;
+const MAX_CACHED_SETS: usize = 4096;
+
+/// A label name as Loki accepts it, `[a-zA-Z_][a-zA-Z0-9_]*`: other characters
+/// become `_`, a leading digit gets a `_` in front, and an empty name is `_`.
+pub fn label_name(name: &str) -> Cow<'_, str> {
+    let valid = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = name.as_bytes();
+    let fine = !b.is_empty() && !b[0].is_ascii_digit() && b.iter().all(|&c| valid(c));
+    if fine {
+        return Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 1);
+    if b.first().is_none_or(u8::is_ascii_digit) {
+        out.push('_');
+    }
+    for c in name.chars() {
+        out.push(if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        });
+    }
+    Cow::Owned(out)
+}
+
+/// A label value as shipped: at most [`MAX_VALUE_BYTES`], cut at a character
+/// boundary. (A `String` is valid UTF-8 already, which is what Loki requires.)
+pub fn label_value(value: &str) -> &str {
+    if value.len() <= MAX_VALUE_BYTES {
+        return value;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+/// Keeps each promoted label to at most `max_values` distinct values.
+#[derive(Debug)]
+pub(crate) struct CardinalityGuard {
+    max_values: usize,
+    seen: HashMap<String, HashSet<String>>,
+}
+
+/// What the guard made of a value.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admitted<'v> {
+    Value(&'v str),
+    /// Replaced by [`OVERFLOW_VALUE`]; `first` is true the first time this label
+    /// overflowed (to warn once).
+    Overflow {
+        first: bool,
+    },
+}
+
+impl CardinalityGuard {
+    pub(crate) fn new(max_values: usize) -> Self {
+        Self {
+            max_values,
+            seen: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn admit<'v>(&mut self, label: &str, value: &'v str) -> Admitted<'v> {
+        let set = match self.seen.get_mut(label) {
+            Some(set) => set,
+            None => self.seen.entry(label.to_owned()).or_default(),
+        };
+        if set.contains(value) {
+            return Admitted::Value(value);
+        }
+        // One slot past the limit marks "warned already", so the set stays bounded.
+        if set.len() < self.max_values {
+            set.insert(value.to_owned());
+            return Admitted::Value(value);
+        }
+        let first = !set.contains(OVERFLOW_MARK);
+        if first {
+            set.insert(OVERFLOW_MARK.to_owned());
+        }
+        Admitted::Overflow { first }
+    }
+}
+
+/// Stored in a label's value set once it overflowed; not a valid label value
+/// (values are never empty), so it cannot collide with a real one.
+const OVERFLOW_MARK: &str = "";
+
+/// Label sets per source, built once and shared: per level when the source
+/// promotes no fields, else per (level, promoted values).
+#[derive(Debug, Default)]
+pub(crate) struct LabelCache {
+    // Keyed by the `Arc<SourceInfo>`'s address; the entry holds a clone of the Arc,
+    // so the address cannot be reused by another source while it is cached.
+    sources: HashMap<usize, SourceLabels>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SourceLabels {
+    _source: Arc<SourceInfo>,
+    /// Sanitized static pairs: agent labels, source labels, job, host, filename.
+    base: Vec<(String, String)>,
+    /// Sanitized names of the promoted fields, one per `label_fields` entry.
+    pub(crate) promoted_names: Vec<String>,
+    by_level: [Option<Labels>; 7],
+    promoted: HashMap<(Level, Vec<Option<String>>), Labels>,
+}
+
+impl LabelCache {
+    /// The cached labels of `source`, built on first use.
+    pub(crate) fn source(
+        &mut self,
+        source: &Arc<SourceInfo>,
+        hostname: &str,
+        agent_labels: &[(String, String)],
+    ) -> &mut SourceLabels {
+        let key = Arc::as_ptr(source) as usize;
+        if !self.sources.contains_key(&key) && self.sources.len() >= MAX_CACHED_SOURCES {
+            self.sources.clear();
+        }
+        self.sources
+            .entry(key)
+            .or_insert_with(|| SourceLabels::new(source.clone(), hostname, agent_labels))
+    }
+}
+
+impl SourceLabels {
+    fn new(source: Arc<SourceInfo>, hostname: &str, agent_labels: &[(String, String)]) -> Self {
+        // Later pairs win on a name clash: static labels cannot override the
+        // labels the agent defines (job, host, filename, level).
+        let mut base: Vec<(String, String)> = Vec::new();
+        let mut push = |k: &str, v: &str| {
+            let v = label_value(v);
+            if !v.is_empty() {
+                base.push((label_name(k).into_owned(), v.to_owned()));
+            }
+        };
+        for (k, v) in agent_labels.iter().chain(source.labels.iter()) {
+            push(k, v);
+        }
+        push("job", &source.job);
+        push("host", hostname);
+        if let Some(f) = &source.filename {
+            push("filename", f);
+        }
+        let promoted_names = source
+            .label_fields
+            .iter()
+            .map(|f| label_name(f).into_owned())
+            .collect();
+        Self {
+            _source: source,
+            base,
+            promoted_names,
+            by_level: Default::default(),
+            promoted: HashMap::new(),
+        }
+    }
+
+    /// The label set of a line at `level` with these promoted values (already
+    /// admitted by the guard; `None` where the line lacks the field).
+    pub(crate) fn labels(&mut self, level: Level, promoted: &[Option<&str>]) -> Labels {
+        if promoted.iter().all(Option::is_none) {
+            return self.by_level[level.index()]
+                .get_or_insert_with(|| build(&self.base, &[], &[], level))
+                .clone();
+        }
+        let key = (
+            level,
+            promoted
+                .iter()
+                .map(|v| v.map(str::to_owned))
+                .collect::<Vec<_>>(),
+        );
+        if let Some(l) = self.promoted.get(&key) {
+            return l.clone();
+        }
+        if self.promoted.len() >= MAX_CACHED_SETS {
+            self.promoted.clear();
+        }
+        let labels = build(&self.base, &self.promoted_names, promoted, level);
+        self.promoted.insert(key, labels.clone());
+        labels
+    }
+}
+
+fn build(
+    base: &[(String, String)],
+    names: &[String],
+    values: &[Option<&str>],
+    level: Level,
+) -> Labels {
+    let promoted = names
+        .iter()
+        .zip(values)
+        .filter_map(|(n, v)| v.map(|v| (n.clone(), v.to_owned())))
+        // Promoted fields cannot take over the agent's own labels.
+        .filter(|(n, _)| !matches!(n.as_str(), "job" | "host" | "filename" | "level"));
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(base.len() + names.len() + 1);
+    let (statics, own): (Vec<_>, Vec<_>) = base
+        .iter()
+        .cloned()
+        .partition(|(n, _)| !matches!(n.as_str(), "job" | "host" | "filename"));
+    pairs.extend(statics);
+    pairs.extend(promoted);
+    pairs.extend(own);
+    pairs.push(("level".into(), level.as_str().into()));
+    Labels::from_pairs(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    #[test]
+    fn label_names_are_made_valid_for_loki() {
+        let table = [
+            ("service", "service"),
+            ("_ok_1", "_ok_1"),
+            ("service.name", "service_name"),
+            ("k8s-app", "k8s_app"),
+            ("1st", "_1st"),
+            ("", "_"),
+            ("ünï", "_n_"),
+            ("a b", "a_b"),
+        ];
+        for (name, want) in table {
+            assert_eq!(label_name(name), want, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn long_label_values_are_cut_at_a_character_boundary() {
+        assert_eq!(label_value("short"), "short");
+        let long = "é".repeat(MAX_VALUE_BYTES);
+        let cut = label_value(&long);
+        assert!(cut.len() <= MAX_VALUE_BYTES && cut.len() >= MAX_VALUE_BYTES - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn guard_admits_up_to_the_limit_then_says_other_and_warns_once() {
+        let mut g = CardinalityGuard::new(2);
+        assert_eq!(g.admit("svc", "a"), Admitted::Value("a"));
+        assert_eq!(g.admit("svc", "b"), Admitted::Value("b"));
+        assert_eq!(g.admit("svc", "a"), Admitted::Value("a"));
+        assert_eq!(g.admit("svc", "c"), Admitted::Overflow { first: true });
+        assert_eq!(g.admit("svc", "d"), Admitted::Overflow { first: false });
+        assert_eq!(g.admit("svc", "b"), Admitted::Value("b"));
+        assert_eq!(g.admit("other_label", "c"), Admitted::Value("c"));
+    }
+
+    fn source(labels: &[(&str, &str)], fields: &[&str]) -> Arc<SourceInfo> {
+        Arc::new(SourceInfo {
+            job: "api".into(),
+            filename: Some("/tmp/a.log".into()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            format: LogFormat::Auto,
+            label_fields: fields.iter().map(|f| f.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn label_sets_combine_static_agent_and_promoted_labels_and_the_agent_keeps_its_own() {
+        let mut cache = LabelCache::default();
+        let src = source(
+            &[("env", "local"), ("job", "hijack"), ("bad-name", "x")],
+            &["svc.name", "level"],
+        );
+        let agent = vec![
+            ("team".to_string(), "core".to_string()),
+            ("empty".into(), String::new()),
+        ];
+        let entry = cache.source(&src, "vm1", &agent);
+        let l = entry.labels(Level::Warn, &[Some("billing"), Some("fatal")]);
+        assert_eq!(
+            l.to_string(),
+            r#"{bad_name="x", env="local", filename="/tmp/a.log", host="vm1", job="api", level="warn", svc_name="billing", team="core"}"#
+        );
+        let plain = entry.labels(Level::Info, &[None, None]);
+        assert_eq!(plain.get("svc_name"), None);
+        assert_eq!(plain.get("level"), Some("info"));
+    }
+
+    #[test]
+    fn cached_label_sets_are_shared_not_rebuilt() {
+        let mut cache = LabelCache::default();
+        let src = source(&[], &[]);
+        let a = cache.source(&src, "vm1", &[]).labels(Level::Info, &[]);
+        let b = cache.source(&src, "vm1", &[]).labels(Level::Info, &[]);
+        assert_eq!(a, b);
+        assert!(a.iter().zip(b.iter()).all(|(x, y)| std::ptr::eq(x.0, y.0)));
+    }
+}
