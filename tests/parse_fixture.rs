@@ -1,4 +1,4 @@
-//! The real `tmux pipe-pane` capture (`../shared/fixtures/tmux/refly-api.log`):
+//! The real `tmux pipe-pane` capture (`tests/fixtures/tmux/refly-api.log`, a copy of `../shared/fixtures/tmux/`):
 //! each record gets the level a user expects, its own timestamp where it has one,
 //! its trace ids as structured metadata, and is shipped unchanged.
 //!
@@ -174,7 +174,7 @@ fn ship(t: &mut Transformer, lines: &[&str], label_fields: &[&str]) -> Batch {
 }
 
 fn fixture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tmux/refly-api.log")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tmux/refly-api.log")
 }
 
 /// What the source does before the transform stage, just enough for this file:
@@ -233,10 +233,7 @@ fn strip_sequences(line: &str) -> String {
 #[test]
 fn the_whole_capture_is_labelled_as_its_readme_says() {
     let path = fixture_path();
-    let Ok(raw) = std::fs::read(&path) else {
-        eprintln!("skipped: {} is not there", path.display());
-        return;
-    };
+    let raw = std::fs::read(&path).expect("the fixture is part of the repository");
     let records = records_as_the_source_hands_them(&raw);
     let lines: Vec<&str> = records.iter().map(String::as_str).collect();
     let mut t = transformer();

@@ -380,7 +380,10 @@ async fn a_tiny_buffer_drops_the_oldest_lines_and_says_so() {
         append(&file, chunk);
     }
     assert!(
-        wait_until(Duration::from_secs(20), || agent.log().contains("dropped the oldest")).await,
+        wait_until(Duration::from_secs(20), || agent
+            .log()
+            .contains("dropped the oldest"))
+        .await,
         "no drop reported; agent log:\n{}",
         agent.log()
     );
