@@ -81,6 +81,8 @@ name = "refly-api"
 paths = ["{logs}/*.log"]
 start_at = "beginning"
 multiline_timeout = "200ms"
+# The capture ends in a shell prompt without a newline: ship it soon.
+partial_line_timeout = "300ms"
 "#,
             state = dir.path().join("state").display(),
             logs = logs.display(),
