@@ -23,9 +23,9 @@ use crate::sink::loki::LokiClient;
 use crate::source::file::{self, TailSettings};
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
-/// Batches in flight between two stages (each at most ~1000 lines): the bound that
+/// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
-const CHANNEL_BATCHES: usize = 16;
+const CHANNEL_BATCHES: usize = 8;
 
 /// Logs, per `[[files]]` entry, the files its patterns match now.
 pub fn log_tailed_files(config: &Config) {
@@ -127,6 +127,9 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
         Err(e) => Err(e).context("cannot write to stdout"),
     }
 }
+
+/// The spool stage appends at most about this many records with one fsync.
+const GROUP_COMMIT_RECORDS: usize = 8192;
 
 /// After the sources stopped, the Loki sink gets this long to ship what is left;
 /// whatever it could not ship stays in the spool for the next start.
@@ -237,7 +240,7 @@ fn spool_batches(
     // up at least once a second to see whether one is due.
     let tick = Duration::from_secs(1);
     'batches: loop {
-        let batch = match runtime.block_on(tokio::time::timeout(tick, rx.recv())) {
+        let first = match runtime.block_on(tokio::time::timeout(tick, rx.recv())) {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
@@ -247,6 +250,19 @@ fn spool_batches(
                 continue;
             }
         };
+        // Group commit: whatever else is already queued goes into the same append
+        // and the same fsync, so a fast writer pays one fsync per group, not per
+        // batch.
+        let mut batch = first;
+        while batch.records.len() < GROUP_COMMIT_RECORDS {
+            match rx.try_recv() {
+                Ok(more) => {
+                    batch.records.extend(more.records);
+                    batch.ack = batch.ack.and(more.ack);
+                }
+                Err(_) => break,
+            }
+        }
         loop {
             match writer.append(&batch.records) {
                 Ok(()) => {

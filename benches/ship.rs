@@ -1,0 +1,149 @@
+//! End-to-end benchmark (issue 5): Pino lines of about 200 bytes appended to a file,
+//! tailed, parsed, spooled (fsync per batch) and pushed as protobuf + snappy to the
+//! fake Loki on loopback. The agent is the release binary, pinned to one core
+//! (`taskset -c 0` when available); the receiver runs in this process.
+//!
+//! Prints lines/s end to end, the agent's peak RSS while shipping (VmHWM) and its
+//! RSS at idle afterwards, and the spool's fsync count. `cargo bench --bench ship`;
+//! `WISP_BENCH_LINES` sets the line count (default 500000).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let n: usize = std::env::var("WISP_BENCH_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let loki = rt.block_on(support::loki::LokiReceiver::start());
+
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let file = logs.join("api.log");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for i in 0..n {
+            writeln!(
+                w,
+                r#"{{"level":30,"time":{},"pid":4242,"hostname":"refly-vm","reqId":"req-{:08}","msg":"request completed","responseTime":12,"url":"/v1/canvas/sync"}}"#,
+                now_ms + (i as u128 / 1000),
+                i
+            )
+            .unwrap();
+        }
+    }
+    let bytes = std::fs::metadata(&file).unwrap().len();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "bench"
+[host]
+address = "127.0.0.1"
+[loki]
+url = "http://{{host}}:{port}/loki/api/v1/push"
+[otlp]
+enabled = false
+[receiver]
+grpc = ""
+http = ""
+[host_metrics]
+enabled = false
+[admin]
+listen = ""
+[[files]]
+name = "api"
+paths = ["{file}"]
+start_at = "beginning"
+multiline = "none"
+"#,
+            state = dir.path().join("state").display(),
+            port = loki.addr().port(),
+            file = file.display(),
+        ),
+    )
+    .unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_wisp-agent");
+    let pinned = Command::new("taskset").arg("-V").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let started = Instant::now();
+    let mut child = cmd
+        .args(["run", "--log-level", "warn", "--config"])
+        .arg(&config)
+        .env_remove("WISP_HOST")
+        .env_remove("LOKI_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let done = rt.block_on(loki.wait_for_unique(n, Duration::from_secs(300)));
+    let took = started.elapsed();
+    let peak = status_kib(pid, "VmHWM:");
+    // Idle: nothing written for a few seconds.
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = status_kib(pid, "VmRSS:");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+
+    println!("ship: {n} lines ({:.1} MB) file → tail → parse → spool (fsync per batch) → Loki protobuf+snappy on loopback", bytes as f64 / 1e6);
+    if !done {
+        println!(
+            "ship: only {} of {n} lines arrived within 300 s",
+            loki.unique_count()
+        );
+        std::process::exit(1);
+    }
+    println!(
+        "ship: {:.0} lines/s end to end ({:.2} s){}",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64(),
+        if pinned {
+            ", agent pinned to one core"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "ship: agent peak RSS {:.1} MiB while shipping, {:.1} MiB at idle; {} pushes",
+        peak.unwrap_or(0) as f64 / 1024.0,
+        idle.unwrap_or(0) as f64 / 1024.0,
+        loki.pushes()
+    );
+}
