@@ -57,6 +57,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bytes read from one file before the others get their turn.
 const FILE_TURN_BYTES: usize = 8 << 20;
+/// A file appearing this long after another was truncated may be its copy.
+const COPY_WINDOW: Duration = Duration::from_secs(60);
 /// The poll never runs more often than this, whatever `poll_interval` says.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -289,6 +291,8 @@ struct Tailer {
     poll_interval: Duration,
     /// Paths whose open failed, reported once.
     unreadable: HashSet<PathBuf>,
+    /// Files truncated within [`COPY_WINDOW`]: fingerprint before, offset read to.
+    truncated: Vec<(Fingerprint, u64, Instant)>,
 }
 
 impl Tailer {
@@ -360,6 +364,7 @@ impl Tailer {
             out: VecDeque::new(),
             poll_interval,
             unreadable: HashSet::new(),
+            truncated: Vec::new(),
         })
     }
 
@@ -446,8 +451,20 @@ impl Tailer {
         }
         self.unreadable.remove(&path);
         let size = meta.len();
+        let fingerprint = match Fingerprint::of_file(&file) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; skipping it", path.display());
+                return;
+            }
+        };
+        let known = self.store.lookup(id, &path, &file);
+        let copy_of = match known {
+            Known::New if !startup => self.copy_of(id, fingerprint),
+            _ => None,
+        };
         let entry = &self.entries[ei];
-        let (offset, why) = match self.store.lookup(id, &path, &file) {
+        let (offset, why) = match known {
             Known::Resume { offset } if offset <= size => (offset, "its checkpoint"),
             Known::Resume { .. } => {
                 self.counters.truncations.fetch_add(1, Ordering::Relaxed);
@@ -458,8 +475,18 @@ impl Tailer {
                 (size, "the end: start_at = end")
             }
             Known::New if startup => (0, "the start: start_at = beginning"),
-            Known::New => (0, "the start: a new file"),
+            Known::New => match copy_of {
+                // A copy still being written: open it once it has reached the offset.
+                Some((offset, _)) if offset > size => return,
+                Some((offset, _)) => (offset, "where its original was read up to: a copy"),
+                None => (0, "the start: a new file"),
+            },
         };
+        if let Some((_, Some(seq))) = copy_of {
+            if let Some(original) = self.files.get_mut(&seq) {
+                original.mark_copied();
+            }
+        }
         let source = Arc::new(SourceInfo {
             job: entry.config.name.clone(),
             filename: Some(path.display().to_string()),
@@ -473,28 +500,58 @@ impl Tailer {
             label_fields: entry.config.label_fields.clone(),
         });
         let seq = self.next_seq;
-        let opened = Tailed::open(OpenFile {
+        let t = Tailed::open(OpenFile {
             id,
             path: path.clone(),
             file,
+            fingerprint,
             offset,
             source,
             joiner: entry.joiner.clone(),
             limits: entry.limits,
         });
-        let t = match opened {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}; skipping it", path.display());
-                return;
-            }
-        };
         tracing::info!("tailing {} from byte {offset} ({why})", path.display());
         self.store.put(id, &path, t.fingerprint, offset);
         self.next_seq += 1;
         self.by_id.insert(id, seq);
         self.files.insert(seq, t);
         self.counters.files_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a new file is a copy of one being followed, or of one truncated a
+    /// moment ago: `copytruncate` copies a file, then truncates it. Then the copy is
+    /// read on from where the original was read up to (the lines written before the
+    /// truncation and not read yet are only in the copy), not from 0 (which would
+    /// ship everything twice). Only complete fingerprints count as proof.
+    fn copy_of(&mut self, id: FileId, fingerprint: Fingerprint) -> Option<(u64, Option<u64>)> {
+        if !fingerprint.is_complete() {
+            return None;
+        }
+        let live = self.files.iter().find(|(_, t)| {
+            t.id != id && t.state == FileState::Following && t.fingerprint == fingerprint
+        });
+        if let Some((seq, t)) = live {
+            return Some((t.line_start(), Some(*seq)));
+        }
+        let now = Instant::now();
+        self.truncated
+            .retain(|(_, _, at)| now.duration_since(*at) < COPY_WINDOW);
+        self.truncated
+            .iter()
+            .find(|(fp, _, _)| *fp == fingerprint)
+            .map(|(_, offset, _)| (*offset, None))
+    }
+
+    /// Notes a truncation, for [`Tailer::copy_of`].
+    fn note_truncation(
+        truncated: &mut Vec<(Fingerprint, u64, Instant)>,
+        before: Option<(Fingerprint, u64)>,
+    ) {
+        if let Some((fp, offset)) = before {
+            if fp.is_complete() {
+                truncated.push((fp, offset, Instant::now()));
+            }
+        }
     }
 
     /// Reads what is new in every file, oldest first, sending batches as they
@@ -506,9 +563,12 @@ impl Tailer {
             for seq in seqs {
                 let mut turn = 0usize;
                 while let Some(t) = self.files.get_mut(&seq) {
-                    if let Err(e) = t.check_truncated(false, &self.counters, &mut self.out) {
-                        tracing::warn!("cannot stat {}: {e}", t.path.display());
-                        break;
+                    match t.check_truncated(false, &self.counters, &mut self.out) {
+                        Ok(before) => Self::note_truncation(&mut self.truncated, before),
+                        Err(e) => {
+                            tracing::warn!("cannot stat {}: {e}", t.path.display());
+                            break;
+                        }
                     }
                     let n = match t.read_available(
                         &mut self.chunk,
@@ -616,8 +676,9 @@ impl Tailer {
     fn poll(&mut self) {
         self.scan(false);
         for t in self.files.values_mut() {
-            if let Err(e) = t.check_truncated(true, &self.counters, &mut self.out) {
-                tracing::warn!("cannot check {}: {e}", t.path.display());
+            match t.check_truncated(true, &self.counters, &mut self.out) {
+                Ok(before) => Self::note_truncation(&mut self.truncated, before),
+                Err(e) => tracing::warn!("cannot check {}: {e}", t.path.display()),
             }
         }
     }

@@ -78,6 +78,8 @@ pub(crate) struct Tailed {
     pub commits: SharedCommits,
     pub state: FileState,
     limits: LineLimits,
+    /// A copy of this file is being followed (see [`Tailed::mark_copied`]).
+    copied: bool,
 }
 
 impl std::fmt::Debug for Tailed {
@@ -96,6 +98,7 @@ pub(crate) struct OpenFile {
     pub id: FileId,
     pub path: PathBuf,
     pub file: File,
+    pub fingerprint: Fingerprint,
     pub offset: u64,
     pub source: Arc<SourceInfo>,
     pub joiner: JoinerSettings,
@@ -103,9 +106,9 @@ pub(crate) struct OpenFile {
 }
 
 impl Tailed {
-    pub(crate) fn open(o: OpenFile) -> io::Result<Self> {
-        let fingerprint = Fingerprint::of_file(&o.file)?;
-        Ok(Self {
+    pub(crate) fn open(o: OpenFile) -> Self {
+        let fingerprint = o.fingerprint;
+        Self {
             id: o.id,
             path: o.path,
             source: o.source,
@@ -123,7 +126,8 @@ impl Tailed {
             commits: Commits::new(o.offset),
             state: FileState::Following,
             limits: o.limits,
-        })
+            copied: false,
+        }
     }
 
     /// The file's size now, through the open descriptor.
@@ -342,20 +346,22 @@ impl Tailed {
 
     /// Whether the file was truncated under us: smaller than what was read, or (when
     /// `check_content`) no longer starting with the bytes it started with. Then
-    /// what is held is handed on, and reading restarts at 0.
+    /// what is held is handed on, and reading restarts at 0. Returns what the file
+    /// was before (its fingerprint and where its unread part began), so that a copy
+    /// made by `copytruncate` can be read on from there.
     pub(crate) fn check_truncated(
         &mut self,
         check_content: bool,
         counters: &TailCounters,
         out: &mut VecDeque<SourceBatch>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<(Fingerprint, u64)>> {
         let size = self.size()?;
         let truncated = size < self.offset
             || (check_content
                 && self.fingerprint.len > 0
                 && !self.fingerprint.matches(&self.file)?);
         if !truncated {
-            return Ok(false);
+            return Ok(None);
         }
         tracing::info!(
             "{} was truncated (size {size}, read up to {}): reading it again from the start",
@@ -363,15 +369,36 @@ impl Tailed {
             self.offset
         );
         counters.truncations.fetch_add(1, Ordering::Relaxed);
+        let before = (self.fingerprint, self.line_start());
+        if self.copied {
+            // A copy of the file is followed from the start of this unfinished
+            // line: it is read whole there, not shipped half here.
+            self.line.clear();
+        }
         // What was read before the truncation still goes out; its acks belong to
         // the old content and no longer move the checkpoint.
         self.finish(counters, out);
         self.line_cut = false;
+        self.copied = false;
         self.offset = 0;
         self.batch_end = 0;
         checkpoint::lock(&self.commits).reset(0);
         self.fingerprint = Fingerprint::of_file(&self.file)?;
-        Ok(true)
+        Ok(Some(before))
+    }
+
+    /// Where the unfinished line starts (where a copy of this file is read from).
+    pub(crate) fn line_start(&self) -> u64 {
+        if self.line_cut {
+            self.offset
+        } else {
+            self.offset - self.line.len() as u64
+        }
+    }
+
+    /// A copy of this file (`copytruncate`'s) is now followed from [`line_start`].
+    pub(crate) fn mark_copied(&mut self) {
+        self.copied = true;
     }
 
     /// When this file next needs attention without new data.
