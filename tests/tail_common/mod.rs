@@ -124,10 +124,11 @@ impl Tail {
         let got = eventually(&format!("{n} lines"), || self.received.lock().unwrap().len() >= n)
             .await;
         if !got {
+            let texts = self.texts();
             panic!(
-                "expected {n} lines within {PATIENCE:?}, got {}: {:?}",
-                self.received.lock().unwrap().len(),
-                tail_of(&self.texts())
+                "expected {n} lines within {PATIENCE:?}, got {}, ending with {:?}",
+                texts.len(),
+                tail_of(&texts)
             );
         }
         self.texts()

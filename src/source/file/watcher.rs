@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use notify::event::{AccessKind, EventKind, ModifyKind};
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 
@@ -53,8 +53,9 @@ impl DirWatcher {
             let handler = move |res: notify::Result<notify::Event>| {
                 match res {
                     Ok(ev) => match ev.kind {
-                        // Our own reads and opens: not news.
-                        EventKind::Access(AccessKind::Read | AccessKind::Open(_)) => return,
+                        // Opens, reads and closes, our own included: not news (a
+                        // write is reported as a modification of its own).
+                        EventKind::Access(_) => return,
                         EventKind::Modify(ModifyKind::Data(_)) => {}
                         _ => w.rescan.store(true, Ordering::Relaxed),
                     },
