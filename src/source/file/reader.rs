@@ -345,7 +345,7 @@ impl Tailed {
     }
 
     /// Whether the file was truncated under us: smaller than what was read, or (when
-    /// `check_content`) no longer starting with the bytes it started with. Then
+    /// `check_content`, or when there is something new to read) no longer starting with the bytes it started with. Then
     /// what is held is handed on, and reading restarts at 0. Returns what the file
     /// was before (its fingerprint and where its unread part began), so that a copy
     /// made by `copytruncate` can be read on from there.
@@ -356,6 +356,9 @@ impl Tailed {
         out: &mut VecDeque<SourceBatch>,
     ) -> io::Result<Option<(Fingerprint, u64)>> {
         let size = self.size()?;
+        // New bytes are worth a look at the first ones before they are read: a file
+        // truncated and refilled past the old size shows it only there.
+        let check_content = check_content || size > self.offset;
         let truncated = size < self.offset
             || (check_content
                 && self.fingerprint.len > 0
