@@ -165,7 +165,8 @@ async fn a_deleted_file_is_read_to_its_end_before_it_is_closed() {
     // it open in real life; here the tailer's own descriptor keeps the data).
     {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(numbered("last words", 0..500).as_bytes()).unwrap();
+        f.write_all(numbered("last words", 0..500).as_bytes())
+            .unwrap();
         std::fs::remove_file(&path).unwrap();
     }
     let got = tail.wait_lines(500).await;

@@ -58,7 +58,10 @@ pub struct Tail {
 
 /// Starts the tailer on `files` with file events on and every ack called.
 pub fn start(files: Vec<FileConfig>, state_dir: &Path) -> Tail {
-    start_with(TailSettings::new(files, state_dir.to_path_buf()), Acks::Call)
+    start_with(
+        TailSettings::new(files, state_dir.to_path_buf()),
+        Acks::Call,
+    )
 }
 
 pub fn start_with(settings: TailSettings, acks: Acks) -> Tail {
@@ -121,8 +124,10 @@ impl Tail {
 
     /// Waits until at least `n` lines have arrived; fails naming what did.
     pub async fn wait_lines(&self, n: usize) -> Vec<String> {
-        let got = eventually(&format!("{n} lines"), || self.received.lock().unwrap().len() >= n)
-            .await;
+        let got = eventually(&format!("{n} lines"), || {
+            self.received.lock().unwrap().len() >= n
+        })
+        .await;
         if !got {
             let texts = self.texts();
             panic!(

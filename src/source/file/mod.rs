@@ -59,6 +59,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const FILE_TURN_BYTES: usize = 8 << 20;
 /// A file appearing this long after another was truncated may be its copy.
 const COPY_WINDOW: Duration = Duration::from_secs(60);
+/// How long a file whose copy appeared waits for its truncation before reading on.
+const COPY_PAUSE: Duration = Duration::from_secs(5);
 /// The poll never runs more often than this, whatever `poll_interval` says.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -254,6 +256,19 @@ pub async fn run(
 enum Flow {
     Go,
     Stop,
+}
+
+/// Whether a file that appeared is a copy of another (see [`Tailer::copy_of`]).
+#[derive(Clone, Copy, Debug)]
+enum Copy {
+    /// Read it from `offset`; `original` (still followed) pauses until truncated.
+    Of {
+        offset: u64,
+        original: Option<u64>,
+    },
+    /// Too short to tell yet.
+    Undecided,
+    No,
 }
 
 /// One `[[files]]` entry, prepared.
@@ -461,7 +476,7 @@ impl Tailer {
         let known = self.store.lookup(id, &path, &file);
         let copy_of = match known {
             Known::New if !startup => self.copy_of(id, fingerprint),
-            _ => None,
+            _ => Copy::No,
         };
         let entry = &self.entries[ei];
         let (offset, why) = match known {
@@ -476,15 +491,20 @@ impl Tailer {
             }
             Known::New if startup => (0, "the start: start_at = beginning"),
             Known::New => match copy_of {
-                // A copy still being written: open it once it has reached the offset.
-                Some((offset, _)) if offset > size => return,
-                Some((offset, _)) => (offset, "where its original was read up to: a copy"),
-                None => (0, "the start: a new file"),
+                // Perhaps a copy still being written: decide at a later scan.
+                Copy::Undecided => return,
+                Copy::Of { offset, .. } if offset > size => return,
+                Copy::Of { offset, .. } => (offset, "where its original was read up to: a copy"),
+                Copy::No => (0, "the start: a new file"),
             },
         };
-        if let Some((_, Some(seq))) = copy_of {
+        if let Copy::Of {
+            original: Some(seq),
+            ..
+        } = copy_of
+        {
             if let Some(original) = self.files.get_mut(&seq) {
-                original.mark_copied();
+                original.mark_copied(COPY_PAUSE);
             }
         }
         let source = Arc::new(SourceInfo {
@@ -523,23 +543,37 @@ impl Tailer {
     /// read on from where the original was read up to (the lines written before the
     /// truncation and not read yet are only in the copy), not from 0 (which would
     /// ship everything twice). Only complete fingerprints count as proof.
-    fn copy_of(&mut self, id: FileId, fingerprint: Fingerprint) -> Option<(u64, Option<u64>)> {
+    fn copy_of(&mut self, id: FileId, fingerprint: Fingerprint) -> Copy {
+        let live = self
+            .files
+            .iter()
+            .filter(|(_, t)| t.id != id && t.state == FileState::Following);
         if !fingerprint.is_complete() {
-            return None;
+            // Too short to tell: if a followed file starts with these bytes, this
+            // may be its copy in the making. Reading it from 0 now could ship that
+            // file's lines twice, so wait until it is long enough to tell.
+            return match live.clone().any(|(_, t)| t.starts_like(fingerprint)) {
+                true => Copy::Undecided,
+                false => Copy::No,
+            };
         }
-        let live = self.files.iter().find(|(_, t)| {
-            t.id != id && t.state == FileState::Following && t.fingerprint == fingerprint
-        });
-        if let Some((seq, t)) = live {
-            return Some((t.line_start(), Some(*seq)));
+        let mut live = live;
+        if let Some((seq, t)) = live.find(|(_, t)| t.fingerprint == fingerprint) {
+            return Copy::Of {
+                offset: t.line_start(),
+                original: Some(*seq),
+            };
         }
         let now = Instant::now();
         self.truncated
             .retain(|(_, _, at)| now.duration_since(*at) < COPY_WINDOW);
-        self.truncated
-            .iter()
-            .find(|(fp, _, _)| *fp == fingerprint)
-            .map(|(_, offset, _)| (*offset, None))
+        match self.truncated.iter().find(|(fp, _, _)| *fp == fingerprint) {
+            Some((_, offset, _)) => Copy::Of {
+                offset: *offset,
+                original: None,
+            },
+            None => Copy::No,
+        }
     }
 
     /// Notes a truncation, for [`Tailer::copy_of`].

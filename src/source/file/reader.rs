@@ -78,8 +78,10 @@ pub(crate) struct Tailed {
     pub commits: SharedCommits,
     pub state: FileState,
     limits: LineLimits,
-    /// A copy of this file is being followed (see [`Tailed::mark_copied`]).
-    copied: bool,
+    /// A copy of this file is followed from where this one was read up to (see
+    /// [`Tailed::mark_copied`]); until this moment, reading here waits for the
+    /// truncation that `copytruncate` does next.
+    copied: Option<Instant>,
 }
 
 impl std::fmt::Debug for Tailed {
@@ -126,7 +128,7 @@ impl Tailed {
             commits: Commits::new(o.offset),
             state: FileState::Following,
             limits: o.limits,
-            copied: false,
+            copied: None,
         }
     }
 
@@ -151,6 +153,12 @@ impl Tailed {
         counters: &TailCounters,
         out: &mut VecDeque<SourceBatch>,
     ) -> io::Result<usize> {
+        if let Some(until) = self.copied {
+            if Instant::now() < until {
+                return Ok(0);
+            }
+            self.copied = None;
+        }
         let mut total = 0usize;
         let queued = out.len();
         while total < budget && out.len() == queued {
@@ -373,7 +381,7 @@ impl Tailed {
         );
         counters.truncations.fetch_add(1, Ordering::Relaxed);
         let before = (self.fingerprint, self.line_start());
-        if self.copied {
+        if self.copied.is_some() {
             // A copy of the file is followed from the start of this unfinished
             // line: it is read whole there, not shipped half here.
             self.line.clear();
@@ -382,7 +390,7 @@ impl Tailed {
         // the old content and no longer move the checkpoint.
         self.finish(counters, out);
         self.line_cut = false;
-        self.copied = false;
+        self.copied = None;
         self.offset = 0;
         self.batch_end = 0;
         checkpoint::lock(&self.commits).reset(0);
@@ -400,8 +408,16 @@ impl Tailed {
     }
 
     /// A copy of this file (`copytruncate`'s) is now followed from [`line_start`].
-    pub(crate) fn mark_copied(&mut self) {
-        self.copied = true;
+    /// What this file holds now is read from the copy; reading here pauses until
+    /// the truncation (or `window` passes: then it was a copy, not a rotation, and
+    /// reading goes on).
+    pub(crate) fn mark_copied(&mut self, window: Duration) {
+        self.copied = Some(Instant::now() + window);
+    }
+
+    /// Whether the file starts with the bytes `fp` was taken of.
+    pub(crate) fn starts_like(&self, fp: Fingerprint) -> bool {
+        fp.matches(&self.file).unwrap_or(false)
     }
 
     /// When this file next needs attention without new data.
