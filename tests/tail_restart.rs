@@ -42,7 +42,11 @@ async fn lines_whose_batches_were_never_acknowledged_are_read_again_after_a_rest
 
     let tail = start(vec![entry("app", &path)], &state);
     let got = tail.wait_lines(100).await;
-    assert_eq!(got, expected("line", 100..200), "read again, from the last ack");
+    assert_eq!(
+        got,
+        expected("line", 100..200),
+        "read again, from the last ack"
+    );
     assert_eq!(tail.stop().await.len(), 100);
 }
 
@@ -69,7 +73,11 @@ async fn start_at_end_applies_only_to_files_never_seen_before() {
 async fn a_corrupt_positions_file_is_set_aside_and_rebuilt() {
     let (_dir, logs, state) = temp();
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join(POSITIONS_FILE), b"{\"version\":1,\"files\":[{\"pa").unwrap();
+    std::fs::write(
+        state.join(POSITIONS_FILE),
+        b"{\"version\":1,\"files\":[{\"pa",
+    )
+    .unwrap();
     let path = logs.join("app.log");
     append(&path, &numbered("line", 0..5));
     let tail = start(vec![entry("app", &path)], &state);

@@ -17,7 +17,16 @@ struct TmuxServer {
 impl TmuxServer {
     fn start(socket: &str, shell_dir: &Path) -> Option<Self> {
         let ok = Command::new("tmux")
-            .args(["-L", socket, "-f", "/dev/null", "new-session", "-d", "-s", "pane"])
+            .args([
+                "-L",
+                socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "pane",
+            ])
             .args(["-x", "200", "-y", "50", "-c"])
             .arg(shell_dir)
             .arg("sh")
@@ -74,24 +83,39 @@ async fn pino_lines_printed_in_a_tmux_pane_piped_to_a_file_arrive_once_each() {
     // and holds none of them.
     let n = 200;
     let script = dir.path().join("emit.sh");
-    let body: String = (0..n).map(|i| format!("printf '%s\\n' '{}'\n", pino(i))).collect();
+    let body: String = (0..n)
+        .map(|i| format!("printf '%s\\n' '{}'\n", pino(i)))
+        .collect();
     std::fs::write(&script, body).unwrap();
-    server.tmux(&["send-keys", "-t", "pane", &format!("sh {}", script.display()), "Enter"]);
+    server.tmux(&[
+        "send-keys",
+        "-t",
+        "pane",
+        &format!("sh {}", script.display()),
+        "Enter",
+    ]);
 
     let want: Vec<String> = (0..n).map(pino).collect();
     let arrived = eventually("every pane line", || {
         let got = tail.texts();
-        want.iter().all(|w| got.iter().any(|g| g.contains(w.as_str())))
+        want.iter()
+            .all(|w| got.iter().any(|g| g.contains(w.as_str())))
     })
     .await;
     let got = tail.texts();
-    assert!(arrived, "not every line arrived; got {} lines: {got:?}", got.len());
+    assert!(
+        arrived,
+        "not every line arrived; got {} lines: {got:?}",
+        got.len()
+    );
     for w in &want {
         let times = got.iter().filter(|g| g.contains(w.as_str())).count();
         assert_eq!(times, 1, "{w} arrived {times} times");
     }
     let r = tail.received();
-    assert!(r.iter().all(|l| l.job == "refly-api" && l.filename.ends_with("refly/api.log")));
+    assert!(r
+        .iter()
+        .all(|l| l.job == "refly-api" && l.filename.ends_with("refly/api.log")));
     drop(server);
     tail.stop().await;
 }
