@@ -106,3 +106,32 @@ async fn an_unfinished_last_line_is_not_checkpointed_at_shutdown() {
     assert_eq!(tail.wait_lines(1).await, ["half and the rest"]);
     tail.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rotated_while_the_agent_was_down_is_finished_and_its_successor_read_whole() {
+    let (_dir, logs, state) = temp();
+    let path = logs.join("app.log");
+    append(&path, &numbered("old", 0..10));
+    let mut e = entry("app", &logs.join("app.log*"));
+    e.start_at = StartAt::End;
+    let tail = start(vec![e.clone()], &state);
+    eventually("file open", || tail.counters.snapshot().files_open == 1).await;
+    append(&path, &numbered("old", 10..20));
+    tail.wait_lines(10).await;
+    tail.stop().await;
+    // While the agent is down: more lines, a rename-and-create, lines in the new file.
+    append(&path, &numbered("old", 20..25));
+    std::fs::rename(&path, logs.join("app.log.1")).unwrap();
+    append(&path, &numbered("new", 0..5));
+    let tail = start(vec![e], &state);
+    let mut got = tail.wait_lines(10).await;
+    got.sort();
+    let mut want = expected("old", 20..25);
+    want.extend(expected("new", 0..5));
+    want.sort();
+    assert_eq!(
+        got, want,
+        "start_at = end does not apply to the new app.log"
+    );
+    assert_eq!(tail.stop().await.len(), 10);
+}

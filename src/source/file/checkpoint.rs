@@ -71,6 +71,10 @@ pub(crate) enum Known {
     /// The same device and inode, but the first bytes differ: truncated while the
     /// agent was away, or the inode was reused. Read it from 0.
     Changed,
+    /// A new file at a path that was followed before: the old one was rotated
+    /// while the agent was away, so all of this one was written since. Read it from
+    /// 0, whatever `start_at` says.
+    Replaced,
     /// Never seen.
     New,
 }
@@ -152,6 +156,7 @@ impl CheckpointStore {
                 self.entries.insert(id, c);
                 Known::Resume { offset }
             }
+            None if self.entries.values().any(|c| c.path == path) => Known::Replaced,
             None => Known::New,
         }
     }
@@ -456,6 +461,17 @@ mod tests {
         assert_eq!(s.lookup(id(2), &p, &f), Known::Resume { offset: 11 });
         assert_eq!(s.lookup(id(2), &p, &f), Known::Resume { offset: 11 });
         assert!(s.get(id(1)).is_none());
+    }
+
+    #[test]
+    fn a_new_file_at_a_known_path_replaced_the_one_followed_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"written after the rotation\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_bytes(b"the old file\n"), 13);
+        assert_eq!(s.lookup(id(2), &p, &f), Known::Replaced);
     }
 
     #[test]

@@ -217,7 +217,8 @@ pub async fn run(
     let mut next_poll = Instant::now() + tailer.poll_interval;
     let mut next_save = Instant::now() + CHECKPOINT_INTERVAL;
     loop {
-        if tailer.pump(&tx, &cancel).await == Flow::Stop {
+        let flow = tailer.pump(&tx, &cancel).await;
+        if flow == Flow::Stop {
             break;
         }
         let now = Instant::now();
@@ -229,9 +230,12 @@ pub async fn run(
             tailer.save(false);
             next_save = now + CHECKPOINT_INTERVAL;
         }
-        let deadline = tailer.deadline().map_or(next_poll.min(next_save), |d| {
-            d.min(next_poll).min(next_save)
-        });
+        let deadline = match flow {
+            Flow::More => now,
+            _ => tailer.deadline().map_or(next_poll.min(next_save), |d| {
+                d.min(next_poll).min(next_save)
+            }),
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -255,6 +259,8 @@ pub async fn run(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flow {
     Go,
+    /// Some file has more to read right away.
+    More,
     Stop,
 }
 
@@ -475,7 +481,7 @@ impl Tailer {
         };
         let known = self.store.lookup(id, &path, &file);
         let copy_of = match known {
-            Known::New if !startup => self.copy_of(id, fingerprint),
+            Known::New | Known::Replaced if !startup => self.copy_of(id, fingerprint),
             _ => Copy::No,
         };
         let entry = &self.entries[ei];
@@ -486,11 +492,12 @@ impl Tailer {
                 (0, "the start: it was truncated since its checkpoint")
             }
             Known::Changed => (0, "the start: its first bytes changed since its checkpoint"),
+            Known::Replaced if startup => (0, "the start: it replaced a file followed before"),
             Known::New if startup && entry.config.start_at == StartAt::End => {
                 (size, "the end: start_at = end")
             }
             Known::New if startup => (0, "the start: start_at = beginning"),
-            Known::New => match copy_of {
+            Known::New | Known::Replaced => match copy_of {
                 // Perhaps a copy still being written: decide at a later scan.
                 Copy::Undecided => return,
                 Copy::Of { offset, .. } if offset > size => return,
@@ -589,52 +596,54 @@ impl Tailer {
     }
 
     /// Reads what is new in every file, oldest first, sending batches as they
-    /// fill; a full channel holds the reading here.
+    /// fill; a full channel holds the reading here. One turn per file: returns
+    /// [`Flow::More`] when some file has more to read, so that timers, rescans and
+    /// checkpoints get their turn during a long catch-up.
     async fn pump(&mut self, tx: &mpsc::Sender<SourceBatch>, cancel: &CancellationToken) -> Flow {
-        loop {
-            let mut more = false;
-            let seqs: Vec<u64> = self.files.keys().copied().collect();
-            for seq in seqs {
-                let mut turn = 0usize;
-                while let Some(t) = self.files.get_mut(&seq) {
-                    match t.check_truncated(false, &self.counters, &mut self.out) {
-                        Ok(before) => Self::note_truncation(&mut self.truncated, before),
-                        Err(e) => {
-                            tracing::warn!("cannot stat {}: {e}", t.path.display());
-                            break;
-                        }
-                    }
-                    let n = match t.read_available(
-                        &mut self.chunk,
-                        FILE_TURN_BYTES - turn,
-                        &self.counters,
-                        &mut self.out,
-                    ) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            tracing::warn!("cannot read {}: {e}", t.path.display());
-                            break;
-                        }
-                    };
-                    turn += n;
-                    if n == 0 || turn >= FILE_TURN_BYTES {
-                        t.take_batch(&mut self.out);
-                    }
-                    if self.send_out(tx, cancel).await == Flow::Stop {
-                        return Flow::Stop;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    if turn >= FILE_TURN_BYTES {
-                        more = true;
+        let mut more = false;
+        let seqs: Vec<u64> = self.files.keys().copied().collect();
+        for seq in seqs {
+            let mut turn = 0usize;
+            while let Some(t) = self.files.get_mut(&seq) {
+                match t.check_truncated(false, &self.counters, &mut self.out) {
+                    Ok(before) => Self::note_truncation(&mut self.truncated, before),
+                    Err(e) => {
+                        tracing::warn!("cannot stat {}: {e}", t.path.display());
                         break;
                     }
                 }
+                let n = match t.read_available(
+                    &mut self.chunk,
+                    FILE_TURN_BYTES - turn,
+                    &self.counters,
+                    &mut self.out,
+                ) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!("cannot read {}: {e}", t.path.display());
+                        break;
+                    }
+                };
+                turn += n;
+                if n == 0 || turn >= FILE_TURN_BYTES {
+                    t.take_batch(&mut self.out);
+                }
+                if self.send_out(tx, cancel).await == Flow::Stop {
+                    return Flow::Stop;
+                }
+                if n == 0 {
+                    break;
+                }
+                if turn >= FILE_TURN_BYTES {
+                    more = true;
+                    break;
+                }
             }
-            if !more {
-                return Flow::Go;
-            }
+        }
+        if more {
+            Flow::More
+        } else {
+            Flow::Go
         }
     }
 
@@ -668,7 +677,9 @@ impl Tailer {
         for (seq, t) in self.files.iter_mut() {
             t.flush_due(now, &self.counters, &mut self.out);
             if let FileState::Draining { until, .. } = t.state {
-                if now >= until {
+                // Closed only once read to its end (a blocked channel may have held
+                // the reading back past the grace period).
+                if now >= until && t.size().is_ok_and(|size| size <= t.offset) {
                     done.push(*seq);
                 }
             }
