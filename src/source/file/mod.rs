@@ -240,7 +240,7 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => break,
             _ = wake.notify.notified() => {
-                if wake.rescan.swap(false, Ordering::Relaxed) {
+                if wake.rescan.swap(false, Ordering::Relaxed) || tailer.undecided {
                     tailer.scan(false);
                 }
             }
@@ -312,6 +312,9 @@ struct Tailer {
     poll_interval: Duration,
     /// Paths whose open failed, reported once.
     unreadable: HashSet<PathBuf>,
+    /// A new file was left for a later scan (see [`Copy::Undecided`]): writes
+    /// that events report then call for a rescan too.
+    undecided: bool,
     /// Files truncated within [`COPY_WINDOW`]: fingerprint before, offset read to.
     truncated: Vec<(Fingerprint, u64, Instant)>,
 }
@@ -386,12 +389,14 @@ impl Tailer {
             poll_interval,
             unreadable: HashSet::new(),
             truncated: Vec::new(),
+            undecided: false,
         })
     }
 
     /// Matches the globs: opens files not followed yet, and starts draining the
     /// followed files no pattern matches any more (renamed away or deleted).
     fn scan(&mut self, startup: bool) {
+        self.undecided = false;
         self.watcher.watch_roots(&self.roots);
         let mut seen = HashSet::new();
         let mut found = Vec::new();
@@ -498,9 +503,16 @@ impl Tailer {
             }
             Known::New if startup => (0, "the start: start_at = beginning"),
             Known::New | Known::Replaced => match copy_of {
-                // Perhaps a copy still being written: decide at a later scan.
-                Copy::Undecided => return,
-                Copy::Of { offset, .. } if offset > size => return,
+                // Perhaps a copy still being written: decide at a later scan,
+                // which the next write to it (or the poll) brings.
+                Copy::Undecided => {
+                    self.undecided = true;
+                    return;
+                }
+                Copy::Of { offset, .. } if offset > size => {
+                    self.undecided = true;
+                    return;
+                }
                 Copy::Of { offset, .. } => (offset, "where its original was read up to: a copy"),
                 Copy::No => (0, "the start: a new file"),
             },
