@@ -175,3 +175,21 @@ async fn a_deleted_file_is_read_to_its_end_before_it_is_closed() {
     assert_eq!(tail.counters.snapshot().deletions, 1);
     tail.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_rename_is_followed_by_the_poll_alone_when_no_events_fire() {
+    let (_dir, logs, state) = temp();
+    let path = logs.join("app.log");
+    append(&path, "");
+    let mut settings =
+        wisp_agent::source::file::TailSettings::new(vec![entry("app", &path)], state.clone());
+    settings.events = false;
+    let tail = start_with(settings, Acks::Call);
+    eventually("file open", || tail.counters.snapshot().files_open == 1).await;
+    writer(path.clone(), 2000, 1000, Rotation::RenameAndCreate)
+        .join()
+        .unwrap();
+    let got = tail.wait_lines(2000).await;
+    assert_eq!(sorted_by_number(got), expected("line", 0..2000));
+    assert_eq!(tail.stop().await.len(), 2000, "nothing doubled");
+}

@@ -267,10 +267,13 @@ enum Flow {
 /// Whether a file that appeared is a copy of another (see [`Tailer::copy_of`]).
 #[derive(Clone, Copy, Debug)]
 enum Copy {
-    /// Read it from `offset`; `original` (still followed) pauses until truncated.
+    /// Read it from `offset`. `original`: the file it copies, still followed;
+    /// `truncated`: whether that one was truncated already (else it pauses until
+    /// it is).
     Of {
         offset: u64,
-        original: Option<u64>,
+        original: u64,
+        truncated: bool,
     },
     /// Too short to tell yet.
     Undecided,
@@ -315,8 +318,9 @@ struct Tailer {
     /// A new file was left for a later scan (see [`Copy::Undecided`]): writes
     /// that events report then call for a rescan too.
     undecided: bool,
-    /// Files truncated within [`COPY_WINDOW`]: fingerprint before, offset read to.
-    truncated: Vec<(Fingerprint, u64, Instant)>,
+    /// Files truncated within [`COPY_WINDOW`]: fingerprint before, where their
+    /// unread part began, when, and which open file it was.
+    truncated: Vec<(Fingerprint, u64, Instant, u64)>,
 }
 
 impl Tailer {
@@ -518,12 +522,17 @@ impl Tailer {
             },
         };
         if let Copy::Of {
-            original: Some(seq),
+            original,
+            truncated,
             ..
         } = copy_of
         {
-            if let Some(original) = self.files.get_mut(&seq) {
-                original.mark_copied(COPY_PAUSE);
+            if let Some(original) = self.files.get_mut(&original) {
+                if truncated {
+                    original.discard_orphan();
+                } else {
+                    original.mark_copied(COPY_PAUSE);
+                }
             }
         }
         let source = Arc::new(SourceInfo {
@@ -580,16 +589,18 @@ impl Tailer {
         if let Some((seq, t)) = live.find(|(_, t)| t.fingerprint == fingerprint) {
             return Copy::Of {
                 offset: t.line_start(),
-                original: Some(*seq),
+                original: *seq,
+                truncated: false,
             };
         }
         let now = Instant::now();
         self.truncated
-            .retain(|(_, _, at)| now.duration_since(*at) < COPY_WINDOW);
-        match self.truncated.iter().find(|(fp, _, _)| *fp == fingerprint) {
-            Some((_, offset, _)) => Copy::Of {
+            .retain(|(_, _, at, _)| now.duration_since(*at) < COPY_WINDOW);
+        match self.truncated.iter().find(|(fp, ..)| *fp == fingerprint) {
+            Some((_, offset, _, seq)) => Copy::Of {
                 offset: *offset,
-                original: None,
+                original: *seq,
+                truncated: true,
             },
             None => Copy::No,
         }
@@ -597,12 +608,13 @@ impl Tailer {
 
     /// Notes a truncation, for [`Tailer::copy_of`].
     fn note_truncation(
-        truncated: &mut Vec<(Fingerprint, u64, Instant)>,
+        truncated: &mut Vec<(Fingerprint, u64, Instant, u64)>,
+        seq: u64,
         before: Option<(Fingerprint, u64)>,
     ) {
         if let Some((fp, offset)) = before {
             if fp.is_complete() {
-                truncated.push((fp, offset, Instant::now()));
+                truncated.push((fp, offset, Instant::now(), seq));
             }
         }
     }
@@ -618,7 +630,7 @@ impl Tailer {
             let mut turn = 0usize;
             while let Some(t) = self.files.get_mut(&seq) {
                 match t.check_truncated(false, &self.counters, &mut self.out) {
-                    Ok(before) => Self::note_truncation(&mut self.truncated, before),
+                    Ok(before) => Self::note_truncation(&mut self.truncated, seq, before),
                     Err(e) => {
                         tracing::warn!("cannot stat {}: {e}", t.path.display());
                         break;
@@ -732,9 +744,9 @@ impl Tailer {
     /// truncation by size and by its first bytes. Reading follows in `pump`.
     fn poll(&mut self) {
         self.scan(false);
-        for t in self.files.values_mut() {
+        for (seq, t) in self.files.iter_mut() {
             match t.check_truncated(true, &self.counters, &mut self.out) {
-                Ok(before) => Self::note_truncation(&mut self.truncated, before),
+                Ok(before) => Self::note_truncation(&mut self.truncated, *seq, before),
                 Err(e) => tracing::warn!("cannot check {}: {e}", t.path.display()),
             }
         }

@@ -78,6 +78,9 @@ pub(crate) struct Tailed {
     pub commits: SharedCommits,
     pub state: FileState,
     limits: LineLimits,
+    /// The unfinished line this file held when it was truncated, and when to ship
+    /// it unless a copy that holds it whole turns up.
+    orphan: Option<(Vec<u8>, Instant)>,
     /// A copy of this file is followed from where this one was read up to (see
     /// [`Tailed::mark_copied`]); until this moment, reading here waits for the
     /// truncation that `copytruncate` does next.
@@ -129,6 +132,7 @@ impl Tailed {
             state: FileState::Following,
             limits: o.limits,
             copied: None,
+            orphan: None,
         }
     }
 
@@ -320,6 +324,9 @@ impl Tailed {
         if !self.line.is_empty() && now >= self.last_data + self.limits.partial_line_timeout {
             self.flush_partial(now, counters, out);
         }
+        if self.orphan.as_ref().is_some_and(|(_, due)| now >= *due) {
+            self.ship_orphan(now, counters, out);
+        }
         self.joiner.flush_due(now, &mut self.joined);
         self.take_joined(Timestamp::now(), out);
     }
@@ -341,9 +348,29 @@ impl Tailed {
         self.emit(text, end, now, Timestamp::now(), out);
     }
 
+    /// Ships the line held since a truncation (see `orphan`).
+    fn ship_orphan(
+        &mut self,
+        now: Instant,
+        counters: &TailCounters,
+        out: &mut VecDeque<SourceBatch>,
+    ) {
+        if let Some((bytes, _)) = self.orphan.take() {
+            let mut stats = RenderStats::default();
+            let text = terminal::render(&bytes, &mut stats);
+            counters.lines_read.fetch_add(1, Ordering::Relaxed);
+            counters.add_render(&stats, 0);
+            // It belongs to the content before the truncation: its end says
+            // nothing about the new content's checkpoint.
+            let end = self.batch_end;
+            self.emit(text, end, now, Timestamp::now(), out);
+        }
+    }
+
     /// Everything still held becomes records (the file is being closed).
     pub(crate) fn finish(&mut self, counters: &TailCounters, out: &mut VecDeque<SourceBatch>) {
         let now = Instant::now();
+        self.ship_orphan(now, counters, out);
         if !self.line.is_empty() {
             self.flush_partial(now, counters, out);
         }
@@ -386,9 +413,18 @@ impl Tailed {
             // line: it is read whole there, not shipped half here.
             self.line.clear();
         }
+        // A copy may still turn up and hold this unfinished line whole; if none
+        // does within the partial line timeout, it is shipped as it is.
+        let orphan = (!self.line.is_empty() && !self.line_cut).then(|| {
+            (
+                std::mem::take(&mut self.line),
+                Instant::now() + self.limits.partial_line_timeout,
+            )
+        });
         // What was read before the truncation still goes out; its acks belong to
         // the old content and no longer move the checkpoint.
         self.finish(counters, out);
+        self.orphan = orphan;
         self.line_cut = false;
         self.copied = None;
         self.offset = 0;
@@ -415,6 +451,11 @@ impl Tailed {
         self.copied = Some(Instant::now() + window);
     }
 
+    /// A copy holds the line this file held when truncated: it is read there.
+    pub(crate) fn discard_orphan(&mut self) {
+        self.orphan = None;
+    }
+
     /// Whether the file starts with the bytes `fp` was taken of.
     pub(crate) fn starts_like(&self, fp: Fingerprint) -> bool {
         fp.matches(&self.file).unwrap_or(false)
@@ -428,7 +469,8 @@ impl Tailed {
             FileState::Draining { until, .. } => Some(until),
             FileState::Following => None,
         };
-        [partial, self.joiner.deadline(), drain]
+        let orphan = self.orphan.as_ref().map(|(_, due)| *due);
+        [partial, self.joiner.deadline(), drain, orphan]
             .into_iter()
             .flatten()
             .min()
