@@ -135,8 +135,8 @@ impl CheckpointStore {
 
     /// What is known of the file `id`, now open as `file` under `path`. Matches by
     /// device + inode confirmed by the fingerprint; failing that, by the same path
-    /// and fingerprint (the device number can change across a reboot, and a file
-    /// restored from a copy has a new inode). A path match is re-keyed to `id`.
+    /// and fingerprint on another device (device numbers of virtiofs, 9p and
+    /// overlay mounts can change across a reboot). A path match is re-keyed to `id`.
     pub(crate) fn lookup(&mut self, id: FileId, path: &Path, file: &File) -> Known {
         if let Some(c) = self.entries.get(&id) {
             return match c.fingerprint.matches(file) {
@@ -144,9 +144,15 @@ impl CheckpointStore {
                 _ => Known::Changed,
             };
         }
+        // Not for another inode on the same device: that is a new file at the old
+        // path (rotation), and one that starts like the old one must not inherit
+        // its offset.
         let moved = self.entries.iter().find_map(|(k, c)| {
-            (c.path == path && c.fingerprint.len > 0 && c.fingerprint.matches(file).ok()?)
-                .then_some(*k)
+            (c.path == path
+                && (c.dev != id.dev || c.inode == id.inode)
+                && c.fingerprint.len > 0
+                && c.fingerprint.matches(file).ok()?)
+            .then_some(*k)
         });
         match moved.and_then(|k| self.entries.remove(&k)) {
             Some(mut c) => {
@@ -451,16 +457,28 @@ mod tests {
     }
 
     #[test]
-    fn a_file_found_at_its_old_path_with_a_new_inode_resumes_by_fingerprint() {
+    fn a_file_at_its_old_path_on_a_renumbered_device_resumes_by_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.log");
         fs::write(&p, b"first line\nsecond\n").unwrap();
         let f = File::open(&p).unwrap();
         let (mut s, _) = CheckpointStore::load(dir.path());
         s.put(id(1), &p, Fingerprint::of_file(&f).unwrap(), 11);
-        assert_eq!(s.lookup(id(2), &p, &f), Known::Resume { offset: 11 });
-        assert_eq!(s.lookup(id(2), &p, &f), Known::Resume { offset: 11 });
+        let renumbered = FileId { dev: 9, inode: 1 };
+        assert_eq!(s.lookup(renumbered, &p, &f), Known::Resume { offset: 11 });
+        assert_eq!(s.lookup(renumbered, &p, &f), Known::Resume { offset: 11 });
         assert!(s.get(id(1)).is_none());
+    }
+
+    #[test]
+    fn a_new_inode_at_the_old_path_that_starts_alike_does_not_inherit_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"same banner\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_file(&f).unwrap(), 11);
+        assert_eq!(s.lookup(id(2), &p, &f), Known::Replaced);
     }
 
     #[test]

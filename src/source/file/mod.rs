@@ -19,8 +19,17 @@
 //! - a full channel stops the reading (backpressure): at most a few batches per file
 //!   are held in memory, whatever the size of the files.
 //!
+//! - `copytruncate` is followed without loss when the copy is matched too (say
+//!   `app.log*`): a new file whose first bytes are those of a followed or just
+//!   truncated file is read on from where the original was read up to.
+//!
 //! Reading is plain blocking I/O on the tailer's task: reads of local files do not
-//! block for long, and one task keeps the order of events simple.
+//! block for long, and one task keeps the order of events simple. The poll runs at
+//! the smallest `poll_interval` of the entries.
+//!
+//! Why not `linemux` (named on the design card): it tails by path, yields `String`
+//! lines and has no resume offset, so it can neither checkpoint nor tell a rotated
+//! file from a new one; `notify` is used directly instead.
 
 mod checkpoint;
 mod fingerprint;
