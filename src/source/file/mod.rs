@@ -641,7 +641,7 @@ impl Tailer {
                 match t.check_truncated(false, &self.counters, &mut self.out) {
                     Ok(before) => Self::note_truncation(&mut self.truncated, seq, before),
                     Err(e) => {
-                        tracing::warn!("cannot stat {}: {e}", t.path.display());
+                        t.report_error(format!("cannot stat {}: {e}", t.path.display()));
                         break;
                     }
                 }
@@ -653,7 +653,7 @@ impl Tailer {
                 ) {
                     Ok(n) => n,
                     Err(e) => {
-                        tracing::warn!("cannot read {}: {e}", t.path.display());
+                        t.report_error(format!("cannot read {}: {e}", t.path.display()));
                         break;
                     }
                 };
@@ -756,7 +756,7 @@ impl Tailer {
         for (seq, t) in self.files.iter_mut() {
             match t.check_truncated(true, &self.counters, &mut self.out) {
                 Ok(before) => Self::note_truncation(&mut self.truncated, *seq, before),
-                Err(e) => tracing::warn!("cannot check {}: {e}", t.path.display()),
+                Err(e) => t.report_error(format!("cannot check {}: {e}", t.path.display())),
             }
         }
     }
@@ -821,6 +821,9 @@ impl Tailer {
     /// and writes the checkpoints. Unfinished lines and records are not flushed:
     /// the checkpoint stays before them, and a restart reads them whole.
     async fn shut_down(&mut self, tx: &mpsc::Sender<SourceBatch>) {
+        self.counters
+            .files_open
+            .fetch_sub(self.files.len() as u64, Ordering::Relaxed);
         for t in self.files.values_mut() {
             t.take_batch(&mut self.out);
         }

@@ -78,6 +78,8 @@ pub(crate) struct Tailed {
     pub commits: SharedCommits,
     pub state: FileState,
     limits: LineLimits,
+    /// The last read error logged (see [`Tailed::report_error`]).
+    last_error: Option<String>,
     /// The unfinished line this file held when it was truncated, and when to ship
     /// it unless a copy that holds it whole turns up.
     orphan: Option<(Vec<u8>, Instant)>,
@@ -133,6 +135,7 @@ impl Tailed {
             limits: o.limits,
             copied: None,
             orphan: None,
+            last_error: None,
         }
     }
 
@@ -482,6 +485,15 @@ impl Tailed {
             until: now + drain_grace(self.limits),
             deleted,
         };
+    }
+
+    /// Logs a read error once until a different one happens (a failing network
+    /// mount would otherwise log at every poll).
+    pub(crate) fn report_error(&mut self, message: String) {
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            tracing::warn!("{message}");
+            self.last_error = Some(message);
+        }
     }
 
     /// The offset to checkpoint now.
