@@ -1,0 +1,505 @@
+//! Checkpoints: how far each file has been handed on, persisted in
+//! `<state_dir>/positions.json`.
+//!
+//! Promises: an offset advances only when the batch that ends there is acknowledged
+//! downstream, and only over an unbroken run of acknowledged batches (a dropped ack
+//! holds the checkpoint back, so those lines are read again after a restart); the
+//! file is written atomically (temp file, fsync, rename, fsync of the directory), so
+//! a crash leaves the old or the new version, never a mix; a corrupt file is
+//! reported, kept aside as `positions.json.corrupt`, and rebuilt, never fatal.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::fingerprint::{FileId, Fingerprint};
+
+/// The checkpoint file's name under `state_dir`.
+pub const POSITIONS_FILE: &str = "positions.json";
+
+/// The format version written; a file of another version is set aside and rebuilt.
+const VERSION: u32 = 1;
+
+/// Entries of files not seen for this long are forgotten (the file is gone or no
+/// longer matched); until then a file that comes back resumes where it stopped.
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A live file's entry is rewritten at least this often, so that `seen` stays
+/// within the retention period.
+const REFRESH: Duration = Duration::from_secs(3600);
+
+/// One file's checkpoint as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    /// Where the file was last seen (for the path fallback, and for people).
+    pub path: PathBuf,
+    pub dev: u64,
+    pub inode: u64,
+    pub fingerprint: Fingerprint,
+    /// Bytes before this offset have been handed on and acknowledged.
+    pub offset: u64,
+    /// When the file was last seen, in seconds since the Unix epoch.
+    pub seen: u64,
+}
+
+impl Checkpoint {
+    fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            inode: self.inode,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionsFile {
+    version: u32,
+    files: Vec<Checkpoint>,
+}
+
+/// What the store knows about a file being opened.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Seen before with the same content at its start: resume here.
+    Resume { offset: u64 },
+    /// The same device and inode, but the first bytes differ: truncated while the
+    /// agent was away, or the inode was reused. Read it from 0.
+    Changed,
+    /// A new file at a path that was followed before: the old one was rotated
+    /// while the agent was away, so all of this one was written since. Read it from
+    /// 0, whatever `start_at` says.
+    Replaced,
+    /// Never seen.
+    New,
+}
+
+/// The checkpoints of every file known, live or not.
+#[derive(Debug)]
+pub(crate) struct CheckpointStore {
+    path: PathBuf,
+    entries: HashMap<FileId, Checkpoint>,
+}
+
+/// Why the positions file could not be read; the store starts empty either way.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("cannot read checkpoint file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("checkpoint file {path} is corrupt ({reason}); kept as {kept} and rebuilt")]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        kept: PathBuf,
+    },
+}
+
+impl CheckpointStore {
+    /// Loads `<state_dir>/positions.json`. A missing file is an empty store; an
+    /// unreadable or corrupt one is an empty store plus the reason, for a warning.
+    pub(crate) fn load(state_dir: &Path) -> (Self, Option<LoadError>) {
+        let path = state_dir.join(POSITIONS_FILE);
+        let mut store = Self {
+            path: path.clone(),
+            entries: HashMap::new(),
+        };
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (store, None),
+            Err(source) => return (store, Some(LoadError::Read { path, source })),
+        };
+        let reason = match serde_json::from_slice::<PositionsFile>(&bytes) {
+            Ok(f) if f.version == VERSION => {
+                for c in f.files {
+                    store.entries.insert(c.id(), c);
+                }
+                return (store, None);
+            }
+            Ok(f) => format!("unknown version {}", f.version),
+            Err(e) => e.to_string(),
+        };
+        let kept = state_dir.join(format!("{POSITIONS_FILE}.corrupt"));
+        // Best effort: if even the rename fails, the next save overwrites the file.
+        let _ = fs::rename(&path, &kept);
+        (store, Some(LoadError::Corrupt { path, reason, kept }))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What is known of the file `id`, now open as `file` under `path`. Matches by
+    /// device + inode confirmed by the fingerprint; failing that, by the same path
+    /// and fingerprint on another device (device numbers of virtiofs, 9p and
+    /// overlay mounts can change across a reboot). A path match is re-keyed to `id`.
+    pub(crate) fn lookup(&mut self, id: FileId, path: &Path, file: &File) -> Known {
+        if let Some(c) = self.entries.get(&id) {
+            return match c.fingerprint.matches(file) {
+                Ok(true) => Known::Resume { offset: c.offset },
+                _ => Known::Changed,
+            };
+        }
+        // Not for another inode on the same device: that is a new file at the old
+        // path (rotation), and one that starts like the old one must not inherit
+        // its offset.
+        let moved = self.entries.iter().find_map(|(k, c)| {
+            (c.path == path
+                && (c.dev != id.dev || c.inode == id.inode)
+                && c.fingerprint.len > 0
+                && c.fingerprint.matches(file).ok()?)
+            .then_some(*k)
+        });
+        match moved.and_then(|k| self.entries.remove(&k)) {
+            Some(mut c) => {
+                let offset = c.offset;
+                c.dev = id.dev;
+                c.inode = id.inode;
+                self.entries.insert(id, c);
+                Known::Resume { offset }
+            }
+            None if self.entries.values().any(|c| c.path == path) => Known::Replaced,
+            None => Known::New,
+        }
+    }
+
+    /// Records a file's current state if it changed (or was last recorded long
+    /// ago, to keep it from being pruned); returns whether it did.
+    pub(crate) fn update(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        fingerprint: Fingerprint,
+        offset: u64,
+    ) -> bool {
+        let fresh = unix_secs(SystemTime::now()).saturating_sub(REFRESH.as_secs());
+        match self.entries.get(&id) {
+            Some(c)
+                if c.offset == offset
+                    && c.fingerprint == fingerprint
+                    && c.path == path
+                    && c.seen >= fresh =>
+            {
+                false
+            }
+            _ => {
+                self.put(id, path, fingerprint, offset);
+                true
+            }
+        }
+    }
+
+    /// Records a file's current state.
+    pub(crate) fn put(&mut self, id: FileId, path: &Path, fingerprint: Fingerprint, offset: u64) {
+        self.entries.insert(
+            id,
+            Checkpoint {
+                path: path.to_path_buf(),
+                dev: id.dev,
+                inode: id.inode,
+                fingerprint,
+                offset,
+                seen: unix_secs(SystemTime::now()),
+            },
+        );
+    }
+
+    pub(crate) fn remove(&mut self, id: FileId) {
+        self.entries.remove(&id);
+    }
+
+    /// Forgets entries of files not seen within the retention period.
+    pub(crate) fn prune(&mut self, now: SystemTime) {
+        let cutoff = unix_secs(now).saturating_sub(RETENTION.as_secs());
+        self.entries.retain(|_, c| c.seen >= cutoff);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, id: FileId) -> Option<&Checkpoint> {
+        self.entries.get(&id)
+    }
+
+    /// Writes the positions file atomically: temp file, fsync, rename, fsync dir.
+    pub(crate) fn save(&self) -> io::Result<()> {
+        let mut files: Vec<Checkpoint> = self.entries.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.inode.cmp(&b.inode)));
+        let doc = PositionsFile {
+            version: VERSION,
+            files,
+        };
+        let bytes = serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{POSITIONS_FILE}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir)?.sync_all()
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The batches of one file that are out downstream, and the offset before which
+/// everything has been acknowledged. Shared between the tailer and the acks.
+#[derive(Debug)]
+pub(crate) struct Commits {
+    /// Bumped when the file is truncated: acks of batches read before that no
+    /// longer say anything about the file's new content.
+    epoch: u64,
+    /// Sequence number of `pending[0]`.
+    first_seq: u64,
+    /// End offset of each batch out, and what became of it.
+    pending: VecDeque<(u64, Slot)>,
+    committed: u64,
+}
+
+/// A handle to one file's [`Commits`].
+pub(crate) type SharedCommits = Arc<Mutex<Commits>>;
+
+impl Commits {
+    pub(crate) fn new(committed: u64) -> SharedCommits {
+        Arc::new(Mutex::new(Self {
+            epoch: 0,
+            first_seq: 0,
+            pending: VecDeque::new(),
+            committed,
+        }))
+    }
+
+    /// Registers a batch ending at `end`; returns the ticket its ack presents.
+    pub(crate) fn register(&mut self, end: u64) -> (u64, u64) {
+        let seq = self.first_seq + self.pending.len() as u64;
+        self.pending.push_back((end, Slot::Out));
+        (self.epoch, seq)
+    }
+
+    /// Acknowledges one batch. The checkpoint moves over the acknowledged prefix
+    /// only: acks come in order from the FIFO stages after the tailer, but a batch
+    /// whose ack was dropped must hold the checkpoint back.
+    pub(crate) fn ack(&mut self, epoch: u64, seq: u64) {
+        self.settle(epoch, seq, Slot::Acked);
+        while let Some(&(end, Slot::Acked)) = self.pending.front() {
+            self.committed = self.committed.max(end);
+            self.pending.pop_front();
+            self.first_seq += 1;
+        }
+    }
+
+    /// A batch's ack was dropped uncalled: not acknowledged, ever. The checkpoint
+    /// stays before it, and nothing waits for it any more.
+    pub(crate) fn dropped(&mut self, epoch: u64, seq: u64) {
+        self.settle(epoch, seq, Slot::Dropped);
+    }
+
+    fn settle(&mut self, epoch: u64, seq: u64, to: Slot) {
+        if epoch != self.epoch || seq < self.first_seq {
+            return;
+        }
+        let Ok(i) = usize::try_from(seq - self.first_seq) else {
+            return;
+        };
+        if let Some(slot) = self.pending.get_mut(i) {
+            if slot.1 == Slot::Out {
+                slot.1 = to;
+            }
+        }
+    }
+
+    /// The file was truncated: forget what is out and start again at `committed`.
+    pub(crate) fn reset(&mut self, committed: u64) {
+        self.epoch += 1;
+        self.first_seq = 0;
+        self.pending.clear();
+        self.committed = committed;
+    }
+
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Batches out whose ack has neither been called nor dropped yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.pending.iter().filter(|(_, s)| *s == Slot::Out).count()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Out,
+    Acked,
+    Dropped,
+}
+
+/// What a batch's [`crate::record::Ack`] holds: calling it acknowledges the batch;
+/// dropping it uncalled tells the file the batch will never be acknowledged.
+pub(crate) struct AckTicket {
+    commits: SharedCommits,
+    epoch: u64,
+    seq: u64,
+    done: bool,
+}
+
+impl AckTicket {
+    pub(crate) fn register(commits: &SharedCommits, end: u64) -> Self {
+        let (epoch, seq) = lock(commits).register(end);
+        Self {
+            commits: commits.clone(),
+            epoch,
+            seq,
+            done: false,
+        }
+    }
+
+    pub(crate) fn ack(mut self) {
+        lock(&self.commits).ack(self.epoch, self.seq);
+        self.done = true;
+    }
+}
+
+impl Drop for AckTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.commits).dropped(self.epoch, self.seq);
+        }
+    }
+}
+
+/// Locks a file's commits; a poisoned lock (a panic elsewhere) still holds valid
+/// offsets, so it is used as it is.
+pub(crate) fn lock(c: &SharedCommits) -> std::sync::MutexGuard<'_, Commits> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(inode: u64) -> FileId {
+        FileId { dev: 1, inode }
+    }
+
+    #[test]
+    fn acks_advance_only_over_an_unbroken_prefix() {
+        let c = Commits::new(10);
+        let mut c = lock(&c);
+        let a = c.register(20);
+        let b = c.register(30);
+        let d = c.register(40);
+        c.ack(b.0, b.1);
+        assert_eq!(c.committed(), 10, "batch a is not acknowledged yet");
+        c.ack(a.0, a.1);
+        assert_eq!(c.committed(), 30);
+        c.ack(d.0, d.1);
+        assert_eq!(c.committed(), 40);
+        assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_dropped_ack_holds_the_checkpoint_back_and_is_not_waited_for() {
+        let c = Commits::new(0);
+        let a = AckTicket::register(&c, 10);
+        let b = AckTicket::register(&c, 20);
+        drop(a);
+        b.ack();
+        let g = lock(&c);
+        assert_eq!(g.committed(), 0);
+        assert_eq!(g.outstanding(), 0);
+    }
+
+    #[test]
+    fn acks_from_before_a_truncation_are_ignored() {
+        let c = Commits::new(0);
+        let mut c = lock(&c);
+        let a = c.register(500);
+        c.reset(0);
+        c.ack(a.0, a.1);
+        assert_eq!(c.committed(), 0);
+        let b = c.register(7);
+        c.ack(b.0, b.1);
+        assert_eq!(c.committed(), 7);
+    }
+
+    #[test]
+    fn positions_survive_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, err) = CheckpointStore::load(dir.path());
+        assert!(err.is_none());
+        s.put(id(5), Path::new("/x.log"), Fingerprint::of_bytes(b"ab"), 42);
+        s.save().unwrap();
+        let (s2, err) = CheckpointStore::load(dir.path());
+        assert!(err.is_none());
+        assert_eq!(s2.get(id(5)).map(|c| c.offset), Some(42));
+    }
+
+    #[test]
+    fn a_corrupt_positions_file_is_kept_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(POSITIONS_FILE), b"{\"version\":1,\"fil").unwrap();
+        let (s, err) = CheckpointStore::load(dir.path());
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("positions.json"), "{msg}");
+        assert!(dir.path().join("positions.json.corrupt").exists());
+        s.save().unwrap();
+        assert!(CheckpointStore::load(dir.path()).1.is_none());
+    }
+
+    #[test]
+    fn a_file_at_its_old_path_on_a_renumbered_device_resumes_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"first line\nsecond\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_file(&f).unwrap(), 11);
+        let renumbered = FileId { dev: 9, inode: 1 };
+        assert_eq!(s.lookup(renumbered, &p, &f), Known::Resume { offset: 11 });
+        assert_eq!(s.lookup(renumbered, &p, &f), Known::Resume { offset: 11 });
+        assert!(s.get(id(1)).is_none());
+    }
+
+    #[test]
+    fn a_new_inode_at_the_old_path_that_starts_alike_does_not_inherit_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"same banner\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_file(&f).unwrap(), 11);
+        assert_eq!(s.lookup(id(2), &p, &f), Known::Replaced);
+    }
+
+    #[test]
+    fn a_new_file_at_a_known_path_replaced_the_one_followed_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"written after the rotation\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_bytes(b"the old file\n"), 13);
+        assert_eq!(s.lookup(id(2), &p, &f), Known::Replaced);
+    }
+
+    #[test]
+    fn a_reused_inode_with_other_content_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        fs::write(&p, b"new content\n").unwrap();
+        let f = File::open(&p).unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        s.put(id(1), &p, Fingerprint::of_bytes(b"old content\n"), 12);
+        assert_eq!(s.lookup(id(1), &p, &f), Known::Changed);
+    }
+}
