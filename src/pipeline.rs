@@ -101,10 +101,7 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings {
-        files: config.files.clone(),
-        state_dir: state.0.clone(),
-    };
+    let settings = TailSettings::new(config.files.clone(), state.0.clone());
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let console = tokio::task::spawn_blocking(move || {
@@ -190,10 +187,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings {
-        files: config.files.clone(),
-        state_dir: state_dir.clone(),
-    };
+    let settings = TailSettings::new(config.files.clone(), state_dir.clone());
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let spooling = {
