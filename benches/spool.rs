@@ -21,7 +21,7 @@ fn records(batch: usize, size: usize) -> Vec<LogRecord> {
             let n = batch * size + i;
             LogRecord {
                 timestamp: Timestamp(1_795_388_381_726_000_000 + n as i64),
-                labels: labels[usize::from(n % 10 == 0)].clone(),
+                labels: labels[usize::from(n.is_multiple_of(10))].clone(),
                 structured_metadata: vec![],
                 line: format!(
                     r#"{{"level":30,"time":{},"pid":4242,"hostname":"vm1","reqId":"req-{n:08}","req":{{"method":"GET","url":"/v1/items/{n}"}},"msg":"request completed","res":{{"statusCode":200}},"responseTime":12.5}}"#,

@@ -28,11 +28,11 @@ fn open(dir: &Path) -> (SpoolWriter, SpoolReader) {
 
 /// Record `i` of a deterministic sequence, about 200 bytes, two streams.
 fn rec(i: u64) -> LogRecord {
-    let level = if i % 3 == 0 { "error" } else { "info" };
+    let level = if i.is_multiple_of(3) { "error" } else { "info" };
     LogRecord {
         timestamp: Timestamp(1_795_388_381_726_000_000 + i as i64),
         labels: Labels::from_pairs([("job", "refly-api"), ("host", "vm1"), ("level", level)]),
-        structured_metadata: if i % 2 == 0 {
+        structured_metadata: if i.is_multiple_of(2) {
             vec![("trace_id".into(), format!("{i:032x}"))]
         } else {
             vec![]

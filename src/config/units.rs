@@ -99,7 +99,7 @@ impl fmt::Display for Size {
             ("B", 1),
         ];
         for (name, n) in UNITS {
-            if self.0 >= n && self.0 % n == 0 {
+            if self.0 >= n && self.0.is_multiple_of(n) {
                 return write!(f, "{}{}", self.0 / n, name);
             }
         }
