@@ -4,6 +4,7 @@
 //! Each test crate includes this with `mod support;` and uses a part of it.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod loki;
 pub mod otlp;
 

@@ -1,0 +1,146 @@
+//! The agent binary as a child process, with a configuration pointed at the fake
+//! Loki and a temp dir, for tests that drive `wisp-agent run` end to end.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::loki::LokiReceiver;
+
+/// A running agent; killed on drop so a failing test leaves no process behind.
+pub struct Agent {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Agent {
+    pub fn start(config: &Path, stderr: &Path) -> Agent {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(config)
+            .env_remove("WISP_AGENT_CONFIG")
+            .env_remove("LOKI_URL")
+            .env_remove("WISP_HOST")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent {
+            child: Some(child),
+            stderr: stderr.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit status (bounded).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no drain, no checkpoint, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new(loki: &LokiReceiver, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "vm-test"
+
+[host]
+address = "127.0.0.1"
+
+[loki]
+url = "http://{{host}}:{port}/loki/api/v1/push"
+batch_max_wait = "100ms"
+timeout = "1s"
+max_backoff = "300ms"
+
+[otlp]
+enabled = false
+
+[receiver]
+grpc = ""
+http = ""
+
+[host_metrics]
+enabled = false
+
+[admin]
+listen = ""
+
+[[files]]
+name = "app"
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+poll_interval = "100ms"
+{extra}
+"#,
+            state = dir.path().join("state").display(),
+            port = loki.addr().port(),
+            logs = logs.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup { dir, config }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("logs").join(name)
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("agent.stderr")
+    }
+
+    pub fn start(&self) -> Agent {
+        Agent::start(&self.config, &self.stderr_path())
+    }
+}
