@@ -1,24 +1,13 @@
 //! The command line as a user meets it: the built binary, real files, exit codes.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// The agent binary with a clean environment: no config or endpoint variables from
-/// the machine running the tests, and discovery pinned to loopback.
+/// The agent binary with a clean environment, discovery pinned to loopback.
 fn agent() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp-agent"));
-    for var in [
-        "WISP_AGENT_CONFIG",
-        "LOKI_URL",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_HEADERS",
-        "OTEL_SERVICE_NAME",
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = support::agent_command();
     cmd.env("WISP_HOST", "127.0.0.1");
     cmd
 }

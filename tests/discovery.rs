@@ -8,6 +8,8 @@
 //! gRPC and HTTP) are deliberately small; they are to be replaced by the shared
 //! receivers of `tests/support/`.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -839,32 +841,12 @@ async fn repeated_sink_failures_trigger_rediscovery_before_the_interval() {
 
 // ---------------------------------------------------------------- the binary
 
-const CLEARED_ENV: [&str; 14] = [
-    "WISP_HOST",
-    "WISP_AGENT_CONFIG",
-    "LOKI_URL",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
-
 async fn run_probe_binary(config_text: &str, args: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_text).unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wisp-agent"));
+    let mut cmd = tokio::process::Command::from(support::agent_command());
     cmd.arg("probe").args(args).arg("--config").arg(&path);
-    for k in CLEARED_ENV {
-        cmd.env_remove(k);
-    }
     let out = cmd.output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -6,9 +6,11 @@
 //! To regenerate after an intended change: `WISP_BLESS=1 cargo test --test
 //! golden_dry_run`, then read the diff of the expected file line by line.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -91,12 +93,10 @@ partial_line_timeout = "300ms"
     .unwrap();
 
     let started = SystemTime::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp-agent"))
+    let bless = std::env::var_os("WISP_BLESS").is_some();
+    let mut child = support::agent_command()
         .args(["run", "--dry-run", "--config"])
         .arg(&config)
-        .env_remove("WISP_AGENT_CONFIG")
-        .env_remove("WISP_HOST")
-        .env_remove("LOKI_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -109,7 +109,6 @@ partial_line_timeout = "300ms"
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("the golden file holds JSON lines"))
         .collect();
-    let bless = std::env::var_os("WISP_BLESS").is_some();
 
     // Read records until as many as expected arrived (or, blessing, until the
     // output has been quiet for a while), then stop the agent.

@@ -11,6 +11,8 @@
 //! (their resolver points at the host-side address, where nothing serves DNS), and
 //! everything is removed in `Drop`, on failure too.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,23 +35,6 @@ server = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Ready)
 print("listening", flush=True)
 server.serve_forever()
 "#;
-
-const CLEARED_ENV: [&str; 14] = [
-    "WISP_HOST",
-    "WISP_AGENT_CONFIG",
-    "LOKI_URL",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
 
 /// One VM network flavour.
 struct Flavour {
@@ -206,9 +191,7 @@ fn agent(vm_ns: &str, config: &Path, args: &[&str]) -> Command {
         .args(args)
         .arg("--config")
         .arg(config);
-    for k in CLEARED_ENV {
-        cmd.env_remove(k);
-    }
+    support::clear_agent_env(&mut cmd);
     cmd
 }
 

@@ -2,60 +2,13 @@
 //! `pipe-pane -o`, Pino JSON printed in the pane, the tailer following the file.
 //! Every line printed arrives once.
 
+mod support;
 mod tail_common;
 
-use std::path::Path;
 use std::process::Command;
 
+use support::tmux::TmuxServer;
 use tail_common::*;
-
-/// A private tmux server, killed when dropped (also when the test fails).
-struct TmuxServer {
-    socket: String,
-}
-
-impl TmuxServer {
-    fn start(socket: &str, shell_dir: &Path) -> Option<Self> {
-        let ok = Command::new("tmux")
-            .args([
-                "-L",
-                socket,
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-s",
-                "pane",
-            ])
-            .args(["-x", "200", "-y", "50", "-c"])
-            .arg(shell_dir)
-            .arg("sh")
-            .env("PS1", "$ ")
-            .status()
-            .ok()?
-            .success();
-        ok.then(|| Self {
-            socket: socket.to_string(),
-        })
-    }
-
-    fn tmux(&self, args: &[&str]) {
-        let status = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .status()
-            .expect("tmux runs");
-        assert!(status.success(), "tmux {args:?} failed");
-    }
-}
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
-}
 
 fn pino(i: usize) -> String {
     format!(

@@ -7,61 +7,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
 use support::agent::Setup;
 use support::loki::LokiReceiver;
+use support::tmux::TmuxServer;
 use support::DEADLINE;
-
-/// A private tmux server (its own socket), killed when dropped, also when the
-/// test fails.
-struct TmuxServer {
-    socket: String,
-}
-
-impl TmuxServer {
-    fn start(socket: &str, dir: &Path) -> Option<Self> {
-        let ok = Command::new("tmux")
-            .args([
-                "-L",
-                socket,
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-s",
-                "pane",
-            ])
-            .args(["-x", "200", "-y", "50", "-c"])
-            .arg(dir)
-            .arg("sh")
-            .env("PS1", "$ ")
-            .status()
-            .ok()?
-            .success();
-        ok.then(|| Self {
-            socket: socket.to_string(),
-        })
-    }
-
-    fn tmux(&self, args: &[&str]) {
-        let status = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .status()
-            .expect("tmux runs");
-        assert!(status.success(), "tmux {args:?} failed");
-    }
-}
-
-impl Drop for TmuxServer {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
-}
 
 /// The program in the pane: Pino JSON at each level, then the same records
 /// pretty-printed with indented fields and colours (what pino-pretty prints).

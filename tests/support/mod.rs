@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod loki;
 pub mod otlp;
+pub mod tmux;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,4 +92,44 @@ pub fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// Environment variables the agent reads (configuration, endpoints, proxies, its
+/// log filter): tests clear them so the machine running the tests cannot steer
+/// the agent they start.
+pub const AGENT_ENV: [&str; 19] = [
+    "WISP_HOST",
+    "WISP_AGENT_CONFIG",
+    "LOKI_URL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "RUST_LOG",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "XDG_STATE_HOME",
+    "WISP_BLESS",
+];
+
+/// Removes [`AGENT_ENV`] from `cmd`'s environment.
+pub fn clear_agent_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for var in AGENT_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// The built `wisp-agent` binary, with a clean environment.
+pub fn agent_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wisp-agent"));
+    clear_agent_env(&mut cmd);
+    cmd
 }
