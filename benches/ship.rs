@@ -25,6 +25,18 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The process's CPU time (user + system), from /proc/PID/stat, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = &text[text.rfind(") ")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((utime + stime) / 100.0)
+}
+
 fn main() {
     let n: usize = std::env::var("WISP_BENCH_LINES")
         .ok()
@@ -36,6 +48,7 @@ fn main() {
         .build()
         .unwrap();
     let loki = rt.block_on(support::loki::LokiReceiver::start());
+    loki.set_count_only(true);
 
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
@@ -114,6 +127,8 @@ multiline = "none"
     let done = rt.block_on(loki.wait_for_unique(n, Duration::from_secs(300)));
     let took = started.elapsed();
     let peak = status_kib(pid, "VmHWM:");
+    let cpu = cpu_seconds(pid);
+    let receiver_cpu = cpu_seconds(std::process::id());
     // Idle: nothing written for a few seconds.
     std::thread::sleep(Duration::from_secs(5));
     let idle = status_kib(pid, "VmRSS:");
@@ -131,14 +146,19 @@ multiline = "none"
         std::process::exit(1);
     }
     println!(
-        "ship: {:.0} lines/s end to end ({:.2} s){}",
+        "ship: {:.0} lines/s end to end ({:.2} s; the agent used {:.2} s of CPU){}",
         n as f64 / took.as_secs_f64(),
         took.as_secs_f64(),
+        cpu.unwrap_or(0.0),
         if pinned {
             ", agent pinned to one core"
         } else {
             ""
         }
+    );
+    println!(
+        "ship: the fake Loki (this process: decoding, counting unique entries) used {:.2} s of CPU",
+        receiver_cpu.unwrap_or(0.0)
     );
     println!(
         "ship: agent peak RSS {:.1} MiB while shipping, {:.1} MiB at idle; {} pushes",
