@@ -128,6 +128,7 @@ async fn rediscover_loop(
                     address,
                 })
             });
+        let answered = round.chosen.is_some();
         match round.chosen.or(explicit) {
             Some(new) => {
                 let changed = tx.send_if_modified(|current| {
@@ -138,9 +139,17 @@ async fn rediscover_loop(
                         true
                     }
                 });
-                if changed {
+                if changed && answered {
                     tracing::info!(
                         "host: {} ({}) answers; sending there",
+                        new.name,
+                        new.address
+                    );
+                    health.reset();
+                } else if changed {
+                    tracing::warn!(
+                        "host: {} ({}) is set explicitly but does not answer yet; sending there \
+                         anyway, lines wait in the buffer (run `wisp-agent probe` to see why)",
                         new.name,
                         new.address
                     );
