@@ -122,6 +122,7 @@ pub struct TailCounters {
     lines_cut: AtomicU64,
     invalid_utf8_lines: AtomicU64,
     escape_sequences_stripped: AtomicU64,
+    controls_dropped: AtomicU64,
     files_open: AtomicU64,
     rotations: AtomicU64,
     truncations: AtomicU64,
@@ -140,6 +141,8 @@ pub struct TailStats {
     /// Lines with invalid UTF-8, shipped with U+FFFD in its place.
     pub invalid_utf8_lines: u64,
     pub escape_sequences_stripped: u64,
+    /// Control characters removed from lines (NUL, BEL, DEL, stray C1).
+    pub controls_dropped: u64,
     /// Files open now (a gauge).
     pub files_open: u64,
     /// Files renamed away from their path (rename-and-create rotation).
@@ -159,6 +162,7 @@ impl TailCounters {
             lines_cut: g(&self.lines_cut),
             invalid_utf8_lines: g(&self.invalid_utf8_lines),
             escape_sequences_stripped: g(&self.escape_sequences_stripped),
+            controls_dropped: g(&self.controls_dropped),
             files_open: g(&self.files_open),
             rotations: g(&self.rotations),
             truncations: g(&self.truncations),
@@ -179,12 +183,16 @@ impl TailCounters {
             self.escape_sequences_stripped
                 .fetch_add(stats.sequences_stripped, Ordering::Relaxed);
         }
+        if stats.controls_dropped > 0 {
+            self.controls_dropped
+                .fetch_add(stats.controls_dropped, Ordering::Relaxed);
+        }
     }
 }
 
 impl TailStats {
     /// The counters under their metric names (`files_open` is a gauge).
-    pub fn metrics(&self) -> [(&'static str, u64); 10] {
+    pub fn metrics(&self) -> [(&'static str, u64); 11] {
         [
             ("wisp_file_bytes_read_total", self.bytes_read),
             ("wisp_file_lines_read_total", self.lines_read),
@@ -197,6 +205,7 @@ impl TailStats {
                 "wisp_file_escape_sequences_stripped_total",
                 self.escape_sequences_stripped,
             ),
+            ("wisp_file_controls_dropped_total", self.controls_dropped),
             ("wisp_file_files_open", self.files_open),
             ("wisp_file_rotations_total", self.rotations),
             ("wisp_file_truncations_total", self.truncations),
