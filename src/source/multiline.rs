@@ -214,7 +214,7 @@ impl Joiner {
             Multiline::None => Role::Alone,
             Multiline::Auto => match text.as_bytes().first() {
                 Some(b' ' | b'\t' | b'}' | b']') => Role::Continuation,
-                Some(b'{') if text.trim_end().ends_with('}') => Role::Alone,
+                Some(b'{') if ends_with_brace(text) => Role::Alone,
                 _ => Role::Head,
             },
             Multiline::Start(pattern) => {
@@ -263,6 +263,16 @@ impl Joiner {
                 && p.text.len().saturating_add(shortest) <= self.settings.max_bytes
         })
     }
+}
+
+/// Does `text` end with `}`, trailing ASCII blanks aside? Looks at bytes from the
+/// end only: this runs on every JSON line, and `auto` must cost next to nothing.
+fn ends_with_brace(text: &str) -> bool {
+    text.as_bytes()
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        == Some(&b'}')
 }
 
 #[cfg(test)]
