@@ -124,7 +124,13 @@ impl Tailed {
             line: Vec::new(),
             line_cut: false,
             last_data: Instant::now(),
-            joiner: Joiner::new(o.joiner),
+            joiner: {
+                // Lines pushed to the joiner start where reading starts, so the
+                // offsets it reports (and the checkpoint) are the file's own.
+                let mut j = Joiner::new(o.joiner);
+                j.reset(o.offset);
+                j
+            },
             joined: Vec::new(),
             fingerprint,
             batch: Vec::new(),
@@ -427,6 +433,8 @@ impl Tailed {
         // What was read before the truncation still goes out; its acks belong to
         // the old content and no longer move the checkpoint.
         self.finish(counters, out);
+        // `finish` flushed the joiner; the new content's lines start at 0.
+        self.joiner.reset(0);
         self.orphan = orphan;
         self.line_cut = false;
         self.copied = None;
