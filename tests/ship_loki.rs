@@ -280,3 +280,77 @@ fn sigterm_drains_and_exits_0() {
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     let _ = File::open(setup.stderr_path()).unwrap();
 }
+
+/// Waits until the tailer has written its checkpoint after `since`.
+async fn checkpoint_written_after(setup: &Setup, since: std::time::SystemTime) -> bool {
+    let positions = setup.dir.path().join("state").join("positions.json");
+    wait_until(DEADLINE, || {
+        std::fs::metadata(&positions)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > since)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once() {
+    let loki = LokiReceiver::start().await;
+    // A long multi-line timeout: the last record of each round is still waiting
+    // for its continuation when the agent is killed.
+    let setup = Setup::new(&loki, "multiline_timeout = \"60s\"");
+    let file = setup.log_path("api.log");
+    let head = |i: usize| format!("ERROR record {i:03}");
+    let tail = |i: usize| format!("    at frame {i:03}");
+    let mut lines = Vec::new();
+    for i in 0..10 {
+        lines.extend([head(i), tail(i)]);
+    }
+    lines.push(head(10));
+    append(&file, &lines);
+
+    for round in 1..=2 {
+        let mut agent = setup.start();
+        let want = round * 10;
+        assert!(
+            loki.wait_for_unique(want, DEADLINE).await,
+            "round {round}: {} of {want}; agent log:\n{}",
+            loki.unique_count(),
+            agent.log()
+        );
+        let arrived = std::time::SystemTime::now();
+        assert!(
+            checkpoint_written_after(&setup, arrived).await,
+            "{}",
+            agent.log()
+        );
+        agent.kill9();
+        // The pending record's continuation, the next records, and a new
+        // pending record.
+        let mut more = vec![tail(want)];
+        for i in want + 1..want + 10 {
+            more.extend([head(i), tail(i)]);
+        }
+        more.push(head(want + 10));
+        append(&file, &more);
+    }
+    let mut agent = setup.start();
+    // A JSON line finishes the last record (and is one itself).
+    let end = r#"{"level":30,"msg":"end"}"#.to_string();
+    append(&file, &[tail(30), end.clone()]);
+    assert!(loki.wait_for_unique(32, DEADLINE).await, "{}", agent.log());
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+
+    let got = loki.lines(r#"{job="app"}"#);
+    let want: Vec<String> = (0..=30)
+        .map(|i| format!("{}\n{}", head(i), tail(i)))
+        .collect();
+    assert_eq!(got[..31], want[..]);
+    assert_eq!(got[31], end);
+    // Killed twice with a record pending, and still nothing read twice: the
+    // checkpoint stopped at the start of the pending record each time.
+    assert_eq!(
+        loki.raw_count(),
+        32,
+        "records were read again after a restart"
+    );
+}
