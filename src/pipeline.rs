@@ -25,7 +25,7 @@ use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
-const CHANNEL_BATCHES: usize = 8;
+const CHANNEL_BATCHES: usize = 4;
 
 /// Logs, per `[[files]]` entry, the files its patterns match now.
 pub fn log_tailed_files(config: &Config) {
@@ -126,7 +126,7 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
 }
 
 /// The spool stage appends at most about this many records with one fsync.
-const GROUP_COMMIT_RECORDS: usize = 8192;
+const GROUP_COMMIT_RECORDS: usize = 4096;
 
 /// After the sources stopped, the Loki sink gets this long to ship what is left;
 /// whatever it could not ship stays in the spool for the next start.

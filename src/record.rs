@@ -217,6 +217,22 @@ pub struct Batch {
     pub ack: Ack,
 }
 
+/// OTLP data as programs sent it (the local receiver, `exec`), relayed to the
+/// host's collector without decoding more than batching needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OtlpPayload {
+    Logs(opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest),
+    Metrics(opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest),
+    Traces(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest),
+}
+
+/// OTLP payloads on their way to the OTLP sink, acknowledged like log batches.
+#[derive(Debug)]
+pub struct OtlpBatch {
+    pub payloads: Vec<OtlpPayload>,
+    pub ack: Ack,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,7 @@ impl Shared {
 
 /// Scratch buffers larger than this are released after use rather than kept: a rare
 /// large batch or record must not raise the agent's idle memory for good.
-const RETAINED_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+const RETAINED_BUFFER_BYTES: usize = 1024 * 1024;
 
 const ACK_FILE: &str = "ack";
 const ACK_TMP_FILE: &str = "ack.tmp";
