@@ -131,12 +131,22 @@ fn timeout_check(timeout: Duration) -> Check {
 
 /// GETs `url`: 200 is ok; any other status is reported with the start of its body.
 pub async fn check_http(client: &reqwest::Client, url: &str, timeout: Duration) -> Check {
+    send_check(client.get(url), |code| code == 200, timeout).await
+}
+
+/// Sends `request` within `timeout`: a status `ok` accepts is ok; any other is
+/// reported with the start of its body; no answer is a timeout or an error.
+async fn send_check(
+    request: reqwest::RequestBuilder,
+    ok: impl Fn(u16) -> bool,
+    timeout: Duration,
+) -> Check {
     let started = Instant::now();
     let attempt = async {
-        let resp = client.get(url).send().await?;
+        let resp = request.send().await?;
         let latency_ms = ms(started.elapsed());
         let code = resp.status().as_u16();
-        if code == 200 {
+        if ok(code) {
             return Ok(Check::Ok { latency_ms });
         }
         Ok(Check::HttpStatus {
@@ -160,7 +170,6 @@ pub async fn check_otlp_http(
     headers: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> Check {
-    let started = Instant::now();
     let (content_type, body): (&str, &'static [u8]) = if json {
         ("application/json", b"{}")
     } else {
@@ -173,24 +182,7 @@ pub async fn check_otlp_http(
     for (k, v) in headers {
         request = request.header(k.as_str(), v.as_str());
     }
-    let attempt = async {
-        let resp = request.send().await?;
-        let latency_ms = ms(started.elapsed());
-        let code = resp.status().as_u16();
-        if resp.status().is_success() {
-            return Ok(Check::Ok { latency_ms });
-        }
-        Ok(Check::HttpStatus {
-            code,
-            body: excerpt(&resp.text().await.unwrap_or_default()),
-            latency_ms,
-        })
-    };
-    finish(
-        tokio::time::timeout(timeout, attempt).await,
-        started,
-        timeout,
-    )
+    send_check(request, |code| (200..300).contains(&code), timeout).await
 }
 
 fn finish(
