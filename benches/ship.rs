@@ -132,6 +132,7 @@ multiline = "none"
     // Idle: nothing written for a few seconds.
     std::thread::sleep(Duration::from_secs(5));
     let idle = status_kib(pid, "VmRSS:");
+    let idle_anon = status_kib(pid, "RssAnon:");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -161,9 +162,10 @@ multiline = "none"
         receiver_cpu.unwrap_or(0.0)
     );
     println!(
-        "ship: agent peak RSS {:.1} MiB while shipping, {:.1} MiB at idle; {} pushes",
+        "ship: agent peak RSS {:.1} MiB while shipping, {:.1} MiB at idle ({:.1} MiB of it anonymous, the rest the binary's pages); {} pushes",
         peak.unwrap_or(0) as f64 / 1024.0,
         idle.unwrap_or(0) as f64 / 1024.0,
+        idle_anon.unwrap_or(0) as f64 / 1024.0,
         loki.pushes()
     );
 }
