@@ -17,7 +17,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wisp-agent: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
+            // A credential or CA file named by the configuration that cannot be
+            // used is a configuration error too: restarting will not fix it.
+            let config_error = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<crate::sink::loki::LokiClientError>()
+                    .is_some_and(|e| !matches!(e, crate::sink::loki::LokiClientError::Build(_)));
+            if config_error {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

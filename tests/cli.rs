@@ -154,3 +154,26 @@ fn exec_says_plainly_that_it_is_not_built_yet() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not built yet"), "{}", stderr(&o));
 }
+
+#[test]
+fn run_with_a_missing_token_file_is_a_configuration_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "token.toml",
+        &format!(
+            "[agent]\nstate_dir = \"{}\"\n[loki]\nbearer_token_file = \"/nonexistent/token\"\n\
+             [otlp]\nenabled = false\n[receiver]\ngrpc = \"\"\nhttp = \"\"\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let o = agent()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("loki.bearer_token_file"), "{err}");
+    assert!(err.contains("/nonexistent/token"), "{err}");
+}
