@@ -319,35 +319,14 @@ impl LokiReceiver {
 
     /// Waits until `selector` has at least `n` entries; false on timeout.
     pub async fn wait_for_entries(&self, selector: &str, n: usize, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.shared.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.entries(selector).len() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.entries(selector).len() >= n;
-            }
-        }
+        super::wait_notified(&self.shared.changed, timeout, || {
+            self.entries(selector).len() >= n
+        })
+        .await
     }
 
     async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Inner) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Registered before the check, so a change between the check and the
-            // wait still wakes us.
-            let notified = self.shared.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cond(&self.shared.lock()) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return cond(&self.shared.lock());
-            }
-        }
+        super::wait_notified(&self.shared.changed, timeout, || cond(&self.shared.lock())).await
     }
 }
 

@@ -56,6 +56,28 @@ where
     }
 }
 
+/// Waits until `cond` holds, re-checking each time `changed` is notified, until
+/// `timeout` passes; returns whether it held. The wake-up is registered before
+/// each check, so a change between the check and the wait still wakes it.
+pub async fn wait_notified(
+    changed: &tokio::sync::Notify,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if cond() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return cond();
+        }
+    }
+}
+
 /// Binds `addr`, retrying briefly: a port just released may take a moment to be
 /// free again.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -292,19 +292,7 @@ impl OtlpReceiver {
     }
 
     async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Inner) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Registered before the check, so a change in between still wakes us.
-            let notified = self.shared.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cond(&self.shared.lock()) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return cond(&self.shared.lock());
-            }
-        }
+        super::wait_notified(&self.shared.changed, timeout, || cond(&self.shared.lock())).await
     }
 }
 
