@@ -37,6 +37,41 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The agent's threads, and each mapping holding 64 KiB or more (and how much of
+/// that is anonymous), for `WISP_BENCH_SMAPS=1`: where idle memory goes.
+fn print_memory_map(pid: u32) {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            eprintln!("thread: {}", comm.trim());
+        }
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let mut name = String::new();
+    let mut rss = 0u64;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        let kib = || -> u64 {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        if first.contains('-') && !first.ends_with(':') {
+            // "start-end perms offset dev inode [path]"
+            let perms = words.next().unwrap_or("");
+            name = format!("{perms} {}", words.nth(3).unwrap_or("[anonymous]"));
+        } else if first == "Rss:" {
+            rss = kib();
+        } else if first == "Anonymous:" && rss >= 64 {
+            eprintln!("smaps: {rss:>6} KiB ({:>6} KiB anonymous) {name}", kib());
+        }
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("WISP_BENCH_LINES")
         .ok()
@@ -58,19 +93,7 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-        for i in 0..n {
-            writeln!(
-                w,
-                r#"{{"level":30,"time":{},"pid":4242,"hostname":"refly-vm","reqId":"req-{:08}","msg":"request completed","responseTime":12,"url":"/v1/canvas/sync"}}"#,
-                now_ms + (i as u128 / 1000),
-                i
-            )
-            .unwrap();
-        }
-    }
-    let bytes = std::fs::metadata(&file).unwrap().len();
+    std::fs::File::create(&file).unwrap();
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -113,7 +136,6 @@ multiline = "none"
     } else {
         Command::new(bin)
     };
-    let started = Instant::now();
     let mut child = cmd
         .args(["run", "--log-level", "warn", "--config"])
         .arg(&config)
@@ -124,6 +146,28 @@ multiline = "none"
         .spawn()
         .unwrap();
     let pid = child.id();
+    // A fresh agent, started and idle: it has found the file, nothing to ship yet.
+    std::thread::sleep(Duration::from_secs(3));
+    let fresh = status_kib(pid, "VmRSS:");
+    let started = Instant::now();
+    {
+        let mut w = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap(),
+        );
+        for i in 0..n {
+            writeln!(
+                w,
+                r#"{{"level":30,"time":{},"pid":4242,"hostname":"refly-vm","reqId":"req-{:08}","msg":"request completed","responseTime":12,"url":"/v1/canvas/sync"}}"#,
+                now_ms + (i as u128 / 1000),
+                i
+            )
+            .unwrap();
+        }
+    }
+    let bytes = std::fs::metadata(&file).unwrap().len();
     let done = rt.block_on(loki.wait_for_unique(n, Duration::from_secs(300)));
     let took = started.elapsed();
     let peak = status_kib(pid, "VmHWM:");
@@ -133,6 +177,9 @@ multiline = "none"
     std::thread::sleep(Duration::from_secs(5));
     let idle = status_kib(pid, "VmRSS:");
     let idle_anon = status_kib(pid, "RssAnon:");
+    if std::env::var_os("WISP_BENCH_SMAPS").is_some() {
+        print_memory_map(pid);
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -162,7 +209,8 @@ multiline = "none"
         receiver_cpu.unwrap_or(0.0)
     );
     println!(
-        "ship: agent peak RSS {:.1} MiB while shipping, {:.1} MiB at idle ({:.1} MiB of it anonymous, the rest the binary's pages); {} pushes",
+        "ship: agent RSS {:.1} MiB fresh and idle, {:.1} MiB peak while shipping, {:.1} MiB idle 5 s after ({:.1} MiB of it anonymous, the rest the binary's pages); {} pushes",
+        fresh.unwrap_or(0) as f64 / 1024.0,
         peak.unwrap_or(0) as f64 / 1024.0,
         idle.unwrap_or(0) as f64 / 1024.0,
         idle_anon.unwrap_or(0) as f64 / 1024.0,

@@ -238,6 +238,8 @@ fn spool_batches(
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
+                // A second without records: the burst is over.
+                writer.release_memory();
                 if let Err(e) = writer.sync_if_due() {
                     tracing::warn!("cannot fsync the buffer: {e}");
                 }

@@ -137,6 +137,19 @@ fn batches_respect_the_record_and_byte_limits_and_keep_append_order() {
 }
 
 #[test]
+fn appends_after_the_writer_released_its_memory_go_on_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r) = open(dir.path());
+    w.append(&recs(0..4096)).unwrap();
+    w.release_memory();
+    w.append(&recs(4096..4100)).unwrap();
+    w.release_memory();
+    w.release_memory();
+    w.append(&recs(4100..4200)).unwrap();
+    assert_records(&read_all(&mut r), &recs(0..4200), "across releases");
+}
+
+#[test]
 fn a_restart_resumes_after_the_acknowledged_position() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -851,6 +851,13 @@ impl SpoolWriter {
         self.sync().map(|()| true)
     }
 
+    /// Hands the encoding buffer back to the allocator. Call it when appends pause:
+    /// a burst grows the buffer to the size of its largest group (about 1 MiB), and
+    /// an idle agent should not keep that.
+    pub fn release_memory(&mut self) {
+        self.buf = Vec::new();
+    }
+
     /// Whether appended data awaits an fsync (only with [`FsyncPolicy::Interval`]).
     pub fn sync_pending(&self) -> bool {
         self.unsynced
