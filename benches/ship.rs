@@ -1,4 +1,4 @@
-//! End-to-end benchmark (issue 5): Pino lines of about 200 bytes appended to a file,
+//! End-to-end benchmark (issue 5): Pino lines of about 200 bytes (201 with the newline) appended to a file,
 //! tailed, parsed, spooled (fsync per batch) and pushed as protobuf + snappy to the
 //! fake Loki on loopback. The agent is the release binary, pinned to one core
 //! (`taskset -c 0` when available); the receiver runs in this process.
@@ -160,7 +160,7 @@ multiline = "none"
         for i in 0..n {
             writeln!(
                 w,
-                r#"{{"level":30,"time":{},"pid":4242,"hostname":"refly-vm","reqId":"req-{:08}","msg":"request completed","responseTime":12,"url":"/v1/canvas/sync"}}"#,
+                r#"{{"level":30,"time":{},"pid":4242,"hostname":"refly-vm","reqId":"req-{:08}","msg":"request completed","res":{{"statusCode":200}},"responseTime":12,"url":"/v1/canvas/sync?canvasId=c-7f3a9b"}}"#,
                 now_ms + (i as u128 / 1000),
                 i
             )
