@@ -50,12 +50,18 @@ fn init_logging(level: Option<&str>) {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let loaded = config::load(cli.config.as_deref(), &ProcessEnv)?;
+    let path = cli.config.as_deref();
     match cli.command {
-        Command::Config(ConfigCommand::Check) => config_check(&loaded),
-        Command::Run(args) => runtime()?.block_on(run(loaded, args)),
-        Command::Probe(args) => runtime()?.block_on(probe(loaded, args)),
-        Command::Exec(args) => exec(loaded, args),
+        Command::Exec(args) => exec(path, args),
+        Command::Config(ConfigCommand::Check) => config_check(&config::load(path, &ProcessEnv)?),
+        Command::Run(args) => {
+            let loaded = config::load(path, &ProcessEnv)?;
+            runtime()?.block_on(run(loaded, args))
+        }
+        Command::Probe(args) => {
+            let loaded = config::load(path, &ProcessEnv)?;
+            runtime()?.block_on(probe(loaded, args))
+        }
     }
 }
 
@@ -146,9 +152,15 @@ async fn probe(loaded: Loaded, args: ProbeArgs) -> Result<ExitCode> {
     Ok(discovery::probe(&loaded, &args, &Inputs::default()).await?)
 }
 
-fn exec(_loaded: Loaded, args: ExecArgs) -> Result<ExitCode> {
-    anyhow::bail!(
-        "`wisp-agent exec` is not built yet: run `{}` directly for now",
-        args.command.join(" ")
-    )
+/// `exec`: telemetry never stops the command, so a configuration that cannot be
+/// loaded is a warning here, not exit 2, and the command runs uncaptured.
+fn exec(config_path: Option<&std::path::Path>, args: ExecArgs) -> Result<ExitCode> {
+    let config = match config::load(config_path, &ProcessEnv) {
+        Ok(loaded) => Some(loaded.config),
+        Err(e) => {
+            eprintln!("wisp-agent exec: {e}; running the command without capturing its output");
+            None
+        }
+    };
+    Ok(runtime()?.block_on(crate::source::exec::run(config, args)))
 }

@@ -14,12 +14,13 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Loaded, ProcessEnv};
+use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
+use crate::source::exec;
 use crate::source::file::{self, TailSettings};
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
@@ -53,6 +54,14 @@ pub fn log_tailed_files(config: &Config) {
             list
         );
     }
+}
+
+/// The configured `[[files]]` plus the built-in entry for `wisp-agent exec`'s
+/// captures under `state_dir`.
+fn files_with_captures(config: &Config, state_dir: &std::path::Path) -> Vec<FileConfig> {
+    let mut files = config.files.clone();
+    files.push(exec::capture_entry(state_dir));
+    files
 }
 
 /// Runs the transform stage: parses every source batch and passes it on. Ends when
@@ -101,7 +110,11 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings::new(config.files.clone(), state.0.clone());
+    // `exec` captures are shown too, read from where the daemon finds them.
+    let settings = TailSettings::new(
+        files_with_captures(&config, &config.agent.state_dir),
+        state.0.clone(),
+    );
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let console = tokio::task::spawn_blocking(move || {
@@ -187,7 +200,13 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings::new(config.files.clone(), state_dir.clone());
+    if let Err(e) = exec::prepare_capture_dir(&state_dir) {
+        tracing::warn!(
+            "cannot create {} ({e}): output of `wisp-agent exec` is not shipped",
+            state_dir.join(exec::CAPTURE_DIR).display()
+        );
+    }
+    let settings = TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone());
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let spooling = {

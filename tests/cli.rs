@@ -146,16 +146,6 @@ fn environment_overrides_are_applied_and_reported() {
 }
 
 #[test]
-fn exec_says_plainly_that_it_is_not_built_yet() {
-    let o = agent()
-        .args(["exec", "--config", "/dev/null", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("not built yet"), "{}", stderr(&o));
-}
-
-#[test]
 fn run_with_a_missing_token_file_is_a_configuration_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(

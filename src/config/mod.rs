@@ -390,6 +390,10 @@ pub struct FileConfig {
     pub labels: BTreeMap<String, String>,
     /// JSON fields promoted to labels (bounded by `agent.max_label_values`).
     pub label_fields: Vec<String>,
+    /// The built-in entry for `exec` captures: each file's `job` and labels come
+    /// from its sidecar (see `source::exec`), not from this entry. Not a key.
+    #[serde(skip)]
+    pub exec_captures: bool,
 }
 
 impl Default for FileConfig {
@@ -407,6 +411,7 @@ impl Default for FileConfig {
             multiline_max_lines: 500,
             labels: BTreeMap::new(),
             label_fields: Vec::new(),
+            exec_captures: false,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Sources: where records come from.
 
+pub mod exec;
 pub mod file;
 pub mod multiline;
 pub mod terminal;

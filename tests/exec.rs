@@ -1,0 +1,272 @@
+//! `wisp-agent exec -- CMD` as a user sees it: the command's output passes through
+//! unchanged, its exit status is exec's, and what it printed reaches Loki through
+//! the daemon with `job` = `--name` and the `--label`s, whether the daemon ran at
+//! the time or started later. Captures the daemon has shipped are deleted by the
+//! next exec.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use support::agent::Setup;
+use support::loki::LokiReceiver;
+use support::{agent_command, wait_until, DEADLINE};
+
+fn exec(config: &Path, args: &[&str]) -> Output {
+    agent_command()
+        .arg("exec")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn capture_dir(setup: &Setup) -> PathBuf {
+    setup.dir.path().join("state").join("exec")
+}
+
+/// Files in the capture directory with the given extension.
+fn captures(setup: &Setup, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(capture_dir(setup))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The offset `positions.json` holds for `file`.
+fn acknowledged(positions: &Path, file: &Path) -> Option<u64> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(positions).ok()?).ok()?;
+    doc["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"].as_str() == file.to_str())?["offset"]
+        .as_u64()
+}
+
+fn pino(level: u8, msg: &str) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(r#"{{"level":{level},"time":{now_ms},"pid":1,"hostname":"vm","msg":"{msg}"}}"#)
+}
+
+#[tokio::test]
+async fn the_exit_status_is_the_commands_own() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let cases: [(&[&str], i32); 4] = [
+        (&["--", "true"], 0),
+        (&["--", "sh", "-c", "exit 3"], 3),
+        (&["--", "sh", "-c", "kill -TERM $$"], 128 + 15),
+        (&["--", "sh", "-c", "kill -KILL $$"], 128 + 9),
+    ];
+    for (args, code) in cases {
+        let out = exec(&setup.config, args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+    }
+    let out = exec(&setup.config, &["--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-command-here: command not found"),
+        "{err}"
+    );
+    let not_executable = setup.dir.path().join("script.sh");
+    std::fs::write(&not_executable, "#!/bin/sh\necho hi\n").unwrap();
+    let out = exec(&setup.config, &["--", not_executable.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126));
+}
+
+#[tokio::test]
+async fn output_passes_through_unchanged() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let out = exec(
+        &setup.config,
+        &[
+            "--",
+            "sh",
+            "-c",
+            r#"printf 'one\n\033[31mred\033[0m\r\nno newline'; printf 'err\000bin\n' >&2"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"one\n\x1b[31mred\x1b[0m\r\nno newline");
+    assert_eq!(out.stderr, b"err\0bin\n");
+}
+
+#[tokio::test]
+async fn output_reaches_loki_with_the_name_and_labels_given() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let mut agent = setup.start();
+    let error = pino(50, "iteration failed");
+    let script = format!("echo '{error}'; echo 'plain words' >&2; exit 1");
+    let out = exec(
+        &setup.config,
+        &[
+            "--name", "ralph", "--label", "iter=3", "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        loki.wait_for_entries(r#"{job="ralph"}"#, 2, DEADLINE).await,
+        "exec output not shipped; streams: {:?}\n{}",
+        loki.streams(),
+        agent.log()
+    );
+    assert_eq!(
+        loki.lines(r#"{job="ralph", iter="3", level="error", host="vm-test"}"#),
+        vec![error]
+    );
+    assert_eq!(
+        loki.lines(r#"{job="ralph", iter="3", level="unknown"}"#),
+        vec!["plain words".to_string()]
+    );
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn output_captured_while_the_daemon_is_down_is_shipped_when_it_starts() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    for i in 0..3 {
+        let line = pino(30, &format!("iteration {i}"));
+        let out = exec(&setup.config, &["--", "echo", &line]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+    // Nothing ran to ship them, and nothing was deleted: they were never shipped.
+    assert_eq!(captures(&setup, "log").len(), 3);
+    let mut agent = setup.start();
+    assert!(
+        loki.wait_for_entries(r#"{job="exec"}"#, 3, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    let lines = loki.lines(r#"{job="exec"}"#);
+    for i in 0..3 {
+        assert!(lines.iter().any(|l| l.contains(&format!("iteration {i}"))));
+    }
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn the_next_exec_deletes_captures_the_daemon_has_shipped() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let mut agent = setup.start();
+    let out = exec(&setup.config, &["--", "echo", &pino(30, "first")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(loki.wait_for_entries(r#"{job="exec"}"#, 1, DEADLINE).await);
+    let first = captures(&setup, "log");
+    assert_eq!(first.len(), 1);
+    // The checkpoint moves once the spool has the line: wait for it on disk.
+    let positions = setup.dir.path().join("state").join("positions.json");
+    let size = std::fs::metadata(&first[0]).unwrap().len();
+    assert!(
+        wait_until(DEADLINE, || acknowledged(&positions, &first[0])
+            == Some(size))
+        .await,
+        "checkpoint of the capture never reached {size}"
+    );
+    let out = exec(&setup.config, &["--", "echo", &pino(30, "second")]);
+    assert_eq!(out.status.code(), Some(0));
+    let now = captures(&setup, "log");
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, first, "the shipped capture is gone, the new one stays");
+    assert_eq!(captures(&setup, "json").len(), 1);
+    assert!(loki.wait_for_entries(r#"{job="exec"}"#, 2, DEADLINE).await);
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_to_exec_reaches_the_command() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let mut child = agent_command()
+        .arg("exec")
+        .arg("--config")
+        .arg(&setup.config)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while !seen.ends_with(b"ready\n") {
+        assert!(Instant::now() < deadline, "the command never started");
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "exec closed stdout early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7));
+    assert_eq!(rest, "got TERM\n");
+}
+
+#[tokio::test]
+async fn a_configuration_that_cannot_be_read_does_not_stop_the_command() {
+    let out = agent_command()
+        .args([
+            "exec",
+            "--config",
+            "/nonexistent/wisp.toml",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("echo still runs; exit 5")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(out.stdout, b"still runs\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/wisp.toml"), "{err}");
+    assert!(err.contains("without capturing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_capture_directory_that_cannot_be_written_leaves_the_command_running() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    // The state dir is a file: nothing can be created under it.
+    let blocked = setup.dir.path().join("state");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let out = agent_command()
+        .args(["exec", "--config"])
+        .arg(&setup.config)
+        .args(["--", "echo", "fine"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"fine\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot capture the output"), "{err}");
+}
