@@ -270,3 +270,38 @@ async fn a_capture_directory_that_cannot_be_written_leaves_the_command_running()
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot capture the output"), "{err}");
 }
+
+#[tokio::test]
+async fn the_command_gets_the_runs_traceparent_and_the_sidecar_records_the_run() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let out = exec(
+        &setup.config,
+        &[
+            "--name",
+            "ralph",
+            "--",
+            "sh",
+            "-c",
+            "echo $TRACEPARENT; exit 4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let traceparent = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let json = captures(&setup, "json");
+    assert_eq!(json.len(), 1);
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json[0]).unwrap()).unwrap();
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-01",
+            sidecar["trace_id"].as_str().unwrap(),
+            sidecar["span_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(traceparent.len(), 55, "{traceparent}");
+    assert_eq!(sidecar["job"], "ralph");
+    assert_eq!(sidecar["exit"], 4);
+    assert!(sidecar["ended_ms"].as_u64() >= sidecar["started_ms"].as_u64());
+}

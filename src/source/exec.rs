@@ -68,6 +68,32 @@ pub struct Sidecar {
     /// The command's exit status (128+N for signal N), once it ended.
     #[serde(default)]
     pub exit: Option<i32>,
+    /// When it ended.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// The run's trace and span ids (lowercase hex), also handed to the command as
+    /// `TRACEPARENT` so the spans it makes become children of the run.
+    #[serde(default)]
+    pub trace_id: String,
+    #[serde(default)]
+    pub span_id: String,
+}
+
+impl Sidecar {
+    /// The W3C `traceparent` of the run (sampled).
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+}
+
+/// `n` random bytes as lowercase hex, never all zero (an invalid W3C id).
+fn random_id(n: usize) -> String {
+    loop {
+        let bytes: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
+        if bytes.iter().any(|&b| b != 0) {
+            return bytes.iter().map(|b| format!("{b:02x}")).collect();
+        }
+    }
 }
 
 /// The daemon's built-in `[[files]]` entry for the captures under `state_dir`.
@@ -244,6 +270,7 @@ impl Capture {
             let _ = file.sync_data();
         }
         self.sidecar.exit = Some(exit);
+        self.sidecar.ended_ms = Some(now_ms());
         if let Err(e) = write_sidecar(&self.json, &self.sidecar) {
             warn(&format!("cannot update {} ({e})", self.json.display()));
         }
@@ -370,6 +397,9 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
             pid: std::process::id(),
             started_ms: now_ms(),
             exit: None,
+            ended_ms: None,
+            trace_id: random_id(16),
+            span_id: random_id(8),
         };
         match Capture::create(&dirs, sidecar) {
             Ok(c) => {
@@ -391,7 +421,13 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         }
     });
 
-    let spawned = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    if let Some(c) = &capture {
+        if let Ok(c) = c.lock() {
+            command.env("TRACEPARENT", c.sidecar.traceparent());
+        }
+    }
+    let spawned = command
         .args(program_args)
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -504,6 +540,29 @@ mod tests {
     }
 
     #[test]
+    fn a_traceparent_is_w3c_shaped() {
+        let s = Sidecar {
+            job: "exec".into(),
+            labels: BTreeMap::new(),
+            command: vec![],
+            pid: 1,
+            started_ms: 0,
+            exit: None,
+            ended_ms: None,
+            trace_id: random_id(16),
+            span_id: random_id(8),
+        };
+        let tp = s.traceparent();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4, "{tp}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert!(tp
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
     fn lines_split_across_chunks_come_out_whole() {
         assert_eq!(cut(&[b"ab", b"c\nde", b"f\n", b"g"]), b"abc\ndef\ng\n");
         assert_eq!(cut(&[b"\n\n"]), b"\n\n");
@@ -540,6 +599,9 @@ mod tests {
             pid: 2,
             started_ms: 1,
             exit: None,
+            ended_ms: None,
+            trace_id: random_id(16),
+            span_id: random_id(8),
         };
         write_sidecar(&log.with_extension("json"), &sidecar).unwrap();
         assert_eq!(
