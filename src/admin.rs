@@ -132,7 +132,7 @@ pub async fn start(
                 }
             }
         };
-        let local = listener.local_addr().map_or(addr, |a| a);
+        let local = listener.local_addr().unwrap_or(addr);
         tracing::info!("admin endpoint: http://{local}/metrics and http://{local}/healthz");
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(cancel.cancelled_owned())
