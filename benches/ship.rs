@@ -5,7 +5,9 @@
 //!
 //! Prints lines/s end to end, the agent's peak RSS while shipping (VmHWM) and its
 //! RSS at idle afterwards, and the spool's fsync count. `cargo bench --bench ship`;
-//! `WISP_BENCH_LINES` sets the line count (default 500000).
+//! `WISP_BENCH_LINES` sets the line count (default 500000). `WISP_BENCH_ADMIN=1`
+//! turns the admin endpoint on and scrapes `/metrics` when fresh, after the burst
+//! and at idle, as Prometheus would (it is off otherwise).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -72,6 +74,27 @@ fn print_memory_map(pid: u32) {
     }
 }
 
+/// `GET path` over a fresh connection; the body, if the answer was 200.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// One sample's value from a `/metrics` page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn main() {
     let n: usize = std::env::var("WISP_BENCH_LINES")
         .ok()
@@ -94,6 +117,14 @@ fn main() {
         .unwrap()
         .as_millis();
     std::fs::File::create(&file).unwrap();
+    // A free port for the admin endpoint (bound and released: a small race,
+    // fine for a benchmark).
+    let admin = std::env::var_os("WISP_BENCH_ADMIN").map(|_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    });
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -113,7 +144,7 @@ http = ""
 [host_metrics]
 enabled = false
 [admin]
-listen = ""
+listen = "{admin}"
 [[files]]
 name = "api"
 paths = ["{file}"]
@@ -123,6 +154,7 @@ multiline = "none"
             state = dir.path().join("state").display(),
             port = loki.addr().port(),
             file = file.display(),
+            admin = admin.map(|a| a.to_string()).unwrap_or_default(),
         ),
     )
     .unwrap();
@@ -148,6 +180,12 @@ multiline = "none"
     let pid = child.id();
     // A fresh agent, started and idle: it has found the file, nothing to ship yet.
     std::thread::sleep(Duration::from_secs(3));
+    if let Some(addr) = admin {
+        assert!(
+            http_get(addr, "/metrics").is_some(),
+            "no /metrics on {addr}"
+        );
+    }
     let fresh = status_kib(pid, "VmRSS:");
     let started = Instant::now();
     {
@@ -173,10 +211,14 @@ multiline = "none"
     let peak = status_kib(pid, "VmHWM:");
     let cpu = cpu_seconds(pid);
     let receiver_cpu = cpu_seconds(std::process::id());
+    if let Some(addr) = admin {
+        let _ = http_get(addr, "/metrics");
+    }
     // Idle: nothing written for a few seconds.
     std::thread::sleep(Duration::from_secs(5));
     let idle = status_kib(pid, "VmRSS:");
     let idle_anon = status_kib(pid, "RssAnon:");
+    let page = admin.and_then(|addr| http_get(addr, "/metrics"));
     if std::env::var_os("WISP_BENCH_SMAPS").is_some() {
         print_memory_map(pid);
     }
@@ -216,4 +258,13 @@ multiline = "none"
         idle_anon.unwrap_or(0) as f64 / 1024.0,
         loki.pushes()
     );
+    match (admin, page) {
+        (None, _) => println!("ship: admin endpoint off (WISP_BENCH_ADMIN=1 turns it on)"),
+        (Some(addr), Some(page)) => println!(
+            "ship: admin endpoint on {addr}, scraped fresh, after the burst and at idle; it reports {} records shipped, RSS {:.1} MiB",
+            sample(&page, "wisp_loki_records_shipped_total").unwrap_or(-1.0),
+            sample(&page, "process_resident_memory_bytes").unwrap_or(0.0) / 1048576.0
+        ),
+        (Some(addr), None) => println!("ship: admin endpoint on {addr} did not answer at idle"),
+    }
 }

@@ -5,6 +5,7 @@
 //! durable buffer, so nothing is lost while the host is away. `src/main.rs` is a
 //! thin shell over this library; `docs/ARCHITECTURE.md` describes the pipeline.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AgentHealth, Sources};
 use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
@@ -180,14 +181,38 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     tracing::info!("buffer: {}", writer.dir().display());
 
     let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
-    let counters = Arc::new(LokiCounters::default());
+    let loki_counters = Arc::new(LokiCounters::default());
+    let transformer = Transformer::new(ParseSettings::from_config(&config));
+    if let Err(e) = exec::prepare_capture_dir(&state_dir) {
+        tracing::warn!(
+            "cannot create {} ({e}): output of `wisp-agent exec` is not shipped",
+            state_dir.join(exec::CAPTURE_DIR).display()
+        );
+    }
+    let settings = TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone());
+    let agent_health = Arc::new(AgentHealth::default());
+    let admin = admin::start(
+        &config.admin.listen,
+        &loaded.origin.to_string(),
+        Sources {
+            tail: settings.counters.clone(),
+            parse: transformer.counters(),
+            spool: writer.counters(),
+            loki: loki_counters.clone(),
+            spool_max_bytes: config.buffer.max_bytes.bytes(),
+            host: host.clone(),
+            health: agent_health.clone(),
+        },
+        cancel.clone(),
+    )
+    .await?;
     let sink = LokiSink {
         settings: LokiSinkSettings::from_config(&config.loki),
         client,
         reader,
         host,
         health,
-        counters,
+        counters: loki_counters,
     };
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -199,20 +224,14 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
-    let transformer = Transformer::new(ParseSettings::from_config(&config));
-    if let Err(e) = exec::prepare_capture_dir(&state_dir) {
-        tracing::warn!(
-            "cannot create {} ({e}): output of `wisp-agent exec` is not shipped",
-            state_dir.join(exec::CAPTURE_DIR).display()
-        );
-    }
-    let settings = TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone());
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let spooling = {
         let cancel = cancel.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || spool_batches(batch_rx, writer, cancel, runtime))
+        tokio::task::spawn_blocking(move || {
+            spool_batches(batch_rx, writer, &agent_health, cancel, runtime)
+        })
     };
 
     let tailed = tail.await.context("the file tailer stopped")?;
@@ -232,6 +251,10 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             let _ = shipping.await;
         }
     }
+    if let Some(admin) = admin {
+        // It stopped with `cancel`; a scrape still in flight gets a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+    }
     tailed.context("cannot tail files")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
@@ -245,6 +268,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 fn spool_batches(
     mut rx: mpsc::Receiver<Batch>,
     mut writer: SpoolWriter,
+    health: &AgentHealth,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
 ) {
@@ -283,6 +307,7 @@ fn spool_batches(
                 Ok(()) => {
                     if failing {
                         tracing::info!("the buffer takes records again");
+                        health.buffer_recovered();
                         failing = false;
                     }
                     batch.ack.done();
@@ -300,6 +325,7 @@ fn spool_batches(
                             "cannot buffer {} record(s): {e}{hint}; reading is paused and nothing is lost",
                             batch.records.len()
                         );
+                        health.buffer_failing(format!("{e}{hint}"));
                         failing = true;
                     }
                     if cancel.is_cancelled() {

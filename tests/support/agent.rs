@@ -34,6 +34,11 @@ impl Agent {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -124,6 +129,18 @@ poll_interval = "100ms"
         );
         std::fs::write(&config, text).unwrap();
         Setup { dir, config }
+    }
+
+    /// Sets `[admin] listen` (the harness default is `""`, disabled).
+    pub fn set_admin_listen(&self, listen: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("[admin]\nlisten = \"\""), "{text}");
+        let text = text.replacen(
+            "[admin]\nlisten = \"\"",
+            &format!("[admin]\nlisten = {listen:?}"),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {

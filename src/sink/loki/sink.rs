@@ -62,6 +62,9 @@ pub struct LokiCounters {
     /// Push round trips that got an answer, and their total time.
     pub pushes: AtomicU64,
     pub push_micros: AtomicU64,
+    /// When Loki last took a push (2xx), in milliseconds since the Unix epoch;
+    /// 0 until the first one.
+    pub last_push_unix_millis: AtomicU64,
     /// Records dropped because Loki rejected them, by HTTP status.
     pub records_dropped: Mutex<BTreeMap<u16, u64>>,
     pub batches_dropped: Mutex<BTreeMap<u16, u64>>,
@@ -69,7 +72,8 @@ pub struct LokiCounters {
 }
 
 impl LokiCounters {
-    /// `(name, labels, value)` triples in the admin endpoint's naming.
+    /// `(name{labels}, value)` pairs in the admin endpoint's naming
+    /// (`wisp_loki_last_push_timestamp_seconds` is a gauge).
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out = vec![
             (
@@ -93,8 +97,12 @@ impl LokiCounters {
                 self.pushes.load(Ordering::Relaxed) as f64,
             ),
             (
-                "wisp_loki_push_seconds_sum".to_string(),
+                "wisp_loki_push_seconds_total".to_string(),
                 self.push_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "wisp_loki_last_push_timestamp_seconds".to_string(),
+                self.last_push_unix_millis.load(Ordering::Relaxed) as f64 / 1e3,
             ),
         ];
         if let Ok(m) = self.records_dropped.lock() {
@@ -303,6 +311,10 @@ async fn deliver(
                 c.records_shipped
                     .fetch_add(push.entries as u64, Ordering::Relaxed);
                 c.batches_shipped.fetch_add(1, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                c.last_push_unix_millis.store(now, Ordering::Relaxed);
                 if backoff.attempts() > 0 {
                     tracing::info!("loki at {url} takes pushes again");
                 }
