@@ -2,4 +2,5 @@
 
 pub mod file;
 pub mod multiline;
+pub mod otlp;
 pub mod terminal;
