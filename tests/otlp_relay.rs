@@ -199,7 +199,7 @@ fn span_names(collector: &OtlpReceiver) -> Vec<String> {
 async fn a_span_sent_over_grpc_reaches_the_collector_intact() {
     let collector = OtlpReceiver::start().await;
     let relay = Relay::new(&collector, "grpc", None);
-    let (agent, grpc, _) = relay.start().await;
+    let (mut agent, grpc, _) = relay.start().await;
     send_grpc_span(grpc, "GET /items", 0xab).await;
     assert!(
         collector.wait_for_spans(1, DEADLINE).await,
@@ -221,6 +221,12 @@ async fn a_span_sent_over_grpc_reaches_the_collector_intact() {
         ])
     );
     assert_eq!(collector.transports(), [Transport::Grpc]);
+    assert!(
+        agent.log().contains("the [[files]] entries are not tailed"),
+        "with loki disabled the log says files are not tailed:\n{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(
         collector.last_headers().get("x-relay-test").unwrap(),
         "yes",
@@ -450,4 +456,103 @@ async fn the_exporter_speaks_http_protobuf_and_http_json_for_all_three_signals()
         );
         assert_eq!(collector.last_headers().get("x-relay-test").unwrap(), "yes");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_export_is_dropped_logged_once_and_later_data_flows() {
+    for (protocol, cause) in [
+        ("grpc", "grpc_invalid_argument"),
+        ("http/protobuf", "http_400"),
+    ] {
+        let collector = OtlpReceiver::start().await;
+        let relay = Relay::new(&collector, protocol, None);
+        let (agent, grpc, _) = relay.start().await;
+        collector.reject_next(1);
+        send_grpc_span(grpc, "refused", 0x55).await;
+        assert!(
+            collector.wait_for_exports(1, DEADLINE).await,
+            "{protocol}: agent log:\n{}",
+            agent.log()
+        );
+        send_grpc_span(grpc, "taken", 0x66).await;
+        assert!(
+            collector.wait_for_spans(1, DEADLINE).await,
+            "{protocol}: agent log:\n{}",
+            agent.log()
+        );
+        assert_eq!(span_names(&collector), ["taken"], "{protocol}");
+        let log = agent.log();
+        assert_eq!(
+            log.matches(&format!("({cause}); dropping them")).count(),
+            1,
+            "{protocol}: the refusal is logged once with its cause:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_collector_is_retried_until_it_takes_the_export() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let collector = OtlpReceiver::start().await;
+        let relay = Relay::new(&collector, protocol, None);
+        let (agent, grpc, _) = relay.start().await;
+        collector.fail_next(2);
+        send_grpc_span(grpc, "retried", 0x77).await;
+        assert!(
+            collector.wait_for_spans(1, Duration::from_secs(20)).await,
+            "{protocol}: agent log:\n{}",
+            agent.log()
+        );
+        assert!(
+            collector.exports() >= 3,
+            "{protocol}: {}",
+            collector.exports()
+        );
+        assert_eq!(span_names(&collector), ["retried"], "{protocol}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_port_in_use_is_an_error_naming_the_key() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(&relay.config).unwrap().replace(
+        "grpc = \"127.0.0.1:0\"",
+        &format!("grpc = \"{}\"", taken.local_addr().unwrap()),
+    );
+    std::fs::write(&relay.config, text).unwrap();
+    let out = support::agent_command()
+        .args(["run", "--config"])
+        .arg(&relay.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("receiver.grpc") && stderr.contains("\"\" to disable"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_export_disabled_the_receivers_do_not_listen() {
+    let collector = OtlpReceiver::start().await;
+    let loki = LokiReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", Some(&loki));
+    let text = std::fs::read_to_string(&relay.config)
+        .unwrap()
+        .replace("[otlp]\n", "[otlp]\nenabled = false\n");
+    std::fs::write(&relay.config, text).unwrap();
+    let mut agent = Agent::start(&relay.config, &relay.stderr_path());
+    assert!(
+        wait_until(DEADLINE, || agent.log().contains(
+            "receivers (receiver.grpc, receiver.http) are not started"
+        ))
+        .await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
+    assert!(!agent.log().contains("listening on"), "{}", agent.log());
 }
