@@ -78,6 +78,15 @@ impl OtlpRelay {
             writer.dir().display()
         );
 
+        // The receivers first: the exporter must know their bound addresses to
+        // refuse exporting to them.
+        let receiver_counters = Arc::new(ReceiverCounters::default());
+        let (intake, spooling) = Intake::start(writer, receiver_counters.clone());
+        let receivers = Receivers::start(&config.receiver, intake, cancel).await?;
+        let settings = OtlpSinkSettings {
+            own_receivers: receivers.addrs().to_vec(),
+            ..settings
+        };
         let counters = Arc::new(OtlpCounters::default());
         let drain = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -93,16 +102,6 @@ impl OtlpRelay {
             drain.clone(),
             stop.clone(),
         ));
-        let receiver_counters = Arc::new(ReceiverCounters::default());
-        let (intake, spooling) = Intake::start(writer, receiver_counters.clone());
-        let receivers = match Receivers::start(&config.receiver, intake, cancel).await {
-            Ok(r) => r,
-            Err(e) => {
-                stop.cancel();
-                let _ = exporting.await;
-                return Err(e.into());
-            }
-        };
         Ok(Some(OtlpRelay {
             receivers,
             spooling,

@@ -20,6 +20,7 @@
 //!   message logged once per signal.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct OtlpSinkSettings {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// The agent's own receivers, as bound: exporting to one would loop.
+    pub own_receivers: Vec<SocketAddr>,
 }
 
 impl OtlpSinkSettings {
@@ -84,6 +87,7 @@ impl OtlpSinkSettings {
                 .collect(),
             timeout: c.timeout.get(),
             max_backoff: c.max_backoff.get(),
+            own_receivers: Vec::new(),
         }
     }
 }
@@ -347,6 +351,26 @@ impl OtlpClient {
             },
         }
     }
+}
+
+/// Whether `endpoint` names one of the agent's own receivers.
+pub(crate) fn loops_back(endpoint: &str, own: &[SocketAddr]) -> bool {
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return false;
+    };
+    let Some(port) = url.port_or_known_default() else {
+        return false;
+    };
+    let host = url
+        .host_str()
+        .unwrap_or("")
+        .trim_matches(|c| c == '[' || c == ']');
+    let ip = host.parse::<IpAddr>().ok();
+    let local = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+    own.iter().any(|a| {
+        a.port() == port
+            && ((local && (a.ip().is_loopback() || a.ip().is_unspecified())) || Some(a.ip()) == ip)
+    })
 }
 
 /// `{endpoint}/v1/{signal}`; an endpoint that already ends in a signal path has
@@ -633,9 +657,25 @@ async fn deliver(
             None => return false,
         };
         let endpoint = fill_host(&sink.settings.endpoint, &host);
-        let outcome = tokio::select! {
-            o = sink.client.export(&endpoint, export.signal, export.body.clone()) => o,
-            _ = stop.cancelled() => return false,
+        let outcome = if loops_back(&endpoint, &sink.settings.own_receivers) {
+            // Only known once `{host}` is filled in (the configuration check
+            // catches literal loops): keep the data, say what to change.
+            let reason = format!(
+                "otlp.endpoint {endpoint} is the agent's own OTLP receiver (a loop); \
+                 point otlp.endpoint at the host's collector, or move receiver.grpc / receiver.http"
+            );
+            if logged.insert("loop".into()) {
+                tracing::error!("{reason}; data waits in the buffer");
+            }
+            ExportOutcome::Retry {
+                after: None,
+                reason,
+            }
+        } else {
+            tokio::select! {
+                o = sink.client.export(&endpoint, export.signal, export.body.clone()) => o,
+                _ = stop.cancelled() => return false,
+            }
         };
         let c = &sink.counters;
         match outcome {
@@ -799,6 +839,23 @@ mod tests {
             classify_status(&Status::permission_denied("no")),
             ExportOutcome::Rejected { .. }
         ));
+    }
+
+    #[test]
+    fn an_endpoint_on_an_own_receiver_is_a_loop() {
+        let own: Vec<SocketAddr> = vec![
+            "127.0.0.1:4317".parse().unwrap(),
+            "0.0.0.0:4318".parse().unwrap(),
+        ];
+        assert!(loops_back("http://127.0.0.1:4317", &own));
+        assert!(loops_back("http://localhost:4318/v1/traces", &own));
+        assert!(!loops_back("http://127.0.0.1:14317", &own));
+        assert!(!loops_back("http://192.168.5.2:4317", &own));
+        assert!(
+            loops_back("http://192.168.5.2:4318", &own),
+            "0.0.0.0 listens there too"
+        );
+        assert!(!loops_back("not a url", &own));
     }
 
     #[test]

@@ -254,6 +254,7 @@ pub enum ReceiverError {
 /// The receivers, listening; [`Receivers::join`] waits until they stopped.
 pub struct Receivers {
     tasks: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
 }
 
 impl Receivers {
@@ -266,9 +267,11 @@ impl Receivers {
         cancel: CancellationToken,
     ) -> Result<Receivers, ReceiverError> {
         let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
         let relay = Relay { intake };
         if !config.grpc.is_empty() {
             let listener = bind(&config.grpc, "receiver.grpc", "gRPC").await?;
+            addrs.extend(listener.local_addr().ok());
             let router = tonic::transport::Server::builder()
                 .add_service(
                     TraceServiceServer::new(relay.clone())
@@ -295,6 +298,7 @@ impl Receivers {
         }
         if !config.http.is_empty() {
             let listener = bind(&config.http, "receiver.http", "HTTP").await?;
+            addrs.extend(listener.local_addr().ok());
             let app = Router::new()
                 .route("/v1/traces", post(http_traces))
                 .route("/v1/metrics", post(http_metrics))
@@ -311,7 +315,12 @@ impl Receivers {
                 }
             }));
         }
-        Ok(Receivers { tasks })
+        Ok(Receivers { tasks, addrs })
+    }
+
+    /// The addresses bound (port 0 resolved).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Waits until every listener stopped (after `cancel`) and let go of its
