@@ -116,7 +116,7 @@ impl OtlpRelay {
     /// After the cancellation token fired: waits for the receivers and the spool
     /// stage, then gives the exporter `grace` to ship what is left.
     pub async fn finish(self, grace: Duration) {
-        self.receivers.join().await;
+        self.receivers.join(grace).await;
         let _ = self.spooling.await;
         self.drain.cancel();
         let mut exporting = self.exporting;

@@ -323,11 +323,15 @@ impl Receivers {
         &self.addrs
     }
 
-    /// Waits until every listener stopped (after `cancel`) and let go of its
-    /// [`Intake`].
-    pub async fn join(self) {
-        for t in self.tasks {
-            let _ = t.await;
+    /// Waits until every listener stopped (after `cancel`: requests in flight are
+    /// answered) and let go of its [`Intake`]; after `limit`, stops them outright
+    /// (a client holding a request open must not hold up the shutdown).
+    pub async fn join(self, limit: Duration) {
+        for mut t in self.tasks {
+            if tokio::time::timeout(limit, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }
