@@ -296,6 +296,20 @@ async fn a_malformed_request_is_answered_400_and_the_receiver_keeps_working() {
     assert!(reason.contains("cannot decode"), "{reason}");
     let (status, reason) = post(http, "/v1/metrics", "text/plain", b"x".to_vec()).await;
     assert_eq!(status, 415, "{reason}");
+    let gzipped = reqwest::Client::new()
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status().as_u16(), 415);
+    assert!(gzipped
+        .text()
+        .await
+        .unwrap()
+        .contains("send the body uncompressed"));
 
     let (status, _) = post(
         http,
