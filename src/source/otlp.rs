@@ -66,8 +66,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Requests waiting for the spool at most; the bound on memory held for them.
 pub const PENDING_REQUESTS: usize = 64;
 
-/// The spool appends at most this many requests with one fsync.
+/// The spool appends at most this many requests, and about this many bytes
+/// (at least one request), with one fsync.
 const GROUP_COMMIT_REQUESTS: usize = 256;
+const GROUP_COMMIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// The receiver's counters (served by the admin endpoint).
 #[derive(Debug, Default)]
@@ -188,10 +190,14 @@ async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPay
                 continue;
             }
         };
+        let mut bytes = first.payload.body.len();
         let mut group = vec![first];
-        while group.len() < GROUP_COMMIT_REQUESTS {
+        while group.len() < GROUP_COMMIT_REQUESTS && bytes < GROUP_COMMIT_BYTES {
             match rx.try_recv() {
-                Ok(p) => group.push(p),
+                Ok(p) => {
+                    bytes += p.payload.body.len();
+                    group.push(p);
+                }
                 Err(_) => break,
             }
         }
