@@ -378,6 +378,19 @@ async fn a_span_acknowledged_before_a_kill_9_is_exported_after_the_restart() {
         agent.log()
     );
     assert!(span_names(&collector).contains(&"acknowledged then killed".to_string()));
+
+    // The tailer ships to Loki beside the relay.
+    std::fs::write(
+        relay.dir.path().join("logs").join("app.log"),
+        "{\"level\":30,\"msg\":\"beside the relay\"}\n",
+    )
+    .unwrap();
+    assert!(
+        loki.wait_for_unique(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert!(loki.all_entries()[0].line.contains("beside the relay"));
 }
 
 fn log_request(body: &str) -> ExportLogsServiceRequest {
