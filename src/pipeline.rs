@@ -134,7 +134,8 @@ const GROUP_COMMIT_RECORDS: usize = 4096;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// `run`: tails the configured files into the spool and ships the spool to Loki,
-/// until `cancel` fires; then drains (see [`DRAIN_GRACE`]) and returns.
+/// and relays local OTLP to the host's collector ([`OtlpRelay`]), until `cancel`
+/// fires; then drains both (see [`DRAIN_GRACE`]) and returns.
 pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
     let config = loaded.config;
     if !config.loki.enabled && !config.otlp.enabled {
