@@ -22,7 +22,7 @@ use crate::discovery::{Chosen, HostHealth};
 use crate::record::OtlpPayload;
 use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpSink, OtlpSinkSettings};
 use crate::source::otlp::{Intake, ReceiverCounters, Receivers};
-use crate::spool::{Spool, SpoolSettings};
+use crate::spool::{Spool, SpoolCounters, SpoolSettings};
 
 /// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
 pub struct OtlpRelay {
@@ -33,6 +33,8 @@ pub struct OtlpRelay {
     stop: CancellationToken,
     pub receiver_counters: Arc<ReceiverCounters>,
     pub counters: Arc<OtlpCounters>,
+    /// The OTLP spool's counters (`wisp_spool_*` with `spool="otlp"`).
+    pub spool_counters: Arc<SpoolCounters>,
 }
 
 impl OtlpRelay {
@@ -78,6 +80,7 @@ impl OtlpRelay {
             writer.dir().display()
         );
 
+        let spool_counters = writer.counters();
         // The receivers first: the exporter must know their bound addresses to
         // refuse exporting to them.
         let receiver_counters = Arc::new(ReceiverCounters::default());
@@ -110,6 +113,7 @@ impl OtlpRelay {
             stop,
             receiver_counters,
             counters,
+            spool_counters,
         }))
     }
 
