@@ -21,7 +21,9 @@ pub fn main(cli: Cli) -> ExitCode {
             // used is a configuration error too: restarting will not fix it.
             let config_error = e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<crate::sink::loki::LokiClientError>()
-                    .is_some_and(|e| !matches!(e, crate::sink::loki::LokiClientError::Build(_)));
+                    .is_some_and(|e| !matches!(e, crate::sink::loki::LokiClientError::Build(_)))
+                || e.downcast_ref::<crate::sink::otlp::OtlpClientError>()
+                    .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)));
             if config_error {
                 ExitCode::from(2)
             } else {

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod relay;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

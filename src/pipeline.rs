@@ -19,6 +19,7 @@ use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
+use crate::relay::OtlpRelay;
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
 use crate::source::exec;
@@ -147,13 +148,14 @@ const GROUP_COMMIT_RECORDS: usize = 4096;
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// `run`: tails the configured files into the spool and ships the spool to Loki,
-/// until `cancel` fires; then drains (see [`DRAIN_GRACE`]) and returns.
+/// and relays local OTLP to the host's collector ([`OtlpRelay`]), until `cancel`
+/// fires; then drains both (see [`DRAIN_GRACE`]) and returns.
 pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
     let config = loaded.config;
-    if !config.loki.enabled {
+    if !config.loki.enabled && !config.otlp.enabled {
         anyhow::bail!(
-            "loki.enabled = false: logs have nowhere to go (the OTLP log export is not built yet); \
-             enable [loki] or use `run --dry-run`"
+            "loki.enabled = false and otlp.enabled = false: nothing would be shipped; \
+             enable [loki] (file logs) or [otlp] (the local OTLP relay), or use `run --dry-run`"
         );
     }
     let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
@@ -166,12 +168,33 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             state_dir.display()
         )
     })?;
+    let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
+    // The OTLP relay (receivers → its own spool → exporter); the two spools
+    // share `buffer.max_bytes` half and half when both run.
+    let max_bytes = config.buffer.max_bytes.bytes();
+    let spool_bytes = if config.loki.enabled && config.otlp.enabled {
+        max_bytes / 2
+    } else {
+        max_bytes
+    };
+    let otlp = OtlpRelay::start(
+        &config,
+        &state_dir,
+        spool_bytes,
+        host.clone(),
+        health.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    if !config.loki.enabled {
+        return run_otlp_only(&config, otlp, cancel).await;
+    }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
         fsync_interval: config.buffer.fsync_interval.get(),
         ..SpoolSettings::new(
             state_dir.join("spool").join("loki"),
-            config.buffer.max_bytes.bytes(),
+            spool_bytes,
             config.buffer.fsync,
         )
     };
@@ -180,7 +203,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         .context("the spool stopped while opening")??;
     tracing::info!("buffer: {}", writer.dir().display());
 
-    let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
     let loki_counters = Arc::new(LokiCounters::default());
     let transformer = Transformer::new(ParseSettings::from_config(&config));
     if let Err(e) = exec::prepare_capture_dir(&state_dir) {
@@ -199,7 +221,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             parse: transformer.counters(),
             spool: writer.counters(),
             loki: loki_counters.clone(),
-            spool_max_bytes: config.buffer.max_bytes.bytes(),
+            spool_max_bytes: spool_bytes,
             host: host.clone(),
             health: agent_health.clone(),
         },
@@ -238,24 +260,53 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     let _ = stage.await;
     let _ = spooling.await;
     drain.cancel();
-    let grace = tokio::time::sleep(DRAIN_GRACE);
-    tokio::pin!(grace);
-    let mut shipping = shipping;
-    tokio::select! {
-        _ = &mut shipping => {}
-        _ = &mut grace => {
-            tracing::info!(
-                "loki did not take everything within {DRAIN_GRACE:?}; the rest waits in the buffer for the next start"
-            );
-            stop.cancel();
-            let _ = shipping.await;
+    let loki_drained = async {
+        let grace = tokio::time::sleep(DRAIN_GRACE);
+        tokio::pin!(grace);
+        let mut shipping = shipping;
+        tokio::select! {
+            _ = &mut shipping => {}
+            _ = &mut grace => {
+                tracing::info!(
+                    "loki did not take everything within {DRAIN_GRACE:?}; the rest waits in the buffer for the next start"
+                );
+                stop.cancel();
+                let _ = shipping.await;
+            }
         }
-    }
+    };
+    let otlp_drained = async {
+        if let Some(otlp) = otlp {
+            otlp.finish(DRAIN_GRACE).await;
+        }
+    };
+    tokio::join!(loki_drained, otlp_drained);
     if let Some(admin) = admin {
         // It stopped with `cancel`; a scrape still in flight gets a moment.
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
     tailed.context("cannot tail files")?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run` with `loki.enabled = false`: only the OTLP relay runs. File logs go to
+/// Loki only, so `[[files]]` are not tailed then (the log says so).
+async fn run_otlp_only(
+    config: &Config,
+    otlp: Option<OtlpRelay>,
+    cancel: CancellationToken,
+) -> Result<ExitCode> {
+    if !config.files.is_empty() {
+        tracing::warn!(
+            "loki.enabled = false: the [[files]] entries are not tailed (file logs are shipped to Loki only); \
+             relaying OTLP only"
+        );
+    }
+    cancel.cancelled().await;
+    if let Some(otlp) = otlp {
+        otlp.finish(DRAIN_GRACE).await;
+    }
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

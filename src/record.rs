@@ -217,20 +217,56 @@ pub struct Batch {
     pub ack: Ack,
 }
 
-/// OTLP data as programs sent it (the local receiver, `exec`), relayed to the
-/// host's collector without decoding more than batching needs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OtlpPayload {
-    Logs(opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest),
-    Metrics(opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest),
-    Traces(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest),
+/// The three OTLP signals, each with its own export service and HTTP path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OtlpSignal {
+    Traces,
+    Metrics,
+    Logs,
 }
 
-/// OTLP payloads on their way to the OTLP sink, acknowledged like log batches.
-#[derive(Debug)]
-pub struct OtlpBatch {
-    pub payloads: Vec<OtlpPayload>,
-    pub ack: Ack,
+impl OtlpSignal {
+    pub const ALL: [OtlpSignal; 3] = [OtlpSignal::Traces, OtlpSignal::Metrics, OtlpSignal::Logs];
+
+    /// `traces`, `metrics` or `logs`: the OTLP/HTTP path segment and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpSignal::Traces => "traces",
+            OtlpSignal::Metrics => "metrics",
+            OtlpSignal::Logs => "logs",
+        }
+    }
+
+    /// The OTLP/HTTP path: `/v1/traces`, `/v1/metrics`, `/v1/logs`.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            OtlpSignal::Traces => "/v1/traces",
+            OtlpSignal::Metrics => "/v1/metrics",
+            OtlpSignal::Logs => "/v1/logs",
+        }
+    }
+
+    /// The gRPC method path of the signal's export service.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            OtlpSignal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            OtlpSignal::Metrics => {
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+            }
+            OtlpSignal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        }
+    }
+}
+
+/// One OTLP export request as a program sent it (the local receiver, `exec`): the
+/// protobuf encoding of an `Export{Trace,Metrics,Logs}ServiceRequest`, relayed to
+/// the host's collector as it is. Requests of one signal batch by concatenation:
+/// the protobuf encoding of a message whose only field is repeated is the
+/// concatenation of its parts, so nothing is decoded to batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpPayload {
+    pub signal: OtlpSignal,
+    pub body: bytes::Bytes,
 }
 
 #[cfg(test)]

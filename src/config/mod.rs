@@ -190,6 +190,10 @@ pub struct OtlpConfig {
     pub service_name: String,
     /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
     pub resource_attributes: BTreeMap<String, String>,
+    /// Per-export timeout.
+    pub timeout: Span,
+    /// The cap of the retry backoff.
+    pub max_backoff: Span,
 }
 
 impl Default for OtlpConfig {
@@ -201,6 +205,8 @@ impl Default for OtlpConfig {
             headers: BTreeMap::new(),
             service_name: "wisp-agent".into(),
             resource_attributes: BTreeMap::new(),
+            timeout: Span::secs(10),
+            max_backoff: Span::secs(30),
         }
     }
 }

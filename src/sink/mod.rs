@@ -2,4 +2,5 @@
 
 pub mod console;
 pub mod loki;
+pub mod otlp;
 pub mod retry;

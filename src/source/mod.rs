@@ -3,4 +3,5 @@
 pub mod exec;
 pub mod file;
 pub mod multiline;
+pub mod otlp;
 pub mod terminal;

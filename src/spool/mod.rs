@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,7 +56,8 @@ use tracing::{error, warn};
 
 use crate::config::FsyncPolicy;
 use crate::record::LogRecord;
-use segment::{Frame, LabelCache, FRAME_HEADER_LEN, HEADER_LEN};
+pub use segment::{DecodeError, SpoolRecord};
+use segment::{Frame, FRAME_HEADER_LEN, HEADER_LEN};
 
 /// Where the spool lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -108,8 +110,8 @@ impl fmt::Display for SpoolPosition {
 
 /// Records read from the spool, and where to acknowledge up to once they are shipped.
 #[derive(Debug)]
-pub struct ReadBatch {
-    pub records: Vec<LogRecord>,
+pub struct ReadBatch<R = LogRecord> {
+    pub records: Vec<R>,
     /// The position just after the last record: pass it to [`SpoolReader::ack`].
     pub end: SpoolPosition,
     /// The records' payload bytes as stored.
@@ -386,6 +388,13 @@ impl Spool {
     /// the last acknowledged record). Recovery reads each segment once, frame by frame,
     /// in bounded memory; its cost is proportional to the unacknowledged backlog.
     pub fn open(settings: SpoolSettings) -> Result<(SpoolWriter, SpoolReader), SpoolError> {
+        Self::open_for::<LogRecord>(settings)
+    }
+
+    /// As [`Spool::open`], for a spool of another record type (OTLP requests).
+    pub fn open_for<R: SpoolRecord>(
+        settings: SpoolSettings,
+    ) -> Result<(SpoolWriter<R>, SpoolReader<R>), SpoolError> {
         let dir = settings.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
         let counters = Arc::new(SpoolCounters::default());
@@ -527,6 +536,7 @@ impl Spool {
             last_sync: Instant::now(),
             buf: Vec::new(),
             needs_rotation: false,
+            _record: PhantomData,
         };
         let reader = SpoolReader {
             shared,
@@ -538,7 +548,7 @@ impl Spool {
             file: None,
             acked: acked.unwrap_or_default(),
             payload: Vec::new(),
-            labels: LabelCache::default(),
+            cache: R::Cache::default(),
         };
         Ok((writer, reader))
     }
@@ -600,7 +610,7 @@ fn create_segment(dir: &Path, id: u64) -> Result<File, SpoolError> {
 }
 
 /// The appending half. Use it from one thread at a time; its calls block on file I/O.
-pub struct SpoolWriter {
+pub struct SpoolWriter<R: SpoolRecord = LogRecord> {
     shared: Arc<Shared>,
     settings: SpoolSettings,
     segment_bytes: u64,
@@ -615,6 +625,7 @@ pub struct SpoolWriter {
     buf: Vec<u8>,
     /// A write failed in the active segment: start a new segment before writing again.
     needs_rotation: bool,
+    _record: PhantomData<fn(&R)>,
 }
 
 /// What one append deleted to stay under `max_bytes`.
@@ -625,12 +636,12 @@ struct Dropped {
     bytes: u64,
 }
 
-impl SpoolWriter {
+impl<R: SpoolRecord> SpoolWriter<R> {
     /// Appends `records` in order. With [`FsyncPolicy::Batch`] they are on disk
     /// (fsynced) when this returns `Ok`. On an error nothing of the batch may be
     /// assumed stored: do not acknowledge the source; see the module doc for ENOSPC.
     /// A record too large for a frame (over 64 MiB) is dropped and counted.
-    pub fn append(&mut self, records: &[LogRecord]) -> Result<(), SpoolError> {
+    pub fn append(&mut self, records: &[R]) -> Result<(), SpoolError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -645,11 +656,7 @@ impl SpoolWriter {
         result
     }
 
-    fn append_inner(
-        &mut self,
-        records: &[LogRecord],
-        dropped: &mut Dropped,
-    ) -> Result<(), SpoolError> {
+    fn append_inner(&mut self, records: &[R], dropped: &mut Dropped) -> Result<(), SpoolError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let mut stored = 0u64;
@@ -872,7 +879,7 @@ impl SpoolWriter {
     }
 }
 
-impl Drop for SpoolWriter {
+impl<R: SpoolRecord> Drop for SpoolWriter<R> {
     fn drop(&mut self) {
         if let Err(e) = self.sync() {
             warn!(error = %e, "cannot fsync the spool on close");
@@ -884,7 +891,7 @@ impl Drop for SpoolWriter {
 
 /// The reading half: one consumer reads records in append order and acknowledges
 /// them once shipped. Its calls block on file I/O, except [`SpoolReader::wait`].
-pub struct SpoolReader {
+pub struct SpoolReader<R: SpoolRecord = LogRecord> {
     shared: Arc<Shared>,
     /// The next record to read.
     cursor: SpoolPosition,
@@ -893,10 +900,10 @@ pub struct SpoolReader {
     file: Option<BufReader<File>>,
     acked: SpoolPosition,
     payload: Vec<u8>,
-    labels: LabelCache,
+    cache: R::Cache,
 }
 
-impl SpoolReader {
+impl<R: SpoolRecord> SpoolReader<R> {
     /// Reads up to `max_records` records and about `max_bytes` bytes (at least one
     /// record, however large). Returns `None` when everything appended has been read.
     /// Never waits for the writer: see [`SpoolReader::wait`].
@@ -904,7 +911,7 @@ impl SpoolReader {
         &mut self,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Option<ReadBatch>, SpoolError> {
+    ) -> Result<Option<ReadBatch<R>>, SpoolError> {
         let shared = Arc::clone(&self.shared);
         let mut records = Vec::new();
         let mut bytes = 0u64;
@@ -958,7 +965,7 @@ impl SpoolReader {
                     Frame::Record { len } => {
                         self.cursor.offset += FRAME_HEADER_LEN + u64::from(len);
                         self.records_in_segment += 1;
-                        match segment::decode_payload(&self.payload, &mut self.labels) {
+                        match R::decode_payload(&self.payload, &mut self.cache) {
                             Ok(r) => {
                                 bytes += u64::from(len);
                                 records.push(r);

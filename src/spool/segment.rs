@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::record::{Labels, LogRecord, Timestamp};
+use crate::record::{Labels, LogRecord, OtlpPayload, OtlpSignal, Timestamp};
 
 /// Identifies a spool segment file and the version of its frame payloads.
 pub const MAGIC: [u8; 4] = *b"WSPL";
@@ -54,22 +54,78 @@ pub fn header() -> [u8; HEADER_LEN as usize] {
     [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, 0, 0, 0]
 }
 
+/// What a spool stores: a type that encodes itself into a frame payload and back.
+/// The spool's framing, checksums, recovery and bounds do not depend on it, so one
+/// implementation serves log records (the Loki spool) and OTLP requests (the OTLP
+/// spool, `state_dir/spool/otlp/`).
+pub trait SpoolRecord: Sized {
+    /// State kept between decodes of one reader (for log records: the last label set).
+    type Cache: Default + Send;
+    /// Appends the payload encoding of `self` to `out`.
+    fn encode_payload(&self, out: &mut Vec<u8>);
+    /// Decodes a payload written by [`SpoolRecord::encode_payload`].
+    fn decode_payload(payload: &[u8], cache: &mut Self::Cache) -> Result<Self, DecodeError>;
+}
+
+impl SpoolRecord for LogRecord {
+    type Cache = LabelCache;
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.timestamp.as_nanos().to_le_bytes());
+        put_varint(out, self.labels.len() as u64);
+        for (k, v) in self.labels.iter() {
+            put_str(out, k);
+            put_str(out, v);
+        }
+        put_varint(out, self.structured_metadata.len() as u64);
+        for (k, v) in &self.structured_metadata {
+            put_str(out, k);
+            put_str(out, v);
+        }
+        out.extend_from_slice(self.line.as_bytes());
+    }
+
+    fn decode_payload(payload: &[u8], cache: &mut LabelCache) -> Result<Self, DecodeError> {
+        decode_payload(payload, cache)
+    }
+}
+
+/// An OTLP request's payload: one byte naming the signal (1 traces, 2 metrics,
+/// 3 logs), then the request's protobuf bytes as the program sent them.
+impl SpoolRecord for OtlpPayload {
+    type Cache = ();
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        out.push(match self.signal {
+            OtlpSignal::Traces => 1,
+            OtlpSignal::Metrics => 2,
+            OtlpSignal::Logs => 3,
+        });
+        out.extend_from_slice(&self.body);
+    }
+
+    fn decode_payload(payload: &[u8], _: &mut ()) -> Result<Self, DecodeError> {
+        let (&kind, body) = payload
+            .split_first()
+            .ok_or(DecodeError("empty otlp payload"))?;
+        let signal = match kind {
+            1 => OtlpSignal::Traces,
+            2 => OtlpSignal::Metrics,
+            3 => OtlpSignal::Logs,
+            _ => return Err(DecodeError("unknown otlp signal")),
+        };
+        Ok(OtlpPayload {
+            signal,
+            body: bytes::Bytes::copy_from_slice(body),
+        })
+    }
+}
+
 /// Appends `record` to `out` as one complete frame and returns the frame's length.
-pub fn encode_frame(record: &LogRecord, out: &mut Vec<u8>) -> usize {
+pub fn encode_frame<R: SpoolRecord>(record: &R, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN as usize]);
-    out.extend_from_slice(&record.timestamp.as_nanos().to_le_bytes());
-    put_varint(out, record.labels.len() as u64);
-    for (k, v) in record.labels.iter() {
-        put_str(out, k);
-        put_str(out, v);
-    }
-    put_varint(out, record.structured_metadata.len() as u64);
-    for (k, v) in &record.structured_metadata {
-        put_str(out, k);
-        put_str(out, v);
-    }
-    out.extend_from_slice(record.line.as_bytes());
+    record.encode_payload(out);
 
     let payload_len = out.len() - start - FRAME_HEADER_LEN as usize;
     // An oversized payload gets a length that no reader accepts; the caller checks
@@ -107,7 +163,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// another format version, or damaged in a way the checksum missed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed record payload: {0}")]
-pub struct DecodeError(&'static str);
+pub struct DecodeError(pub &'static str);
 
 /// Remembers the last decoded label set, so a run of records of one stream (the
 /// common case) shares one allocation instead of building a label set per record.

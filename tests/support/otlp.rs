@@ -8,7 +8,8 @@
 //! Fault injection: [`OtlpReceiver::fail_next`] and [`OtlpReceiver::set_unavailable`]
 //! make exports fail with gRPC `UNAVAILABLE` or HTTP 503 (with `Retry-After: 1`),
 //! as a collector whose pipeline is full does; both are retryable per the OTLP
-//! spec. [`OtlpReceiver::stop`] / [`OtlpReceiver::restart`] take both ports away
+//! spec; [`OtlpReceiver::reject_next`] refuses exports for good (gRPC
+//! `INVALID_ARGUMENT`, HTTP 400). [`OtlpReceiver::stop`] / [`OtlpReceiver::restart`] take both ports away
 //! and bring them back, keeping what was stored.
 
 use std::collections::BTreeMap;
@@ -111,9 +112,20 @@ struct Inner {
     metrics: Vec<ExportMetricsServiceRequest>,
     exports: usize,
     fail_next: usize,
+    reject_next: usize,
     unavailable: bool,
     last_headers: HeaderMap,
     transports: Vec<Transport>,
+}
+
+/// What an arriving export is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// gRPC `UNAVAILABLE` / HTTP 503: retryable.
+    Unavailable,
+    /// gRPC `INVALID_ARGUMENT` / HTTP 400: permanent.
+    Reject,
 }
 
 struct Shared {
@@ -127,16 +139,24 @@ impl Shared {
     }
 
     /// Counts an export and says whether it is to fail.
-    fn arrive(&self, headers: HeaderMap, transport: Transport) -> bool {
+    fn arrive(&self, headers: HeaderMap, transport: Transport) -> Fault {
         let mut inner = self.lock();
         inner.exports += 1;
         inner.last_headers = headers;
         inner.transports.push(transport);
+        if inner.reject_next > 0 {
+            inner.reject_next -= 1;
+            return Fault::Reject;
+        }
         if inner.fail_next > 0 {
             inner.fail_next -= 1;
-            return true;
+            return Fault::Unavailable;
         }
-        inner.unavailable
+        if inner.unavailable {
+            Fault::Unavailable
+        } else {
+            Fault::None
+        }
     }
 
     fn stored(&self) {
@@ -220,6 +240,12 @@ impl OtlpReceiver {
     /// The next `n` exports fail (gRPC `UNAVAILABLE`, HTTP 503) and store nothing.
     pub fn fail_next(&self, n: usize) {
         self.shared.lock().fail_next += n;
+    }
+
+    /// The next `n` exports are refused for good (gRPC `INVALID_ARGUMENT`, HTTP
+    /// 400) and store nothing.
+    pub fn reject_next(&self, n: usize) {
+        self.shared.lock().reject_next += n;
     }
 
     /// Every export fails until set back to false.
@@ -328,10 +354,13 @@ struct Collector(Arc<Shared>);
 impl Collector {
     fn arrive<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
         let headers = request.metadata().clone().into_headers();
-        if self.0.arrive(headers, Transport::Grpc) {
-            Err(tonic::Status::unavailable("injected failure"))
-        } else {
-            Ok(())
+        match self.0.arrive(headers, Transport::Grpc) {
+            Fault::None => Ok(()),
+            Fault::Unavailable => Err(tonic::Status::unavailable("injected failure")),
+            Fault::Reject => {
+                self.0.stored();
+                Err(tonic::Status::invalid_argument("injected rejection"))
+            }
         }
     }
 }
@@ -436,7 +465,12 @@ where
         )
             .into_response();
     };
-    if shared.arrive(headers, transport) {
+    let fault = shared.arrive(headers, transport);
+    if fault == Fault::Reject {
+        shared.stored();
+        return (StatusCode::BAD_REQUEST, "injected rejection").into_response();
+    }
+    if fault == Fault::Unavailable {
         let mut r = (StatusCode::SERVICE_UNAVAILABLE, "injected failure").into_response();
         r.headers_mut()
             .insert("retry-after", axum::http::HeaderValue::from_static("1"));

@@ -1,0 +1,138 @@
+//! The OTLP relay as one unit for `run`: the local receivers
+//! ([`crate::source::otlp`]) → the OTLP spool (`state_dir/spool/otlp/`) → the
+//! exporter ([`crate::sink::otlp`]) to the host's collector.
+//!
+//! Started only with `[otlp] enabled = true`: with the export off, the receivers
+//! do not listen either (accepting data that can go nowhere would only fill the
+//! disk), and the log says so. Shutdown: the receivers stop taking requests
+//! (those in flight are answered), the spool stage ends, and the exporter gets a
+//! grace period to ship what is left; the rest waits in the spool.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FsyncPolicy};
+use crate::discovery::{Chosen, HostHealth};
+use crate::record::OtlpPayload;
+use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpSink, OtlpSinkSettings};
+use crate::source::otlp::{Intake, ReceiverCounters, Receivers};
+use crate::spool::{Spool, SpoolCounters, SpoolSettings};
+
+/// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
+pub struct OtlpRelay {
+    receivers: Receivers,
+    spooling: JoinHandle<()>,
+    exporting: JoinHandle<()>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+    pub receiver_counters: Arc<ReceiverCounters>,
+    pub counters: Arc<OtlpCounters>,
+    /// The OTLP spool's counters (`wisp_spool_*` with `spool="otlp"`).
+    pub spool_counters: Arc<SpoolCounters>,
+}
+
+impl OtlpRelay {
+    /// Opens the OTLP spool (bounded by `max_bytes`), starts the exporter and
+    /// binds the receivers. `None` when `[otlp]` is disabled. The receivers stop
+    /// when `cancel` fires.
+    pub async fn start(
+        config: &Config,
+        state_dir: &Path,
+        max_bytes: u64,
+        host: watch::Receiver<Option<Chosen>>,
+        health: HostHealth,
+        cancel: CancellationToken,
+    ) -> Result<Option<OtlpRelay>> {
+        if !config.otlp.enabled {
+            if !config.receiver.grpc.is_empty() || !config.receiver.http.is_empty() {
+                tracing::info!(
+                    "otlp.enabled = false: the local OTLP receivers (receiver.grpc, receiver.http) are not started"
+                );
+            }
+            return Ok(None);
+        }
+        let settings = OtlpSinkSettings::from_config(&config.otlp);
+        let client = OtlpClient::new(&settings)?;
+        // Always fsynced per group, whatever `buffer.fsync` says: a program's
+        // request cannot be read again the way a file line can.
+        let spool_settings = SpoolSettings {
+            fsync_interval: config.buffer.fsync_interval.get(),
+            ..SpoolSettings::new(
+                state_dir.join("spool").join("otlp"),
+                max_bytes,
+                FsyncPolicy::Batch,
+            )
+        };
+        let (writer, reader) =
+            tokio::task::spawn_blocking(move || Spool::open_for::<OtlpPayload>(spool_settings))
+                .await
+                .context("the otlp spool stopped while opening")??;
+        tracing::info!(
+            "otlp: relaying to {} ({:?}); buffer: {}",
+            settings.endpoint,
+            config.otlp.protocol,
+            writer.dir().display()
+        );
+
+        let spool_counters = writer.counters();
+        // The receivers first: the exporter must know their bound addresses to
+        // refuse exporting to them.
+        let receiver_counters = Arc::new(ReceiverCounters::default());
+        let (intake, spooling) = Intake::start(writer, receiver_counters.clone());
+        let receivers = Receivers::start(&config.receiver, intake, cancel).await?;
+        let settings = OtlpSinkSettings {
+            own_receivers: receivers.addrs().to_vec(),
+            ..settings
+        };
+        let counters = Arc::new(OtlpCounters::default());
+        let drain = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let exporting = tokio::spawn(crate::sink::otlp::run(
+            OtlpSink {
+                settings,
+                client,
+                reader,
+                host,
+                health,
+                counters: counters.clone(),
+            },
+            drain.clone(),
+            stop.clone(),
+        ));
+        Ok(Some(OtlpRelay {
+            receivers,
+            spooling,
+            exporting,
+            drain,
+            stop,
+            receiver_counters,
+            counters,
+            spool_counters,
+        }))
+    }
+
+    /// After the cancellation token fired: waits for the receivers and the spool
+    /// stage, then gives the exporter `grace` to ship what is left.
+    pub async fn finish(self, grace: Duration) {
+        self.receivers.join(grace).await;
+        let _ = self.spooling.await;
+        self.drain.cancel();
+        let mut exporting = self.exporting;
+        tokio::select! {
+            _ = &mut exporting => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::info!(
+                    "the otlp collector did not take everything within {grace:?}; the rest waits in the buffer for the next start"
+                );
+                self.stop.cancel();
+                let _ = exporting.await;
+            }
+        }
+    }
+}

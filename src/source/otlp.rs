@@ -1,0 +1,616 @@
+//! The local OTLP receiver: OTLP/gRPC (the three export services) and OTLP/HTTP
+//! (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON) on loopback,
+//! for programs in the VM, and the stage that makes what they send durable.
+//!
+//! Promises:
+//! - **Answered success only once durable.** A request is answered success after
+//!   its payload was appended to the OTLP spool and fsynced; a program that got
+//!   its success never needs to send again, and the agent may then crash. If the
+//!   spool cannot take it (a full disk) the answer is gRPC `UNAVAILABLE` / HTTP
+//!   503 with `Retry-After`, which OTLP exporters retry.
+//! - **Relayed as sent.** The payload stored is the request's protobuf encoding:
+//!   OTLP/HTTP protobuf bodies byte for byte, JSON bodies converted to protobuf
+//!   once, gRPC requests re-encoded from the message tonic decoded. A request is
+//!   decoded only to check it is well formed (a bad one would be rejected by the
+//!   collector later, after its sender was told it was delivered).
+//! - **Bad input is an answer, not a crash.** A malformed body is answered 400
+//!   (gRPC `INVALID_ARGUMENT`) with the decoder's reason; an unsupported content
+//!   type or encoding 415. Requests with no data are answered success and not
+//!   stored.
+//! - **Bounded.** Bodies up to [`MAX_REQUEST_BYTES`]; at most
+//!   [`PENDING_REQUESTS`] requests wait for the spool, further ones wait in their
+//!   connection (backpressure to the program, never unbounded memory).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ReceiverConfig;
+use crate::record::{OtlpPayload, OtlpSignal};
+use crate::spool::SpoolWriter;
+
+/// The largest request body (or gRPC message) taken, compressed or not.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Requests waiting for the spool at most; the bound on memory held for them.
+pub const PENDING_REQUESTS: usize = 64;
+
+/// The spool appends at most this many requests, and about this many bytes
+/// (at least one request), with one fsync.
+const GROUP_COMMIT_REQUESTS: usize = 256;
+const GROUP_COMMIT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The receiver's counters (served by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct ReceiverCounters {
+    /// Requests made durable, per signal (traces, metrics, logs).
+    pub requests_accepted: [AtomicU64; 3],
+    pub bytes_accepted: AtomicU64,
+    /// Requests answered 400 / 415 / `INVALID_ARGUMENT`.
+    pub requests_invalid: AtomicU64,
+    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`).
+    pub requests_refused: AtomicU64,
+}
+
+fn signal_index(s: OtlpSignal) -> usize {
+    match s {
+        OtlpSignal::Traces => 0,
+        OtlpSignal::Metrics => 1,
+        OtlpSignal::Logs => 2,
+    }
+}
+
+impl ReceiverCounters {
+    /// `(name, value)` pairs in the admin endpoint's naming.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for s in OtlpSignal::ALL {
+            out.push((
+                format!(
+                    "wisp_otlp_receiver_requests_total{{signal=\"{}\"}}",
+                    s.as_str()
+                ),
+                self.requests_accepted[signal_index(s)].load(Ordering::Relaxed) as f64,
+            ));
+        }
+        out.push((
+            "wisp_otlp_receiver_bytes_total".into(),
+            self.bytes_accepted.load(Ordering::Relaxed) as f64,
+        ));
+        out.push((
+            "wisp_otlp_receiver_requests_invalid_total".into(),
+            self.requests_invalid.load(Ordering::Relaxed) as f64,
+        ));
+        out.push((
+            "wisp_otlp_receiver_requests_refused_total".into(),
+            self.requests_refused.load(Ordering::Relaxed) as f64,
+        ));
+        out
+    }
+}
+
+struct Pending {
+    payload: OtlpPayload,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Hands requests to the OTLP spool and waits until they are durable. Cheap to
+/// clone; the spool stage ends once every clone is gone.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Pending>,
+    counters: Arc<ReceiverCounters>,
+}
+
+impl Intake {
+    /// Starts the spool stage for `writer`. It appends requests in arrival order,
+    /// a group of whatever queued meanwhile per append (one fsync per group), and
+    /// ends when every [`Intake`] clone is dropped.
+    pub fn start(
+        writer: SpoolWriter<OtlpPayload>,
+        counters: Arc<ReceiverCounters>,
+    ) -> (Intake, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(PENDING_REQUESTS);
+        let task = tokio::spawn(write_loop(rx, writer));
+        (Intake { tx, counters }, task)
+    }
+
+    /// Stores one request; `Ok` once it is in the spool and fsynced.
+    pub async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
+        let bytes = payload.body.len() as u64;
+        let signal = payload.signal;
+        let (done, answer) = oneshot::channel();
+        let result = match self.tx.send(Pending { payload, done }).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err("the agent is stopping".to_string())),
+            Err(_) => Err("the agent is stopping".to_string()),
+        };
+        match &result {
+            Ok(()) => {
+                self.counters.requests_accepted[signal_index(signal)]
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_accepted
+                    .fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters
+                    .requests_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPayload>) {
+    let mut writer = Some(writer);
+    let mut failing = false;
+    loop {
+        let first = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(_) => {
+                // A second without requests: do not keep a burst's buffer at idle.
+                if let Some(w) = writer.as_mut() {
+                    w.release_memory();
+                }
+                continue;
+            }
+        };
+        let mut bytes = first.payload.body.len();
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT_REQUESTS && bytes < GROUP_COMMIT_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.payload.body.len();
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(mut w) = writer.take() else { break };
+        let payloads: Vec<OtlpPayload> = group.iter().map(|p| p.payload.clone()).collect();
+        // Appending blocks on the disk: a blocking-pool thread, which goes away
+        // again when idle (no thread of its own for this stage).
+        let appended = tokio::task::spawn_blocking(move || {
+            let r = w.append(&payloads);
+            (w, r)
+        })
+        .await;
+        let result = match appended {
+            Ok((w, r)) => {
+                writer = Some(w);
+                r.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the otlp buffer stopped: {e}")),
+        };
+        match &result {
+            Ok(()) if failing => {
+                tracing::info!("the otlp buffer takes requests again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::error!(
+                    "cannot buffer {} otlp request(s): {e}; senders are told to retry",
+                    group.len()
+                );
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        for p in group {
+            let _ = p.done.send(result.clone());
+        }
+        if writer.is_none() {
+            break;
+        }
+    }
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error(
+        "cannot listen on {addr} for OTLP/{proto} ({key}): {source}; \
+         another program (a local OpenTelemetry collector?) may hold the port: \
+         set {key} to a free address, or \"\" to disable it"
+    )]
+    Bind {
+        key: &'static str,
+        proto: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The receivers, listening; [`Receivers::join`] waits until they stopped.
+pub struct Receivers {
+    tasks: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Receivers {
+    /// Binds the configured listeners (an empty address disables one) and serves
+    /// them until `cancel` fires. Each bound address is logged as
+    /// `otlp receiver (grpc) listening on 127.0.0.1:4317`.
+    pub async fn start(
+        config: &ReceiverConfig,
+        intake: Intake,
+        cancel: CancellationToken,
+    ) -> Result<Receivers, ReceiverError> {
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        let relay = Relay { intake };
+        if !config.grpc.is_empty() {
+            let listener = bind(&config.grpc, "receiver.grpc", "gRPC").await?;
+            addrs.extend(listener.local_addr().ok());
+            let router = tonic::transport::Server::builder()
+                .add_service(
+                    TraceServiceServer::new(relay.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                )
+                .add_service(
+                    MetricsServiceServer::new(relay.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                )
+                .add_service(
+                    LogsServiceServer::new(relay.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                );
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+                    .await
+                {
+                    tracing::error!("the otlp grpc receiver stopped: {e}");
+                }
+            }));
+        }
+        if !config.http.is_empty() {
+            let listener = bind(&config.http, "receiver.http", "HTTP").await?;
+            addrs.extend(listener.local_addr().ok());
+            let app = Router::new()
+                .route("/v1/traces", post(http_traces))
+                .route("/v1/metrics", post(http_metrics))
+                .route("/v1/logs", post(http_logs))
+                .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+                .with_state(relay.clone());
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+                {
+                    tracing::error!("the otlp http receiver stopped: {e}");
+                }
+            }));
+        }
+        Ok(Receivers { tasks, addrs })
+    }
+
+    /// The addresses bound (port 0 resolved).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Waits until every listener stopped (after `cancel`: requests in flight are
+    /// answered) and let go of its [`Intake`]; after `limit`, stops them outright
+    /// (a client holding a request open must not hold up the shutdown).
+    pub async fn join(self, limit: Duration) {
+        for mut t in self.tasks {
+            if tokio::time::timeout(limit, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+async fn bind(
+    addr: &str,
+    key: &'static str,
+    proto: &'static str,
+) -> Result<TcpListener, ReceiverError> {
+    let err = |source| ReceiverError::Bind {
+        key,
+        proto,
+        addr: addr.to_string(),
+        source,
+    };
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an address such as 127.0.0.1:4317",
+        ))
+    })?;
+    let listener = TcpListener::bind(parsed).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    let name = if key == "receiver.grpc" {
+        "grpc"
+    } else {
+        "http"
+    };
+    tracing::info!("otlp receiver ({name}) listening on {local}");
+    Ok(listener)
+}
+
+/// The services behind both listeners.
+#[derive(Clone)]
+struct Relay {
+    intake: Intake,
+}
+
+impl Relay {
+    fn invalid(&self) {
+        self.intake
+            .counters
+            .requests_invalid
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn store_grpc(&self, signal: OtlpSignal, body: Vec<u8>) -> Result<(), tonic::Status> {
+        if body.is_empty() {
+            return Ok(());
+        }
+        self.intake
+            .store(OtlpPayload {
+                signal,
+                body: body.into(),
+            })
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot buffer the request: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Relay {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.store_grpc(OtlpSignal::Traces, request.into_inner().encode_to_vec())
+            .await?;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Relay {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.store_grpc(OtlpSignal::Metrics, request.into_inner().encode_to_vec())
+            .await?;
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Relay {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.store_grpc(OtlpSignal::Logs, request.into_inner().encode_to_vec())
+            .await?;
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+async fn http_traces(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+    http_export(&r, OtlpSignal::Traces, &headers, body).await
+}
+
+async fn http_metrics(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+    http_export(&r, OtlpSignal::Metrics, &headers, body).await
+}
+
+async fn http_logs(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+    http_export(&r, OtlpSignal::Logs, &headers, body).await
+}
+
+/// How an OTLP/HTTP body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyEncoding {
+    Protobuf,
+    Json,
+}
+
+async fn http_export(
+    relay: &Relay,
+    signal: OtlpSignal,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let encoding = match content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "application/x-protobuf" | "application/protobuf" => BodyEncoding::Protobuf,
+        "application/json" => BodyEncoding::Json,
+        other => {
+            relay.invalid();
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported Content-Type {other:?}: send application/x-protobuf or application/json"
+                ),
+            )
+                .into_response();
+        }
+    };
+    if let Some(ce) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !ce.trim().is_empty() && !ce.trim().eq_ignore_ascii_case("identity") {
+            relay.invalid();
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Encoding {ce:?} is not supported by this receiver: send the body uncompressed"
+                ),
+            )
+                .into_response();
+        }
+    }
+    let protobuf = match to_protobuf(signal, encoding, body) {
+        Ok(p) => p,
+        Err(reason) => {
+            relay.invalid();
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("cannot decode the {} export: {reason}", signal.as_str()),
+            )
+                .into_response();
+        }
+    };
+    if !protobuf.is_empty() {
+        if let Err(e) = relay
+            .intake
+            .store(OtlpPayload {
+                signal,
+                body: protobuf,
+            })
+            .await
+        {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot buffer the request: {e}"),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    }
+    // The full-success response has no fields set: `{}` in JSON, no bytes in
+    // protobuf.
+    match encoding {
+        BodyEncoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+        BodyEncoding::Protobuf => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            Vec::<u8>::new(),
+        )
+            .into_response(),
+    }
+}
+
+/// Checks an OTLP/HTTP body and returns its protobuf encoding: protobuf bodies as
+/// they are, JSON bodies converted.
+pub(crate) fn to_protobuf(
+    signal: OtlpSignal,
+    encoding: BodyEncoding,
+    body: Bytes,
+) -> Result<Bytes, String> {
+    match signal {
+        OtlpSignal::Traces => convert::<ExportTraceServiceRequest>(encoding, body),
+        OtlpSignal::Metrics => convert::<ExportMetricsServiceRequest>(encoding, body),
+        OtlpSignal::Logs => convert::<ExportLogsServiceRequest>(encoding, body),
+    }
+}
+
+fn convert<M>(encoding: BodyEncoding, body: Bytes) -> Result<Bytes, String>
+where
+    M: Message + Default + serde::de::DeserializeOwned,
+{
+    match encoding {
+        BodyEncoding::Protobuf => {
+            M::decode(body.clone()).map_err(|e| e.to_string())?;
+            Ok(body)
+        }
+        BodyEncoding::Json => {
+            let m: M = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(m.encode_to_vec().into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_bodies_are_kept_byte_for_byte() {
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![Default::default()],
+        };
+        let bytes = Bytes::from(req.encode_to_vec());
+        let out = to_protobuf(OtlpSignal::Traces, BodyEncoding::Protobuf, bytes.clone()).unwrap();
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn json_bodies_become_protobuf() {
+        let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"op","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+        let out = to_protobuf(
+            OtlpSignal::Traces,
+            BodyEncoding::Json,
+            Bytes::from_static(json),
+        )
+        .unwrap();
+        let req = ExportTraceServiceRequest::decode(out).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "op");
+        assert_eq!(span.trace_id.len(), 16);
+    }
+
+    #[test]
+    fn malformed_bodies_are_an_error_not_a_panic() {
+        for (enc, body) in [
+            (BodyEncoding::Protobuf, &b"\xff\xff\xff\xff"[..]),
+            (BodyEncoding::Json, &b"{\"resourceSpans\": 3}"[..]),
+            (BodyEncoding::Json, &b"not json"[..]),
+        ] {
+            assert!(
+                to_protobuf(OtlpSignal::Traces, enc, Bytes::copy_from_slice(body)).is_err(),
+                "{body:?}"
+            );
+        }
+    }
+}
