@@ -27,6 +27,9 @@ use crate::spool::{Spool, SpoolCounters, SpoolSettings};
 /// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
 pub struct OtlpRelay {
     receivers: Receivers,
+    /// For the agent's own telemetry (host metrics, `exec` spans): see
+    /// [`OtlpRelay::intake`].
+    intake: Intake,
     spooling: JoinHandle<()>,
     exporting: JoinHandle<()>,
     drain: CancellationToken,
@@ -85,7 +88,7 @@ impl OtlpRelay {
         // refuse exporting to them.
         let receiver_counters = Arc::new(ReceiverCounters::default());
         let (intake, spooling) = Intake::start(writer, receiver_counters.clone());
-        let receivers = Receivers::start(&config.receiver, intake, cancel).await?;
+        let receivers = Receivers::start(&config.receiver, intake.clone(), cancel).await?;
         let settings = OtlpSinkSettings {
             own_receivers: receivers.addrs().to_vec(),
             ..settings
@@ -107,6 +110,7 @@ impl OtlpRelay {
         ));
         Ok(Some(OtlpRelay {
             receivers,
+            intake,
             spooling,
             exporting,
             drain,
@@ -117,9 +121,17 @@ impl OtlpRelay {
         }))
     }
 
+    /// Where the agent's own telemetry goes into the OTLP spool, as if received.
+    /// Whoever holds a clone must drop it once the cancellation token fired: the
+    /// spool stage ends, and [`OtlpRelay::finish`] returns, only then.
+    pub fn intake(&self) -> Intake {
+        self.intake.clone()
+    }
+
     /// After the cancellation token fired: waits for the receivers and the spool
     /// stage, then gives the exporter `grace` to ship what is left.
     pub async fn finish(self, grace: Duration) {
+        drop(self.intake);
         self.receivers.join(grace).await;
         let _ = self.spooling.await;
         self.drain.cancel();
