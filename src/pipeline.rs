@@ -22,8 +22,8 @@ use crate::record::{Batch, SourceBatch};
 use crate::relay::OtlpRelay;
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
-use crate::source::exec;
 use crate::source::file::{self, TailSettings};
+use crate::source::{exec, exec_spans};
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
@@ -177,7 +177,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     } else {
         max_bytes
     };
-    let otlp = OtlpRelay::start(
+    let mut otlp = OtlpRelay::start(
         &config,
         &state_dir,
         spool_bytes,
@@ -186,6 +186,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         cancel.clone(),
     )
     .await?;
+    start_exec_spans(&config, &state_dir, otlp.as_mut(), &cancel);
     if !config.loki.enabled {
         return run_otlp_only(&config, otlp, cancel).await;
     }
@@ -309,6 +310,34 @@ async fn run_otlp_only(
     }
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the task that turns finished `exec` runs into spans for the relay (or,
+/// without one, only marks them handled so their captures can be deleted).
+fn start_exec_spans(
+    config: &Config,
+    state_dir: &std::path::Path,
+    relay: Option<&mut OtlpRelay>,
+    cancel: &CancellationToken,
+) {
+    let settings = exec_spans::SpanSettings {
+        hostname: ParseSettings::from_config(config).hostname,
+        resource_attributes: config
+            .otlp
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    let task = tokio::spawn(exec_spans::run(
+        state_dir.to_path_buf(),
+        relay.as_ref().map(|r| r.intake()),
+        settings,
+        cancel.clone(),
+    ));
+    if let Some(relay) = relay {
+        relay.add_producer(task);
+    }
 }
 
 /// The spool stage, on a blocking thread: appends each batch and only then

@@ -30,6 +30,9 @@ pub struct OtlpRelay {
     /// For the agent's own telemetry (host metrics, `exec` spans): see
     /// [`OtlpRelay::intake`].
     intake: Intake,
+    /// Tasks holding clones of `intake`, awaited (they end with the cancellation
+    /// token) before the spool stage is.
+    producers: Vec<JoinHandle<()>>,
     spooling: JoinHandle<()>,
     exporting: JoinHandle<()>,
     drain: CancellationToken,
@@ -111,6 +114,7 @@ impl OtlpRelay {
         Ok(Some(OtlpRelay {
             receivers,
             intake,
+            producers: Vec::new(),
             spooling,
             exporting,
             drain,
@@ -128,9 +132,20 @@ impl OtlpRelay {
         self.intake.clone()
     }
 
+    /// A task that holds an [`OtlpRelay::intake`] clone and ends once the
+    /// cancellation token fired: [`OtlpRelay::finish`] waits for it.
+    pub fn add_producer(&mut self, task: JoinHandle<()>) {
+        self.producers.push(task);
+    }
+
     /// After the cancellation token fired: waits for the receivers and the spool
     /// stage, then gives the exporter `grace` to ship what is left.
     pub async fn finish(self, grace: Duration) {
+        for p in self.producers {
+            if tokio::time::timeout(grace, p).await.is_err() {
+                tracing::warn!("an otlp producer did not stop within {grace:?}");
+            }
+        }
         drop(self.intake);
         self.receivers.join(grace).await;
         let _ = self.spooling.await;

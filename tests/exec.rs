@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use support::agent::Setup;
+use support::agent::{Agent, Setup};
 use support::loki::LokiReceiver;
+use support::otlp::OtlpReceiver;
 use support::{agent_command, wait_until, DEADLINE};
 
 fn exec(config: &Path, args: &[&str]) -> Output {
@@ -180,6 +181,15 @@ async fn the_next_exec_deletes_captures_the_daemon_has_shipped() {
         .await,
         "checkpoint of the capture never reached {size}"
     );
+    // And the daemon has handled the run (its span, were OTLP on).
+    let stem = first[0].file_stem().unwrap().to_str().unwrap().to_string();
+    let handled = setup.dir.path().join("state").join("exec-spans.json");
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&handled)
+            .is_ok_and(|t| t.contains(&stem)))
+        .await,
+        "the run was never marked handled"
+    );
     let out = exec(&setup.config, &["--", "echo", &pino(30, "second")]);
     assert_eq!(out.status.code(), Some(0));
     let now = captures(&setup, "log");
@@ -304,4 +314,108 @@ async fn the_command_gets_the_runs_traceparent_and_the_sidecar_records_the_run()
     assert_eq!(sidecar["job"], "ralph");
     assert_eq!(sidecar["exit"], 4);
     assert!(sidecar["ended_ms"].as_u64() >= sidecar["started_ms"].as_u64());
+}
+
+/// A daemon configuration shipping to `loki` and relaying OTLP to `collector`.
+fn config_with_otlp(dir: &Path, loki: &LokiReceiver, collector: &OtlpReceiver) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "vm-test"
+[host]
+address = "127.0.0.1"
+[loki]
+url = "http://{{host}}:{port}/loki/api/v1/push"
+batch_max_wait = "100ms"
+[otlp]
+endpoint = "{endpoint}"
+protocol = "grpc"
+max_backoff = "300ms"
+[receiver]
+grpc = "127.0.0.1:0"
+http = ""
+[host_metrics]
+enabled = false
+[admin]
+listen = ""
+"#,
+            state = dir.join("state").display(),
+            port = loki.addr().port(),
+            endpoint = collector.grpc_endpoint(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_otlp(dir.path(), &loki, &collector);
+    let stderr = dir.path().join("agent.stderr");
+    let mut agent = Agent::start(&config, &stderr);
+    let out = exec(
+        &config,
+        &[
+            "--name",
+            "ralph",
+            "--label",
+            "iter=3",
+            "--",
+            "sh",
+            "-c",
+            "echo $TRACEPARENT; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let traceparent = String::from_utf8(out.stdout).unwrap();
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "no span; agent log:\n{}",
+        agent.log()
+    );
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(
+        (span.trace_id.as_str(), span.span_id.as_str()),
+        (parts[1], parts[2])
+    );
+    assert_eq!(span.name, "ralph");
+    assert_eq!(span.service_name, "ralph");
+    assert_eq!(
+        span.resource.get("host.name").map(String::as_str),
+        Some("vm-test")
+    );
+    assert_eq!(
+        span.attributes.get("process.exit.code").map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(span.attributes.get("iter").map(String::as_str), Some("3"));
+    assert_eq!(span.status_code, 2, "an exit of 3 is an error");
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+
+    // A restarted daemon does not send it again: the next run's span arrives
+    // alone.
+    assert_eq!(agent.terminate(), Some(0));
+    let mut agent = Agent::start(&config, &stderr);
+    let out = exec(&config, &["--name", "ralph", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        collector.wait_for_spans(2, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_ne!(spans[0].trace_id, spans[1].trace_id);
+    assert_eq!(spans[1].status_code, 0);
+    assert_eq!(agent.terminate(), Some(0));
 }

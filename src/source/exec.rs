@@ -149,7 +149,7 @@ pub(crate) fn capture_labels(log: &Path) -> (String, Vec<(String, String)>) {
     }
 }
 
-fn read_sidecar(path: &Path) -> Option<Sidecar> {
+pub(crate) fn read_sidecar(path: &Path) -> Option<Sidecar> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
@@ -169,12 +169,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Deletes the captures in `dir` whose command has ended (or whose `exec` is gone)
-/// and whose every byte the daemon has acknowledged. Returns how many it deleted.
+/// Deletes the captures in `dir` whose command has ended (or whose `exec` is gone),
+/// whose every byte the daemon has acknowledged and whose run the daemon has
+/// handled (its span handed on: [`crate::source::exec_spans`]). Returns how many
+/// it deleted.
 pub fn sweep(dir: &Path) -> usize {
     let Some(state_dir) = dir.parent() else {
         return 0;
@@ -183,6 +185,7 @@ pub fn sweep(dir: &Path) -> usize {
         return 0;
     };
     let acked = crate::source::file::AckedOffsets::read(state_dir);
+    let handled = crate::source::exec_spans::read_handled(state_dir);
     let mut deleted = 0;
     for entry in entries.flatten() {
         let json = entry.path();
@@ -192,7 +195,11 @@ pub fn sweep(dir: &Path) -> usize {
         let Some(sidecar) = read_sidecar(&json) else {
             continue;
         };
-        if sidecar.exit.is_none() && process_alive(sidecar.pid) {
+        let handled_run = json
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|stem| handled.contains(stem));
+        if !handled_run || sidecar.exit.is_none() && process_alive(sidecar.pid) {
             continue;
         }
         let log = json.with_extension("log");

@@ -1,6 +1,7 @@
 //! Sources: where records come from.
 
 pub mod exec;
+pub mod exec_spans;
 pub mod file;
 pub mod multiline;
 pub mod otlp;
