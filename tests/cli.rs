@@ -167,3 +167,22 @@ fn run_with_a_missing_token_file_is_a_configuration_error_naming_the_key() {
     assert!(err.contains("loki.bearer_token_file"), "{err}");
     assert!(err.contains("/nonexistent/token"), "{err}");
 }
+
+#[test]
+fn the_packaged_example_configurations_are_valid() {
+    for example in ["quickstart.toml", "full.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/examples")
+            .join(example);
+        let o = agent()
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{example}: {}", stderr(&o));
+        assert!(
+            stdout(&o).starts_with("# configuration is valid"),
+            "{example}"
+        );
+    }
+}
