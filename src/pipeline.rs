@@ -22,8 +22,8 @@ use crate::record::{Batch, SourceBatch};
 use crate::relay::OtlpRelay;
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
-use crate::source::exec;
 use crate::source::file::{self, TailSettings};
+use crate::source::{exec, host_metrics};
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
@@ -186,8 +186,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         cancel.clone(),
     )
     .await?;
+    let host_metrics = host_metrics::spawn(&config, otlp.as_ref(), cancel.clone());
     if !config.loki.enabled {
-        return run_otlp_only(&config, otlp, cancel).await;
+        return run_otlp_only(&config, otlp, host_metrics, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -276,6 +277,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         }
     };
     let otlp_drained = async {
+        if let Some(task) = host_metrics {
+            let _ = task.await;
+        }
         if let Some(otlp) = otlp {
             otlp.finish(DRAIN_GRACE).await;
         }
@@ -295,6 +299,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 async fn run_otlp_only(
     config: &Config,
     otlp: Option<OtlpRelay>,
+    host_metrics: Option<tokio::task::JoinHandle<()>>,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -304,6 +309,9 @@ async fn run_otlp_only(
         );
     }
     cancel.cancelled().await;
+    if let Some(task) = host_metrics {
+        let _ = task.await;
+    }
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
     }

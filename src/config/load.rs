@@ -1,6 +1,7 @@
 //! Finding, reading and validating the configuration file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{apply_env, Config, EnvSource, FileConfig, DEFAULT_STATE_DIR};
 
@@ -306,6 +307,16 @@ impl Config {
                     "expected an address such as \"127.0.0.1:9465\" or \"\" to disable, found {:?}",
                     self.admin.listen
                 ),
+            ));
+        }
+        if self.host_metrics.enabled
+            && self.host_metrics.interval.get() < Duration::from_millis(100)
+        {
+            return Err(err(
+                "host_metrics",
+                "interval",
+                "host_metrics.interval".into(),
+                "expected a duration of at least \"100ms\" (the default is \"15s\")".into(),
             ));
         }
         if self.buffer.max_bytes.bytes() < 1 << 20 {

@@ -2,6 +2,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod host_metrics;
 pub mod multiline;
 pub mod otlp;
 pub mod terminal;
