@@ -493,6 +493,22 @@ mod tests {
     }
 
     #[test]
+    fn a_host_metrics_interval_below_100ms_is_refused() {
+        let c = parse("[host_metrics]\ninterval = \"200ms\"\n").unwrap();
+        assert_eq!(c.host_metrics.interval.get(), Duration::from_millis(200));
+        let e = parse("[host_metrics]\nenabled = true\ninterval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`host_metrics.interval`") && e.contains("line 3"),
+            "{e}"
+        );
+        assert!(e.contains("100ms"), "{e}");
+        // Disabled, the interval is not used.
+        assert!(parse("[host_metrics]\nenabled = false\ninterval = \"0s\"\n").is_ok());
+    }
+
+    #[test]
     fn a_file_entry_without_a_name_is_rejected() {
         let e = parse("[[files]]\npaths = [\"/x\"]\n")
             .unwrap_err()

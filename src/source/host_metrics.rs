@@ -1378,7 +1378,11 @@ mod tests {
             for p in points(m) {
                 assert_eq!(p.time_unix_nano, 1_800_000_000_000_000_000, "{}", m.name);
                 if matches!(m.data, Some(metric::Data::Sum(_))) {
-                    assert_eq!(p.start_time_unix_nano, 1_795_945_397_000_000_000, "{}", m.name);
+                    assert_eq!(
+                        p.start_time_unix_nano, 1_795_945_397_000_000_000,
+                        "{}",
+                        m.name
+                    );
                 }
             }
         }
