@@ -22,8 +22,9 @@ use crate::record::{Batch, SourceBatch};
 use crate::relay::OtlpRelay;
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
+use crate::source::exec;
 use crate::source::file::{self, TailSettings};
-use crate::source::{exec, host_metrics};
+use crate::source::host_metrics;
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
