@@ -23,7 +23,7 @@ use crate::relay::OtlpRelay;
 use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
 use crate::source::file::{self, TailSettings};
-use crate::source::{exec, exec_spans};
+use crate::source::{exec, exec_spans, host_metrics};
 use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
@@ -187,8 +187,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     )
     .await?;
     start_exec_spans(&config, &state_dir, otlp.as_mut(), &cancel);
+    let host_metrics = host_metrics::spawn(&config, otlp.as_ref(), cancel.clone());
     if !config.loki.enabled {
-        return run_otlp_only(&config, otlp, cancel).await;
+        return run_otlp_only(&config, otlp, host_metrics, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -277,6 +278,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         }
     };
     let otlp_drained = async {
+        if let Some(task) = host_metrics {
+            let _ = task.await;
+        }
         if let Some(otlp) = otlp {
             otlp.finish(DRAIN_GRACE).await;
         }
@@ -296,6 +300,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 async fn run_otlp_only(
     config: &Config,
     otlp: Option<OtlpRelay>,
+    host_metrics: Option<tokio::task::JoinHandle<()>>,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -305,6 +310,9 @@ async fn run_otlp_only(
         );
     }
     cancel.cancelled().await;
+    if let Some(task) = host_metrics {
+        let _ = task.await;
+    }
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
     }

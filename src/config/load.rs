@@ -1,6 +1,7 @@
 //! Finding, reading and validating the configuration file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{apply_env, Config, EnvSource, FileConfig, DEFAULT_STATE_DIR};
 
@@ -308,6 +309,16 @@ impl Config {
                 ),
             ));
         }
+        if self.host_metrics.enabled
+            && self.host_metrics.interval.get() < Duration::from_millis(100)
+        {
+            return Err(err(
+                "host_metrics",
+                "interval",
+                "host_metrics.interval".into(),
+                "expected a duration of at least \"100ms\" (the default is \"15s\")".into(),
+            ));
+        }
         if self.buffer.max_bytes.bytes() < 1 << 20 {
             return Err(err(
                 "buffer",
@@ -479,6 +490,22 @@ mod tests {
         assert!(e.contains("line 4"), "{e}");
         assert!(e.contains("`files[0].poll_interval`"), "{e}");
         assert!(e.contains("expected a duration"), "{e}");
+    }
+
+    #[test]
+    fn a_host_metrics_interval_below_100ms_is_refused() {
+        let c = parse("[host_metrics]\ninterval = \"200ms\"\n").unwrap();
+        assert_eq!(c.host_metrics.interval.get(), Duration::from_millis(200));
+        let e = parse("[host_metrics]\nenabled = true\ninterval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`host_metrics.interval`") && e.contains("line 3"),
+            "{e}"
+        );
+        assert!(e.contains("100ms"), "{e}");
+        // Disabled, the interval is not used.
+        assert!(parse("[host_metrics]\nenabled = false\ninterval = \"0s\"\n").is_ok());
     }
 
     #[test]
