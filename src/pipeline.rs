@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AgentHealth, Sources};
+use crate::admin::{self, AgentHealth, LogSources, Sources};
 use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
@@ -187,7 +187,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     )
     .await?;
     if !config.loki.enabled {
-        return run_otlp_only(&config, otlp, cancel).await;
+        return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -217,11 +217,14 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         &config.admin.listen,
         &loaded.origin.to_string(),
         Sources {
-            tail: settings.counters.clone(),
-            parse: transformer.counters(),
-            spool: writer.counters(),
-            loki: loki_counters.clone(),
-            spool_max_bytes: spool_bytes,
+            logs: Some(LogSources {
+                tail: settings.counters.clone(),
+                parse: transformer.counters(),
+                spool: writer.counters(),
+                loki: loki_counters.clone(),
+                spool_max_bytes: spool_bytes,
+            }),
+            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
             host: host.clone(),
             health: agent_health.clone(),
         },
@@ -290,11 +293,14 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `run` with `loki.enabled = false`: only the OTLP relay runs. File logs go to
-/// Loki only, so `[[files]]` are not tailed then (the log says so).
+/// `run` with `loki.enabled = false`: only the OTLP relay runs, and the admin
+/// endpoint with its metrics. File logs go to Loki only, so `[[files]]` are not
+/// tailed then (the log says so).
 async fn run_otlp_only(
     config: &Config,
+    origin: &str,
     otlp: Option<OtlpRelay>,
+    host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -303,9 +309,19 @@ async fn run_otlp_only(
              relaying OTLP only"
         );
     }
+    let sources = Sources {
+        logs: None,
+        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+        host,
+        health: Arc::default(),
+    };
+    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     cancel.cancelled().await;
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
+    }
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)

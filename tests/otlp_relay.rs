@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -23,111 +22,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-use support::agent::Agent;
+use support::agent::{Agent, Relay};
 use support::loki::LokiReceiver;
 use support::otlp::{OtlpReceiver, Transport};
 use support::{wait_until, DEADLINE};
-
-/// An agent configuration relaying to `collector`, receivers on free ports.
-struct Relay {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Relay {
-    /// `protocol` is the exporter's; `loki` enables the Loki sink as well.
-    fn new(collector: &OtlpReceiver, protocol: &str, loki: Option<&LokiReceiver>) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = match protocol {
-            "grpc" => collector.grpc_endpoint(),
-            _ => collector.http_endpoint(),
-        };
-        let loki_section = match loki {
-            Some(l) => format!(
-                "url = \"http://{{host}}:{}/loki/api/v1/push\"\nbatch_max_wait = \"100ms\"",
-                l.addr().port()
-            ),
-            None => "enabled = false".to_string(),
-        };
-        let logs = dir.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let text = format!(
-            r#"[agent]
-state_dir = "{state}"
-hostname = "vm-test"
-
-[host]
-address = "127.0.0.1"
-
-[loki]
-{loki_section}
-
-[otlp]
-endpoint = "{endpoint}"
-protocol = "{protocol}"
-timeout = "2s"
-max_backoff = "300ms"
-headers = {{ "x-relay-test" = "yes" }}
-
-[receiver]
-grpc = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[host_metrics]
-enabled = false
-
-[admin]
-listen = ""
-
-[[files]]
-name = "app"
-paths = ["{logs}/*.log"]
-start_at = "beginning"
-poll_interval = "100ms"
-"#,
-            state = dir.path().join("state").display(),
-            logs = logs.display(),
-        );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Relay { dir, config }
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("agent.stderr")
-    }
-
-    /// Starts the agent and waits for both receivers' addresses in its log. A
-    /// restart appends to the same log: the addresses are the last ones logged.
-    async fn start(&self) -> (Agent, SocketAddr, SocketAddr) {
-        let before = std::fs::read_to_string(self.stderr_path())
-            .unwrap_or_default()
-            .len();
-        let agent = Agent::start(&self.config, &self.stderr_path());
-        let mut addrs = (None, None);
-        let found = wait_until(DEADLINE, || {
-            let log = agent.log();
-            let log = log.get(before..).unwrap_or("");
-            addrs = (
-                listening(log, "otlp receiver (grpc) listening on "),
-                listening(log, "otlp receiver (http) listening on "),
-            );
-            addrs.0.is_some() && addrs.1.is_some()
-        })
-        .await;
-        assert!(
-            found,
-            "receivers did not start; agent log:\n{}",
-            agent.log()
-        );
-        (agent, addrs.0.unwrap(), addrs.1.unwrap())
-    }
-}
-
-fn listening(log: &str, marker: &str) -> Option<SocketAddr> {
-    let at = log.rfind(marker)? + marker.len();
-    log[at..].split_whitespace().next()?.parse().ok()
-}
 
 fn text(key: &str, value: &str) -> KeyValue {
     KeyValue {

@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -77,10 +77,13 @@ pub struct ReceiverCounters {
     /// Requests made durable, per signal (traces, metrics, logs).
     pub requests_accepted: [AtomicU64; 3],
     pub bytes_accepted: AtomicU64,
-    /// Requests answered 400 / 415 / `INVALID_ARGUMENT`.
+    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT`.
     pub requests_invalid: AtomicU64,
     /// Requests the spool could not take (answered 503 / `UNAVAILABLE`).
     pub requests_refused: AtomicU64,
+    /// Why the OTLP spool cannot append (a full disk, an I/O error), while it
+    /// cannot: the admin endpoint's `/healthz` reports it.
+    buffer_error: Mutex<Option<String>>,
 }
 
 fn signal_index(s: OtlpSignal) -> usize {
@@ -92,6 +95,18 @@ fn signal_index(s: OtlpSignal) -> usize {
 }
 
 impl ReceiverCounters {
+    /// Why the OTLP spool cannot take requests now, if it cannot.
+    pub fn buffer_error(&self) -> Option<String> {
+        self.buffer_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_buffer_error(&self, error: Option<String>) {
+        *self.buffer_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
     /// `(name, value)` pairs in the admin endpoint's naming.
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out = Vec::new();
@@ -142,7 +157,7 @@ impl Intake {
         counters: Arc<ReceiverCounters>,
     ) -> (Intake, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(PENDING_REQUESTS);
-        let task = tokio::spawn(write_loop(rx, writer));
+        let task = tokio::spawn(write_loop(rx, writer, counters.clone()));
         (Intake { tx, counters }, task)
     }
 
@@ -175,7 +190,11 @@ impl Intake {
     }
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPayload>) {
+async fn write_loop(
+    mut rx: mpsc::Receiver<Pending>,
+    writer: SpoolWriter<OtlpPayload>,
+    counters: Arc<ReceiverCounters>,
+) {
     let mut writer = Some(writer);
     let mut failing = false;
     loop {
@@ -220,6 +239,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPay
         match &result {
             Ok(()) if failing => {
                 tracing::info!("the otlp buffer takes requests again");
+                counters.set_buffer_error(None);
                 failing = false;
             }
             Ok(()) => {}
@@ -228,6 +248,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPay
                     "cannot buffer {} otlp request(s): {e}; senders are told to retry",
                     group.len()
                 );
+                counters.set_buffer_error(Some(e.clone()));
                 failing = true;
             }
             Err(_) => {}
