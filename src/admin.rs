@@ -2,8 +2,11 @@
 //! exposition format 0.0.4, and `GET /healthz`.
 //!
 //! Promises: the metrics are read from the counters the stages already keep (the
-//! tailer's, the parser's, the spool's and the Loki sink's), plus build, host and
-//! process metrics read from `/proc` by hand; a scrape never blocks a stage. The
+//! tailer's, the parser's, both spools' (told apart by a `spool` label), the
+//! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
+//! process metrics read from `/proc` by hand; a scrape never blocks a stage.
+//! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
+//! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
 //! the cancellation token. Other paths answer 404, other methods 405.
 //!
@@ -34,7 +37,9 @@ use crate::config::ConfigError;
 use crate::discovery::Chosen;
 use crate::parse::ParseCounters;
 use crate::sink::loki::sink::LokiCounters;
+use crate::sink::otlp::OtlpCounters;
 use crate::source::file::TailCounters;
+use crate::source::otlp::ReceiverCounters;
 use crate::spool::SpoolCounters;
 
 /// How often a listen address that could not be bound is tried again.
@@ -48,14 +53,15 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// state is in `/metrics`).
 #[derive(Debug, Default)]
 pub struct AgentHealth {
-    /// Why the buffer cannot take records (a full disk, an I/O error), while it
-    /// cannot.
+    /// Why the file-log buffer (`spool/loki`) cannot take records (a full disk,
+    /// an I/O error), while it cannot. The OTLP buffer's state is kept by its
+    /// own stage ([`ReceiverCounters::buffer_error`]).
     buffer_error: Mutex<Option<String>>,
 }
 
 impl AgentHealth {
-    /// The buffer failed to append: `/healthz` answers 503 with `reason` until
-    /// [`AgentHealth::buffer_recovered`].
+    /// The file-log buffer failed to append: `/healthz` answers 503 with
+    /// `reason` until [`AgentHealth::buffer_recovered`].
     pub fn buffer_failing(&self, reason: String) {
         *self.buffer_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
@@ -70,22 +76,60 @@ impl AgentHealth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|e| format!("the buffer cannot write: {e}; reading is paused, nothing is lost"))
+            .map(|e| {
+                format!(
+                    "the log buffer (spool/loki) cannot write: {e}; reading files is paused, nothing is lost"
+                )
+            })
     }
 }
 
 /// Everything `/metrics` and `/healthz` read: the stages' shared counters.
 #[derive(Debug)]
 pub struct Sources {
+    /// The file logs to Loki; `None` with `loki.enabled = false`.
+    pub logs: Option<LogSources>,
+    /// The OTLP relay; `None` with `otlp.enabled = false`.
+    pub relay: Option<RelaySources>,
+    /// The host discovery chose, if any.
+    pub host: watch::Receiver<Option<Chosen>>,
+    pub health: Arc<AgentHealth>,
+}
+
+/// The counters of the file-log pipeline: tailer → parser → spool → Loki.
+#[derive(Debug)]
+pub struct LogSources {
     pub tail: Arc<TailCounters>,
     pub parse: Arc<ParseCounters>,
     pub spool: Arc<SpoolCounters>,
     pub loki: Arc<LokiCounters>,
-    /// `buffer.max_bytes`, so a dashboard can show how full the buffer is.
+    /// The spool's bound (its share of `buffer.max_bytes`), so a dashboard can
+    /// show how full it is.
     pub spool_max_bytes: u64,
-    /// The host discovery chose, if any.
-    pub host: watch::Receiver<Option<Chosen>>,
-    pub health: Arc<AgentHealth>,
+}
+
+/// The counters of the OTLP relay: receiver → spool → exporter.
+#[derive(Debug)]
+pub struct RelaySources {
+    pub receiver: Arc<ReceiverCounters>,
+    pub exporter: Arc<OtlpCounters>,
+    pub spool: Arc<SpoolCounters>,
+    /// The OTLP spool's bound (its share of `buffer.max_bytes`).
+    pub spool_max_bytes: u64,
+}
+
+impl Sources {
+    /// What is wrong with the agent, if anything: each buffer that cannot write.
+    fn problem(&self) -> Option<String> {
+        let mut problems: Vec<String> = self.health.problem().into_iter().collect();
+        if let Some(e) = self.relay.as_ref().and_then(|r| r.receiver.buffer_error()) {
+            problems.push(format!(
+                "the otlp buffer (spool/otlp) cannot write: {e}; OTLP senders are answered \
+                 503 / UNAVAILABLE and retry, nothing is lost"
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
 }
 
 /// Starts the endpoint on `listen` (`""`: disabled, returns `None`). Binding
@@ -170,7 +214,7 @@ async fn metrics(State(sources): State<Arc<Sources>>) -> Response {
 }
 
 async fn healthz(State(sources): State<Arc<Sources>>) -> Response {
-    match sources.health.problem() {
+    match sources.problem() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("{p}\n")).into_response(),
     }
@@ -208,11 +252,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("wisp_parse_misses_total", Kind::Counter, "Lines meant to be JSON that were not a valid object, shipped as text."),
     ("wisp_parse_timestamps_out_of_window_total", Kind::Counter, "Lines whose own timestamp was too old or too far ahead: shipped at the read time."),
     ("wisp_parse_label_values_overflowed_total", Kind::Counter, "Promoted label values replaced by \"other\" by the cardinality guard."),
-    // Spool.
+    // Spools: each sample has `spool="loki"` (file logs) or `spool="otlp"` (the relay).
     ("wisp_spool_records_appended_total", Kind::Counter, "Records written to the buffer."),
     ("wisp_spool_bytes_appended_total", Kind::Counter, "Bytes written to the buffer."),
     ("wisp_spool_bytes_buffered", Kind::Gauge, "Bytes in the buffer not yet acknowledged by the sink."),
-    ("wisp_spool_max_bytes", Kind::Gauge, "The buffer's bound, buffer.max_bytes; past it the oldest data is dropped."),
+    ("wisp_spool_max_bytes", Kind::Gauge, "The buffer's bound, its share of buffer.max_bytes; past it the oldest data is dropped."),
     ("wisp_spool_segments", Kind::Gauge, "Segment files of the buffer on disk."),
     ("wisp_spool_records_dropped_total", Kind::Counter, "Records dropped unshipped because the buffer reached buffer.max_bytes."),
     ("wisp_spool_bytes_dropped_total", Kind::Counter, "Bytes dropped unshipped because the buffer reached buffer.max_bytes."),
@@ -233,6 +277,18 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("wisp_loki_last_push_timestamp_seconds", Kind::Gauge, "When Loki last took a push, in seconds since the Unix epoch; 0 until the first."),
     ("wisp_loki_records_dropped_total", Kind::Counter, "Log entries dropped because Loki rejected them for good, by HTTP status (0: could not be encoded)."),
     ("wisp_loki_batches_dropped_total", Kind::Counter, "Pushes Loki rejected for good, by HTTP status."),
+    // OTLP receiver.
+    ("wisp_otlp_receiver_requests_total", Kind::Counter, "OTLP requests received and made durable (answered success), by signal."),
+    ("wisp_otlp_receiver_bytes_total", Kind::Counter, "Protobuf bytes of the OTLP requests made durable."),
+    ("wisp_otlp_receiver_requests_invalid_total", Kind::Counter, "OTLP requests refused as malformed or unsupported (HTTP 400, 413, 415; gRPC INVALID_ARGUMENT)."),
+    ("wisp_otlp_receiver_requests_refused_total", Kind::Counter, "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE): the sender retries."),
+    // OTLP exporter.
+    ("wisp_otlp_requests_shipped_total", Kind::Counter, "Received OTLP requests the collector took (several may travel in one export)."),
+    ("wisp_otlp_exports_total", Kind::Counter, "Exports the collector took."),
+    ("wisp_otlp_bytes_shipped_total", Kind::Counter, "Bytes of buffered OTLP requests the collector took."),
+    ("wisp_otlp_retries_total", Kind::Counter, "Exports retried (UNAVAILABLE, 429, 5xx, timeouts, connection errors)."),
+    ("wisp_otlp_requests_dropped_total", Kind::Counter, "Received OTLP requests dropped because the collector refused them for good, by cause."),
+    ("wisp_otlp_items_rejected_total", Kind::Counter, "Spans, data points or log records the collector rejected in a partial success, by signal."),
     // Process.
     ("process_resident_memory_bytes", Kind::Gauge, "Resident memory size in bytes."),
     ("process_virtual_memory_bytes", Kind::Gauge, "Virtual memory size in bytes."),
@@ -360,23 +416,69 @@ fn render(s: &Sources, proc: &dyn Proc) -> String {
             1.0,
         );
     }
-    for (name, v) in s.tail.snapshot().metrics() {
-        e.sample(name, v as f64);
-    }
-    for (name, v) in s.parse.snapshot().metrics() {
-        e.sample(name, v as f64);
-    }
-    for (name, v) in s.spool.snapshot().metrics() {
-        e.sample(name, v);
-        if name == "wisp_spool_bytes_buffered" {
-            e.sample("wisp_spool_max_bytes", s.spool_max_bytes as f64);
+    if let Some(logs) = &s.logs {
+        for (name, v) in logs.tail.snapshot().metrics() {
+            e.sample(name, v as f64);
+        }
+        for (name, v) in logs.parse.snapshot().metrics() {
+            e.sample(name, v as f64);
         }
     }
-    for (name, v) in s.loki.metrics() {
-        e.sample(&name, v);
+    spool_metrics(&mut e, s);
+    if let Some(logs) = &s.logs {
+        for (name, v) in logs.loki.metrics() {
+            e.sample(&name, v);
+        }
+    }
+    if let Some(relay) = &s.relay {
+        for (name, v) in relay.receiver.metrics() {
+            e.sample(&name, v);
+        }
+        for (name, v) in relay.exporter.metrics() {
+            e.sample(&name, v);
+        }
     }
     process_metrics(&mut e, proc);
     e.out
+}
+
+/// The `wisp_spool_*` families of both spools, each family's samples together
+/// (`spool="loki"`, then `spool="otlp"`).
+fn spool_metrics(e: &mut Exposition, s: &Sources) {
+    let mut spools = Vec::new();
+    if let Some(logs) = &s.logs {
+        spools.push((
+            "loki",
+            logs.spool.snapshot().metrics(),
+            logs.spool_max_bytes,
+        ));
+    }
+    if let Some(relay) = &s.relay {
+        spools.push((
+            "otlp",
+            relay.spool.snapshot().metrics(),
+            relay.spool_max_bytes,
+        ));
+    }
+    let Some((_, first, _)) = spools.first() else {
+        return;
+    };
+    for (i, (name, _)) in first.iter().enumerate() {
+        for (spool, metrics, _) in &spools {
+            if let Some((_, v)) = metrics.get(i) {
+                e.labelled(name, &[("spool", spool)], *v);
+            }
+        }
+        if *name == "wisp_spool_bytes_buffered" {
+            for (spool, _, max_bytes) in &spools {
+                e.labelled(
+                    "wisp_spool_max_bytes",
+                    &[("spool", spool)],
+                    *max_bytes as f64,
+                );
+            }
+        }
+    }
 }
 
 /// `USER_HZ`, the unit of the CPU times in `/proc/<pid>/stat`: 100 on every
@@ -501,11 +603,19 @@ mod tests {
     fn sources(chosen: Option<Chosen>) -> Sources {
         let (_tx, host) = watch::channel(chosen);
         Sources {
-            tail: Arc::default(),
-            parse: Arc::default(),
-            spool: Arc::default(),
-            loki: Arc::default(),
-            spool_max_bytes: 512 << 20,
+            logs: Some(LogSources {
+                tail: Arc::default(),
+                parse: Arc::default(),
+                spool: Arc::default(),
+                loki: Arc::default(),
+                spool_max_bytes: 256 << 20,
+            }),
+            relay: Some(RelaySources {
+                receiver: Arc::default(),
+                exporter: Arc::default(),
+                spool: Arc::default(),
+                spool_max_bytes: 256 << 20,
+            }),
             host,
             health: Arc::default(),
         }
@@ -557,9 +667,25 @@ mod tests {
             name: "host.lima.internal".into(),
             address: IpAddr::V4(Ipv4Addr::new(192, 168, 5, 2)),
         }));
-        s.loki.records_shipped.store(7, Ordering::Relaxed);
-        s.loki.records_dropped.lock().unwrap().insert(400, 3);
-        s.loki.batches_dropped.lock().unwrap().insert(400, 1);
+        let logs = s.logs.as_ref().unwrap();
+        logs.loki.records_shipped.store(7, Ordering::Relaxed);
+        logs.loki.records_dropped.lock().unwrap().insert(400, 3);
+        logs.loki.batches_dropped.lock().unwrap().insert(400, 1);
+        let relay = s.relay.as_ref().unwrap();
+        relay.receiver.requests_accepted[0].store(4, Ordering::Relaxed);
+        relay.exporter.requests_shipped.store(4, Ordering::Relaxed);
+        relay
+            .exporter
+            .requests_dropped
+            .lock()
+            .unwrap()
+            .insert("http_400".into(), 2);
+        relay
+            .exporter
+            .items_rejected
+            .lock()
+            .unwrap()
+            .insert("traces", 5);
         let text = render(&s, &FakeProc);
         let samples = parse_strictly(&text);
         for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
@@ -582,7 +708,34 @@ mod tests {
             samples["wisp_loki_records_dropped_total{reason=\"400\"}"],
             3.0
         );
-        assert_eq!(samples["wisp_spool_max_bytes"], (512u64 << 20) as f64);
+        assert_eq!(
+            samples["wisp_spool_max_bytes{spool=\"loki\"}"],
+            (256u64 << 20) as f64
+        );
+        assert_eq!(
+            samples["wisp_spool_max_bytes{spool=\"otlp\"}"],
+            (256u64 << 20) as f64
+        );
+        assert_eq!(
+            samples["wisp_spool_records_appended_total{spool=\"otlp\"}"],
+            0.0
+        );
+        assert_eq!(
+            samples["wisp_otlp_receiver_requests_total{signal=\"traces\"}"],
+            4.0
+        );
+        assert_eq!(samples["wisp_otlp_requests_shipped_total"], 4.0);
+        assert_eq!(
+            samples["wisp_otlp_requests_dropped_total{reason=\"http_400\"}"],
+            2.0
+        );
+        // Every spool sample names its spool.
+        for name in samples.keys().filter(|n| n.starts_with("wisp_spool_")) {
+            assert!(
+                name.ends_with("{spool=\"loki\"}") || name.ends_with("{spool=\"otlp\"}"),
+                "{name}"
+            );
+        }
         assert_eq!(samples["process_resident_memory_bytes"], 7040.0 * 1024.0);
         assert_eq!(samples["process_virtual_memory_bytes"], 123456.0 * 1024.0);
         assert_eq!(samples["process_cpu_seconds_total"], 3.0);
@@ -597,6 +750,51 @@ mod tests {
                 "{name} missing:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn either_pipeline_alone_serves_its_own_metrics_and_not_the_others() {
+        let mut otlp_only = sources(None);
+        otlp_only.logs = None;
+        let text = render(&otlp_only, &FakeProc);
+        let samples = parse_strictly(&text);
+        assert!(
+            !text.contains("wisp_file_") && !text.contains("wisp_loki_"),
+            "{text}"
+        );
+        assert!(!text.contains("spool=\"loki\""), "{text}");
+        assert_eq!(samples["wisp_spool_segments{spool=\"otlp\"}"], 0.0);
+        assert_eq!(samples["wisp_otlp_exports_total"], 0.0);
+
+        let mut loki_only = sources(None);
+        loki_only.relay = None;
+        let text = render(&loki_only, &FakeProc);
+        let samples = parse_strictly(&text);
+        assert!(!text.contains("wisp_otlp_"), "{text}");
+        assert!(!text.contains("spool=\"otlp\""), "{text}");
+        assert_eq!(samples["wisp_spool_segments{spool=\"loki\"}"], 0.0);
+        assert_eq!(samples["wisp_file_lines_read_total"], 0.0);
+    }
+
+    #[test]
+    fn either_buffer_failing_is_a_problem_naming_it() {
+        let s = sources(None);
+        assert_eq!(s.problem(), None);
+        let relay = s.relay.as_ref().unwrap();
+        relay
+            .receiver
+            .set_buffer_error(Some("no space left on device (os error 28)".into()));
+        let p = s.problem().unwrap();
+        assert!(
+            p.contains("otlp buffer") && p.contains("os error 28"),
+            "{p}"
+        );
+        s.health.buffer_failing("an i/o error".into());
+        let p = s.problem().unwrap();
+        assert!(p.contains("log buffer") && p.contains("otlp buffer"), "{p}");
+        relay.receiver.set_buffer_error(None);
+        s.health.buffer_recovered();
+        assert_eq!(s.problem(), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AgentHealth, Sources};
+use crate::admin::{self, AgentHealth, LogSources, Sources};
 use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
@@ -189,7 +189,15 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     start_exec_spans(&config, &state_dir, otlp.as_mut(), &cancel);
     let host_metrics = host_metrics::spawn(&config, otlp.as_ref(), cancel.clone());
     if !config.loki.enabled {
-        return run_otlp_only(&config, otlp, host_metrics, cancel).await;
+        return run_otlp_only(
+            &config,
+            &loaded.origin.to_string(),
+            otlp,
+            host_metrics,
+            host,
+            cancel,
+        )
+        .await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -219,11 +227,14 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         &config.admin.listen,
         &loaded.origin.to_string(),
         Sources {
-            tail: settings.counters.clone(),
-            parse: transformer.counters(),
-            spool: writer.counters(),
-            loki: loki_counters.clone(),
-            spool_max_bytes: spool_bytes,
+            logs: Some(LogSources {
+                tail: settings.counters.clone(),
+                parse: transformer.counters(),
+                spool: writer.counters(),
+                loki: loki_counters.clone(),
+                spool_max_bytes: spool_bytes,
+            }),
+            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
             host: host.clone(),
             health: agent_health.clone(),
         },
@@ -295,12 +306,15 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `run` with `loki.enabled = false`: only the OTLP relay runs. File logs go to
-/// Loki only, so `[[files]]` are not tailed then (the log says so).
+/// `run` with `loki.enabled = false`: only the OTLP relay runs, and the admin
+/// endpoint with its metrics. File logs go to Loki only, so `[[files]]` are not
+/// tailed then (the log says so).
 async fn run_otlp_only(
     config: &Config,
+    origin: &str,
     otlp: Option<OtlpRelay>,
     host_metrics: Option<tokio::task::JoinHandle<()>>,
+    host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -309,12 +323,22 @@ async fn run_otlp_only(
              relaying OTLP only"
         );
     }
+    let sources = Sources {
+        logs: None,
+        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+        host,
+        health: Arc::default(),
+    };
+    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     cancel.cancelled().await;
     if let Some(task) = host_metrics {
         let _ = task.await;
     }
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
+    }
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)

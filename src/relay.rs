@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::RelaySources;
 use crate::config::{Config, FsyncPolicy};
 use crate::discovery::{Chosen, HostHealth};
 use crate::record::OtlpPayload;
@@ -41,6 +42,8 @@ pub struct OtlpRelay {
     pub counters: Arc<OtlpCounters>,
     /// The OTLP spool's counters (`wisp_spool_*` with `spool="otlp"`).
     pub spool_counters: Arc<SpoolCounters>,
+    /// The OTLP spool's bound.
+    max_bytes: u64,
 }
 
 impl OtlpRelay {
@@ -122,7 +125,18 @@ impl OtlpRelay {
             receiver_counters,
             counters,
             spool_counters,
+            max_bytes,
         }))
+    }
+
+    /// What the admin endpoint reads of the relay.
+    pub fn admin_sources(&self) -> RelaySources {
+        RelaySources {
+            receiver: self.receiver_counters.clone(),
+            exporter: self.counters.clone(),
+            spool: self.spool_counters.clone(),
+            spool_max_bytes: self.max_bytes,
+        }
     }
 
     /// Where the agent's own telemetry goes into the OTLP spool, as if received.

@@ -12,8 +12,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::agent::{Agent, Setup};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+
+use support::agent::{Agent, Relay, Setup};
 use support::loki::LokiReceiver;
+use support::otlp::OtlpReceiver;
 use support::{wait_until, DEADLINE};
 
 fn append(path: &Path, lines: &[String]) {
@@ -252,9 +261,18 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     assert_eq!(page.get("wisp_parse_lines_total"), 5.0);
     assert_eq!(page.get("wisp_parse_json_lines_total"), 5.0);
     assert_eq!(page.get("wisp_parse_misses_total"), 0.0);
-    assert_eq!(page.get("wisp_spool_records_appended_total"), 5.0);
-    assert_eq!(page.get("wisp_spool_records_read_total"), 5.0);
-    assert_eq!(page.get("wisp_spool_records_dropped_total"), 0.0);
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"loki\"}"),
+        5.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_read_total{spool=\"loki\"}"),
+        5.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_dropped_total{spool=\"loki\"}"),
+        0.0
+    );
     assert_eq!(page.get("wisp_loki_records_shipped_total"), 5.0);
     assert_eq!(
         page.get("wisp_loki_batches_shipped_total"),
@@ -279,6 +297,14 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     assert!(page.get("process_start_time_seconds") > 1.7e9);
     assert_eq!(page.types["process_cpu_seconds_total"], "counter");
     assert_eq!(page.types["wisp_spool_bytes_buffered"], "gauge");
+    // `otlp.enabled = false`: no relay, so no relay metrics and no second spool.
+    assert!(
+        page.samples
+            .keys()
+            .all(|k| !k.starts_with("wisp_otlp_") && !k.contains("spool=\"otlp\"")),
+        "{:?}",
+        page.samples.keys()
+    );
 
     // More lines move the counters by exactly as many.
     append(&file, &pino_lines(5, 8));
@@ -288,7 +314,10 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     })
     .await;
     assert_eq!(page.get("wisp_file_lines_read_total"), 8.0);
-    assert_eq!(page.get("wisp_spool_records_appended_total"), 8.0);
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"loki\"}"),
+        8.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,4 +480,322 @@ fn a_listen_address_that_does_not_parse_is_a_configuration_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin.listen"), "{stderr}");
     assert!(stderr.contains("127.0.0.1:9465"), "{stderr}");
+}
+
+/// A trace export with one span named `name`; `pad` bytes of attribute make it
+/// as large as a test needs.
+fn span_request(name: &str, pad: usize) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![0xab; 16],
+                    span_id: vec![7; 8],
+                    name: name.into(),
+                    kind: 2,
+                    start_time_unix_nano: 1_700_000_000_000_000_000,
+                    end_time_unix_nano: 1_700_000_000_100_000_000,
+                    attributes: vec![KeyValue {
+                        key: "pad".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue("x".repeat(pad))),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn log_request(body: &str) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(body.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// POSTs an OTLP/HTTP protobuf body to the agent's receiver; the status and body.
+async fn post_protobuf(
+    client: &reqwest::Client,
+    http: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let r = client
+        .post(format!("http://{http}{path}"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_log_spool() {
+    let collector = OtlpReceiver::start().await;
+    let loki = LokiReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", Some(&loki));
+    relay.set_admin_listen("127.0.0.1:0");
+    let (agent, grpc, http) = relay.start().await;
+    let addr = admin_addr(&agent).await;
+    let client = reqwest::Client::new();
+
+    // Three spans over gRPC, two over HTTP, one log record over HTTP.
+    let mut bytes = 0;
+    let mut grpc_client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let req = span_request(&format!("grpc {i}"), 10);
+        bytes += req.encoded_len();
+        grpc_client.export(req).await.unwrap();
+    }
+    for i in 0..2 {
+        let body = span_request(&format!("http {i}"), 20).encode_to_vec();
+        bytes += body.len();
+        assert_eq!(
+            post_protobuf(&client, http, "/v1/traces", body).await.0,
+            200
+        );
+    }
+    let body = log_request("a log record").encode_to_vec();
+    bytes += body.len();
+    assert_eq!(post_protobuf(&client, http, "/v1/logs", body).await.0, 200);
+    // And one malformed request, refused.
+    let (status, _) = post_protobuf(&client, http, "/v1/traces", vec![0xff; 5]).await;
+    assert_eq!(status, 400);
+    // Two file lines, through the other spool.
+    std::fs::write(
+        relay.dir.path().join("logs").join("app.log"),
+        "{\"level\":30,\"msg\":\"one\"}\n{\"level\":30,\"msg\":\"two\"}\n",
+    )
+    .unwrap();
+
+    assert!(
+        collector.wait_for_spans(5, DEADLINE).await && collector.wait_for_logs(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert!(loki.wait_for_unique(2, DEADLINE).await, "{}", agent.log());
+    let page = scrape_until(&client, addr, |p| {
+        p.samples.get("wisp_otlp_requests_shipped_total") == Some(&6.0)
+            && p.samples.get("wisp_loki_records_shipped_total") == Some(&2.0)
+    })
+    .await;
+    let traces = "wisp_otlp_receiver_requests_total{signal=\"traces\"}";
+    assert_eq!(page.get(traces), 5.0);
+    assert_eq!(
+        page.get("wisp_otlp_receiver_requests_total{signal=\"logs\"}"),
+        1.0
+    );
+    assert_eq!(
+        page.get("wisp_otlp_receiver_requests_total{signal=\"metrics\"}"),
+        0.0
+    );
+    assert_eq!(page.get("wisp_otlp_receiver_bytes_total"), bytes as f64);
+    assert_eq!(page.get("wisp_otlp_receiver_requests_invalid_total"), 1.0);
+    assert_eq!(page.get("wisp_otlp_receiver_requests_refused_total"), 0.0);
+    assert_eq!(
+        page.get("wisp_otlp_exports_total"),
+        collector.exports() as f64
+    );
+    assert!(page.get("wisp_otlp_bytes_shipped_total") > bytes as f64 * 0.5);
+    assert_eq!(page.get("wisp_otlp_retries_total"), 0.0);
+    assert_eq!(page.types["wisp_otlp_receiver_requests_total"], "counter");
+    // The two spools, told apart by their label.
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"otlp\"}"),
+        6.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_read_total{spool=\"otlp\"}"),
+        6.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"loki\"}"),
+        2.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_read_total{spool=\"loki\"}"),
+        2.0
+    );
+    assert!(page.get("wisp_spool_max_bytes{spool=\"otlp\"}") > 0.0);
+    assert_eq!(
+        page.get("wisp_spool_max_bytes{spool=\"otlp\"}"),
+        page.get("wisp_spool_max_bytes{spool=\"loki\"}"),
+        "both on: each spool has half of buffer.max_bytes"
+    );
+    assert!(
+        page.samples
+            .keys()
+            .filter(|k| k.starts_with("wisp_spool_"))
+            .all(|k| k.ends_with("{spool=\"loki\"}") || k.ends_with("{spool=\"otlp\"}")),
+        "{:?}",
+        page.samples.keys()
+    );
+
+    // One more span moves the counters by exactly one.
+    grpc_client.export(span_request("late", 10)).await.unwrap();
+    let page = scrape_until(&client, addr, |p| {
+        p.samples.get("wisp_otlp_requests_shipped_total") == Some(&7.0)
+    })
+    .await;
+    assert_eq!(page.get(traces), 6.0);
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"otlp\"}"),
+        7.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_only_mode_serves_metrics_and_healthz() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "http/protobuf", None);
+    relay.set_admin_listen("127.0.0.1:0");
+    let (mut agent, grpc, _) = relay.start().await;
+    let addr = admin_addr(&agent).await;
+    let client = reqwest::Client::new();
+
+    let r = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+
+    TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap()
+        .export(span_request("only otlp", 0))
+        .await
+        .unwrap();
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    let page = scrape_until(&client, addr, |p| {
+        p.samples.get("wisp_otlp_requests_shipped_total") == Some(&1.0)
+    })
+    .await;
+    assert_eq!(
+        page.get("wisp_otlp_receiver_requests_total{signal=\"traces\"}"),
+        1.0
+    );
+    assert_eq!(
+        page.get("wisp_spool_records_appended_total{spool=\"otlp\"}"),
+        1.0
+    );
+    assert!(page.get("process_resident_memory_bytes") > 0.0);
+    assert!(
+        page.samples.keys().all(|k| !k.starts_with("wisp_file_")
+            && !k.starts_with("wisp_parse_")
+            && !k.starts_with("wisp_loki_")
+            && !k.contains("spool=\"loki\"")),
+        "loki.enabled = false: no file-log metrics; {:?}",
+        page.samples.keys()
+    );
+
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+/// Mounts a tiny tmpfs for the test's life, when the machine lets us (root).
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyFs(dir))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Writes zeros to `path` until the file system is full.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() {
+    let Some(fs) = TinyFs::mount("1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let collector = OtlpReceiver::start().await;
+    collector.stop().await;
+    let state = fs.0.path().join("state");
+    let relay = Relay::with_state_dir(&collector, "grpc", None, Some(&state));
+    relay.set_admin_listen("127.0.0.1:0");
+    let (agent, _, http) = relay.start().await;
+    let addr = admin_addr(&agent).await;
+    let client = reqwest::Client::new();
+    let healthz = || async {
+        let r = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(healthz().await.0, 200);
+
+    // The disk fills: a request larger than a page cannot be appended.
+    let filler = fs.0.path().join("filler");
+    fill(&filler);
+    let big = span_request("too big for the disk", 64 * 1024).encode_to_vec();
+    let (status, reason) = post_protobuf(&client, http, "/v1/traces", big.clone()).await;
+    assert_eq!(status, 503, "{reason}");
+    let (status, body) = healthz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("otlp buffer"), "{body}");
+    assert!(body.contains("space"), "{body}");
+    let page = scrape(&client, addr).await.unwrap();
+    assert_eq!(page.get("wisp_otlp_receiver_requests_refused_total"), 1.0);
+
+    // Space again: the next request is taken and the agent is healthy.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, reason) = post_protobuf(&client, http, "/v1/traces", big).await;
+    assert_eq!(status, 200, "{reason}");
+    assert_eq!(healthz().await, (200, "ok\n".to_string()));
+    drop(agent);
 }

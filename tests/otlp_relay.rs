@@ -5,10 +5,12 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -22,112 +24,12 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use tonic::codec::CompressionEncoding;
 
-use support::agent::Agent;
+use support::agent::{Agent, Relay};
 use support::loki::LokiReceiver;
 use support::otlp::{OtlpReceiver, Transport};
 use support::{wait_until, DEADLINE};
-
-/// An agent configuration relaying to `collector`, receivers on free ports.
-struct Relay {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Relay {
-    /// `protocol` is the exporter's; `loki` enables the Loki sink as well.
-    fn new(collector: &OtlpReceiver, protocol: &str, loki: Option<&LokiReceiver>) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = match protocol {
-            "grpc" => collector.grpc_endpoint(),
-            _ => collector.http_endpoint(),
-        };
-        let loki_section = match loki {
-            Some(l) => format!(
-                "url = \"http://{{host}}:{}/loki/api/v1/push\"\nbatch_max_wait = \"100ms\"",
-                l.addr().port()
-            ),
-            None => "enabled = false".to_string(),
-        };
-        let logs = dir.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let text = format!(
-            r#"[agent]
-state_dir = "{state}"
-hostname = "vm-test"
-
-[host]
-address = "127.0.0.1"
-
-[loki]
-{loki_section}
-
-[otlp]
-endpoint = "{endpoint}"
-protocol = "{protocol}"
-timeout = "2s"
-max_backoff = "300ms"
-headers = {{ "x-relay-test" = "yes" }}
-
-[receiver]
-grpc = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[host_metrics]
-enabled = false
-
-[admin]
-listen = ""
-
-[[files]]
-name = "app"
-paths = ["{logs}/*.log"]
-start_at = "beginning"
-poll_interval = "100ms"
-"#,
-            state = dir.path().join("state").display(),
-            logs = logs.display(),
-        );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Relay { dir, config }
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("agent.stderr")
-    }
-
-    /// Starts the agent and waits for both receivers' addresses in its log. A
-    /// restart appends to the same log: the addresses are the last ones logged.
-    async fn start(&self) -> (Agent, SocketAddr, SocketAddr) {
-        let before = std::fs::read_to_string(self.stderr_path())
-            .unwrap_or_default()
-            .len();
-        let agent = Agent::start(&self.config, &self.stderr_path());
-        let mut addrs = (None, None);
-        let found = wait_until(DEADLINE, || {
-            let log = agent.log();
-            let log = log.get(before..).unwrap_or("");
-            addrs = (
-                listening(log, "otlp receiver (grpc) listening on "),
-                listening(log, "otlp receiver (http) listening on "),
-            );
-            addrs.0.is_some() && addrs.1.is_some()
-        })
-        .await;
-        assert!(
-            found,
-            "receivers did not start; agent log:\n{}",
-            agent.log()
-        );
-        (agent, addrs.0.unwrap(), addrs.1.unwrap())
-    }
-}
-
-fn listening(log: &str, marker: &str) -> Option<SocketAddr> {
-    let at = log.rfind(marker)? + marker.len();
-    log[at..].split_whitespace().next()?.parse().ok()
-}
 
 fn text(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -189,6 +91,32 @@ async fn post(addr: SocketAddr, path: &str, content_type: &str, body: Vec<u8>) -
         .expect("post to the agent's http receiver");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
+}
+
+/// POSTs `body` with a `Content-Encoding`.
+async fn post_encoded(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    content_encoding: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .header("content-encoding", content_encoding)
+        .body(body)
+        .send()
+        .await
+        .expect("post to the agent's http receiver");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }
 
 fn span_names(collector: &OtlpReceiver) -> Vec<String> {
@@ -296,20 +224,20 @@ async fn a_malformed_request_is_answered_400_and_the_receiver_keeps_working() {
     assert!(reason.contains("cannot decode"), "{reason}");
     let (status, reason) = post(http, "/v1/metrics", "text/plain", b"x".to_vec()).await;
     assert_eq!(status, 415, "{reason}");
-    let gzipped = reqwest::Client::new()
-        .post(format!("http://{http}/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .header("content-encoding", "gzip")
-        .body(vec![0x1f, 0x8b, 0x08, 0x00])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gzipped.status().as_u16(), 415);
-    assert!(gzipped
-        .text()
-        .await
-        .unwrap()
-        .contains("send the body uncompressed"));
+    // gzip is taken (see below); other encodings are not.
+    let (status, reason) = post_encoded(
+        http,
+        "/v1/traces",
+        "application/x-protobuf",
+        "br",
+        vec![0x0b, 0x01, 0x80],
+    )
+    .await;
+    assert_eq!(status, 415, "{reason}");
+    assert!(
+        reason.contains("send the body as gzip or uncompressed"),
+        "{reason}"
+    );
 
     let (status, _) = post(
         http,
@@ -582,4 +510,216 @@ async fn with_the_export_disabled_the_receivers_do_not_listen() {
     );
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert!(!agent.log().contains("listening on"), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_requests_over_http_protobuf_and_json_arrive_intact() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (agent, _, http) = relay.start().await;
+
+    let (status, reason) = post_encoded(
+        http,
+        "/v1/traces",
+        "application/x-protobuf",
+        "gzip",
+        gzip(&span_request("gzip protobuf span", 0x12).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200, "{reason}");
+    let json = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"gzip-json-app"}}]},
+        "scopeSpans":[{"scope":{"name":"s"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
+        "spanId":"eee19b7ec3c1b174","name":"gzip json span","kind":2,
+        "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000",
+        "attributes":[{"key":"http.route","value":{"stringValue":"/gz"}}]}]}]}]}"#;
+    let (status, body) = post_encoded(
+        http,
+        "/v1/traces",
+        "application/json",
+        "gzip",
+        gzip(json.as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), "{}");
+    let (status, reason) = post_encoded(
+        http,
+        "/v1/logs",
+        "application/x-protobuf",
+        "gzip",
+        gzip(&log_request("a gzip log line").encode_to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200, "{reason}");
+
+    assert!(
+        collector.wait_for_spans(2, DEADLINE).await && collector.wait_for_logs(1, DEADLINE).await,
+        "got {:?}; agent log:\n{}",
+        span_names(&collector),
+        agent.log()
+    );
+    let spans = collector.spans();
+    let pb = spans
+        .iter()
+        .find(|s| s.name == "gzip protobuf span")
+        .unwrap();
+    assert_eq!(pb.trace_id, "12".repeat(16));
+    assert_eq!(pb.service_name, "relay-test");
+    assert_eq!(pb.attributes["attempt"], "gzip protobuf span");
+    let js = spans.iter().find(|s| s.name == "gzip json span").unwrap();
+    assert_eq!(js.trace_id, "5b8efff798038103d269b633813fc60c");
+    assert_eq!(js.service_name, "gzip-json-app");
+    assert_eq!(js.attributes["http.route"], "/gz");
+    assert_eq!(collector.logs()[0].body, "a gzip log line");
+    // What reaches the collector is the request as the program built it (the
+    // exporter may have merged both trace requests into one export).
+    let sent = span_request("gzip protobuf span", 0x12).resource_spans;
+    let arrived: Vec<_> = collector
+        .trace_requests()
+        .into_iter()
+        .flat_map(|r| r.resource_spans)
+        .collect();
+    assert!(arrived.contains(&sent[0]), "{arrived:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_gzip_body_is_400_with_the_reason() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (agent, _, http) = relay.start().await;
+
+    let mut corrupt = gzip(&span_request("corrupt", 0x13).encode_to_vec());
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    let truncated = gzip(&span_request("truncated", 0x14).encode_to_vec())[..12].to_vec();
+    for body in [corrupt, truncated, b"not gzip".to_vec()] {
+        let (status, reason) =
+            post_encoded(http, "/v1/traces", "application/x-protobuf", "gzip", body).await;
+        assert_eq!(status, 400, "{reason}");
+        assert!(
+            reason.contains("cannot decompress the gzip body"),
+            "{reason}"
+        );
+    }
+    // The receiver keeps working.
+    let (status, _) = post_encoded(
+        http,
+        "/v1/traces",
+        "application/x-protobuf",
+        "gzip",
+        gzip(&span_request("after the corrupt ones", 0x15).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(span_names(&collector), ["after the corrupt ones"]);
+}
+
+/// The agent's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line["VmHWM:".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_413_and_never_inflated_in_memory() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (agent, _, http) = relay.start().await;
+    let pid = agent.pid().unwrap();
+    let before = peak_rss(pid);
+
+    // 100 MiB of zeros: about 100 KiB compressed.
+    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+
+    let (status, reason) =
+        post_encoded(http, "/v1/traces", "application/x-protobuf", "gzip", bomb).await;
+    assert_eq!(status, 413, "{reason}");
+    assert!(
+        reason.contains("decompresses to more than 16777216 bytes"),
+        "{reason}"
+    );
+    // Inflating all of it would have taken 100 MiB; the receiver stops at its
+    // 16 MiB bound. The peak (not the current) resident size shows it.
+    let grown = peak_rss(pid).saturating_sub(before);
+    eprintln!("peak RSS grew by {} KiB", grown >> 10);
+    assert!(
+        grown < 40 << 20,
+        "the peak RSS grew by {} MiB with the bomb",
+        grown >> 20
+    );
+
+    // Nothing was stored; the receiver keeps working.
+    let (status, _) = post_encoded(
+        http,
+        "/v1/traces",
+        "application/x-protobuf",
+        "gzip",
+        gzip(&span_request("after the bomb", 0x16).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(span_names(&collector), ["after the bomb"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_sending_gzip_is_accepted_and_a_grpc_bomb_is_resource_exhausted() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (agent, grpc, _) = relay.start().await;
+    let before = peak_rss(agent.pid().unwrap());
+
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap()
+        .send_compressed(CompressionEncoding::Gzip);
+    client
+        .export(span_request("grpc gzip span", 0x17))
+        .await
+        .expect("the agent takes a gzip grpc request");
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    let spans = collector.spans();
+    assert_eq!(spans[0].name, "grpc gzip span");
+    assert_eq!(spans[0].trace_id, "17".repeat(16));
+
+    // 100 MiB of attribute, about 100 KiB on the wire: past the receiver's
+    // bound once inflated; tonic stops inflating there.
+    let mut big = span_request("too big", 0x18);
+    big.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(text("pad", &"x".repeat(100 << 20)));
+    let status = client.export(big).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    let grown = peak_rss(agent.pid().unwrap()).saturating_sub(before);
+    eprintln!("peak RSS grew by {} KiB", grown >> 10);
+    // tonic's inflate buffer doubles up to its bound: more than ours, far
+    // less than the 100 MiB all of it would take.
+    assert!(grown < 64 << 20, "peak RSS grew by {} MiB", grown >> 20);
+    assert_eq!(span_names(&collector), ["grpc gzip span"]);
 }

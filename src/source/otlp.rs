@@ -17,13 +17,20 @@
 //!   (gRPC `INVALID_ARGUMENT`) with the decoder's reason; an unsupported content
 //!   type or encoding 415. Requests with no data are answered success and not
 //!   stored.
-//! - **Bounded.** Bodies up to [`MAX_REQUEST_BYTES`]; at most
+//! - **gzip taken.** `Content-Encoding: gzip` bodies (OTLP/HTTP) and gzip gRPC
+//!   messages (`grpc-encoding: gzip`) are decompressed; what is stored is the
+//!   uncompressed protobuf, as for any other request. A corrupt gzip body is
+//!   answered 400 with the reason.
+//! - **Bounded.** Bodies up to [`MAX_REQUEST_BYTES`], compressed and
+//!   decompressed alike: decompression stops there, so a gzip bomb costs at
+//!   most that much memory and is answered 413 (gRPC `RESOURCE_EXHAUSTED`); at most
 //!   [`PENDING_REQUESTS`] requests wait for the spool, further ones wait in their
 //!   connection (backpressure to the program, never unbounded memory).
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -55,12 +62,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 
 use crate::config::ReceiverConfig;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::spool::SpoolWriter;
 
-/// The largest request body (or gRPC message) taken, compressed or not.
+/// The largest request body (or gRPC message) taken, compressed or not, and
+/// the most a compressed one may decompress to.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// Requests waiting for the spool at most; the bound on memory held for them.
@@ -77,10 +86,13 @@ pub struct ReceiverCounters {
     /// Requests made durable, per signal (traces, metrics, logs).
     pub requests_accepted: [AtomicU64; 3],
     pub bytes_accepted: AtomicU64,
-    /// Requests answered 400 / 415 / `INVALID_ARGUMENT`.
+    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT`.
     pub requests_invalid: AtomicU64,
     /// Requests the spool could not take (answered 503 / `UNAVAILABLE`).
     pub requests_refused: AtomicU64,
+    /// Why the OTLP spool cannot append (a full disk, an I/O error), while it
+    /// cannot: the admin endpoint's `/healthz` reports it.
+    buffer_error: Mutex<Option<String>>,
 }
 
 fn signal_index(s: OtlpSignal) -> usize {
@@ -92,6 +104,18 @@ fn signal_index(s: OtlpSignal) -> usize {
 }
 
 impl ReceiverCounters {
+    /// Why the OTLP spool cannot take requests now, if it cannot.
+    pub fn buffer_error(&self) -> Option<String> {
+        self.buffer_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_buffer_error(&self, error: Option<String>) {
+        *self.buffer_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
     /// `(name, value)` pairs in the admin endpoint's naming.
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out = Vec::new();
@@ -142,7 +166,7 @@ impl Intake {
         counters: Arc<ReceiverCounters>,
     ) -> (Intake, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(PENDING_REQUESTS);
-        let task = tokio::spawn(write_loop(rx, writer));
+        let task = tokio::spawn(write_loop(rx, writer, counters.clone()));
         (Intake { tx, counters }, task)
     }
 
@@ -175,7 +199,11 @@ impl Intake {
     }
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPayload>) {
+async fn write_loop(
+    mut rx: mpsc::Receiver<Pending>,
+    writer: SpoolWriter<OtlpPayload>,
+    counters: Arc<ReceiverCounters>,
+) {
     let mut writer = Some(writer);
     let mut failing = false;
     loop {
@@ -220,6 +248,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPay
         match &result {
             Ok(()) if failing => {
                 tracing::info!("the otlp buffer takes requests again");
+                counters.set_buffer_error(None);
                 failing = false;
             }
             Ok(()) => {}
@@ -228,6 +257,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Pending>, writer: SpoolWriter<OtlpPay
                     "cannot buffer {} otlp request(s): {e}; senders are told to retry",
                     group.len()
                 );
+                counters.set_buffer_error(Some(e.clone()));
                 failing = true;
             }
             Err(_) => {}
@@ -281,14 +311,17 @@ impl Receivers {
             let router = tonic::transport::Server::builder()
                 .add_service(
                     TraceServiceServer::new(relay.clone())
+                        .accept_compressed(CompressionEncoding::Gzip)
                         .max_decoding_message_size(MAX_REQUEST_BYTES),
                 )
                 .add_service(
                     MetricsServiceServer::new(relay.clone())
+                        .accept_compressed(CompressionEncoding::Gzip)
                         .max_decoding_message_size(MAX_REQUEST_BYTES),
                 )
                 .add_service(
                     LogsServiceServer::new(relay.clone())
+                        .accept_compressed(CompressionEncoding::Gzip)
                         .max_decoding_message_size(MAX_REQUEST_BYTES),
                 );
             let cancel = cancel.clone();
@@ -484,21 +517,21 @@ async fn http_export(
                 .into_response();
         }
     };
-    if let Some(ce) = headers
+    let content_encoding = headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-    {
-        if !ce.trim().is_empty() && !ce.trim().eq_ignore_ascii_case("identity") {
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let body = match decode_content(content_encoding, body, MAX_REQUEST_BYTES) {
+        Ok(b) => b,
+        Err(refusal) => {
             relay.invalid();
-            return (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "Content-Encoding {ce:?} is not supported by this receiver: send the body uncompressed"
-                ),
-            )
-                .into_response();
+            let status = match refusal {
+                ContentRefusal::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ContentRefusal::Corrupt(_) => StatusCode::BAD_REQUEST,
+                ContentRefusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            };
+            return (status, refusal.to_string()).into_response();
         }
-    }
+    };
     let protobuf = match to_protobuf(signal, encoding, body) {
         Ok(p) => p,
         Err(reason) => {
@@ -539,6 +572,72 @@ async fn http_export(
         )
             .into_response(),
     }
+}
+
+/// Why a body's `Content-Encoding` could not be undone.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ContentRefusal {
+    #[error(
+        "Content-Encoding {0:?} is not supported by this receiver: send the body as gzip or uncompressed"
+    )]
+    Unsupported(String),
+    #[error("cannot decompress the gzip body: {0}")]
+    Corrupt(String),
+    #[error(
+        "the gzip body decompresses to more than {limit} bytes, the most this receiver takes: \
+         send smaller batches (e.g. a lower max export batch size in the SDK)"
+    )]
+    TooLarge { limit: usize },
+}
+
+/// Undoes the body's `Content-Encoding` (none, `identity` or `gzip`). A gzip
+/// body is inflated at most to `limit` bytes: memory stays bounded whatever the
+/// body claims to hold (a gzip bomb is refused once past it, not read to the end).
+pub(crate) fn decode_content(
+    content_encoding: Option<&str>,
+    body: Bytes,
+    limit: usize,
+) -> Result<Bytes, ContentRefusal> {
+    let encoding = content_encoding.unwrap_or("").trim();
+    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+        return Ok(body);
+    }
+    if !encoding.eq_ignore_ascii_case("gzip") && !encoding.eq_ignore_ascii_case("x-gzip") {
+        return Err(ContentRefusal::Unsupported(encoding.to_string()));
+    }
+    if body.is_empty() {
+        return Ok(body);
+    }
+    // Several gzip members one after the other are one stream, as `gunzip` and
+    // Go's reader take them.
+    let mut decoder = flate2::read::MultiGzDecoder::new(&body[..]);
+    // The last member's trailer says how long it inflates to (mod 2^32): an
+    // honest sender's body lands in one allocation of its size. The claim is
+    // not trusted: growth past it doubles, but never past `limit`.
+    let claimed = match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => 0,
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(claimed.min(limit));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ContentRefusal::Corrupt(e.to_string())),
+        };
+        let len = out.len() + n;
+        if len > limit {
+            return Err(ContentRefusal::TooLarge { limit });
+        }
+        if len > out.capacity() {
+            let grown = (out.capacity() * 2).max(len).min(limit);
+            out.reserve_exact(grown - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(out.into())
 }
 
 /// Checks an OTLP/HTTP body and returns its protobuf encoding: protobuf bodies as
@@ -598,6 +697,77 @@ mod tests {
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.name, "op");
         assert_eq!(span.trace_id.len(), 16);
+    }
+
+    fn gzip(data: &[u8]) -> Bytes {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap().into()
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated_and_plain_ones_kept() {
+        let data = b"hello otlp".repeat(1000);
+        assert_eq!(
+            decode_content(Some("gzip"), gzip(&data), 1 << 20).unwrap(),
+            Bytes::from(data.clone())
+        );
+        assert_eq!(
+            decode_content(Some(" GZIP "), gzip(&data), 1 << 20).unwrap(),
+            Bytes::from(data.clone())
+        );
+        // Two members, one stream.
+        let mut two = gzip(b"abc").to_vec();
+        two.extend_from_slice(&gzip(b"def"));
+        assert_eq!(
+            decode_content(Some("gzip"), two.into(), 100).unwrap(),
+            Bytes::from_static(b"abcdef")
+        );
+        for none in [None, Some(""), Some("identity")] {
+            assert_eq!(
+                decode_content(none, Bytes::from_static(b"x"), 100).unwrap(),
+                Bytes::from_static(b"x")
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_that_inflates_past_the_limit_is_refused_at_the_limit() {
+        let data = vec![0u8; 1 << 20];
+        // Exactly at the limit is taken, one byte more is not.
+        assert_eq!(
+            decode_content(Some("gzip"), gzip(&data), 1 << 20)
+                .unwrap()
+                .len(),
+            1 << 20
+        );
+        assert_eq!(
+            decode_content(Some("gzip"), gzip(&data), (1 << 20) - 1),
+            Err(ContentRefusal::TooLarge {
+                limit: (1 << 20) - 1
+            })
+        );
+    }
+
+    #[test]
+    fn corrupt_gzip_and_unknown_encodings_are_refused_with_a_reason() {
+        let mut bad = gzip(b"some data to compress, some data to compress").to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        let truncated = gzip(b"abcdef")[..8].to_vec();
+        for body in [bad, truncated, b"not gzip at all".to_vec()] {
+            assert!(
+                matches!(
+                    decode_content(Some("gzip"), body.clone().into(), 1 << 20),
+                    Err(ContentRefusal::Corrupt(_))
+                ),
+                "{body:?}"
+            );
+        }
+        let err = decode_content(Some("br"), Bytes::from_static(b"x"), 100).unwrap_err();
+        assert_eq!(err, ContentRefusal::Unsupported("br".into()));
+        assert!(err.to_string().contains("gzip or uncompressed"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The agent binary as a child process, with a configuration pointed at the fake
-//! Loki and a temp dir, for tests that drive `wisp-agent run` end to end.
+//! Loki (`Setup`) or the fake OTLP collector (`Relay`) and a temp dir, for tests
+//! that drive `wisp-agent run` end to end.
 
 use std::fs::OpenOptions;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::loki::LokiReceiver;
+use super::otlp::OtlpReceiver;
+use super::{wait_until, DEADLINE};
 
 /// A running agent; killed on drop so a failing test leaves no process behind.
 pub struct Agent {
@@ -154,4 +158,136 @@ poll_interval = "100ms"
     pub fn start(&self) -> Agent {
         Agent::start(&self.config, &self.stderr_path())
     }
+}
+
+/// An agent configuration that relays OTLP to a fake collector, receivers on
+/// free ports (`127.0.0.1:0`), the admin endpoint off unless
+/// [`Relay::set_admin_listen`].
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Relay {
+    /// `protocol` is the exporter's; `loki` enables the Loki sink as well
+    /// (without it: `loki.enabled = false`, the OTLP-only mode).
+    pub fn new(collector: &OtlpReceiver, protocol: &str, loki: Option<&LokiReceiver>) -> Relay {
+        Relay::with_state_dir(collector, protocol, loki, None)
+    }
+
+    /// As [`Relay::new`], with `agent.state_dir` at `state` (default: in the
+    /// temp dir).
+    pub fn with_state_dir(
+        collector: &OtlpReceiver,
+        protocol: &str,
+        loki: Option<&LokiReceiver>,
+        state: Option<&Path>,
+    ) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = match protocol {
+            "grpc" => collector.grpc_endpoint(),
+            _ => collector.http_endpoint(),
+        };
+        let loki_section = match loki {
+            Some(l) => format!(
+                "url = \"http://{{host}}:{}/loki/api/v1/push\"\nbatch_max_wait = \"100ms\"",
+                l.addr().port()
+            ),
+            None => "enabled = false".to_string(),
+        };
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let state = match state {
+            Some(s) => s.to_path_buf(),
+            None => dir.path().join("state"),
+        };
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+hostname = "vm-test"
+
+[host]
+address = "127.0.0.1"
+
+[loki]
+{loki_section}
+
+[otlp]
+endpoint = "{endpoint}"
+protocol = "{protocol}"
+timeout = "2s"
+max_backoff = "300ms"
+headers = {{ "x-relay-test" = "yes" }}
+
+[receiver]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[host_metrics]
+enabled = false
+
+[admin]
+listen = ""
+
+[[files]]
+name = "app"
+paths = ["{logs}/*.log"]
+start_at = "beginning"
+poll_interval = "100ms"
+"#,
+            state = state.display(),
+            logs = logs.display(),
+        );
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, text).unwrap();
+        Relay { dir, config }
+    }
+
+    /// Sets `[admin] listen` (default `""`, disabled).
+    pub fn set_admin_listen(&self, listen: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("[admin]\nlisten = \"\""), "{text}");
+        let text = text.replacen(
+            "[admin]\nlisten = \"\"",
+            &format!("[admin]\nlisten = {listen:?}"),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("agent.stderr")
+    }
+
+    /// Starts the agent and waits for both receivers' addresses in its log. A
+    /// restart appends to the same log: the addresses are the last ones logged.
+    pub async fn start(&self) -> (Agent, SocketAddr, SocketAddr) {
+        let before = std::fs::read_to_string(self.stderr_path())
+            .unwrap_or_default()
+            .len();
+        let agent = Agent::start(&self.config, &self.stderr_path());
+        let mut addrs = (None, None);
+        let found = wait_until(DEADLINE, || {
+            let log = agent.log();
+            let log = log.get(before..).unwrap_or("");
+            addrs = (
+                listening(log, "otlp receiver (grpc) listening on "),
+                listening(log, "otlp receiver (http) listening on "),
+            );
+            addrs.0.is_some() && addrs.1.is_some()
+        })
+        .await;
+        assert!(
+            found,
+            "receivers did not start; agent log:\n{}",
+            agent.log()
+        );
+        (agent, addrs.0.unwrap(), addrs.1.unwrap())
+    }
+}
+
+/// The address after the last `marker` in `log`.
+pub fn listening(log: &str, marker: &str) -> Option<SocketAddr> {
+    let at = log.rfind(marker)? + marker.len();
+    log[at..].split_whitespace().next()?.parse().ok()
 }
