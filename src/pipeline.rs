@@ -353,7 +353,7 @@ fn start_exec_spans(
     cancel: &CancellationToken,
 ) {
     let settings = exec_spans::SpanSettings {
-        hostname: ParseSettings::from_config(config).hostname,
+        hostname: config.agent.effective_hostname(),
         resource_attributes: config
             .otlp
             .resource_attributes

@@ -269,6 +269,18 @@ pub struct OtlpPayload {
     pub body: bytes::Bytes,
 }
 
+/// An OTLP attribute with a text value.
+pub fn otlp_text(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,20 @@ pub struct AgentConfig {
     pub timestamp_max_ahead: Span,
 }
 
+impl AgentConfig {
+    /// The `host` label and `host.name`: `agent.hostname`, or when empty the VM's
+    /// hostname (`localhost` if even that cannot be read).
+    pub fn effective_hostname(&self) -> String {
+        if self.hostname.is_empty() {
+            hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        } else {
+            self.hostname.clone()
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {

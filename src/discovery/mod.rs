@@ -28,7 +28,7 @@ use crate::config::{fill_host, redact_url, Config, OtlpProtocol};
 pub use check::{check_client, check_http, check_tcp, Check};
 pub use probe::{probe, run_probe, ProbeReport};
 pub use resolve::{resolve, Resolution, Resolver};
-pub use watch::{watch, HostHealth};
+pub use watch::{current_host, watch, HostHealth};
 
 /// A resolution or a round of checks never waits longer than this, whatever
 /// `host.probe_timeout` says: two steps then fit in `probe`'s 5 s promise.

@@ -196,6 +196,27 @@ async fn rediscover_loop(
     }
 }
 
+/// The chosen host's address as text; waits while none is chosen, and gives
+/// `None` once `stop` fires or discovery has ended.
+pub async fn current_host(
+    host: &mut channel::Receiver<Option<Chosen>>,
+    stop: &CancellationToken,
+) -> Option<String> {
+    loop {
+        if let Some(c) = host.borrow_and_update().as_ref() {
+            return Some(c.address.to_string());
+        }
+        tokio::select! {
+            changed = host.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

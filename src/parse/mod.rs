@@ -54,13 +54,7 @@ pub struct ParseSettings {
 impl ParseSettings {
     /// From the configuration; an empty `agent.hostname` means the VM's hostname.
     pub fn from_config(config: &Config) -> Self {
-        let hostname = if config.agent.hostname.is_empty() {
-            hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into())
-        } else {
-            config.agent.hostname.clone()
-        };
+        let hostname = config.agent.effective_hostname();
         Self {
             hostname,
             agent_labels: config

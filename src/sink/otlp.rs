@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{fill_host, OtlpConfig, OtlpProtocol};
-use crate::discovery::{Chosen, HostHealth};
+use crate::discovery::{current_host, Chosen, HostHealth};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::sink::loki::service::USER_AGENT;
 use crate::sink::retry::{Backoff, PushOutcome};
@@ -735,26 +735,6 @@ async fn deliver(
                     _ = stop.cancelled() => return false,
                 }
             }
-        }
-    }
-}
-
-/// The chosen host's address as text; waits while none is chosen.
-async fn current_host(
-    host: &mut watch::Receiver<Option<Chosen>>,
-    stop: &CancellationToken,
-) -> Option<String> {
-    loop {
-        if let Some(c) = host.borrow_and_update().as_ref() {
-            return Some(c.address.to_string());
-        }
-        tokio::select! {
-            changed = host.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-            }
-            _ = stop.cancelled() => return None,
         }
     }
 }

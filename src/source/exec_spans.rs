@@ -34,7 +34,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{OtlpPayload, OtlpSignal};
+use crate::record::{otlp_text as text, OtlpPayload, OtlpSignal};
 use crate::source::exec::{self, Sidecar};
 use crate::source::otlp::Intake;
 
@@ -138,16 +138,6 @@ fn hex_bytes(s: &str, len: usize) -> Option<Vec<u8>> {
     (0..len)
         .map(|i| u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok())
         .collect()
-}
-
-fn text(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 /// The trace request holding the span of `run`; `None` when its ids are not

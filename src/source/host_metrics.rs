@@ -45,7 +45,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
@@ -56,6 +56,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::record::otlp_text as text;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::OtlpRelay;
 use crate::source::otlp::Intake;
@@ -75,13 +76,7 @@ pub struct HostMetricsSettings {
 
 impl HostMetricsSettings {
     pub fn from_config(config: &Config) -> Self {
-        let hostname = if config.agent.hostname.is_empty() {
-            hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into())
-        } else {
-            config.agent.hostname.clone()
-        };
+        let hostname = config.agent.effective_hostname();
         let mut attrs: Vec<(String, String)> = vec![
             ("service.name".into(), config.otlp.service_name.clone()),
             ("host.name".into(), hostname),
@@ -1011,16 +1006,6 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn text(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn int_point(attributes: Vec<KeyValue>, v: i64, start: u64, now: u64) -> NumberDataPoint {
     NumberDataPoint {
         attributes,
@@ -1074,6 +1059,7 @@ fn gauge(name: &str, description: &str, unit: &str, data_points: Vec<NumberDataP
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value;
 
     // Captured from a 2-CPU VM (Linux 6.x); see tests/fixtures/proc/.
     const STAT: &str = include_str!("../../tests/fixtures/proc/stat");

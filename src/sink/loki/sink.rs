@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{fill_host, LokiConfig, LokiEncoding};
-use crate::discovery::{Chosen, HostHealth};
+use crate::discovery::{current_host, Chosen, HostHealth};
 use crate::sink::loki::encode::{encode, EncodedPush};
 use crate::sink::loki::service::LokiClient;
 use crate::sink::retry::{Backoff, PushOutcome};
@@ -358,26 +358,6 @@ async fn deliver(
                     _ = stop.cancelled() => return false,
                 }
             }
-        }
-    }
-}
-
-/// The chosen host's address as text; waits while none is chosen.
-async fn current_host(
-    host: &mut watch::Receiver<Option<Chosen>>,
-    stop: &CancellationToken,
-) -> Option<String> {
-    loop {
-        if let Some(c) = host.borrow_and_update().as_ref() {
-            return Some(c.address.to_string());
-        }
-        tokio::select! {
-            changed = host.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-            }
-            _ = stop.cancelled() => return None,
         }
     }
 }
