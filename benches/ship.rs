@@ -7,7 +7,10 @@
 //! RSS at idle afterwards, and the spool's fsync count. `cargo bench --bench ship`;
 //! `WISP_BENCH_LINES` sets the line count (default 500000). `WISP_BENCH_ADMIN=1`
 //! turns the admin endpoint on and scrapes `/metrics` when fresh, after the burst
-//! and at idle, as Prometheus would (it is off otherwise).
+//! and at idle, as Prometheus would (it is off otherwise). `WISP_BENCH_ALL=1`
+//! runs the agent as its defaults do: the admin endpoint, the OTLP relay (its
+//! receivers listening, exporting to a fake collector in this process) and host
+//! metrics every 15 s, all on.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -119,7 +122,16 @@ fn main() {
     std::fs::File::create(&file).unwrap();
     // A free port for the admin endpoint (bound and released: a small race,
     // fine for a benchmark).
-    let admin = std::env::var_os("WISP_BENCH_ADMIN").map(|_| {
+    let all = std::env::var_os("WISP_BENCH_ALL").is_some();
+    let collector = all.then(|| rt.block_on(support::otlp::OtlpReceiver::start()));
+    let otlp_section = match &collector {
+        Some(c) => format!(
+            "[otlp]\nendpoint = \"{}\"\n[receiver]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[host_metrics]\nenabled = true",
+            c.grpc_endpoint()
+        ),
+        None => "[otlp]\nenabled = false\n[receiver]\ngrpc = \"\"\nhttp = \"\"\n[host_metrics]\nenabled = false".into(),
+    };
+    let admin = (all || std::env::var_os("WISP_BENCH_ADMIN").is_some()).then(|| {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -136,13 +148,7 @@ hostname = "bench"
 address = "127.0.0.1"
 [loki]
 url = "http://{{host}}:{port}/loki/api/v1/push"
-[otlp]
-enabled = false
-[receiver]
-grpc = ""
-http = ""
-[host_metrics]
-enabled = false
+{otlp_section}
 [admin]
 listen = "{admin}"
 [[files]]
@@ -266,5 +272,11 @@ multiline = "none"
             sample(&page, "process_resident_memory_bytes").unwrap_or(0.0) / 1048576.0
         ),
         (Some(addr), None) => println!("ship: admin endpoint on {addr} did not answer at idle"),
+    }
+    if let Some(c) = &collector {
+        println!(
+            "ship: WISP_BENCH_ALL: the OTLP relay and host metrics were on; the fake collector got {} export(s)",
+            c.exports()
+        );
     }
 }

@@ -32,8 +32,9 @@ use crate::source::terminal::{self, RenderStats};
 pub(crate) const BATCH_MAX_LINES: usize = 1000;
 /// A batch is sent once its text reaches this many bytes.
 pub(crate) const BATCH_MAX_BYTES: usize = 1 << 20;
-/// Bytes read per `read` call: large, to keep syscalls per line low.
-pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes read per `read` call: enough to keep syscalls per line low (256 KiB read
+/// 1.6% faster in `benches/tail.rs` but kept 192 KiB more resident after a burst).
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Whether the file is still followed, or is being read to its end before closing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
