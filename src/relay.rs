@@ -139,11 +139,12 @@ impl OtlpRelay {
         }
     }
 
-    /// Where the agent's own telemetry goes into the OTLP spool, as if received.
+    /// Where the agent's own telemetry goes into the OTLP spool, as if received
+    /// (but not counted as received: the receiver counters are programs' only).
     /// Whoever holds a clone must drop it once the cancellation token fired: the
     /// spool stage ends, and [`OtlpRelay::finish`] returns, only then.
     pub fn intake(&self) -> Intake {
-        self.intake.clone()
+        self.intake.for_own_telemetry()
     }
 
     /// A task that holds an [`OtlpRelay::intake`] clone and ends once the

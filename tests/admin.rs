@@ -799,3 +799,39 @@ async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() 
     assert_eq!(healthz().await, (200, "ok\n".to_string()));
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_host_metrics_are_exported_but_not_counted_as_received() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    relay.set_admin_listen("127.0.0.1:0");
+    let text = std::fs::read_to_string(&relay.config).unwrap();
+    let on = text.replace(
+        "[host_metrics]\nenabled = false",
+        "[host_metrics]\nenabled = true\ninterval = \"200ms\"",
+    );
+    assert_ne!(
+        on, text,
+        "the relay config has a [host_metrics] section to turn on"
+    );
+    std::fs::write(&relay.config, on).unwrap();
+    let (agent, _, _) = relay.start().await;
+    let addr = admin_addr(&agent).await;
+    let client = reqwest::Client::new();
+    assert!(
+        collector.wait_for_exports(2, DEADLINE).await,
+        "no host metrics exported; agent log:\n{}",
+        agent.log()
+    );
+    let page = scrape_until(&client, addr, |p| {
+        p.samples
+            .get("wisp_otlp_requests_shipped_total")
+            .is_some_and(|&n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(
+        page.get("wisp_otlp_receiver_requests_total{signal=\"metrics\"}"),
+        0.0
+    );
+    assert_eq!(page.get("wisp_otlp_receiver_bytes_total"), 0.0);
+}

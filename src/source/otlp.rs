@@ -170,6 +170,15 @@ impl Intake {
         (Intake { tx, counters }, task)
     }
 
+    /// The same spool, for the agent's own telemetry (host metrics, `exec`
+    /// spans): what goes through it is not counted as received from programs.
+    pub fn for_own_telemetry(&self) -> Intake {
+        Intake {
+            tx: self.tx.clone(),
+            counters: Arc::default(),
+        }
+    }
+
     /// Stores one request; `Ok` once it is in the spool and fsynced.
     pub async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
         let bytes = payload.body.len() as u64;
