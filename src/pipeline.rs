@@ -187,17 +187,14 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     )
     .await?;
     start_exec_spans(&config, &state_dir, otlp.as_mut(), &cancel);
-    let host_metrics = host_metrics::spawn(&config, otlp.as_ref(), cancel.clone());
+    if let (Some(task), Some(relay)) = (
+        host_metrics::spawn(&config, otlp.as_ref(), cancel.clone()),
+        otlp.as_mut(),
+    ) {
+        relay.add_producer(task);
+    }
     if !config.loki.enabled {
-        return run_otlp_only(
-            &config,
-            &loaded.origin.to_string(),
-            otlp,
-            host_metrics,
-            host,
-            cancel,
-        )
-        .await;
+        return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -289,9 +286,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         }
     };
     let otlp_drained = async {
-        if let Some(task) = host_metrics {
-            let _ = task.await;
-        }
         if let Some(otlp) = otlp {
             otlp.finish(DRAIN_GRACE).await;
         }
@@ -313,7 +307,6 @@ async fn run_otlp_only(
     config: &Config,
     origin: &str,
     otlp: Option<OtlpRelay>,
-    host_metrics: Option<tokio::task::JoinHandle<()>>,
     host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
@@ -331,9 +324,6 @@ async fn run_otlp_only(
     };
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     cancel.cancelled().await;
-    if let Some(task) = host_metrics {
-        let _ = task.await;
-    }
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
     }

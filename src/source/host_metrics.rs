@@ -106,7 +106,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Starts the host-metrics task when `[host_metrics] enabled` and the relay runs;
 /// with `[otlp] enabled = false` there is nowhere to send them, and the log says
-/// so. The task ends soon after `cancel` fires, dropping its [`Intake`].
+/// so. The task ends soon after `cancel` fires, dropping its [`Intake`]: hand it
+/// to [`OtlpRelay::add_producer`] so the relay waits for that before its spool.
 pub fn spawn(
     config: &Config,
     relay: Option<&OtlpRelay>,
