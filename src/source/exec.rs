@@ -169,8 +169,33 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn process_alive(pid: u32) -> bool {
+fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A run that ended without recording it is taken as over only when its capture
+/// has not been written for this long as well: its `exec` may live in another
+/// PID namespace (a container sharing the state dir), where `/proc` cannot see it.
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether the run of `sidecar` (its `.json` at `json`) is over: its exit is
+/// recorded, or its `exec` is gone and its capture untouched for
+/// [`ABANDONED_AFTER`].
+pub(crate) fn run_is_over(sidecar: &Sidecar, json: &Path) -> bool {
+    if sidecar.exit.is_some() {
+        return true;
+    }
+    if process_alive(sidecar.pid) {
+        return false;
+    }
+    let untouched = |p: &Path| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age >= ABANDONED_AFTER)
+    };
+    untouched(json) && untouched(&json.with_extension("log"))
 }
 
 /// Deletes the captures in `dir` whose command has ended (or whose `exec` is gone),
@@ -199,7 +224,7 @@ pub fn sweep(dir: &Path) -> usize {
             .file_stem()
             .and_then(|s| s.to_str())
             .is_some_and(|stem| handled.contains(stem));
-        if !handled_run || sidecar.exit.is_none() && process_alive(sidecar.pid) {
+        if !handled_run || !run_is_over(&sidecar, &json) {
             continue;
         }
         let log = json.with_extension("log");
@@ -544,6 +569,49 @@ mod tests {
         }
         c.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn a_run_is_over_when_its_exit_is_recorded_or_its_exec_is_long_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("1-2.json");
+        let log = dir.path().join("1-2.log");
+        // A pid that existed and is gone: a child that has been waited for.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let mut sidecar = Sidecar {
+            job: "exec".into(),
+            labels: BTreeMap::new(),
+            command: vec![],
+            pid: std::process::id(),
+            started_ms: 1,
+            exit: None,
+            ended_ms: None,
+            trace_id: random_id(16),
+            span_id: random_id(8),
+        };
+        write_sidecar(&json, &sidecar).unwrap();
+        fs::write(&log, "line\n").unwrap();
+        assert!(!run_is_over(&sidecar, &json), "its exec runs");
+        sidecar.pid = gone;
+        assert!(
+            !run_is_over(&sidecar, &json),
+            "gone, but written a moment ago"
+        );
+        let long_ago = SystemTime::now() - ABANDONED_AFTER - Duration::from_secs(1);
+        for p in [&json, &log] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        assert!(run_is_over(&sidecar, &json), "gone and untouched");
+        sidecar.pid = std::process::id();
+        sidecar.exit = Some(0);
+        assert!(run_is_over(&sidecar, &json), "its exit is recorded");
     }
 
     #[test]

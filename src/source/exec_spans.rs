@@ -8,7 +8,7 @@
 //! `service.name`, the command line, the exit status, and the `--label`s as
 //! attributes; a non-zero exit is an error status. A run whose `exec` died
 //! without recording an end (`kill -9`) gets a span ending at its capture's
-//! last write, marked as an error.
+//! last write, marked as an error, once that write is ten minutes old.
 //!
 //! Each run is handed on once: the names of the runs already handled are kept in
 //! `state_dir/exec-spans.json` (written temp → rename after the spool took the
@@ -107,7 +107,7 @@ fn finished_runs(dir: &Path, handled: &BTreeSet<String>) -> Vec<Finished> {
         };
         let (ended_ms, recorded) = match (sidecar.exit, sidecar.ended_ms) {
             (Some(_), Some(ended)) => (ended, true),
-            _ if exec::process_alive(sidecar.pid) => continue,
+            _ if !exec::run_is_over(&sidecar, &path) => continue,
             // Its exec died before it could write the end: the capture's last
             // write is the best end there is.
             _ => (
