@@ -103,6 +103,7 @@ fn main() {
         labels: vec![],
         format: LogFormat::Auto,
         label_fields: vec![],
+        trace_context: None,
     });
     let mut best = Duration::MAX;
     for _ in 0..ROUNDS {

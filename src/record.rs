@@ -191,6 +191,9 @@ pub struct SourceInfo {
     pub format: LogFormat,
     /// JSON fields promoted to labels (`label_fields`).
     pub label_fields: Vec<String>,
+    /// Trace and span id (lowercase hex) for the records whose line carries no
+    /// trace id of its own: an `exec` run's, so its output links to its span.
+    pub trace_context: Option<(String, String)>,
 }
 
 /// One raw record as a source read it: a line, or lines joined by multi-line rules.

@@ -113,7 +113,8 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
     let setup = Setup::new(&loki, "");
     let mut agent = setup.start();
     let error = pino(50, "iteration failed");
-    let script = format!("echo '{error}'; echo 'plain words' >&2; exit 1");
+    let own_trace = r#"{"level":30,"msg":"traced","trace_id":"11111111111111111111111111111111","span_id":"2222222222222222"}"#;
+    let script = format!("echo '{error}'; echo 'plain words' >&2; echo '{own_trace}'; exit 1");
     let out = exec(
         &setup.config,
         &[
@@ -122,7 +123,7 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        loki.wait_for_entries(r#"{job="ralph"}"#, 2, DEADLINE).await,
+        loki.wait_for_entries(r#"{job="ralph"}"#, 3, DEADLINE).await,
         "exec output not shipped; streams: {:?}\n{}",
         loki.streams(),
         agent.log()
@@ -135,6 +136,30 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
         loki.lines(r#"{job="ralph", iter="3", level="unknown"}"#),
         vec!["plain words".to_string()]
     );
+    // Lines without trace ids of their own carry the run's, so logs link to
+    // the run's span; a line with its own keeps it.
+    let json = captures(&setup, "json");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json[0]).unwrap()).unwrap();
+    let run_trace = sidecar["trace_id"].as_str().unwrap();
+    let run_span = sidecar["span_id"].as_str().unwrap();
+    for e in loki.entries(r#"{job="ralph"}"#) {
+        let ids = (
+            e.metadata.get("trace_id").map(String::as_str),
+            e.metadata.get("span_id").map(String::as_str),
+        );
+        if e.line == own_trace {
+            assert_eq!(
+                ids,
+                (
+                    Some("11111111111111111111111111111111"),
+                    Some("2222222222222222")
+                )
+            );
+        } else {
+            assert_eq!(ids, (Some(run_trace), Some(run_span)), "{}", e.line);
+        }
+    }
     assert_eq!(agent.terminate(), Some(0));
 }
 

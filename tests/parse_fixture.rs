@@ -161,6 +161,7 @@ fn ship(t: &mut Transformer, lines: &[&str], label_fields: &[&str]) -> Batch {
             labels: vec![],
             format: LogFormat::Auto,
             label_fields: label_fields.iter().map(|f| f.to_string()).collect(),
+            trace_context: None,
         }),
         lines: lines
             .iter()

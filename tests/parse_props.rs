@@ -38,6 +38,7 @@ fn source(format: LogFormat) -> Arc<SourceInfo> {
         labels: vec![("team".into(), "core".into())],
         format,
         label_fields: vec!["service".into(), "msg".into()],
+        trace_context: None,
     })
 }
 

@@ -33,6 +33,7 @@ fn source(labels: &[(&str, &str)], label_fields: &[&str]) -> Arc<SourceInfo> {
             .collect(),
         format: LogFormat::Auto,
         label_fields: label_fields.iter().map(|f| f.to_string()).collect(),
+        trace_context: None,
     })
 }
 

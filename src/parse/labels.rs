@@ -286,6 +286,7 @@ mod tests {
                 .collect(),
             format: LogFormat::Auto,
             label_fields: fields.iter().map(|f| f.to_string()).collect(),
+            trace_context: None,
         })
     }
 

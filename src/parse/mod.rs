@@ -243,12 +243,26 @@ impl Transformer {
                     }
                     entry.labels(parsed.level, &promoted)
                 };
-                let mut metadata = Vec::new();
-                if let Some(t) = parsed.trace_id.filter(|t| !t.is_empty()) {
-                    metadata.push(("trace_id".to_owned(), t.into_owned()));
+                let mut trace_id = parsed
+                    .trace_id
+                    .filter(|t| !t.is_empty())
+                    .map(|t| t.into_owned());
+                let mut span_id = parsed
+                    .span_id
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.into_owned());
+                if trace_id.is_none() {
+                    if let Some((t, s)) = &src.trace_context {
+                        trace_id = Some(t.clone());
+                        span_id = Some(s.clone());
+                    }
                 }
-                if let Some(s) = parsed.span_id.filter(|s| !s.is_empty()) {
-                    metadata.push(("span_id".to_owned(), s.into_owned()));
+                let mut metadata = Vec::new();
+                if let Some(t) = trace_id {
+                    metadata.push(("trace_id".to_owned(), t));
+                }
+                if let Some(s) = span_id {
+                    metadata.push(("span_id".to_owned(), s));
                 }
                 (timestamp, labels, metadata)
             };

@@ -127,24 +127,30 @@ pub fn prepare_capture_dir(state_dir: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The `job` and labels of the capture at `log`, from its `.json`; a capture
-/// without a readable one is `exec` with no labels.
-pub(crate) fn capture_labels(log: &Path) -> (String, Vec<(String, String)>) {
+/// What the daemon labels the capture at `log` with, from its `.json`: the job,
+/// the labels, and the run's trace context. A capture without a readable `.json`
+/// is `exec`, with no labels.
+#[allow(clippy::type_complexity)]
+pub(crate) fn capture_source(
+    log: &Path,
+) -> (String, Vec<(String, String)>, Option<(String, String)>) {
     match read_sidecar(&log.with_extension("json")) {
-        Some(s) => (
-            if s.job.is_empty() {
+        Some(s) => {
+            let trace = (!s.trace_id.is_empty() && !s.span_id.is_empty())
+                .then(|| (s.trace_id.clone(), s.span_id.clone()));
+            let job = if s.job.is_empty() {
                 DEFAULT_JOB.into()
             } else {
                 s.job
-            },
-            s.labels.into_iter().collect(),
-        ),
+            };
+            (job, s.labels.into_iter().collect(), trace)
+        }
         None => {
             tracing::warn!(
                 "{} has no readable .json beside it; shipping it as job {DEFAULT_JOB:?}",
                 log.display()
             );
-            (DEFAULT_JOB.into(), Vec::new())
+            (DEFAULT_JOB.into(), Vec::new(), None)
         }
     }
 }
@@ -663,10 +669,10 @@ mod tests {
     }
 
     #[test]
-    fn a_sidecar_names_the_job_and_labels_and_a_missing_one_means_exec() {
+    fn a_sidecar_names_the_job_labels_and_trace_and_a_missing_one_means_exec() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("1-2.log");
-        assert_eq!(capture_labels(&log), ("exec".to_string(), vec![]));
+        assert_eq!(capture_source(&log), ("exec".to_string(), vec![], None));
         let sidecar = Sidecar {
             job: "ralph".into(),
             labels: [("iter".to_string(), "3".to_string())].into(),
@@ -680,10 +686,11 @@ mod tests {
         };
         write_sidecar(&log.with_extension("json"), &sidecar).unwrap();
         assert_eq!(
-            capture_labels(&log),
+            capture_source(&log),
             (
                 "ralph".to_string(),
-                vec![("iter".to_string(), "3".to_string())]
+                vec![("iter".to_string(), "3".to_string())],
+                Some((sidecar.trace_id.clone(), sidecar.span_id.clone()))
             )
         );
     }

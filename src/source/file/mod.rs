@@ -573,8 +573,8 @@ impl Tailer {
                 }
             }
         }
-        let (job, labels) = if entry.config.exec_captures {
-            crate::source::exec::capture_labels(&path)
+        let (job, labels, trace_context) = if entry.config.exec_captures {
+            crate::source::exec::capture_source(&path)
         } else {
             (
                 entry.config.name.clone(),
@@ -584,12 +584,14 @@ impl Tailer {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                None,
             )
         };
         let source = Arc::new(SourceInfo {
             job,
             filename: Some(path.display().to_string()),
             labels,
+            trace_context,
             format: entry.config.format,
             label_fields: entry.config.label_fields.clone(),
         });
