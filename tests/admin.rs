@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,19 +22,7 @@ use prost::Message;
 use support::agent::{Agent, Relay, Setup};
 use support::loki::LokiReceiver;
 use support::otlp::OtlpReceiver;
-use support::{wait_until, DEADLINE};
-
-fn append(path: &Path, lines: &[String]) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    f.sync_all().unwrap();
-}
+use support::{append, wait_until, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize) -> Vec<String> {

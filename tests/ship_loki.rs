@@ -3,26 +3,12 @@
 
 mod support;
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
 use std::time::Duration;
 
 use support::agent::Setup;
 use support::loki::{LokiReceiver, Mode};
-use support::{wait_until, DEADLINE};
-
-fn append(path: &Path, lines: &[String]) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    f.sync_all().unwrap();
-}
+use support::{append, wait_until, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize, level: u8) -> Vec<String> {

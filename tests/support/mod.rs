@@ -155,3 +155,18 @@ pub fn agent_command() -> std::process::Command {
     clear_agent_env(&mut cmd);
     cmd
 }
+
+/// Appends `lines` to `path` (created if missing), each with its newline, and
+/// syncs: what a logging program writes.
+pub fn append(path: &std::path::Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    f.sync_all().unwrap();
+}
