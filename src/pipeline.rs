@@ -218,7 +218,10 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             state_dir.join(exec::CAPTURE_DIR).display()
         );
     }
-    let settings = TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone());
+    let settings = TailSettings {
+        resume: writer.resume_state().clone(),
+        ..TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone())
+    };
     let agent_health = Arc::new(AgentHealth::default());
     let admin = admin::start(
         &config.admin.listen,
@@ -405,7 +408,7 @@ fn spool_batches(
             }
         }
         loop {
-            match writer.append(&batch.records) {
+            match writer.append_with(&batch.records, batch.ack.resume_points()) {
                 Ok(()) => {
                     if failing {
                         tracing::info!("the buffer takes records again");

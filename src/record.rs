@@ -136,34 +136,71 @@ pub struct LogRecord {
     pub line: String,
 }
 
-/// Called once a batch is durable downstream; lets the source advance its checkpoint.
+/// Where a source may resume once a batch is durable, stored by the spool in the
+/// same commit (and fsync) as the batch's records: after a crash the source resumes
+/// exactly after what the spool holds, re-reading nothing of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Which source (for a file: its device and inode).
+    pub key: Vec<u8>,
+    /// The source's own encoding of where to resume; `None` forgets the source.
+    pub state: Option<Vec<u8>>,
+}
+
+/// Called once a batch is durable downstream; lets the source advance its
+/// checkpoint. It may carry the batch's [`ResumePoint`]s, for a stage that makes
+/// the batch durable to store with it.
 #[must_use = "a batch's ack must be called once the batch is durable, or dropped to re-read it"]
-pub struct Ack(Option<Box<dyn FnOnce() + Send + 'static>>);
+pub struct Ack {
+    done: Option<Box<dyn FnOnce() + Send + 'static>>,
+    resume: Vec<ResumePoint>,
+}
 
 impl Ack {
     /// An ack that does nothing (sources without checkpoints: exec, tests).
     pub fn none() -> Self {
-        Ack(None)
-    }
-
-    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
-        Ack(Some(Box::new(f)))
-    }
-
-    /// Joins two acks: calling the result calls both, `self` first.
-    pub fn and(mut self, mut other: Ack) -> Self {
-        match (self.0.take(), other.0.take()) {
-            (None, None) => Ack(None),
-            (Some(a), None) | (None, Some(a)) => Ack(Some(a)),
-            (Some(a), Some(b)) => Ack::new(move || {
-                a();
-                b();
-            }),
+        Ack {
+            done: None,
+            resume: Vec::new(),
         }
     }
 
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Ack {
+            done: Some(Box::new(f)),
+            resume: Vec::new(),
+        }
+    }
+
+    /// Adds a resume point to store with the batch.
+    pub fn with_resume(mut self, point: ResumePoint) -> Self {
+        self.resume.push(point);
+        self
+    }
+
+    /// The resume points to store with the batch, oldest first.
+    pub fn resume_points(&self) -> &[ResumePoint] {
+        &self.resume
+    }
+
+    /// Joins two acks: calling the result calls both, `self` first; the resume
+    /// points are `self`'s, then `other`'s.
+    pub fn and(mut self, mut other: Ack) -> Self {
+        let done = match (self.done.take(), other.done.take()) {
+            (None, None) => None,
+            (Some(a), None) | (None, Some(a)) => Some(a),
+            (Some(a), Some(b)) => Some(Box::new(move || {
+                a();
+                b();
+            }) as Box<dyn FnOnce() + Send>),
+        };
+        let mut resume = std::mem::take(&mut self.resume);
+        resume.append(&mut other.resume);
+        Ack { done, resume }
+    }
+
     pub fn done(mut self) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.done.take() {
             f();
         }
     }
@@ -171,7 +208,7 @@ impl Ack {
 
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.done.is_some() {
             "Ack(pending)"
         } else {
             "Ack(none)"

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wisp_agent::config::FsyncPolicy;
-use wisp_agent::record::{Labels, LogRecord, Timestamp};
+use wisp_agent::record::{Labels, LogRecord, ResumePoint, Timestamp};
 use wisp_agent::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
 fn settings(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolSettings {
@@ -272,7 +272,7 @@ fn a_flipped_byte_inside_a_record_costs_only_that_record() {
 }
 
 #[test]
-fn a_damaged_length_field_ends_the_segment_there_keeping_what_precedes() {
+fn a_damaged_length_field_costs_that_record_and_reading_resumes_at_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let (seg, ends) = spool_with_record_ends(dir.path(), 10);
     let mut bytes = fs::read(&seg).unwrap();
@@ -281,10 +281,199 @@ fn a_damaged_length_field_ends_the_segment_there_keeping_what_precedes() {
     fs::write(&seg, &bytes).unwrap();
 
     let (mut w, mut r) = open(dir.path());
-    assert_records(&read_all(&mut r), &recs(0..5), "read back");
-    assert_eq!(r.counters().snapshot().torn_tails, 1);
+    let mut expected = recs(0..5);
+    expected.extend(recs(6..10));
+    assert_records(&read_all(&mut r), &expected, "read back");
+    assert_eq!(
+        r.counters().snapshot().records_corrupt,
+        1,
+        "record 5 is lost"
+    );
+    assert_eq!(file_len(&seg), ends[9], "nothing after the damage is cut");
     w.append(&recs(100..101)).unwrap();
     assert_records(&read_all(&mut r), &recs(100..101), "read back");
+}
+
+#[test]
+fn four_kib_zeroed_in_the_middle_cost_only_the_records_they_cover_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ends = Vec::new();
+    {
+        let (mut w, _r) = open(dir.path());
+        for chunk in recs(0..400).chunks(10) {
+            w.append(chunk).unwrap();
+            ends.push(file_len(&segment_files(dir.path())[0]));
+        }
+    }
+    let seg = segment_files(dir.path())[0].clone();
+    let mut bytes = fs::read(&seg).unwrap();
+    let len = bytes.len();
+    let start = len / 2;
+    bytes[start..start + 4096].fill(0);
+    fs::write(&seg, &bytes).unwrap();
+
+    let (_w, mut r) = open(dir.path());
+    let got = read_all(&mut r);
+    let index = |g: &LogRecord| (g.timestamp.0 - rec(0).timestamp.0) as u64;
+    // Every record is either read back unchanged or counted as lost, exactly.
+    let lost = 400 - got.len() as u64;
+    assert_eq!(r.counters().snapshot().records_corrupt, lost);
+    assert!(
+        (1..=40).contains(&lost),
+        "4 KiB hold about 20 records; lost {lost}"
+    );
+    for (k, g) in got.iter().enumerate() {
+        assert_eq!(*g, rec(index(g)), "record {k} altered");
+    }
+    assert!(
+        index(got.last().unwrap()) == 399,
+        "the records after the damage are kept"
+    );
+    // Appends whose frames are all before or all after the zeroed bytes survive whole.
+    let untouched = ends
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] as usize <= start || w[0] as usize >= start + 4096)
+        .count() as u64;
+    assert!(
+        got.len() as u64 >= untouched * 10,
+        "{} < {}",
+        got.len(),
+        untouched * 10
+    );
+}
+
+#[test]
+fn a_damaged_header_byte_keeps_the_segment_and_every_record() {
+    for at in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let (seg, _) = spool_with_record_ends(dir.path(), 10);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[at] ^= 0x5a;
+        fs::write(&seg, &bytes).unwrap();
+
+        let (_w, mut r) = open(dir.path());
+        assert_records(
+            &read_all(&mut r),
+            &recs(0..10),
+            &format!("header byte {at}"),
+        );
+        assert_eq!(r.counters().snapshot().records_corrupt, 0);
+        assert_eq!(
+            &fs::read(&seg).unwrap()[..4],
+            b"WSPL",
+            "the header is rewritten"
+        );
+    }
+}
+
+fn point(key: &str, state: Option<&str>) -> ResumePoint {
+    ResumePoint {
+        key: key.as_bytes().to_vec(),
+        state: state.map(|s| s.as_bytes().to_vec()),
+    }
+}
+
+fn state_of(w: &SpoolWriter) -> Vec<(String, String)> {
+    w.resume_state()
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_points_are_stored_with_their_records_and_the_newest_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, _r) = open(dir.path());
+        w.append_with(
+            &recs(0..3),
+            &[point("a", Some("10")), point("b", Some("5"))],
+        )
+        .unwrap();
+        w.append_with(&recs(3..4), &[point("a", Some("20"))])
+            .unwrap();
+        // Points alone, without records (a file that was truncated, or forgotten).
+        w.append_with(&[], &[point("b", None), point("c", Some("1"))])
+            .unwrap();
+    }
+    let (w, mut r) = open(dir.path());
+    assert_eq!(
+        state_of(&w),
+        [("a".into(), "20".into()), ("c".into(), "1".into())]
+    );
+    assert_records(&read_all(&mut r), &recs(0..4), "records");
+}
+
+#[test]
+fn an_append_cut_short_by_a_crash_leaves_neither_its_records_nor_its_resume_point() {
+    let probe = tempfile::tempdir().unwrap();
+    let (seg, _) = spool_with_record_ends(probe.path(), 1);
+    let before_last = {
+        let (mut w, _r) = open(probe.path());
+        w.append_with(&recs(1..2), &[point("a", Some("1"))])
+            .unwrap();
+        file_len(&segment_files(probe.path()).pop().unwrap())
+    };
+    drop(seg);
+    // Every cut inside the last append (its record or its commit) drops all of it.
+    for cut in 1..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _r) = open(dir.path());
+        w.append_with(&recs(1..2), &[point("a", Some("1"))])
+            .unwrap();
+        w.append_with(&recs(2..4), &[point("a", Some("2"))])
+            .unwrap();
+        let seg = segment_files(dir.path()).pop().unwrap();
+        drop(w);
+        let full = file_len(&seg);
+        assert!(full > before_last + cut);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(full - cut)
+            .unwrap();
+        let (w, mut r) = open(dir.path());
+        assert_eq!(state_of(&w), [("a".into(), "1".into())], "cut {cut}");
+        assert_records(&read_all(&mut r), &recs(1..2), &format!("cut {cut}"));
+    }
+}
+
+#[test]
+fn resume_points_outlive_the_segments_they_were_written_in() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+        w.append_with(&recs(0..1), &[point("old", Some("1"))])
+            .unwrap();
+        for (i, chunk) in recs(1..300).chunks(10).enumerate() {
+            w.append_with(chunk, &[point("live", Some(&i.to_string()))])
+                .unwrap();
+        }
+        // Everything shipped: every segment but the active one is deleted.
+        let mut end = None;
+        while let Some(b) = r.next_batch(100, 1 << 20).unwrap() {
+            end = Some(b.end);
+        }
+        r.ack(end.unwrap()).unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 1);
+    }
+    // Restarts without appends carry the points on, and leave one segment.
+    for _ in 0..3 {
+        let (w, mut r) = Spool::open(settings(dir.path(), 64 << 20, 4096)).unwrap();
+        assert_eq!(
+            state_of(&w),
+            [("live".into(), "29".into()), ("old".into(), "1".into())]
+        );
+        assert!(read_all(&mut r).is_empty());
+    }
+    assert_eq!(segment_files(dir.path()).len(), 1);
 }
 
 #[test]

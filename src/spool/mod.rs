@@ -55,9 +55,9 @@ use tokio::sync::Notify;
 use tracing::{error, warn};
 
 use crate::config::FsyncPolicy;
-use crate::record::LogRecord;
-pub use segment::{DecodeError, SpoolRecord};
-use segment::{Frame, FRAME_HEADER_LEN, HEADER_LEN};
+use crate::record::{LogRecord, ResumePoint};
+use segment::{Commit, Frame, FRAME_HEADER_LEN, HEADER_LEN};
+pub use segment::{DecodeError, ResumeState, SpoolRecord};
 
 /// Where the spool lives and how it behaves.
 #[derive(Clone, Debug)]
@@ -420,29 +420,37 @@ impl Spool {
 
         let mut segments = BTreeMap::new();
         let mut reader = None;
+        let mut state = ResumeState::new();
+        // Files to delete once the new segment holds the resume points: an empty
+        // segment may hold the only copy of them.
+        let mut doomed = Vec::new();
         for id in ids {
             let path = dir.join(segment::file_name(id));
             if acked.is_some_and(|a| id < a.segment) {
                 // Acknowledged before the last stop; its deletion did not happen.
-                remove_file_logged(&path);
+                // (A later segment starts with a snapshot of its resume points.)
+                doomed.push(path);
                 continue;
             }
             let ack_offset = acked.filter(|a| a.segment == id).map(|a| a.offset);
-            let scan = segment::scan_segment(&path, ack_offset)
+            let scan = segment::scan_segment(&path, ack_offset, &mut state)
                 .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
-            if scan.bad_header && scan.file_len < HEADER_LEN {
-                warn!(segment = %path.display(), bytes = scan.file_len,
-                    "spool segment was cut short as it was created; deleting it");
+            if scan.unreadable {
+                if scan.file_len < HEADER_LEN {
+                    warn!(segment = %path.display(), bytes = scan.file_len,
+                        "spool segment was cut short as it was created; deleting it");
+                } else {
+                    error!(segment = %path.display(), bytes = scan.file_len,
+                        "spool segment holds no frame this version can read (another format version, or damaged through); deleting it");
+                }
                 CounterSet(&counters).discarded(scan.file_len);
-                remove_file_logged(&path);
+                doomed.push(path);
                 continue;
             }
-            if scan.bad_header {
-                error!(segment = %path.display(), bytes = scan.file_len,
-                    "spool segment has a damaged header or another format version; deleting it");
-                CounterSet(&counters).discarded(scan.file_len);
-                remove_file_logged(&path);
-                continue;
+            if scan.header_damaged {
+                warn!(segment = %path.display(),
+                    "spool segment header is damaged; its records are kept and the header rewritten");
+                rewrite_header(&path)?;
             }
             if scan.valid_len < scan.file_len {
                 let cut = scan.file_len - scan.valid_len;
@@ -457,14 +465,15 @@ impl Spool {
                     .and_then(|()| f.sync_all())
                     .map_err(|e| SpoolError::io("truncate spool segment", &path, e))?;
             }
-            if scan.records == 0 {
-                // Header only (a segment started just before a stop): nothing to keep.
-                remove_file_logged(&path);
+            if scan.records == 0 || ack_offset.is_some_and(|a| a >= scan.valid_len) {
+                // No records (a segment started just before a stop), or all of
+                // them shipped: its resume points, if any, go on in the new segment.
+                doomed.push(path);
                 continue;
             }
-            if scan.corrupt > 0 {
-                warn!(segment = %path.display(), records = scan.corrupt,
-                    "spool segment holds records with a bad checksum; they will be skipped");
+            if scan.damaged > 0 {
+                warn!(segment = %path.display(), places = scan.damaged,
+                    "spool segment is damaged; reading skips the damage, and the records it cost are counted");
             }
             if let Some(offset) = ack_offset {
                 if scan.ack_aligned {
@@ -490,12 +499,15 @@ impl Spool {
         // The new segment's id must be above the acknowledged one, or its records
         // would count as acknowledged.
         let active = max_seen.max(acked.map_or(0, |a| a.segment)) + 1;
-        let file = create_segment(&dir, active)?;
+        let (file, base_len) = create_segment(&dir, active, &state)?;
         sync_dir(&dir)?;
+        for path in &doomed {
+            remove_file_logged(path);
+        }
         segments.insert(
             active,
             SegmentMeta {
-                len: HEADER_LEN,
+                len: base_len,
                 records: 0,
             },
         );
@@ -530,8 +542,10 @@ impl Spool {
             segment_bytes,
             file,
             active,
-            len: HEADER_LEN,
+            len: base_len,
+            base_len,
             records: 0,
+            state,
             unsynced: false,
             last_sync: Instant::now(),
             buf: Vec::new(),
@@ -595,18 +609,48 @@ fn read_ack_file(dir: &Path) -> Option<SpoolPosition> {
     }
 }
 
-fn create_segment(dir: &Path, id: u64) -> Result<File, SpoolError> {
+/// Creates segment `id`: its header, then (when there are any) a snapshot of the
+/// resume points, fsynced, so that older segments may go. Returns the file and
+/// its length.
+fn create_segment(dir: &Path, id: u64, state: &ResumeState) -> Result<(File, u64), SpoolError> {
     let path = dir.join(segment::file_name(id));
     let mut file = OpenOptions::new()
         .append(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| SpoolError::io("create spool segment", &path, e))?;
-    if let Err(e) = file.write_all(&segment::header()) {
+    let mut head = segment::header().to_vec();
+    if !state.is_empty() {
+        let points = state
+            .iter()
+            .map(|(k, v)| (k.as_slice(), Some(v.as_slice())));
+        segment::encode_commit(0, true, points, &mut head);
+    }
+    let written = file.write_all(&head).and_then(|()| {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            file.sync_data()
+        }
+    });
+    if let Err(e) = written {
         remove_file_logged(&path);
         return Err(SpoolError::io("write spool segment", &path, e));
     }
-    Ok(file)
+    Ok((file, head.len() as u64))
+}
+
+/// Writes a good header over a damaged one (the frames behind it are intact).
+fn rewrite_header(path: &Path) -> Result<(), SpoolError> {
+    use std::os::unix::fs::FileExt;
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.write_all_at(&segment::header(), 0)?;
+            f.sync_data()
+        })
+        .map_err(|e| SpoolError::io("repair spool segment header", path, e))
 }
 
 /// The appending half. Use it from one thread at a time; its calls block on file I/O.
@@ -618,7 +662,11 @@ pub struct SpoolWriter<R: SpoolRecord = LogRecord> {
     active: u64,
     /// Bytes of whole frames in the active segment, header included.
     len: u64,
+    /// `len` of the active segment before its first append (header and snapshot).
+    base_len: u64,
     records: u64,
+    /// Every source's resume point as the appends so far stored them.
+    state: ResumeState,
     unsynced: bool,
     last_sync: Instant,
     /// Encoded frames of the batch being appended; reused between batches.
@@ -642,11 +690,19 @@ impl<R: SpoolRecord> SpoolWriter<R> {
     /// assumed stored: do not acknowledge the source; see the module doc for ENOSPC.
     /// A record too large for a frame (over 64 MiB) is dropped and counted.
     pub fn append(&mut self, records: &[R]) -> Result<(), SpoolError> {
-        if records.is_empty() {
+        self.append_with(records, &[])
+    }
+
+    /// As [`SpoolWriter::append`], storing `resume` (where each of the records'
+    /// sources may resume: in order, a later point of a source replaces an earlier
+    /// one) in the same commit: after a crash the points are exactly those of the
+    /// appends that are on disk ([`SpoolWriter::resume_state`]).
+    pub fn append_with(&mut self, records: &[R], resume: &[ResumePoint]) -> Result<(), SpoolError> {
+        if records.is_empty() && resume.is_empty() {
             return Ok(());
         }
         let mut dropped = Dropped::default();
-        let result = self.append_inner(records, &mut dropped);
+        let result = self.append_inner(records, resume, &mut dropped);
         if dropped.segments > 0 {
             warn!(dir = %self.shared.dir.display(), records = dropped.records, bytes = dropped.bytes,
                 segments = dropped.segments,
@@ -656,7 +712,12 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         result
     }
 
-    fn append_inner(&mut self, records: &[R], dropped: &mut Dropped) -> Result<(), SpoolError> {
+    fn append_inner(
+        &mut self,
+        records: &[R],
+        resume: &[ResumePoint],
+        dropped: &mut Dropped,
+    ) -> Result<(), SpoolError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let mut stored = 0u64;
@@ -674,14 +735,32 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         // A batch goes whole into one segment (which may so exceed `segment_bytes` by
         // one batch): then a failed write is undone by cutting one file, and a failed
         // append has stored nothing.
-        let full = self.len > HEADER_LEN && self.len + buf.len() as u64 > self.segment_bytes;
+        let full = self.len > self.base_len && self.len + buf.len() as u64 > self.segment_bytes;
         let mut result = if full || self.needs_rotation {
             self.rotate()
         } else {
             Ok(())
         };
         if result.is_ok() {
+            // The commit ends the append: recovery keeps nothing of an append
+            // without it, and takes its resume points with its records.
+            let points = resume
+                .iter()
+                .map(|p| (p.key.as_slice(), p.state.as_deref()));
+            segment::encode_commit(self.records + stored, false, points, &mut buf);
             result = self.write_chunk(&buf, stored, dropped);
+        }
+        if result.is_ok() {
+            for p in resume {
+                match &p.state {
+                    Some(v) => {
+                        self.state.insert(p.key.clone(), v.clone());
+                    }
+                    None => {
+                        self.state.remove(&p.key);
+                    }
+                }
+            }
         }
         // Keep the encoding buffer between batches, but not one a rare huge batch grew.
         if buf.capacity() > RETAINED_BUFFER_BYTES {
@@ -784,24 +863,19 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             self.sync()?;
         }
         let next = self.active + 1;
-        let file = create_segment(&self.shared.dir, next)?;
+        let (file, len) = create_segment(&self.shared.dir, next, &self.state)?;
         sync_dir(&self.shared.dir)?;
         self.file = file;
         self.active = next;
-        self.len = HEADER_LEN;
+        self.len = len;
+        self.base_len = len;
         self.records = 0;
         self.unsynced = true;
         self.needs_rotation = false;
         let mut index = self.shared.index();
-        index.segments.insert(
-            next,
-            SegmentMeta {
-                len: HEADER_LEN,
-                records: 0,
-            },
-        );
+        index.segments.insert(next, SegmentMeta { len, records: 0 });
         index.active = next;
-        index.total_bytes += HEADER_LEN;
+        index.total_bytes += len;
         // A segment acknowledged to its end while it was active can go now.
         let sealed = next - 1;
         let mut done = None;
@@ -872,6 +946,12 @@ impl<R: SpoolRecord> SpoolWriter<R> {
 
     pub fn counters(&self) -> Arc<SpoolCounters> {
         self.shared.counters.clone()
+    }
+
+    /// Each source's resume point, as the appends on disk stored them (at open:
+    /// what recovery found, the newest per source).
+    pub fn resume_state(&self) -> &ResumeState {
+        &self.state
     }
 
     pub fn dir(&self) -> &Path {
@@ -951,19 +1031,24 @@ impl<R: SpoolRecord> SpoolReader<R> {
                     Err(e) => return Err(SpoolError::io("open spool segment", &path, e)),
                 }
             }
-            while self.cursor.offset < limit
-                && records.len() < max_records
-                && (bytes as usize) < max_bytes
-            {
+            while self.cursor.offset < limit {
                 let Some(file) = self.file.as_mut() else {
                     continue 'segments;
                 };
+                // A full batch still takes the commit right after its last record,
+                // so that its end (the acknowledged position) is past the append.
+                if (records.len() >= max_records || (bytes as usize) >= max_bytes)
+                    && !segment::commit_is_next(file)
+                        .map_err(|e| SpoolError::io("read spool segment", &path, e))?
+                {
+                    break;
+                }
                 let frame =
                     segment::read_frame(file, limit - self.cursor.offset, &mut self.payload)
                         .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
                 match frame {
                     Frame::Record { len } => {
-                        self.cursor.offset += FRAME_HEADER_LEN + u64::from(len);
+                        self.cursor.offset += frame.size();
                         self.records_in_segment += 1;
                         match R::decode_payload(&self.payload, &mut self.cache) {
                             Ok(r) => {
@@ -977,21 +1062,47 @@ impl<R: SpoolRecord> SpoolReader<R> {
                             }
                         }
                     }
-                    Frame::Corrupt { len } => {
-                        self.cursor.offset += FRAME_HEADER_LEN + u64::from(len);
+                    Frame::Commit { .. } => {
+                        self.cursor.offset += frame.size();
+                        // The commit counts the segment's records up to it: more
+                        // than were read means damage before it cost some.
+                        if let Ok(c) = Commit::decode(&self.payload, false) {
+                            if c.records > self.records_in_segment {
+                                let lost = c.records - self.records_in_segment;
+                                SpoolCounters::add(&self.shared.counters.records_corrupt, lost);
+                                warn!(segment = %path.display(), offset = self.cursor.offset, records = lost,
+                                    "records of a damaged spool segment are lost");
+                            }
+                            self.records_in_segment = c.records;
+                        }
+                    }
+                    Frame::Corrupt { .. }
+                        if segment::frame_starts_at(
+                            file.get_ref(),
+                            self.cursor.offset + frame.size(),
+                            limit,
+                        )
+                        .map_err(|e| SpoolError::io("read spool segment", &path, e))? =>
+                    {
+                        // A damaged payload under an intact length: one record.
+                        self.cursor.offset += frame.size();
                         self.records_in_segment += 1;
                         SpoolCounters::add(&self.shared.counters.records_corrupt, 1);
                         warn!(segment = %path.display(), offset = self.cursor.offset,
                             "skipping a spool record whose checksum does not match");
                     }
-                    Frame::Torn => {
-                        // Damage that breaks framing: nothing more of this region can be
-                        // read. The writer only appends at `limit`, so resume there.
-                        warn!(segment = %path.display(), offset = self.cursor.offset,
-                            bytes = limit - self.cursor.offset,
-                            "spool segment is damaged past this point; skipping the rest of it");
-                        CounterSet(&self.shared.counters).discarded(limit - self.cursor.offset);
-                        self.cursor.offset = limit;
+                    Frame::Corrupt { .. } | Frame::Torn => {
+                        // No frame starts here: skip to the next place where one
+                        // does (the commit after it counts what was lost), or,
+                        // when none does, to the end of what is written.
+                        let from = self.cursor.offset;
+                        let next = segment::find_frame(file.get_ref(), from + 1, limit)
+                            .map_err(|e| SpoolError::io("read spool segment", &path, e))?
+                            .unwrap_or(limit);
+                        warn!(segment = %path.display(), offset = from, bytes = next - from,
+                            "spool segment is damaged here; skipping to the next intact record");
+                        CounterSet(&self.shared.counters).discarded(next - from);
+                        self.cursor.offset = next;
                         self.file = None;
                     }
                 }

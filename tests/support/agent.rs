@@ -291,3 +291,38 @@ pub fn listening(log: &str, marker: &str) -> Option<SocketAddr> {
     let at = log.rfind(marker)? + marker.len();
     log[at..].split_whitespace().next()?.parse().ok()
 }
+
+impl Agent {
+    /// The address the agent logged for its admin endpoint (`listen` with port
+    /// 0), once it did; the last one logged, for an agent restarted on one log.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        const MARK: &str = "admin endpoint: http://";
+        let mut found = None;
+        let logged = wait_until(DEADLINE, || {
+            let log = self.log();
+            found = log.rfind(MARK).and_then(|i| {
+                let rest = &log[i + MARK.len()..];
+                rest.split('/').next()?.parse().ok()
+            });
+            found.is_some()
+        })
+        .await;
+        assert!(logged, "no admin address logged:\n{}", self.log());
+        found.unwrap()
+    }
+}
+
+/// One sample's value from the agent's `/metrics` at `addr` (`name` with its
+/// labels as served, e.g. `wisp_spool_records_appended_total{spool="loki"}`).
+pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok())?
+    })
+}

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint::{FileId, Fingerprint};
+use crate::record::ResumePoint;
+use crate::spool::ResumeState;
 
 /// The checkpoint file's name under `state_dir`.
 pub const POSITIONS_FILE: &str = "positions.json";
@@ -77,6 +79,64 @@ pub(crate) enum Known {
     Replaced,
     /// Never seen.
     New,
+}
+
+/// The version byte of a file's resume point as the spool stores it.
+const RESUME_VERSION: u8 = 1;
+
+/// The spool's key for a file's resume point: device and inode.
+fn resume_key(id: FileId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&id.dev.to_le_bytes());
+    key.extend_from_slice(&id.inode.to_le_bytes());
+    key
+}
+
+/// A file's resume point, for the spool to store with the batch that ends at
+/// `offset`: the version byte, the offset, the fingerprint (length, hash), then
+/// the path's bytes.
+pub(crate) fn resume_point(id: FileId, path: &Path, fp: Fingerprint, offset: u64) -> ResumePoint {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.as_os_str().as_bytes();
+    let mut state = Vec::with_capacity(21 + path.len());
+    state.push(RESUME_VERSION);
+    state.extend_from_slice(&offset.to_le_bytes());
+    state.extend_from_slice(&fp.len.to_le_bytes());
+    state.extend_from_slice(&fp.hash.to_le_bytes());
+    state.extend_from_slice(path);
+    ResumePoint {
+        key: resume_key(id),
+        state: Some(state),
+    }
+}
+
+/// Tells the spool to forget a file's resume point (the file's checkpoint is gone).
+pub(crate) fn forget_point(id: FileId) -> ResumePoint {
+    ResumePoint {
+        key: resume_key(id),
+        state: None,
+    }
+}
+
+/// Decodes a resume point written by [`resume_point`]; `None` for another format.
+fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerprint, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    if key.len() != 16 || state.len() < 21 || state[0] != RESUME_VERSION {
+        return None;
+    }
+    let id = FileId {
+        dev: u64_at(key, 0)?,
+        inode: u64_at(key, 8)?,
+    };
+    let offset = u64_at(state, 1)?;
+    let fp = Fingerprint {
+        len: u32::from_le_bytes(state.get(9..13)?.try_into().ok()?),
+        hash: u64_at(state, 13)?,
+    };
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(&state[21..]));
+    Some((id, path, fp, offset))
 }
 
 /// Read-only: how far each file (by device and inode) has been acknowledged, as
@@ -143,6 +203,28 @@ impl CheckpointStore {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the resume points the spool holds over what `positions.json` says:
+    /// they were stored in the same fsync as the lines, and `positions.json` is
+    /// written after it (about once a second), so a crash leaves it behind them,
+    /// never ahead. Returns how many checkpoints moved.
+    pub(crate) fn apply_resume(&mut self, state: &ResumeState) -> usize {
+        let mut moved = 0;
+        for (key, value) in state {
+            let Some((id, path, fingerprint, offset)) = decode_resume(key, value) else {
+                continue;
+            };
+            let same = self
+                .entries
+                .get(&id)
+                .is_some_and(|c| c.offset == offset && c.fingerprint == fingerprint);
+            if !same {
+                moved += 1;
+                self.put(id, &path, fingerprint, offset);
+            }
+        }
+        moved
     }
 
     /// What is known of the file `id`, now open as `file` under `path`. Matches by
@@ -224,10 +306,19 @@ impl CheckpointStore {
         self.entries.remove(&id);
     }
 
-    /// Forgets entries of files not seen within the retention period.
-    pub(crate) fn prune(&mut self, now: SystemTime) {
+    /// Forgets entries of files not seen within the retention period; returns
+    /// which.
+    pub(crate) fn prune(&mut self, now: SystemTime) -> Vec<FileId> {
         let cutoff = unix_secs(now).saturating_sub(RETENTION.as_secs());
-        self.entries.retain(|_, c| c.seen >= cutoff);
+        let mut gone = Vec::new();
+        self.entries.retain(|id, c| {
+            let keep = c.seen >= cutoff;
+            if !keep {
+                gone.push(*id);
+            }
+            keep
+        });
+        gone
     }
 
     #[cfg(test)]

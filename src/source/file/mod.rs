@@ -48,9 +48,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FileConfig, StartAt};
-use crate::record::{SourceBatch, SourceInfo};
+use crate::record::{Ack, SourceBatch, SourceInfo};
 use crate::source::multiline::JoinerSettings;
 use crate::source::terminal::RenderStats;
+use crate::spool::ResumeState;
 
 use checkpoint::{CheckpointStore, Known, SharedCommits};
 use fingerprint::{FileId, Fingerprint};
@@ -104,6 +105,9 @@ pub struct TailSettings {
     pub events: bool,
     /// Where the tailer counts what it does (shared with the admin endpoint).
     pub counters: Arc<TailCounters>,
+    /// The resume points the spool holds (its commits): they win over
+    /// `positions.json`, which is written after them.
+    pub resume: ResumeState,
 }
 
 impl TailSettings {
@@ -114,6 +118,7 @@ impl TailSettings {
             state_dir,
             events: true,
             counters: Arc::default(),
+            resume: ResumeState::new(),
         }
     }
 }
@@ -359,6 +364,8 @@ struct Tailer {
     /// Files truncated within [`COPY_WINDOW`]: fingerprint before, where their
     /// unread part began, when, and which open file it was.
     truncated: Vec<(Fingerprint, u64, Instant, u64)>,
+    /// The source named by batches that carry only resume points (no lines).
+    marker_source: Arc<SourceInfo>,
 }
 
 impl Tailer {
@@ -381,9 +388,17 @@ impl Tailer {
             path: settings.state_dir.clone(),
             source,
         })?;
-        let (store, problem) = CheckpointStore::load(&settings.state_dir);
+        let (mut store, problem) = CheckpointStore::load(&settings.state_dir);
         if let Some(p) = problem {
             tracing::warn!("{p}");
+        }
+        let moved = store.apply_resume(&settings.resume);
+        if moved > 0 {
+            tracing::info!(
+                "{moved} file(s) resume where the buffer's last commit left them, past {}: \
+                 lines buffered before a crash are not read again",
+                store.path().display()
+            );
         }
         let entries: Vec<Entry> = settings
             .files
@@ -432,6 +447,14 @@ impl Tailer {
             unreadable: HashSet::new(),
             truncated: Vec::new(),
             undecided: false,
+            marker_source: Arc::new(SourceInfo {
+                job: String::new(),
+                filename: None,
+                labels: Vec::new(),
+                format: crate::config::LogFormat::Text,
+                label_fields: Vec::new(),
+                trace_context: None,
+            }),
         })
     }
 
@@ -608,6 +631,7 @@ impl Tailer {
         });
         tracing::info!("tailing {} from byte {offset} ({why})", path.display());
         self.store.put(id, &path, t.fingerprint, offset);
+        self.out.push_back(t.resume_marker());
         self.next_seq += 1;
         self.by_id.insert(id, seq);
         self.files.insert(seq, t);
@@ -808,6 +832,7 @@ impl Tailer {
     /// Writes the acknowledged offsets, if any moved (or `force`).
     fn save(&mut self, force: bool) {
         let mut changed = force;
+        let mut forgotten = Vec::new();
         for t in self.files.values() {
             changed |= self
                 .store
@@ -821,6 +846,7 @@ impl Tailer {
             if c.deleted && outstanding == 0 {
                 // Gone for good and fully handed on: nothing left to resume.
                 self.store.remove(c.id);
+                forgotten.push(c.id);
                 changed = true;
             } else {
                 changed |= self.store.update(c.id, &c.path, c.fingerprint, committed);
@@ -830,7 +856,17 @@ impl Tailer {
         if !changed {
             return;
         }
-        self.store.prune(SystemTime::now());
+        forgotten.extend(self.store.prune(SystemTime::now()));
+        if !forgotten.is_empty() {
+            // The spool keeps a resume point until told to forget it.
+            self.out.push_back(SourceBatch {
+                source: self.marker_source.clone(),
+                lines: Vec::new(),
+                ack: forgotten.into_iter().fold(Ack::none(), |a, id| {
+                    a.with_resume(checkpoint::forget_point(id))
+                }),
+            });
+        }
         match self.store.save() {
             Ok(()) => {
                 if self.save_failing {

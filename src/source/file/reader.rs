@@ -316,10 +316,11 @@ impl Tailed {
             None => self.batch_end,
         };
         let ticket = AckTicket::register(&self.commits, end);
+        let resume = checkpoint::resume_point(self.id, &self.path, self.fingerprint, end);
         SourceBatch {
             source: self.source.clone(),
             lines,
-            ack: Ack::new(move || ticket.ack()),
+            ack: Ack::new(move || ticket.ack()).with_resume(resume),
         }
     }
 
@@ -443,7 +444,21 @@ impl Tailed {
         self.batch_end = 0;
         checkpoint::lock(&self.commits).reset(0);
         self.fingerprint = Fingerprint::of_file(&self.file)?;
+        // The spool learns of the new start too, after the old content's batches.
+        out.push_back(self.resume_marker());
         Ok(Some(before))
+    }
+
+    /// A batch without lines that only moves the file's resume point to where
+    /// reading is now: for the spool, whose resume points must follow every move
+    /// of the checkpoint, not only those that lines make.
+    pub(crate) fn resume_marker(&self) -> SourceBatch {
+        let point = checkpoint::resume_point(self.id, &self.path, self.fingerprint, self.offset);
+        SourceBatch {
+            source: self.source.clone(),
+            lines: Vec::new(),
+            ack: Ack::none().with_resume(point),
+        }
     }
 
     /// Where the unfinished line starts (where a copy of this file is read from).

@@ -1,0 +1,210 @@
+//! File → spool exactly once, with the real binary: after a `kill -9`, lines that
+//! were already in the spool are not read from the file again, even when
+//! `positions.json` is behind (it is written about once a second, after the
+//! spool's fsync). The tailer resumes where the spool's last commit says.
+//!
+//! To hit the window between the spool's fsync and `positions.json` every time
+//! (not only when a kill happens to land in it), `positions.json` is made a
+//! directory while the first agent runs: the agent cannot write it at all, so
+//! without the spool's resume points every line would be read again.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use support::agent::{metric, Agent, Setup};
+use support::loki::LokiReceiver;
+use support::{append, wait_until_async, DEADLINE};
+
+const APPENDED: &str = "wisp_spool_records_appended_total{spool=\"loki\"}";
+
+fn lines(tag: &str, from: usize, to: usize) -> Vec<String> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (from..to)
+        .map(|i| {
+            format!(
+                r#"{{"level":30,"time":{},"pid":4242,"msg":"{tag} line {i:05}"}}"#,
+                now_ms + i as u128
+            )
+        })
+        .collect()
+}
+
+/// Waits until the spool has taken at least `n` records.
+async fn wait_spooled(agent: &Agent, admin: SocketAddr, n: f64) {
+    let held = wait_until_async(DEADLINE, || async {
+        metric(admin, APPENDED).await.is_some_and(|v| v >= n)
+    })
+    .await;
+    assert!(
+        held,
+        "the spool never held {n} records (has {:?}); agent log:\n{}",
+        metric(admin, APPENDED).await,
+        agent.log()
+    );
+}
+
+/// Blocks `positions.json` (a directory in its place) so the agent cannot write it.
+fn block_positions(state: &Path) {
+    std::fs::create_dir_all(state.join("positions.json")).unwrap();
+}
+
+fn unblock_positions(state: &Path) {
+    std::fs::remove_dir_all(state.join("positions.json")).unwrap();
+}
+
+/// Stops the agent cleanly (it drains what it holds) and checks that Loki got
+/// every line in `expected` exactly once and nothing else.
+fn assert_each_once(loki: &LokiReceiver, expected: &[String], agent: &Agent) {
+    let mut got: Vec<String> = loki.all_entries().into_iter().map(|e| e.line).collect();
+    got.sort();
+    let mut want = expected.to_vec();
+    want.sort();
+    let received = loki.raw_count();
+    assert!(
+        got == want && received == expected.len(),
+        "Loki received {received} entries ({} distinct) for {} lines; agent log:\n{}",
+        got.len(),
+        expected.len(),
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_spooled_before_a_kill_9_are_not_read_again_when_positions_json_is_behind() {
+    let loki = LokiReceiver::start().await;
+    // Loki is away: the lines wait in the spool, no push is in flight at the kill.
+    loki.stop().await;
+    let setup = Setup::new(&loki, "");
+    setup.set_admin_listen("127.0.0.1:0");
+    let state = setup.dir.path().join("state");
+    block_positions(&state);
+    let file = setup.log_path("app.log");
+    let first = lines("first", 0, 300);
+    append(&file, &first);
+
+    let mut agent = setup.start();
+    let admin = agent.admin_addr().await;
+    wait_spooled(&agent, admin, 300.0).await;
+    assert!(
+        agent.log().contains("cannot write checkpoint file"),
+        "positions.json should be unwritable here:\n{}",
+        agent.log()
+    );
+    agent.kill9();
+
+    unblock_positions(&state);
+    loki.restart().await;
+    let mut agent = setup.start();
+    let second = lines("second", 300, 400);
+    append(&file, &second);
+    let mut all = first;
+    all.extend(second);
+    assert!(
+        loki.wait_for_unique(all.len(), DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert!(
+        agent
+            .log()
+            .contains("resume where the buffer's last commit left them"),
+        "{}",
+        agent.log()
+    );
+    assert_each_once(&loki, &all, &agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_truncated_and_rewritten_before_a_kill_9_resumes_in_its_new_content() {
+    let loki = LokiReceiver::start().await;
+    loki.stop().await;
+    let setup = Setup::new(&loki, "");
+    setup.set_admin_listen("127.0.0.1:0");
+    let state = setup.dir.path().join("state");
+    block_positions(&state);
+    let file = setup.log_path("app.log");
+    let old = lines("old", 0, 200);
+    append(&file, &old);
+
+    let mut agent = setup.start();
+    let admin = agent.admin_addr().await;
+    wait_spooled(&agent, admin, 200.0).await;
+    // copytruncate's second half, then new lines in the emptied file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let new = lines("new", 200, 250);
+    append(&file, &new);
+    wait_spooled(&agent, admin, 250.0).await;
+    agent.kill9();
+
+    // While the agent is away the file grows past where the old content ended:
+    // only the new content's own resume point tells where to go on.
+    unblock_positions(&state);
+    let later = lines("later", 250, 700);
+    append(&file, &later);
+    loki.restart().await;
+    let mut agent = setup.start();
+    let mut all = old;
+    all.extend(new);
+    all.extend(later);
+    assert!(
+        loki.wait_for_unique(all.len(), DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert_each_once(&loki, &all, &agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_line_record_held_back_at_a_kill_9_is_read_whole_once() {
+    let loki = LokiReceiver::start().await;
+    loki.stop().await;
+    let setup = Setup::new(&loki, "multiline_timeout = \"30s\"\n");
+    setup.set_admin_listen("127.0.0.1:0");
+    let state = setup.dir.path().join("state");
+    block_positions(&state);
+    let file = setup.log_path("app.log");
+    let mut first = lines("first", 0, 50);
+    append(&file, &first);
+    // A stack trace whose continuation has not been written yet: the joiner
+    // holds it, and the resume point stays before it.
+    append(&file, &["Error: boom".to_string()]);
+
+    let mut agent = setup.start();
+    let admin = agent.admin_addr().await;
+    wait_spooled(&agent, admin, 50.0).await;
+    agent.kill9();
+
+    unblock_positions(&state);
+    append(
+        &file,
+        &[
+            "    at handler (/app/a.js:1:1)".to_string(),
+            "    at main (/app/b.js:2:2)".to_string(),
+        ],
+    );
+    let after = lines("after", 50, 60);
+    append(&file, &after);
+    loki.restart().await;
+    let mut agent = setup.start();
+    first.push("Error: boom\n    at handler (/app/a.js:1:1)\n    at main (/app/b.js:2:2)".into());
+    first.extend(after);
+    assert!(
+        loki.wait_for_unique(first.len(), DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert_each_once(&loki, &first, &agent);
+}
