@@ -23,9 +23,19 @@
 //!   the caller must not acknowledge its source, and the source re-reads the batch
 //!   later. The spool does not delete unshipped data to make room on a disk that
 //!   others filled; `max_bytes` is the only reason it drops.
-//! - **Damage inside a segment**: a record whose checksum fails but whose frame is
-//!   intact is skipped and counted, and reading continues at the next frame; damage
-//!   that breaks the framing ends that segment there (see `segment.rs`).
+//! - **An append is all or nothing.** It ends with a commit frame; recovery keeps
+//!   nothing after the last commit. The commit carries the resume points the
+//!   batch's sources gave ([`SpoolWriter::append_with`]), so where a file may
+//!   resume is durable in the same fsync as its lines, and after a crash
+//!   [`SpoolWriter::resume_state`] says exactly how far the spool holds each
+//!   source. Every new segment starts with a snapshot of them, so acknowledged
+//!   segments can go without losing one.
+//! - **Damage inside a segment costs only what it covers.** A record whose
+//!   checksum fails is skipped; where no frame starts (a damaged length, zeroed
+//!   bytes), reading resumes at the next offset where a whole frame checks out.
+//!   The commits count the records before them, so the records lost are counted
+//!   exactly (`records_corrupt`), not only the bytes. A damaged header is
+//!   rewritten, not a reason to delete the segment (see `segment.rs`).
 //!
 //! On disk: `<dir>/<20-digit id>.seg` segment files (format in `segment.rs`), ids only
 //! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] with a
