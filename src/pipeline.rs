@@ -24,7 +24,7 @@ use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
 use crate::sink::loki::LokiClient;
 use crate::source::file::{self, TailSettings};
 use crate::source::{exec, exec_spans, host_metrics};
-use crate::spool::{Spool, SpoolError, SpoolSettings, SpoolWriter};
+use crate::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
@@ -205,9 +205,10 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             config.buffer.fsync,
         )
     };
-    let (writer, reader) = tokio::task::spawn_blocking(move || Spool::open(spool_settings))
-        .await
-        .context("the spool stopped while opening")??;
+    let Some((writer, reader)) = open_spool(spool_settings, &cancel).await? else {
+        tracing::info!("stopped before the buffer could be opened");
+        return Ok(ExitCode::SUCCESS);
+    };
     tracing::info!("buffer: {}", writer.dir().display());
 
     let loki_counters = Arc::new(LokiCounters::default());
@@ -301,6 +302,44 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     tailed.context("cannot tail files")?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the Loki spool. A full disk is waited out (nothing is read until there
+/// is room, so nothing is lost), checking every second; other errors end `run`.
+/// `None` when `cancel` fired first.
+async fn open_spool(
+    settings: SpoolSettings,
+    cancel: &CancellationToken,
+) -> Result<Option<(SpoolWriter, SpoolReader)>> {
+    let mut logged = false;
+    loop {
+        let s = settings.clone();
+        match tokio::task::spawn_blocking(move || Spool::open(s))
+            .await
+            .context("the spool stopped while opening")?
+        {
+            Ok(halves) => {
+                if logged {
+                    tracing::info!("the buffer has room again");
+                }
+                return Ok(Some(halves));
+            }
+            Err(e @ SpoolError::DiskFull { .. }) => {
+                if !logged {
+                    tracing::error!(
+                        "cannot open the buffer: {e} (free space there, or lower buffer.max_bytes); \
+                         files are not read until it opens, so nothing is lost"
+                    );
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `run` with `loki.enabled = false`: only the OTLP relay runs, and the admin
