@@ -229,9 +229,9 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     let agent = setup.start();
     let addr = admin_addr(&agent).await;
     assert!(
-        loki.wait_for_unique(5, DEADLINE).await,
+        loki.wait_for_stored(5, DEADLINE).await,
         "got {} entries; agent log:\n{}",
-        loki.unique_count(),
+        loki.stored_count(),
         agent.log()
     );
 
@@ -295,7 +295,7 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
 
     // More lines move the counters by exactly as many.
     append(&file, &pino_lines(5, 8));
-    assert!(loki.wait_for_unique(8, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(8, DEADLINE).await, "{}", agent.log());
     let page = scrape_until(&client, addr, |p| {
         p.samples.get("wisp_loki_records_shipped_total") == Some(&8.0)
     })
@@ -396,7 +396,7 @@ async fn an_empty_listen_address_binds_nothing_and_still_ships() {
     let file = setup.log_path("api.log");
     append(&file, &pino_lines(0, 3));
     let agent = setup.start();
-    assert!(loki.wait_for_unique(3, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(3, DEADLINE).await, "{}", agent.log());
     let log = agent.log();
     assert!(log.contains("admin endpoint disabled"), "{log}");
     assert!(!log.contains("admin endpoint: http"), "{log}");
@@ -433,7 +433,7 @@ async fn a_port_in_use_is_logged_logs_still_ship_and_the_endpoint_comes_up_once_
     assert!(log.contains(&format!("\"{addr}\"")), "{log}");
     assert!(log.contains("logs are still shipped"), "{log}");
     assert!(log.contains("set admin.listen to a free address"), "{log}");
-    assert!(loki.wait_for_unique(4, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(4, DEADLINE).await, "{}", agent.log());
 
     // Freed: the agent binds it at its next try.
     drop(taken);
@@ -579,7 +579,7 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
         "agent log:\n{}",
         agent.log()
     );
-    assert!(loki.wait_for_unique(2, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(2, DEADLINE).await, "{}", agent.log());
     let page = scrape_until(&client, addr, |p| {
         p.samples.get("wisp_otlp_requests_shipped_total") == Some(&6.0)
             && p.samples.get("wisp_loki_records_shipped_total") == Some(&2.0)

@@ -100,8 +100,8 @@ async fn a_replayed_batch_is_stored_once() {
         let push = encode(&batch(), LokiEncoding::Protobuf).unwrap();
         assert!(client.push(&loki.push_url(), &push).await.is_delivered());
     }
-    assert_eq!(loki.raw_count(), 6);
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.received_count(), 6);
+    assert_eq!(loki.stored_count(), 3);
 }
 
 #[tokio::test]
@@ -211,10 +211,10 @@ async fn a_503_with_retry_after_is_retried_after_that_delay() {
             reason: "status 503: ingester not ready".into()
         }
     );
-    assert_eq!(loki.unique_count(), 0);
+    assert_eq!(loki.stored_count(), 0);
     // The same push, again: now taken.
     assert!(client.push(&loki.push_url(), &push).await.is_delivered());
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.stored_count(), 3);
 }
 
 #[tokio::test]
@@ -308,5 +308,5 @@ async fn a_push_retried_after_loki_comes_back_is_delivered_once() {
         client.push(&loki.push_url(), &push).await,
         PushOutcome::Delivered
     );
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.stored_count(), 3);
 }

@@ -314,7 +314,7 @@ async fn a_span_acknowledged_before_a_kill_9_is_exported_after_the_restart() {
     )
     .unwrap();
     assert!(
-        loki.wait_for_unique(1, DEADLINE).await,
+        loki.wait_for_stored(1, DEADLINE).await,
         "agent log:\n{}",
         agent.log()
     );

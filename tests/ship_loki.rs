@@ -40,9 +40,9 @@ async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
     append(&file, &lines);
     let agent = setup.start();
     assert!(
-        loki.wait_for_unique(5, DEADLINE).await,
+        loki.wait_for_stored(5, DEADLINE).await,
         "got {} entries; agent log:\n{}",
-        loki.unique_count(),
+        loki.stored_count(),
         agent.log()
     );
     let info = loki.entries(r#"{job="app",level="info"}"#);
@@ -73,7 +73,7 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
     let batch = pino_lines(0, 100, 30);
     append(&file, &batch);
     written.extend(batch);
-    assert!(loki.wait_for_unique(100, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(100, DEADLINE).await, "{}", agent.log());
 
     // Refused: the port is closed.
     loki.stop().await;
@@ -110,9 +110,9 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
     // Back.
     loki.set_mode(Mode::Normal);
     assert!(
-        loki.wait_for_unique(400, Duration::from_secs(30)).await,
+        loki.wait_for_stored(400, Duration::from_secs(30)).await,
         "got {} of 400; agent log:\n{}",
-        loki.unique_count(),
+        loki.stored_count(),
         agent.log()
     );
     let mut got = shipped_lines(&loki);
@@ -136,7 +136,7 @@ async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_store
     let mut agent = setup.start();
     let lines = pino_lines(0, 50, 40);
     append(&file, &lines);
-    assert!(loki.wait_for_unique(50, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(50, DEADLINE).await, "{}", agent.log());
     agent.kill9();
 
     loki.set_mode(Mode::Normal);
@@ -144,14 +144,18 @@ async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_store
     append(&file, &more);
     let agent = setup.start();
     assert!(
-        loki.wait_for_unique(60, DEADLINE).await,
+        loki.wait_for_stored(60, DEADLINE).await,
         "got {}; agent log:\n{}",
-        loki.unique_count(),
+        loki.stored_count(),
         agent.log()
     );
     // The first 50 were pushed twice (no acknowledgement reached the agent) and
     // stored once.
-    assert!(loki.raw_count() >= 110, "raw {}", loki.raw_count());
+    assert!(
+        loki.received_count() >= 110,
+        "raw {}",
+        loki.received_count()
+    );
     let mut want = lines.clone();
     want.extend(more);
     assert_eq!(loki.lines(r#"{job="app"}"#), want);
@@ -165,16 +169,16 @@ async fn a_restarted_agent_resumes_where_it_stopped() {
     let mut agent = setup.start();
     let lines = pino_lines(0, 20, 30);
     append(&file, &lines);
-    assert!(loki.wait_for_unique(20, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(20, DEADLINE).await, "{}", agent.log());
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
 
     let more = pino_lines(20, 30, 30);
     append(&file, &more);
     let agent = setup.start();
-    assert!(loki.wait_for_unique(30, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(30, DEADLINE).await, "{}", agent.log());
     // Nothing was pushed twice: the checkpoint and the spool's acknowledgement
     // were both where the first run stopped.
-    assert_eq!(loki.raw_count(), 30, "{}", agent.log());
+    assert_eq!(loki.received_count(), 30, "{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +200,7 @@ async fn a_rejected_batch_is_dropped_logged_with_the_reason_and_the_rest_flows()
         agent.log()
     );
     append(&file, &pino_lines(5, 10, 30));
-    assert!(loki.wait_for_unique(1, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(1, DEADLINE).await, "{}", agent.log());
     assert!(
         wait_until(DEADLINE, || loki
             .lines(r#"{job="app"}"#)
@@ -247,7 +251,7 @@ async fn a_tiny_buffer_drops_the_oldest_lines_and_says_so() {
         "{}",
         agent.log()
     );
-    let got = loki.unique_count();
+    let got = loki.stored_count();
     assert!(got < 24000, "nothing was dropped: {got}");
 }
 
@@ -259,7 +263,7 @@ fn sigterm_drains_and_exits_0() {
     let mut agent = setup.start();
     append(&setup.log_path("a.log"), &pino_lines(0, 3, 30));
     assert!(
-        rt.block_on(loki.wait_for_unique(3, DEADLINE)),
+        rt.block_on(loki.wait_for_stored(3, DEADLINE)),
         "{}",
         agent.log()
     );
@@ -298,9 +302,9 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
         let mut agent = setup.start();
         let want = round * 10;
         assert!(
-            loki.wait_for_unique(want, DEADLINE).await,
+            loki.wait_for_stored(want, DEADLINE).await,
             "round {round}: {} of {want}; agent log:\n{}",
-            loki.unique_count(),
+            loki.stored_count(),
             agent.log()
         );
         let arrived = std::time::SystemTime::now();
@@ -323,7 +327,7 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
     // A JSON line finishes the last record (and is one itself).
     let end = r#"{"level":30,"msg":"end"}"#.to_string();
     append(&file, &[tail(30), end.clone()]);
-    assert!(loki.wait_for_unique(32, DEADLINE).await, "{}", agent.log());
+    assert!(loki.wait_for_stored(32, DEADLINE).await, "{}", agent.log());
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
 
     let got = loki.lines(r#"{job="app"}"#);
@@ -335,7 +339,7 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
     // Killed twice with a record pending, and still nothing read twice: the
     // checkpoint stopped at the start of the pending record each time.
     assert_eq!(
-        loki.raw_count(),
+        loki.received_count(),
         32,
         "records were read again after a restart"
     );
