@@ -8,7 +8,7 @@ mod support;
 use std::fs::File;
 use std::time::Duration;
 
-use support::agent::{Agent, Setup};
+use support::agent::Setup;
 use support::loki::{LokiReceiver, Mode};
 use support::{append, wait_until, DEADLINE};
 
@@ -35,19 +35,6 @@ fn shipped_lines(loki: &LokiReceiver) -> Vec<String> {
 /// The stream selector of every line these tests write.
 const APP: &str = r#"{job="app"}"#;
 
-/// Waits until every line of `want` is in Loki, then panics (with the agent's
-/// log) unless each is there exactly once.
-async fn assert_arrive_once(
-    loki: &LokiReceiver,
-    want: &[String],
-    timeout: Duration,
-    agent: &Agent,
-) {
-    if let Err(e) = loki.wait_for_exactly_once(APP, want, timeout).await {
-        panic!("{e}\nagent log:\n{}", agent.log());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
     let loki = LokiReceiver::start().await;
@@ -57,7 +44,9 @@ async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
     lines.extend(pino_lines(3, 5, 50));
     append(&file, &lines);
     let agent = setup.start();
-    assert_arrive_once(&loki, &lines, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     let info = loki.entries(r#"{job="app",level="info"}"#);
     let error = loki.entries(r#"{job="app",level="error"}"#);
     assert_eq!(info.len(), 3, "{:?}", loki.streams());
@@ -86,7 +75,9 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
     let batch = pino_lines(0, 100, 30);
     append(&file, &batch);
     written.extend(batch);
-    assert_arrive_once(&loki, &written, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &written, DEADLINE)
+        .await;
 
     // Refused: the port is closed.
     loki.stop().await;
@@ -122,7 +113,9 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
 
     // Back.
     loki.set_mode(Mode::Normal);
-    assert_arrive_once(&loki, &written, Duration::from_secs(30), &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &written, Duration::from_secs(30))
+        .await;
     let mut got = shipped_lines(&loki);
     assert_eq!(got.len(), 400);
     // In order per stream (the fake returns a stream's entries by timestamp, and
@@ -144,7 +137,9 @@ async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_store
     let mut agent = setup.start();
     let lines = pino_lines(0, 50, 40);
     append(&file, &lines);
-    assert_arrive_once(&loki, &lines, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     agent.kill9();
 
     loki.set_mode(Mode::Normal);
@@ -155,7 +150,7 @@ async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_store
     want.extend(more);
     // Loki stores a replayed batch again (it drops only an entry identical to
     // its stream's last): the agent must not push twice what Loki has.
-    assert_arrive_once(&loki, &want, DEADLINE, &agent).await;
+    agent.assert_shipped_once(&loki, APP, &want, DEADLINE).await;
     // The first 50 were pushed twice (no acknowledgement reached the agent) and
     // stored once.
     assert!(
@@ -185,7 +180,9 @@ async fn lines_shipped_just_before_a_kill_9_are_not_shipped_again() {
     let mut agent = setup.start();
     let lines = pino_lines(0, 50, 30);
     append(&file, &lines);
-    assert_arrive_once(&loki, &lines, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     // Killed as soon as Loki has them (and has answered): the checkpoint file,
     // written about once a second, is likely still behind them.
     let size = std::fs::metadata(&file).unwrap().len();
@@ -213,14 +210,18 @@ async fn a_restarted_agent_resumes_where_it_stopped() {
     let mut agent = setup.start();
     let mut lines = pino_lines(0, 20, 30);
     append(&file, &lines);
-    assert_arrive_once(&loki, &lines, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
 
     let more = pino_lines(20, 30, 30);
     append(&file, &more);
     let agent = setup.start();
     lines.extend(more);
-    assert_arrive_once(&loki, &lines, DEADLINE, &agent).await;
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     // Nothing was pushed twice: the checkpoint and the spool's acknowledgement
     // were both where the first run stopped.
     assert_eq!(loki.received_count(), 30, "{}", agent.log());
@@ -333,7 +334,7 @@ fn sigterm_drains_and_exits_0() {
     let mut agent = setup.start();
     let lines = pino_lines(0, 3, 30);
     append(&setup.log_path("a.log"), &lines);
-    rt.block_on(assert_arrive_once(&loki, &lines, DEADLINE, &agent));
+    rt.block_on(agent.assert_shipped_once(&loki, APP, &lines, DEADLINE));
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     // Drained, and nothing sent again on the way out.
     assert_eq!(loki.exactly_once(APP, &lines), Ok(()));
@@ -404,7 +405,7 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
     append(&file, &[tail(30), end.clone()]);
     let mut all = records(31);
     all.push(end.clone());
-    assert_arrive_once(&loki, &all, DEADLINE, &agent).await;
+    agent.assert_shipped_once(&loki, APP, &all, DEADLINE).await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     assert_eq!(loki.exactly_once(APP, &all), Ok(()));
 
