@@ -9,8 +9,8 @@
 //! entry pushed twice in a row is stored once, and a replayed batch of two or
 //! more entries per stream is stored again in full (its first entry differs
 //! from the stream's last, the batch's last one). What the agent sends twice,
-//! Loki shows twice. [`LokiReceiver::exactly_once`]
-//! and [`LokiReceiver::wait_for_exactly_once`] are what delivery tests assert.
+//! Loki shows twice. Delivery tests assert [`LokiReceiver::exactly_once`] and
+//! [`LokiReceiver::wait_for_exactly_once`].
 //!
 //! Fault injection: the next N pushes fail with a given status ([`LokiReceiver::fail_next`]),
 //! a persistent [`Mode`], `/ready` answering 503, and [`LokiReceiver::stop`] /
@@ -36,8 +36,9 @@
 //! `max_entries_limit_per_query` in it: match the start only). Kinder in one
 //! way, which tests rely on: an absent `start` or `end` leaves the range
 //! unbounded, where Loki takes `end` = now and `start` = `end` minus one hour,
-//! so a client reading back what it pushed sends both (the probe does). [`LokiReceiver::set_query_status`] makes every query
-//! answer a given status (a read path the push credentials cannot reach), and
+//! so a client reading back what it pushed sends both (the probe does).
+//! [`LokiReceiver::set_query_status`] makes every query answer a given status
+//! (a read path the push credentials cannot reach), and
 //! [`LokiReceiver::queries`] counts query requests.
 
 use std::collections::{BTreeMap, VecDeque};
