@@ -294,9 +294,10 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     );
 
     // More lines move the counters by exactly as many.
-    append(&file, &pino_lines(5, 8));
+    let more = pino_lines(5, 8);
+    append(&file, &more);
     let mut lines = lines;
-    lines.extend(pino_lines(5, 8));
+    lines.extend(more);
     agent
         .assert_shipped_once(&loki, APP, &lines, DEADLINE)
         .await;
