@@ -212,7 +212,7 @@ multiline = "none"
         }
     }
     let bytes = std::fs::metadata(&file).unwrap().len();
-    let done = rt.block_on(loki.wait_for_unique(n, Duration::from_secs(300)));
+    let done = rt.block_on(loki.wait_for_stored(n, Duration::from_secs(300)));
     let took = started.elapsed();
     let peak = status_kib(pid, "VmHWM:");
     let cpu = cpu_seconds(pid);
@@ -237,7 +237,7 @@ multiline = "none"
     if !done {
         println!(
             "ship: only {} of {n} lines arrived within 300 s",
-            loki.unique_count()
+            loki.stored_count()
         );
         std::process::exit(1);
     }
@@ -253,7 +253,7 @@ multiline = "none"
         }
     );
     println!(
-        "ship: the fake Loki (this process: decoding, counting unique entries) used {:.2} s of CPU",
+        "ship: the fake Loki (this process: decoding, counting stored entries) used {:.2} s of CPU",
         receiver_cpu.unwrap_or(0.0)
     );
     println!(

@@ -40,6 +40,9 @@ fn pino_lines(from: usize, to: usize) -> Vec<String> {
         .collect()
 }
 
+/// The stream selector of the file lines these tests write.
+const APP: &str = r#"{job="app"}"#;
+
 /// The address the agent logged for its admin endpoint, once it did.
 async fn admin_addr(agent: &Agent) -> SocketAddr {
     const MARK: &str = "admin endpoint: http://";
@@ -228,12 +231,9 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     append(&file, &lines);
     let agent = setup.start();
     let addr = admin_addr(&agent).await;
-    assert!(
-        loki.wait_for_unique(5, DEADLINE).await,
-        "got {} entries; agent log:\n{}",
-        loki.unique_count(),
-        agent.log()
-    );
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
 
     let client = reqwest::Client::new();
     let page = scrape_until(&client, addr, |p| {
@@ -294,8 +294,13 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     );
 
     // More lines move the counters by exactly as many.
-    append(&file, &pino_lines(5, 8));
-    assert!(loki.wait_for_unique(8, DEADLINE).await, "{}", agent.log());
+    let more = pino_lines(5, 8);
+    append(&file, &more);
+    let mut lines = lines;
+    lines.extend(more);
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     let page = scrape_until(&client, addr, |p| {
         p.samples.get("wisp_loki_records_shipped_total") == Some(&8.0)
     })
@@ -394,9 +399,12 @@ async fn an_empty_listen_address_binds_nothing_and_still_ships() {
     // The harness default: `[admin] listen = ""`, and no OTLP receivers.
     let setup = Setup::new(&loki, "");
     let file = setup.log_path("api.log");
-    append(&file, &pino_lines(0, 3));
+    let lines = pino_lines(0, 3);
+    append(&file, &lines);
     let agent = setup.start();
-    assert!(loki.wait_for_unique(3, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     let log = agent.log();
     assert!(log.contains("admin endpoint disabled"), "{log}");
     assert!(!log.contains("admin endpoint: http"), "{log}");
@@ -418,7 +426,8 @@ async fn a_port_in_use_is_logged_logs_still_ship_and_the_endpoint_comes_up_once_
     let setup = Setup::new(&loki, "");
     setup.set_admin_listen(&addr.to_string());
     let file = setup.log_path("api.log");
-    append(&file, &pino_lines(0, 4));
+    let lines = pino_lines(0, 4);
+    append(&file, &lines);
     let agent = setup.start();
 
     assert!(
@@ -433,7 +442,9 @@ async fn a_port_in_use_is_logged_logs_still_ship_and_the_endpoint_comes_up_once_
     assert!(log.contains(&format!("\"{addr}\"")), "{log}");
     assert!(log.contains("logs are still shipped"), "{log}");
     assert!(log.contains("set admin.listen to a free address"), "{log}");
-    assert!(loki.wait_for_unique(4, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
 
     // Freed: the agent binds it at its next try.
     drop(taken);
@@ -568,18 +579,17 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
     let (status, _) = post_protobuf(&client, http, "/v1/traces", vec![0xff; 5]).await;
     assert_eq!(status, 400);
     // Two file lines, through the other spool.
-    std::fs::write(
-        relay.dir.path().join("logs").join("app.log"),
-        "{\"level\":30,\"msg\":\"one\"}\n{\"level\":30,\"msg\":\"two\"}\n",
-    )
-    .unwrap();
+    let lines = [r#"{"level":30,"msg":"one"}"#, r#"{"level":30,"msg":"two"}"#].map(String::from);
+    append(&relay.dir.path().join("logs").join("app.log"), &lines);
 
     assert!(
         collector.wait_for_spans(5, DEADLINE).await && collector.wait_for_logs(1, DEADLINE).await,
         "agent log:\n{}",
         agent.log()
     );
-    assert!(loki.wait_for_unique(2, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     let page = scrape_until(&client, addr, |p| {
         p.samples.get("wisp_otlp_requests_shipped_total") == Some(&6.0)
             && p.samples.get("wisp_loki_records_shipped_total") == Some(&2.0)

@@ -4,20 +4,22 @@
 //! not ready. Nothing here touches real DNS or a non-loopback address: names
 //! resolve through an injected table, routes through injected files.
 //!
-//! The fakes (a Loki with `/ready`, push and `query_range`; an OTLP collector over
-//! gRPC and HTTP) are deliberately small; they are to be replaced by the shared
-//! receivers of `tests/support/`.
+//! The fakes here (a Loki answering `/ready` only; an OTLP collector over gRPC and
+//! HTTP) are deliberately small; they are to be replaced by the shared receivers
+//! of `tests/support/`. The `--push` tests already use the shared fake Loki, on
+//! the address the test bound: it stores the probe's line as Loki does and
+//! answers its read-back as strictly.
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -27,9 +29,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use support::loki::LokiReceiver;
 use tokio::task::JoinHandle;
 use wisp_agent::config::Config;
-use wisp_agent::discovery::probe::PushStatus;
+use wisp_agent::discovery::probe::{PushStatus, PROBE_JOB};
 use wisp_agent::discovery::{self, Check, Chosen, Inputs, Resolution, Resolver};
 
 // ---------------------------------------------------------------- fakes
@@ -38,11 +41,9 @@ use wisp_agent::discovery::{self, Check, Chosen, Inputs, Resolution, Resolver};
 struct LokiState {
     ready_status: AtomicU16,
     ready_hits: AtomicUsize,
-    lines: Mutex<Vec<String>>,
 }
 
-/// A Loki that answers `/ready` with a settable status, stores pushed lines
-/// (JSON encoding) and finds them again through `query_range` (`|= "text"`).
+/// A Loki that answers `/ready` with a settable status, and counts those calls.
 struct FakeLoki {
     state: Arc<LokiState>,
     task: JoinHandle<()>,
@@ -61,9 +62,6 @@ impl FakeLoki {
     fn ready_hits(&self) -> usize {
         self.state.ready_hits.load(Ordering::SeqCst)
     }
-    fn lines(&self) -> Vec<String> {
-        self.state.lines.lock().unwrap().clone()
-    }
 }
 
 async fn ready(State(s): State<Arc<LokiState>>) -> (StatusCode, &'static str) {
@@ -75,46 +73,6 @@ async fn ready(State(s): State<Arc<LokiState>>) -> (StatusCode, &'static str) {
             "Ingester not ready: waiting for 15s after being ready\n",
         ),
     }
-}
-
-async fn push(State(s): State<Arc<LokiState>>, body: axum::body::Bytes) -> StatusCode {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let mut lines = s.lines.lock().unwrap();
-    for stream in v["streams"].as_array().into_iter().flatten() {
-        for value in stream["values"].as_array().into_iter().flatten() {
-            if let Some(line) = value[1].as_str() {
-                lines.push(line.to_string());
-            }
-        }
-    }
-    StatusCode::NO_CONTENT
-}
-
-async fn query_range(
-    State(s): State<Arc<LokiState>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> String {
-    let query = q.get("query").cloned().unwrap_or_default();
-    let needle = query
-        .split_once("|= \"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_default();
-    let values: Vec<serde_json::Value> = s
-        .lines
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(&needle))
-        .map(|l| serde_json::json!(["1", l]))
-        .collect();
-    serde_json::json!({
-        "status": "success",
-        "data": {"resultType": "streams", "result": [{"stream": {}, "values": values}]}
-    })
-    .to_string()
 }
 
 fn serve(listener: std::net::TcpListener, app: Router) -> JoinHandle<()> {
@@ -130,8 +88,6 @@ fn start_loki(listener: std::net::TcpListener, ready_status: u16) -> FakeLoki {
     state.ready_status.store(ready_status, Ordering::SeqCst);
     let app = Router::new()
         .route("/ready", get(ready))
-        .route("/loki/api/v1/push", post(push))
-        .route("/loki/api/v1/query_range", get(query_range))
         .with_state(state.clone());
     FakeLoki {
         state,
@@ -696,11 +652,21 @@ async fn credentials_in_urls_never_reach_the_report() {
 
 // ---------------------------------------------------------------- --push
 
+/// The stream the probe pushes its line to (docs/probe.md).
+fn probe_stream() -> String {
+    format!("{{job=\"{PROBE_JOB}\"}}")
+}
+
+/// The line the probe pushes (docs/probe.md).
+fn probe_line(token: &str) -> String {
+    format!("wisp-agent probe test line {token}")
+}
+
 #[tokio::test]
 async fn push_sends_a_line_reads_it_back_and_sends_a_span_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let (port, mut ls) = bind_same_port(&["127.0.0.2"]);
-    let loki = start_loki(ls.remove(0), 200);
+    let loki = LokiReceiver::start_on(ls.remove(0));
     let (grpc_port, mut gs) = bind_same_port(&["127.0.0.2"]);
     let (collector, _task) = start_grpc_collector(gs.remove(0));
     let cfg = config(&format!(
@@ -722,7 +688,12 @@ async fn push_sends_a_line_reads_it_back_and_sends_a_span_over_grpc() {
     assert_eq!(push.loki.status, PushStatus::Ok, "{}", push.loki.detail);
     assert_eq!(push.otlp.status, PushStatus::Ok, "{}", push.otlp.detail);
     assert!(r.verdict.ok, "{}", r.verdict.summary);
-    assert!(loki.lines().iter().any(|l| l.contains(&push.token)));
+    // One line, stored once, and read back through query_range.
+    assert_eq!(
+        loki.exactly_once(&probe_stream(), &[probe_line(&push.token)]),
+        Ok(())
+    );
+    assert!(loki.queries() >= 1);
     assert_eq!(collector.spans.load(Ordering::SeqCst), 1);
 }
 
@@ -730,7 +701,7 @@ async fn push_sends_a_line_reads_it_back_and_sends_a_span_over_grpc() {
 async fn push_over_otlp_http_reports_the_collectors_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (port, mut ls) = bind_same_port(&["127.0.0.2"]);
-    let _loki = start_loki(ls.remove(0), 200);
+    let loki = LokiReceiver::start_on(ls.remove(0));
     let (http_port, mut hs) = bind_same_port(&["127.0.0.2"]);
     let (collector, _task) = start_http_collector(hs.remove(0));
     let cfg = config(&format!(
@@ -745,6 +716,10 @@ async fn push_over_otlp_http_reports_the_collectors_answer() {
     let push = r.push.unwrap();
     assert_eq!(push.otlp.status, PushStatus::Ok, "{}", push.otlp.detail);
     assert_eq!(collector.spans.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        loki.exactly_once(&probe_stream(), &[probe_line(&push.token)]),
+        Ok(())
+    );
 }
 
 #[tokio::test]

@@ -122,12 +122,10 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
         ],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        loki.wait_for_entries(r#"{job="ralph"}"#, 3, DEADLINE).await,
-        "exec output not shipped; streams: {:?}\n{}",
-        loki.streams(),
-        agent.log()
-    );
+    let printed = [error.clone(), "plain words".into(), own_trace.to_string()];
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed, DEADLINE)
+        .await;
     assert_eq!(
         loki.lines(r#"{job="ralph", iter="3", level="error", host="vm-test"}"#),
         vec![error]
@@ -161,30 +159,32 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
         }
     }
     assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
 }
 
 #[tokio::test]
 async fn output_captured_while_the_daemon_is_down_is_shipped_when_it_starts() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
+    let mut printed = Vec::new();
     for i in 0..3 {
         let line = pino(30, &format!("iteration {i}"));
         let out = exec(&setup.config, &["--", "echo", &line]);
         assert_eq!(out.status.code(), Some(0));
+        printed.push(line);
     }
     // Nothing ran to ship them, and nothing was deleted: they were never shipped.
     assert_eq!(captures(&setup, "log").len(), 3);
     let mut agent = setup.start();
-    assert!(
-        loki.wait_for_entries(r#"{job="exec"}"#, 3, DEADLINE).await,
-        "{}",
-        agent.log()
-    );
+    agent
+        .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
+        .await;
     let lines = loki.lines(r#"{job="exec"}"#);
     for i in 0..3 {
         assert!(lines.iter().any(|l| l.contains(&format!("iteration {i}"))));
     }
     assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="exec"}"#, &printed), Ok(()));
 }
 
 #[tokio::test]
@@ -192,9 +192,12 @@ async fn the_next_exec_deletes_captures_the_daemon_has_shipped() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
     let mut agent = setup.start();
-    let out = exec(&setup.config, &["--", "echo", &pino(30, "first")]);
+    let mut printed = vec![pino(30, "first")];
+    let out = exec(&setup.config, &["--", "echo", &printed[0]]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(loki.wait_for_entries(r#"{job="exec"}"#, 1, DEADLINE).await);
+    agent
+        .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
+        .await;
     let first = captures(&setup, "log");
     assert_eq!(first.len(), 1);
     // The checkpoint moves once the spool has the line: wait for it on disk.
@@ -215,14 +218,18 @@ async fn the_next_exec_deletes_captures_the_daemon_has_shipped() {
         .await,
         "the run was never marked handled"
     );
-    let out = exec(&setup.config, &["--", "echo", &pino(30, "second")]);
+    printed.push(pino(30, "second"));
+    let out = exec(&setup.config, &["--", "echo", &printed[1]]);
     assert_eq!(out.status.code(), Some(0));
     let now = captures(&setup, "log");
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now, first, "the shipped capture is gone, the new one stays");
     assert_eq!(captures(&setup, "json").len(), 1);
-    assert!(loki.wait_for_entries(r#"{job="exec"}"#, 2, DEADLINE).await);
+    agent
+        .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="exec"}"#, &printed), Ok(()));
 }
 
 #[tokio::test]
@@ -442,5 +449,12 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
     assert_eq!(spans.len(), 2, "{spans:?}");
     assert_ne!(spans[0].trace_id, spans[1].trace_id);
     assert_eq!(spans[1].status_code, 0);
+    // Nor does it ship the first run's output again (the second printed
+    // nothing).
+    let printed = [traceparent.trim().to_string()];
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
 }

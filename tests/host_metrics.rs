@@ -306,6 +306,8 @@ async fn host_metrics_reach_the_collector_with_sane_values() {
         agent.log()
     );
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
+    // Samples are not log lines, and no file was written: Loki got nothing.
+    assert_eq!(loki.received_count(), 0, "agent log:\n{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,4 +398,5 @@ async fn without_otlp_host_metrics_do_not_run_and_the_log_says_so() {
     );
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(agent.log().matches(said).count(), 1);
+    assert_eq!(loki.received_count(), 0, "no file was written");
 }

@@ -1,6 +1,7 @@
-//! A batch encoded and pushed by the Loki client arrives in Loki as written, with
-//! the headers and credentials configured, and every kind of answer becomes the
-//! right [`PushOutcome`].
+//! A batch encoded and pushed by the Loki client arrives in Loki as written, once,
+//! with the headers and credentials configured, and every kind of answer becomes
+//! the right [`PushOutcome`]. Pushed twice, a batch is stored twice, as Loki
+//! stores it.
 
 mod support;
 
@@ -53,6 +54,14 @@ fn batch() -> Vec<LogRecord> {
     ]
 }
 
+/// The lines of [`batch`], what Loki must hold once each after it is delivered.
+fn batch_lines() -> Vec<String> {
+    batch().into_iter().map(|r| r.line).collect()
+}
+
+/// Every stream [`batch`] pushes to.
+const API: &str = r#"{job="api"}"#;
+
 fn client(cfg: LokiConfig) -> LokiClient {
     LokiClient::new(&cfg).expect("loki client")
 }
@@ -79,6 +88,7 @@ async fn round_trip(encoding: LokiEncoding) {
         "0af7651916cd43dd8448eb211c80319c"
     );
     assert_eq!(errors[0].metadata["span_id"], "b7ad6b7169203331");
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[tokio::test]
@@ -92,7 +102,7 @@ async fn a_json_push_arrives_with_streams_order_and_structured_metadata() {
 }
 
 #[tokio::test]
-async fn a_replayed_batch_is_stored_once() {
+async fn a_replayed_batch_is_stored_again_but_for_an_entry_repeating_its_streams_last() {
     let loki = LokiReceiver::start().await;
     let client = client(LokiConfig::default());
     for _ in 0..2 {
@@ -100,8 +110,16 @@ async fn a_replayed_batch_is_stored_once() {
         let push = encode(&batch(), LokiEncoding::Protobuf).unwrap();
         assert!(client.push(&loki.push_url(), &push).await.is_delivered());
     }
-    assert_eq!(loki.raw_count(), 6);
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.received_count(), 6);
+    // Loki drops only the error stream's one entry, the same as that stream's
+    // last; the info stream's two are stored twice. Replaying is not harmless:
+    // the agent must not push again what Loki acknowledged.
+    assert_eq!(loki.stored_count(), 5);
+    let err = loki.exactly_once(API, &batch_lines()).unwrap_err();
+    assert!(
+        err.contains("2 stored twice or more (2 extra entries)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -123,6 +141,7 @@ async fn pushes_carry_user_agent_tenant_and_content_type() {
         Some("application/x-protobuf")
     );
     assert_eq!(loki.last_header("authorization"), None);
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[tokio::test]
@@ -138,6 +157,7 @@ async fn without_a_tenant_no_org_id_header_is_sent() {
         loki.last_header("content-type").as_deref(),
         Some("application/json")
     );
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[tokio::test]
@@ -157,6 +177,7 @@ async fn bearer_token_is_read_from_its_file() {
         Some("Bearer s3cr3t-token")
     );
     assert!(!format!("{client:?}").contains("s3cr3t"));
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[tokio::test]
@@ -180,6 +201,7 @@ async fn basic_auth_password_is_read_from_its_file() {
         Some("Basic YWxpY2U6aHVudGVyMg==")
     );
     assert!(!format!("{client:?}").contains("hunter2"));
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[test]
@@ -211,10 +233,11 @@ async fn a_503_with_retry_after_is_retried_after_that_delay() {
             reason: "status 503: ingester not ready".into()
         }
     );
-    assert_eq!(loki.unique_count(), 0);
+    assert_eq!(loki.stored_count(), 0);
     // The same push, again: now taken.
     assert!(client.push(&loki.push_url(), &push).await.is_delivered());
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.stored_count(), 3);
+    assert_eq!(loki.exactly_once(API, &batch_lines()), Ok(()));
 }
 
 #[tokio::test]
@@ -294,7 +317,16 @@ async fn a_push_url_with_a_password_keeps_it_out_of_the_reason() {
 async fn a_push_retried_after_loki_comes_back_is_delivered_once() {
     let loki = LokiReceiver::start().await;
     let client = client(LokiConfig::default());
-    let first = encode(&batch()[..1], LokiEncoding::Protobuf).unwrap();
+    // A line of its own (a line of `batch` would be pushed twice, and stored
+    // twice): it opens the connection the pool keeps across the outage.
+    let before = record(
+        "api",
+        "info",
+        1_699_999_999_000_000_000,
+        r#"{"level":30,"msg":"before the outage"}"#,
+        &[],
+    );
+    let first = encode(std::slice::from_ref(&before), LokiEncoding::Protobuf).unwrap();
     assert!(client.push(&loki.push_url(), &first).await.is_delivered());
 
     loki.stop().await;
@@ -308,5 +340,8 @@ async fn a_push_retried_after_loki_comes_back_is_delivered_once() {
         client.push(&loki.push_url(), &push).await,
         PushOutcome::Delivered
     );
-    assert_eq!(loki.unique_count(), 3);
+    assert_eq!(loki.stored_count(), 4);
+    let mut want = vec![before.line];
+    want.extend(batch_lines());
+    assert_eq!(loki.exactly_once(API, &want), Ok(()));
 }

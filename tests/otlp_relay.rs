@@ -307,17 +307,16 @@ async fn a_span_acknowledged_before_a_kill_9_is_exported_after_the_restart() {
     );
     assert!(span_names(&collector).contains(&"acknowledged then killed".to_string()));
 
-    // The tailer ships to Loki beside the relay.
+    // The tailer ships to Loki beside the relay, once.
+    let line = r#"{"level":30,"msg":"beside the relay"}"#.to_string();
     std::fs::write(
         relay.dir.path().join("logs").join("app.log"),
-        "{\"level\":30,\"msg\":\"beside the relay\"}\n",
+        format!("{line}\n"),
     )
     .unwrap();
-    assert!(
-        loki.wait_for_unique(1, DEADLINE).await,
-        "agent log:\n{}",
-        agent.log()
-    );
+    agent
+        .assert_shipped_once(&loki, r#"{job="app"}"#, &[line], DEADLINE)
+        .await;
     assert!(loki.all_entries()[0].line.contains("beside the relay"));
 }
 

@@ -1,6 +1,7 @@
 //! The test receivers behave like the servers they stand in for: a fake Loki that
-//! stores, deduplicates and answers queries as Loki does, and fails on demand; a
-//! fake OTLP collector that takes gRPC and HTTP (protobuf and JSON) exports.
+//! stores what it is sent, duplicates included, drops only what Loki surely
+//! drops, answers queries as strictly as Loki does, and fails on demand; a fake
+//! OTLP collector that takes gRPC and HTTP (protobuf and JSON) exports.
 
 mod support;
 
@@ -52,23 +53,22 @@ async fn post(url: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response
         .unwrap()
 }
 
-async fn query(loki: &LokiReceiver, params: &[(&str, &str)]) -> serde_json::Value {
-    let url = format!("{}/loki/api/v1/query_range", loki.url());
+/// GET `path` of the fake with `params`: the status and the body.
+async fn get(loki: &LokiReceiver, path: &str, params: &[(&str, &str)]) -> (u16, String) {
     let resp = reqwest::Client::new()
-        .get(url)
+        .get(format!("{}{path}", loki.url()))
         .query(params)
         .send()
         .await
         .unwrap();
-    let status = resp.status();
-    let body = resp.bytes().await.unwrap();
-    assert_eq!(
-        status,
-        200,
-        "{params:?}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    serde_json::from_slice(&body).unwrap()
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+async fn query(loki: &LokiReceiver, params: &[(&str, &str)]) -> serde_json::Value {
+    let (status, body) = get(loki, "/loki/api/v1/query_range", params).await;
+    assert_eq!(status, 200, "{params:?}: {body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
@@ -126,7 +126,7 @@ async fn loki_receiver_stores_a_json_push() {
 }
 
 #[tokio::test]
-async fn loki_receiver_keeps_an_entry_pushed_twice_once() {
+async fn loki_receiver_drops_an_entry_identical_to_the_last_one_of_its_stream() {
     let loki = LokiReceiver::start().await;
     for _ in 0..2 {
         let body = protobuf_push(r#"{job="api"}"#, &[(5, "same", &[])]);
@@ -135,9 +135,91 @@ async fn loki_receiver_keeps_an_entry_pushed_twice_once() {
     // Same line, other timestamp: a different entry.
     let body = protobuf_push(r#"{job="api"}"#, &[(6, "same", &[])]);
     post(&loki.push_url(), "application/x-protobuf", body).await;
-    assert_eq!(loki.unique_count(), 2);
-    assert_eq!(loki.raw_count(), 3);
+    assert_eq!(loki.stored_count(), 2);
+    assert_eq!(loki.received_count(), 3);
     assert_eq!(loki.lines(r#"{job="api"}"#), ["same", "same"]);
+    // The same entry in another stream is that stream's own.
+    let body = protobuf_push(r#"{job="web"}"#, &[(6, "same", &[])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!(loki.stored_count(), 3);
+}
+
+/// Three entries, pushed twice: what an agent that replays a batch sends.
+async fn push_a_batch_twice(loki: &LokiReceiver) {
+    for _ in 0..2 {
+        let body = protobuf_push(
+            r#"{job="api"}"#,
+            &[(1, "one", &[]), (2, "two", &[]), (3, "three", &[])],
+        );
+        let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
+        assert_eq!(resp.status(), 204);
+    }
+}
+
+#[tokio::test]
+async fn loki_receiver_stores_a_replayed_batch_again_as_loki_does() {
+    let loki = LokiReceiver::start().await;
+    push_a_batch_twice(&loki).await;
+    // Only the last entry of a stream is compared with: "one" is not "three".
+    assert_eq!(loki.received_count(), 6);
+    assert_eq!(loki.stored_count(), 6);
+    assert_eq!(
+        loki.lines(r#"{job="api"}"#),
+        ["one", "one", "two", "two", "three", "three"]
+    );
+    let once: Vec<String> = ["one", "two", "three"].map(String::from).into();
+    let err = loki.exactly_once(r#"{job="api"}"#, &once).unwrap_err();
+    assert!(
+        err.contains("3 lines expected, 6 stored")
+            && err.contains("3 stored twice or more (3 extra entries)")
+            && err.contains(r#""one" ×2"#)
+            && !err.contains("missing"),
+        "{err}"
+    );
+    // Queries return them as stored, twice.
+    let v = query(&loki, &[("query", r#"{job="api"} |= "one""#)]).await;
+    assert_eq!(values(&v).len(), 2);
+
+    // The last entry pushed again is dropped, as Loki does.
+    let body = protobuf_push(r#"{job="api"}"#, &[(3, "three", &[])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!((loki.received_count(), loki.stored_count()), (7, 6));
+}
+
+#[tokio::test]
+async fn loki_receiver_counting_only_drops_the_same_duplicates() {
+    let loki = LokiReceiver::start().await;
+    loki.set_count_only(true);
+    push_a_batch_twice(&loki).await;
+    assert_eq!((loki.received_count(), loki.stored_count()), (6, 6));
+    let body = protobuf_push(r#"{job="api"}"#, &[(3, "three", &[])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!((loki.received_count(), loki.stored_count()), (7, 6));
+    assert!(loki.lines(r#"{job="api"}"#).is_empty());
+}
+
+#[test]
+fn the_exactly_once_verdict_counts_what_is_missing_doubled_and_unexpected() {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let want = lines(&["a", "b", "c", "d"]);
+    assert_eq!(
+        support::exactly_once(&lines(&["d", "c", "b", "a"]), &want),
+        Ok(())
+    );
+    let err = support::exactly_once(&lines(&["a", "a", "a", "b", "x"]), &want).unwrap_err();
+    assert_eq!(
+        err,
+        r#"4 lines expected, 5 stored: 2 missing, e.g. "c", "d"; 1 stored twice or more (2 extra entries), e.g. "a" ×3; 1 stored but never expected, e.g. "x""#
+    );
+    // At most once: missing lines are no fault, doubled ones are.
+    assert_eq!(support::at_most_once(&lines(&["b"]), &want), Ok(()));
+    assert!(support::at_most_once(&lines(&["b", "b"]), &want).is_err());
+    // A line expected twice is expected twice.
+    let twice = lines(&["a", "a"]);
+    assert_eq!(support::exactly_once(&twice, &twice), Ok(()));
+    assert!(support::exactly_once(&lines(&["a"]), &twice)
+        .unwrap_err()
+        .contains("1 missing"));
 }
 
 #[tokio::test]
@@ -157,7 +239,7 @@ async fn loki_receiver_rejects_garbage_and_streams_without_labels() {
     )
     .await;
     assert_eq!(resp.status(), 400);
-    assert_eq!(loki.unique_count(), 0);
+    assert_eq!(loki.stored_count(), 0);
 }
 
 /// 2026-11-22T22:59:41Z in nanoseconds.
@@ -243,16 +325,68 @@ async fn loki_query_api_filters_by_selector_line_and_time_and_limits() {
     .await;
     assert_eq!(values(&v).len(), 2);
 
-    // The instant endpoint answers log queries too.
-    let url = format!("{}/loki/api/v1/query", loki.url());
-    let resp = reqwest::Client::new()
-        .get(url)
-        .query(&[("query", r#"{job="web"} != "POST""#)])
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let v = query(&loki, &[("query", r#"{job="web"} != "POST""#)]).await;
     assert_eq!(v["data"]["result"][0]["values"][0][1], "GET /w");
+}
+
+#[tokio::test]
+async fn loki_query_api_refuses_what_loki_refuses() {
+    let loki = LokiReceiver::start().await;
+    let body = protobuf_push(r#"{job="api"}"#, &[(T, "GET /a", &[])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    let range = "/loki/api/v1/query_range";
+    let q = r#"{job="api"}"#;
+
+    // Loki's default max_entries_limit_per_query.
+    let (status, body) = get(&loki, range, &[("query", q), ("limit", "5001")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "max entries limit per query exceeded, limit > max_entries_limit (5001 > 5000)"
+    );
+    let v = query(&loki, &[("query", q), ("limit", "5000")]).await;
+    assert_eq!(values(&v).len(), 1);
+    for limit in ["0", "-1"] {
+        let (status, body) = get(&loki, range, &[("query", q), ("limit", limit)]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (400, "limit must be a positive value")
+        );
+    }
+    let (status, _) = get(
+        &loki,
+        range,
+        &[("query", q), ("start", "20"), ("end", "10")],
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Since Loki 3.2, log queries are for the range endpoint only.
+    let (status, body) = get(&loki, "/loki/api/v1/query", &[("query", q)]).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.starts_with("log queries are not supported as an instant query type"),
+        "{body}"
+    );
+    assert_eq!(loki.queries(), 6);
+}
+
+#[tokio::test]
+async fn loki_query_api_answers_an_injected_status_and_pushes_still_work() {
+    let loki = LokiReceiver::start().await;
+    loki.set_query_status(Some(403));
+    let body = protobuf_push(r#"{job="api"}"#, &[(T, "pushed", &[])]);
+    let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!(resp.status(), 204);
+    for path in ["/loki/api/v1/query_range", "/loki/api/v1/query"] {
+        let (status, body) = get(&loki, path, &[("query", r#"{job="api"}"#)]).await;
+        assert_eq!((status, body.as_str()), (403, "Forbidden\n"), "{path}");
+    }
+    assert_eq!(loki.queries(), 2);
+    loki.set_query_status(None);
+    let v = query(&loki, &[("query", r#"{job="api"}"#)]).await;
+    assert_eq!(values(&v), [(T.to_string(), "pushed".to_string())]);
+    assert_eq!(loki.queries(), 3);
 }
 
 #[tokio::test]
@@ -301,11 +435,11 @@ async fn loki_receiver_fails_the_next_pushes_with_retry_after_then_recovers() {
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "3");
     assert_eq!(resp.text().await.unwrap(), "ingester busy");
-    assert_eq!(loki.unique_count(), 0);
+    assert_eq!((loki.received_count(), loki.stored_count()), (0, 0));
 
     let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
     assert_eq!(resp.status(), 204);
-    assert_eq!(loki.unique_count(), 1);
+    assert_eq!(loki.stored_count(), 1);
     assert_eq!(loki.answers(), [503, 204]);
 }
 
@@ -333,7 +467,8 @@ async fn loki_receiver_persistent_modes_answer_every_push() {
     loki.set_mode(Mode::Delay(Duration::from_millis(50)));
     let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
     assert_eq!(resp.status(), 204);
-    assert_eq!(loki.unique_count(), 1);
+    // Neither the 429s nor the push that hung stored anything.
+    assert_eq!((loki.received_count(), loki.stored_count()), (1, 1));
 }
 
 #[tokio::test]
@@ -383,7 +518,7 @@ async fn a_stopped_loki_refuses_connections_and_a_restarted_one_keeps_its_data()
         }
     }
     assert_eq!(status, Some(reqwest::StatusCode::NO_CONTENT));
-    assert!(loki.wait_for_unique(2, DEADLINE).await);
+    assert!(loki.wait_for_stored(2, DEADLINE).await);
     assert_eq!(
         loki.all_entries()
             .iter()
@@ -396,7 +531,7 @@ async fn a_stopped_loki_refuses_connections_and_a_restarted_one_keeps_its_data()
 #[tokio::test]
 async fn waiting_for_entries_wakes_when_they_arrive_and_gives_up_at_the_deadline() {
     let loki = std::sync::Arc::new(LokiReceiver::start().await);
-    assert!(!loki.wait_for_unique(1, Duration::from_millis(50)).await);
+    assert!(!loki.wait_for_stored(1, Duration::from_millis(50)).await);
     let url = loki.push_url();
     let sender = tokio::spawn(async move {
         post(
@@ -409,6 +544,50 @@ async fn waiting_for_entries_wakes_when_they_arrive_and_gives_up_at_the_deadline
     });
     assert!(loki.wait_for_entries(r#"{job="late"}"#, 1, DEADLINE).await);
     assert_eq!(sender.await.unwrap(), 204);
+}
+
+#[tokio::test]
+async fn waiting_for_exactly_once_returns_when_every_line_arrived_and_reports_doubles() {
+    let loki = std::sync::Arc::new(LokiReceiver::start().await);
+    let want: Vec<String> = ["one", "two", "three"].map(String::from).into();
+    let err = loki
+        .wait_for_exactly_once(r#"{job="api"}"#, &want, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("after 50ms, {job=\"api\"}: 3 lines expected, 0 stored: 3 missing"),
+        "{err}"
+    );
+    let url = loki.push_url();
+    let sender = tokio::spawn(async move {
+        for batch in [
+            &[(1, "one", &[][..])][..],
+            &[(2, "two", &[]), (3, "three", &[])],
+        ] {
+            let resp = post(
+                &url,
+                "application/x-protobuf",
+                protobuf_push(r#"{job="api"}"#, batch),
+            )
+            .await;
+            assert_eq!(resp.status(), 204);
+        }
+    });
+    assert_eq!(
+        loki.wait_for_exactly_once(r#"{job="api"}"#, &want, DEADLINE)
+            .await,
+        Ok(())
+    );
+    sender.await.unwrap();
+    push_a_batch_twice(&loki).await;
+    let err = loki
+        .wait_for_exactly_once(r#"{job="api"}"#, &want, DEADLINE)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("3 stored twice or more (6 extra entries)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The daemon end to end: the built binary tails real files and ships to the fake
-//! Loki on loopback, through the spool, across outages, kills and restarts.
+//! Loki on loopback, through the spool, across outages, kills and restarts. The
+//! fake stores what it is sent twice as Loki does, twice: every test asserts
+//! that each line written arrives, and arrives once.
 
 mod support;
 
@@ -30,6 +32,9 @@ fn shipped_lines(loki: &LokiReceiver) -> Vec<String> {
     loki.all_entries().into_iter().map(|e| e.line).collect()
 }
 
+/// The stream selector of every line these tests write.
+const APP: &str = r#"{job="app"}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
     let loki = LokiReceiver::start().await;
@@ -39,12 +44,9 @@ async fn lines_appended_to_a_tailed_file_reach_loki_with_their_labels() {
     lines.extend(pino_lines(3, 5, 50));
     append(&file, &lines);
     let agent = setup.start();
-    assert!(
-        loki.wait_for_unique(5, DEADLINE).await,
-        "got {} entries; agent log:\n{}",
-        loki.unique_count(),
-        agent.log()
-    );
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     let info = loki.entries(r#"{job="app",level="info"}"#);
     let error = loki.entries(r#"{job="app",level="error"}"#);
     assert_eq!(info.len(), 3, "{:?}", loki.streams());
@@ -73,7 +75,9 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
     let batch = pino_lines(0, 100, 30);
     append(&file, &batch);
     written.extend(batch);
-    assert!(loki.wait_for_unique(100, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &written, DEADLINE)
+        .await;
 
     // Refused: the port is closed.
     loki.stop().await;
@@ -109,12 +113,9 @@ async fn nothing_is_lost_while_loki_refuses_times_out_or_answers_503_and_a_file_
 
     // Back.
     loki.set_mode(Mode::Normal);
-    assert!(
-        loki.wait_for_unique(400, Duration::from_secs(30)).await,
-        "got {} of 400; agent log:\n{}",
-        loki.unique_count(),
-        agent.log()
-    );
+    agent
+        .assert_shipped_once(&loki, APP, &written, Duration::from_secs(30))
+        .await;
     let mut got = shipped_lines(&loki);
     assert_eq!(got.len(), 400);
     // In order per stream (the fake returns a stream's entries by timestamp, and
@@ -136,25 +137,69 @@ async fn an_agent_killed_between_push_and_acknowledgement_replays_and_loki_store
     let mut agent = setup.start();
     let lines = pino_lines(0, 50, 40);
     append(&file, &lines);
-    assert!(loki.wait_for_unique(50, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     agent.kill9();
 
     loki.set_mode(Mode::Normal);
     let more = pino_lines(50, 60, 40);
     append(&file, &more);
     let agent = setup.start();
-    assert!(
-        loki.wait_for_unique(60, DEADLINE).await,
-        "got {}; agent log:\n{}",
-        loki.unique_count(),
-        agent.log()
-    );
-    // The first 50 were pushed twice (no acknowledgement reached the agent) and
-    // stored once.
-    assert!(loki.raw_count() >= 110, "raw {}", loki.raw_count());
     let mut want = lines.clone();
     want.extend(more);
-    assert_eq!(loki.lines(r#"{job="app"}"#), want);
+    // Loki stores a replayed batch again (it drops only an entry identical to
+    // its stream's last): the agent must not push twice what Loki has.
+    agent.assert_shipped_once(&loki, APP, &want, DEADLINE).await;
+    // The first 50 were pushed twice (no acknowledgement reached the agent) and
+    // stored once.
+    assert!(
+        loki.received_count() >= 110,
+        "raw {}",
+        loki.received_count()
+    );
+    assert_eq!(loki.lines(APP), want);
+}
+
+/// The offset `positions.json` holds for `file`, if it holds one.
+fn checkpointed(setup: &Setup, file: &std::path::Path) -> Option<u64> {
+    let positions = setup.dir.path().join("state").join("positions.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(positions).ok()?).ok()?;
+    doc["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"].as_str() == file.to_str())?["offset"]
+        .as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_shipped_just_before_a_kill_9_are_not_shipped_again() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("api.log");
+    let mut agent = setup.start();
+    let lines = pino_lines(0, 50, 30);
+    append(&file, &lines);
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
+    // Killed as soon as Loki has them (and has answered): the checkpoint file,
+    // written about once a second, is likely still behind them.
+    let size = std::fs::metadata(&file).unwrap().len();
+    let at_kill = checkpointed(&setup, &file);
+    agent.kill9();
+
+    let more = pino_lines(50, 60, 30);
+    append(&file, &more);
+    let agent = setup.start();
+    let mut want = lines.clone();
+    want.extend(more);
+    if let Err(e) = loki.wait_for_exactly_once(APP, &want, DEADLINE).await {
+        panic!(
+            "{e}\n(positions.json held {at_kill:?} of {size} bytes at the kill)\nagent log:\n{}",
+            agent.log()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,18 +208,23 @@ async fn a_restarted_agent_resumes_where_it_stopped() {
     let setup = Setup::new(&loki, "");
     let file = setup.log_path("api.log");
     let mut agent = setup.start();
-    let lines = pino_lines(0, 20, 30);
+    let mut lines = pino_lines(0, 20, 30);
     append(&file, &lines);
-    assert!(loki.wait_for_unique(20, DEADLINE).await, "{}", agent.log());
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
 
     let more = pino_lines(20, 30, 30);
     append(&file, &more);
     let agent = setup.start();
-    assert!(loki.wait_for_unique(30, DEADLINE).await, "{}", agent.log());
+    lines.extend(more);
+    agent
+        .assert_shipped_once(&loki, APP, &lines, DEADLINE)
+        .await;
     // Nothing was pushed twice: the checkpoint and the spool's acknowledgement
     // were both where the first run stopped.
-    assert_eq!(loki.raw_count(), 30, "{}", agent.log());
+    assert_eq!(loki.received_count(), 30, "{}", agent.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,17 +239,19 @@ async fn a_rejected_batch_is_dropped_logged_with_the_reason_and_the_rest_flows()
         "entry for stream '{job=\"app\"}' has timestamp too old: 2026-11-01T00:00:00Z",
     );
     let agent = setup.start();
-    append(&file, &pino_lines(0, 5, 30));
+    let rejected = pino_lines(0, 5, 30);
+    append(&file, &rejected);
     assert!(
         wait_until(DEADLINE, || agent.log().contains("too old")).await,
         "{}",
         agent.log()
     );
-    append(&file, &pino_lines(5, 10, 30));
-    assert!(loki.wait_for_unique(1, DEADLINE).await, "{}", agent.log());
+    let later = pino_lines(5, 10, 30);
+    append(&file, &later);
+    assert!(loki.wait_for_stored(1, DEADLINE).await, "{}", agent.log());
     assert!(
         wait_until(DEADLINE, || loki
-            .lines(r#"{job="app"}"#)
+            .lines(APP)
             .iter()
             .any(|l| l.contains("line 00009")))
         .await,
@@ -207,6 +259,26 @@ async fn a_rejected_batch_is_dropped_logged_with_the_reason_and_the_rest_flows()
         agent.log()
     );
     assert!(agent.log().contains("status 400"), "{}", agent.log());
+    // The lines after the rejected batch arrive once each; of those the
+    // tailer had read before the 400 (the first at least), none arrives, and
+    // none twice.
+    let got = loki.lines(APP);
+    let got_later: Vec<String> = got.iter().filter(|l| later.contains(l)).cloned().collect();
+    if let Err(e) = support::exactly_once(&got_later, &later) {
+        panic!(
+            "the lines after the rejected batch: {e}\nagent log:\n{}",
+            agent.log()
+        );
+    }
+    assert!(
+        !got.contains(&rejected[0]),
+        "the rejected batch was stored: {got:#?}"
+    );
+    let mut written = rejected.clone();
+    written.extend(later);
+    if let Err(e) = loki.at_most_once(APP, &written) {
+        panic!("{e}\nagent log:\n{}", agent.log());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +319,10 @@ async fn a_tiny_buffer_drops_the_oldest_lines_and_says_so() {
         "{}",
         agent.log()
     );
-    let got = loki.unique_count();
+    if let Err(e) = loki.at_most_once(APP, &lines) {
+        panic!("{e}\nagent log:\n{}", agent.log());
+    }
+    let got = loki.stored_count();
     assert!(got < 24000, "nothing was dropped: {got}");
 }
 
@@ -257,13 +332,12 @@ fn sigterm_drains_and_exits_0() {
     let loki = rt.block_on(LokiReceiver::start());
     let setup = Setup::new(&loki, "");
     let mut agent = setup.start();
-    append(&setup.log_path("a.log"), &pino_lines(0, 3, 30));
-    assert!(
-        rt.block_on(loki.wait_for_unique(3, DEADLINE)),
-        "{}",
-        agent.log()
-    );
+    let lines = pino_lines(0, 3, 30);
+    append(&setup.log_path("a.log"), &lines);
+    rt.block_on(agent.assert_shipped_once(&loki, APP, &lines, DEADLINE));
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    // Drained, and nothing sent again on the way out.
+    assert_eq!(loki.exactly_once(APP, &lines), Ok(()));
     let _ = File::open(setup.stderr_path()).unwrap();
 }
 
@@ -293,16 +367,22 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
     }
     lines.push(head(10));
     append(&file, &lines);
+    // The records as Loki stores them: a head and its frame joined.
+    let records = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{}\n{}", head(i), tail(i)))
+            .collect()
+    };
 
     for round in 1..=2 {
         let mut agent = setup.start();
         let want = round * 10;
-        assert!(
-            loki.wait_for_unique(want, DEADLINE).await,
-            "round {round}: {} of {want}; agent log:\n{}",
-            loki.unique_count(),
-            agent.log()
-        );
+        if let Err(e) = loki
+            .wait_for_exactly_once(APP, &records(want), DEADLINE)
+            .await
+        {
+            panic!("round {round}: {e}\nagent log:\n{}", agent.log());
+        }
         let arrived = std::time::SystemTime::now();
         assert!(
             checkpoint_written_after(&setup, arrived).await,
@@ -323,19 +403,20 @@ async fn a_record_waiting_for_its_continuation_survives_kill_9_and_arrives_once(
     // A JSON line finishes the last record (and is one itself).
     let end = r#"{"level":30,"msg":"end"}"#.to_string();
     append(&file, &[tail(30), end.clone()]);
-    assert!(loki.wait_for_unique(32, DEADLINE).await, "{}", agent.log());
+    let mut all = records(31);
+    all.push(end.clone());
+    agent.assert_shipped_once(&loki, APP, &all, DEADLINE).await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    assert_eq!(loki.exactly_once(APP, &all), Ok(()));
 
-    let got = loki.lines(r#"{job="app"}"#);
-    let want: Vec<String> = (0..=30)
-        .map(|i| format!("{}\n{}", head(i), tail(i)))
-        .collect();
+    let got = loki.lines(APP);
+    let want = records(31);
     assert_eq!(got[..31], want[..]);
     assert_eq!(got[31], end);
     // Killed twice with a record pending, and still nothing read twice: the
     // checkpoint stopped at the start of the pending record each time.
     assert_eq!(
-        loki.raw_count(),
+        loki.received_count(),
         32,
         "records were read again after a restart"
     );

@@ -85,6 +85,15 @@ async fn a_tmux_pane_piped_to_a_file_reaches_loki_record_by_record_with_levels()
         agent.log()
     );
     let entries = loki.all_entries();
+    // Whatever else the pane printed (the command typed, the prompt), nothing
+    // arrives twice.
+    let lines: Vec<String> = entries.iter().map(|e| e.line.clone()).collect();
+    let mut distinct = lines.clone();
+    distinct.sort();
+    distinct.dedup();
+    if let Err(e) = support::exactly_once(&lines, &distinct) {
+        panic!("{e}\nagent log:\n{}", agent.log());
+    }
     for i in 0..60 {
         let tag = format!("json record {i:02}");
         let found: Vec<_> = entries.iter().filter(|e| e.line.contains(&tag)).collect();

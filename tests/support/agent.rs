@@ -67,6 +67,21 @@ impl Agent {
         }
     }
 
+    /// Waits until `loki` holds every line of `want` in the streams matching
+    /// `selector`, then panics, with this agent's log, unless each is there
+    /// exactly once ([`LokiReceiver::wait_for_exactly_once`]).
+    pub async fn assert_shipped_once(
+        &self,
+        loki: &LokiReceiver,
+        selector: &str,
+        want: &[String],
+        timeout: Duration,
+    ) {
+        if let Err(e) = loki.wait_for_exactly_once(selector, want, timeout).await {
+            panic!("{e}\nagent log:\n{}", self.log());
+        }
+    }
+
     /// `kill -9`: no drain, no checkpoint, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

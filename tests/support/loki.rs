@@ -1,6 +1,16 @@
 //! A fake Loki on 127.0.0.1: takes pushes (protobuf + snappy block, or JSON),
-//! stores entries per stream deduplicated by (timestamp, line) as Loki does, and
-//! answers a minimal LogQL on `query_range` / `query`.
+//! stores every entry per stream, and answers a minimal LogQL on `query_range`.
+//!
+//! No kinder than a real Loki about duplicates: an entry is dropped only when it
+//! has the timestamp and the line of the entry stored last in its stream (the
+//! check of Loki's ingester stream, grafana/loki#1519). Loki 3.x also drops an
+//! identical entry found in the stream's unordered head block (grafana/loki#6642),
+//! but not across blocks and chunks, so a client cannot rely on it. Here an
+//! entry pushed twice in a row is stored once, and a replayed batch of two or
+//! more entries per stream is stored again in full (its first entry differs
+//! from the stream's last, the batch's last one). What the agent sends twice,
+//! Loki shows twice. Delivery tests assert [`LokiReceiver::exactly_once`] and
+//! [`LokiReceiver::wait_for_exactly_once`].
 //!
 //! Fault injection: the next N pushes fail with a given status ([`LokiReceiver::fail_next`]),
 //! a persistent [`Mode`], `/ready` answering 503, and [`LokiReceiver::stop`] /
@@ -16,11 +26,22 @@
 //! Query semantics kept deliberately small: stream selectors of `=` and `!=`
 //! matchers, then any number of `|= "text"` / `!= "text"` line filters; `start`
 //! (inclusive) and `end` (exclusive) as Loki takes them (nanoseconds, seconds
-//! when 10 digits or fewer, float seconds, RFC 3339), unbounded when absent (real
-//! Loki defaults to the last hour); `limit` (default 100); `direction`
-//! `backward` (default) or `forward`.
+//! when 10 digits or fewer, float seconds, RFC 3339); `limit` (default 100);
+//! `direction` `backward` (default) or `forward`. Entries come back as stored,
+//! duplicates included. As strict as Loki where a client depends on it: a `limit`
+//! above Loki's default `max_entries_limit_per_query` (5000) or not positive, an
+//! `end` before `start`, and a log query on the instant endpoint
+//! `/loki/api/v1/query` (refused since Loki 3.2, grafana/loki#13421) are answered
+//! 400 with Loki's message (newer Loki names the limit
+//! `max_entries_limit_per_query` in it: match the start only). Kinder in one
+//! way, which tests rely on: an absent `start` or `end` leaves the range
+//! unbounded, where Loki takes `end` = now and `start` = `end` minus one hour,
+//! so a client reading back what it pushed sends both (the probe does).
+//! [`LokiReceiver::set_query_status`] makes every query answer a given status
+//! (a read path the push credentials cannot reach), and
+//! [`LokiReceiver::queries`] counts query requests.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -91,19 +112,31 @@ struct Failure {
     body: String,
 }
 
+/// Loki's default `max_entries_limit_per_query`.
+pub const MAX_ENTRIES_LIMIT_PER_QUERY: usize = 5000;
+
 #[derive(Default)]
 struct Stream {
+    /// In arrival order: the last is the one a new entry is compared with.
     entries: Vec<Entry>,
-    seen: HashSet<(i64, String)>,
-    /// In count-only mode: (timestamp, hash of the line) of each unique entry.
-    seen_hashes: HashSet<(i64, u64)>,
+    /// In count-only mode, where `entries` stays empty: (timestamp, hash of the
+    /// line) of the entry stored last.
+    last_hash: Option<(i64, u64)>,
 }
 
 struct Inner {
     streams: BTreeMap<LabelMap, Stream>,
-    raw: usize,
-    unique: usize,
+    /// Entries decoded from pushes that were handled (not failed on purpose),
+    /// duplicates and refused entries included.
+    received: usize,
+    /// Entries stored: received, less those refused and those identical to
+    /// their stream's last entry.
+    stored: usize,
     pushes: usize,
+    /// Query requests, on either endpoint, whatever their answer.
+    queries: usize,
+    /// Every query is answered this status while set.
+    query_status: Option<u16>,
     last_headers: HeaderMap,
     failures: VecDeque<Failure>,
     mode: Mode,
@@ -139,13 +172,30 @@ impl LokiReceiver {
         let listener = super::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind loki receiver");
+        Self::serve_on(listener)
+    }
+
+    /// Starts on a listener the test bound (another loopback address, a port
+    /// shared with other servers); [`restart`](Self::restart) binds its address
+    /// again.
+    pub fn start_on(listener: std::net::TcpListener) -> Self {
+        listener
+            .set_nonblocking(true)
+            .expect("a nonblocking listener");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        Self::serve_on(listener)
+    }
+
+    fn serve_on(listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 streams: BTreeMap::new(),
-                raw: 0,
-                unique: 0,
+                received: 0,
+                stored: 0,
                 pushes: 0,
+                queries: 0,
+                query_status: None,
                 last_headers: HeaderMap::new(),
                 failures: VecDeque::new(),
                 mode: Mode::Normal,
@@ -206,13 +256,22 @@ impl LokiReceiver {
         self.shared.lock().limits = limits;
     }
 
-    /// `/ready` answers 200 "ready" or 503 "Ingester not ready".
-    /// Counts unique and raw entries without keeping them (`entries` and
-    /// `lines` stay empty): cheap enough not to be the bottleneck of a benchmark.
+    /// Counts stored and received entries without keeping them (`entries` and
+    /// `lines` stay empty; an entry is still dropped when identical to its
+    /// stream's last, compared by timestamp and a hash of the line): cheap
+    /// enough not to be the bottleneck of a benchmark.
     pub fn set_count_only(&self, on: bool) {
         self.shared.lock().count_only = on;
     }
 
+    /// Every query, on either endpoint, is answered `status` (with its
+    /// reason phrase as the body) while `Some`: a Loki whose read path the push
+    /// credentials cannot reach answers 401 or 403. Pushes are not affected.
+    pub fn set_query_status(&self, status: Option<u16>) {
+        self.shared.lock().query_status = status;
+    }
+
+    /// `/ready` answers 200 "ready" or 503 "Ingester not ready".
     pub fn set_ready(&self, ready: bool) {
         self.shared.lock().ready = ready;
     }
@@ -272,19 +331,69 @@ impl LokiReceiver {
         self.shared.lock().streams.keys().cloned().collect()
     }
 
-    /// Entries stored (after deduplication).
-    pub fn unique_count(&self) -> usize {
-        self.shared.lock().unique
+    /// Entries stored, in every stream: duplicates included, except an entry
+    /// identical to the one stored last in its stream.
+    pub fn stored_count(&self) -> usize {
+        self.shared.lock().stored
     }
 
-    /// Entries received in accepted pushes, duplicates included.
-    pub fn raw_count(&self) -> usize {
-        self.shared.lock().raw
+    /// Entries received in pushes the fake handled (not those failed on
+    /// purpose by [`fail_next`](Self::fail_next) or [`Mode::Status`]): what
+    /// was stored, what was refused by [`Limits`], and what was dropped as
+    /// identical to its stream's last entry.
+    pub fn received_count(&self) -> usize {
+        self.shared.lock().received
     }
 
     /// Push requests received, whatever their answer.
     pub fn pushes(&self) -> usize {
         self.shared.lock().pushes
+    }
+
+    /// Query requests received (`query_range` and `query`), whatever their
+    /// answer.
+    pub fn queries(&self) -> usize {
+        self.shared.lock().queries
+    }
+
+    /// Ok when the lines of the streams matching `selector` are exactly
+    /// `expected`, each stored as often as it is expected (once, for distinct
+    /// lines); otherwise says how many are missing, how many are stored twice
+    /// or more and how many were never expected, with examples
+    /// ([`super::exactly_once`]).
+    pub fn exactly_once(&self, selector: &str, expected: &[String]) -> Result<(), String> {
+        super::exactly_once(&self.lines(selector), expected).map_err(|e| format!("{selector}: {e}"))
+    }
+
+    /// As [`exactly_once`](Self::exactly_once), but expected lines may be
+    /// missing (a test that knows some were dropped): no line stored twice,
+    /// none stored that was not expected.
+    pub fn at_most_once(&self, selector: &str, expected: &[String]) -> Result<(), String> {
+        super::at_most_once(&self.lines(selector), expected).map_err(|e| format!("{selector}: {e}"))
+    }
+
+    /// Waits until every line of `expected` is stored in the streams matching
+    /// `selector` (as often as it is expected), or `timeout` passes; then
+    /// returns the verdict of [`exactly_once`](Self::exactly_once). A
+    /// duplicate that arrives later is not seen: a test that can, checks
+    /// again once the agent has stopped.
+    pub async fn wait_for_exactly_once(
+        &self,
+        selector: &str,
+        expected: &[String],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let arrived = super::wait_notified(&self.shared.changed, timeout, || {
+            holds_all(&self.lines(selector), expected)
+        })
+        .await;
+        self.exactly_once(selector, expected).map_err(|e| {
+            if arrived {
+                e
+            } else {
+                format!("after {timeout:?}, {e}")
+            }
+        })
     }
 
     /// The status of every push answered so far, in order.
@@ -307,9 +416,11 @@ impl LokiReceiver {
             .map(str::to_string)
     }
 
-    /// Waits until at least `n` unique entries are stored; false on timeout.
-    pub async fn wait_for_unique(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_for(timeout, |inner| inner.unique >= n).await
+    /// Waits until at least `n` entries are stored ([`stored_count`](Self::stored_count):
+    /// duplicates count, so this is not "n distinct lines arrived"); false on
+    /// timeout.
+    pub async fn wait_for_stored(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |inner| inner.stored >= n).await
     }
 
     /// Waits until at least `n` pushes arrived; false on timeout.
@@ -317,7 +428,8 @@ impl LokiReceiver {
         self.wait_for(timeout, |inner| inner.pushes >= n).await
     }
 
-    /// Waits until `selector` has at least `n` entries; false on timeout.
+    /// Waits until `selector` has at least `n` entries (duplicates count);
+    /// false on timeout.
     pub async fn wait_for_entries(&self, selector: &str, n: usize, timeout: Duration) -> bool {
         super::wait_notified(&self.shared.changed, timeout, || {
             self.entries(selector).len() >= n
@@ -344,8 +456,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/loki/api/v1/push", post(push))
         .route("/ready", get(ready))
-        .route("/loki/api/v1/query_range", get(query))
-        .route("/loki/api/v1/query", get(query))
+        .route("/loki/api/v1/query_range", get(query_range))
+        .route("/loki/api/v1/query", get(query_instant))
         .with_state(shared)
 }
 
@@ -424,26 +536,31 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     let mut refused = Vec::new();
     let mut total = 0;
     for (labels, entries) in decoded {
-        inner.raw += entries.len();
+        inner.received += entries.len();
         total += entries.len();
         let stream = inner.streams.entry(labels.clone()).or_default();
         let mut added = 0;
         for (ts, line, metadata) in entries {
-            if count_only {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                line.hash(&mut h);
-                if stream.seen_hashes.insert((ts, h.finish())) {
-                    added += 1;
-                }
-                continue;
-            }
+            // The distributor validates, then the ingester appends.
             if let Some(why) = validate(&limits, &labels, ts, &line, &metadata) {
                 refused.push(why);
                 continue;
             }
-            // Loki keeps an entry once per stream when timestamp and line repeat.
-            if stream.seen.insert((ts, line.clone())) {
+            // The only duplicate Loki drops for sure: the same timestamp and
+            // line as the entry its stream stored last.
+            if count_only {
+                let key = (ts, line_hash(&line));
+                if stream.last_hash != Some(key) {
+                    stream.last_hash = Some(key);
+                    added += 1;
+                }
+                continue;
+            }
+            let same_as_last = stream
+                .entries
+                .last()
+                .is_some_and(|e| e.timestamp_ns == ts && e.line == line);
+            if !same_as_last {
                 stream.entries.push(Entry {
                     labels: labels.clone(),
                     timestamp_ns: ts,
@@ -453,7 +570,7 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
                 added += 1;
             }
         }
-        inner.unique += added;
+        inner.stored += added;
     }
     if refused.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
@@ -466,6 +583,27 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         refused.len()
     ));
     (StatusCode::BAD_REQUEST, body).into_response()
+}
+
+/// Does `stored` hold every line of `expected`, as many times as expected?
+fn holds_all(stored: &[String], expected: &[String]) -> bool {
+    let mut want: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for line in expected {
+        *want.entry(line).or_default() += 1;
+    }
+    for line in stored {
+        if let Some(n) = want.get_mut(line.as_str()) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    want.values().all(|&n| n == 0)
+}
+
+fn line_hash(line: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    line.hash(&mut h);
+    h.finish()
 }
 
 /// Why Loki would refuse this entry, in Loki's words; None when it is taken.
@@ -781,10 +919,45 @@ fn parse_time(v: &str) -> Option<i64> {
     Some(wisp_agent::record::Timestamp::from_system_time(t).as_nanos())
 }
 
-async fn query(
+/// Counts the query and answers the injected status, if any.
+fn query_received(shared: &Shared) -> Option<Response> {
+    let status = {
+        let mut inner = shared.lock();
+        inner.queries += 1;
+        inner.query_status
+    };
+    shared.changed.notify_waiters();
+    let status = StatusCode::from_u16(status?).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("injected failure");
+    Some((status, format!("{reason}\n")).into_response())
+}
+
+/// `/loki/api/v1/query`: every query this fake parses is a log query, which
+/// Loki 3.2+ refuses on the instant endpoint.
+async fn query_instant(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
+    if let Some(injected) = query_received(&shared) {
+        return injected;
+    }
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, msg).into_response();
+    let Some(q) = params.get("query") else {
+        return bad("query is required".into());
+    };
+    if let Err(e) = LogQuery::parse(q) {
+        return bad(format!("parse error: {e}"));
+    }
+    bad("log queries are not supported as an instant query type, please change your query to a range query type".into())
+}
+
+async fn query_range(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(injected) = query_received(&shared) {
+        return injected;
+    }
     let bad = |msg: String| (StatusCode::BAD_REQUEST, msg).into_response();
     let Some(q) = params.get("query") else {
         return bad("query is required".into());
@@ -803,10 +976,24 @@ async fn query(
         .get("limit")
         .map(|v| v.parse::<i64>().map_err(|e| format!("limit: {e}")))
         .unwrap_or(Ok(100));
+    // Unbounded when absent, where Loki takes the hour before now (see the
+    // module's doc).
     let (start, end, limit) = match (time("start", i64::MIN), time("end", i64::MAX), limit) {
-        (Ok(s), Ok(e), Ok(l)) => (s, e, l.max(0) as usize),
+        (Ok(s), Ok(e), Ok(l)) => (s, e, l),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
     };
+    if limit <= 0 {
+        return bad("limit must be a positive value".into());
+    }
+    let limit = limit as usize;
+    if limit > MAX_ENTRIES_LIMIT_PER_QUERY {
+        return bad(format!(
+            "max entries limit per query exceeded, limit > max_entries_limit ({limit} > {MAX_ENTRIES_LIMIT_PER_QUERY})"
+        ));
+    }
+    if end < start {
+        return bad("end timestamp must not be before or equal to start time".into());
+    }
     let forward = match params.get("direction").map(String::as_str) {
         None | Some("backward") | Some("BACKWARD") => false,
         Some("forward") | Some("FORWARD") => true,

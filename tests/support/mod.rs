@@ -1,5 +1,6 @@
-//! Shared test support: fake Loki and OTLP receivers on loopback, and waiting on
-//! conditions with a deadline (never sleep-and-hope).
+//! Shared test support: fake Loki and OTLP receivers on loopback, waiting on
+//! conditions with a deadline (never sleep-and-hope), and the exactly-once
+//! verdict delivery tests assert ([`exactly_once`], [`at_most_once`]).
 //!
 //! Each test crate includes this with `mod support;` and uses a part of it.
 #![allow(dead_code)]
@@ -9,6 +10,7 @@ pub mod loki;
 pub mod otlp;
 pub mod tmux;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -169,4 +171,122 @@ pub fn append(path: &std::path::Path, lines: &[String]) {
         writeln!(f, "{l}").unwrap();
     }
     f.sync_all().unwrap();
+}
+
+/// Lines quoted in a delivery verdict, per kind of fault.
+const EXAMPLES: usize = 3;
+
+/// Ok when `stored` holds exactly the lines of `expected`, each as many times as
+/// it is expected (once, for distinct lines), in any order. Otherwise the error
+/// says how many expected lines are missing, how many lines are stored more
+/// often than expected (and how many extra entries that makes), and how many
+/// stored lines were never expected, with a few examples of each.
+pub fn exactly_once(stored: &[String], expected: &[String]) -> Result<(), String> {
+    Tally::new(stored, expected).verdict(true)
+}
+
+/// As [`exactly_once`], but expected lines may be missing (lines a test knows
+/// may be dropped): Ok when no line is stored more often than expected and
+/// none is stored that was not expected.
+pub fn at_most_once(stored: &[String], expected: &[String]) -> Result<(), String> {
+    Tally::new(stored, expected).verdict(false)
+}
+
+/// Per distinct line: how often it was expected and how often it was stored,
+/// in the order lines were first expected (then first stored).
+struct Tally<'a> {
+    counts: Vec<(&'a str, usize, usize)>,
+    stored: usize,
+    expected: usize,
+}
+
+impl<'a> Tally<'a> {
+    fn new(stored: &'a [String], expected: &'a [String]) -> Self {
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut counts: Vec<(&str, usize, usize)> = Vec::new();
+        for (line, is_expected) in expected
+            .iter()
+            .map(|l| (l, true))
+            .chain(stored.iter().map(|l| (l, false)))
+        {
+            let i = *at.entry(line.as_str()).or_insert_with(|| {
+                counts.push((line.as_str(), 0, 0));
+                counts.len() - 1
+            });
+            if is_expected {
+                counts[i].1 += 1;
+            } else {
+                counts[i].2 += 1;
+            }
+        }
+        Tally {
+            counts,
+            stored: stored.len(),
+            expected: expected.len(),
+        }
+    }
+
+    fn verdict(&self, missing_is_a_fault: bool) -> Result<(), String> {
+        let quote = |line: &str| {
+            let mut q: String = line.chars().take(100).collect();
+            if q.len() < line.len() {
+                q.push('…');
+            }
+            format!("{q:?}")
+        };
+        let mut missing = (0, Vec::new());
+        let mut doubled = (0, 0, Vec::new());
+        let mut unexpected = (0, Vec::new());
+        for &(line, want, got) in &self.counts {
+            if got < want {
+                missing.0 += want - got;
+                if missing.1.len() < EXAMPLES {
+                    missing.1.push(quote(line));
+                }
+            } else if got > want && want > 0 {
+                doubled.0 += 1;
+                doubled.1 += got - want;
+                if doubled.2.len() < EXAMPLES {
+                    doubled.2.push(format!("{} ×{got}", quote(line)));
+                }
+            } else if got > want {
+                unexpected.0 += got;
+                if unexpected.1.len() < EXAMPLES {
+                    unexpected.1.push(quote(line));
+                }
+            }
+        }
+        let mut faults = Vec::new();
+        if missing_is_a_fault && missing.0 > 0 {
+            faults.push(format!(
+                "{} missing, e.g. {}",
+                missing.0,
+                missing.1.join(", ")
+            ));
+        }
+        if doubled.0 > 0 {
+            faults.push(format!(
+                "{} stored twice or more ({} extra entries), e.g. {}",
+                doubled.0,
+                doubled.1,
+                doubled.2.join(", ")
+            ));
+        }
+        if unexpected.0 > 0 {
+            faults.push(format!(
+                "{} stored but never expected, e.g. {}",
+                unexpected.0,
+                unexpected.1.join(", ")
+            ));
+        }
+        if faults.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} lines expected, {} stored: {}",
+            self.expected,
+            self.stored,
+            faults.join("; ")
+        ))
+    }
 }
