@@ -17,6 +17,7 @@ use support::agent::{metric, Agent, Setup};
 use support::loki::LokiReceiver;
 use support::{append, wait_until_async, DEADLINE};
 
+const SELECTOR: &str = r#"{job="app"}"#;
 const APPENDED: &str = "wisp_spool_records_appended_total{spool=\"loki\"}";
 
 fn lines(tag: &str, from: usize, to: usize) -> Vec<String> {
@@ -57,21 +58,16 @@ fn unblock_positions(state: &Path) {
     std::fs::remove_dir_all(state.join("positions.json")).unwrap();
 }
 
-/// Stops the agent cleanly (it drains what it holds) and checks that Loki got
-/// every line in `expected` exactly once and nothing else.
-fn assert_each_once(loki: &LokiReceiver, expected: &[String], agent: &Agent) {
-    let mut got: Vec<String> = loki.all_entries().into_iter().map(|e| e.line).collect();
-    got.sort();
-    let mut want = expected.to_vec();
-    want.sort();
-    let received = loki.raw_count();
-    assert!(
-        got == want && received == expected.len(),
-        "Loki received {received} entries ({} distinct) for {} lines; agent log:\n{}",
-        got.len(),
-        expected.len(),
-        agent.log()
-    );
+/// Waits until Loki holds every line of `expected`, stops the agent cleanly (it
+/// drains what it holds), and checks that each line is stored exactly once.
+async fn assert_each_once(loki: &LokiReceiver, expected: &[String], agent: &mut Agent) {
+    agent
+        .assert_shipped_once(loki, SELECTOR, expected, DEADLINE)
+        .await;
+    assert_eq!(agent.terminate(), Some(0));
+    if let Err(e) = loki.exactly_once(SELECTOR, expected) {
+        panic!("after the agent stopped: {e}\nagent log:\n{}", agent.log());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,12 +100,7 @@ async fn lines_spooled_before_a_kill_9_are_not_read_again_when_positions_json_is
     append(&file, &second);
     let mut all = first;
     all.extend(second);
-    assert!(
-        loki.wait_for_unique(all.len(), DEADLINE).await,
-        "{}",
-        agent.log()
-    );
-    assert_eq!(agent.terminate(), Some(0));
+    assert_each_once(&loki, &all, &mut agent).await;
     assert!(
         agent
             .log()
@@ -117,7 +108,6 @@ async fn lines_spooled_before_a_kill_9_are_not_read_again_when_positions_json_is
         "{}",
         agent.log()
     );
-    assert_each_once(&loki, &all, &agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,13 +147,7 @@ async fn a_file_truncated_and_rewritten_before_a_kill_9_resumes_in_its_new_conte
     let mut all = old;
     all.extend(new);
     all.extend(later);
-    assert!(
-        loki.wait_for_unique(all.len(), DEADLINE).await,
-        "{}",
-        agent.log()
-    );
-    assert_eq!(agent.terminate(), Some(0));
-    assert_each_once(&loki, &all, &agent);
+    assert_each_once(&loki, &all, &mut agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,11 +184,5 @@ async fn a_multi_line_record_held_back_at_a_kill_9_is_read_whole_once() {
     let mut agent = setup.start();
     first.push("Error: boom\n    at handler (/app/a.js:1:1)\n    at main (/app/b.js:2:2)".into());
     first.extend(after);
-    assert!(
-        loki.wait_for_unique(first.len(), DEADLINE).await,
-        "{}",
-        agent.log()
-    );
-    assert_eq!(agent.terminate(), Some(0));
-    assert_each_once(&loki, &first, &agent);
+    assert_each_once(&loki, &first, &mut agent).await;
 }
