@@ -113,6 +113,8 @@ struct Inner {
     limits: Limits,
     /// Keep counts only (no entries): for benchmarks pushing millions of lines.
     count_only: bool,
+    /// When set, `query_range` and `query` answer this status and nothing else.
+    query_status: Option<u16>,
 }
 
 struct Shared {
@@ -153,6 +155,7 @@ impl LokiReceiver {
                 answers: Vec::new(),
                 limits: Limits::default(),
                 count_only: false,
+                query_status: None,
             }),
             changed: Notify::new(),
         });
@@ -327,6 +330,12 @@ impl LokiReceiver {
 
     async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Inner) -> bool) -> bool {
         super::wait_notified(&self.shared.changed, timeout, || cond(&self.shared.lock())).await
+    }
+
+    /// `Some(status)`: the query API answers `status` (a Loki whose push
+    /// credentials cannot read, 403); `None`: it answers queries again.
+    pub fn set_query_status(&self, status: Option<u16>) {
+        self.shared.lock().query_status = status;
     }
 }
 
@@ -785,6 +794,9 @@ async fn query(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
+    if let Some(status) = shared.lock().query_status {
+        return failure_response(status, None, "injected query failure");
+    }
     let bad = |msg: String| (StatusCode::BAD_REQUEST, msg).into_response();
     let Some(q) = params.get("query") else {
         return bad("query is required".into());
