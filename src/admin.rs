@@ -277,6 +277,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("wisp_loki_last_push_timestamp_seconds", Kind::Gauge, "When Loki last took a push, in seconds since the Unix epoch; 0 until the first."),
     ("wisp_loki_records_dropped_total", Kind::Counter, "Log entries dropped because Loki rejected them for good, by HTTP status (0: could not be encoded)."),
     ("wisp_loki_batches_dropped_total", Kind::Counter, "Pushes Loki rejected for good, by HTTP status."),
+    ("wisp_loki_records_possibly_duplicated_total", Kind::Counter, "Log entries of a push in flight at the last stop sent again unchecked, because Loki could not be queried with the push's credentials: each may now be stored twice."),
     // OTLP receiver.
     ("wisp_otlp_receiver_requests_total", Kind::Counter, "OTLP requests received and made durable (answered success), by signal."),
     ("wisp_otlp_receiver_bytes_total", Kind::Counter, "Protobuf bytes of the OTLP requests made durable."),

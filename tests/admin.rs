@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-use support::agent::{Agent, Relay, Setup};
+use support::agent::{Relay, Setup};
 use support::loki::LokiReceiver;
 use support::otlp::OtlpReceiver;
 use support::{append, wait_until, DEADLINE};
@@ -42,23 +42,6 @@ fn pino_lines(from: usize, to: usize) -> Vec<String> {
 
 /// The stream selector of the file lines these tests write.
 const APP: &str = r#"{job="app"}"#;
-
-/// The address the agent logged for its admin endpoint, once it did.
-async fn admin_addr(agent: &Agent) -> SocketAddr {
-    const MARK: &str = "admin endpoint: http://";
-    let mut found = None;
-    let logged = wait_until(DEADLINE, || {
-        let log = agent.log();
-        found = log.find(MARK).and_then(|i| {
-            let rest = &log[i + MARK.len()..];
-            rest.split('/').next()?.parse().ok()
-        });
-        found.is_some()
-    })
-    .await;
-    assert!(logged, "no admin address logged:\n{}", agent.log());
-    found.unwrap()
-}
 
 /// A parsed `/metrics` page: sample values by their full `name{labels}`, and
 /// each family's type.
@@ -230,7 +213,7 @@ async fn metrics_count_every_line_tailed_parsed_buffered_and_shipped() {
     let lines = pino_lines(0, 5);
     append(&file, &lines);
     let agent = setup.start();
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     agent
         .assert_shipped_once(&loki, APP, &lines, DEADLINE)
         .await;
@@ -318,7 +301,7 @@ async fn healthz_is_ok_while_running_other_paths_404_other_methods_405() {
     let setup = Setup::new(&loki, "");
     setup.set_admin_listen("127.0.0.1:0");
     let mut agent = setup.start();
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     let client = reqwest::Client::new();
 
     let r = client
@@ -551,7 +534,7 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
     let relay = Relay::new(&collector, "grpc", Some(&loki));
     relay.set_admin_listen("127.0.0.1:0");
     let (agent, grpc, http) = relay.start().await;
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     let client = reqwest::Client::new();
 
     // Three spans over gRPC, two over HTTP, one log record over HTTP.
@@ -666,7 +649,7 @@ async fn the_otlp_only_mode_serves_metrics_and_healthz() {
     let relay = Relay::new(&collector, "http/protobuf", None);
     relay.set_admin_listen("127.0.0.1:0");
     let (mut agent, grpc, _) = relay.start().await;
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     let client = reqwest::Client::new();
 
     let r = client
@@ -764,7 +747,7 @@ async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() 
     let relay = Relay::with_state_dir(&collector, "grpc", None, Some(&state));
     relay.set_admin_listen("127.0.0.1:0");
     let (agent, _, http) = relay.start().await;
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     let client = reqwest::Client::new();
     let healthz = || async {
         let r = client
@@ -813,7 +796,7 @@ async fn the_agents_own_host_metrics_are_exported_but_not_counted_as_received() 
     );
     std::fs::write(&relay.config, on).unwrap();
     let (agent, _, _) = relay.start().await;
-    let addr = admin_addr(&agent).await;
+    let addr = agent.admin_addr().await;
     let client = reqwest::Client::new();
     assert!(
         collector.wait_for_exports(2, DEADLINE).await,

@@ -242,7 +242,11 @@ async fn fill_disk(fs: &TinyFs, writer: &mut Writer, agent: &Agent) {
             .is_ok_and(|r| r.status() == 503)
     })
     .await;
-    assert!(paused, "the buffer never reported a full disk:\n{}", tail_of(&agent.log()));
+    assert!(
+        paused,
+        "the buffer never reported a full disk:\n{}",
+        tail_of(&agent.log())
+    );
     std::fs::remove_file(&filler).unwrap();
     let resumed = wait_until_async(DEADLINE, || async {
         reqwest::get(format!("http://{admin}/healthz"))
@@ -250,7 +254,11 @@ async fn fill_disk(fs: &TinyFs, writer: &mut Writer, agent: &Agent) {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    assert!(resumed, "the buffer never took lines again:\n{}", tail_of(&agent.log()));
+    assert!(
+        resumed,
+        "the buffer never took lines again:\n{}",
+        tail_of(&agent.log())
+    );
 }
 
 /// The last lines of a long agent log, for failure messages.

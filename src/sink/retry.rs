@@ -103,7 +103,7 @@ impl PushOutcome {
 
 /// The error and its sources, `a: b: c`, as reqwest's own Display hides the cause
 /// ("error sending request") that says what went wrong.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     // Bounded: error chains are short, but a cyclic one must not spin.
@@ -151,7 +151,7 @@ fn reason_from_body(status: u16, body: &[u8]) -> String {
 }
 
 /// The body as trimmed text, lossy UTF-8, cut at a character boundary.
-fn bounded_text(body: &[u8]) -> String {
+pub(crate) fn bounded_text(body: &[u8]) -> String {
     let head = &body[..body.len().min(MAX_REASON_BYTES + 4)];
     let text = String::from_utf8_lossy(head);
     let text = text.trim();

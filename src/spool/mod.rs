@@ -38,10 +38,12 @@
 //!   rewritten, not a reason to delete the segment (see `segment.rs`).
 //!
 //! On disk: `<dir>/<20-digit id>.seg` segment files (format in `segment.rs`), ids only
-//! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] with a
-//! CRC-32, replaced atomically (temp, fsync, rename). An unreadable `ack` means
-//! "nothing acknowledged": everything is shipped again, never an error. The writer
-//! starts a new segment at each open, so it never appends behind recovered data.
+//! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] and the
+//! end of the push in flight ([`SpoolReader::begin_push`]) with a CRC-32, replaced
+//! atomically (temp, fsync, rename); a version-1 file (the position alone) is
+//! read. An unreadable `ack` means "nothing acknowledged": everything is shipped
+//! again, never an error. The writer starts a new segment at each open, so it
+//! never appends behind recovered data.
 //!
 //! File I/O here is synchronous: run the writer and the reader on blocking threads
 //! (`spawn_blocking` or a dedicated thread). Only [`SpoolReader::wait`] is async. The
@@ -355,32 +357,90 @@ const RETAINED_BUFFER_BYTES: usize = 1024 * 1024;
 const ACK_FILE: &str = "ack";
 const ACK_TMP_FILE: &str = "ack.tmp";
 const ACK_MAGIC: [u8; 4] = *b"WSPA";
-const ACK_VERSION: u32 = 1;
-const ACK_LEN: usize = 28;
+/// v1: magic, version, the acknowledged position, CRC-32 (28 bytes). Still read.
+const ACK_V1: u32 = 1;
+const ACK_V1_LEN: usize = 28;
+/// v2 (written since the in-flight push is recorded): magic, version, the
+/// acknowledged position, the in-flight end, CRC-32 over what precedes it (44
+/// bytes). An agent older than v2 finds a v2 file unreadable and ships the whole
+/// spool again (at least once); nothing newer needs a v1 writer.
+const ACK_V2: u32 = 2;
+const ACK_V2_LEN: usize = 44;
 
-fn encode_ack(pos: SpoolPosition) -> [u8; ACK_LEN] {
-    let mut b = [0u8; ACK_LEN];
+/// What the `ack` file holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct AckState {
+    /// Everything up to here was shipped.
+    acked: SpoolPosition,
+    /// The end of the furthest push begun ([`SpoolReader::begin_push`]); when it
+    /// is beyond `acked`, the records between may already be in the sink's store.
+    in_flight: SpoolPosition,
+}
+
+fn put_position(b: &mut [u8], pos: SpoolPosition) {
+    b[..8].copy_from_slice(&pos.segment.to_le_bytes());
+    b[8..16].copy_from_slice(&pos.offset.to_le_bytes());
+}
+
+fn get_position(b: &[u8]) -> Option<SpoolPosition> {
+    Some(SpoolPosition {
+        segment: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+        offset: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+    })
+}
+
+fn encode_ack(state: AckState) -> [u8; ACK_V2_LEN] {
+    let mut b = [0u8; ACK_V2_LEN];
     b[..4].copy_from_slice(&ACK_MAGIC);
-    b[4..8].copy_from_slice(&ACK_VERSION.to_le_bytes());
-    b[8..16].copy_from_slice(&pos.segment.to_le_bytes());
-    b[16..24].copy_from_slice(&pos.offset.to_le_bytes());
-    let crc = crc32fast::hash(&b[..24]);
-    b[24..].copy_from_slice(&crc.to_le_bytes());
+    b[4..8].copy_from_slice(&ACK_V2.to_le_bytes());
+    put_position(&mut b[8..24], state.acked);
+    put_position(&mut b[24..40], state.in_flight);
+    let crc = crc32fast::hash(&b[..40]);
+    b[40..].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-fn decode_ack(b: &[u8]) -> Option<SpoolPosition> {
-    if b.len() != ACK_LEN || b[..4] != ACK_MAGIC || b[4..8] != ACK_VERSION.to_le_bytes() {
+/// Reads a v2 file, or a v1 file (which knows of no push in flight).
+fn decode_ack(b: &[u8]) -> Option<AckState> {
+    if b.get(..4)? != ACK_MAGIC {
         return None;
     }
-    let crc = u32::from_le_bytes(b[24..28].try_into().ok()?);
-    if crc32fast::hash(&b[..24]) != crc {
+    let version = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let len = match version {
+        ACK_V1 => ACK_V1_LEN,
+        ACK_V2 => ACK_V2_LEN,
+        _ => return None,
+    };
+    if b.len() != len {
         return None;
     }
-    Some(SpoolPosition {
-        segment: u64::from_le_bytes(b[8..16].try_into().ok()?),
-        offset: u64::from_le_bytes(b[16..24].try_into().ok()?),
-    })
+    let crc = u32::from_le_bytes(b[len - 4..].try_into().ok()?);
+    if crc32fast::hash(&b[..len - 4]) != crc {
+        return None;
+    }
+    let acked = get_position(&b[8..24])?;
+    let in_flight = match version {
+        ACK_V1 => acked,
+        _ => get_position(&b[24..40])?,
+    };
+    Some(AckState { acked, in_flight })
+}
+
+/// Replaces the `ack` file: written to a temporary file, fsynced, renamed over.
+fn write_ack_file(dir: &Path, state: AckState) -> Result<(), SpoolError> {
+    let tmp = dir.join(ACK_TMP_FILE);
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&encode_ack(state))?;
+        f.sync_all()
+    };
+    write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
+    let path = dir.join(ACK_FILE);
+    fs::rename(&tmp, &path)
+        .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
+    // No directory fsync: should a power loss undo the rename, the previous
+    // state is used and a little more is shipped again (at least once).
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -409,7 +469,8 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
         let counters = Arc::new(SpoolCounters::default());
 
-        let acked = read_ack_file(&dir);
+        let ack_state = read_ack_file(&dir);
+        let acked = ack_state.map(|a| a.acked);
         let mut ids = Vec::new();
         let entries =
             fs::read_dir(&dir).map_err(|e| SpoolError::io("list spool directory", &dir, e))?;
@@ -508,7 +569,12 @@ impl Spool {
 
         // The new segment's id must be above the acknowledged one, or its records
         // would count as acknowledged.
-        let active = max_seen.max(acked.map_or(0, |a| a.segment)) + 1;
+        // Above the recorded in-flight end too: a new record must never fall
+        // inside the range a restart checks against the sink's store.
+        let active = max_seen
+            .max(acked.map_or(0, |a| a.segment))
+            .max(ack_state.map_or(0, |a| a.in_flight.segment))
+            + 1;
         let (file, base_len) = create_segment(&dir, active, &state)?;
         sync_dir(&dir)?;
         for path in &doomed {
@@ -571,6 +637,10 @@ impl Spool {
             records_in_segment: reader.records,
             file: None,
             acked: acked.unwrap_or_default(),
+            in_flight: ack_state.map_or_else(SpoolPosition::default, |a| a.in_flight),
+            in_flight_at_open: ack_state
+                .map(|a| a.in_flight)
+                .filter(|&end| end > acked.unwrap_or_default()),
             payload: Vec::new(),
             cache: R::Cache::default(),
         };
@@ -596,9 +666,10 @@ fn remove_file_logged(path: &Path) {
     }
 }
 
-/// The last acknowledged position, or `None` when nothing was acknowledged or the
-/// file is unreadable: then everything is read again (at least once, never fatal).
-fn read_ack_file(dir: &Path) -> Option<SpoolPosition> {
+/// The last acknowledged position and in-flight end, or `None` when nothing was
+/// acknowledged or the file is unreadable: then everything is read again (at
+/// least once, never fatal).
+fn read_ack_file(dir: &Path) -> Option<AckState> {
     remove_file_logged(&dir.join(ACK_TMP_FILE));
     let path = dir.join(ACK_FILE);
     match fs::read(&path) {
@@ -989,6 +1060,10 @@ pub struct SpoolReader<R: SpoolRecord = LogRecord> {
     /// The cursor's segment, open at `cursor.offset`.
     file: Option<BufReader<File>>,
     acked: SpoolPosition,
+    /// The end recorded by the last [`SpoolReader::begin_push`] (or found at open).
+    in_flight: SpoolPosition,
+    /// The in-flight end found at open, when it was beyond the acknowledged position.
+    in_flight_at_open: Option<SpoolPosition>,
     payload: Vec<u8>,
     cache: R::Cache,
 }
@@ -1209,21 +1284,40 @@ impl<R: SpoolRecord> SpoolReader<R> {
         }
         self.shared.remove_segments(&done);
 
-        let dir = &self.shared.dir;
-        let tmp = dir.join(ACK_TMP_FILE);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&encode_ack(upto))?;
-            f.sync_all()
+        let state = AckState {
+            acked: upto,
+            in_flight: self.in_flight.max(upto),
         };
-        write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
-        let path = dir.join(ACK_FILE);
-        fs::rename(&tmp, &path)
-            .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
-        // No directory fsync: should a power loss undo the rename, the previous
-        // position is used and a little more is shipped again (at least once).
-        self.acked = upto;
+        write_ack_file(&self.shared.dir, state)?;
+        self.acked = state.acked;
+        self.in_flight = state.in_flight;
         Ok(())
+    }
+
+    /// Records durably (in the `ack` file, as [`SpoolReader::ack`] does) that a push
+    /// of the records up to `end` is about to be sent: should the agent stop before
+    /// it can acknowledge them, the next start knows ([`SpoolReader::in_flight`])
+    /// that the sink's store may hold some of them. Call it before the first
+    /// attempt of each push. An end at or before the acknowledged position, or at or
+    /// before one already recorded, writes nothing: the recorded end only grows.
+    pub fn begin_push(&mut self, end: SpoolPosition) -> Result<(), SpoolError> {
+        if end <= self.acked || end <= self.in_flight {
+            return Ok(());
+        }
+        let state = AckState {
+            acked: self.acked,
+            in_flight: end,
+        };
+        write_ack_file(&self.shared.dir, state)?;
+        self.in_flight = end;
+        Ok(())
+    }
+
+    /// The end of the push that was in flight when the agent last stopped: records
+    /// from the acknowledged position up to it may already be in the sink's store.
+    /// `None` when no push was in flight, and once acknowledgements reach it.
+    pub fn in_flight(&self) -> Option<SpoolPosition> {
+        self.in_flight_at_open.filter(|&end| end > self.acked)
     }
 
     /// The position after the last record returned by [`SpoolReader::next_batch`].
@@ -1242,18 +1336,53 @@ mod tests {
 
     #[test]
     fn an_ack_file_round_trips_and_rejects_damage() {
-        let pos = SpoolPosition {
-            segment: 7,
-            offset: 1234,
+        let state = AckState {
+            acked: SpoolPosition {
+                segment: 7,
+                offset: 1234,
+            },
+            in_flight: SpoolPosition {
+                segment: 8,
+                offset: 99,
+            },
         };
-        let bytes = encode_ack(pos);
-        assert_eq!(decode_ack(&bytes), Some(pos));
+        let bytes = encode_ack(state);
+        assert_eq!(bytes.len(), ACK_V2_LEN);
+        assert_eq!(decode_ack(&bytes), Some(state));
         for i in 0..bytes.len() {
             let mut bad = bytes;
             bad[i] ^= 1;
             assert_eq!(decode_ack(&bad), None, "flip at {i}");
         }
         assert_eq!(decode_ack(&bytes[..20]), None);
+        assert_eq!(decode_ack(&bytes[..ACK_V1_LEN]), None);
+        assert_eq!(decode_ack(&[]), None);
+    }
+
+    #[test]
+    fn a_version_1_ack_file_is_read_as_nothing_in_flight() {
+        // As the agent wrote it before v2: magic, version 1, segment, offset, CRC.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"WSPA");
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&1234u64.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(v1.len(), 28);
+        let pos = SpoolPosition {
+            segment: 7,
+            offset: 1234,
+        };
+        assert_eq!(
+            decode_ack(&v1),
+            Some(AckState {
+                acked: pos,
+                in_flight: pos
+            })
+        );
+        v1[27] ^= 1;
+        assert_eq!(decode_ack(&v1), None);
     }
 
     #[test]

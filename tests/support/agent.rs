@@ -16,6 +16,8 @@ use super::{wait_until, DEADLINE};
 pub struct Agent {
     child: Option<Child>,
     stderr: PathBuf,
+    /// Where this agent's part of the log starts (a restart appends to it).
+    log_start: usize,
 }
 
 impl Agent {
@@ -25,6 +27,7 @@ impl Agent {
             .append(true)
             .open(stderr)
             .unwrap();
+        let log_start = log.metadata().map_or(0, |m| m.len() as usize);
         let child = super::agent_command()
             .args(["run", "--log-level", "debug", "--config"])
             .arg(config)
@@ -35,6 +38,7 @@ impl Agent {
         Agent {
             child: Some(child),
             stderr: stderr.to_path_buf(),
+            log_start,
         }
     }
 
@@ -173,6 +177,32 @@ poll_interval = "100ms"
     pub fn start(&self) -> Agent {
         Agent::start(&self.config, &self.stderr_path())
     }
+
+    /// Waits until the tailer's checkpoint (`positions.json`) holds an offset at
+    /// `file`'s end: everything in it is acknowledged, so a restart does not read
+    /// it again. False on timeout.
+    pub async fn wait_checkpointed(&self, file: &Path) -> bool {
+        fn has_offset(v: &serde_json::Value, want: u64) -> bool {
+            match v {
+                serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
+                    (k == "offset" && v.as_u64() == Some(want)) || has_offset(v, want)
+                }),
+                serde_json::Value::Array(a) => a.iter().any(|v| has_offset(v, want)),
+                _ => false,
+            }
+        }
+        let positions = self.dir.path().join("state").join("positions.json");
+        wait_until(DEADLINE, || {
+            let Ok(len) = std::fs::metadata(file).map(|m| m.len()) else {
+                return false;
+            };
+            std::fs::read(&positions)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| has_offset(&v, len))
+        })
+        .await
+    }
 }
 
 /// An agent configuration that relays OTLP to a fake collector, receivers on
@@ -308,13 +338,14 @@ pub fn listening(log: &str, marker: &str) -> Option<SocketAddr> {
 }
 
 impl Agent {
-    /// The address the agent logged for its admin endpoint (`listen` with port
-    /// 0), once it did; the last one logged, for an agent restarted on one log.
+    /// The address this agent logged for its admin endpoint (`listen` with
+    /// port 0), once it did (not an earlier agent's, on a log a restart shares).
     pub async fn admin_addr(&self) -> SocketAddr {
         const MARK: &str = "admin endpoint: http://";
         let mut found = None;
         let logged = wait_until(DEADLINE, || {
             let log = self.log();
+            let log = log.get(self.log_start..).unwrap_or("");
             found = log.rfind(MARK).and_then(|i| {
                 let rest = &log[i + MARK.len()..];
                 rest.split('/').next()?.parse().ok()

@@ -3,9 +3,10 @@
 //! Promises: records are grouped into one stream per label set, streams in label
 //! order, entries of a stream in timestamp order (a stable sort: entries with the
 //! same timestamp keep the order they were read in). The output is a pure function
-//! of the input, so a batch replayed after a crash produces the same body, and Loki
-//! keeps its entries once. Synchronous and allocation-light: it runs once per batch
-//! on the sink's task.
+//! of the input, so a retried batch produces the same body (Loki 3.x stores a
+//! resent entry again, though: after a crash the sink first asks Loki what it
+//! holds, see `replay.rs`). Synchronous and allocation-light: it runs once per
+//! batch on the sink's task.
 
 use std::collections::BTreeMap;
 

@@ -1,9 +1,11 @@
-//! One Loki push request: the HTTP client, its headers and credentials.
+//! One Loki request: the HTTP client, its headers and credentials. A push, and
+//! the `query_range` read the sink makes after a restart to learn which records
+//! of the push then in flight Loki already has.
 //!
 //! Promises: one connection pool per client; every request carries
 //! `User-Agent: wisp-agent/<version>`, `X-Scope-OrgID` when a tenant is set, and
-//! the configured credentials; every answer (or failure to get one) becomes a
-//! [`PushOutcome`]. Credentials are read once, at construction, and never appear
+//! the configured credentials; every push answer (or failure to get one) becomes
+//! a [`PushOutcome`]; a query's answer is read up to a bound given by the caller. Credentials are read once, at construction, and never appear
 //! in `Debug` output, error messages or outcome reasons.
 //!
 //! Proxies: the client follows reqwest's defaults, so `HTTP_PROXY`, `HTTPS_PROXY`
@@ -18,13 +20,34 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::encode::EncodedPush;
 use crate::config::LokiConfig;
-use crate::sink::retry::{PushOutcome, MAX_REASON_BYTES};
+use crate::sink::retry::{bounded_text, error_chain, PushOutcome, MAX_REASON_BYTES};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("wisp-agent/", env!("CARGO_PKG_VERSION"));
 
 /// Loki's tenant header.
 const ORG_ID: HeaderName = HeaderName::from_static("x-scope-orgid");
+
+/// Asks Loki 3.x to keep stream labels apart from structured metadata in a
+/// query's answer (older versions ignore it).
+const ENCODING_FLAGS: HeaderName = HeaderName::from_static("x-loki-response-encoding-flags");
+
+/// Why a query got no usable answer. Nothing here shows the URL (it may carry a
+/// password).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// No connection could be made: Loki is down or unreachable, so a push could
+    /// not go either.
+    #[error("cannot connect: {0}")]
+    Unreachable(String),
+    /// Connected, then no answer: timed out, reset, a broken body.
+    #[error("{0}")]
+    Transport(String),
+    #[error("status {status}: {reason}")]
+    Status { status: u16, reason: String },
+    #[error("the answer is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+}
 
 /// Why a client could not be built: each names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -158,17 +181,12 @@ impl LokiClient {
     /// Sends one push to `url` (the full push URL) and classifies the answer.
     /// Never fails: a request that gets no answer is a [`PushOutcome::Retry`].
     pub async fn push(&self, url: &str, push: &EncodedPush) -> PushOutcome {
-        let mut request = self
+        let request = self
             .http
             .post(url)
             .header(CONTENT_TYPE, push.content_type)
             .body(push.body.clone());
-        // reqwest marks these headers sensitive, so they stay out of its Debug.
-        request = match &self.auth {
-            Auth::None => request,
-            Auth::Basic { username, password } => request.basic_auth(username, Some(&password.0)),
-            Auth::Bearer(token) => request.bearer_auth(&token.0),
-        };
+        let request = self.authorize(request);
         let mut response = match request.send().await {
             Ok(r) => r,
             // The URL may carry a password; the caller logs its redacted form.
@@ -188,6 +206,73 @@ impl LokiClient {
             }
         }
         PushOutcome::from_response(status, &headers, &body)
+    }
+
+    /// `GET url` with `params` as the query string, the push's headers and
+    /// credentials, and `X-Loki-Response-Encoding-Flags: categorize-labels`.
+    /// Returns the body of a 200 answer, read up to `max_body` bytes.
+    pub async fn query(
+        &self,
+        url: &str,
+        params: &[(&str, String)],
+        max_body: usize,
+    ) -> Result<Vec<u8>, QueryError> {
+        let request = self
+            .http
+            .get(url)
+            .query(params)
+            .header(ENCODING_FLAGS, "categorize-labels");
+        let request = self.authorize(request);
+        let transport = |e: reqwest::Error| {
+            // The URL may carry a password: never in the reason.
+            let e = e.without_url();
+            if e.is_connect() {
+                QueryError::Unreachable(error_chain(&e))
+            } else if e.is_timeout() {
+                QueryError::Transport(format!("timed out: {}", error_chain(&e)))
+            } else {
+                QueryError::Transport(error_chain(&e))
+            }
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let limit = if status == 200 {
+            max_body
+        } else {
+            MAX_REASON_BYTES
+        };
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > limit {
+                if status == 200 {
+                    return Err(QueryError::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk[..limit - body.len()]);
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status != 200 {
+            let text = bounded_text(&body);
+            return Err(QueryError::Status {
+                status,
+                reason: if text.is_empty() {
+                    "no reason given".into()
+                } else {
+                    text
+                },
+            });
+        }
+        Ok(body)
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        // reqwest marks these headers sensitive, so they stay out of its Debug.
+        match &self.auth {
+            Auth::None => request,
+            Auth::Basic { username, password } => request.basic_auth(username, Some(&password.0)),
+            Auth::Bearer(token) => request.bearer_auth(&token.0),
+        }
     }
 }
 

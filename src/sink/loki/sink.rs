@@ -5,8 +5,16 @@
 //! answered a 4xx that no retry can fix (counted per status, the reason logged once
 //! per cause). Everything else (429, 5xx, timeouts, refused connections, no host
 //! found) is retried with capped exponential backoff and full jitter, honouring
-//! `Retry-After`; meanwhile the spool keeps taking lines, bounded by its size. A
-//! retried batch is the same records in the same order, so Loki stores it once.
+//! `Retry-After`; meanwhile the spool keeps taking lines, bounded by its size.
+//!
+//! Exactly once across a crash: before a push is first sent, its end is recorded
+//! in the spool ([`SpoolReader::begin_push`]); it is acknowledged right after the
+//! answer. A start that finds a recorded push unacknowledged
+//! ([`SpoolReader::in_flight`]) asks Loki which of its records it already holds
+//! ([`replay::check`], bounded by `loki.timeout`) and sends only the others. When
+//! Loki cannot be read with the push's credentials, the records are sent whole and
+//! counted in `wisp_loki_records_possibly_duplicated_total`; while Loki cannot be
+//! reached at all, the check waits for it, as a push would.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +24,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{fill_host, LokiConfig, LokiEncoding};
+use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding};
 use crate::discovery::{current_host, Chosen, HostHealth};
+use crate::record::LogRecord;
 use crate::sink::loki::encode::{encode, EncodedPush};
+use crate::sink::loki::replay::{self, CheckError};
 use crate::sink::loki::service::LokiClient;
 use crate::sink::retry::{Backoff, PushOutcome};
-use crate::spool::{ReadBatch, SpoolReader};
+use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader};
 
 /// How the loop batches and paces pushes (from `[loki]`).
 #[derive(Clone, Debug)]
@@ -35,6 +45,9 @@ pub struct LokiSinkSettings {
     pub batch_max_wait: Duration,
     /// The backoff's cap.
     pub max_backoff: Duration,
+    /// `loki.timeout`: the client's per-request timeout, and the bound on the
+    /// whole check after a restart of what Loki already holds.
+    pub timeout: Duration,
 }
 
 impl LokiSinkSettings {
@@ -45,6 +58,7 @@ impl LokiSinkSettings {
             batch_max_bytes: c.batch_max_bytes.as_usize().max(1),
             batch_max_wait: c.batch_max_wait.get(),
             max_backoff: c.max_backoff.get(),
+            timeout: c.timeout.get(),
         }
     }
 }
@@ -68,6 +82,9 @@ pub struct LokiCounters {
     /// Records dropped because Loki rejected them, by HTTP status.
     pub records_dropped: Mutex<BTreeMap<u16, u64>>,
     pub batches_dropped: Mutex<BTreeMap<u16, u64>>,
+    /// Records of the push in flight at the last stop that were sent again
+    /// without knowing whether Loki had them (it could not be queried).
+    pub records_possibly_duplicated: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -103,6 +120,10 @@ impl LokiCounters {
             (
                 "wisp_loki_last_push_timestamp_seconds".to_string(),
                 self.last_push_unix_millis.load(Ordering::Relaxed) as f64 / 1e3,
+            ),
+            (
+                "wisp_loki_records_possibly_duplicated_total".to_string(),
+                self.records_possibly_duplicated.load(Ordering::Relaxed) as f64,
             ),
         ];
         if let Ok(m) = self.records_dropped.lock() {
@@ -147,12 +168,57 @@ pub struct LokiSink {
 pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(250), sink.settings.max_backoff);
     let mut logged_causes: HashSet<(u16, &'static str)> = HashSet::new();
+    let mut in_flight = InFlight {
+        upto: sink.reader.in_flight(),
+        unchecked: false,
+    };
+    let mut begin_push_failing = false;
     loop {
-        let batch = tokio::select! {
-            b = next_batch(&mut sink, &drain) => b,
-            _ = stop.cancelled() => return,
+        let (mut batch, replayed) = match in_flight.upto {
+            Some(end) => {
+                let read = tokio::task::block_in_place(|| read_in_flight(&mut sink, end));
+                match read {
+                    Ok(Some(b)) => {
+                        if sink.reader.position() >= end {
+                            in_flight.upto = None;
+                        }
+                        (b, true)
+                    }
+                    Ok(None) => {
+                        in_flight.upto = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Read normally from here (which retries the spool); the
+                        // records left of the range are then sent unchecked.
+                        tracing::error!("cannot read the spool: {e}");
+                        sink.counters.set_last_error(&e.to_string());
+                        in_flight.upto = None;
+                        continue;
+                    }
+                }
+            }
+            None => {
+                let batch = tokio::select! {
+                    b = next_batch(&mut sink, &drain) => b,
+                    _ = stop.cancelled() => return,
+                };
+                let Some(batch) = batch else { return };
+                (batch, false)
+            }
         };
-        let Some(batch) = batch else { return };
+        if replayed {
+            let records = std::mem::take(&mut batch.records);
+            let Some(missing) = without_stored(&mut sink, records, &mut in_flight, &stop).await
+            else {
+                return; // stopped: the range is checked again at the next start
+            };
+            batch.records = missing;
+            if batch.records.is_empty() {
+                ack(&mut sink.reader, batch.end);
+                continue;
+            }
+        }
         let push = match encode(&batch.records, sink.settings.encoding) {
             Ok(p) => p,
             Err(e) => {
@@ -163,25 +229,159 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
                     batch.records.len()
                 );
                 count_drop(&sink.counters, 0, batch.records.len());
-                ack(&mut sink.reader, &batch);
+                ack(&mut sink.reader, batch.end);
                 continue;
             }
         };
+        match tokio::task::block_in_place(|| sink.reader.begin_push(batch.end)) {
+            Ok(()) => begin_push_failing = false,
+            Err(e) => {
+                // Pushing anyway keeps the lines flowing; only a stop before
+                // this push's answer would then re-send it unchecked.
+                if !begin_push_failing {
+                    tracing::warn!(
+                        "cannot record the Loki push in flight in the spool ({e}); \
+                         should the agent stop before Loki answers, the push is sent again \
+                         without checking what Loki already has"
+                    );
+                }
+                begin_push_failing = true;
+            }
+        }
         if !deliver(&mut sink, &push, &mut backoff, &mut logged_causes, &stop).await {
             return; // stopped with the batch unshipped: it stays in the spool
         }
         sink.counters
             .bytes_shipped
             .fetch_add(batch.bytes, Ordering::Relaxed);
-        ack(&mut sink.reader, &batch);
+        ack(&mut sink.reader, batch.end);
     }
 }
 
-fn ack(reader: &mut SpoolReader, batch: &ReadBatch) {
-    if let Err(e) = tokio::task::block_in_place(|| reader.ack(batch.end)) {
+fn ack(reader: &mut SpoolReader, end: SpoolPosition) {
+    if let Err(e) = tokio::task::block_in_place(|| reader.ack(end)) {
         // The records were delivered; an ack that did not persist means they are
-        // pushed again after a restart, which Loki deduplicates.
+        // pushed again after a restart, checked against what Loki holds.
         tracing::warn!("cannot record the Loki acknowledgement in the spool: {e}");
+    }
+}
+
+/// The push that was in flight when the agent last stopped.
+struct InFlight {
+    /// Its end, while the reader is not past it.
+    upto: Option<SpoolPosition>,
+    /// Loki could not be checked: the rest of the range goes unchecked, without
+    /// asking (or logging) again.
+    unchecked: bool,
+}
+
+/// Reads the records up to `end` (the in-flight push), bounded as a push is.
+/// One record per read, so the batch never reaches past `end`. `None` when the
+/// spool holds nothing more of the range.
+fn read_in_flight(
+    sink: &mut LokiSink,
+    end: SpoolPosition,
+) -> Result<Option<ReadBatch>, SpoolError> {
+    let mut batch: Option<ReadBatch> = None;
+    while sink.reader.position() < end {
+        let (have, have_bytes) = batch
+            .as_ref()
+            .map_or((0, 0), |b| (b.records.len(), b.bytes as usize));
+        if have >= BATCH_MAX_RECORDS || have_bytes >= sink.settings.batch_max_bytes {
+            break;
+        }
+        let Some(more) = sink.reader.next_batch(1, 1)? else {
+            break;
+        };
+        match &mut batch {
+            Some(b) => {
+                b.records.extend(more.records);
+                b.end = more.end;
+                b.bytes += more.bytes;
+            }
+            None => batch = Some(more),
+        }
+    }
+    Ok(batch)
+}
+
+/// The records of the in-flight push that Loki does not hold yet. `None` when
+/// `stop` fired first.
+async fn without_stored(
+    sink: &mut LokiSink,
+    records: Vec<LogRecord>,
+    in_flight: &mut InFlight,
+    stop: &CancellationToken,
+) -> Option<Vec<LogRecord>> {
+    if in_flight.unchecked {
+        sink.counters
+            .records_possibly_duplicated
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        return Some(records);
+    }
+    let budget = sink.settings.timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(250), sink.settings.max_backoff);
+    loop {
+        let host = current_host(&mut sink.host, stop).await?;
+        let url = fill_host(&sink.settings.url, &host);
+        let checked = tokio::select! {
+            r = tokio::time::timeout(budget, replay::check(&sink.client, &url, &records)) => {
+                r.unwrap_or(Err(CheckError::TimedOut(budget)))
+            }
+            _ = stop.cancelled() => return None,
+        };
+        match checked {
+            Ok(stored) => {
+                sink.health.report_success();
+                let held = stored.iter().filter(|&&s| s).count();
+                tracing::info!(
+                    "loki at {} already has {held} of the {} records of the push in flight \
+                     when the agent stopped; sending the other {}",
+                    redact_url(&url),
+                    records.len(),
+                    records.len() - held
+                );
+                return Some(
+                    records
+                        .into_iter()
+                        .zip(stored)
+                        .filter_map(|(r, held)| (!held).then_some(r))
+                        .collect(),
+                );
+            }
+            Err(e) if e.is_unreachable() => {
+                // A push could not go either: wait for Loki as a push would.
+                sink.health.report_failure();
+                let delay = backoff.next_delay();
+                if backoff.attempts() <= 1 {
+                    tracing::warn!(
+                        "cannot reach loki at {} to check which records of the push in flight \
+                         when the agent stopped it already has ({e}); waiting for it, lines wait \
+                         in the buffer",
+                        redact_url(&url)
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return None,
+                }
+            }
+            Err(e) => {
+                in_flight.unchecked = true;
+                sink.counters
+                    .records_possibly_duplicated
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::warn!(
+                    "cannot check which of the {} records of the push in flight when the agent \
+                     stopped loki at {} already has: {e}; sending them all, so those it had are \
+                     stored twice (counted in wisp_loki_records_possibly_duplicated_total); \
+                     the check needs read access to the query api with the push's credentials",
+                    records.len(),
+                    redact_url(&url)
+                );
+                return Some(records);
+            }
+        }
     }
 }
 
@@ -316,7 +516,7 @@ async fn deliver(
                     .map_or(0, |d| d.as_millis() as u64);
                 c.last_push_unix_millis.store(now, Ordering::Relaxed);
                 if backoff.attempts() > 0 {
-                    tracing::info!("loki at {url} takes pushes again");
+                    tracing::info!("loki at {} takes pushes again", redact_url(&url));
                 }
                 backoff.reset();
                 sink.health.report_success();
@@ -346,11 +546,13 @@ async fn deliver(
                 let delay = after.unwrap_or_default().max(backoff.next_delay());
                 if backoff.attempts() <= 1 {
                     tracing::warn!(
-                        "push to loki at {url} failed ({reason}); retrying with backoff, lines wait in the buffer"
+                        "push to loki at {} failed ({reason}); retrying with backoff, lines wait in the buffer",
+                        redact_url(&url)
                     );
                 } else {
                     tracing::debug!(
-                        "push to loki at {url} failed again ({reason}); next try in {delay:?}"
+                        "push to loki at {} failed again ({reason}); next try in {delay:?}",
+                        redact_url(&url)
                     );
                 }
                 tokio::select! {

@@ -1,0 +1,577 @@
+//! After a restart: which records of the push that was in flight when the agent
+//! stopped does Loki already hold? The sink sends only the others, because Loki
+//! 3.x stores a replayed entry again (it only drops an entry identical to its
+//! stream's last one).
+//!
+//! Promises: one `GET /loki/api/v1/query_range` per stream of the push (more when
+//! a page is full), with the stream's exact selector, `start` its smallest
+//! timestamp, `end` its largest + 1 ns, `direction=forward`, at most
+//! [`QUERY_LIMIT`] entries a page and about [`MAX_PAGE_BYTES`] of answer. Records
+//! are compared as a multiset of (timestamp, line) per stream: a record counts as
+//! stored only as many times as Loki holds its pair. Any answer that cannot be
+//! read is a [`CheckError`], never a guess: the caller then sends everything.
+//! The paging logic ([`stored_in_loki`]) is a plain function of the pages it is
+//! given, so it is tested without a server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::service::{LokiClient, QueryError};
+use crate::record::{Labels, LogRecord};
+
+/// Entries asked for per page: real Loki's default `max_entries_limit_per_query`.
+pub const QUERY_LIMIT: usize = 5000;
+
+/// A page's answer is read up to this many bytes; the page size is lowered for
+/// long lines so a page of them stays below it (see [`page_limit`]).
+pub const MAX_PAGE_BYTES: usize = 32 << 20;
+
+const PUSH_PATH: &str = "/loki/api/v1/push";
+const QUERY_PATH: &str = "/loki/api/v1/query_range";
+
+/// Why Loki could not tell which records it holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("the query failed: {0}")]
+    Query(#[from] QueryError),
+    #[error("the query's answer does not parse: {0}")]
+    Parse(String),
+    #[error(
+        "more than {limit} entries share the timestamp {timestamp_ns} ns: cannot page past them"
+    )]
+    Stuck { limit: usize, timestamp_ns: i64 },
+    #[error("loki.url does not contain {PUSH_PATH}, so the query url cannot be derived from it")]
+    NoQueryUrl,
+    #[error("the check took longer than {0:?}")]
+    TimedOut(Duration),
+}
+
+impl CheckError {
+    /// No connection to Loki could be made: a push could not go either, so the
+    /// caller waits and checks again rather than sending unchecked.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CheckError::Query(QueryError::Unreachable(_)))
+    }
+}
+
+/// One entry of a query's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub timestamp_ns: i64,
+    pub line: String,
+    /// Whether the entry's stream carries the checked stream's labels. Loki 3.x
+    /// may add labels of its own (`service_name`), and without the
+    /// categorize-labels flag shows structured metadata as labels: extra labels
+    /// are allowed, different values of ours are not.
+    pub ours: bool,
+}
+
+/// The query URL for a push URL: its `/loki/api/v1/push` (the last one) replaced
+/// by `/loki/api/v1/query_range`.
+pub fn query_url(push_url: &str) -> Result<String, CheckError> {
+    let at = push_url.rfind(PUSH_PATH).ok_or(CheckError::NoQueryUrl)?;
+    Ok(format!(
+        "{}{QUERY_PATH}{}",
+        &push_url[..at],
+        &push_url[at + PUSH_PATH.len()..]
+    ))
+}
+
+/// Entries per page for a stream whose longest line is `longest_line` bytes:
+/// [`QUERY_LIMIT`], fewer when lines are long (a JSON-escaped line may take
+/// about twice its bytes), never under 16.
+pub fn page_limit(longest_line: usize) -> usize {
+    (MAX_PAGE_BYTES / (2 * (longest_line + 64))).clamp(16, QUERY_LIMIT)
+}
+
+/// A query time: integer nanoseconds, zero-padded, because Loki reads an integer
+/// of 10 digits or fewer as seconds.
+fn query_time(ns: i64) -> String {
+    format!("{ns:020}")
+}
+
+/// Which of `records` (the records of one push in one stream) Loki holds, in
+/// the records' order. `fetch(start, end)` returns one page: the first `limit`
+/// entries with `start <= timestamp < end`, in timestamp order. A full page is
+/// followed by the next, from its last timestamp; the entries at that timestamp
+/// are taken from the next page only, so entries sharing a timestamp across the
+/// page boundary are counted once.
+pub async fn stored_in_loki<F, Fut>(
+    records: &[&LogRecord],
+    limit: usize,
+    mut fetch: F,
+) -> Result<Vec<bool>, CheckError>
+where
+    F: FnMut(i64, i64) -> Fut,
+    Fut: Future<Output = Result<Vec<Found>, CheckError>>,
+{
+    let limit = limit.max(1);
+    let (Some(first), Some(last)) = (
+        records.iter().map(|r| r.timestamp.as_nanos()).min(),
+        records.iter().map(|r| r.timestamp.as_nanos()).max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let end = last.saturating_add(1);
+    let mut counts = Counts::default();
+    for r in records {
+        counts.want(r.timestamp.as_nanos(), &r.line);
+    }
+    let mut start = first;
+    loop {
+        let page = fetch(start, end).await?;
+        let boundary = if page.len() >= limit {
+            let newest = page.iter().map(|f| f.timestamp_ns).max().unwrap_or(start);
+            if newest <= start {
+                // The whole page is at `start`: the next one would be the same.
+                return Err(CheckError::Stuck {
+                    limit,
+                    timestamp_ns: start,
+                });
+            }
+            Some(newest)
+        } else {
+            None
+        };
+        for f in page.iter().filter(|f| f.ours) {
+            let ts = f.timestamp_ns;
+            if ts < start || ts >= end || boundary.is_some_and(|b| ts >= b) {
+                continue;
+            }
+            counts.found(ts, &f.line);
+        }
+        match boundary {
+            Some(b) => start = b,
+            None => break,
+        }
+    }
+    Ok(records
+        .iter()
+        .map(|r| counts.take_found(r.timestamp.as_nanos(), &r.line))
+        .collect())
+}
+
+/// The multiset of the records' (timestamp, line) pairs: per pair, how many
+/// records have it and how many of those Loki was found to hold. Keyed by the
+/// line's hash so a page's lines are looked up without copying the records'.
+#[derive(Default)]
+struct Counts<'a> {
+    pairs: HashMap<(i64, u64), Vec<Pair<'a>>>,
+}
+
+struct Pair<'a> {
+    line: &'a str,
+    wanted: usize,
+    found: usize,
+}
+
+fn line_hash(line: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    line.hash(&mut h);
+    h.finish()
+}
+
+impl<'a> Counts<'a> {
+    fn pair(&mut self, ts: i64, line: &str) -> Option<&mut Pair<'a>> {
+        self.pairs
+            .get_mut(&(ts, line_hash(line)))?
+            .iter_mut()
+            .find(|p| p.line == line)
+    }
+
+    fn want(&mut self, ts: i64, line: &'a str) {
+        match self.pair(ts, line) {
+            Some(p) => p.wanted += 1,
+            None => self
+                .pairs
+                .entry((ts, line_hash(line)))
+                .or_default()
+                .push(Pair {
+                    line,
+                    wanted: 1,
+                    found: 0,
+                }),
+        }
+    }
+
+    /// Loki holds one more of this pair (beyond what the records have, it is ignored).
+    fn found(&mut self, ts: i64, line: &str) {
+        if let Some(p) = self.pair(ts, line) {
+            p.found = (p.found + 1).min(p.wanted);
+        }
+    }
+
+    /// Whether one more record of this pair is held by Loki (and counts it).
+    fn take_found(&mut self, ts: i64, line: &str) -> bool {
+        match self.pair(ts, line) {
+            Some(p) if p.found > 0 => {
+                p.found -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Which of `records` Loki at `push_url` already holds, in the records' order:
+/// each stream checked with [`stored_in_loki`] through `client` (the push's
+/// credentials, tenant, CA and proxy). Not bounded in time here: the caller is.
+pub async fn check(
+    client: &LokiClient,
+    push_url: &str,
+    records: &[LogRecord],
+) -> Result<Vec<bool>, CheckError> {
+    let url = query_url(push_url)?;
+    let mut streams: BTreeMap<&Labels, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        streams.entry(&r.labels).or_default().push(i);
+    }
+    let mut stored = vec![false; records.len()];
+    for (labels, at) in streams {
+        let of_stream: Vec<&LogRecord> = at.iter().map(|&i| &records[i]).collect();
+        let longest = of_stream.iter().map(|r| r.line.len()).max().unwrap_or(0);
+        let limit = page_limit(longest);
+        let selector = labels.to_string();
+        let url = url.as_str();
+        let found = stored_in_loki(&of_stream, limit, |start, end| {
+            let params = [
+                ("query", selector.clone()),
+                ("start", query_time(start)),
+                ("end", query_time(end)),
+                ("limit", limit.to_string()),
+                ("direction", "forward".to_string()),
+            ];
+            async move {
+                let body = client.query(url, &params, MAX_PAGE_BYTES).await?;
+                parse_page(&body, labels)
+            }
+        })
+        .await?;
+        for (i, s) in at.into_iter().zip(found) {
+            stored[i] = s;
+        }
+    }
+    Ok(stored)
+}
+
+/// The entries of a `query_range` answer for streams (`resultType` `streams`),
+/// each marked whether its stream carries `labels` (see [`Found::ours`]). A
+/// label of ours with an empty value matches a stream without it, as in LogQL.
+pub fn parse_page(body: &[u8], labels: &Labels) -> Result<Vec<Found>, CheckError> {
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| CheckError::Parse(e.to_string()))?;
+    if answer.status != "success" {
+        return Err(CheckError::Parse(format!("status {:?}", answer.status)));
+    }
+    if answer.data.result_type != "streams" {
+        return Err(CheckError::Parse(format!(
+            "resultType {:?}, expected \"streams\"",
+            answer.data.result_type
+        )));
+    }
+    let mut out = Vec::new();
+    for stream in answer.data.result {
+        let ours = labels
+            .iter()
+            .all(|(k, v)| stream.stream.get(k).map_or("", String::as_str) == v);
+        out.extend(stream.values.into_iter().map(|v| Found {
+            timestamp_ns: v.timestamp_ns,
+            line: v.line,
+            ours,
+        }));
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    data: AnswerData,
+}
+
+#[derive(Deserialize)]
+struct AnswerData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    #[serde(default)]
+    result: Vec<AnswerStream>,
+}
+
+#[derive(Deserialize)]
+struct AnswerStream {
+    #[serde(default)]
+    stream: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<AnswerValue>,
+}
+
+/// `["<ns>", "<line>"]`, or with a third element (Loki 3.x with categorize-labels:
+/// the entry's structured metadata and parsed labels), which is ignored.
+struct AnswerValue {
+    timestamp_ns: i64,
+    line: String,
+}
+
+impl<'de> Deserialize<'de> for AnswerValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnswerValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of a timestamp string and a line")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnswerValue, A::Error> {
+                let ts: String = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let line: String = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                let timestamp_ns = ts.parse().map_err(|_| {
+                    de::Error::custom(format!("timestamp {ts:?} is not nanoseconds"))
+                })?;
+                Ok(AnswerValue { timestamp_ns, line })
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::record::Timestamp;
+
+    fn labels() -> Labels {
+        Labels::from_pairs([("job", "app"), ("level", "info")])
+    }
+
+    fn rec(ts: i64, line: &str) -> LogRecord {
+        LogRecord {
+            timestamp: Timestamp(ts),
+            labels: labels(),
+            structured_metadata: Vec::new(),
+            line: line.into(),
+        }
+    }
+
+    fn found(ts: i64, line: &str) -> Found {
+        Found {
+            timestamp_ns: ts,
+            line: line.into(),
+            ours: true,
+        }
+    }
+
+    /// A fake Loki's query API over `stored`: answers each window with the first
+    /// `limit` entries in it by timestamp (store order on ties), and records the
+    /// windows asked for.
+    struct FakePages {
+        stored: Vec<Found>,
+        limit: usize,
+        asked: Mutex<Vec<(i64, i64)>>,
+    }
+
+    impl FakePages {
+        fn new(mut stored: Vec<Found>, limit: usize) -> Self {
+            stored.sort_by_key(|f| f.timestamp_ns);
+            FakePages {
+                stored,
+                limit,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+
+        async fn page(&self, start: i64, end: i64) -> Result<Vec<Found>, CheckError> {
+            self.asked.lock().unwrap().push((start, end));
+            Ok(self
+                .stored
+                .iter()
+                .filter(|f| f.timestamp_ns >= start && f.timestamp_ns < end)
+                .take(self.limit)
+                .cloned()
+                .collect())
+        }
+
+        fn asked(&self) -> Vec<(i64, i64)> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    async fn run(records: &[LogRecord], loki: &FakePages) -> Result<Vec<bool>, CheckError> {
+        let refs: Vec<&LogRecord> = records.iter().collect();
+        stored_in_loki(&refs, loki.limit, |s, e| loki.page(s, e)).await
+    }
+
+    #[tokio::test]
+    async fn one_page_finds_what_loki_holds_and_asks_for_the_push_time_range() {
+        let records = [rec(10, "a"), rec(20, "b"), rec(30, "c")];
+        let loki = FakePages::new(vec![found(10, "a"), found(30, "c"), found(30, "x")], 100);
+        assert_eq!(run(&records, &loki).await, Ok(vec![true, false, true]));
+        // start inclusive at the smallest timestamp, end exclusive past the largest.
+        assert_eq!(loki.asked(), [(10, 31)]);
+    }
+
+    #[tokio::test]
+    async fn full_pages_are_followed_and_entries_sharing_the_boundary_timestamp_count_once() {
+        // 5 records; three share timestamp 3, which straddles the first page's end.
+        let lines = ["p", "q", "r"];
+        let mut records = vec![rec(1, "a"), rec(2, "b")];
+        records.extend(lines.iter().map(|l| rec(3, l)));
+        let stored: Vec<Found> = records
+            .iter()
+            .map(|r| found(r.timestamp.as_nanos(), &r.line))
+            .collect();
+        let loki = FakePages::new(stored, 4);
+        assert_eq!(run(&records, &loki).await, Ok(vec![true; 5]));
+        // Page 1 is [1, 2, 3, 3] (full): the two at 3 are left for page 2, which
+        // starts at 3 and holds all three.
+        assert_eq!(loki.asked(), [(1, 4), (3, 4)]);
+    }
+
+    #[tokio::test]
+    async fn duplicates_compare_as_a_multiset() {
+        // The push holds "a" at 5 three times; Loki holds it twice: one to send.
+        let records = [rec(5, "a"), rec(5, "a"), rec(6, "b"), rec(5, "a")];
+        let loki = FakePages::new(vec![found(5, "a"), found(5, "a"), found(6, "b")], 100);
+        assert_eq!(
+            run(&records, &loki).await,
+            Ok(vec![true, true, true, false])
+        );
+        // Loki holding it more often than the push does not mark more.
+        let records = [rec(5, "a")];
+        let loki = FakePages::new(vec![found(5, "a"), found(5, "a")], 100);
+        assert_eq!(run(&records, &loki).await, Ok(vec![true]));
+    }
+
+    #[tokio::test]
+    async fn many_pages_with_other_entries_between_the_pushed_ones() {
+        // 50 records at even timestamps; Loki holds those at multiples of 4,
+        // and other entries at odd timestamps; pages of 7.
+        let records: Vec<LogRecord> = (0..50).map(|i| rec(i * 2, &format!("r{i}"))).collect();
+        let mut stored: Vec<Found> = (0..50)
+            .filter(|i| i % 2 == 0)
+            .map(|i| found(i * 2, &format!("r{i}")))
+            .collect();
+        stored.extend((0..50).map(|i| found(i * 2 + 1, "other")));
+        let loki = FakePages::new(stored, 7);
+        let want: Vec<bool> = (0..50).map(|i| i % 2 == 0).collect();
+        assert_eq!(run(&records, &loki).await, Ok(want));
+        let asked = loki.asked();
+        assert!(asked.len() > 10, "{asked:?}");
+        assert!(asked.windows(2).all(|w| w[0].0 < w[1].0), "{asked:?}");
+    }
+
+    #[tokio::test]
+    async fn a_page_all_at_one_timestamp_is_an_error_not_a_loop() {
+        let records: Vec<LogRecord> = (0..5).map(|i| rec(7, &format!("l{i}"))).collect();
+        let stored = records.iter().map(|r| found(7, &r.line)).collect();
+        let loki = FakePages::new(stored, 3);
+        assert_eq!(
+            run(&records, &loki).await,
+            Err(CheckError::Stuck {
+                limit: 3,
+                timestamp_ns: 7
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_of_other_streams_are_not_counted_but_still_page() {
+        let records = [rec(1, "a"), rec(2, "b")];
+        let mut other = found(1, "a");
+        other.ours = false;
+        let loki = FakePages::new(vec![other, found(2, "b")], 100);
+        assert_eq!(run(&records, &loki).await, Ok(vec![false, true]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_page_is_the_checks_error() {
+        let records = [rec(1, "a")];
+        let refs: Vec<&LogRecord> = records.iter().collect();
+        let denied = QueryError::Status {
+            status: 403,
+            reason: "forbidden".into(),
+        };
+        let got = stored_in_loki(&refs, 10, |_, _| {
+            let denied = denied.clone();
+            async move { Err(CheckError::Query(denied)) }
+        })
+        .await;
+        assert_eq!(got, Err(CheckError::Query(denied)));
+    }
+
+    #[test]
+    fn answers_parse_with_or_without_categorized_labels_and_extra_labels_are_ours() {
+        let body = br#"{"status":"success","data":{"resultType":"streams","encodingFlags":["categorize-labels"],"result":[
+            {"stream":{"job":"app","level":"info","service_name":"app"},"values":[["1700000000000000001","a",{"structuredMetadata":{"trace_id":"x"}}],["1700000000000000002","b"]]},
+            {"stream":{"job":"app","level":"error"},"values":[["1700000000000000003","c"]]}
+        ],"stats":{}}}"#;
+        let got = parse_page(body, &labels()).unwrap();
+        assert_eq!(
+            got,
+            [
+                found(1_700_000_000_000_000_001, "a"),
+                found(1_700_000_000_000_000_002, "b"),
+                Found {
+                    timestamp_ns: 1_700_000_000_000_000_003,
+                    line: "c".into(),
+                    ours: false
+                },
+            ]
+        );
+        let empty = br#"{"status":"success","data":{"resultType":"streams","result":[]}}"#;
+        assert_eq!(parse_page(empty, &labels()).unwrap(), []);
+    }
+
+    #[test]
+    fn answers_that_are_not_a_streams_result_are_errors() {
+        for body in [
+            &b"<html>login</html>"[..],
+            br#"{"status":"error","data":{"resultType":"streams","result":[]}}"#,
+            br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+            br#"{"status":"success","data":{"resultType":"streams","result":[{"stream":{},"values":[["x","a"]]}]}}"#,
+            br#"{"status":"success","data":{"resultType":"streams","result":[{"stream":{},"values":[["1"]]}]}}"#,
+        ] {
+            assert!(
+                matches!(parse_page(body, &labels()), Err(CheckError::Parse(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn the_query_url_is_the_push_url_with_the_query_path() {
+        assert_eq!(
+            query_url("https://u:p@h:3100/gw/loki/api/v1/push").unwrap(),
+            "https://u:p@h:3100/gw/loki/api/v1/query_range"
+        );
+        assert_eq!(query_url("http://h/ingest"), Err(CheckError::NoQueryUrl));
+    }
+
+    #[test]
+    fn query_times_are_nanoseconds_loki_cannot_take_for_seconds() {
+        assert_eq!(query_time(10), "00000000000000000010");
+        assert_eq!(
+            query_time(1_795_388_381_726_000_000),
+            "01795388381726000000"
+        );
+    }
+
+    #[test]
+    fn long_lines_make_smaller_pages() {
+        assert_eq!(page_limit(200), QUERY_LIMIT);
+        assert!(page_limit(256 * 1024) * 2 * 256 * 1024 <= MAX_PAGE_BYTES);
+        assert_eq!(page_limit(usize::MAX / 4), 16);
+    }
+}
