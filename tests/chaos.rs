@@ -152,12 +152,18 @@ async fn every_line_arrives_exactly_once_through_kills_rotations_loki_faults_and
     let per_step = total.div_ceil(steps);
     let mut kills = 0;
     for step in 0..steps {
-        writer.write(per_step.min(total - writer.next));
+        writer.write(per_step.min(total.saturating_sub(writer.next)));
         match step {
             // kill -9 at five points: while lines are being read and spooled,
             // during an outage, during a push Loki stored but did not answer,
             // right after a rotation, and while a 500 is being retried.
             3 | 18 | 21 | 25 | 34 => {
+                if step == 3 || step == 25 {
+                    // Right after Loki has every line so far: the tailer's
+                    // positions.json is then up to a second behind the spool.
+                    let written = writer.next;
+                    wait_until(DEADLINE, || loki.stored_count() >= written).await;
+                }
                 if step == 21 {
                     // Loki stores the push but the agent never hears back.
                     loki.set_mode(Mode::StoreThenHang);
@@ -170,9 +176,17 @@ async fn every_line_arrives_exactly_once_through_kills_rotations_loki_faults_and
                 loki.set_mode(Mode::Normal);
                 writer.write(per_step / 4);
                 agent = setup.start();
+                // Up and following the files again before anything is rotated.
+                let current = format!("tailing {} from byte", logs.join("app.log").display());
+                let up = wait_until(DEADLINE, || agent.own_log().contains(&current)).await;
+                assert!(up, "the agent did not start tailing:\n{}", agent.own_log());
             }
             6 | 24 => writer.rename_and_create(),
             9 | 30 => {
+                // The agent follows the file to its end when it is copied, so
+                // that the copy is one of a followed file.
+                let written = writer.next;
+                wait_until(DEADLINE, || loki.stored_count() >= written).await;
                 let copy = writer.copy_truncate();
                 // The agent must see the copy before the next kill: a copy made
                 // while the agent is away is indistinguishable from a new file.

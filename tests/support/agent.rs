@@ -51,6 +51,13 @@ impl Agent {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// This agent's part of the log (a restarted agent appends to its
+    /// predecessor's).
+    pub fn own_log(&self) -> String {
+        let log = self.log();
+        log.get(self.log_start..).unwrap_or_default().to_string()
+    }
+
     /// SIGTERM, then waits for the exit status (bounded).
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
@@ -344,8 +351,7 @@ impl Agent {
         const MARK: &str = "admin endpoint: http://";
         let mut found = None;
         let logged = wait_until(DEADLINE, || {
-            let log = self.log();
-            let log = log.get(self.log_start..).unwrap_or("");
+            let log = self.own_log();
             found = log.rfind(MARK).and_then(|i| {
                 let rest = &log[i + MARK.len()..];
                 rest.split('/').next()?.parse().ok()
