@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use support::agent::{metric, Setup};
 use support::loki::{LokiReceiver, Mode};
-use support::{append, wait_until, DEADLINE};
+use support::{append, wait_until, wait_until_async, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize) -> Vec<String> {
@@ -259,4 +259,46 @@ async fn a_push_lost_before_loki_stored_it_is_sent_after_the_restart() {
         assert_eq!(counts.get(line), Some(&1), "{line}");
     }
     assert_eq!(loki.received_count(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_timed_out_after_loki_stored_it_is_not_sent_again() {
+    let loki = LokiReceiver::start().await;
+    // The harness's push timeout is 1s: the agent gives up on the unanswered
+    // push and tries again, as it would when Loki restarts mid-push.
+    let setup = Setup::new(&loki, "");
+    setup.set_admin_listen("127.0.0.1:0");
+    loki.set_mode(Mode::StoreThenHang);
+    let agent = setup.start();
+    let addr = agent.admin_addr().await;
+    let mut lines = pino_lines(0, 50);
+    append(&setup.log_path("api.log"), &lines);
+    assert!(loki.wait_for_stored(50, DEADLINE).await, "{}", agent.log());
+    // The first try timed out (counted as a retry); then Loki answers again.
+    let retried = wait_until_async(DEADLINE, || async {
+        metric(addr, "wisp_loki_retries_total")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(retried, "{}", agent.log());
+    loki.set_mode(Mode::Normal);
+    let more = pino_lines(50, 60);
+    append(&setup.log_path("api.log"), &more);
+    lines.extend(more);
+    agent
+        .assert_shipped_once(&loki, r#"{job="app"}"#, &lines, DEADLINE)
+        .await;
+    assert!(
+        agent.log().contains(
+            "already has 50 of the 50 records of a push whose last try may have reached it"
+        ),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(loki.received_count(), 60, "{}", agent.log());
+    assert_eq!(
+        metric(addr, "wisp_loki_records_possibly_duplicated_total").await,
+        Some(0.0)
+    );
 }

@@ -181,6 +181,15 @@ impl LokiClient {
     /// Sends one push to `url` (the full push URL) and classifies the answer.
     /// Never fails: a request that gets no answer is a [`PushOutcome::Retry`].
     pub async fn push(&self, url: &str, push: &EncodedPush) -> PushOutcome {
+        self.push_reporting(url, push).await.0
+    }
+
+    /// As [`LokiClient::push`], and whether a failed try may have left the push
+    /// stored anyway: the request may have reached Loki (a timeout, a connection
+    /// lost after it was made) or Loki failed after it began writing (a 5xx other
+    /// than 503, which Loki answers before writing: not ready, unhealthy ring).
+    /// A refused connection, a 429 and a 503 stored nothing.
+    pub async fn push_reporting(&self, url: &str, push: &EncodedPush) -> (PushOutcome, bool) {
         let request = self
             .http
             .post(url)
@@ -190,7 +199,13 @@ impl LokiClient {
         let mut response = match request.send().await {
             Ok(r) => r,
             // The URL may carry a password; the caller logs its redacted form.
-            Err(e) => return PushOutcome::from_transport_error(&e.without_url()),
+            Err(e) => {
+                let maybe_stored = !e.is_connect();
+                return (
+                    PushOutcome::from_transport_error(&e.without_url()),
+                    maybe_stored,
+                );
+            }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -205,7 +220,11 @@ impl LokiClient {
                 }
             }
         }
-        PushOutcome::from_response(status, &headers, &body)
+        let maybe_stored = matches!(status, 500..=599) && status != 503;
+        (
+            PushOutcome::from_response(status, &headers, &body),
+            maybe_stored,
+        )
     }
 
     /// `GET url` with `params` as the query string, the push's headers and

@@ -209,7 +209,8 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
         };
         if replayed {
             let records = std::mem::take(&mut batch.records);
-            let Some(missing) = without_stored(&mut sink, records, &mut in_flight, &stop).await
+            let Some(missing) =
+                without_stored(&mut sink, records, Check::Restart, &mut in_flight, &stop).await
             else {
                 return; // stopped: the range is checked again at the next start
             };
@@ -248,8 +249,42 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
                 begin_push_failing = true;
             }
         }
-        if !deliver(&mut sink, &push, &mut backoff, &mut logged_causes, &stop).await {
-            return; // stopped with the batch unshipped: it stays in the spool
+        let mut push = push;
+        let mut records = batch.records;
+        loop {
+            match deliver(&mut sink, &push, &mut backoff, &mut logged_causes, &stop).await {
+                Delivery::Done => break,
+                // Stopped with the batch unshipped: it stays in the spool (and,
+                // recorded in flight, is checked against Loki at the next start).
+                Delivery::Stopped => return,
+                Delivery::MaybeStored => {
+                    // The last try may have reached Loki (a timeout, a dropped
+                    // connection, a 5xx after a partial write): what Loki holds
+                    // is not sent again.
+                    let Some(missing) =
+                        without_stored(&mut sink, records, Check::Retry, &mut in_flight, &stop)
+                            .await
+                    else {
+                        return;
+                    };
+                    records = missing;
+                    if records.is_empty() {
+                        break;
+                    }
+                    match encode(&records, sink.settings.encoding) {
+                        Ok(p) => push = p,
+                        // As above: cannot happen for records from the spool.
+                        Err(e) => {
+                            tracing::error!(
+                                "cannot encode a Loki push, dropping {} record(s): {e}",
+                                records.len()
+                            );
+                            count_drop(&sink.counters, 0, records.len());
+                            break;
+                        }
+                    }
+                }
+            }
         }
         sink.counters
             .bytes_shipped
@@ -270,9 +305,38 @@ fn ack(reader: &mut SpoolReader, end: SpoolPosition) {
 struct InFlight {
     /// Its end, while the reader is not past it.
     upto: Option<SpoolPosition>,
-    /// Loki could not be checked: the rest of the range goes unchecked, without
-    /// asking (or logging) again.
+    /// Loki could not be read (no access to the query API): what would be
+    /// checked goes unchecked from then on, without asking (or logging) again.
     unchecked: bool,
+}
+
+/// Why records are checked against what Loki holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The push in flight when the agent last stopped.
+    Restart,
+    /// A push whose last try may have reached Loki, before it is tried again.
+    Retry,
+}
+
+impl Check {
+    fn what(self) -> &'static str {
+        match self {
+            Check::Restart => "the push in flight when the agent stopped",
+            Check::Retry => "a push whose last try may have reached it",
+        }
+    }
+}
+
+/// How [`deliver`] ended.
+enum Delivery {
+    /// Loki took the push, or refused it for good (counted).
+    Done,
+    /// `stop` fired first.
+    Stopped,
+    /// A try failed in a way that may have left the push (or part of it) stored;
+    /// the backoff delay has been waited. Check before trying again.
+    MaybeStored,
 }
 
 /// Reads the records up to `end` (the in-flight push), bounded as a push is.
@@ -310,6 +374,7 @@ fn read_in_flight(
 async fn without_stored(
     sink: &mut LokiSink,
     records: Vec<LogRecord>,
+    why: Check,
     in_flight: &mut InFlight,
     stop: &CancellationToken,
 ) -> Option<Vec<LogRecord>> {
@@ -335,10 +400,10 @@ async fn without_stored(
                 sink.health.report_success();
                 let held = stored.iter().filter(|&&s| s).count();
                 tracing::info!(
-                    "loki at {} already has {held} of the {} records of the push in flight \
-                     when the agent stopped; sending the other {}",
+                    "loki at {} already has {held} of the {} records of {}; sending the other {}",
                     redact_url(&url),
                     records.len(),
+                    why.what(),
                     records.len() - held
                 );
                 return Some(
@@ -355,10 +420,10 @@ async fn without_stored(
                 let delay = backoff.next_delay();
                 if backoff.attempts() <= 1 {
                     tracing::warn!(
-                        "cannot reach loki at {} to check which records of the push in flight \
-                         when the agent stopped it already has ({e}); waiting for it, lines wait \
-                         in the buffer",
-                        redact_url(&url)
+                        "cannot reach loki at {} to check which records of {} it already has \
+                         ({e}); waiting for it, lines wait in the buffer",
+                        redact_url(&url),
+                        why.what()
                     );
                 }
                 tokio::select! {
@@ -372,11 +437,12 @@ async fn without_stored(
                     .records_possibly_duplicated
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 tracing::warn!(
-                    "cannot check which of the {} records of the push in flight when the agent \
-                     stopped loki at {} already has: {e}; sending them all, so those it had are \
-                     stored twice (counted in wisp_loki_records_possibly_duplicated_total); \
-                     the check needs read access to the query api with the push's credentials",
+                    "cannot check which of the {} records of {} loki at {} already has: {e}; \
+                     sending them all, so those it had are stored twice (counted in \
+                     wisp_loki_records_possibly_duplicated_total); the check needs read access \
+                     to the query api with the push's credentials; not checking again",
                     records.len(),
+                    why.what(),
                     redact_url(&url)
                 );
                 return Some(records);
@@ -481,25 +547,26 @@ fn cause_of(reason: &str) -> &'static str {
     }
 }
 
-/// Pushes one batch until Loki takes it or rejects it for good. Returns false
-/// when `stop` fired first.
+/// Pushes one batch until Loki takes it or rejects it for good, or until a try
+/// fails in a way that may have left it stored (the caller checks, then calls
+/// again with what Loki lacks).
 async fn deliver(
     sink: &mut LokiSink,
     push: &EncodedPush,
     backoff: &mut Backoff,
     logged: &mut HashSet<(u16, &'static str)>,
     stop: &CancellationToken,
-) -> bool {
+) -> Delivery {
     loop {
         let host = match current_host(&mut sink.host, stop).await {
             Some(h) => h,
-            None => return false,
+            None => return Delivery::Stopped,
         };
         let url = fill_host(&sink.settings.url, &host);
         let started = Instant::now();
-        let outcome = tokio::select! {
-            o = sink.client.push(&url, push) => o,
-            _ = stop.cancelled() => return false,
+        let (outcome, maybe_stored) = tokio::select! {
+            o = sink.client.push_reporting(&url, push) => o,
+            _ = stop.cancelled() => return Delivery::Stopped,
         };
         let took = started.elapsed();
         match outcome {
@@ -520,7 +587,7 @@ async fn deliver(
                 }
                 backoff.reset();
                 sink.health.report_success();
-                return true;
+                return Delivery::Done;
             }
             PushOutcome::Rejected { status, reason } => {
                 sink.counters.pushes.fetch_add(1, Ordering::Relaxed);
@@ -537,7 +604,7 @@ async fn deliver(
                     .set_last_error(&format!("status {status}: {reason}"));
                 backoff.reset();
                 sink.health.report_success();
-                return true;
+                return Delivery::Done;
             }
             PushOutcome::Retry { after, reason } => {
                 sink.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -557,7 +624,10 @@ async fn deliver(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return false,
+                    _ = stop.cancelled() => return Delivery::Stopped,
+                }
+                if maybe_stored {
+                    return Delivery::MaybeStored;
                 }
             }
         }
