@@ -57,6 +57,16 @@ impl CheckError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, CheckError::Query(QueryError::Unreachable(_)))
     }
+
+    /// Asking again will not help (no read access, no query path, an answer of
+    /// another shape), as opposed to a query that timed out or failed on the way.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            CheckError::Query(QueryError::Status { status, .. }) => (400..500).contains(status),
+            CheckError::Query(_) | CheckError::TimedOut(_) => false,
+            CheckError::Parse(_) | CheckError::Stuck { .. } | CheckError::NoQueryUrl => true,
+        }
+    }
 }
 
 /// One entry of a query's answer.

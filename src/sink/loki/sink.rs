@@ -432,7 +432,9 @@ async fn without_stored(
                 }
             }
             Err(e) => {
-                in_flight.unchecked = true;
+                // Only a lasting failure stops the checks; a query that timed
+                // out costs this push its check, not the next one's.
+                in_flight.unchecked = e.is_lasting();
                 sink.counters
                     .records_possibly_duplicated
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -440,10 +442,15 @@ async fn without_stored(
                     "cannot check which of the {} records of {} loki at {} already has: {e}; \
                      sending them all, so those it had are stored twice (counted in \
                      wisp_loki_records_possibly_duplicated_total); the check needs read access \
-                     to the query api with the push's credentials; not checking again",
+                     to the query api with the push's credentials{}",
                     records.len(),
                     why.what(),
-                    redact_url(&url)
+                    redact_url(&url),
+                    if in_flight.unchecked {
+                        "; not checking again"
+                    } else {
+                        ""
+                    }
                 );
                 return Some(records);
             }
