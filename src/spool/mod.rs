@@ -638,6 +638,7 @@ impl Spool {
             file: None,
             acked: acked.unwrap_or_default(),
             in_flight: ack_state.map_or_else(SpoolPosition::default, |a| a.in_flight),
+            ack_unsaved: false,
             in_flight_at_open: ack_state
                 .map(|a| a.in_flight)
                 .filter(|&end| end > acked.unwrap_or_default()),
@@ -1064,6 +1065,8 @@ pub struct SpoolReader<R: SpoolRecord = LogRecord> {
     in_flight: SpoolPosition,
     /// The in-flight end found at open, when it was beyond the acknowledged position.
     in_flight_at_open: Option<SpoolPosition>,
+    /// `acked` moved past what the `ack` file says ([`SpoolReader::ack_later`]).
+    ack_unsaved: bool,
     payload: Vec<u8>,
     cache: R::Cache,
 }
@@ -1260,8 +1263,19 @@ impl<R: SpoolRecord> SpoolReader<R> {
     /// starts at the oldest remaining segment, past them) and frees space, so an
     /// acknowledgement still works on a full disk.
     pub fn ack(&mut self, upto: SpoolPosition) -> Result<(), SpoolError> {
+        self.ack_later(upto);
+        self.save_ack()
+    }
+
+    /// As [`SpoolReader::ack`], but the position is written to the `ack` file only
+    /// with the next [`SpoolReader::begin_push`] (one write for both) or
+    /// [`SpoolReader::save_ack`]. Until then a restart starts from the previous
+    /// position, whose records past this one are gone with their segments or
+    /// were in flight (so the sink checks them against its store): a sink that
+    /// records pushes in flight pays one write per push, not two.
+    pub fn ack_later(&mut self, upto: SpoolPosition) {
         if upto <= self.acked {
-            return Ok(());
+            return;
         }
         let mut done = Vec::new();
         {
@@ -1283,14 +1297,23 @@ impl<R: SpoolRecord> SpoolReader<R> {
             index.update_gauges(&self.shared.counters);
         }
         self.shared.remove_segments(&done);
+        self.acked = upto;
+        self.ack_unsaved = true;
+    }
 
+    /// Writes an acknowledgement made with [`SpoolReader::ack_later`] to the
+    /// `ack` file, if one is waiting.
+    pub fn save_ack(&mut self) -> Result<(), SpoolError> {
+        if !self.ack_unsaved {
+            return Ok(());
+        }
         let state = AckState {
-            acked: upto,
-            in_flight: self.in_flight.max(upto),
+            acked: self.acked,
+            in_flight: self.in_flight.max(self.acked),
         };
         write_ack_file(&self.shared.dir, state)?;
-        self.acked = state.acked;
         self.in_flight = state.in_flight;
+        self.ack_unsaved = false;
         Ok(())
     }
 
@@ -1310,6 +1333,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
         };
         write_ack_file(&self.shared.dir, state)?;
         self.in_flight = end;
+        self.ack_unsaved = false;
         Ok(())
     }
 

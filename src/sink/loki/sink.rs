@@ -166,6 +166,11 @@ pub struct LokiSink {
 /// (the shutdown grace period ran out: what is unshipped stays in the spool).
 /// `drain` means "no more records are coming" (the spool writer has finished).
 pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: CancellationToken) {
+    ship(&mut sink, &drain, &stop).await;
+    save_ack(&mut sink.reader);
+}
+
+async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(250), sink.settings.max_backoff);
     let mut logged_causes: HashSet<(u16, &'static str)> = HashSet::new();
     let mut in_flight = InFlight {
@@ -176,7 +181,7 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
     loop {
         let (mut batch, replayed) = match in_flight.upto {
             Some(end) => {
-                let read = tokio::task::block_in_place(|| read_in_flight(&mut sink, end));
+                let read = tokio::task::block_in_place(|| read_in_flight(sink, end));
                 match read {
                     Ok(Some(b)) => {
                         if sink.reader.position() >= end {
@@ -200,7 +205,7 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
             }
             None => {
                 let batch = tokio::select! {
-                    b = next_batch(&mut sink, &drain) => b,
+                    b = next_batch(sink, drain) => b,
                     _ = stop.cancelled() => return,
                 };
                 let Some(batch) = batch else { return };
@@ -210,7 +215,7 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
         if replayed {
             let records = std::mem::take(&mut batch.records);
             let Some(missing) =
-                without_stored(&mut sink, records, Check::Restart, &mut in_flight, &stop).await
+                without_stored(sink, records, Check::Restart, &mut in_flight, stop).await
             else {
                 return; // stopped: the range is checked again at the next start
             };
@@ -252,7 +257,7 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
         let mut push = push;
         let mut records = batch.records;
         loop {
-            match deliver(&mut sink, &push, &mut backoff, &mut logged_causes, &stop).await {
+            match deliver(sink, &push, &mut backoff, &mut logged_causes, stop).await {
                 Delivery::Done => break,
                 // Stopped with the batch unshipped: it stays in the spool (and,
                 // recorded in flight, is checked against Loki at the next start).
@@ -262,7 +267,7 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
                     // connection, a 5xx after a partial write): what Loki holds
                     // is not sent again.
                     let Some(missing) =
-                        without_stored(&mut sink, records, Check::Retry, &mut in_flight, &stop)
+                        without_stored(sink, records, Check::Retry, &mut in_flight, stop)
                             .await
                     else {
                         return;
@@ -293,10 +298,19 @@ pub async fn run(mut sink: LokiSink, drain: CancellationToken, stop: Cancellatio
     }
 }
 
+/// Acknowledges in the spool what Loki took. The position is written with the
+/// next push's in-flight record (one write per push), or by [`save_ack`] once
+/// the sink has nothing to send: until then a restart checks those records
+/// against Loki, which holds them, and sends none again.
 fn ack(reader: &mut SpoolReader, end: SpoolPosition) {
-    if let Err(e) = tokio::task::block_in_place(|| reader.ack(end)) {
+    reader.ack_later(end);
+}
+
+/// Writes a waiting acknowledgement to the spool's `ack` file.
+fn save_ack(reader: &mut SpoolReader) {
+    if let Err(e) = tokio::task::block_in_place(|| reader.save_ack()) {
         // The records were delivered; an ack that did not persist means they are
-        // pushed again after a restart, checked against what Loki holds.
+        // checked against what Loki holds after a restart.
         tracing::warn!("cannot record the Loki acknowledgement in the spool: {e}");
     }
 }
@@ -525,6 +539,9 @@ async fn next_batch(sink: &mut LokiSink, drain: &CancellationToken) -> Option<Re
                 }
             }
             None => {
+                // Nothing to send: the last acknowledgement goes to disk now
+                // rather than with the next push.
+                save_ack(&mut sink.reader);
                 tokio::select! {
                     _ = sink.reader.wait() => {}
                     _ = drain.cancelled() => {}

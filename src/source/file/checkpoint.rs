@@ -215,13 +215,20 @@ impl CheckpointStore {
             let Some((id, path, fingerprint, offset)) = decode_resume(key, value) else {
                 continue;
             };
-            let same = self
-                .entries
-                .get(&id)
-                .is_some_and(|c| c.offset == offset && c.fingerprint == fingerprint);
-            if !same {
-                moved += 1;
-                self.put(id, &path, fingerprint, offset);
+            match self.entries.get_mut(&id) {
+                Some(c) if c.offset == offset && c.fingerprint == fingerprint => {}
+                // When last seen stays as it was, so the entry is still pruned
+                // in time.
+                Some(c) => {
+                    moved += 1;
+                    c.offset = offset;
+                    c.fingerprint = fingerprint;
+                    c.path = path;
+                }
+                None => {
+                    moved += 1;
+                    self.put(id, &path, fingerprint, offset);
+                }
             }
         }
         moved
@@ -593,6 +600,29 @@ mod tests {
         let (mut s, _) = CheckpointStore::load(dir.path());
         s.put(id(1), &p, Fingerprint::of_bytes(b"the old file\n"), 13);
         assert_eq!(s.lookup(id(2), &p, &f), Known::Replaced);
+    }
+
+    #[test]
+    fn the_spools_resume_points_win_over_positions_and_keep_when_last_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = CheckpointStore::load(dir.path());
+        let fp = Fingerprint::of_bytes(b"first line\n");
+        s.put(id(1), Path::new("/a.log"), fp, 100);
+        s.entries.get_mut(&id(1)).unwrap().seen = 7;
+        let mut state = ResumeState::new();
+        for p in [
+            resume_point(id(1), Path::new("/a.log"), fp, 250),
+            resume_point(id(2), Path::new("/b.log"), fp, 9),
+        ] {
+            state.insert(p.key, p.state.unwrap());
+        }
+        // A point of another format is passed over.
+        state.insert(b"short".to_vec(), vec![1, 2, 3]);
+        assert_eq!(s.apply_resume(&state), 2);
+        let a = s.get(id(1)).unwrap();
+        assert_eq!((a.offset, a.seen), (250, 7));
+        assert_eq!(s.get(id(2)).map(|c| c.offset), Some(9));
+        assert_eq!(s.apply_resume(&state), 0, "nothing moves twice");
     }
 
     #[test]
