@@ -1301,6 +1301,12 @@ impl<R: SpoolRecord> SpoolReader<R> {
         self.ack_unsaved = true;
     }
 
+    /// Whether an acknowledgement made with [`SpoolReader::ack_later`] waits to
+    /// be written.
+    pub fn ack_pending(&self) -> bool {
+        self.ack_unsaved
+    }
+
     /// Writes an acknowledgement made with [`SpoolReader::ack_later`] to the
     /// `ack` file, if one is waiting.
     pub fn save_ack(&mut self) -> Result<(), SpoolError> {

@@ -63,6 +63,9 @@ impl LokiSinkSettings {
     }
 }
 
+/// How long an acknowledgement waits for the next push to be written with it.
+const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
+
 /// At most this many records in one push, whatever their size.
 const BATCH_MAX_RECORDS: usize = 10_000;
 
@@ -539,12 +542,15 @@ async fn next_batch(sink: &mut LokiSink, drain: &CancellationToken) -> Option<Re
                 }
             }
             None => {
-                // Nothing to send: the last acknowledgement goes to disk now
-                // rather than with the next push.
-                save_ack(&mut sink.reader);
+                // Nothing to send: the last acknowledgement goes to disk with
+                // the next push, or after a moment without one (a burst pays
+                // one ack-file write per push, an idle sink one in all).
                 tokio::select! {
                     _ = sink.reader.wait() => {}
                     _ = drain.cancelled() => {}
+                    _ = tokio::time::sleep(ACK_SAVE_DELAY), if sink.reader.ack_pending() => {
+                        save_ack(&mut sink.reader);
+                    }
                 }
             }
         }
