@@ -6,9 +6,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -22,22 +20,11 @@ use prost::Message;
 use support::agent::{Relay, Setup};
 use support::loki::LokiReceiver;
 use support::otlp::OtlpReceiver;
-use support::{append, wait_until, DEADLINE};
+use support::{append, fill, wait_until, TinyFs, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize) -> Vec<String> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    (from..to)
-        .map(|i| {
-            format!(
-                r#"{{"level":30,"time":{},"pid":4242,"hostname":"vm","msg":"line {i:05}"}}"#,
-                now_ms + i as u128
-            )
-        })
-        .collect()
+    support::pino_lines(30, "line", from, to)
 }
 
 /// The stream selector of the file lines these tests write.
@@ -697,44 +684,6 @@ async fn the_otlp_only_mode_serves_metrics_and_healthz() {
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
 
-/// Mounts a tiny tmpfs for the test's life, when the machine lets us (root).
-struct TinyFs(tempfile::TempDir);
-
-impl TinyFs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(TinyFs(dir))
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
-/// Writes zeros to `path` until the file system is full.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 4096];
-    loop {
-        match f.write_all(&chunk) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(28) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    let _ = f.sync_all();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() {
     let Some(fs) = TinyFs::mount("1m") else {
@@ -743,7 +692,7 @@ async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() 
     };
     let collector = OtlpReceiver::start().await;
     collector.stop().await;
-    let state = fs.0.path().join("state");
+    let state = fs.path().join("state");
     let relay = Relay::with_state_dir(&collector, "grpc", None, Some(&state));
     relay.set_admin_listen("127.0.0.1:0");
     let (agent, _, http) = relay.start().await;
@@ -760,7 +709,7 @@ async fn healthz_is_503_while_the_otlp_buffer_cannot_write_and_ok_once_it_can() 
     assert_eq!(healthz().await.0, 200);
 
     // The disk fills: a request larger than a page cannot be appended.
-    let filler = fs.0.path().join("filler");
+    let filler = fs.path().join("filler");
     fill(&filler);
     let big = span_request("too big for the disk", 64 * 1024).encode_to_vec();
     let (status, reason) = post_protobuf(&client, http, "/v1/traces", big.clone()).await;

@@ -16,31 +16,7 @@ use std::time::Duration;
 
 use support::agent::{Agent, Setup};
 use support::loki::{LokiReceiver, Mode};
-use support::{wait_until, wait_until_async, DEADLINE};
-
-/// Mounts a small tmpfs for the test's life, when the machine lets us (root).
-struct TinyFs(tempfile::TempDir);
-
-impl TinyFs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(TinyFs(dir))
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
+use support::{fill, wait_until, wait_until_async, TinyFs, DEADLINE};
 
 /// The program under observation: appends numbered lines to `app.log` and
 /// rotates it as logrotate would.
@@ -139,7 +115,7 @@ async fn every_line_arrives_exactly_once_through_kills_rotations_loki_faults_and
         let state = setup.dir.path().join("state");
         config = config.replace(
             &format!("state_dir = \"{}\"", state.display()),
-            &format!("state_dir = \"{}\"", fs.0.path().join("state").display()),
+            &format!("state_dir = \"{}\"", fs.path().join("state").display()),
         );
     } else {
         eprintln!("no tmpfs here (needs root): the full-disk step is skipped");
@@ -237,18 +213,8 @@ async fn every_line_arrives_exactly_once_through_kills_rotations_loki_faults_and
 async fn fill_disk(fs: &TinyFs, writer: &mut Writer, agent: &Agent) {
     // Once the agent has its buffer open (it logs the admin address after).
     let admin = agent.admin_addr().await;
-    let filler = fs.0.path().join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            match f.write_all(&chunk) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break,
-                Err(e) => panic!("filling {}: {e}", filler.display()),
-            }
-        }
-    }
+    let filler = fs.path().join("filler");
+    fill(&filler);
     writer.write(2000);
     let paused = wait_until_async(DEADLINE, || async {
         reqwest::get(format!("http://{admin}/healthz"))

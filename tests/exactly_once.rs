@@ -21,18 +21,7 @@ const SELECTOR: &str = r#"{job="app"}"#;
 const APPENDED: &str = "wisp_spool_records_appended_total{spool=\"loki\"}";
 
 fn lines(tag: &str, from: usize, to: usize) -> Vec<String> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    (from..to)
-        .map(|i| {
-            format!(
-                r#"{{"level":30,"time":{},"pid":4242,"msg":"{tag} line {i:05}"}}"#,
-                now_ms + i as u128
-            )
-        })
-        .collect()
+    support::pino_lines(30, &format!("{tag} line"), from, to)
 }
 
 /// Waits until the spool has taken at least `n` records.
@@ -58,6 +47,43 @@ fn unblock_positions(state: &Path) {
     std::fs::remove_dir_all(state.join("positions.json")).unwrap();
 }
 
+/// The first life of each test: Loki away (the lines wait in the spool, no push
+/// is in flight at the kill), `positions.json` unwritable, `first` appended to
+/// `app.log` and spooled, then (after `between`, with the agent running)
+/// `kill -9`. `positions.json` is writable again afterwards.
+struct FirstLife {
+    loki: LokiReceiver,
+    setup: Setup,
+    file: std::path::PathBuf,
+}
+
+impl FirstLife {
+    async fn run(extra: &str, first: &[String], spooled: f64) -> (FirstLife, Agent, SocketAddr) {
+        let loki = LokiReceiver::start().await;
+        loki.stop().await;
+        let setup = Setup::new(&loki, extra);
+        setup.set_admin_listen("127.0.0.1:0");
+        block_positions(&setup.dir.path().join("state"));
+        let file = setup.log_path("app.log");
+        append(&file, first);
+        let agent = setup.start();
+        let admin = agent.admin_addr().await;
+        wait_spooled(&agent, admin, spooled).await;
+        assert!(
+            agent.log().contains("cannot write checkpoint file"),
+            "positions.json should be unwritable here:\n{}",
+            agent.log()
+        );
+        (FirstLife { loki, setup, file }, agent, admin)
+    }
+
+    /// `kill -9`, then `positions.json` is writable again.
+    fn kill(&self, mut agent: Agent) {
+        agent.kill9();
+        unblock_positions(&self.setup.dir.path().join("state"));
+    }
+}
+
 /// Waits until Loki holds every line of `expected`, stops the agent cleanly (it
 /// drains what it holds), and checks that each line is stored exactly once.
 async fn assert_each_once(loki: &LokiReceiver, expected: &[String], agent: &mut Agent) {
@@ -72,35 +98,17 @@ async fn assert_each_once(loki: &LokiReceiver, expected: &[String], agent: &mut 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_spooled_before_a_kill_9_are_not_read_again_when_positions_json_is_behind() {
-    let loki = LokiReceiver::start().await;
-    // Loki is away: the lines wait in the spool, no push is in flight at the kill.
-    loki.stop().await;
-    let setup = Setup::new(&loki, "");
-    setup.set_admin_listen("127.0.0.1:0");
-    let state = setup.dir.path().join("state");
-    block_positions(&state);
-    let file = setup.log_path("app.log");
     let first = lines("first", 0, 300);
-    append(&file, &first);
+    let (life, agent, _) = FirstLife::run("", &first, 300.0).await;
+    life.kill(agent);
 
-    let mut agent = setup.start();
-    let admin = agent.admin_addr().await;
-    wait_spooled(&agent, admin, 300.0).await;
-    assert!(
-        agent.log().contains("cannot write checkpoint file"),
-        "positions.json should be unwritable here:\n{}",
-        agent.log()
-    );
-    agent.kill9();
-
-    unblock_positions(&state);
-    loki.restart().await;
-    let mut agent = setup.start();
+    life.loki.restart().await;
+    let mut agent = life.setup.start();
     let second = lines("second", 300, 400);
-    append(&file, &second);
+    append(&life.file, &second);
     let mut all = first;
     all.extend(second);
-    assert_each_once(&loki, &all, &mut agent).await;
+    assert_each_once(&life.loki, &all, &mut agent).await;
     assert!(
         agent
             .log()
@@ -112,77 +120,54 @@ async fn lines_spooled_before_a_kill_9_are_not_read_again_when_positions_json_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_truncated_and_rewritten_before_a_kill_9_resumes_in_its_new_content() {
-    let loki = LokiReceiver::start().await;
-    loki.stop().await;
-    let setup = Setup::new(&loki, "");
-    setup.set_admin_listen("127.0.0.1:0");
-    let state = setup.dir.path().join("state");
-    block_positions(&state);
-    let file = setup.log_path("app.log");
     let old = lines("old", 0, 200);
-    append(&file, &old);
-
-    let mut agent = setup.start();
-    let admin = agent.admin_addr().await;
-    wait_spooled(&agent, admin, 200.0).await;
+    let (life, agent, admin) = FirstLife::run("", &old, 200.0).await;
     // copytruncate's second half, then new lines in the emptied file.
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&file)
+        .open(&life.file)
         .unwrap()
         .set_len(0)
         .unwrap();
     let new = lines("new", 200, 250);
-    append(&file, &new);
+    append(&life.file, &new);
     wait_spooled(&agent, admin, 250.0).await;
-    agent.kill9();
+    life.kill(agent);
 
     // While the agent is away the file grows past where the old content ended:
     // only the new content's own resume point tells where to go on.
-    unblock_positions(&state);
     let later = lines("later", 250, 700);
-    append(&file, &later);
-    loki.restart().await;
-    let mut agent = setup.start();
+    append(&life.file, &later);
+    life.loki.restart().await;
+    let mut agent = life.setup.start();
     let mut all = old;
     all.extend(new);
     all.extend(later);
-    assert_each_once(&loki, &all, &mut agent).await;
+    assert_each_once(&life.loki, &all, &mut agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_line_record_held_back_at_a_kill_9_is_read_whole_once() {
-    let loki = LokiReceiver::start().await;
-    loki.stop().await;
-    let setup = Setup::new(&loki, "multiline_timeout = \"30s\"\n");
-    setup.set_admin_listen("127.0.0.1:0");
-    let state = setup.dir.path().join("state");
-    block_positions(&state);
-    let file = setup.log_path("app.log");
     let mut first = lines("first", 0, 50);
-    append(&file, &first);
     // A stack trace whose continuation has not been written yet: the joiner
     // holds it, and the resume point stays before it.
-    append(&file, &["Error: boom".to_string()]);
+    let mut written = first.clone();
+    written.push("Error: boom".to_string());
+    let (life, agent, _) = FirstLife::run("multiline_timeout = \"30s\"\n", &written, 50.0).await;
+    life.kill(agent);
 
-    let mut agent = setup.start();
-    let admin = agent.admin_addr().await;
-    wait_spooled(&agent, admin, 50.0).await;
-    agent.kill9();
-
-    unblock_positions(&state);
     append(
-        &file,
+        &life.file,
         &[
             "    at handler (/app/a.js:1:1)".to_string(),
             "    at main (/app/b.js:2:2)".to_string(),
         ],
     );
     let after = lines("after", 50, 60);
-    append(&file, &after);
-    loki.restart().await;
-    let mut agent = setup.start();
+    append(&life.file, &after);
+    life.loki.restart().await;
+    let mut agent = life.setup.start();
     first.push("Error: boom\n    at handler (/app/a.js:1:1)\n    at main (/app/b.js:2:2)".into());
     first.extend(after);
-    assert_each_once(&loki, &first, &mut agent).await;
+    assert_each_once(&life.loki, &first, &mut agent).await;
 }

@@ -16,18 +16,7 @@ use support::{append, wait_until, wait_until_async, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize) -> Vec<String> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    (from..to)
-        .map(|i| {
-            format!(
-                r#"{{"level":40,"time":{},"pid":4242,"hostname":"vm","msg":"line {i:05}"}}"#,
-                now_ms + i as u128
-            )
-        })
-        .collect()
+    support::pino_lines(40, "line", from, to)
 }
 
 /// The harness's agent with the admin endpoint on a free port, and a push

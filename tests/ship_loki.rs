@@ -14,18 +14,7 @@ use support::{append, wait_until, DEADLINE};
 
 /// Pino lines numbered `from..to`, stamped now so Loki's window accepts them.
 fn pino_lines(from: usize, to: usize, level: u8) -> Vec<String> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    (from..to)
-        .map(|i| {
-            format!(
-                r#"{{"level":{level},"time":{},"pid":4242,"hostname":"vm","msg":"line {i:05}"}}"#,
-                now_ms + i as u128
-            )
-        })
-        .collect()
+    support::pino_lines(level, "line", from, to)
 }
 
 fn shipped_lines(loki: &LokiReceiver) -> Vec<String> {

@@ -290,3 +290,64 @@ impl<'a> Tally<'a> {
         ))
     }
 }
+
+/// Pino lines numbered `from..to` (`msg` then the number), stamped now and a
+/// millisecond apart, so Loki's window accepts them and their order shows.
+pub fn pino_lines(level: u8, msg: &str, from: usize, to: usize) -> Vec<String> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (from..to)
+        .map(|i| {
+            format!(
+                r#"{{"level":{level},"time":{},"pid":4242,"hostname":"vm","msg":"{msg} {i:05}"}}"#,
+                now_ms + i as u128
+            )
+        })
+        .collect()
+}
+
+/// A small tmpfs mounted for the test's life, when the machine lets us (root):
+/// a disk to fill.
+pub struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    pub fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyFs(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Writes zeros to `path` until its file system is full.
+pub fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.sync_all();
+}
