@@ -171,3 +171,46 @@ async fn a_multi_line_record_held_back_at_a_kill_9_is_read_whole_once() {
     first.extend(after);
     assert_each_once(&life.loki, &first, &mut agent).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copytruncate_while_the_agent_is_away_is_read_on_from_where_the_original_was() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let file = setup.log_path("app.log");
+    let before = lines("before", 0, 300);
+    append(&file, &before);
+    let mut agent = setup.start();
+    agent
+        .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
+        .await;
+    // Some lines the agent has not read yet when it stops.
+    let unread = lines("unread", 300, 350);
+    agent.kill9();
+    append(&file, &unread);
+
+    // logrotate's copytruncate while the agent is away. The copy's name sorts
+    // before the original's, so the agent meets it first.
+    let copy = setup.log_path("app-1.log");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let after = lines("after", 350, 400);
+    append(&file, &after);
+
+    let mut agent = setup.start();
+    let mut all = before;
+    all.extend(unread);
+    all.extend(after);
+    assert_each_once(&loki, &all, &mut agent).await;
+    assert!(
+        agent
+            .log()
+            .contains(&format!("tailing {} from byte", copy.display())),
+        "{}",
+        agent.log()
+    );
+}

@@ -8,7 +8,7 @@
 //! a crash leaves the old or the new version, never a mix; a corrupt file is
 //! reported, kept aside as `positions.json.corrupt`, and rebuilt, never fatal.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -71,8 +71,9 @@ pub(crate) enum Known {
     /// Seen before with the same content at its start: resume here.
     Resume { offset: u64 },
     /// The same device and inode, but the first bytes differ: truncated while the
-    /// agent was away, or the inode was reused. Read it from 0.
-    Changed,
+    /// agent was away, or the inode was reused. Read it from 0. What it was
+    /// (its fingerprint and checkpoint) tells a copy of it (`copytruncate`).
+    Changed { was: Fingerprint, offset: u64 },
     /// A new file at a path that was followed before: the old one was rotated
     /// while the agent was away, so all of this one was written since. Read it from
     /// 0, whatever `start_at` says.
@@ -156,6 +157,10 @@ pub(crate) fn acknowledged_offsets(state_dir: &Path) -> HashMap<FileId, u64> {
 pub(crate) struct CheckpointStore {
     path: PathBuf,
     entries: HashMap<FileId, Checkpoint>,
+    /// The paths followed when the agent last stopped (as loaded, and as the
+    /// spool's resume points say): a new file at one of them replaced the file
+    /// followed there, however the files are met at startup.
+    followed_paths: HashSet<PathBuf>,
 }
 
 /// Why the positions file could not be read; the store starts empty either way.
@@ -179,6 +184,7 @@ impl CheckpointStore {
         let mut store = Self {
             path: path.clone(),
             entries: HashMap::new(),
+            followed_paths: HashSet::new(),
         };
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -188,6 +194,7 @@ impl CheckpointStore {
         let reason = match serde_json::from_slice::<PositionsFile>(&bytes) {
             Ok(f) if f.version == VERSION => {
                 for c in f.files {
+                    store.followed_paths.insert(c.path.clone());
                     store.entries.insert(c.id(), c);
                 }
                 return (store, None);
@@ -215,6 +222,7 @@ impl CheckpointStore {
             let Some((id, path, fingerprint, offset)) = decode_resume(key, value) else {
                 continue;
             };
+            self.followed_paths.insert(path.clone());
             match self.entries.get_mut(&id) {
                 Some(c) if c.offset == offset && c.fingerprint == fingerprint => {}
                 // When last seen stays as it was, so the entry is still pruned
@@ -242,7 +250,10 @@ impl CheckpointStore {
         if let Some(c) = self.entries.get(&id) {
             return match c.fingerprint.matches(file) {
                 Ok(true) => Known::Resume { offset: c.offset },
-                _ => Known::Changed,
+                _ => Known::Changed {
+                    was: c.fingerprint,
+                    offset: c.offset,
+                },
             };
         }
         // Not for another inode on the same device: that is a new file at the old
@@ -263,7 +274,11 @@ impl CheckpointStore {
                 self.entries.insert(id, c);
                 Known::Resume { offset }
             }
-            None if self.entries.values().any(|c| c.path == path) => Known::Replaced,
+            None if self.followed_paths.contains(path)
+                || self.entries.values().any(|c| c.path == path) =>
+            {
+                Known::Replaced
+            }
             None => Known::New,
         }
     }
@@ -307,6 +322,11 @@ impl CheckpointStore {
                 seen: unix_secs(SystemTime::now()),
             },
         );
+    }
+
+    /// Whether a checkpoint of the file `id` is kept.
+    pub(crate) fn knows(&self, id: FileId) -> bool {
+        self.entries.contains_key(&id)
     }
 
     pub(crate) fn remove(&mut self, id: FileId) {
@@ -633,6 +653,12 @@ mod tests {
         let f = File::open(&p).unwrap();
         let (mut s, _) = CheckpointStore::load(dir.path());
         s.put(id(1), &p, Fingerprint::of_bytes(b"old content\n"), 12);
-        assert_eq!(s.lookup(id(1), &p, &f), Known::Changed);
+        assert_eq!(
+            s.lookup(id(1), &p, &f),
+            Known::Changed {
+                was: Fingerprint::of_bytes(b"old content\n"),
+                offset: 12
+            }
+        );
     }
 }

@@ -502,6 +502,9 @@ impl Tailer {
                 t.start_draining(now, deleted);
             }
         }
+        // Files with a checkpoint first: one found truncated since tells a copy
+        // of it (`copytruncate`) among the new ones, whatever their names.
+        found.sort_by_key(|(_, _, id)| !self.store.knows(*id));
         for (ei, path, id) in found {
             if let Some(t) = self.by_id.get(&id).and_then(|s| self.files.get_mut(s)) {
                 if t.path != path {
@@ -550,23 +553,25 @@ impl Tailer {
             }
         };
         let known = self.store.lookup(id, &path, &file);
+        // A new file may be a copy of a followed one, or of one found truncated
+        // (`copytruncate`), at startup too: the copy may have been made while
+        // the agent was away, or just before it stopped.
         let copy_of = match known {
-            Known::New | Known::Replaced if !startup => self.copy_of(id, fingerprint),
+            Known::New | Known::Replaced => self.copy_of(id, fingerprint),
             _ => Copy::No,
         };
         let entry = &self.entries[ei];
         let (offset, why) = match known {
             Known::Resume { offset } if offset <= size => (offset, "its checkpoint"),
-            Known::Resume { .. } => {
+            Known::Resume { offset: was } => {
                 self.counters.truncations.fetch_add(1, Ordering::Relaxed);
+                Self::note_truncation(&mut self.truncated, self.next_seq, Some((fingerprint, was)));
                 (0, "the start: it was truncated since its checkpoint")
             }
-            Known::Changed => (0, "the start: its first bytes changed since its checkpoint"),
-            Known::Replaced if startup => (0, "the start: it replaced a file followed before"),
-            Known::New if startup && entry.config.start_at == StartAt::End => {
-                (size, "the end: start_at = end")
+            Known::Changed { was, offset: read } => {
+                Self::note_truncation(&mut self.truncated, self.next_seq, Some((was, read)));
+                (0, "the start: its first bytes changed since its checkpoint")
             }
-            Known::New if startup => (0, "the start: start_at = beginning"),
             Known::New | Known::Replaced => match copy_of {
                 // Perhaps a copy still being written: decide at a later scan,
                 // which the next write to it (or the poll) brings.
@@ -579,7 +584,16 @@ impl Tailer {
                     return;
                 }
                 Copy::Of { offset, .. } => (offset, "where its original was read up to: a copy"),
-                Copy::No => (0, "the start: a new file"),
+                Copy::No => match known {
+                    Known::Replaced if startup => {
+                        (0, "the start: it replaced a file followed before")
+                    }
+                    Known::New if startup && entry.config.start_at == StartAt::End => {
+                        (size, "the end: start_at = end")
+                    }
+                    Known::New if startup => (0, "the start: start_at = beginning"),
+                    _ => (0, "the start: a new file"),
+                },
             },
         };
         if let Copy::Of {
