@@ -24,6 +24,11 @@ use crate::spool::ResumeState;
 /// The checkpoint file's name under `state_dir`.
 pub const POSITIONS_FILE: &str = "positions.json";
 
+/// A checkpoint file larger than this is treated as corrupt (kept aside, rebuilt)
+/// without being read: a few hundred bytes per file, so this is tens of thousands
+/// of files, and a sparse or runaway file cannot make the agent load gigabytes.
+pub(crate) const MAX_POSITIONS_BYTES: u64 = 16 << 20;
+
 /// The format version written; a file of another version is set aside and rebuilt.
 const VERSION: u32 = 1;
 
@@ -143,8 +148,12 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
 /// `<state_dir>/positions.json` says now. Never modifies anything, so another
 /// process (`exec`) may call it while the daemon runs; an unreadable file is empty.
 pub(crate) fn acknowledged_offsets(state_dir: &Path) -> HashMap<FileId, u64> {
-    fs::read(state_dir.join(POSITIONS_FILE))
-        .ok()
+    let bytes = match super::open::read_capped(&state_dir.join(POSITIONS_FILE), MAX_POSITIONS_BYTES)
+    {
+        Ok(super::open::Capped::Bytes(b)) => Some(b),
+        _ => None,
+    };
+    bytes
         .and_then(|bytes| serde_json::from_slice::<PositionsFile>(&bytes).ok())
         .filter(|f| f.version == VERSION)
         .map(|f| f.files.iter().map(|c| (c.id(), c.offset)).collect())
@@ -180,12 +189,19 @@ impl CheckpointStore {
             path: path.clone(),
             entries: HashMap::new(),
         };
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let parsed = match super::open::read_capped(&path, MAX_POSITIONS_BYTES) {
+            Ok(super::open::Capped::Bytes(bytes)) => {
+                serde_json::from_slice::<PositionsFile>(&bytes).map_err(|e| e.to_string())
+            }
+            Ok(super::open::Capped::TooLarge(size)) => Err(format!(
+                "{size} bytes, more than the {MAX_POSITIONS_BYTES} a checkpoint file may hold"
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (store, None),
+            // Not a regular file (a FIFO, a folder): set aside like a corrupt one.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(e.to_string()),
             Err(source) => return (store, Some(LoadError::Read { path, source })),
         };
-        let reason = match serde_json::from_slice::<PositionsFile>(&bytes) {
+        let reason = match parsed {
             Ok(f) if f.version == VERSION => {
                 for c in f.files {
                     store.entries.insert(c.id(), c);
@@ -193,7 +209,7 @@ impl CheckpointStore {
                 return (store, None);
             }
             Ok(f) => format!("unknown version {}", f.version),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         let kept = state_dir.join(format!("{POSITIONS_FILE}.corrupt"));
         // Best effort: if even the rename fails, the next save overwrites the file.
