@@ -784,7 +784,11 @@ impl Tailer {
                 match t.check_truncated(false, &self.counters, &mut self.out) {
                     Ok(before) => Self::note_truncation(&mut self.truncated, seq, before),
                     Err(e) => {
-                        t.report_error(format!("cannot stat {}: {e}", t.path.display()));
+                        t.report_error(format!(
+                            "cannot stat {}: {}",
+                            t.path.display(),
+                            open::describe(&e)
+                        ));
                         break;
                     }
                 }
@@ -796,7 +800,11 @@ impl Tailer {
                 ) {
                     Ok(n) => n,
                     Err(e) => {
-                        t.report_error(format!("cannot read {}: {e}", t.path.display()));
+                        t.report_error(format!(
+                            "cannot read {}: {}",
+                            t.path.display(),
+                            open::describe(&e)
+                        ));
                         break;
                     }
                 };
@@ -899,7 +907,11 @@ impl Tailer {
         for (seq, t) in self.files.iter_mut() {
             match t.check_truncated(true, &self.counters, &mut self.out) {
                 Ok(before) => Self::note_truncation(&mut self.truncated, *seq, before),
-                Err(e) => t.report_error(format!("cannot check {}: {e}", t.path.display())),
+                Err(e) => t.report_error(format!(
+                    "cannot check {}: {}",
+                    t.path.display(),
+                    open::describe(&e)
+                )),
             }
         }
     }
