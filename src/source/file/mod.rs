@@ -23,6 +23,11 @@
 //!   `app.log*`): a new file whose first bytes are those of a followed or just
 //!   truncated file is read on from where the original was read up to.
 //!
+//! - what the globs match is opened through [`open`]: regular files only, never
+//!   blocking (a FIFO is skipped, not waited on), symlinks followed only when
+//!   their owner owns the target or root owns them (or `follow_symlinks = true`);
+//!   a path that cannot be checked for a moment is not taken for a rotation.
+//!
 //! Reading is plain blocking I/O on the tailer's task: reads of local files do not
 //! block for long, and one task keeps the order of events simple. The poll runs at
 //! the smallest `poll_interval` of the entries.
