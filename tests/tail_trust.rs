@@ -57,13 +57,16 @@ fn as_intruder(who: (u32, u32), dir: &Path, script: &str) {
 }
 
 /// A harness whose `logs` folder belongs to the intruder (the agent's temp dir
-/// is opened up so the intruder can reach it), plus a second entry one folder
-/// deeper (`logs/*/*.log`), where a folder symlink sits in the glob's expanded
-/// part.
+/// is opened up so the intruder can reach it), plus an entry one folder deeper
+/// (`deep`, `logs/*/*.log`: a folder symlink in the glob's expanded part) and
+/// one under a named folder (`literal`, `logs/lit/*.txt`: a folder symlink in
+/// the pattern's literal part).
 fn setup(loki: &LokiReceiver, who: (u32, u32), extra: &str) -> Setup {
     let logs_glob = "LOGS_DIR";
     let deep = format!(
         "{extra}\n\n[[files]]\nname = \"deep\"\npaths = [\"{logs_glob}/*/*.log\"]\n\
+         start_at = \"beginning\"\npoll_interval = \"50ms\"\n{extra}\n\n\
+         [[files]]\nname = \"literal\"\npaths = [\"{logs_glob}/lit/*.txt\"]\n\
          start_at = \"beginning\"\npoll_interval = \"50ms\"\n{extra}\n"
     );
     let s = Setup::new(loki, &deep);
@@ -84,17 +87,18 @@ fn setup(loki: &LokiReceiver, who: (u32, u32), extra: &str) -> Setup {
     s
 }
 
-/// A root-only (0600) file holding [`SECRET`], `top.txt` in a root-only (0700)
-/// folder that also holds `secret.log` (another file, same line), for a link to
-/// the folder.
+/// A root-only (0700) folder of root-only (0600) files holding [`SECRET`]:
+/// `file.secret` for a link to a file, `a.log` and `b.txt` for the `deep` and
+/// `literal` entries through a link to the folder (three files, so that no entry
+/// owns another's file). Returns the folder and `file.secret`.
 fn root_only_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["top.txt", "secret.log"] {
+    for name in ["file.secret", "a.log", "b.txt"] {
         let p = dir.path().join(name);
         std::fs::write(&p, format!("{SECRET}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let p = dir.path().join("top.txt");
+    let p = dir.path().join("file.secret");
     (dir, p)
 }
 
@@ -121,7 +125,7 @@ async fn a_users_symlink_to_a_root_only_file_is_not_shipped_but_their_own_files_
         who,
         &logs,
         &format!(
-            "ln -s {secret} evil.log && ln -s {dir} evil && \
+            "ln -s {secret} evil.log && ln -s {dir} evil && ln -s {dir} lit && \
              printf 'own 0\\nown 1\\nown 2\\n' > own.log",
             secret = secret.display(),
             dir = secret_dir.path().display()
@@ -141,7 +145,9 @@ async fn a_users_symlink_to_a_root_only_file_is_not_shipped_but_their_own_files_
     assert!(
         wait_until(DEADLINE, || {
             let log = agent.log();
-            log.contains(&refused("evil.log")) && log.contains(&refused("evil"))
+            ["evil.log", "evil", "lit"]
+                .iter()
+                .all(|name| log.contains(&refused(name)))
         })
         .await,
         "both links refused, by name and owner:\n{}",
@@ -155,6 +161,8 @@ async fn a_users_symlink_to_a_root_only_file_is_not_shipped_but_their_own_files_
     let log = agent.log();
     assert_eq!(count(&log, &refused("evil.log")), 1, "{log}");
     assert_eq!(count(&log, &refused("evil")), 1, "{log}");
+    // Once per path: `lit/a.log` (deep) and `lit/b.txt` (literal).
+    assert_eq!(count(&log, &refused("lit")), 2, "{log}");
     assert!(
         log.contains("follow_symlinks = true"),
         "names the key: {log}"
@@ -174,7 +182,7 @@ async fn with_follow_symlinks_the_same_links_are_followed() {
         who,
         &logs,
         &format!(
-            "ln -s {secret} evil.log && ln -s {dir} evil",
+            "ln -s {secret} evil.log && ln -s {dir} evil && ln -s {dir} lit",
             secret = secret.display(),
             dir = secret_dir.path().display()
         ),
@@ -185,6 +193,9 @@ async fn with_follow_symlinks_the_same_links_are_followed() {
         .await;
     agent
         .assert_shipped_once(&loki, r#"{job="deep"}"#, &[SECRET.to_string()], DEADLINE)
+        .await;
+    agent
+        .assert_shipped_once(&loki, r#"{job="literal"}"#, &[SECRET.to_string()], DEADLINE)
         .await;
 }
 

@@ -571,6 +571,27 @@ mod tests {
     }
 
     #[test]
+    fn a_positions_file_over_the_cap_is_kept_aside_unread_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(POSITIONS_FILE);
+        File::create(&p)
+            .unwrap()
+            .set_len(MAX_POSITIONS_BYTES + 1)
+            .unwrap();
+        assert!(acknowledged_offsets(dir.path()).is_empty());
+        let (s, err) = CheckpointStore::load(dir.path());
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("is corrupt") && msg.contains("more than"),
+            "{msg}"
+        );
+        let kept = dir.path().join("positions.json.corrupt");
+        assert_eq!(fs::metadata(kept).unwrap().len(), MAX_POSITIONS_BYTES + 1);
+        s.save().unwrap();
+        assert!(CheckpointStore::load(dir.path()).1.is_none());
+    }
+
+    #[test]
     fn a_corrupt_positions_file_is_kept_aside_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(POSITIONS_FILE), b"{\"version\":1,\"fil").unwrap();

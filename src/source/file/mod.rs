@@ -551,8 +551,9 @@ impl Tailer {
                 }
             }
         }
-        self.unreadable
-            .retain(|p, _| problems.iter().any(|(q, _)| q == p));
+        let current: HashSet<&PathBuf> = problems.iter().map(|(p, _)| p).collect();
+        self.unreadable.retain(|p, _| current.contains(p));
+        drop(current);
         for (path, msg) in problems {
             if self.unreadable.get(&path) != Some(&msg) {
                 tracing::warn!("{msg}");
