@@ -197,8 +197,8 @@ impl CheckpointStore {
                 "{size} bytes, more than the {MAX_POSITIONS_BYTES} a checkpoint file may hold"
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (store, None),
-            // Not a regular file (a FIFO, a folder): set aside like a corrupt one.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(e.to_string()),
+            // Not a regular file either (a FIFO, a folder): unreadable, left in
+            // place; saving fails until it is gone, and says so.
             Err(source) => return (store, Some(LoadError::Read { path, source })),
         };
         let reason = match parsed {

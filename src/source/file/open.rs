@@ -277,7 +277,7 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> io::Result<Capped> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
+            io::ErrorKind::InvalidInput,
             format!("it is a {}, not a regular file", kind_of(&meta.file_type())),
         ));
     }
