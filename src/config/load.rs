@@ -483,6 +483,19 @@ mod tests {
     }
 
     #[test]
+    fn follow_symlinks_is_off_unless_set_and_must_be_a_boolean() {
+        let base = "[[files]]\nname = \"a\"\npaths = [\"/x/*.log\"]\n";
+        assert!(!parse(base).unwrap().files[0].follow_symlinks);
+        let on = parse(&format!("{base}follow_symlinks = true\n")).unwrap();
+        assert!(on.files[0].follow_symlinks);
+        let e = parse(&format!("{base}follow_symlinks = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4"), "{e}");
+        assert!(e.contains("`files[0].follow_symlinks`"), "{e}");
+    }
+
+    #[test]
     fn a_bad_duration_names_the_key_and_what_was_expected() {
         let e = parse("[[files]]\nname = \"a\"\npaths = [\"/x\"]\npoll_interval = \"soon\"\n")
             .unwrap_err()

@@ -410,6 +410,12 @@ pub struct FileConfig {
     pub labels: BTreeMap<String, String>,
     /// JSON fields promoted to labels (bounded by `agent.max_label_values`).
     pub label_fields: Vec<String>,
+    /// Follow a symlink (in the matched path, or the file itself) whose owner does
+    /// not own what it points at. Off by default: a root agent would otherwise ship
+    /// any file a local user links into a folder they own (`evil.log -> /etc/shadow`).
+    /// Links owned by root, and links to a file or folder their owner owns, are
+    /// followed either way.
+    pub follow_symlinks: bool,
     /// The built-in entry for `exec` captures: each file's `job` and labels come
     /// from its sidecar (see `source::exec`), not from this entry. Not a key.
     #[serde(skip)]
@@ -431,6 +437,7 @@ impl Default for FileConfig {
             multiline_max_lines: 500,
             labels: BTreeMap::new(),
             label_fields: Vec::new(),
+            follow_symlinks: false,
             exec_captures: false,
         }
     }

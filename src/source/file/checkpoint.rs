@@ -24,6 +24,11 @@ use crate::spool::ResumeState;
 /// The checkpoint file's name under `state_dir`.
 pub const POSITIONS_FILE: &str = "positions.json";
 
+/// A checkpoint file larger than this is treated as corrupt (kept aside, rebuilt)
+/// without being read: a few hundred bytes per file, so this is tens of thousands
+/// of files, and a sparse or runaway file cannot make the agent load gigabytes.
+pub(crate) const MAX_POSITIONS_BYTES: u64 = 16 << 20;
+
 /// The format version written; a file of another version is set aside and rebuilt.
 const VERSION: u32 = 1;
 
@@ -144,8 +149,12 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
 /// `<state_dir>/positions.json` says now. Never modifies anything, so another
 /// process (`exec`) may call it while the daemon runs; an unreadable file is empty.
 pub(crate) fn acknowledged_offsets(state_dir: &Path) -> HashMap<FileId, u64> {
-    fs::read(state_dir.join(POSITIONS_FILE))
-        .ok()
+    let bytes = match super::open::read_capped(&state_dir.join(POSITIONS_FILE), MAX_POSITIONS_BYTES)
+    {
+        Ok(super::open::Capped::Bytes(b)) => Some(b),
+        _ => None,
+    };
+    bytes
         .and_then(|bytes| serde_json::from_slice::<PositionsFile>(&bytes).ok())
         .filter(|f| f.version == VERSION)
         .map(|f| f.files.iter().map(|c| (c.id(), c.offset)).collect())
@@ -186,12 +195,19 @@ impl CheckpointStore {
             entries: HashMap::new(),
             followed_paths: HashSet::new(),
         };
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let parsed = match super::open::read_capped(&path, MAX_POSITIONS_BYTES) {
+            Ok(super::open::Capped::Bytes(bytes)) => {
+                serde_json::from_slice::<PositionsFile>(&bytes).map_err(|e| e.to_string())
+            }
+            Ok(super::open::Capped::TooLarge(size)) => Err(format!(
+                "{size} bytes, more than the {MAX_POSITIONS_BYTES} a checkpoint file may hold"
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (store, None),
+            // Not a regular file either (a FIFO, a folder): unreadable, left in
+            // place; saving fails until it is gone, and says so.
             Err(source) => return (store, Some(LoadError::Read { path, source })),
         };
-        let reason = match serde_json::from_slice::<PositionsFile>(&bytes) {
+        let reason = match parsed {
             Ok(f) if f.version == VERSION => {
                 for c in f.files {
                     store.followed_paths.insert(c.path.clone());
@@ -200,7 +216,7 @@ impl CheckpointStore {
                 return (store, None);
             }
             Ok(f) => format!("unknown version {}", f.version),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         let kept = state_dir.join(format!("{POSITIONS_FILE}.corrupt"));
         // Best effort: if even the rename fails, the next save overwrites the file.
@@ -572,6 +588,27 @@ mod tests {
         let (s2, err) = CheckpointStore::load(dir.path());
         assert!(err.is_none());
         assert_eq!(s2.get(id(5)).map(|c| c.offset), Some(42));
+    }
+
+    #[test]
+    fn a_positions_file_over_the_cap_is_kept_aside_unread_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(POSITIONS_FILE);
+        File::create(&p)
+            .unwrap()
+            .set_len(MAX_POSITIONS_BYTES + 1)
+            .unwrap();
+        assert!(acknowledged_offsets(dir.path()).is_empty());
+        let (s, err) = CheckpointStore::load(dir.path());
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("is corrupt") && msg.contains("more than"),
+            "{msg}"
+        );
+        let kept = dir.path().join("positions.json.corrupt");
+        assert_eq!(fs::metadata(kept).unwrap().len(), MAX_POSITIONS_BYTES + 1);
+        s.save().unwrap();
+        assert!(CheckpointStore::load(dir.path()).1.is_none());
     }
 
     #[test]

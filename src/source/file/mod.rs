@@ -23,6 +23,11 @@
 //!   `app.log*`): a new file whose first bytes are those of a followed or just
 //!   truncated file is read on from where the original was read up to.
 //!
+//! - what the globs match is opened through [`open`]: regular files only, never
+//!   blocking (a FIFO is skipped, not waited on), symlinks followed only when
+//!   their owner owns the target or root owns them (or `follow_symlinks = true`);
+//!   a path that cannot be checked for a moment is not taken for a rotation.
+//!
 //! Reading is plain blocking I/O on the tailer's task: reads of local files do not
 //! block for long, and one task keeps the order of events simple. The poll runs at
 //! the smallest `poll_interval` of the entries.
@@ -33,11 +38,11 @@
 
 mod checkpoint;
 mod fingerprint;
+mod open;
 mod reader;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,6 +60,7 @@ use crate::spool::ResumeState;
 
 use checkpoint::{CheckpointStore, Known, SharedCommits};
 use fingerprint::{FileId, Fingerprint};
+use open::Opened;
 use reader::{FileState, LineLimits, OpenFile, Tailed};
 use watcher::DirWatcher;
 
@@ -356,8 +362,11 @@ struct Tailer {
     /// Batches read and not yet sent: a few at most, as reading stops while one waits.
     out: VecDeque<SourceBatch>,
     poll_interval: Duration,
-    /// Paths whose open failed, reported once.
-    unreadable: HashSet<PathBuf>,
+    /// Matched paths not tailed now (unreadable, refused, not regular files), with
+    /// the message logged for each: logged once, again only if it changes. Holds
+    /// only the paths of the last scan's problems, so it stays as small as the
+    /// globs' matches.
+    unreadable: HashMap<PathBuf, String>,
     /// A new file was left for a later scan (see [`Copy::Undecided`]): writes
     /// that events report then call for a rescan too.
     undecided: bool,
@@ -444,7 +453,7 @@ impl Tailer {
             chunk: vec![0; reader::CHUNK_BYTES],
             out: VecDeque::new(),
             poll_interval,
-            unreadable: HashSet::new(),
+            unreadable: HashMap::new(),
             truncated: Vec::new(),
             undecided: false,
             marker_source: Arc::new(SourceInfo {
@@ -459,36 +468,119 @@ impl Tailer {
     }
 
     /// Matches the globs: opens files not followed yet, and starts draining the
-    /// followed files no pattern matches any more (renamed away or deleted).
+    /// followed files no pattern matches any more (renamed away or deleted). A
+    /// followed file the globs miss but whose path still names it, or cannot be
+    /// checked for now (a folder the agent cannot search or list, no file
+    /// descriptors left), is not taken for rotated: it is followed on through its
+    /// descriptor and its checkpoint kept.
     fn scan(&mut self, startup: bool) {
         self.undecided = false;
         self.watcher.watch_roots(&self.roots);
         let mut seen = HashSet::new();
         let mut found = Vec::new();
+        let mut problems: Vec<(PathBuf, String)> = Vec::new();
         for (ei, entry) in self.entries.iter().enumerate() {
             for pattern in &entry.config.paths {
                 let Ok(paths) = glob::glob(pattern) else {
                     continue;
                 };
-                for path in paths.flatten() {
-                    let Ok(meta) = std::fs::metadata(&path) else {
-                        continue;
+                for path in paths {
+                    let path = match path {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let msg = format!(
+                                "cannot list {} for {pattern:?}: {}; files there are not \
+                                 found until it can",
+                                e.path().display(),
+                                open::describe(e.error())
+                            );
+                            problems.push((e.path().to_path_buf(), msg));
+                            continue;
+                        }
+                    };
+                    let meta = match std::fs::metadata(&path) {
+                        Ok(m) => m,
+                        Err(e) if open::is_gone(&e) => continue,
+                        Err(e) => {
+                            let msg = format!(
+                                "cannot check {}: {}; skipping it for now",
+                                path.display(),
+                                open::describe(&e)
+                            );
+                            problems.push((path, msg));
+                            continue;
+                        }
                     };
                     if !meta.is_file() {
+                        // `*` matching a folder is ordinary; anything else is noted.
+                        if !meta.is_dir() {
+                            let msg = open::Refused::NotRegular {
+                                kind: open::kind_of(&meta.file_type()),
+                            }
+                            .message(&path);
+                            problems.push((path, msg));
+                        }
                         continue;
                     }
                     let id = FileId::of(&meta);
-                    // The first entry to match a file owns it.
-                    if seen.insert(id) {
-                        found.push((ei, path, id));
+                    if seen.contains(&id) {
+                        continue;
+                    }
+                    if self.by_id.contains_key(&id) {
+                        seen.insert(id);
+                        found.push((ei, path, id, None));
+                        continue;
+                    }
+                    // Opened here, through the symlink policy, so that a path the
+                    // policy refuses never claims the file for its entry (a link
+                    // to a file another entry tails must not hide it from that one).
+                    match open::open_file(&path, entry.config.follow_symlinks) {
+                        Ok(opened) => {
+                            // The path may have changed hands since the stat: the
+                            // open descriptor is what counts.
+                            let id = FileId::of(&opened.meta);
+                            if seen.insert(id) {
+                                found.push((ei, path, id, Some(opened)));
+                            }
+                        }
+                        Err(r) => {
+                            let msg = r.message(&path);
+                            problems.push((path, msg));
+                        }
                     }
                 }
+            }
+        }
+        let current: HashSet<&PathBuf> = problems.iter().map(|(p, _)| p).collect();
+        self.unreadable.retain(|p, _| current.contains(p));
+        drop(current);
+        for (path, msg) in problems {
+            if self.unreadable.get(&path) != Some(&msg) {
+                tracing::warn!("{msg}");
+                self.unreadable.insert(path, msg);
             }
         }
         let now = Instant::now();
         for t in self.files.values_mut() {
             if t.state == FileState::Following && !seen.contains(&t.id) {
                 let deleted = t.is_deleted();
+                if !deleted {
+                    match std::fs::metadata(&t.path) {
+                        // Still there: the glob missed it (a folder it could not
+                        // list).
+                        Ok(m) if FileId::of(&m) == t.id => continue,
+                        Err(e) if !open::is_gone(&e) => {
+                            t.report_error(format!(
+                                "cannot check {}: {}; still following it through its open \
+                                 descriptor, its checkpoint kept",
+                                t.path.display(),
+                                open::describe(&e)
+                            ));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 if deleted {
                     tracing::info!("{} was deleted: reading it to its end", t.path.display());
                     self.counters.deletions.fetch_add(1, Ordering::Relaxed);
@@ -504,46 +596,40 @@ impl Tailer {
         }
         // Files with a checkpoint first: one found truncated since tells a copy
         // of it (`copytruncate`) among the new ones, whatever their names.
-        found.sort_by_key(|(_, _, id)| !self.store.knows(*id));
-        for (ei, path, id) in found {
+        found.sort_by_key(|(_, _, id, _)| !self.store.knows(*id));
+        for (ei, path, id, opened) in found {
             if let Some(t) = self.by_id.get(&id).and_then(|s| self.files.get_mut(s)) {
                 if t.path != path {
-                    tracing::info!(
-                        "{} was rotated to {}: following it there",
-                        t.path.display(),
-                        path.display()
-                    );
-                    self.counters.rotations.fetch_add(1, Ordering::Relaxed);
-                    t.path = path;
+                    // A new name for a followed file counts only if the file could
+                    // be opened there: a refused symlink to it is not a rotation.
+                    let follow = self.entries[ei].config.follow_symlinks;
+                    if open::open_file(&path, follow).is_ok_and(|o| FileId::of(&o.meta) == id) {
+                        tracing::info!(
+                            "{} was rotated to {}: following it there",
+                            t.path.display(),
+                            path.display()
+                        );
+                        self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+                        t.path = path;
+                    }
                 }
                 t.state = FileState::Following;
                 continue;
             }
-            self.open(ei, path, startup);
+            if let Some(opened) = opened {
+                self.open(ei, path, opened, startup);
+            }
         }
     }
 
     /// Starts following a file; where from, the checkpoint store decides, else
     /// `start_at` (at startup) or the file's start (a file that appeared later).
-    fn open(&mut self, ei: usize, path: PathBuf, startup: bool) {
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                if self.unreadable.insert(path.clone()) {
-                    tracing::warn!("cannot open {}: {e}; skipping it", path.display());
-                }
-                return;
-            }
-        };
-        // The path may have changed hands since the glob saw it: trust the open file.
-        let Ok(meta) = file.metadata() else {
-            return;
-        };
+    fn open(&mut self, ei: usize, path: PathBuf, opened: Opened, startup: bool) {
+        let Opened { file, meta } = opened;
         let id = FileId::of(&meta);
-        if !meta.is_file() || self.by_id.contains_key(&id) {
+        if self.by_id.contains_key(&id) {
             return;
         }
-        self.unreadable.remove(&path);
         let size = meta.len();
         let fingerprint = match Fingerprint::of_file(&file) {
             Ok(f) => f,
@@ -555,9 +641,13 @@ impl Tailer {
         let known = self.store.lookup(id, &path, &file);
         // A new file may be a copy of a followed one, or of one found truncated
         // (`copytruncate`), at startup too: the copy may have been made while
-        // the agent was away, or just before it stopped.
+        // the agent was away, or just before it stopped. At startup only a
+        // whole fingerprint counts: a short file like another is not held back
+        // waiting to tell.
         let copy_of = match known {
-            Known::New | Known::Replaced => self.copy_of(id, fingerprint),
+            Known::New | Known::Replaced if !startup || fingerprint.is_complete() => {
+                self.copy_of(id, fingerprint)
+            }
             _ => Copy::No,
         };
         let entry = &self.entries[ei];
@@ -718,7 +808,11 @@ impl Tailer {
                 match t.check_truncated(false, &self.counters, &mut self.out) {
                     Ok(before) => Self::note_truncation(&mut self.truncated, seq, before),
                     Err(e) => {
-                        t.report_error(format!("cannot stat {}: {e}", t.path.display()));
+                        t.report_error(format!(
+                            "cannot stat {}: {}",
+                            t.path.display(),
+                            open::describe(&e)
+                        ));
                         break;
                     }
                 }
@@ -730,7 +824,11 @@ impl Tailer {
                 ) {
                     Ok(n) => n,
                     Err(e) => {
-                        t.report_error(format!("cannot read {}: {e}", t.path.display()));
+                        t.report_error(format!(
+                            "cannot read {}: {}",
+                            t.path.display(),
+                            open::describe(&e)
+                        ));
                         break;
                     }
                 };
@@ -833,7 +931,11 @@ impl Tailer {
         for (seq, t) in self.files.iter_mut() {
             match t.check_truncated(true, &self.counters, &mut self.out) {
                 Ok(before) => Self::note_truncation(&mut self.truncated, *seq, before),
-                Err(e) => t.report_error(format!("cannot check {}: {e}", t.path.display())),
+                Err(e) => t.report_error(format!(
+                    "cannot check {}: {}",
+                    t.path.display(),
+                    open::describe(&e)
+                )),
             }
         }
     }

@@ -151,10 +151,11 @@ impl Tailed {
         self.file.metadata().map(|m| m.len())
     }
 
-    /// Whether the file has been unlinked (its descriptor is all that is left).
+    /// Whether the file has been unlinked (its descriptor is all that is left). A
+    /// failing `fstat` proves nothing: the caller then checks the path.
     pub(crate) fn is_deleted(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true)
+        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 
     /// Reads what is new, up to about `budget` bytes; stops early once a full batch

@@ -1,0 +1,350 @@
+//! Opening what a glob matched without letting a local user turn a root agent
+//! against the VM.
+//!
+//! Promises:
+//! - only regular files are tailed: the last component is opened `O_NONBLOCK |
+//!   O_NOCTTY | O_CLOEXEC | O_NOFOLLOW` and checked with `fstat` on the opened
+//!   descriptor, so a FIFO never blocks the tailer (a non-blocking open of a FIFO
+//!   for reading returns at once) and a FIFO, socket, device or directory swapped in
+//!   after the glob's `stat` is still refused;
+//! - every symlink on the path is checked, the literal part of the pattern and the
+//!   part the glob expanded alike (a user who owns `/tmp/alloy` can replace
+//!   `/tmp/alloy/logs` by a link as easily as add `evil.log`): the path is walked
+//!   one component at a time with `openat(O_PATH | O_NOFOLLOW)` from the descriptor
+//!   of the folder before it, and a symlink is followed only when root owns it, when
+//!   its owner owns what it resolves to, or when the entry says `follow_symlinks =
+//!   true`. Owners are read with `fstat` on descriptors, and each link is read
+//!   through the descriptor that was checked (`readlinkat(fd, "")`), so swapping a
+//!   link or a folder between the check and the open changes nothing: there is no
+//!   window between them;
+//! - metadata files are read with a size cap ([`read_capped`]), never whole.
+//!
+//! Cost: two system calls per path component, paid only when a path is opened (a
+//! file not followed yet), not at every poll.
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+
+/// Symlinks followed on one path, at most (the kernel's own limit).
+const MAX_HOPS: u32 = 40;
+
+/// How the file itself is opened: never blocking, never a controlling terminal,
+/// never inherited by `exec` children, never through a symlink (links are
+/// resolved by the walk, which checks them).
+fn read_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NOFOLLOW
+}
+
+/// How folders and links on the way are opened: a handle only, no read access
+/// needed, the link itself rather than its target.
+fn path_flags() -> OFlags {
+    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// A regular file, open for reading.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub file: File,
+    pub meta: Metadata,
+}
+
+/// Why a matched path is not tailed.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// A FIFO, socket, device or directory.
+    NotRegular {
+        kind: &'static str,
+    },
+    /// A symlink whose owner does not own its target.
+    Symlink {
+        link: PathBuf,
+        link_uid: u32,
+        target_uid: u32,
+    },
+    Io(io::Error),
+}
+
+impl From<Errno> for Refused {
+    fn from(e: Errno) -> Self {
+        Self::Io(e.into())
+    }
+}
+
+impl Refused {
+    /// The message logged (once) for `path`, with what would make it readable.
+    pub(crate) fn message(&self, path: &Path) -> String {
+        match self {
+            Self::NotRegular { kind } => format!(
+                "skipping {}: it is a {kind}, and only regular files are tailed",
+                path.display()
+            ),
+            Self::Symlink {
+                link,
+                link_uid,
+                target_uid,
+            } => format!(
+                "skipping {}: symlink {} is owned by uid {link_uid} but what it points at \
+                 by uid {target_uid}, so it is not followed; set follow_symlinks = true in \
+                 this [[files]] entry to follow it anyway",
+                path.display(),
+                link.display()
+            ),
+            Self::Io(e) => format!(
+                "cannot open {}: {}; skipping it",
+                path.display(),
+                describe(e)
+            ),
+        }
+    }
+}
+
+/// An I/O error with its errno's name and what it usually means here.
+pub(crate) fn describe(e: &io::Error) -> String {
+    let hint = match e.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::ACCESS) => {
+            "EACCES: the agent's user may not read it or search a folder above it"
+        }
+        Some(Errno::PERM) => "EPERM: refused by the kernel or a security module",
+        Some(Errno::LOOP) => "ELOOP: too many symlinks, or a symlink where none is followed",
+        Some(Errno::MFILE) => "EMFILE: the agent has too many open files; raise its LimitNOFILE",
+        Some(Errno::NFILE) => "ENFILE: the system's open file table is full",
+        Some(Errno::NXIO) => "ENXIO: a socket or a device without a driver",
+        _ => return e.to_string(),
+    };
+    format!("{e} ({hint})")
+}
+
+/// Whether an error means the path is gone (rather than unreadable for now).
+pub(crate) fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error())
+}
+
+/// Opens `path` for reading if it is a regular file reached through symlinks the
+/// policy allows (see the module docs); `follow_any` is the entry's
+/// `follow_symlinks`.
+pub(crate) fn open_file(path: &Path, follow_any: bool) -> Result<Opened, Refused> {
+    let start = rustix::fs::openat(CWD, ".", path_flags() | OFlags::DIRECTORY, Mode::empty())?;
+    let mut walk = Walk {
+        follow_any,
+        hops: 0,
+    };
+    let fd = walk.resolve(start, PathBuf::new(), path, true)?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(Refused::Io)?;
+    if !meta.is_file() {
+        return Err(Refused::NotRegular {
+            kind: kind_of(&meta.file_type()),
+        });
+    }
+    Ok(Opened { file, meta })
+}
+
+/// What a non-regular file is, for a message.
+pub(crate) fn kind_of(t: &std::fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symlink"
+    } else {
+        "special file"
+    }
+}
+
+struct Walk {
+    follow_any: bool,
+    hops: u32,
+}
+
+impl Walk {
+    /// Resolves `path` from the folder `dir` (shown as `at` in messages), checking
+    /// every symlink on the way. The last component is opened for reading when
+    /// `read_last`, else as a handle (a link's target that the walk goes on from).
+    fn resolve(
+        &mut self,
+        mut dir: OwnedFd,
+        mut at: PathBuf,
+        path: &Path,
+        read_last: bool,
+    ) -> Result<OwnedFd, Refused> {
+        let comps: Vec<Component<'_>> = path.components().collect();
+        if comps.is_empty() {
+            return Err(Errno::NOENT.into());
+        }
+        for (i, c) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            let name: &OsStr = match c {
+                Component::RootDir => {
+                    dir = rustix::fs::openat(
+                        CWD,
+                        "/",
+                        path_flags() | OFlags::DIRECTORY,
+                        Mode::empty(),
+                    )?;
+                    at = PathBuf::from("/");
+                    if !last {
+                        continue;
+                    }
+                    OsStr::new(".")
+                }
+                Component::CurDir if !last => continue,
+                Component::CurDir => OsStr::new("."),
+                Component::ParentDir => OsStr::new(".."),
+                Component::Normal(n) => n,
+                Component::Prefix(_) => continue,
+            };
+            at.push(name);
+            let fd = if last && read_last {
+                match rustix::fs::openat(&dir, name, read_flags(), Mode::empty()) {
+                    // O_NOFOLLOW: not a symlink, this is the file.
+                    Ok(fd) => return Ok(fd),
+                    // A symlink: resolved and checked below.
+                    Err(Errno::LOOP) => {
+                        rustix::fs::openat(&dir, name, path_flags(), Mode::empty())?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                rustix::fs::openat(&dir, name, path_flags(), Mode::empty())?
+            };
+            let st = rustix::fs::fstat(&fd)?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                if last {
+                    return Ok(fd);
+                }
+                dir = fd;
+                continue;
+            }
+            self.hops += 1;
+            if self.hops > MAX_HOPS {
+                return Err(Errno::LOOP.into());
+            }
+            // Read through the descriptor just checked: the link that was fstat'ed
+            // is the one followed, whatever happens to the path meanwhile.
+            let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+            let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+            let mut from = at.clone();
+            from.pop();
+            let parent = dir.try_clone().map_err(Refused::Io)?;
+            let resolved = self.resolve(parent, from, &target, last && read_last)?;
+            let target_uid = rustix::fs::fstat(&resolved)?.st_uid;
+            let link_uid = st.st_uid;
+            if !(self.follow_any || link_uid == 0 || link_uid == target_uid) {
+                return Err(Refused::Symlink {
+                    link: at,
+                    link_uid,
+                    target_uid,
+                });
+            }
+            if last {
+                return Ok(resolved);
+            }
+            dir = resolved;
+        }
+        // The last component was a `..` or `.` handled above: unreachable, but
+        // an error is a safe answer.
+        Err(Errno::NOENT.into())
+    }
+}
+
+/// What [`read_capped`] found.
+#[derive(Debug)]
+pub(crate) enum Capped {
+    Bytes(Vec<u8>),
+    /// Larger than the cap (its size, or what was read before giving up).
+    TooLarge(u64),
+}
+
+/// Reads a metadata file of at most `cap` bytes, opened like a tailed file (never
+/// blocking, regular files only). A larger one is not read at all: a sparse
+/// 1 GiB `positions.json` costs a `stat`, not a gigabyte of memory.
+pub(crate) fn read_capped(path: &Path, cap: u64) -> io::Result<Capped> {
+    let fd = rustix::fs::openat(CWD, path, read_flags(), Mode::empty())?;
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is a {}, not a regular file", kind_of(&meta.file_type())),
+        ));
+    }
+    if meta.len() > cap {
+        return Ok(Capped::TooLarge(meta.len()));
+    }
+    // The file may grow while it is read: take at most one byte past the cap.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Ok(Capped::TooLarge(bytes.len() as u64));
+    }
+    Ok(Capped::Bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pipe.log");
+        rustix::fs::mkfifoat(CWD, &p, Mode::from_raw_mode(0o600)).unwrap();
+        match open_file(&p, false) {
+            Err(Refused::NotRegular { kind }) => assert_eq!(kind, "FIFO"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn own_symlinks_to_files_and_folders_are_followed() {
+        // Run as any user: the links and their targets share an owner.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/a.log"), b"x\n").unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("via")).unwrap();
+        std::os::unix::fs::symlink("../real/a.log", dir.path().join("real/b.log")).unwrap();
+        let a = open_file(&dir.path().join("via/a.log"), false).unwrap();
+        let b = open_file(&dir.path().join("via/b.log"), false).unwrap();
+        assert_eq!(a.meta.len(), 2);
+        assert_eq!(b.meta.len(), 2);
+        let rel = open_file(&dir.path().join("real/./../real/a.log"), false).unwrap();
+        assert_eq!(rel.meta.len(), 2);
+    }
+
+    #[test]
+    fn a_symlink_loop_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("b", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("b")).unwrap();
+        match open_file(&dir.path().join("a"), false) {
+            Err(Refused::Io(e)) => assert_eq!(e.raw_os_error(), Some(Errno::LOOP.raw_os_error())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        assert!(matches!(
+            read_capped(&p, 1 << 20).unwrap(),
+            Capped::TooLarge(_)
+        ));
+        std::fs::write(&p, b"{}").unwrap();
+        assert!(matches!(read_capped(&p, 1 << 20).unwrap(), Capped::Bytes(b) if b == b"{}"));
+    }
+}
