@@ -180,14 +180,12 @@ async fn a_loki_still_down_at_the_restart_is_waited_for_then_checked() {
 
     loki.set_mode(Mode::Normal);
     loki.stop().await;
-    let since = std::fs::read_to_string(setup.stderr_path())
-        .unwrap_or_default()
-        .len();
     let agent = setup.start();
     let addr = agent.admin_addr().await;
     assert!(
-        wait_until(DEADLINE, || agent.log()[since..]
-            .contains("to check which records of the push in flight"))
+        wait_until(DEADLINE, || agent.own_log().contains(
+            "which records of the push in flight when the agent stopped it already has"
+        ))
         .await,
         "{}",
         agent.log()

@@ -52,17 +52,14 @@ pub enum CheckError {
 }
 
 impl CheckError {
-    /// No connection to Loki could be made: a push could not go either, so the
-    /// caller waits and checks again rather than sending unchecked.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, CheckError::Query(QueryError::Unreachable(_)))
-    }
-
     /// Asking again will not help (no read access, no query path, an answer of
-    /// another shape), as opposed to a query that timed out or failed on the way.
+    /// another shape), as opposed to a query that could not connect, timed out,
+    /// or failed on the way or with a 5xx/429.
     pub fn is_lasting(&self) -> bool {
         match self {
-            CheckError::Query(QueryError::Status { status, .. }) => (400..500).contains(status),
+            CheckError::Query(QueryError::Status { status, .. }) => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
             CheckError::Query(_) | CheckError::TimedOut(_) => false,
             CheckError::Parse(_) | CheckError::Stuck { .. } | CheckError::NoQueryUrl => true,
         }

@@ -430,14 +430,15 @@ async fn without_stored(
                         .collect(),
                 );
             }
-            Err(e) if e.is_unreachable() => {
-                // A push could not go either: wait for Loki as a push would.
+            Err(e) if !e.is_lasting() => {
+                // Loki is away, slow or failing (a push would be retried too):
+                // wait and ask again, rather than send what it may hold.
                 sink.health.report_failure();
                 let delay = backoff.next_delay();
                 if backoff.attempts() <= 1 {
                     tracing::warn!(
-                        "cannot reach loki at {} to check which records of {} it already has \
-                         ({e}); waiting for it, lines wait in the buffer",
+                        "cannot ask loki at {} which records of {} it already has ({e}); \
+                         asking again with backoff, lines wait in the buffer",
                         redact_url(&url),
                         why.what()
                     );
@@ -448,9 +449,9 @@ async fn without_stored(
                 }
             }
             Err(e) => {
-                // Only a lasting failure stops the checks; a query that timed
-                // out costs this push its check, not the next one's.
-                in_flight.unchecked = e.is_lasting();
+                // Asking again would not help (no read access, no query path):
+                // no more checks this run.
+                in_flight.unchecked = true;
                 sink.counters
                     .records_possibly_duplicated
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -458,15 +459,10 @@ async fn without_stored(
                     "cannot check which of the {} records of {} loki at {} already has: {e}; \
                      sending them all, so those it had are stored twice (counted in \
                      wisp_loki_records_possibly_duplicated_total); the check needs read access \
-                     to the query api with the push's credentials{}",
+                     to the query api with the push's credentials; not checking again",
                     records.len(),
                     why.what(),
-                    redact_url(&url),
-                    if in_flight.unchecked {
-                        "; not checking again"
-                    } else {
-                        ""
-                    }
+                    redact_url(&url)
                 );
                 return Some(records);
             }
