@@ -260,6 +260,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             spool_batches(batch_rx, writer, &agent_health, cancel, runtime)
         })
     };
+    crate::notify::ready_until(&cancel);
 
     let tailed = tail.await.context("the file tailer stopped")?;
     let _ = stage.await;
@@ -356,6 +357,7 @@ async fn run_otlp_only(
         health: Arc::default(),
     };
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;
