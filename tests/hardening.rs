@@ -24,8 +24,8 @@ fn unit() -> String {
 /// The value of `key=` in the unit (the last one wins, as in systemd).
 fn setting(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().to_string())
 }
 

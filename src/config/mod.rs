@@ -470,16 +470,22 @@ pub fn redact_url(url: &str) -> String {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     match authority.rfind('@') {
-        Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or("");
-            format!(
-                "{}{}:<redacted>@{}",
-                &url[..scheme_end + 3],
-                user,
-                &rest[at + 1..]
-            )
-        }
+        Some(at) => format!(
+            "{}{}@{}",
+            &url[..scheme_end + 3],
+            redact_userinfo(&authority[..at]),
+            &rest[at + 1..]
+        ),
         None => url.to_string(),
+    }
+}
+
+/// `user:password` keeps the user; a lone `user` may itself be a token (as
+/// `https://TOKEN@host` is written), so it goes whole.
+fn redact_userinfo(userinfo: &str) -> String {
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => "<redacted>".to_string(),
     }
 }
 
@@ -504,9 +510,8 @@ pub fn redact_text(text: &str) -> String {
         out.push_str(&rest[..i + 3]);
         match authority.rfind('@') {
             Some(at) => {
-                let user = authority[..at].split(':').next().unwrap_or("");
-                out.push_str(user);
-                out.push_str(":<redacted>@");
+                out.push_str(&redact_userinfo(&authority[..at]));
+                out.push('@');
                 out.push_str(&authority[at + 1..]);
             }
             None => out.push_str(authority),
@@ -530,7 +535,7 @@ mod tests {
         assert_eq!(redact_text("no url here"), "no url here");
         assert_eq!(
             redact_text("\"http://tok@h:2?q=1\""),
-            "\"http://tok:<redacted>@h:2?q=1\""
+            "\"http://<redacted>@h:2?q=1\""
         );
         assert_eq!(redact_url("http://u:pw@h?x=@"), "http://u:<redacted>@h?x=@");
     }
@@ -563,5 +568,6 @@ mod tests {
             "http://u:<redacted>@h:3100/loki"
         );
         assert_eq!(redact_url("http://h:3100/loki"), "http://h:3100/loki");
+        assert_eq!(redact_url("https://tok3n@h/x"), "https://<redacted>@h/x");
     }
 }
