@@ -125,6 +125,7 @@ fn log_discovery(d: &Discovery) {
     for c in &d.candidates {
         let resolved = match &c.resolution {
             Resolution::Failed { reason } => {
+                let reason = config::redact_text(reason);
                 tracing::debug!(candidate = %c.name, "{reason}");
                 continue;
             }

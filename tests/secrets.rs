@@ -27,6 +27,8 @@ struct Secrets {
     config: std::path::PathBuf,
     loki_url: String,
     otlp_endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`; gRPC when unset.
+    otlp_protocol: Option<&'static str>,
 }
 
 impl Secrets {
@@ -54,6 +56,7 @@ impl Secrets {
             config,
             loki_url: format!("http://user:{PASSWORD}@127.0.0.1:{loki_port}"),
             otlp_endpoint: format!("http://u:{PASSWORD}@127.0.0.1:{otlp_port}"),
+            otlp_protocol: None,
         }
     }
 
@@ -69,6 +72,9 @@ impl Secrets {
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 format!("authorization=Bearer {TOKEN}"),
             );
+        if let Some(p) = self.otlp_protocol {
+            cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", p);
+        }
         cmd
     }
 
@@ -137,6 +143,18 @@ async fn run_against_failing_sinks_logs_no_credentials() {
     assert!(log.contains("user:<redacted>@127.0.0.1"), "{log}");
     assert!(log.contains("u:<redacted>@127.0.0.1"), "{log}");
     assert!(loki.pushes() > 0 && collector.exports() > 0, "{log}");
+}
+
+#[tokio::test]
+async fn run_against_a_failing_otlp_http_collector_logs_no_credentials() {
+    let collector = OtlpReceiver::start().await;
+    collector.set_unavailable(true);
+    let mut s = Secrets::new(free_port(), collector.http_addr().port());
+    s.otlp_protocol = Some("http/protobuf");
+    let log = s.run_until_failures_logged().await;
+    assert_no_secret("run's log", &log);
+    assert!(log.contains("u:<redacted>@127.0.0.1"), "{log}");
+    assert!(collector.exports() > 0, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
