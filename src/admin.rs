@@ -413,7 +413,12 @@ fn render(s: &Sources, proc: &dyn Proc) -> String {
     if let Some(c) = chosen {
         e.labelled(
             "wisp_host_info",
-            &[("candidate", &c.name), ("host", &c.address.to_string())],
+            // A candidate is a name or an address as configured; should one be
+            // written as a URL with credentials, they stay out of the scrape.
+            &[
+                ("candidate", &crate::config::redact_text(&c.name)),
+                ("host", &c.address.to_string()),
+            ],
             1.0,
         );
     }

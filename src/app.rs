@@ -55,16 +55,36 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     let path = cli.config.as_deref();
     match cli.command {
         Command::Exec(args) => exec(path, args),
-        Command::Config(ConfigCommand::Check) => config_check(&config::load(path, &ProcessEnv)?),
+        Command::Config(ConfigCommand::Check) => {
+            let loaded = config::load(path, &ProcessEnv)?;
+            preflight(&loaded)?;
+            config_check(&loaded)
+        }
         Command::Run(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
             runtime()?.block_on(run(loaded, args))
         }
         Command::Probe(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
+            preflight(&loaded)?;
             runtime()?.block_on(probe(loaded, args))
         }
     }
+}
+
+/// What `run` would refuse at start, found without starting: both sinks off, an
+/// unusable state directory (nothing is created), a credential or CA file that
+/// cannot be read. `config check` and `probe` exit 2 on these, as `run` does.
+fn preflight(loaded: &Loaded) -> Result<()> {
+    let config = &loaded.config;
+    let origin = loaded.origin.to_string();
+    config.check_sinks(&origin)?;
+    let (state_dir, _) = config.resolve_state_dir(&ProcessEnv);
+    config::check_state_dir(&state_dir, &origin, false)?;
+    if config.loki.enabled {
+        crate::sink::loki::LokiClient::new(&config.loki)?;
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -105,6 +125,7 @@ fn log_discovery(d: &Discovery) {
     for c in &d.candidates {
         let resolved = match &c.resolution {
             Resolution::Failed { reason } => {
+                let reason = config::redact_text(reason);
                 tracing::debug!(candidate = %c.name, "{reason}");
                 continue;
             }

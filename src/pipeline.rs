@@ -152,22 +152,13 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// fires; then drains both (see [`DRAIN_GRACE`]) and returns.
 pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
     let config = loaded.config;
-    if !config.loki.enabled && !config.otlp.enabled {
-        anyhow::bail!(
-            "loki.enabled = false and otlp.enabled = false: nothing would be shipped; \
-             enable [loki] (file logs) or [otlp] (the local OTLP relay), or use `run --dry-run`"
-        );
-    }
+    let origin = loaded.origin.to_string();
+    config.check_sinks(&origin)?;
     let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
     if let Some(note) = note {
         tracing::warn!("{note}");
     }
-    std::fs::create_dir_all(&state_dir).with_context(|| {
-        format!(
-            "cannot create the state directory {} (set agent.state_dir to a writable place)",
-            state_dir.display()
-        )
-    })?;
+    crate::config::check_state_dir(&state_dir, &origin, true)?;
     let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
     // The OTLP relay (receivers → its own spool → exporter); the two spools
     // share `buffer.max_bytes` half and half when both run.
@@ -269,6 +260,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             spool_batches(batch_rx, writer, &agent_health, cancel, runtime)
         })
     };
+    crate::notify::ready_until(&cancel);
 
     let tailed = tail.await.context("the file tailer stopped")?;
     let _ = stage.await;
@@ -365,6 +357,7 @@ async fn run_otlp_only(
         health: Arc::default(),
     };
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
     if let Some(otlp) = otlp {
         otlp.finish(DRAIN_GRACE).await;

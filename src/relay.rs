@@ -84,7 +84,7 @@ impl OtlpRelay {
                 .context("the otlp spool stopped while opening")??;
         tracing::info!(
             "otlp: relaying to {} ({:?}); buffer: {}",
-            settings.endpoint,
+            crate::config::redact_url(&settings.endpoint),
             config.otlp.protocol,
             writer.dir().display()
         );

@@ -186,3 +186,141 @@ fn the_packaged_example_configurations_are_valid() {
         );
     }
 }
+
+/// Runs `run`, `config check` and `probe` on `cfg`; each must exit 2 with a
+/// message naming every one of `named`.
+fn assert_config_error_everywhere(cfg: &Path, named: &[&str]) {
+    for args in [&["run"][..], &["config", "check"][..], &["probe"][..]] {
+        let o = agent()
+            .args(args)
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: stdout: {}\nstderr: {err}",
+            args.join(" "),
+            stdout(&o)
+        );
+        for n in named {
+            assert!(err.contains(n), "{}: {n} not named: {err}", args.join(" "));
+        }
+    }
+}
+
+/// A configuration that would otherwise run: loopback only, nothing listening.
+fn runnable(dir: &Path, state_dir: &Path, extra: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "agent.toml",
+        &format!(
+            "[agent]\nstate_dir = \"{}\"\n[receiver]\ngrpc = \"\"\nhttp = \"\"\n\
+             [admin]\nlisten = \"\"\n{extra}",
+            state_dir.display()
+        ),
+    )
+}
+
+#[test]
+fn loki_and_otlp_both_disabled_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = runnable(
+        dir.path(),
+        &dir.path().join("state"),
+        "[loki]\nenabled = false\n[otlp]\nenabled = false\n",
+    );
+    assert_config_error_everywhere(&cfg, &["loki.enabled", "otlp.enabled = true"]);
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "not-a-dir", "x");
+    let cfg = runnable(dir.path(), &file, "");
+    assert_config_error_everywhere(&cfg, &["agent.state_dir", "is not a directory"]);
+    // Beneath a file, too.
+    let cfg = runnable(dir.path(), &file.join("state"), "");
+    assert_config_error_everywhere(&cfg, &["agent.state_dir", "is not a directory"]);
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_created_is_a_configuration_error_everywhere() {
+    // /proc refuses new directories to root as well.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = runnable(cfg_dir.path(), Path::new("/proc/wisp-agent-state"), "");
+    assert_config_error_everywhere(&cfg, &["agent.state_dir", "/proc/wisp-agent-state"]);
+    assert!(!Path::new("/proc/wisp-agent-state").exists());
+}
+
+#[test]
+fn config_check_and_probe_leave_a_missing_state_dir_uncreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a/b/state");
+    let cfg = runnable(dir.path(), &state, "");
+    for args in [&["config", "check"][..], &["probe"][..]] {
+        let o = agent()
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+    assert!(!dir.path().join("a").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_missing_basic_auth_password_file_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = runnable(
+        dir.path(),
+        &dir.path().join("state"),
+        "[loki]\nbasic_auth = { username = \"u\", password_file = \"/nonexistent/loki.pass\" }\n",
+    );
+    assert_config_error_everywhere(
+        &cfg,
+        &["loki.basic_auth.password_file", "/nonexistent/loki.pass"],
+    );
+}
+
+#[test]
+fn an_unreadable_bearer_token_file_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the token file should be: unreadable as a file, for
+    // root as well.
+    let token = dir.path().join("token.d");
+    std::fs::create_dir(&token).unwrap();
+    let cfg = runnable(
+        dir.path(),
+        &dir.path().join("state"),
+        &format!("[loki]\nbearer_token_file = \"{}\"\n", token.display()),
+    );
+    assert_config_error_everywhere(&cfg, &["loki.bearer_token_file", "token.d"]);
+}
+
+#[test]
+fn a_missing_ca_file_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = runnable(
+        dir.path(),
+        &dir.path().join("state"),
+        "[loki]\nca_file = \"/nonexistent/ca.pem\"\n",
+    );
+    assert_config_error_everywhere(&cfg, &["loki.ca_file", "/nonexistent/ca.pem"]);
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_a_configuration_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", "not a certificate\n");
+    let cfg = runnable(
+        dir.path(),
+        &dir.path().join("state"),
+        &format!("[loki]\nca_file = \"{}\"\n", ca.display()),
+    );
+    assert_config_error_everywhere(&cfg, &["loki.ca_file", "ca.pem"]);
+}

@@ -388,6 +388,103 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `loki` and `otlp` both disabled: `run` would ship nothing. A configuration
+    /// error for `run`, `probe` and `config check` (a dry run ships nothing anyway).
+    pub fn check_sinks(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.loki.enabled || self.otlp.enabled {
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
+            origin,
+            "loki.enabled",
+            "loki.enabled = false and otlp.enabled = false: nothing would be shipped; \
+             set loki.enabled = true (file logs to Loki) or otlp.enabled = true (the local \
+             OTLP relay), or use `run --dry-run`",
+        ))
+    }
+}
+
+/// Whether `dir` can be the state directory: a directory the agent can write, or
+/// a path that can be created as one. With `create` the directory is created and
+/// a file written in it (what `run` does). Without, nothing is left behind
+/// (`config check`, `probe`): a file is written and removed in the directory, or,
+/// where it does not exist yet, a directory is made and removed in its nearest
+/// existing ancestor. Trying beats access(2), which root always passes even
+/// where a read-only mount would refuse.
+pub fn check_state_dir(dir: &Path, origin: &str, create: bool) -> Result<(), ConfigError> {
+    let fail = |message: String| {
+        ConfigError::invalid(
+            origin,
+            "agent.state_dir",
+            format!(
+                "{message}; set agent.state_dir to a directory the agent can write \
+                 (the systemd unit's StateDirectory= is /var/lib/wisp-agent)"
+            ),
+        )
+    };
+    let probe_name = format!(".wisp-agent-probe-{}", std::process::id());
+    let write_probe = |d: &Path| -> Result<(), ConfigError> {
+        let probe = d.join(&probe_name);
+        std::fs::write(&probe, b"")
+            .map_err(|e| fail(format!("cannot write in {}: {e}", d.display())))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    };
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if at == dir => {
+                return Err(fail(format!("{} is not a directory", dir.display())))
+            }
+            Ok(_) => {
+                return Err(fail(format!(
+                    "cannot create {}: {} is not a directory",
+                    dir.display(),
+                    at.display()
+                )))
+            }
+            // Missing, or beneath a file: look further up.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    // A relative path whose every part is missing: made in the
+                    // working directory.
+                    _ => {
+                        at = Path::new(".");
+                        break;
+                    }
+                }
+            }
+            Err(e) => return Err(fail(format!("cannot inspect {}: {e}", at.display()))),
+        }
+    }
+    if at == dir {
+        return write_probe(dir);
+    }
+    if create {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        return write_probe(dir);
+    }
+    let probe = at.join(&probe_name);
+    std::fs::create_dir(&probe).map_err(|e| {
+        fail(format!(
+            "cannot create {}: cannot make a directory in {}: {e}",
+            dir.display(),
+            at.display()
+        ))
+    })?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(())
+}
+
 fn is_writable_dir(dir: &Path) -> bool {
     if std::fs::create_dir_all(dir).is_err() {
         return false;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use env::{apply_env, EnvSource, ProcessEnv};
-pub use load::{load, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH};
+pub use load::{check_state_dir, load, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH};
 pub use units::{Size, Span};
 
 /// The default state directory; see [`AgentConfig::state_dir`].
@@ -474,25 +474,78 @@ pub fn redact_url(url: &str) -> String {
         return url.to_string();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     match authority.rfind('@') {
-        Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or("");
-            format!(
-                "{}{}:<redacted>@{}",
-                &url[..scheme_end + 3],
-                user,
-                &rest[at + 1..]
-            )
-        }
+        Some(at) => format!(
+            "{}{}@{}",
+            &url[..scheme_end + 3],
+            redact_userinfo(&authority[..at]),
+            &rest[at + 1..]
+        ),
         None => url.to_string(),
     }
+}
+
+/// `user:password` keeps the user; a lone `user` may itself be a token (as
+/// `https://TOKEN@host` is written), so it goes whole.
+fn redact_userinfo(userinfo: &str) -> String {
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:<redacted>"),
+        None => "<redacted>".to_string(),
+    }
+}
+
+/// `text` with the userinfo of every URL in it redacted ([`redact_url`]): for
+/// error messages from libraries (tonic, hyper, reqwest) that may quote the URL
+/// they were given, credentials and all.
+pub fn redact_text(text: &str) -> String {
+    if !text.contains("://") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The authority runs to the first character that cannot be in one.
+        let after = &rest[i + 3..];
+        let end = after
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ')' | '>' | ',')
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        out.push_str(&rest[..i + 3]);
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(&redact_userinfo(&authority[..at]));
+                out.push('@');
+                out.push_str(&authority[at + 1..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_url_in_a_text_loses_its_password() {
+        assert_eq!(
+            redact_text("cannot reach http://u:pw@h:1/x (and https://a:b@c), ok"),
+            "cannot reach http://u:<redacted>@h:1/x (and https://a:<redacted>@c), ok"
+        );
+        assert_eq!(redact_text("no url here"), "no url here");
+        assert_eq!(
+            redact_text("\"http://tok@h:2?q=1\""),
+            "\"http://<redacted>@h:2?q=1\""
+        );
+        assert_eq!(redact_url("http://u:pw@h?x=@"), "http://u:<redacted>@h?x=@");
+    }
 
     #[test]
     fn label_names_follow_loki_rules() {
@@ -522,5 +575,6 @@ mod tests {
             "http://u:<redacted>@h:3100/loki"
         );
         assert_eq!(redact_url("http://h:3100/loki"), "http://h:3100/loki");
+        assert_eq!(redact_url("https://tok3n@h/x"), "https://<redacted>@h/x");
     }
 }

@@ -40,7 +40,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{fill_host, OtlpConfig, OtlpProtocol};
+use crate::config::{fill_host, redact_text, redact_url, OtlpConfig, OtlpProtocol};
 use crate::discovery::{current_host, Chosen, HostHealth};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::sink::loki::service::USER_AGENT;
@@ -184,6 +184,27 @@ pub(crate) enum ExportOutcome {
     },
 }
 
+impl ExportOutcome {
+    /// The same outcome with any URL credentials in its messages redacted
+    /// (tonic and hyper errors may quote the endpoint as given).
+    fn redacted(self) -> Self {
+        match self {
+            ExportOutcome::Delivered { rejected, message } => ExportOutcome::Delivered {
+                rejected,
+                message: redact_text(&message),
+            },
+            ExportOutcome::Retry { after, reason } => ExportOutcome::Retry {
+                after,
+                reason: redact_text(&reason),
+            },
+            ExportOutcome::Rejected { cause, reason } => ExportOutcome::Rejected {
+                cause,
+                reason: redact_text(&reason),
+            },
+        }
+    }
+}
+
 /// Sends exports with the configured protocol and headers.
 pub struct OtlpClient {
     protocol: OtlpProtocol,
@@ -257,7 +278,10 @@ impl OtlpClient {
                     Err(e) => {
                         return ExportOutcome::Retry {
                             after: None,
-                            reason: format!("otlp.endpoint {endpoint} is not a valid URL: {e}"),
+                            reason: format!(
+                                "otlp.endpoint {} is not a valid URL: {e}",
+                                redact_url(endpoint)
+                            ),
                         }
                     }
                 };
@@ -273,7 +297,10 @@ impl OtlpClient {
                     Err(e) => {
                         return ExportOutcome::Retry {
                             after: None,
-                            reason: format!("cannot set up a channel to {endpoint}: {e}"),
+                            reason: format!(
+                                "cannot set up a channel to {}: {e}",
+                                redact_url(endpoint)
+                            ),
                         }
                     }
                 }
@@ -326,7 +353,7 @@ impl OtlpClient {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                return match PushOutcome::from_transport_error(&e) {
+                return match PushOutcome::from_transport_error(&e.without_url()) {
                     PushOutcome::Retry { after, reason } => ExportOutcome::Retry { after, reason },
                     other => ExportOutcome::Retry {
                         after: None,
@@ -657,11 +684,14 @@ async fn deliver(
             None => return false,
         };
         let endpoint = fill_host(&sink.settings.endpoint, &host);
+        // What the logs and the admin endpoint show: a password in the
+        // endpoint's userinfo, or quoted by tonic/hyper in an error, never is.
+        let shown = redact_url(&endpoint);
         let outcome = if loops_back(&endpoint, &sink.settings.own_receivers) {
             // Only known once `{host}` is filled in (the configuration check
             // catches literal loops): keep the data, say what to change.
             let reason = format!(
-                "otlp.endpoint {endpoint} is the agent's own OTLP receiver (a loop); \
+                "otlp.endpoint {shown} is the agent's own OTLP receiver (a loop); \
                  point otlp.endpoint at the host's collector, or move receiver.grpc / receiver.http"
             );
             if logged.insert("loop".into()) {
@@ -677,6 +707,7 @@ async fn deliver(
                 _ = stop.cancelled() => return false,
             }
         };
+        let outcome = outcome.redacted();
         let c = &sink.counters;
         match outcome {
             ExportOutcome::Delivered { rejected, message } => {
@@ -689,14 +720,14 @@ async fn deliver(
                     }
                     if logged.insert(format!("partial {}", export.signal.as_str())) {
                         tracing::warn!(
-                            "the otlp collector at {endpoint} rejected {rejected} {} item(s) of an export \
+                            "the otlp collector at {shown} rejected {rejected} {} item(s) of an export \
                              (partial success); further rejections are only counted: {message}",
                             export.signal.as_str()
                         );
                     }
                 }
                 if backoff.attempts() > 0 {
-                    tracing::info!("the otlp collector at {endpoint} takes exports again");
+                    tracing::info!("the otlp collector at {shown} takes exports again");
                 }
                 backoff.reset();
                 sink.health.report_success();
@@ -706,7 +737,7 @@ async fn deliver(
                 count_drop(c, &cause, export.requests);
                 if logged.insert(cause.clone()) {
                     tracing::warn!(
-                        "the otlp collector at {endpoint} refused {} {} request(s) ({cause}); \
+                        "the otlp collector at {shown} refused {} {} request(s) ({cause}); \
                          dropping them, further refusals for this cause are only counted: {reason}",
                         export.requests,
                         export.signal.as_str()
@@ -723,11 +754,11 @@ async fn deliver(
                 let delay = after.unwrap_or_default().max(backoff.next_delay());
                 if backoff.attempts() <= 1 {
                     tracing::warn!(
-                        "otlp export to {endpoint} failed ({reason}); retrying with backoff, data waits in the buffer"
+                        "otlp export to {shown} failed ({reason}); retrying with backoff, data waits in the buffer"
                     );
                 } else {
                     tracing::debug!(
-                        "otlp export to {endpoint} failed again ({reason}); next try in {delay:?}"
+                        "otlp export to {shown} failed again ({reason}); next try in {delay:?}"
                     );
                 }
                 tokio::select! {

@@ -52,20 +52,20 @@ pub enum QueryError {
 /// Why a client could not be built: each names the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum LokiClientError {
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}: {source}; create the file (readable by the agent) or correct {what}", path.display())]
     ReadFile {
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{what} {} is empty", path.display())]
+    #[error("{what} {} is empty; put the secret in it", path.display())]
     EmptySecret { what: &'static str, path: PathBuf },
-    #[error("invalid CA certificate in loki.ca_file {}: {source}", path.display())]
+    #[error("invalid CA certificate in loki.ca_file {}: {source}; expected PEM certificates", path.display())]
     BadCa {
         path: PathBuf,
         source: reqwest::Error,
     },
-    #[error("loki.ca_file {} holds no certificate", path.display())]
+    #[error("loki.ca_file {} holds no certificate; expected PEM certificates (-----BEGIN CERTIFICATE-----)", path.display())]
     NoCa { path: PathBuf },
     #[error("loki.basic_auth and loki.bearer_token_file are both set; choose one")]
     BothAuth,
