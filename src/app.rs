@@ -164,5 +164,8 @@ fn exec(config_path: Option<&std::path::Path>, args: ExecArgs) -> Result<ExitCod
             None
         }
     };
+    if args.flush {
+        return Ok(crate::source::exec::flush(config));
+    }
     Ok(runtime()?.block_on(crate::source::exec::run(config, args)))
 }

@@ -66,8 +66,11 @@ pub struct ExecArgs {
     /// An extra label on the command's output (repeatable)
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Hand the captures kept while the daemon was away over to it, and exit
+    #[arg(long, conflicts_with_all = ["name", "labels"])]
+    pub flush: bool,
     /// The command and its arguments, after `--`
-    #[arg(required = true, last = true, value_name = "CMD")]
+    #[arg(required_unless_present = "flush", last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -84,6 +87,11 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     if !crate::config::is_valid_label_name(k) {
         return Err(format!(
             "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
+        ));
+    }
+    if matches!(k, "job" | "host" | "filename" | "level" | "user") {
+        return Err(format!(
+            "label {k:?} is set by the agent (use --name for the job)"
         ));
     }
     Ok((k.to_string(), v.to_string()))

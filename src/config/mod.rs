@@ -32,6 +32,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub host_metrics: HostMetricsConfig,
     pub admin: AdminConfig,
+    pub exec: ExecConfig,
     pub files: Vec<FileConfig>,
 }
 
@@ -287,6 +288,54 @@ impl Default for HostMetricsConfig {
     }
 }
 
+/// The default socket `wisp-agent exec` hands its runs to the daemon through.
+pub const DEFAULT_EXEC_SOCKET: &str = "/run/wisp-agent/exec.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// The daemon's Unix socket for `wisp-agent exec` (mode 0666: any local user
+    /// may connect, the kernel says who). When it is the default and the agent
+    /// does not run as root, `$XDG_RUNTIME_DIR/wisp-agent/exec.sock` is used.
+    pub socket: PathBuf,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_EXEC_SOCKET),
+        }
+    }
+}
+
+impl ExecConfig {
+    /// The sockets to try, best first: the configured one, then (when it is the
+    /// default and `XDG_RUNTIME_DIR` is set) the unprivileged daemon's fallback.
+    /// The daemon binds the first when it runs as root, else the last.
+    pub fn socket_candidates(&self, env: &dyn EnvSource) -> Vec<PathBuf> {
+        let mut out = vec![self.socket.clone()];
+        if self.socket == std::path::Path::new(DEFAULT_EXEC_SOCKET) {
+            if let Some(dir) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+                out.push(PathBuf::from(dir).join("wisp-agent").join("exec.sock"));
+            }
+        }
+        out
+    }
+
+    /// The socket the daemon listens on (see [`ExecConfig::socket_candidates`]).
+    pub fn daemon_socket(&self, env: &dyn EnvSource) -> PathBuf {
+        let candidates = self.socket_candidates(env);
+        if rustix::process::geteuid().is_root() {
+            candidates[0].clone()
+        } else {
+            candidates
+                .last()
+                .cloned()
+                .unwrap_or_else(|| self.socket.clone())
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -410,10 +459,6 @@ pub struct FileConfig {
     pub labels: BTreeMap<String, String>,
     /// JSON fields promoted to labels (bounded by `agent.max_label_values`).
     pub label_fields: Vec<String>,
-    /// The built-in entry for `exec` captures: each file's `job` and labels come
-    /// from its sidecar (see `source::exec`), not from this entry. Not a key.
-    #[serde(skip)]
-    pub exec_captures: bool,
 }
 
 impl Default for FileConfig {
@@ -431,7 +476,6 @@ impl Default for FileConfig {
             multiline_max_lines: 500,
             labels: BTreeMap::new(),
             label_fields: Vec::new(),
-            exec_captures: false,
         }
     }
 }

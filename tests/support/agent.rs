@@ -146,6 +146,9 @@ enabled = false
 [admin]
 listen = ""
 
+[exec]
+socket = "{socket}"
+
 [[files]]
 name = "app"
 paths = ["{logs}/*.log"]
@@ -153,6 +156,7 @@ start_at = "beginning"
 poll_interval = "100ms"
 {extra}
 "#,
+            socket = dir.path().join("exec.sock").display(),
             state = dir.path().join("state").display(),
             port = loki.addr().port(),
             logs = logs.display(),
@@ -281,12 +285,16 @@ enabled = false
 [admin]
 listen = ""
 
+[exec]
+socket = "{socket}"
+
 [[files]]
 name = "app"
 paths = ["{logs}/*.log"]
 start_at = "beginning"
 poll_interval = "100ms"
 "#,
+            socket = dir.path().join("exec.sock").display(),
             state = state.display(),
             logs = logs.display(),
         );

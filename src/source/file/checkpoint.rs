@@ -139,18 +139,6 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
     Some((id, path, fp, offset))
 }
 
-/// Read-only: how far each file (by device and inode) has been acknowledged, as
-/// `<state_dir>/positions.json` says now. Never modifies anything, so another
-/// process (`exec`) may call it while the daemon runs; an unreadable file is empty.
-pub(crate) fn acknowledged_offsets(state_dir: &Path) -> HashMap<FileId, u64> {
-    fs::read(state_dir.join(POSITIONS_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<PositionsFile>(&bytes).ok())
-        .filter(|f| f.version == VERSION)
-        .map(|f| f.files.iter().map(|c| (c.id(), c.offset)).collect())
-        .unwrap_or_default()
-}
-
 /// The checkpoints of every file known, live or not.
 #[derive(Debug)]
 pub(crate) struct CheckpointStore {
