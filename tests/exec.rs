@@ -580,10 +580,14 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
     assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
 }
 
+/// What [`root_only_secret`] holds: a line that must never reach Loki.
+const SECRET: &str =
+    "root:$y$j9T$SECRET-LINE-root-only-hash-of-a-password-nobody-may-read:20000:0:99999:7:::\n";
+
 /// A file only root may read, with a line that must never reach Loki.
 fn root_only_secret(dir: &Path) -> PathBuf {
     let secret = dir.join("shadow");
-    std::fs::write(&secret, "SECRET-LINE-root-only\n").unwrap();
+    std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     secret
 }
@@ -604,18 +608,32 @@ async fn what_is_planted_in_the_old_exec_dir_has_no_effect() {
     std::os::unix::fs::symlink(&secret, old.join("x.log")).unwrap();
     std::os::unix::fs::symlink(&secret, old.join("x.json")).unwrap();
     mkfifo(&old.join("frozen.json"));
-    std::fs::write(old.join("frozen.log"), "from the fifo run\n").unwrap();
+    std::fs::write(
+        old.join("frozen.log"),
+        format!("{}\n", pino(30, "from the run beside a fifo sidecar")),
+    )
+    .unwrap();
     let sparse = std::fs::File::create(old.join("huge.json")).unwrap();
     sparse.set_len(4 << 30).unwrap();
-    std::fs::write(old.join("huge.log"), "from the sparse run\n").unwrap();
+    std::fs::write(
+        old.join("huge.log"),
+        format!("{}\n", pino(30, "from the run beside a sparse sidecar")),
+    )
+    .unwrap();
     std::fs::write(
         old.join("forged.json"),
         r#"{"job":"forged","pid":1,"started_ms":1,"exit":0,"ended_ms":2,"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331"}"#,
     )
     .unwrap();
-    std::fs::write(old.join("forged.log"), "forged line\n").unwrap();
+    std::fs::write(
+        old.join("forged.log"),
+        format!("{}\n", pino(30, "from the run with a forged sidecar")),
+    )
+    .unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    let control = [pino(30, "an ordinary log line")];
+    support::append(&setup.log_path("app.log"), &control);
     let mut agent = setup.start();
     let socket = setup.dir.path().join("exec.sock");
     assert!(
@@ -623,17 +641,22 @@ async fn what_is_planted_in_the_old_exec_dir_has_no_effect() {
         "{}",
         agent.log()
     );
-    // The daemon is not frozen: a real run gets through.
+    // The daemon is not frozen: a real run gets through; and the tailer has
+    // had its look at the files it found at start (it shipped this one).
     let printed = [pino(30, "a real run")];
     let out = exec(&setup.config, &["--", "echo", &printed[0]]);
     assert_eq!(out.status.code(), Some(0));
     agent
         .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
         .await;
+    agent
+        .assert_shipped_once(&loki, r#"{job="app"}"#, &control, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0));
-    let everything = loki.lines(r#"{host="vm-test"}"#);
+    let everything = loki.lines(r#"{job="exec"}"#);
     assert_eq!(everything, printed.to_vec(), "only the real run is shipped");
     assert!(loki.lines(r#"{job="forged"}"#).is_empty());
+    assert!(!loki.all_entries().iter().any(|e| e.line.contains("SECRET")));
     let mode = std::fs::metadata(&old).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o755, "the daemon leaves the old dir alone");
 }
@@ -778,8 +801,5 @@ async fn a_second_user_is_labelled_as_itself_and_its_outbox_cannot_be_turned_on_
     assert_eq!(loki.lines(r#"{host="vm-test"}"#), printed.to_vec());
     assert!(loki.lines(r#"{user="root"}"#).is_empty());
     assert!(forged.exists(), "refused, so kept");
-    assert_eq!(
-        std::fs::read_to_string(&secret).unwrap(),
-        "SECRET-LINE-root-only\n"
-    );
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), SECRET);
 }
