@@ -803,3 +803,77 @@ async fn a_second_user_is_labelled_as_itself_and_its_outbox_cannot_be_turned_on_
     assert!(forged.exists(), "refused, so kept");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), SECRET);
 }
+
+#[tokio::test]
+async fn a_daemon_killed_mid_run_ships_the_run_once_and_makes_one_span() {
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_otlp(dir.path(), &loki, &collector);
+    let stderr = dir.path().join("agent.stderr");
+    let socket = dir.path().join("exec.sock");
+    let mut agent = Agent::start(&config, &stderr);
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    let go = dir.path().join("go");
+    // Two lines in one write: one frame, which a replay would store again in
+    // full (Loki drops only an entry equal to its stream's last).
+    let printed = [
+        pino(30, "before the kill"),
+        pino(30, "also before the kill"),
+        pino(30, "after the restart"),
+    ];
+    let script = format!(
+        "printf '%s\\n%s\\n' '{}' '{}'; while [ ! -e {} ]; do sleep 0.05; done; echo '{}'",
+        printed[0],
+        printed[1],
+        go.display(),
+        printed[2]
+    );
+    let mut child = agent_command()
+        .args(["exec", "--name", "ralph", "--config"])
+        .arg(&config)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed[..2], DEADLINE)
+        .await;
+    // The first line is in the spool (it was acknowledged): a kill -9 now
+    // must not make it ship twice, nor lose what follows.
+    agent.kill9();
+    let mut agent = Agent::start(&config, &stderr);
+    assert!(
+        wait_until(DEADLINE, || agent.own_log().contains("hands its runs over")).await,
+        "{}",
+        agent.own_log()
+    );
+    std::fs::write(&go, "").unwrap();
+    let status = exits_within_deadline(&mut child).await;
+    let _ = child.kill();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // Whatever the live sender could not hand over, a flush does.
+    let out = exec(&config, &["--flush"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed, DEADLINE)
+        .await;
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
+    assert_eq!(collector.spans().len(), 1, "{:?}", collector.spans());
+}
