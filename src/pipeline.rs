@@ -181,6 +181,22 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         relay.add_producer(task);
     }
     if !config.loki.enabled {
+        // File logs go to Loki only: exec output is dropped (acknowledged at
+        // once), its spans go on.
+        let (tx, mut rx) = mpsc::channel::<SourceBatch>(CHANNEL_BATCHES);
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                batch.ack.done();
+            }
+        });
+        start_exec_server(
+            &config,
+            &state_dir,
+            &crate::spool::ResumeState::new(),
+            tx,
+            otlp.as_mut(),
+            &cancel,
+        );
         return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;

@@ -16,7 +16,8 @@
 //! [`Handled`]) its resume point is forgotten; a replay of it is then answered
 //! "complete".
 //!
-//! Bounds: at most [`MAX_CONNECTIONS`] connections (more are refused), each with
+//! Bounds: at most [`MAX_CONNECTIONS`] connections (more are refused), at most
+//! [`MAX_CONNECTIONS_PER_USER`] of one uid, each with
 //! one frame (at most [`MAX_FRAME`]) in flight, so at most 64 MiB in flight;
 //! a connection silent for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects).
 
@@ -49,6 +50,9 @@ use crate::spool::ResumeState;
 /// Connections served at once; more are refused (their `exec` keeps its capture).
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Connections one user may hold at once, so no user can take every slot.
+pub const MAX_CONNECTIONS_PER_USER: usize = 16;
+
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -78,6 +82,8 @@ struct Ctx {
     durable: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     /// Runs a connection is serving now: a second connection for one is refused.
     active: Mutex<HashSet<Vec<u8>>>,
+    /// Open connections per uid (bounded by [`MAX_CONNECTIONS_PER_USER`]).
+    per_user: Mutex<HashMap<u32, usize>>,
     handled: Arc<Mutex<Handled>>,
     intake: Option<Intake>,
     span: SpanSettings,
@@ -150,6 +156,7 @@ pub async fn run(
         tx,
         durable: Arc::new(Mutex::new(durable_runs(resume))),
         active: Mutex::new(HashSet::new()),
+        per_user: Mutex::new(HashMap::new()),
         handled: Arc::new(Mutex::new(Handled::load(&settings.state_dir))),
         intake: settings.intake,
         span: settings.span,
@@ -222,11 +229,52 @@ impl Drop for ActiveRun<'_> {
     }
 }
 
+/// Counts a connection of `uid` while it lives (see [`Ctx::per_user`]).
+struct UserSlot<'a> {
+    ctx: &'a Ctx,
+    uid: u32,
+}
+
+impl<'a> UserSlot<'a> {
+    fn take(ctx: &'a Ctx, uid: u32) -> Option<UserSlot<'a>> {
+        let mut map = ctx.per_user.lock().ok()?;
+        let n = map.entry(uid).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot { ctx, uid })
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.ctx.per_user.lock() {
+            if let Some(n) = map.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
+
 /// One connection: one run (see the module doc).
 async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let uid = cred.uid();
     let user = user_name(uid);
+    let Some(_slot) = UserSlot::take(ctx, uid) else {
+        tracing::warn!(
+            "{user} (uid {uid}) has {MAX_CONNECTIONS_PER_USER} exec connections open; refusing another"
+        );
+        return refuse_with(
+            &mut stream,
+            "too many connections of yours; try later".into(),
+        )
+        .await;
+    };
     let hello = match next_frame(&mut stream, cancel).await? {
         Some(ClientFrame::Hello(hello)) => hello,
         Some(_) => {
@@ -560,6 +608,31 @@ mod tests {
         let runs = durable_runs(&resume);
         assert_eq!(runs.len(), 1);
         assert_eq!(runs.get(&a), Some(&5));
+    }
+
+    #[test]
+    fn one_user_cannot_take_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let ctx = Ctx {
+            tx,
+            durable: Arc::default(),
+            active: Mutex::default(),
+            per_user: Mutex::default(),
+            handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
+            intake: None,
+            span: SpanSettings {
+                hostname: "vm".into(),
+                resource_attributes: vec![],
+            },
+        };
+        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
+            .map(|_| UserSlot::take(&ctx, 1000).unwrap())
+            .collect();
+        assert!(UserSlot::take(&ctx, 1000).is_none());
+        assert!(UserSlot::take(&ctx, 1001).is_some(), "others still get in");
+        drop(slots);
+        assert!(UserSlot::take(&ctx, 1000).is_some());
     }
 
     #[test]
