@@ -532,6 +532,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_exec_socket_falls_back_to_the_runtime_dir_only_from_the_default() {
+        let env: std::collections::HashMap<String, String> =
+            [("XDG_RUNTIME_DIR".to_string(), "/run/user/1000".to_string())].into();
+        let default = ExecConfig::default();
+        assert_eq!(
+            default.socket_candidates(&env),
+            vec![
+                PathBuf::from(DEFAULT_EXEC_SOCKET),
+                PathBuf::from("/run/user/1000/wisp-agent/exec.sock")
+            ]
+        );
+        let chosen = ExecConfig {
+            socket: PathBuf::from("/tmp/x.sock"),
+        };
+        assert_eq!(
+            chosen.socket_candidates(&env),
+            vec![PathBuf::from("/tmp/x.sock")]
+        );
+        assert_eq!(chosen.daemon_socket(&env), PathBuf::from("/tmp/x.sock"));
+    }
+
+    #[test]
     fn label_names_follow_loki_rules() {
         assert!(is_valid_label_name("env"));
         assert!(is_valid_label_name("_x9"));

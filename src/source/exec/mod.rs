@@ -265,6 +265,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 /// daemon. Exit 0 when none is left, 1 otherwise (the reason on stderr).
 pub fn flush(config: Option<Config>) -> ExitCode {
     let Some(config) = config else {
+        warn("without a configuration the daemon's socket is unknown; nothing was flushed");
         return ExitCode::from(1);
     };
     let Some(dir) = outbox::outbox_dir(&config, &ProcessEnv) else {
