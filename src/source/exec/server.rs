@@ -17,9 +17,11 @@
 //! "complete".
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections (more are refused), at most
-//! [`MAX_CONNECTIONS_PER_USER`] of one uid, each with
-//! one frame (at most [`MAX_FRAME`]) in flight, so at most 64 MiB in flight;
-//! a connection silent for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects).
+//! [`MAX_CONNECTIONS_PER_USER`] of one uid, each with one frame (at most
+//! [`MAX_FRAME`]) in flight, so at most 64 MiB in flight; a connection silent
+//! for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects); at most
+//! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
+//! the oldest is forgotten), so no user grows the spool's state without bound.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -78,8 +80,8 @@ pub struct ExecServerSettings {
 
 struct Ctx {
     tx: mpsc::Sender<SourceBatch>,
-    /// Run key → the last `lines` frame durable in the spool.
-    durable: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+    /// Run key → how far the spool holds the run.
+    durable: Arc<Mutex<HashMap<Vec<u8>, Progress>>>,
     /// Runs a connection is serving now: a second connection for one is refused.
     active: Mutex<HashSet<Vec<u8>>>,
     /// Open connections per uid (bounded by [`MAX_CONNECTIONS_PER_USER`]).
@@ -131,16 +133,67 @@ pub fn bind(socket: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How far the spool holds an unfinished run: its resume point, `seq` then
+/// `started_ms` (little-endian u64 each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Progress {
+    seq: u64,
+    started_ms: u64,
+}
+
+impl Progress {
+    fn encode(self) -> Vec<u8> {
+        let mut v = self.seq.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.started_ms.to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Progress> {
+        let u64_at = |at: usize| Some(u64::from_le_bytes(v.get(at..at + 8)?.try_into().ok()?));
+        Some(Progress {
+            seq: u64_at(0)?,
+            started_ms: u64_at(8).unwrap_or(0),
+        })
+    }
+}
+
+/// At most this many unfinished runs of one user are remembered (their resume
+/// points live in every spool snapshot); past it the oldest is forgotten, and
+/// should its capture still come, it is shipped again from its start.
+pub const MAX_UNFINISHED_RUNS_PER_USER: usize = 256;
+
 /// The exec runs the spool holds lines of, by run key, from its resume state.
-fn durable_runs(resume: &ResumeState) -> HashMap<Vec<u8>, u64> {
+fn durable_runs(resume: &ResumeState) -> HashMap<Vec<u8>, Progress> {
     resume
         .iter()
         .filter(|(k, _)| k.starts_with(KEY_PREFIX))
-        .filter_map(|(k, v)| {
-            let seq = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
-            Some((k.clone(), seq))
-        })
+        .filter_map(|(k, v)| Some((k.clone(), Progress::decode(v)?)))
         .collect()
+}
+
+/// The uid part of a run key.
+fn key_uid(key: &[u8]) -> Option<&[u8]> {
+    key.get(KEY_PREFIX.len()..KEY_PREFIX.len() + 4)
+}
+
+/// When a new run of `key`'s user would exceed
+/// [`MAX_UNFINISHED_RUNS_PER_USER`]: forgets that user's oldest and returns its
+/// key, for the spool to forget too.
+fn make_room(map: &mut HashMap<Vec<u8>, Progress>, key: &[u8]) -> Option<Vec<u8>> {
+    let uid = key_uid(key)?;
+    let mine: Vec<(&Vec<u8>, &Progress)> = map
+        .iter()
+        .filter(|(k, _)| key_uid(k) == Some(uid))
+        .collect();
+    if mine.len() < MAX_UNFINISHED_RUNS_PER_USER {
+        return None;
+    }
+    let oldest = mine
+        .into_iter()
+        .min_by_key(|(_, p)| p.started_ms)
+        .map(|(k, _)| k.clone())?;
+    map.remove(&oldest);
+    Some(oldest)
 }
 
 /// Serves the socket until `cancel`, then removes it. `tx` leads into the
@@ -318,12 +371,34 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         ctx,
         key: key.clone(),
     };
-    let mut acked = ctx
-        .durable
-        .lock()
-        .ok()
-        .and_then(|d| d.get(&key).copied())
-        .unwrap_or(0);
+    let (mut acked, evicted) = match ctx.durable.lock() {
+        Ok(mut d) => match d.get(&key) {
+            Some(p) => (p.seq, None),
+            None => (0, make_room(&mut d, &key)),
+        },
+        Err(_) => (0, None),
+    };
+    if let Some(old) = evicted {
+        tracing::warn!(
+            "{user} (uid {uid}) has {MAX_UNFINISHED_RUNS_PER_USER} unfinished exec runs; forgetting the oldest"
+        );
+        let forget = SourceBatch {
+            source: Arc::new(SourceInfo {
+                job: DEFAULT_JOB.into(),
+                filename: None,
+                labels: Vec::new(),
+                format: LogFormat::Auto,
+                label_fields: Vec::new(),
+                trace_context: None,
+            }),
+            lines: Vec::new(),
+            ack: Ack::none().with_resume(ResumePoint {
+                key: old,
+                state: None,
+            }),
+        };
+        let _ = ctx.tx.send(forget).await;
+    }
     send(
         &mut stream,
         &DaemonFrame::Welcome {
@@ -355,16 +430,20 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     let (done, durable) = oneshot::channel();
                     let map = ctx.durable.clone();
                     let k = key.clone();
+                    let progress = Progress {
+                        seq,
+                        started_ms: hello.started_ms,
+                    };
                     let ack = Ack::new(move || {
                         if let Ok(mut m) = map.lock() {
-                            let e = m.entry(k).or_insert(0);
-                            *e = (*e).max(seq);
+                            let e = m.entry(k).or_insert(progress);
+                            e.seq = e.seq.max(seq);
                         }
                         let _ = done.send(());
                     })
                     .with_resume(ResumePoint {
                         key: key.clone(),
-                        state: Some(seq.to_le_bytes().to_vec()),
+                        state: Some(progress.encode()),
                     });
                     let batch = SourceBatch {
                         source: source.clone(),
@@ -607,7 +686,40 @@ mod tests {
         resume.insert(vec![0; 16], vec![1; 30]);
         let runs = durable_runs(&resume);
         assert_eq!(runs.len(), 1);
-        assert_eq!(runs.get(&a), Some(&5));
+        assert_eq!(runs.get(&a).map(|p| p.seq), Some(5));
+    }
+
+    #[test]
+    fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
+        let mut map = HashMap::new();
+        let key = |uid: u32, n: usize| {
+            let mut h = hello();
+            h.span_id = format!("{:016x}", n + 1);
+            run_key(uid, &h)
+        };
+        for n in 0..MAX_UNFINISHED_RUNS_PER_USER {
+            let p = Progress {
+                seq: 1,
+                started_ms: 100 + n as u64,
+            };
+            map.insert(key(1000, n), p);
+        }
+        map.insert(
+            key(2000, 0),
+            Progress {
+                seq: 1,
+                started_ms: 1,
+            },
+        );
+        assert_eq!(make_room(&mut map, &key(2000, 1)), None);
+        let evicted = make_room(&mut map, &key(1000, 9999));
+        assert_eq!(evicted, Some(key(1000, 0)), "the oldest of that user");
+        assert_eq!(map.len(), MAX_UNFINISHED_RUNS_PER_USER);
+        let p = Progress {
+            seq: 7,
+            started_ms: 9,
+        };
+        assert_eq!(Progress::decode(&p.encode()), Some(p));
     }
 
     #[test]
