@@ -114,10 +114,12 @@ fn answer(stream: &mut UnixStream) -> Result<DaemonFrame, SendError> {
 }
 
 /// Sends the capture read through `file` in one connection (see the module doc).
+/// `welcomed` is set once the daemon took the run's hello.
 pub fn send_once(
     sockets: &[PathBuf],
     file: &mut File,
     follow: Option<&Follow>,
+    welcomed: &mut bool,
 ) -> Result<(), SendError> {
     let mut stream = connect(sockets)?;
     file.seek(SeekFrom::Start(0)).map_err(broken)?;
@@ -132,6 +134,7 @@ pub fn send_once(
         DaemonFrame::Welcome { acked, .. } => acked,
         other => return Err(SendError::Broken(format!("unexpected answer {other:?}"))),
     };
+    *welcomed = true;
     let mut seen = 0;
     let mut ended = follow.is_none();
     loop {
@@ -185,8 +188,17 @@ fn end(stream: &mut UnixStream, frame: &ClientFrame) -> Result<(), SendError> {
     }
 }
 
-/// Sends a capture, reconnecting a few times when the connection breaks (the
-/// daemon closes idle connections), and deletes it once the daemon has it all.
+/// Connections that break before the daemon welcomed the run, in a row, after
+/// which a sender gives up (the capture stays for a later flush).
+const FAILED_CONNECTIONS: usize = 3;
+
+/// Connections one sender makes at most (a daemon that welcomes and then always
+/// breaks off must not keep it busy for ever).
+const MAX_CONNECTIONS: usize = 1000;
+
+/// Sends a capture, reconnecting when the connection breaks (the daemon closes
+/// idle connections, so a quiet command's run reconnects at its next output),
+/// and deletes it once the daemon has it all.
 pub fn send_and_delete(
     sockets: &[PathBuf],
     path: &Path,
@@ -194,14 +206,20 @@ pub fn send_and_delete(
     follow: Option<&Follow>,
 ) -> Result<(), SendError> {
     let mut last = None;
-    for _ in 0..3 {
-        match send_once(sockets, file, follow) {
+    let mut failed = 0;
+    for _ in 0..MAX_CONNECTIONS {
+        let mut welcomed = false;
+        match send_once(sockets, file, follow, &mut welcomed) {
             Ok(()) => {
                 let _ = std::fs::remove_file(path);
                 return Ok(());
             }
             Err(SendError::Broken(e)) => last = Some(SendError::Broken(e)),
             Err(e) => return Err(e),
+        }
+        failed = if welcomed { 0 } else { failed + 1 };
+        if failed >= FAILED_CONNECTIONS {
+            break;
         }
     }
     Err(last.unwrap_or_else(|| SendError::Broken("gave up".into())))
