@@ -180,10 +180,17 @@ async fn probe(loaded: Loaded, args: ProbeArgs) -> Result<ExitCode> {
 fn exec(config_path: Option<&std::path::Path>, args: ExecArgs) -> Result<ExitCode> {
     let config = match config::load(config_path, &ProcessEnv) {
         Ok(loaded) => Some(loaded.config),
+        Err(e) if args.flush => {
+            eprintln!("wisp-agent exec: {e}");
+            None
+        }
         Err(e) => {
             eprintln!("wisp-agent exec: {e}; running the command without capturing its output");
             None
         }
     };
+    if args.flush {
+        return Ok(crate::source::exec::flush(config));
+    }
     Ok(runtime()?.block_on(crate::source::exec::run(config, args)))
 }

@@ -66,8 +66,11 @@ pub struct ExecArgs {
     /// An extra label on the command's output (repeatable)
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Hand the captures kept while the daemon was away over to it, and exit
+    #[arg(long, conflicts_with_all = ["name", "labels", "command"])]
+    pub flush: bool,
     /// The command and its arguments, after `--`
-    #[arg(required = true, last = true, value_name = "CMD")]
+    #[arg(required_unless_present = "flush", last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -84,6 +87,11 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     if !crate::config::is_valid_label_name(k) {
         return Err(format!(
             "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
+        ));
+    }
+    if matches!(k, "job" | "host" | "filename" | "level" | "user") {
+        return Err(format!(
+            "label {k:?} is set by the agent (use --name for the job)"
         ));
     }
     Ok((k.to_string(), v.to_string()))
@@ -119,6 +127,21 @@ mod tests {
         assert_eq!(e.name.as_deref(), Some("ralph"));
         assert_eq!(e.labels, vec![("iter".into(), "3".into())]);
         assert_eq!(e.command, vec!["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn exec_flush_takes_no_command_and_exec_needs_one_otherwise() {
+        let cli = Cli::parse_from(["wisp-agent", "exec", "--flush"]);
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(e.flush && e.command.is_empty());
+        assert!(Cli::try_parse_from(["wisp-agent", "exec"]).is_err());
+        assert!(Cli::try_parse_from(["wisp-agent", "exec", "--flush", "--", "true"]).is_err());
+        assert!(
+            Cli::try_parse_from(["wisp-agent", "exec", "--label", "user=root", "--", "true"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AgentHealth, LogSources, Sources};
-use crate::config::{Config, FileConfig, Loaded, ProcessEnv};
+use crate::config::{Config, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
@@ -56,14 +56,6 @@ pub fn log_tailed_files(config: &Config) {
             list
         );
     }
-}
-
-/// The configured `[[files]]` plus the built-in entry for `wisp-agent exec`'s
-/// captures under `state_dir`.
-fn files_with_captures(config: &Config, state_dir: &std::path::Path) -> Vec<FileConfig> {
-    let mut files = config.files.clone();
-    files.push(exec::capture_entry(state_dir));
-    files
 }
 
 /// Runs the transform stage: parses every source batch and passes it on. Ends when
@@ -112,11 +104,7 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    // `exec` captures are shown too, read from where the daemon finds them.
-    let settings = TailSettings::new(
-        files_with_captures(&config, &config.agent.state_dir),
-        state.0.clone(),
-    );
+    let settings = TailSettings::new(config.files.clone(), state.0.clone());
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let console = tokio::task::spawn_blocking(move || {
@@ -177,7 +165,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         cancel.clone(),
     )
     .await?;
-    start_exec_spans(&config, &state_dir, otlp.as_mut(), &cancel);
     if let (Some(task), Some(relay)) = (
         host_metrics::spawn(&config, otlp.as_ref(), cancel.clone()),
         otlp.as_mut(),
@@ -185,6 +172,22 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         relay.add_producer(task);
     }
     if !config.loki.enabled {
+        // File logs go to Loki only: exec output is dropped (acknowledged at
+        // once), its spans go on.
+        let (tx, mut rx) = mpsc::channel::<SourceBatch>(CHANNEL_BATCHES);
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                batch.ack.done();
+            }
+        });
+        start_exec_server(
+            &config,
+            &state_dir,
+            &crate::spool::ResumeState::new(),
+            tx,
+            otlp.as_mut(),
+            &cancel,
+        );
         return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
@@ -204,16 +207,19 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 
     let loki_counters = Arc::new(LokiCounters::default());
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    if let Err(e) = exec::prepare_capture_dir(&state_dir) {
-        tracing::warn!(
-            "cannot create {} ({e}): output of `wisp-agent exec` is not shipped",
-            state_dir.join(exec::CAPTURE_DIR).display()
-        );
-    }
     let settings = TailSettings {
         resume: writer.resume_state().clone(),
-        ..TailSettings::new(files_with_captures(&config, &state_dir), state_dir.clone())
+        ..TailSettings::new(config.files.clone(), state_dir.clone())
     };
+    let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
+    start_exec_server(
+        &config,
+        &state_dir,
+        writer.resume_state(),
+        src_tx.clone(),
+        otlp.as_mut(),
+        &cancel,
+    );
     let agent_health = Arc::new(AgentHealth::default());
     let admin = admin::start(
         &config.admin.listen,
@@ -249,7 +255,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         stop.clone(),
     ));
 
-    let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
@@ -369,29 +374,48 @@ async fn run_otlp_only(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the task that turns finished `exec` runs into spans for the relay (or,
-/// without one, only marks them handled so their captures can be deleted).
-fn start_exec_spans(
+/// Starts the exec socket server ([`exec::server`]): its lines go into `tx`
+/// (the transform stage), its spans into the relay's spool. A socket that cannot
+/// be bound is warned about; the daemon runs on without it.
+fn start_exec_server(
     config: &Config,
     state_dir: &std::path::Path,
+    resume: &crate::spool::ResumeState,
+    tx: mpsc::Sender<SourceBatch>,
     relay: Option<&mut OtlpRelay>,
     cancel: &CancellationToken,
 ) {
-    let settings = exec_spans::SpanSettings {
-        hostname: config.agent.effective_hostname(),
-        resource_attributes: config
-            .otlp
-            .resource_attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+    let socket = config.exec.daemon_socket(&ProcessEnv);
+    let listener = match exec::server::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "cannot listen on {} ({e}): `wisp-agent exec` keeps its output in each user's outbox \
+                 until a daemon listens there",
+                socket.display()
+            );
+            return;
+        }
     };
-    let task = tokio::spawn(exec_spans::run(
-        state_dir.to_path_buf(),
-        relay.as_ref().map(|r| r.intake()),
-        settings,
-        cancel.clone(),
-    ));
+    let settings = exec::server::ExecServerSettings {
+        socket,
+        state_dir: state_dir.to_path_buf(),
+        span: exec_spans::SpanSettings {
+            hostname: config.agent.effective_hostname(),
+            resource_attributes: config
+                .otlp
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
+        intake: relay.as_ref().map(|r| r.intake()),
+    };
+    let resume = resume.clone();
+    let cancel = cancel.clone();
+    let task = tokio::spawn(async move {
+        exec::server::run(listener, settings, &resume, tx, cancel).await;
+    });
     if let Some(relay) = relay {
         relay.add_producer(task);
     }

@@ -1,13 +1,15 @@
 //! `wisp-agent exec -- CMD` as a user sees it: the command's output passes through
 //! unchanged, its exit status is exec's, and what it printed reaches Loki through
-//! the daemon with `job` = `--name` and the `--label`s, whether the daemon ran at
-//! the time or started later. Captures the daemon has shipped are deleted by the
-//! next exec.
+//! the daemon's exec socket with `job` = `--name`, the `--label`s and the `user`
+//! the kernel names, whether the daemon ran at the time or started later (then
+//! the caller's own outbox keeps it until the next exec or `exec --flush`).
+//! Nothing the daemon does depends on files other users can write.
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 use support::agent::{Agent, Setup};
@@ -26,17 +28,18 @@ fn exec(config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn capture_dir(setup: &Setup) -> PathBuf {
-    setup.dir.path().join("state").join("exec")
+/// Root's outbox under the test's state dir.
+fn outbox(setup: &Setup) -> PathBuf {
+    setup.dir.path().join("state").join("exec-outbox")
 }
 
-/// Files in the capture directory with the given extension.
-fn captures(setup: &Setup, ext: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(capture_dir(setup))
+/// The captures in a directory.
+fn captures_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("cap"))
                 .collect()
         })
         .unwrap_or_default();
@@ -44,14 +47,46 @@ fn captures(setup: &Setup, ext: &str) -> Vec<PathBuf> {
     out
 }
 
-/// The offset `positions.json` holds for `file`.
-fn acknowledged(positions: &Path, file: &Path) -> Option<u64> {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(positions).ok()?).ok()?;
-    doc["files"]
-        .as_array()?
-        .iter()
-        .find(|f| f["path"].as_str() == file.to_str())?["offset"]
-        .as_u64()
+fn captures(setup: &Setup) -> Vec<PathBuf> {
+    captures_in(&outbox(setup))
+}
+
+/// The frames of a capture: 4-byte big-endian length, then JSON.
+fn frames(path: &Path) -> Vec<serde_json::Value> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 4;
+        out.push(serde_json::from_slice(&bytes[at..at + len]).unwrap());
+        at += len;
+    }
+    out
+}
+
+/// The name of the user running the tests.
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Waits (bounded) for a child to exit.
+async fn exits_within_deadline(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(DEADLINE, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    })
+    .await;
+    status
 }
 
 fn pino(level: u8, msg: &str) -> String {
@@ -108,13 +143,25 @@ async fn output_passes_through_unchanged() {
 }
 
 #[tokio::test]
-async fn output_reaches_loki_with_the_name_and_labels_given() {
+async fn output_reaches_loki_once_with_the_name_labels_and_user() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
     let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "the daemon never opened its exec socket:\n{}",
+        agent.log()
+    );
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o666, "any local user may connect");
     let error = pino(50, "iteration failed");
     let own_trace = r#"{"level":30,"msg":"traced","trace_id":"11111111111111111111111111111111","span_id":"2222222222222222"}"#;
-    let script = format!("echo '{error}'; echo 'plain words' >&2; echo '{own_trace}'; exit 1");
+    let tp_file = setup.dir.path().join("traceparent");
+    let script = format!(
+        "echo $TRACEPARENT > {}; echo '{error}'; echo 'plain words' >&2; echo '{own_trace}'; exit 1",
+        tp_file.display()
+    );
     let out = exec(
         &setup.config,
         &[
@@ -126,8 +173,11 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
     agent
         .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed, DEADLINE)
         .await;
+    let user = whoami();
     assert_eq!(
-        loki.lines(r#"{job="ralph", iter="3", level="error", host="vm-test"}"#),
+        loki.lines(&format!(
+            r#"{{job="ralph", iter="3", level="error", host="vm-test", user="{user}"}}"#
+        )),
         vec![error]
     );
     assert_eq!(
@@ -136,11 +186,9 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
     );
     // Lines without trace ids of their own carry the run's, so logs link to
     // the run's span; a line with its own keeps it.
-    let json = captures(&setup, "json");
-    let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json[0]).unwrap()).unwrap();
-    let run_trace = sidecar["trace_id"].as_str().unwrap();
-    let run_span = sidecar["span_id"].as_str().unwrap();
+    let traceparent = std::fs::read_to_string(&tp_file).unwrap();
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let (run_trace, run_span) = (parts[1], parts[2]);
     for e in loki.entries(r#"{job="ralph"}"#) {
         let ids = (
             e.metadata.get("trace_id").map(String::as_str),
@@ -158,12 +206,22 @@ async fn output_reaches_loki_with_the_name_and_labels_given() {
             assert_eq!(ids, (Some(run_trace), Some(run_span)), "{}", e.line);
         }
     }
+    // Handed over: nothing stays in the outbox.
+    assert!(
+        wait_until(DEADLINE, || captures(&setup).is_empty()).await,
+        "{:?}",
+        captures(&setup)
+    );
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
+    assert!(
+        !socket.exists(),
+        "the daemon removes its socket as it stops"
+    );
 }
 
 #[tokio::test]
-async fn output_captured_while_the_daemon_is_down_is_shipped_when_it_starts() {
+async fn output_kept_while_the_daemon_is_down_is_handed_over_by_exec_flush() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
     let mut printed = Vec::new();
@@ -173,63 +231,101 @@ async fn output_captured_while_the_daemon_is_down_is_shipped_when_it_starts() {
         assert_eq!(out.status.code(), Some(0));
         printed.push(line);
     }
-    // Nothing ran to ship them, and nothing was deleted: they were never shipped.
-    assert_eq!(captures(&setup, "log").len(), 3);
+    // No daemon to take them: they wait in the caller's own outbox, 0700.
+    assert_eq!(captures(&setup).len(), 3);
+    let mode = std::fs::metadata(outbox(&setup))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let out = exec(&setup.config, &["--flush"]);
+    assert_eq!(out.status.code(), Some(1), "nothing could be handed over");
+    assert_eq!(captures(&setup).len(), 3);
+
     let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    let out = exec(&setup.config, &["--flush"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(captures(&setup).is_empty(), "{:?}", captures(&setup));
     agent
         .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
         .await;
-    let lines = loki.lines(r#"{job="exec"}"#);
-    for i in 0..3 {
-        assert!(lines.iter().any(|l| l.contains(&format!("iteration {i}"))));
-    }
+    // A second flush has nothing left to send.
+    let out = exec(&setup.config, &["--flush"]);
+    assert_eq!(out.status.code(), Some(0));
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(loki.exactly_once(r#"{job="exec"}"#, &printed), Ok(()));
 }
 
 #[tokio::test]
-async fn the_next_exec_deletes_captures_the_daemon_has_shipped() {
+async fn the_next_exec_hands_over_what_an_earlier_one_kept() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
-    let mut agent = setup.start();
     let mut printed = vec![pino(30, "first")];
     let out = exec(&setup.config, &["--", "echo", &printed[0]]);
     assert_eq!(out.status.code(), Some(0));
-    agent
-        .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
-        .await;
-    let first = captures(&setup, "log");
-    assert_eq!(first.len(), 1);
-    // The checkpoint moves once the spool has the line: wait for it on disk.
-    let positions = setup.dir.path().join("state").join("positions.json");
-    let size = std::fs::metadata(&first[0]).unwrap().len();
+    assert_eq!(captures(&setup).len(), 1);
+    let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
     assert!(
-        wait_until(DEADLINE, || acknowledged(&positions, &first[0])
-            == Some(size))
-        .await,
-        "checkpoint of the capture never reached {size}"
-    );
-    // And the daemon has handled the run (its span, were OTLP on).
-    let stem = first[0].file_stem().unwrap().to_str().unwrap().to_string();
-    let handled = setup.dir.path().join("state").join("exec-spans.json");
-    assert!(
-        wait_until(DEADLINE, || std::fs::read_to_string(&handled)
-            .is_ok_and(|t| t.contains(&stem)))
-        .await,
-        "the run was never marked handled"
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
     );
     printed.push(pino(30, "second"));
     let out = exec(&setup.config, &["--", "echo", &printed[1]]);
     assert_eq!(out.status.code(), Some(0));
-    let now = captures(&setup, "log");
-    assert_eq!(now.len(), 1, "{now:?}");
-    assert_ne!(now, first, "the shipped capture is gone, the new one stays");
-    assert_eq!(captures(&setup, "json").len(), 1);
     agent
         .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
         .await;
+    assert!(
+        wait_until(DEADLINE, || captures(&setup).is_empty()).await,
+        "{:?}",
+        captures(&setup)
+    );
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(loki.exactly_once(r#"{job="exec"}"#, &printed), Ok(()));
+}
+
+#[tokio::test]
+async fn a_daemon_that_never_answers_does_not_hold_the_command_up() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    // Accepts connections and never reads nor answers.
+    let listener =
+        std::os::unix::net::UnixListener::bind(setup.dir.path().join("exec.sock")).unwrap();
+    let mut child = agent_command()
+        .args(["exec", "--config"])
+        .arg(&setup.config)
+        .args(["--", "sh", "-c", "echo right away; exit 6"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = exits_within_deadline(&mut child).await;
+    let _ = child.kill();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(6),
+        "exec hung on the daemon"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "right away\n");
+    // Not handed over: kept for later.
+    assert_eq!(captures(&setup).len(), 1);
+    drop(listener);
 }
 
 #[tokio::test]
@@ -314,7 +410,7 @@ async fn a_capture_directory_that_cannot_be_written_leaves_the_command_running()
 }
 
 #[tokio::test]
-async fn the_command_gets_the_runs_traceparent_and_the_sidecar_records_the_run() {
+async fn the_command_gets_the_runs_traceparent_and_the_capture_records_the_run() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
     let out = exec(
@@ -330,22 +426,27 @@ async fn the_command_gets_the_runs_traceparent_and_the_sidecar_records_the_run()
     );
     assert_eq!(out.status.code(), Some(4));
     let traceparent = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let json = captures(&setup, "json");
-    assert_eq!(json.len(), 1);
-    let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json[0]).unwrap()).unwrap();
+    let caps = captures(&setup);
+    assert_eq!(caps.len(), 1);
+    let mode = std::fs::metadata(&caps[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let frames = frames(&caps[0]);
+    let hello = &frames[0];
+    assert_eq!(hello["type"], "hello");
     assert_eq!(
         traceparent,
         format!(
             "00-{}-{}-01",
-            sidecar["trace_id"].as_str().unwrap(),
-            sidecar["span_id"].as_str().unwrap()
+            hello["trace_id"].as_str().unwrap(),
+            hello["span_id"].as_str().unwrap()
         )
     );
     assert_eq!(traceparent.len(), 55, "{traceparent}");
-    assert_eq!(sidecar["job"], "ralph");
-    assert_eq!(sidecar["exit"], 4);
-    assert!(sidecar["ended_ms"].as_u64() >= sidecar["started_ms"].as_u64());
+    assert_eq!(hello["job"], "ralph");
+    let end = frames.last().unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["exit"], 4);
+    assert!(end["ended_ms"].as_u64() >= hello["started_ms"].as_u64());
 }
 
 /// A daemon configuration shipping to `loki` and relaying OTLP to `collector`.
@@ -373,7 +474,10 @@ http = ""
 enabled = false
 [admin]
 listen = ""
+[exec]
+socket = "{socket}"
 "#,
+            socket = dir.join("exec.sock").display(),
             state = dir.join("state").display(),
             port = loki.addr().port(),
             endpoint = collector.grpc_endpoint(),
@@ -391,6 +495,12 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
     let config = config_with_otlp(dir.path(), &loki, &collector);
     let stderr = dir.path().join("agent.stderr");
     let mut agent = Agent::start(&config, &stderr);
+    let socket = dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
     let out = exec(
         &config,
         &[
@@ -431,6 +541,12 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
         Some("3")
     );
     assert_eq!(span.attributes.get("iter").map(String::as_str), Some("3"));
+    let user = whoami();
+    assert_eq!(
+        span.attributes.get("enduser.id").map(String::as_str),
+        Some(user.as_str()),
+        "the user is the socket peer's"
+    );
     assert_eq!(span.status_code, 2, "an exit of 3 is an error");
     assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
 
@@ -438,6 +554,11 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
     // alone.
     assert_eq!(agent.terminate(), Some(0));
     let mut agent = Agent::start(&config, &stderr);
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
     let out = exec(&config, &["--name", "ralph", "--", "true"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
@@ -457,4 +578,302 @@ async fn each_run_becomes_one_span_with_the_ids_the_command_saw() {
         .await;
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
+}
+
+/// What [`root_only_secret`] holds: a line that must never reach Loki.
+const SECRET: &str =
+    "root:$y$j9T$SECRET-LINE-root-only-hash-of-a-password-nobody-may-read:20000:0:99999:7:::\n";
+
+/// A file only root may read, with a line that must never reach Loki.
+fn root_only_secret(dir: &Path) -> PathBuf {
+    let secret = dir.join("shadow");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    secret
+}
+
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+#[tokio::test]
+async fn what_is_planted_in_the_old_exec_dir_has_no_effect() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let secret = root_only_secret(setup.dir.path());
+    // The attacks reported against the old file hand-off.
+    let old = setup.dir.path().join("state").join("exec");
+    std::fs::create_dir_all(&old).unwrap();
+    std::os::unix::fs::symlink(&secret, old.join("x.log")).unwrap();
+    std::os::unix::fs::symlink(&secret, old.join("x.json")).unwrap();
+    mkfifo(&old.join("frozen.json"));
+    std::fs::write(
+        old.join("frozen.log"),
+        format!("{}\n", pino(30, "from the run beside a fifo sidecar")),
+    )
+    .unwrap();
+    let sparse = std::fs::File::create(old.join("huge.json")).unwrap();
+    sparse.set_len(4 << 30).unwrap();
+    std::fs::write(
+        old.join("huge.log"),
+        format!("{}\n", pino(30, "from the run beside a sparse sidecar")),
+    )
+    .unwrap();
+    std::fs::write(
+        old.join("forged.json"),
+        r#"{"job":"forged","pid":1,"started_ms":1,"exit":0,"ended_ms":2,"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        old.join("forged.log"),
+        format!("{}\n", pino(30, "from the run with a forged sidecar")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let control = [pino(30, "an ordinary log line")];
+    support::append(&setup.log_path("app.log"), &control);
+    let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    // The daemon is not frozen: a real run gets through; and the tailer has
+    // had its look at the files it found at start (it shipped this one).
+    let printed = [pino(30, "a real run")];
+    let out = exec(&setup.config, &["--", "echo", &printed[0]]);
+    assert_eq!(out.status.code(), Some(0));
+    agent
+        .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
+        .await;
+    agent
+        .assert_shipped_once(&loki, r#"{job="app"}"#, &control, DEADLINE)
+        .await;
+    assert_eq!(agent.terminate(), Some(0));
+    let everything = loki.lines(r#"{job="exec"}"#);
+    assert_eq!(everything, printed.to_vec(), "only the real run is shipped");
+    assert!(loki.lines(r#"{job="forged"}"#).is_empty());
+    assert!(!loki.all_entries().iter().any(|e| e.line.contains("SECRET")));
+    let mode = std::fs::metadata(&old).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "the daemon leaves the old dir alone");
+}
+
+/// The second user the tests run commands as; created when missing.
+const INTRUDER: &str = "wisp-test-intruder";
+
+/// `(uid, gid)` of [`INTRUDER`], creating it if needed (idempotent; another test
+/// creating it at the same time is fine).
+fn intruder() -> (u32, u32) {
+    let id = |flag: &str| {
+        Command::new("id")
+            .args([flag, INTRUDER])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+    };
+    if id("-u").is_none() {
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", INTRUDER])
+            .status();
+    }
+    (
+        id("-u").expect("cannot create the test user"),
+        id("-g").expect("no gid"),
+    )
+}
+
+/// `wisp-agent exec ARGS` as [`INTRUDER`], with its outbox under `state_home`.
+fn exec_as_intruder(bin: &Path, config: &Path, state_home: &Path, args: &[&str]) -> Child {
+    let (uid, gid) = intruder();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(bin);
+    support::clear_agent_env(&mut cmd);
+    cmd.env("XDG_STATE_HOME", state_home)
+        .env("HOME", state_home)
+        .arg("exec")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+#[tokio::test]
+async fn a_second_user_is_labelled_as_itself_and_its_outbox_cannot_be_turned_on_the_daemon() {
+    if !is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let (uid, gid) = intruder();
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    // The intruder may read the configuration and run the binary, nothing else
+    // of root's.
+    let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    open(setup.dir.path(), 0o755).unwrap();
+    open(&setup.config, 0o644).unwrap();
+    let bin = setup.dir.path().join("wisp-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_wisp-agent"), &bin).unwrap();
+    open(&bin, 0o755).unwrap();
+    let secret = root_only_secret(setup.dir.path());
+    let home = setup.dir.path().join("intruder");
+    std::fs::create_dir_all(&home).unwrap();
+    chown(&home, uid, gid);
+    // Planted in its own outbox: a link to root's secret, a FIFO, and a capture
+    // that claims to be root's run.
+    let its_outbox = home.join("wisp-agent").join("exec");
+    std::fs::create_dir_all(&its_outbox).unwrap();
+    std::os::unix::fs::symlink(&secret, its_outbox.join("1-1.cap")).unwrap();
+    mkfifo(&its_outbox.join("2-2.cap"));
+    let forged = its_outbox.join("3-3.cap");
+    let frame = |v: serde_json::Value| {
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    };
+    let mut bytes = frame(
+        serde_json::json!({"type":"hello","version":1,"job":"forged",
+        "labels":{"user":"root"},"argv":[],"trace_id":"0af7651916cd43dd8448eb211c80319c",
+        "span_id":"b7ad6b7169203331","started_ms":1}),
+    );
+    bytes.extend(frame(serde_json::json!({"type":"lines","seq":1,
+        "lines":[{"stream":"stdout","text":"forged as root","time_ns":0}]})));
+    std::fs::write(&forged, bytes).unwrap();
+    for p in [home.join("wisp-agent"), its_outbox.clone(), forged.clone()] {
+        chown(&p, uid, gid);
+    }
+    std::os::unix::fs::lchown(its_outbox.join("1-1.cap"), Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(its_outbox.join("2-2.cap"), Some(uid), Some(gid)).unwrap();
+
+    let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    let printed = [pino(30, "from the intruder")];
+    let mut child = exec_as_intruder(
+        &bin,
+        &setup.config,
+        &home,
+        &["--name", "ralph", "--", "echo", &printed[0]],
+    );
+    let status = exits_within_deadline(&mut child).await;
+    let _ = child.kill();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+    agent
+        .assert_shipped_once(
+            &loki,
+            &format!(r#"{{job="ralph", user="{INTRUDER}"}}"#),
+            &printed,
+            DEADLINE,
+        )
+        .await;
+    // A flush goes past the link and the FIFO without hanging, and the forged
+    // capture is refused: a client cannot name its user.
+    let mut child = exec_as_intruder(&bin, &setup.config, &home, &["--flush"]);
+    let status = exits_within_deadline(&mut child).await;
+    let _ = child.kill();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the forged capture is left"
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.lines(r#"{host="vm-test"}"#), printed.to_vec());
+    assert!(loki.lines(r#"{user="root"}"#).is_empty());
+    assert!(forged.exists(), "refused, so kept");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), SECRET);
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_run_ships_the_run_once_and_makes_one_span() {
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_otlp(dir.path(), &loki, &collector);
+    let stderr = dir.path().join("agent.stderr");
+    let socket = dir.path().join("exec.sock");
+    let mut agent = Agent::start(&config, &stderr);
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    let go = dir.path().join("go");
+    // Two lines in one write: one frame, which a replay would store again in
+    // full (Loki drops only an entry equal to its stream's last).
+    let printed = [
+        pino(30, "before the kill"),
+        pino(30, "also before the kill"),
+        pino(30, "after the restart"),
+    ];
+    let script = format!(
+        "printf '%s\\n%s\\n' '{}' '{}'; while [ ! -e {} ]; do sleep 0.05; done; echo '{}'",
+        printed[0],
+        printed[1],
+        go.display(),
+        printed[2]
+    );
+    let mut child = agent_command()
+        .args(["exec", "--name", "ralph", "--config"])
+        .arg(&config)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed[..2], DEADLINE)
+        .await;
+    // The first line is in the spool (it was acknowledged): a kill -9 now
+    // must not make it ship twice, nor lose what follows.
+    agent.kill9();
+    let mut agent = Agent::start(&config, &stderr);
+    assert!(
+        wait_until(DEADLINE, || agent.own_log().contains("hands its runs over")).await,
+        "{}",
+        agent.own_log()
+    );
+    std::fs::write(&go, "").unwrap();
+    let status = exits_within_deadline(&mut child).await;
+    let _ = child.kill();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // Whatever the live sender could not hand over, a flush does.
+    let out = exec(&config, &["--flush"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &printed, DEADLINE)
+        .await;
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
+    assert_eq!(collector.spans().len(), 1, "{:?}", collector.spans());
 }

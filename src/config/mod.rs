@@ -32,6 +32,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub host_metrics: HostMetricsConfig,
     pub admin: AdminConfig,
+    pub exec: ExecConfig,
     pub files: Vec<FileConfig>,
 }
 
@@ -287,6 +288,54 @@ impl Default for HostMetricsConfig {
     }
 }
 
+/// The default socket `wisp-agent exec` hands its runs to the daemon through.
+pub const DEFAULT_EXEC_SOCKET: &str = "/run/wisp-agent/exec.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// The daemon's Unix socket for `wisp-agent exec` (mode 0666: any local user
+    /// may connect, the kernel says who). When it is the default and the agent
+    /// does not run as root, `$XDG_RUNTIME_DIR/wisp-agent/exec.sock` is used.
+    pub socket: PathBuf,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_EXEC_SOCKET),
+        }
+    }
+}
+
+impl ExecConfig {
+    /// The sockets to try, best first: the configured one, then (when it is the
+    /// default and `XDG_RUNTIME_DIR` is set) the unprivileged daemon's fallback.
+    /// The daemon binds the first when it runs as root, else the last.
+    pub fn socket_candidates(&self, env: &dyn EnvSource) -> Vec<PathBuf> {
+        let mut out = vec![self.socket.clone()];
+        if self.socket == std::path::Path::new(DEFAULT_EXEC_SOCKET) {
+            if let Some(dir) = env.var("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+                out.push(PathBuf::from(dir).join("wisp-agent").join("exec.sock"));
+            }
+        }
+        out
+    }
+
+    /// The socket the daemon listens on (see [`ExecConfig::socket_candidates`]).
+    pub fn daemon_socket(&self, env: &dyn EnvSource) -> PathBuf {
+        let candidates = self.socket_candidates(env);
+        if rustix::process::geteuid().is_root() {
+            candidates[0].clone()
+        } else {
+            candidates
+                .last()
+                .cloned()
+                .unwrap_or_else(|| self.socket.clone())
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -416,10 +465,6 @@ pub struct FileConfig {
     /// Links owned by root, and links to a file or folder their owner owns, are
     /// followed either way.
     pub follow_symlinks: bool,
-    /// The built-in entry for `exec` captures: each file's `job` and labels come
-    /// from its sidecar (see `source::exec`), not from this entry. Not a key.
-    #[serde(skip)]
-    pub exec_captures: bool,
 }
 
 impl Default for FileConfig {
@@ -438,7 +483,6 @@ impl Default for FileConfig {
             labels: BTreeMap::new(),
             label_fields: Vec::new(),
             follow_symlinks: false,
-            exec_captures: false,
         }
     }
 }
@@ -545,6 +589,28 @@ mod tests {
             "\"http://<redacted>@h:2?q=1\""
         );
         assert_eq!(redact_url("http://u:pw@h?x=@"), "http://u:<redacted>@h?x=@");
+    }
+
+    #[test]
+    fn the_exec_socket_falls_back_to_the_runtime_dir_only_from_the_default() {
+        let env: std::collections::HashMap<String, String> =
+            [("XDG_RUNTIME_DIR".to_string(), "/run/user/1000".to_string())].into();
+        let default = ExecConfig::default();
+        assert_eq!(
+            default.socket_candidates(&env),
+            vec![
+                PathBuf::from(DEFAULT_EXEC_SOCKET),
+                PathBuf::from("/run/user/1000/wisp-agent/exec.sock")
+            ]
+        );
+        let chosen = ExecConfig {
+            socket: PathBuf::from("/tmp/x.sock"),
+        };
+        assert_eq!(
+            chosen.socket_candidates(&env),
+            vec![PathBuf::from("/tmp/x.sock")]
+        );
+        assert_eq!(chosen.daemon_socket(&env), PathBuf::from("/tmp/x.sock"));
     }
 
     #[test]

@@ -176,6 +176,9 @@ enabled = false
 [admin]
 listen = ""
 
+[exec]
+socket = "{socket}"
+
 [[files]]
 name = "app"
 paths = ["{logs}/*.log"]
@@ -183,6 +186,7 @@ start_at = "beginning"
 poll_interval = "100ms"
 {extra}
 "#,
+            socket = dir.path().join("exec.sock").display(),
             state = dir.path().join("state").display(),
             port = loki.addr().port(),
             logs = logs.display(),
@@ -311,12 +315,16 @@ enabled = false
 [admin]
 listen = ""
 
+[exec]
+socket = "{socket}"
+
 [[files]]
 name = "app"
 paths = ["{logs}/*.log"]
 start_at = "beginning"
 poll_interval = "100ms"
 "#,
+            socket = dir.path().join("exec.sock").display(),
             state = state.display(),
             logs = logs.display(),
         );

@@ -145,22 +145,6 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
     Some((id, path, fp, offset))
 }
 
-/// Read-only: how far each file (by device and inode) has been acknowledged, as
-/// `<state_dir>/positions.json` says now. Never modifies anything, so another
-/// process (`exec`) may call it while the daemon runs; an unreadable file is empty.
-pub(crate) fn acknowledged_offsets(state_dir: &Path) -> HashMap<FileId, u64> {
-    let bytes = match super::open::read_capped(&state_dir.join(POSITIONS_FILE), MAX_POSITIONS_BYTES)
-    {
-        Ok(super::open::Capped::Bytes(b)) => Some(b),
-        _ => None,
-    };
-    bytes
-        .and_then(|bytes| serde_json::from_slice::<PositionsFile>(&bytes).ok())
-        .filter(|f| f.version == VERSION)
-        .map(|f| f.files.iter().map(|c| (c.id(), c.offset)).collect())
-        .unwrap_or_default()
-}
-
 /// The checkpoints of every file known, live or not.
 #[derive(Debug)]
 pub(crate) struct CheckpointStore {
@@ -598,7 +582,6 @@ mod tests {
             .unwrap()
             .set_len(MAX_POSITIONS_BYTES + 1)
             .unwrap();
-        assert!(acknowledged_offsets(dir.path()).is_empty());
         let (s, err) = CheckpointStore::load(dir.path());
         let msg = err.map(|e| e.to_string()).unwrap_or_default();
         assert!(

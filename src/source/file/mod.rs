@@ -66,26 +66,6 @@ use watcher::DirWatcher;
 
 pub use checkpoint::POSITIONS_FILE;
 
-/// How far the daemon has acknowledged each file, as `positions.json` says now:
-/// read-only, for another process (`exec` deletes finished captures with it).
-pub(crate) struct AckedOffsets(HashMap<FileId, u64>);
-
-impl AckedOffsets {
-    pub(crate) fn read(state_dir: &std::path::Path) -> Self {
-        Self(checkpoint::acknowledged_offsets(state_dir))
-    }
-
-    /// Whether every byte of the file `meta` describes was acknowledged (an empty
-    /// file has nothing to acknowledge).
-    pub(crate) fn covers(&self, meta: &std::fs::Metadata) -> bool {
-        meta.len() == 0
-            || self
-                .0
-                .get(&FileId::of(meta))
-                .is_some_and(|&offset| offset >= meta.len())
-    }
-}
-
 /// How often acknowledged offsets are written to the positions file (when they
 /// changed).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -700,25 +680,16 @@ impl Tailer {
                 }
             }
         }
-        let (job, labels, trace_context) = if entry.config.exec_captures {
-            crate::source::exec::capture_source(&path)
-        } else {
-            (
-                entry.config.name.clone(),
-                entry
-                    .config
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                None,
-            )
-        };
         let source = Arc::new(SourceInfo {
-            job,
+            job: entry.config.name.clone(),
             filename: Some(path.display().to_string()),
-            labels,
-            trace_context,
+            labels: entry
+                .config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            trace_context: None,
             format: entry.config.format,
             label_fields: entry.config.label_fields.clone(),
         });
