@@ -8,7 +8,10 @@
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
-//! the cancellation token. Other paths answer 404, other methods 405.
+//! the cancellation token. Other paths answer 404, other methods 405. At most 8
+//! connections, each cut after 10 s without a request, 60 s idle, or 30 s for
+//! one request ([`crate::listen`]), so no client holds the endpoint or the
+//! shutdown.
 //!
 //! A listen address that does not parse is a configuration error (exit 2, from
 //! validation). An address that parses but cannot be bound (the port is taken,
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 use crate::discovery::Chosen;
+use crate::listen::{ListenerLimits, Protocol};
 use crate::parse::ParseCounters;
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
@@ -44,6 +48,21 @@ use crate::spool::SpoolCounters;
 
 /// How often a listen address that could not be bound is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// The endpoint's connection bound and timeouts (see [`crate::listen`]): a
+/// scraper or two and a person with curl need a few connections; more wait in
+/// the accept backlog. The grace is short: `run` waits a second for the
+/// endpoint after the pipeline stopped.
+const LIMITS: ListenerLimits = ListenerLimits {
+    name: "admin endpoint",
+    protocol: Protocol::Http1,
+    max_connections: 8,
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(30),
+    shutdown_grace: Duration::from_millis(500),
+    on_timeout: crate::listen::http_timeout,
+};
 
 /// The content type of the text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -178,12 +197,7 @@ pub async fn start(
         };
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!("admin endpoint: http://{local}/metrics and http://{local}/healthz");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!("the admin endpoint on {local} stopped: {e}");
-        }
+        crate::listen::serve(listener, router, LIMITS, cancel).await;
     })))
 }
 
