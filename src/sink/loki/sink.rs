@@ -270,7 +270,8 @@ async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &Cancellatio
                     // connection, a 5xx after a partial write): what Loki holds
                     // is not sent again.
                     let Some(missing) =
-                        without_stored(sink, records, Check::Retry, &mut in_flight, stop).await
+                        without_stored(sink, records, Check::Retry, &mut in_flight, stop)
+                            .await
                     else {
                         return;
                     };
