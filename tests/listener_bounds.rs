@@ -275,3 +275,82 @@ async fn sigterm_with_a_hundred_idle_connections_per_listener_exits_0_within_10s
     );
     drop(held);
 }
+
+/// A trace export with one span carrying `pad` bytes of attribute.
+fn padded_request(name: &str, pad: usize) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    let mut req = ExportTraceServiceRequest::decode(&span_body(name)[..]).unwrap();
+    req.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(KeyValue {
+            key: "pad".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(pad))),
+            }),
+            ..Default::default()
+        });
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_grpc_clients_are_told_resource_exhausted_and_memory_stays_bounded() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    const GROWTH_BOUND: u64 = 160 << 20;
+    const CLIENTS: usize = 32;
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (mut agent, grpc, _http) = relay.start().await;
+    let pid = agent.pid().unwrap();
+    let baseline = peak_rss(pid);
+
+    // One connection each, all sending an 8 MiB export at once.
+    let mut greedy = Vec::new();
+    for i in 0..CLIENTS {
+        let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap()
+            .max_encoding_message_size(64 << 20);
+        let req = padded_request(&format!("greedy {i}"), 8 << 20);
+        greedy.push(tokio::spawn(
+            async move { client.export(req).await.map(|_| ()) },
+        ));
+    }
+    let mut peak = 0;
+    while !greedy.iter().all(|g| g.is_finished()) {
+        peak = peak_rss(pid).saturating_sub(baseline);
+        if peak > GROWTH_BOUND {
+            agent.kill9();
+            panic!(
+                "the agent's peak RSS grew by {} MiB under {CLIENTS} greedy grpc clients",
+                peak >> 20
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("peak RSS grew by {} MiB", peak >> 20);
+    let mut refused = 0;
+    for g in greedy {
+        if let Err(status) = g.await.unwrap() {
+            // The OTLP throttling answer, which exporters retry.
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            // With a google.rpc.RetryInfo: without one, exporters would drop it.
+            assert!(!status.details().is_empty(), "{status:?}");
+            refused += 1;
+        }
+    }
+    eprintln!("{refused} of {CLIENTS} greedy exports refused");
+    assert!(
+        refused > 0,
+        "all {CLIENTS} exports of 8 MiB were held at once"
+    );
+
+    // Once they are answered, an ordinary export goes through.
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client
+        .export(padded_request("honest", 16))
+        .await
+        .expect("an export after the greedy ones is taken");
+    assert_eq!(agent.terminate(), Some(0));
+}
