@@ -83,9 +83,13 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    counters: Arc<ListenerCounters>,
     cancel: CancellationToken,
 ) {
-    let router = router.layer(axum::middleware::from_fn_with_state(limits, track_request));
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        (limits, counters.clone()),
+        track_request,
+    ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut full_logged = false;
@@ -121,8 +125,13 @@ pub(crate) async fn serve(
         };
         let router = router.clone();
         let cancel = cancel.clone();
+        let counters = counters.clone();
         connections.spawn(async move {
-            serve_connection(stream, router, limits, cancel).await;
+            counters.open.fetch_add(1, Ordering::Relaxed);
+            if let Some(cut) = serve_connection(stream, router, limits, cancel).await {
+                counters.cut(cut);
+            }
+            counters.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }
@@ -193,7 +202,7 @@ impl Activity {
 
     /// When this connection is to be closed if nothing changes, and why; `None`
     /// while a request is in flight (its own timeout bounds it).
-    fn deadline(&self, limits: &ListenerLimits) -> Option<(Instant, &'static str)> {
+    fn deadline(&self, limits: &ListenerLimits) -> Option<(Instant, Cut)> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -201,17 +210,86 @@ impl Activity {
         // HTTP/2 reads pings and settings while idle: only HTTP/1 bytes begin a
         // request head.
         if head != NONE && limits.protocol == Protocol::Http1 {
-            return Some((
-                self.at(head) + limits.header_timeout,
-                "its request headers did not arrive within",
-            ));
+            return Some((self.at(head) + limits.header_timeout, Cut::SlowHeaders));
         }
         let idle = self.at(self.idle_since.load(Ordering::Acquire));
         if self.requests.load(Ordering::Acquire) == 0 {
-            Some((idle + limits.header_timeout, "it sent no request within"))
+            Some((idle + limits.header_timeout, Cut::NoRequest))
         } else {
-            Some((idle + limits.idle_timeout, "it was idle for"))
+            Some((idle + limits.idle_timeout, Cut::Idle))
         }
+    }
+}
+
+/// Why the agent closed a connection (the `reason` label of
+/// `wisp_listener_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// HTTP/1 request headers not complete within the header timeout.
+    SlowHeaders,
+    /// No request within the header timeout of the connection's opening.
+    NoRequest,
+    /// No request for the idle timeout after the last answer.
+    Idle,
+    /// A request not answered within the request timeout (its body trickled).
+    RequestTimeout,
+    /// Still open when the shutdown grace ran out.
+    ShutdownDeadline,
+}
+
+impl Cut {
+    const ALL: [Cut; 5] = [
+        Cut::SlowHeaders,
+        Cut::NoRequest,
+        Cut::Idle,
+        Cut::RequestTimeout,
+        Cut::ShutdownDeadline,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::SlowHeaders => "slow_headers",
+            Cut::NoRequest => "no_request",
+            Cut::Idle => "idle",
+            Cut::RequestTimeout => "request_timeout",
+            Cut::ShutdownDeadline => "shutdown_deadline",
+        }
+    }
+
+    fn limit(self, limits: &ListenerLimits) -> Duration {
+        match self {
+            Cut::SlowHeaders | Cut::NoRequest => limits.header_timeout,
+            Cut::Idle => limits.idle_timeout,
+            Cut::RequestTimeout => limits.request_timeout,
+            Cut::ShutdownDeadline => limits.shutdown_grace,
+        }
+    }
+}
+
+/// One listener's connection counts, for the admin endpoint.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    open: AtomicU64,
+    closed: [AtomicU64; Cut::ALL.len()],
+}
+
+impl ListenerCounters {
+    fn cut(&self, why: Cut) {
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections the agent closed, by reason (`slow_headers`, `no_request`,
+    /// `idle`, `request_timeout`, `shutdown_deadline`).
+    pub fn closed(&self) -> Vec<(&'static str, u64)> {
+        Cut::ALL
+            .iter()
+            .map(|c| (c.as_str(), self.closed[*c as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -278,12 +356,13 @@ impl AsyncWrite for Metered {
     }
 }
 
+/// Serves one connection until it ends; what cut it, if the agent did.
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
     limits: ListenerLimits,
     cancel: CancellationToken,
-) {
+) -> Option<Cut> {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Metered {
@@ -310,15 +389,16 @@ async fn serve_connection(
     }
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    // Once set, the connection was asked to close and is dropped at this time.
-    let mut closing: Option<Instant> = None;
+    // Once set, the connection was asked to close (and why) and is dropped at
+    // this time.
+    let mut closing: Option<(Instant, Option<Cut>)> = None;
     loop {
         let changed = activity.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
         let deadline = match closing {
-            Some(at) => Some((at, "")),
-            None => activity.deadline(&limits),
+            Some((at, _)) => Some(at),
+            None => activity.deadline(&limits).map(|(at, _)| at),
         };
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -326,28 +406,28 @@ async fn serve_connection(
                 if let Err(e) = served {
                     tracing::debug!("{}: a connection ended: {e}", limits.name);
                 }
-                return;
+                return closing.and_then(|(_, why)| why);
             }
             _ = cancel.cancelled(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + limits.shutdown_grace);
+                closing = Some((Instant::now() + limits.shutdown_grace, None));
             }
-            _ = tokio::time::sleep_until(deadline.map_or(far, |(at, _)| at)), if deadline.is_some() => {
-                if closing.is_some() {
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                if let Some((_, why)) = closing {
                     tracing::debug!("{}: a connection still open at its deadline is dropped", limits.name);
-                    return;
+                    return Some(why.unwrap_or(Cut::ShutdownDeadline));
                 }
                 // Re-checked: a request may have begun since the deadline was read.
                 if let Some((at, why)) = activity.deadline(&limits) {
                     if at <= Instant::now() {
-                        let limit = if why == "it was idle for" {
-                            limits.idle_timeout
-                        } else {
-                            limits.header_timeout
-                        };
-                        tracing::debug!("{}: closing a connection: {why} {limit:?}", limits.name);
+                        tracing::debug!(
+                            "{}: closing a connection: {} after {:?}",
+                            limits.name,
+                            why.as_str(),
+                            why.limit(&limits)
+                        );
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now() + CLOSE_GRACE);
+                        closing = Some((Instant::now() + CLOSE_GRACE, Some(why)));
                     }
                 }
             }
@@ -373,7 +453,7 @@ pub(crate) fn http_timeout(limit: Duration) -> Response {
 
 /// Marks the request in flight on its connection and bounds it in time.
 async fn track_request(
-    State(limits): State<ListenerLimits>,
+    State((limits, counters)): State<(ListenerLimits, Arc<ListenerCounters>)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -389,6 +469,7 @@ async fn track_request(
                 limits.name,
                 limits.request_timeout
             );
+            counters.cut(Cut::RequestTimeout);
             (limits.on_timeout)(limits.request_timeout)
         }
     };
@@ -421,11 +502,17 @@ mod tests {
         let l = limits();
         let a = Arc::new(Activity::new());
         let (at, why) = a.deadline(&l).unwrap();
-        assert_eq!(at, a.opened + l.header_timeout, "{why}");
+        assert_eq!((at, why), (a.opened + l.header_timeout, Cut::NoRequest));
         tokio::time::advance(Duration::from_secs(3)).await;
         a.bytes_read();
-        let (at, _) = a.deadline(&l).unwrap();
-        assert_eq!(at, a.opened + Duration::from_secs(3) + l.header_timeout);
+        let (at, why) = a.deadline(&l).unwrap();
+        assert_eq!(
+            (at, why),
+            (
+                a.opened + Duration::from_secs(3) + l.header_timeout,
+                Cut::SlowHeaders
+            )
+        );
         let req = a.request_started();
         assert!(
             a.deadline(&l).is_none(),
@@ -436,9 +523,11 @@ mod tests {
         drop(req);
         let (at, why) = a.deadline(&l).unwrap();
         assert_eq!(
-            at,
-            a.opened + Duration::from_secs(8) + l.idle_timeout,
-            "{why}"
+            (at, why),
+            (
+                a.opened + Duration::from_secs(8) + l.idle_timeout,
+                Cut::Idle
+            )
         );
         // HTTP/2 control frames while idle do not start a header timer.
         let h2 = ListenerLimits {
@@ -463,7 +552,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
         let router = Router::new().route("/", get(|| async { "ok" }));
-        let server = tokio::spawn(serve(listener, router, limits(), cancel.clone()));
+        let counters = Arc::new(ListenerCounters::default());
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            limits(),
+            counters.clone(),
+            cancel.clone(),
+        ));
         let hold1 = TcpStream::connect(addr).await.unwrap();
         let hold2 = TcpStream::connect(addr).await.unwrap();
         let ask = |mut s: TcpStream| async move {
@@ -486,6 +582,7 @@ mod tests {
             .expect("served once a slot is free")
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(counters.open() <= 2, "{} open", counters.open());
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -15,7 +15,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::agent::{Agent, Relay};
+use support::agent::{metric, Agent, Relay};
 use support::otlp::OtlpReceiver;
 use support::DEADLINE;
 
@@ -126,6 +126,21 @@ async fn a_client_sending_headers_a_byte_a_second_is_cut_after_the_header_timeou
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Each cut is counted, by listener and reason.
+    for (listener, reason) in [
+        ("otlp_http", "slow_headers"),
+        ("admin", "slow_headers"),
+        ("otlp_grpc", "no_request"),
+    ] {
+        let name = format!(
+            "wisp_listener_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+        );
+        let counted = support::wait_until_async(DEADLINE, || async {
+            metric(admin, &name).await == Some(1.0)
+        })
+        .await;
+        assert!(counted, "{name} is {:?}", metric(admin, &name).await);
+    }
 }
 
 /// One greedy connection: a `POST` declaring a 16 MiB body, sent in 64 KiB

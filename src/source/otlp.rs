@@ -81,7 +81,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
 use crate::config::ReceiverConfig;
-use crate::listen::{ListenerLimits, Protocol};
+use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::spool::SpoolWriter;
 
@@ -189,8 +189,13 @@ pub struct ReceiverCounters {
     pub bytes_accepted: AtomicU64,
     /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT`.
     pub requests_invalid: AtomicU64,
-    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`).
+    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`), or
+    /// that would have passed [`BODY_BYTES_IN_FLIGHT`] (503 /
+    /// `RESOURCE_EXHAUSTED`).
     pub requests_refused: AtomicU64,
+    /// The HTTP and gRPC listeners' connections (open, closed by the agent).
+    pub http_connections: Arc<ListenerCounters>,
+    pub grpc_connections: Arc<ListenerCounters>,
     /// Why the OTLP spool cannot append (a full disk, an I/O error), while it
     /// cannot: the admin endpoint's `/healthz` reports it.
     buffer_error: Mutex<Option<String>>,
@@ -447,6 +452,7 @@ impl Receivers {
                 listener,
                 router,
                 GRPC_LIMITS,
+                relay.intake.counters.grpc_connections.clone(),
                 cancel.clone(),
             )));
         }
@@ -462,6 +468,7 @@ impl Receivers {
                 listener,
                 app,
                 HTTP_LIMITS,
+                relay.intake.counters.http_connections.clone(),
                 cancel.clone(),
             )));
         }
