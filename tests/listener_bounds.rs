@@ -369,3 +369,54 @@ async fn greedy_grpc_clients_are_told_resource_exhausted_and_memory_stays_bounde
         .expect("an export after the greedy ones is taken");
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_a_second_is_answered_408_after_the_request_timeout() {
+    let (_collector, _relay, agent, _grpc, http, admin) = relay_with_admin().await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(http).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The request timeout (30 s) and a margin.
+    let cut_within = Duration::from_secs(45);
+    'trickle: loop {
+        assert!(
+            started.elapsed() < cut_within,
+            "a body sent a byte a second is still being taken after {cut_within:?}"
+        );
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(next, stream.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) | Ok(Err(_)) => break 'trickle,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    let held = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("cut after {held:?}: {answer}");
+    assert!(held >= Duration::from_secs(29), "cut after {held:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let name =
+        "wisp_listener_connections_closed_total{listener=\"otlp_http\",reason=\"request_timeout\"}";
+    let counted = support::wait_until_async(DEADLINE, || async {
+        metric(admin, name).await == Some(1.0)
+    })
+    .await;
+    assert!(
+        counted,
+        "{name} is {:?}\n{}",
+        metric(admin, name).await,
+        agent.log()
+    );
+}
