@@ -187,7 +187,8 @@ pub struct ReceiverCounters {
     /// Requests made durable, per signal (traces, metrics, logs).
     pub requests_accepted: [AtomicU64; 3],
     pub bytes_accepted: AtomicU64,
-    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT`.
+    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT` (and gRPC
+    /// `RESOURCE_EXHAUSTED` for a message past [`MAX_REQUEST_BYTES`] on the wire).
     pub requests_invalid: AtomicU64,
     /// Requests the spool could not take (answered 503 / `UNAVAILABLE`), or
     /// that would have passed [`BODY_BYTES_IN_FLIGHT`] (503 /
@@ -640,7 +641,7 @@ enum BodyRefusal {
     )]
     TooLarge { limit: usize },
     #[error(
-        "the receiver holds {BODY_BYTES_IN_FLIGHT} bytes of requests already, its bound: retry shortly"
+        "the receiver's requests in flight are at their bound ({BODY_BYTES_IN_FLIGHT} bytes): retry shortly"
     )]
     Busy,
     #[error("cannot read the request body: {0}")]
@@ -917,8 +918,8 @@ pub(crate) enum ContentRefusal {
     )]
     TooLarge { limit: usize },
     #[error(
-        "the receiver holds {BODY_BYTES_IN_FLIGHT} bytes of requests already, its bound, \
-         and this body inflates past it: retry shortly"
+        "the receiver's requests in flight would pass their bound ({BODY_BYTES_IN_FLIGHT} bytes) \
+         with this body inflated: retry shortly"
     )]
     Busy,
 }
