@@ -546,6 +546,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let counters = Arc::new(ListenerCounters::default());
+        let short = ListenerLimits {
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(1500),
+            ..limits()
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            short,
+            counters.clone(),
+            cancel.clone(),
+        ));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let answered = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an idle connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let idle = answered.elapsed();
+        assert!(
+            idle >= Duration::from_millis(1400),
+            "closed after {idle:?} idle"
+        );
+        let idle_cuts = || {
+            counters
+                .closed()
+                .into_iter()
+                .find_map(|(reason, n)| (reason == "idle").then_some(n))
+        };
+        // Counted once the connection's task is done, a moment after the close.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while idle_cuts() != Some(1) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(idle_cuts(), Some(1), "{:?}", counters.closed());
+        cancel.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn connections_past_the_bound_wait_until_one_closes() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
