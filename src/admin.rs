@@ -8,7 +8,10 @@
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
-//! the cancellation token. Other paths answer 404, other methods 405.
+//! the cancellation token. Other paths answer 404, other methods 405. At most 8
+//! connections, each cut after 10 s without a request, 60 s idle, or 30 s for
+//! one request ([`crate::listen`]), so no client holds the endpoint or the
+//! shutdown.
 //!
 //! A listen address that does not parse is a configuration error (exit 2, from
 //! validation). An address that parses but cannot be bound (the port is taken,
@@ -27,7 +30,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 use crate::discovery::Chosen;
+use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::parse::ParseCounters;
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
@@ -44,6 +48,21 @@ use crate::spool::SpoolCounters;
 
 /// How often a listen address that could not be bound is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// The endpoint's connection bound and timeouts (see [`crate::listen`]): a
+/// scraper or two and a person with curl need a few connections; more wait in
+/// the accept backlog. The grace is short: `run` waits a second for the
+/// endpoint after the pipeline stopped.
+const LIMITS: ListenerLimits = ListenerLimits {
+    name: "admin endpoint",
+    protocol: Protocol::Http1,
+    max_connections: 8,
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(30),
+    shutdown_grace: Duration::from_millis(500),
+    on_timeout: crate::listen::http_timeout,
+};
 
 /// The content type of the text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -153,7 +172,8 @@ pub async fn start(
             "expected an address such as \"127.0.0.1:9465\" or \"\" to disable, found {listen:?}"
         ),
     })?;
-    let router = router(Arc::new(sources));
+    let connections = Arc::new(ListenerCounters::default());
+    let router = router(Arc::new(sources)).layer(Extension(connections.clone()));
     let first = TcpListener::bind(addr).await;
     Ok(Some(tokio::spawn(async move {
         let listener = match first {
@@ -178,12 +198,7 @@ pub async fn start(
         };
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!("admin endpoint: http://{local}/metrics and http://{local}/healthz");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!("the admin endpoint on {local} stopped: {e}");
-        }
+        crate::listen::serve(listener, router, LIMITS, connections, cancel).await;
     })))
 }
 
@@ -208,8 +223,13 @@ fn router(sources: Arc<Sources>) -> Router {
         .with_state(sources)
 }
 
-async fn metrics(State(sources): State<Arc<Sources>>) -> Response {
-    let body = render(&sources, &ProcFs);
+/// The endpoint's own connection counts come as an extension: `router` is
+/// also served without them, in the unit tests.
+async fn metrics(
+    State(sources): State<Arc<Sources>>,
+    own: Option<Extension<Arc<ListenerCounters>>>,
+) -> Response {
+    let body = render(&sources, own.as_ref().map(|o| o.0.as_ref()), &ProcFs);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 
@@ -282,7 +302,10 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("wisp_otlp_receiver_requests_total", Kind::Counter, "OTLP requests received and made durable (answered success), by signal."),
     ("wisp_otlp_receiver_bytes_total", Kind::Counter, "Protobuf bytes of the OTLP requests made durable."),
     ("wisp_otlp_receiver_requests_invalid_total", Kind::Counter, "OTLP requests refused as malformed or unsupported (HTTP 400, 413, 415; gRPC INVALID_ARGUMENT)."),
-    ("wisp_otlp_receiver_requests_refused_total", Kind::Counter, "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE): the sender retries."),
+    ("wisp_otlp_receiver_requests_refused_total", Kind::Counter, "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE), or that would have passed the 32 MiB bound on request bytes in flight (HTTP 503, gRPC RESOURCE_EXHAUSTED): the sender retries."),
+    // Listeners.
+    ("wisp_listener_connections", Kind::Gauge, "Connections open now, by listener (otlp_grpc, otlp_http, admin); at most 64 per OTLP listener and 8 for admin, more wait in the accept backlog."),
+    ("wisp_listener_connections_closed_total", Kind::Counter, "Connections the agent closed, by listener and reason: slow_headers (headers not in within 10 s), no_request (none within 10 s of opening), idle (60 s), request_timeout (not answered within 30 s), shutdown_deadline."),
     // OTLP exporter.
     ("wisp_otlp_requests_shipped_total", Kind::Counter, "Received OTLP requests the collector took (several may travel in one export)."),
     ("wisp_otlp_exports_total", Kind::Counter, "Exports the collector took."),
@@ -401,7 +424,7 @@ impl Proc for ProcFs {
 }
 
 /// The whole `/metrics` page.
-fn render(s: &Sources, proc: &dyn Proc) -> String {
+fn render(s: &Sources, admin: Option<&ListenerCounters>, proc: &dyn Proc) -> String {
     let mut e = Exposition::default();
     e.labelled(
         "wisp_build_info",
@@ -444,8 +467,37 @@ fn render(s: &Sources, proc: &dyn Proc) -> String {
             e.sample(&name, v);
         }
     }
+    listener_metrics(&mut e, s, admin);
     process_metrics(&mut e, proc);
     e.out
+}
+
+/// Each listener's connections: open now, and closed by the agent by reason.
+fn listener_metrics(e: &mut Exposition, s: &Sources, admin: Option<&ListenerCounters>) {
+    let mut listeners: Vec<(&str, &ListenerCounters)> = Vec::new();
+    if let Some(relay) = &s.relay {
+        listeners.push(("otlp_grpc", &relay.receiver.grpc_connections));
+        listeners.push(("otlp_http", &relay.receiver.http_connections));
+    }
+    if let Some(a) = admin {
+        listeners.push(("admin", a));
+    }
+    for (name, c) in &listeners {
+        e.labelled(
+            "wisp_listener_connections",
+            &[("listener", name)],
+            c.open() as f64,
+        );
+    }
+    for (name, c) in &listeners {
+        for (reason, n) in c.closed() {
+            e.labelled(
+                "wisp_listener_connections_closed_total",
+                &[("listener", name), ("reason", reason)],
+                n as f64,
+            );
+        }
+    }
 }
 
 /// The `wisp_spool_*` families of both spools, each family's samples together
@@ -692,7 +744,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert("traces", 5);
-        let text = render(&s, &FakeProc);
+        let text = render(&s, None, &FakeProc);
         let samples = parse_strictly(&text);
         for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
             assert!(!line.contains("Undocumented"), "{line}");
@@ -762,7 +814,7 @@ mod tests {
     fn either_pipeline_alone_serves_its_own_metrics_and_not_the_others() {
         let mut otlp_only = sources(None);
         otlp_only.logs = None;
-        let text = render(&otlp_only, &FakeProc);
+        let text = render(&otlp_only, None, &FakeProc);
         let samples = parse_strictly(&text);
         assert!(
             !text.contains("wisp_file_") && !text.contains("wisp_loki_"),
@@ -774,7 +826,7 @@ mod tests {
 
         let mut loki_only = sources(None);
         loki_only.relay = None;
-        let text = render(&loki_only, &FakeProc);
+        let text = render(&loki_only, None, &FakeProc);
         let samples = parse_strictly(&text);
         assert!(!text.contains("wisp_otlp_"), "{text}");
         assert!(!text.contains("spool=\"otlp\""), "{text}");
@@ -805,7 +857,7 @@ mod tests {
 
     #[test]
     fn no_host_chosen_is_a_zero_and_no_info_sample() {
-        let text = render(&sources(None), &FakeProc);
+        let text = render(&sources(None), None, &FakeProc);
         let samples = parse_strictly(&text);
         assert_eq!(samples["wisp_host_chosen"], 0.0);
         assert!(!text.contains("wisp_host_info{"), "{text}");
@@ -844,7 +896,7 @@ mod tests {
                 None
             }
         }
-        let text = render(&sources(None), &NoProc);
+        let text = render(&sources(None), None, &NoProc);
         parse_strictly(&text);
         assert!(!text.contains("process_"), "{text}");
         assert!(stat_times("garbage").is_none());

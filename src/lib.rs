@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub(crate) mod listen;
 pub mod notify;
 pub mod parse;
 pub mod pipeline;

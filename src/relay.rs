@@ -5,8 +5,10 @@
 //! Started only with `[otlp] enabled = true`: with the export off, the receivers
 //! do not listen either (accepting data that can go nowhere would only fill the
 //! disk), and the log says so. Shutdown: the receivers stop taking requests
-//! (those in flight are answered), the spool stage ends, and the exporter gets a
-//! grace period to ship what is left; the rest waits in the spool.
+//! (those in flight get [`crate::source::otlp::SHUTDOWN_GRACE`] to be answered,
+//! then their connections are dropped, so no client holds the shutdown), the
+//! spool stage ends, and the exporter gets a grace period to ship what is left;
+//! the rest waits in the spool.
 
 use std::path::Path;
 use std::sync::Arc;

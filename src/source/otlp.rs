@@ -26,6 +26,20 @@
 //!   most that much memory and is answered 413 (gRPC `RESOURCE_EXHAUSTED`); at most
 //!   [`PENDING_REQUESTS`] requests wait for the spool, further ones wait in their
 //!   connection (backpressure to the program, never unbounded memory).
+//! - **Bounded across connections.** The request bytes held at once, over both
+//!   listeners, are at most [`BODY_BYTES_IN_FLIGHT`]: each body's bytes as they
+//!   arrive, what a gzip body inflates to, and what a gRPC request re-encodes to
+//!   past its wire size, until the request is answered. A request that would
+//!   pass it is answered at once HTTP 503 with `Retry-After: 1` (gRPC
+//!   `RESOURCE_EXHAUSTED` with a `RetryInfo` of one second), which OTLP
+//!   exporters retry; it is counted as refused. Each listener takes at most
+//!   [`MAX_CONNECTIONS`] connections (more wait in the accept backlog), a
+//!   request must start within 10 s of a connection's opening (HTTP/1: of its
+//!   first byte), an idle connection is closed after 60 s and a request not
+//!   answered within 30 s (a body trickling in) is cut ([`crate::listen`]).
+//! - **Shutdown does not wait on clients.** When the cancellation token fires the
+//!   listeners stop accepting; requests in flight get [`SHUTDOWN_GRACE`] to be
+//!   answered, then their connections are dropped.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -33,12 +47,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -59,12 +75,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
 use crate::config::ReceiverConfig;
+use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::spool::SpoolWriter;
 
@@ -74,6 +91,90 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// Requests waiting for the spool at most; the bound on memory held for them.
 pub const PENDING_REQUESTS: usize = 64;
+
+/// The request bytes both listeners hold at once, at most: two requests of the
+/// largest size, or one gzip body of it with what it inflates to. A greedy
+/// client gets no more than this; others are answered 503 / `RESOURCE_EXHAUSTED`
+/// and retry.
+pub const BODY_BYTES_IN_FLIGHT: usize = 2 * MAX_REQUEST_BYTES;
+
+/// Connections each listener (gRPC, HTTP) takes at once; more wait in the
+/// kernel's accept backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// After the cancellation token fired, how long requests in flight get to be
+/// answered before their connections are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+const HTTP_LIMITS: ListenerLimits = ListenerLimits {
+    name: "otlp http receiver",
+    protocol: Protocol::Http1,
+    max_connections: MAX_CONNECTIONS,
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(30),
+    shutdown_grace: SHUTDOWN_GRACE,
+    on_timeout: crate::listen::http_timeout,
+};
+
+const GRPC_LIMITS: ListenerLimits = ListenerLimits {
+    name: "otlp grpc receiver",
+    protocol: Protocol::Http2,
+    on_timeout: grpc_timeout,
+    ..HTTP_LIMITS
+};
+
+fn grpc_timeout(limit: Duration) -> Response {
+    tonic::Status::deadline_exceeded(format!(
+        "the request was not received within {limit:?}: send it faster, or smaller"
+    ))
+    .into_http::<Body>()
+}
+
+/// The bytes of requests in flight, bounded by [`BODY_BYTES_IN_FLIGHT`]. Cheap
+/// to clone; every clone shares the bound.
+#[derive(Clone)]
+pub(crate) struct BodyBudget(Arc<Semaphore>);
+
+/// Bytes taken from a [`BodyBudget`]; given back when dropped.
+pub(crate) struct Held(Option<OwnedSemaphorePermit>);
+
+impl BodyBudget {
+    pub(crate) fn new(bytes: usize) -> BodyBudget {
+        BodyBudget(Arc::new(Semaphore::new(bytes)))
+    }
+
+    /// Takes `bytes` more into `held`; false (and nothing taken) when the
+    /// budget has not that much left.
+    pub(crate) fn take(&self, held: &mut Held, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.0.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                match &mut held.0 {
+                    Some(h) => h.merge(p),
+                    None => held.0 = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Held {
+    pub(crate) fn none() -> Held {
+        Held(None)
+    }
+}
+
+/// The gRPC request's size on the wire, which its [`Held`] bytes already cover.
+#[derive(Clone, Copy)]
+struct WireBytes(usize);
 
 /// The spool appends at most this many requests, and about this many bytes
 /// (at least one request), with one fsync.
@@ -86,10 +187,16 @@ pub struct ReceiverCounters {
     /// Requests made durable, per signal (traces, metrics, logs).
     pub requests_accepted: [AtomicU64; 3],
     pub bytes_accepted: AtomicU64,
-    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT`.
+    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT` (and gRPC
+    /// `RESOURCE_EXHAUSTED` for a message past [`MAX_REQUEST_BYTES`] on the wire).
     pub requests_invalid: AtomicU64,
-    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`).
+    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`), or
+    /// that would have passed [`BODY_BYTES_IN_FLIGHT`] (503 /
+    /// `RESOURCE_EXHAUSTED`).
     pub requests_refused: AtomicU64,
+    /// The HTTP and gRPC listeners' connections (open, closed by the agent).
+    pub http_connections: Arc<ListenerCounters>,
+    pub grpc_connections: Arc<ListenerCounters>,
     /// Why the OTLP spool cannot append (a full disk, an I/O error), while it
     /// cannot: the admin endpoint's `/healthz` reports it.
     buffer_error: Mutex<Option<String>>,
@@ -313,36 +420,42 @@ impl Receivers {
     ) -> Result<Receivers, ReceiverError> {
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
-        let relay = Relay { intake };
+        let relay = Relay {
+            intake,
+            budget: BodyBudget::new(BODY_BYTES_IN_FLIGHT),
+        };
         if !config.grpc.is_empty() {
             let listener = bind(&config.grpc, "receiver.grpc", "gRPC").await?;
             addrs.extend(listener.local_addr().ok());
-            let router = tonic::transport::Server::builder()
-                .add_service(
-                    TraceServiceServer::new(relay.clone())
-                        .accept_compressed(CompressionEncoding::Gzip)
-                        .max_decoding_message_size(MAX_REQUEST_BYTES),
-                )
-                .add_service(
-                    MetricsServiceServer::new(relay.clone())
-                        .accept_compressed(CompressionEncoding::Gzip)
-                        .max_decoding_message_size(MAX_REQUEST_BYTES),
-                )
-                .add_service(
-                    LogsServiceServer::new(relay.clone())
-                        .accept_compressed(CompressionEncoding::Gzip)
-                        .max_decoding_message_size(MAX_REQUEST_BYTES),
-                );
-            let cancel = cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-                    .await
-                {
-                    tracing::error!("the otlp grpc receiver stopped: {e}");
-                }
-            }));
+            // tonic's services on the agent's own serve loop (crate::listen):
+            // tonic's server has no connection bound nor header timeout.
+            let router = tonic::service::Routes::new(
+                TraceServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                MetricsServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                LogsServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                grpc_within_budget,
+            ));
+            tasks.push(tokio::spawn(crate::listen::serve(
+                listener,
+                router,
+                GRPC_LIMITS,
+                relay.intake.counters.grpc_connections.clone(),
+                cancel.clone(),
+            )));
         }
         if !config.http.is_empty() {
             let listener = bind(&config.http, "receiver.http", "HTTP").await?;
@@ -351,17 +464,14 @@ impl Receivers {
                 .route("/v1/traces", post(http_traces))
                 .route("/v1/metrics", post(http_metrics))
                 .route("/v1/logs", post(http_logs))
-                .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
                 .with_state(relay.clone());
-            let cancel = cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(cancel.cancelled_owned())
-                    .await
-                {
-                    tracing::error!("the otlp http receiver stopped: {e}");
-                }
-            }));
+            tasks.push(tokio::spawn(crate::listen::serve(
+                listener,
+                app,
+                HTTP_LIMITS,
+                relay.intake.counters.http_connections.clone(),
+                cancel.clone(),
+            )));
         }
         Ok(Receivers { tasks, addrs })
     }
@@ -416,6 +526,7 @@ async fn bind(
 #[derive(Clone)]
 struct Relay {
     intake: Intake,
+    budget: BodyBudget,
 }
 
 impl Relay {
@@ -426,9 +537,29 @@ impl Relay {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn store_grpc(&self, signal: OtlpSignal, body: Vec<u8>) -> Result<(), tonic::Status> {
+    fn refused(&self) {
+        self.intake
+            .counters
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `wire`: what the request's bytes on the wire took of the budget; the
+    /// re-encoded body takes only what it adds (a gzip request inflated).
+    async fn store_grpc(
+        &self,
+        signal: OtlpSignal,
+        wire: Option<WireBytes>,
+        body: Vec<u8>,
+    ) -> Result<(), tonic::Status> {
         if body.is_empty() {
             return Ok(());
+        }
+        let mut held = Held::none();
+        let more = body.len().saturating_sub(wire.map_or(0, |w| w.0));
+        if !self.budget.take(&mut held, more) {
+            self.refused();
+            return Err(busy_status());
         }
         self.intake
             .store(OtlpPayload {
@@ -436,7 +567,9 @@ impl Relay {
                 body: body.into(),
             })
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("cannot buffer the request: {e}")))
+            .map_err(|e| tonic::Status::unavailable(format!("cannot buffer the request: {e}")))?;
+        drop(held);
+        Ok(())
     }
 }
 
@@ -446,8 +579,13 @@ impl TraceService for Relay {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.store_grpc(OtlpSignal::Traces, request.into_inner().encode_to_vec())
-            .await?;
+        let wire = request.extensions().get::<WireBytes>().copied();
+        self.store_grpc(
+            OtlpSignal::Traces,
+            wire,
+            request.into_inner().encode_to_vec(),
+        )
+        .await?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -458,8 +596,13 @@ impl MetricsService for Relay {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.store_grpc(OtlpSignal::Metrics, request.into_inner().encode_to_vec())
-            .await?;
+        let wire = request.extensions().get::<WireBytes>().copied();
+        self.store_grpc(
+            OtlpSignal::Metrics,
+            wire,
+            request.into_inner().encode_to_vec(),
+        )
+        .await?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -470,22 +613,176 @@ impl LogsService for Relay {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.store_grpc(OtlpSignal::Logs, request.into_inner().encode_to_vec())
+        let wire = request.extensions().get::<WireBytes>().copied();
+        self.store_grpc(OtlpSignal::Logs, wire, request.into_inner().encode_to_vec())
             .await?;
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
-async fn http_traces(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+async fn http_traces(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
     http_export(&r, OtlpSignal::Traces, &headers, body).await
 }
 
-async fn http_metrics(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+async fn http_metrics(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
     http_export(&r, OtlpSignal::Metrics, &headers, body).await
 }
 
-async fn http_logs(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+async fn http_logs(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
     http_export(&r, OtlpSignal::Logs, &headers, body).await
+}
+
+/// Why a request body was not read to its end.
+#[derive(Debug, thiserror::Error)]
+enum BodyRefusal {
+    #[error(
+        "the request body is larger than {limit} bytes, the most this receiver takes: \
+         send smaller batches (e.g. a lower max export batch size in the SDK)"
+    )]
+    TooLarge { limit: usize },
+    #[error(
+        "the receiver's requests in flight are at their bound ({BODY_BYTES_IN_FLIGHT} bytes): retry shortly"
+    )]
+    Busy,
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+}
+
+/// Reads `body` to its end, at most `limit` bytes, taking each piece from the
+/// budget as it arrives: a slow body holds only what it sent.
+async fn read_body(
+    body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    budget: &BodyBudget,
+    held: &mut Held,
+) -> Result<Bytes, BodyRefusal> {
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyRefusal::TooLarge { limit });
+    }
+    let mut stream = body.into_data_stream();
+    let mut out: Vec<u8> = Vec::new();
+    let mut first: Option<Bytes> = None;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| BodyRefusal::Read(e.to_string()))?;
+        let len = out.len() + first.as_ref().map_or(0, Bytes::len) + piece.len();
+        if len > limit {
+            return Err(BodyRefusal::TooLarge { limit });
+        }
+        if !budget.take(held, piece.len()) {
+            return Err(BodyRefusal::Busy);
+        }
+        // A body in one piece is kept as it came, without a copy.
+        match first.take() {
+            None if out.is_empty() => first = Some(piece),
+            None => out.extend_from_slice(&piece),
+            Some(f) => {
+                let want = declared.map_or(len, |d| d as usize).clamp(len, limit);
+                out.reserve_exact(want);
+                out.extend_from_slice(&f);
+                out.extend_from_slice(&piece);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| out.into()))
+}
+
+fn busy_response(message: String) -> Response {
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` of one second: the OTLP
+/// specification's throttling answer, which exporters retry after the delay.
+fn busy_status() -> tonic::Status {
+    let retry = rpc::RetryInfo {
+        retry_delay: Some(rpc::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+    };
+    let message = BodyRefusal::Busy.to_string();
+    let details = rpc::Status {
+        code: tonic::Code::ResourceExhausted as i32,
+        message: message.clone(),
+        details: vec![rpc::Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: retry.encode_to_vec(),
+        }],
+    };
+    tonic::Status::with_details(
+        tonic::Code::ResourceExhausted,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// The few `google.rpc` messages a throttling answer carries, by hand (as
+/// `sink/loki/push_proto.rs`): no `protoc`, no extra crate.
+mod rpc {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(message, repeated, tag = "3")]
+        pub details: Vec<Any>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "1")]
+        pub type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RetryInfo {
+        #[prost(message, optional, tag = "1")]
+        pub retry_delay: Option<Duration>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Duration {
+        #[prost(int64, tag = "1")]
+        pub seconds: i64,
+        #[prost(int32, tag = "2")]
+        pub nanos: i32,
+    }
+}
+
+/// Reads a gRPC request's body within the budget before tonic decodes it (tonic
+/// would buffer each message whole, 16 MiB per stream, with no bound across
+/// streams), and holds its bytes until the request is answered.
+async fn grpc_within_budget(State(relay): State<Relay>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let mut held = Held::none();
+    // One message and its 5-byte frame header.
+    let limit = MAX_REQUEST_BYTES + 5;
+    let status = match read_body(body, None, limit, &relay.budget, &mut held).await {
+        Ok(bytes) => {
+            parts.extensions.insert(WireBytes(bytes.len()));
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            drop(held);
+            return response;
+        }
+        Err(BodyRefusal::Busy) => {
+            relay.refused();
+            busy_status()
+        }
+        Err(e @ BodyRefusal::TooLarge { .. }) => {
+            relay.invalid();
+            tonic::Status::resource_exhausted(e.to_string())
+        }
+        Err(e @ BodyRefusal::Read(_)) => tonic::Status::cancelled(e.to_string()),
+    };
+    status.into_http::<Body>()
 }
 
 /// How an OTLP/HTTP body is encoded.
@@ -499,7 +796,7 @@ async fn http_export(
     relay: &Relay,
     signal: OtlpSignal,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -529,14 +826,43 @@ async fn http_export(
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("(not text)"));
-    let body = match decode_content(content_encoding, body, MAX_REQUEST_BYTES) {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // Held until the request is answered: its bytes count against the budget
+    // while they are in memory.
+    let mut held = Held::none();
+    let body = match read_body(body, declared, MAX_REQUEST_BYTES, &relay.budget, &mut held).await {
         Ok(b) => b,
+        Err(BodyRefusal::Busy) => {
+            relay.refused();
+            return busy_response(BodyRefusal::Busy.to_string());
+        }
+        Err(e @ BodyRefusal::TooLarge { .. }) => {
+            relay.invalid();
+            return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response();
+        }
+        Err(e @ BodyRefusal::Read(_)) => {
+            relay.invalid();
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+        }
+    };
+    let decoded = decode_content(content_encoding, body, MAX_REQUEST_BYTES, &mut |more| {
+        relay.budget.take(&mut held, more)
+    });
+    let body = match decoded {
+        Ok(b) => b,
+        Err(ContentRefusal::Busy) => {
+            relay.refused();
+            return busy_response(ContentRefusal::Busy.to_string());
+        }
         Err(refusal) => {
             relay.invalid();
             let status = match refusal {
                 ContentRefusal::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ContentRefusal::Corrupt(_) => StatusCode::BAD_REQUEST,
                 ContentRefusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ContentRefusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
             };
             return (status, refusal.to_string()).into_response();
         }
@@ -561,16 +887,10 @@ async fn http_export(
             })
             .await
         {
-            let mut r = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot buffer the request: {e}"),
-            )
-                .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+            return busy_response(format!("cannot buffer the request: {e}"));
         }
     }
+    drop(held);
     // The full-success response has no fields set: `{}` in JSON, no bytes in
     // protobuf.
     match encoding {
@@ -597,15 +917,24 @@ pub(crate) enum ContentRefusal {
          send smaller batches (e.g. a lower max export batch size in the SDK)"
     )]
     TooLarge { limit: usize },
+    #[error(
+        "the receiver's requests in flight would pass their bound ({BODY_BYTES_IN_FLIGHT} bytes) \
+         with this body inflated: retry shortly"
+    )]
+    Busy,
 }
 
 /// Undoes the body's `Content-Encoding` (none, `identity` or `gzip`). A gzip
 /// body is inflated at most to `limit` bytes: memory stays bounded whatever the
 /// body claims to hold (a gzip bomb is refused once past it, not read to the end).
+/// Each allocation for the inflated body is first asked of `room` (the
+/// receivers' shared budget); when it says no, the body is refused
+/// [`ContentRefusal::Busy`].
 pub(crate) fn decode_content(
     content_encoding: Option<&str>,
     body: Bytes,
     limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Bytes, ContentRefusal> {
     let encoding = content_encoding.unwrap_or("").trim();
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
@@ -627,7 +956,11 @@ pub(crate) fn decode_content(
         Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
         _ => 0,
     };
-    let mut out: Vec<u8> = Vec::with_capacity(claimed.min(limit));
+    let first = claimed.min(limit);
+    if !room(first) {
+        return Err(ContentRefusal::Busy);
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(first);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = match decoder.read(&mut chunk) {
@@ -642,6 +975,9 @@ pub(crate) fn decode_content(
         }
         if len > out.capacity() {
             let grown = (out.capacity() * 2).max(len).min(limit);
+            if !room(grown - out.capacity()) {
+                return Err(ContentRefusal::Busy);
+            }
             out.reserve_exact(grown - out.len());
         }
         out.extend_from_slice(&chunk[..n]);
@@ -719,23 +1055,23 @@ mod tests {
     fn gzip_bodies_are_inflated_and_plain_ones_kept() {
         let data = b"hello otlp".repeat(1000);
         assert_eq!(
-            decode_content(Some("gzip"), gzip(&data), 1 << 20).unwrap(),
+            decode_content(Some("gzip"), gzip(&data), 1 << 20, &mut |_| true).unwrap(),
             Bytes::from(data.clone())
         );
         assert_eq!(
-            decode_content(Some(" GZIP "), gzip(&data), 1 << 20).unwrap(),
+            decode_content(Some(" GZIP "), gzip(&data), 1 << 20, &mut |_| true).unwrap(),
             Bytes::from(data.clone())
         );
         // Two members, one stream.
         let mut two = gzip(b"abc").to_vec();
         two.extend_from_slice(&gzip(b"def"));
         assert_eq!(
-            decode_content(Some("gzip"), two.into(), 100).unwrap(),
+            decode_content(Some("gzip"), two.into(), 100, &mut |_| true).unwrap(),
             Bytes::from_static(b"abcdef")
         );
         for none in [None, Some(""), Some("identity")] {
             assert_eq!(
-                decode_content(none, Bytes::from_static(b"x"), 100).unwrap(),
+                decode_content(none, Bytes::from_static(b"x"), 100, &mut |_| true).unwrap(),
                 Bytes::from_static(b"x")
             );
         }
@@ -746,13 +1082,13 @@ mod tests {
         let data = vec![0u8; 1 << 20];
         // Exactly at the limit is taken, one byte more is not.
         assert_eq!(
-            decode_content(Some("gzip"), gzip(&data), 1 << 20)
+            decode_content(Some("gzip"), gzip(&data), 1 << 20, &mut |_| true)
                 .unwrap()
                 .len(),
             1 << 20
         );
         assert_eq!(
-            decode_content(Some("gzip"), gzip(&data), (1 << 20) - 1),
+            decode_content(Some("gzip"), gzip(&data), (1 << 20) - 1, &mut |_| true),
             Err(ContentRefusal::TooLarge {
                 limit: (1 << 20) - 1
             })
@@ -768,13 +1104,14 @@ mod tests {
         for body in [bad, truncated, b"not gzip at all".to_vec()] {
             assert!(
                 matches!(
-                    decode_content(Some("gzip"), body.clone().into(), 1 << 20),
+                    decode_content(Some("gzip"), body.clone().into(), 1 << 20, &mut |_| true),
                     Err(ContentRefusal::Corrupt(_))
                 ),
                 "{body:?}"
             );
         }
-        let err = decode_content(Some("br"), Bytes::from_static(b"x"), 100).unwrap_err();
+        let err =
+            decode_content(Some("br"), Bytes::from_static(b"x"), 100, &mut |_| true).unwrap_err();
         assert_eq!(err, ContentRefusal::Unsupported("br".into()));
         assert!(err.to_string().contains("gzip or uncompressed"), "{err}");
     }
