@@ -36,6 +36,8 @@ use crate::record::otlp_text as text;
 
 /// The list of handled runs, under `state_dir`.
 pub const HANDLED_FILE: &str = "exec-spans.json";
+/// The largest `exec-spans.json` read; a larger one is taken as unreadable.
+const MAX_HANDLED_BYTES: u64 = 16 << 20;
 
 /// At most this many runs are remembered as handled (oldest forgotten first): a
 /// capture replayed after that many newer runs would be shipped again.
@@ -59,11 +61,14 @@ impl Handled {
     /// replayed run gets a second span).
     pub fn load(state_dir: &Path) -> Handled {
         let path = state_dir.join(HANDLED_FILE);
-        let runs = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<HandledFile>(&b).ok())
-            .map(|f| f.runs)
-            .unwrap_or_default();
+        // Capped like every metadata read: 10 000 runs take about 1 MiB.
+        let runs = match crate::source::file::open::read_capped(&path, MAX_HANDLED_BYTES) {
+            Ok(crate::source::file::open::Capped::Bytes(b)) => Some(b),
+            _ => None,
+        }
+        .and_then(|b| serde_json::from_slice::<HandledFile>(&b).ok())
+        .map(|f| f.runs)
+        .unwrap_or_default();
         Handled {
             path,
             runs,

@@ -673,7 +673,19 @@ fn remove_file_logged(path: &Path) {
 fn read_ack_file(dir: &Path) -> Option<AckState> {
     remove_file_logged(&dir.join(ACK_TMP_FILE));
     let path = dir.join(ACK_FILE);
-    match fs::read(&path) {
+    // An ack file is 44 bytes: a larger one is corrupt, and is not read whole.
+    let read = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+    }
+    .and_then(|f| {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut bytes).map(|_| bytes)
+    });
+    match read {
         Ok(bytes) => {
             let pos = decode_ack(&bytes);
             if pos.is_none() {

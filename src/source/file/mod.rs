@@ -38,7 +38,7 @@
 
 mod checkpoint;
 mod fingerprint;
-mod open;
+pub(crate) mod open;
 mod reader;
 mod watcher;
 
