@@ -69,8 +69,12 @@ http = ""
 
 [admin]
 listen = ""
+
+[exec]
+socket = "{socket}"
 "#,
             state = dir.path().join("state").display(),
+            socket = dir.path().join("exec.sock").display(),
             endpoint = collector.grpc_endpoint(),
         );
         let config = dir.path().join("agent.toml");

@@ -45,8 +45,10 @@ impl Secrets {
                  [loki]\nbatch_max_wait = \"100ms\"\nmax_backoff = \"200ms\"\n\
                  [otlp]\nmax_backoff = \"200ms\"\n\
                  [host_metrics]\ninterval = \"100ms\"\n\
+                 [exec]\nsocket = \"{}\"\n\
                  [[files]]\nname = \"app\"\npaths = [\"{}\"]\nstart_at = \"beginning\"\n",
                 dir.path().join("state").display(),
+                dir.path().join("exec.sock").display(),
                 log.display()
             ),
         )
