@@ -364,16 +364,7 @@ impl Config {
         if dir != Path::new(DEFAULT_STATE_DIR) || is_writable_dir(dir) {
             return (dir.clone(), None);
         }
-        let fallback = env
-            .var("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                env.var("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".local/state"))
-            })
-            .map(|base| base.join("wisp-agent"));
+        let fallback = user_state_home(env).map(|base| base.join("wisp-agent"));
         match fallback {
             Some(f) => {
                 let note = format!(
@@ -543,6 +534,19 @@ fn validate_file(_i: usize, f: &FileConfig) -> Result<(), (&'static str, String)
         return Err(("poll_interval", "expected a duration above zero".into()));
     }
     Ok(())
+}
+
+/// The calling user's state folder: `$XDG_STATE_HOME`, else `~/.local/state`;
+/// `None` without either.
+pub fn user_state_home(env: &dyn EnvSource) -> Option<PathBuf> {
+    env.var("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env.var("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })
 }
 
 #[cfg(test)]

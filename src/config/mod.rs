@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use env::{apply_env, EnvSource, ProcessEnv};
-pub use load::{check_state_dir, load, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH};
+pub use load::{
+    check_state_dir, load, user_state_home, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH,
+};
 pub use units::{Size, Span};
 
 /// The default state directory; see [`AgentConfig::state_dir`].

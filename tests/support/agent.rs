@@ -22,43 +22,32 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, stderr: &Path) -> Agent {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(stderr)
-            .unwrap();
-        let log_start = log.metadata().map_or(0, |m| m.len() as usize);
-        let child = super::agent_command()
-            .args(["run", "--log-level", "debug", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Agent {
-            child: Some(child),
-            stderr: stderr.to_path_buf(),
-            log_start,
-        }
+        Self::spawn(super::agent_command(), config, stderr)
     }
 
     /// As [`Agent::start`], with the agent running as user `uid` and group `gid`
     /// with no supplementary groups (`setpriv`, from util-linux): for tests of
     /// what an unprivileged agent may not read. The caller must be root.
     pub fn start_as(config: &Path, stderr: &Path, uid: u32, gid: u32) -> Agent {
+        let mut cmd = Command::new("setpriv");
+        super::clear_agent_env(&mut cmd);
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg(env!("CARGO_BIN_EXE_wisp-agent"));
+        Self::spawn(cmd, config, stderr)
+    }
+
+    /// Runs `cmd run --log-level debug --config CONFIG`, its stderr appended to
+    /// `stderr`.
+    fn spawn(mut cmd: Command, config: &Path, stderr: &Path) -> Agent {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(stderr)
             .unwrap();
         let log_start = log.metadata().map_or(0, |m| m.len() as usize);
-        let mut cmd = Command::new("setpriv");
-        super::clear_agent_env(&mut cmd);
         let child = cmd
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={gid}"))
-            .arg("--clear-groups")
-            .arg(env!("CARGO_BIN_EXE_wisp-agent"))
             .args(["run", "--log-level", "debug", "--config"])
             .arg(config)
             .stdout(Stdio::null())

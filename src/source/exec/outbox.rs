@@ -33,15 +33,7 @@ pub fn outbox_dir(config: &Config, env: &dyn EnvSource) -> Option<PathBuf> {
     if rustix::process::geteuid().is_root() {
         return Some(config.agent.state_dir.join("exec-outbox"));
     }
-    env.var("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            env.var("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".local/state"))
-        })
-        .map(|base| base.join("wisp-agent").join("exec"))
+    crate::config::user_state_home(env).map(|base| base.join("wisp-agent").join("exec"))
 }
 
 /// Creates the outbox (0700) if needed and checks it is a directory of ours,
