@@ -288,6 +288,11 @@ async fn the_next_exec_hands_over_what_an_earlier_one_kept() {
     agent
         .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
         .await;
+    // The background hand-over lives as long as the second `exec` (its command
+    // and 2 s more): on a loaded machine the first run's end may still be
+    // waiting; a foreground flush finishes it, and ships nothing twice.
+    let flushed = exec(&setup.config, &["--flush"]);
+    assert_eq!(flushed.status.code(), Some(0), "{}", agent.log());
     assert!(
         wait_until(DEADLINE, || captures(&setup).is_empty()).await,
         "{:?}",
