@@ -561,7 +561,6 @@ const SEARCH_WINDOW: usize = 64 * 1024;
 /// inside damaged or text bytes at once.
 pub fn find_frame(file: &File, from: u64, end: u64) -> io::Result<Option<u64>> {
     let mut window = vec![0u8; SEARCH_WINDOW];
-    let mut chunk = Vec::new();
     let mut base = from;
     while base + FRAME_HEADER_LEN <= end {
         let want = usize::try_from((end - base).min(SEARCH_WINDOW as u64)).unwrap_or(SEARCH_WINDOW);
@@ -577,20 +576,17 @@ pub fn find_frame(file: &File, from: u64, end: u64) -> io::Result<Option<u64>> {
             let Some(h) = FrameHeader::parse(head, end - at) else {
                 continue;
             };
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&head[..4]);
-            let body = at + FRAME_HEADER_LEN;
             let inside = i + FRAME_HEADER_LEN as usize;
-            if inside + h.len as usize <= got {
-                crc.update(&window[inside..inside + h.len as usize]);
+            let whole = if inside + h.len as usize <= got {
+                frame_crc(
+                    h.raw.to_le_bytes(),
+                    &window[inside..inside + h.len as usize],
+                ) == h.crc
             } else {
-                chunk.resize(h.len as usize, 0);
-                if read_full_at(file, &mut chunk, body)? < h.len as usize {
-                    continue;
-                }
-                crc.update(&chunk);
-            }
-            if crc.finalize() == h.crc {
+                // The payload runs past the window: read it where it is.
+                frame_starts_at(file, at, end)?
+            };
+            if whole {
                 return Ok(Some(at));
             }
         }

@@ -228,19 +228,9 @@ async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &Cancellatio
                 continue;
             }
         }
-        let push = match encode(&batch.records, sink.settings.encoding) {
-            Ok(p) => p,
-            Err(e) => {
-                // Cannot happen for records that came through the spool; never
-                // wedge on it: drop the batch, counted under status 0.
-                tracing::error!(
-                    "cannot encode a Loki push, dropping {} record(s): {e}",
-                    batch.records.len()
-                );
-                count_drop(&sink.counters, 0, batch.records.len());
-                ack(&mut sink.reader, batch.end);
-                continue;
-            }
+        let Some(mut push) = encode_or_drop(sink, &batch.records) else {
+            ack(&mut sink.reader, batch.end);
+            continue;
         };
         match tokio::task::block_in_place(|| sink.reader.begin_push(batch.end)) {
             Ok(()) => begin_push_failing = false,
@@ -257,7 +247,6 @@ async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &Cancellatio
                 begin_push_failing = true;
             }
         }
-        let mut push = push;
         let mut records = batch.records;
         loop {
             match deliver(sink, &push, &mut backoff, &mut logged_causes, stop).await {
@@ -278,17 +267,9 @@ async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &Cancellatio
                     if records.is_empty() {
                         break;
                     }
-                    match encode(&records, sink.settings.encoding) {
-                        Ok(p) => push = p,
-                        // As above: cannot happen for records from the spool.
-                        Err(e) => {
-                            tracing::error!(
-                                "cannot encode a Loki push, dropping {} record(s): {e}",
-                                records.len()
-                            );
-                            count_drop(&sink.counters, 0, records.len());
-                            break;
-                        }
+                    match encode_or_drop(sink, &records) {
+                        Some(p) => push = p,
+                        None => break,
                     }
                 }
             }
@@ -297,6 +278,22 @@ async fn ship(sink: &mut LokiSink, drain: &CancellationToken, stop: &Cancellatio
             .bytes_shipped
             .fetch_add(batch.bytes, Ordering::Relaxed);
         ack(&mut sink.reader, batch.end);
+    }
+}
+
+/// Encodes a push. An error cannot happen for records that came through the
+/// spool; never wedge on it: the records are dropped, counted under status 0.
+fn encode_or_drop(sink: &LokiSink, records: &[LogRecord]) -> Option<EncodedPush> {
+    match encode(records, sink.settings.encoding) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(
+                "cannot encode a Loki push, dropping {} record(s): {e}",
+                records.len()
+            );
+            count_drop(&sink.counters, 0, records.len());
+            None
+        }
     }
 }
 
