@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -44,6 +44,7 @@ use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
 use crate::source::file::TailCounters;
 use crate::source::otlp::ReceiverCounters;
+use crate::spool::stage::BufferHealth;
 use crate::spool::SpoolCounters;
 
 /// How often a listen address that could not be bound is tried again.
@@ -67,42 +68,6 @@ const LIMITS: ListenerLimits = ListenerLimits {
 /// The content type of the text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The agent's own health as `/healthz` reports it: problems of the agent, not
-/// of the host it ships to (Loki being away is what the buffer is for; its
-/// state is in `/metrics`).
-#[derive(Debug, Default)]
-pub struct AgentHealth {
-    /// Why the file-log buffer (`spool/loki`) cannot take records (a full disk,
-    /// an I/O error), while it cannot. The OTLP buffer's state is kept by its
-    /// own stage ([`ReceiverCounters::buffer_error`]).
-    buffer_error: Mutex<Option<String>>,
-}
-
-impl AgentHealth {
-    /// The file-log buffer failed to append: `/healthz` answers 503 with
-    /// `reason` until [`AgentHealth::buffer_recovered`].
-    pub fn buffer_failing(&self, reason: String) {
-        *self.buffer_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-    }
-
-    pub fn buffer_recovered(&self) {
-        *self.buffer_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
-    /// What is wrong, if anything.
-    pub fn problem(&self) -> Option<String> {
-        self.buffer_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|e| {
-                format!(
-                    "the log buffer (spool/loki) cannot write: {e}; reading files is paused, nothing is lost"
-                )
-            })
-    }
-}
-
 /// Everything `/metrics` and `/healthz` read: the stages' shared counters.
 #[derive(Debug)]
 pub struct Sources {
@@ -112,7 +77,6 @@ pub struct Sources {
     pub relay: Option<RelaySources>,
     /// The host discovery chose, if any.
     pub host: watch::Receiver<Option<Chosen>>,
-    pub health: Arc<AgentHealth>,
 }
 
 /// The counters of the file-log pipeline: tailer → parser → spool → Loki.
@@ -122,6 +86,8 @@ pub struct LogSources {
     pub parse: Arc<ParseCounters>,
     pub spool: Arc<SpoolCounters>,
     pub loki: Arc<LokiCounters>,
+    /// Whether the spool can append (`/healthz`).
+    pub buffer: Arc<BufferHealth>,
     /// The spool's bound (its share of `buffer.max_bytes`), so a dashboard can
     /// show how full it is.
     pub spool_max_bytes: u64,
@@ -133,6 +99,8 @@ pub struct RelaySources {
     pub receiver: Arc<ReceiverCounters>,
     pub exporter: Arc<OtlpCounters>,
     pub spool: Arc<SpoolCounters>,
+    /// Whether the OTLP spool can append (`/healthz`).
+    pub buffer: Arc<BufferHealth>,
     /// The OTLP spool's bound (its share of `buffer.max_bytes`).
     pub spool_max_bytes: u64,
 }
@@ -140,13 +108,14 @@ pub struct RelaySources {
 impl Sources {
     /// What is wrong with the agent, if anything: each buffer that cannot write.
     fn problem(&self) -> Option<String> {
-        let mut problems: Vec<String> = self.health.problem().into_iter().collect();
-        if let Some(e) = self.relay.as_ref().and_then(|r| r.receiver.buffer_error()) {
-            problems.push(format!(
-                "the otlp buffer (spool/otlp) cannot write: {e}; OTLP senders are answered \
-                 503 / UNAVAILABLE and retry, nothing is lost"
-            ));
-        }
+        let problems: Vec<String> = [
+            self.logs.as_ref().map(|l| &l.buffer),
+            self.relay.as_ref().map(|r| &r.buffer),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.problem())
+        .collect();
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 }
@@ -666,16 +635,17 @@ mod tests {
                 parse: Arc::default(),
                 spool: Arc::default(),
                 loki: Arc::default(),
+                buffer: Arc::new(BufferHealth::logs()),
                 spool_max_bytes: 256 << 20,
             }),
             relay: Some(RelaySources {
                 receiver: Arc::default(),
                 exporter: Arc::default(),
                 spool: Arc::default(),
+                buffer: Arc::new(BufferHealth::otlp()),
                 spool_max_bytes: 256 << 20,
             }),
             host,
-            health: Arc::default(),
         }
     }
 
@@ -840,18 +810,19 @@ mod tests {
         assert_eq!(s.problem(), None);
         let relay = s.relay.as_ref().unwrap();
         relay
-            .receiver
-            .set_buffer_error(Some("no space left on device (os error 28)".into()));
+            .buffer
+            .set(Some("no space left on device (os error 28)".into()));
         let p = s.problem().unwrap();
         assert!(
             p.contains("otlp buffer") && p.contains("os error 28"),
             "{p}"
         );
-        s.health.buffer_failing("an i/o error".into());
+        let logs = s.logs.as_ref().unwrap();
+        logs.buffer.set(Some("an i/o error".into()));
         let p = s.problem().unwrap();
         assert!(p.contains("log buffer") && p.contains("otlp buffer"), "{p}");
-        relay.receiver.set_buffer_error(None);
-        s.health.buffer_recovered();
+        relay.buffer.set(None);
+        logs.buffer.set(None);
         assert_eq!(s.problem(), None);
     }
 
@@ -906,7 +877,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
         let s = sources(None);
-        let health = s.health.clone();
+        let health = s.logs.as_ref().unwrap().buffer.clone();
         let app = router(Arc::new(s));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -923,13 +894,13 @@ mod tests {
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "ok\n");
 
-        health.buffer_failing("no space left on device (os error 28)".into());
+        health.set(Some("no space left on device (os error 28)".into()));
         let r = client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 503);
         let body = r.text().await.unwrap();
         assert!(body.contains("no space left on device"), "{body}");
 
-        health.buffer_recovered();
+        health.set(None);
         let r = client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
         cancel.cancel();

@@ -14,16 +14,18 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AgentHealth, LogSources, Sources};
+use crate::admin::{self, LogSources, Sources};
 use crate::config::{Config, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
 use crate::relay::OtlpRelay;
-use crate::sink::loki::sink::{LokiCounters, LokiSink, LokiSinkSettings};
+use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
+use crate::sink::ship::{self, Shipper};
 use crate::source::file::{self, TailSettings};
 use crate::source::{exec, exec_spans, host_metrics};
+use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
 use crate::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
@@ -129,7 +131,10 @@ pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCo
 }
 
 /// The spool stage appends at most about this many records with one fsync.
-const GROUP_COMMIT_RECORDS: usize = 4096;
+const GROUP_COMMIT: GroupLimits = GroupLimits {
+    max_records: 4096,
+    max_bytes: usize::MAX,
+};
 
 /// After the sources stopped, the Loki sink gets this long to ship what is left;
 /// whatever it could not ship stays in the spool for the next start.
@@ -220,7 +225,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         otlp.as_mut(),
         &cancel,
     );
-    let agent_health = Arc::new(AgentHealth::default());
+    let buffer_health = Arc::new(BufferHealth::logs());
     let admin = admin::start(
         &config.admin.listen,
         &loaded.origin.to_string(),
@@ -230,41 +235,42 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
                 parse: transformer.counters(),
                 spool: writer.counters(),
                 loki: loki_counters.clone(),
+                buffer: buffer_health.clone(),
                 spool_max_bytes: spool_bytes,
             }),
             relay: otlp.as_ref().map(OtlpRelay::admin_sources),
             host: host.clone(),
-            health: agent_health.clone(),
         },
         cancel.clone(),
     )
     .await?;
-    let sink = LokiSink {
-        settings: LokiSinkSettings::from_config(&config.loki),
-        client,
+    let shipper = Shipper {
+        settings: loki_sink::ship_settings(&config.loki),
+        service: LokiService::new(client, &config.loki, loki_counters),
         reader,
         host,
         health,
-        counters: loki_counters,
     };
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
-    let shipping = tokio::spawn(crate::sink::loki::sink::run(
-        sink,
-        drain.clone(),
-        stop.clone(),
-    ));
+    let shipping = tokio::spawn(ship::run(shipper, drain.clone(), stop.clone()));
 
     let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
-    let spooling = {
-        let cancel = cancel.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            spool_batches(batch_rx, writer, &agent_health, cancel, runtime)
-        })
-    };
+    let spooling = tokio::spawn(stage::run(
+        batch_rx,
+        writer,
+        StageSettings {
+            name: "the buffer",
+            what: "record(s)",
+            meanwhile: "reading is paused and nothing is lost",
+            group: GROUP_COMMIT,
+            on_failure: OnFailure::Hold,
+        },
+        buffer_health,
+        cancel.clone(),
+    ));
     crate::notify::ready_until(&cancel);
 
     let tailed = tail.await.context("the file tailer stopped")?;
@@ -359,7 +365,6 @@ async fn run_otlp_only(
         logs: None,
         relay: otlp.as_ref().map(OtlpRelay::admin_sources),
         host,
-        health: Arc::default(),
     };
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     crate::notify::ready_until(&cancel);
@@ -418,90 +423,5 @@ fn start_exec_server(
     });
     if let Some(relay) = relay {
         relay.add_producer(task);
-    }
-}
-
-/// The spool stage, on a blocking thread: appends each batch and only then
-/// acknowledges it to its source (the commit point of the delivery guarantee). A
-/// failed append (a full disk) is retried, holding back the tailer, until it
-/// succeeds or the agent stops: a batch is never skipped, because acknowledging a
-/// later one would move the file checkpoint past it.
-fn spool_batches(
-    mut rx: mpsc::Receiver<Batch>,
-    mut writer: SpoolWriter,
-    health: &AgentHealth,
-    cancel: CancellationToken,
-    runtime: tokio::runtime::Handle,
-) {
-    let mut failing = false;
-    // With `buffer.fsync = "interval"` an idle spool still gets its fsync: wake
-    // up at least once a second to see whether one is due.
-    let tick = Duration::from_secs(1);
-    'batches: loop {
-        let first = match runtime.block_on(tokio::time::timeout(tick, rx.recv())) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            Err(_) => {
-                // A second without records: the burst is over.
-                writer.release_memory();
-                if let Err(e) = writer.sync_if_due() {
-                    tracing::warn!("cannot fsync the buffer: {e}");
-                }
-                continue;
-            }
-        };
-        // Group commit: whatever else is already queued goes into the same append
-        // and the same fsync, so a fast writer pays one fsync per group, not per
-        // batch.
-        let mut batch = first;
-        while batch.records.len() < GROUP_COMMIT_RECORDS {
-            match rx.try_recv() {
-                Ok(more) => {
-                    batch.records.extend(more.records);
-                    batch.ack = batch.ack.and(more.ack);
-                }
-                Err(_) => break,
-            }
-        }
-        loop {
-            match writer.append_with(&batch.records, batch.ack.resume_points()) {
-                Ok(()) => {
-                    if failing {
-                        tracing::info!("the buffer takes records again");
-                        health.buffer_recovered();
-                        failing = false;
-                    }
-                    batch.ack.done();
-                    break;
-                }
-                Err(e) => {
-                    if !failing {
-                        let hint = match e {
-                            SpoolError::DiskFull { .. } => {
-                                " (free space there, or lower buffer.max_bytes)"
-                            }
-                            _ => "",
-                        };
-                        tracing::error!(
-                            "cannot buffer {} record(s): {e}{hint}; reading is paused and nothing is lost",
-                            batch.records.len()
-                        );
-                        health.buffer_failing(format!("{e}{hint}"));
-                        failing = true;
-                    }
-                    if cancel.is_cancelled() {
-                        // Unacknowledged: the tailer reads these lines again next start.
-                        break 'batches;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            }
-        }
-        if let Err(e) = writer.sync_if_due() {
-            tracing::warn!("cannot fsync the buffer: {e}");
-        }
-    }
-    if let Err(e) = writer.sync() {
-        tracing::warn!("cannot fsync the buffer at shutdown: {e}");
     }
 }

@@ -152,9 +152,13 @@ pub struct ResumePoint {
 /// the batch durable to store with it.
 #[must_use = "a batch's ack must be called once the batch is durable, or dropped to re-read it"]
 pub struct Ack {
-    done: Option<Box<dyn FnOnce() + Send + 'static>>,
+    done: Option<Notify>,
     resume: Vec<ResumePoint>,
 }
+
+/// Whom an [`Ack`] tells: `Ok` once the batch is durable, `Err` with the reason
+/// when the stage gave it up ([`Ack::fail`]).
+type Notify = Box<dyn FnOnce(Result<(), &str>) + Send + 'static>;
 
 impl Ack {
     /// An ack that does nothing (sources without checkpoints: exec, tests).
@@ -165,9 +169,25 @@ impl Ack {
         }
     }
 
+    /// Calls `f` once the batch is durable (not when it is given up).
     pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
         Ack {
-            done: Some(Box::new(f)),
+            done: Some(Box::new(move |r: Result<(), &str>| {
+                if r.is_ok() {
+                    f()
+                }
+            })),
+            resume: Vec::new(),
+        }
+    }
+
+    /// Answers `reply` with the outcome: `Ok` once durable, the stage's reason
+    /// when it gave the batch up. A dropped ack drops `reply` unanswered.
+    pub fn replying(reply: tokio::sync::oneshot::Sender<Result<(), String>>) -> Self {
+        Ack {
+            done: Some(Box::new(move |r: Result<(), &str>| {
+                let _ = reply.send(r.map_err(str::to_string));
+            })),
             resume: Vec::new(),
         }
     }
@@ -183,25 +203,39 @@ impl Ack {
         &self.resume
     }
 
+    /// Takes the resume points out (the stage stores them), leaving none.
+    pub fn take_resume(&mut self) -> Vec<ResumePoint> {
+        std::mem::take(&mut self.resume)
+    }
+
     /// Joins two acks: calling the result calls both, `self` first; the resume
     /// points are `self`'s, then `other`'s.
     pub fn and(mut self, mut other: Ack) -> Self {
         let done = match (self.done.take(), other.done.take()) {
             (None, None) => None,
             (Some(a), None) | (None, Some(a)) => Some(a),
-            (Some(a), Some(b)) => Some(Box::new(move || {
-                a();
-                b();
-            }) as Box<dyn FnOnce() + Send>),
+            (Some(a), Some(b)) => Some(Box::new(move |r: Result<(), &str>| {
+                a(r);
+                b(r);
+            }) as Notify),
         };
         let mut resume = std::mem::take(&mut self.resume);
         resume.append(&mut other.resume);
         Ack { done, resume }
     }
 
+    /// The batch is durable.
     pub fn done(mut self) {
         if let Some(f) = self.done.take() {
-            f();
+            f(Ok(()));
+        }
+    }
+
+    /// The stage gave the batch up for `reason`: an ack made with
+    /// [`Ack::replying`] passes it on, one made with [`Ack::new`] is not called.
+    pub fn fail(mut self, reason: &str) {
+        if let Some(f) = self.done.take() {
+            f(Err(reason));
         }
     }
 }
@@ -250,10 +284,10 @@ pub struct SourceBatch {
     pub ack: Ack,
 }
 
-/// Parsed records on their way to a sink.
+/// Records on their way to a spool: parsed log records, or OTLP requests.
 #[derive(Debug)]
-pub struct Batch {
-    pub records: Vec<LogRecord>,
+pub struct Batch<R = LogRecord> {
+    pub records: Vec<R>,
     pub ack: Ack,
 }
 

@@ -4,3 +4,4 @@ pub mod console;
 pub mod loki;
 pub mod otlp;
 pub mod retry;
+pub mod ship;

@@ -58,8 +58,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::record::otlp_text as text;
 use crate::record::{OtlpPayload, OtlpSignal};
+use crate::relay::Intake;
 use crate::relay::OtlpRelay;
-use crate::source::otlp::Intake;
 
 /// The instrumentation scope of what this module sends.
 const SCOPE: &str = "wisp-agent/host_metrics";

@@ -71,6 +71,8 @@ use crate::record::{LogRecord, ResumePoint};
 use segment::{Commit, Frame, FRAME_HEADER_LEN, HEADER_LEN};
 pub use segment::{DecodeError, ResumeState, SpoolRecord};
 
+pub mod stage;
+
 /// Where the spool lives and how it behaves.
 #[derive(Clone, Debug)]
 pub struct SpoolSettings {

@@ -44,8 +44,8 @@ use crate::config::{is_valid_label_name, LogFormat};
 use crate::record::{
     Ack, OtlpPayload, OtlpSignal, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp,
 };
+use crate::relay::Intake;
 use crate::source::exec_spans::{span_request, Handled, RunSpan, SpanSettings};
-use crate::source::otlp::Intake;
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
 

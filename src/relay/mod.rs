@@ -23,9 +23,22 @@ use crate::admin::RelaySources;
 use crate::config::{Config, FsyncPolicy};
 use crate::discovery::{Chosen, HostHealth};
 use crate::record::OtlpPayload;
-use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpSink, OtlpSinkSettings};
-use crate::source::otlp::{Intake, ReceiverCounters, Receivers};
+use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpService, OtlpSinkSettings};
+use crate::sink::ship::{self, Shipper};
+use crate::source::otlp::{ReceiverCounters, Receivers, PENDING_REQUESTS};
+use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
 use crate::spool::{Spool, SpoolCounters, SpoolSettings};
+
+mod intake;
+
+pub use intake::Intake;
+
+/// The spool stage appends at most this many requests, and about this many
+/// bytes (at least one request), with one fsync.
+const GROUP_COMMIT: GroupLimits = GroupLimits {
+    max_records: 256,
+    max_bytes: 4 * 1024 * 1024,
+};
 
 /// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
 pub struct OtlpRelay {
@@ -44,6 +57,8 @@ pub struct OtlpRelay {
     pub counters: Arc<OtlpCounters>,
     /// The OTLP spool's counters (`wisp_spool_*` with `spool="otlp"`).
     pub spool_counters: Arc<SpoolCounters>,
+    /// Whether the OTLP spool can append.
+    pub buffer_health: Arc<BufferHealth>,
     /// The OTLP spool's bound.
     max_bytes: u64,
 }
@@ -95,8 +110,29 @@ impl OtlpRelay {
         // The receivers first: the exporter must know their bound addresses to
         // refuse exporting to them.
         let receiver_counters = Arc::new(ReceiverCounters::default());
-        let (intake, spooling) = Intake::start(writer, receiver_counters.clone());
-        let receivers = Receivers::start(&config.receiver, intake.clone(), cancel).await?;
+        let buffer_health = Arc::new(BufferHealth::otlp());
+        let (tx, rx) = tokio::sync::mpsc::channel(PENDING_REQUESTS);
+        let intake = Intake::new(tx);
+        let spooling = tokio::spawn(stage::run(
+            rx,
+            writer,
+            StageSettings {
+                name: "the otlp buffer",
+                what: "otlp request(s)",
+                meanwhile: "senders are told to retry",
+                group: GROUP_COMMIT,
+                on_failure: OnFailure::Refuse,
+            },
+            buffer_health.clone(),
+            cancel.clone(),
+        ));
+        let receivers = Receivers::start(
+            &config.receiver,
+            intake.clone(),
+            receiver_counters.clone(),
+            cancel,
+        )
+        .await?;
         let settings = OtlpSinkSettings {
             own_receivers: receivers.addrs().to_vec(),
             ..settings
@@ -104,14 +140,13 @@ impl OtlpRelay {
         let counters = Arc::new(OtlpCounters::default());
         let drain = CancellationToken::new();
         let stop = CancellationToken::new();
-        let exporting = tokio::spawn(crate::sink::otlp::run(
-            OtlpSink {
-                settings,
-                client,
+        let exporting = tokio::spawn(ship::run(
+            Shipper {
+                settings: settings.ship_settings(),
+                service: OtlpService::new(client, &settings, counters.clone()),
                 reader,
                 host,
                 health,
-                counters: counters.clone(),
             },
             drain.clone(),
             stop.clone(),
@@ -127,6 +162,7 @@ impl OtlpRelay {
             receiver_counters,
             counters,
             spool_counters,
+            buffer_health,
             max_bytes,
         }))
     }
@@ -137,6 +173,7 @@ impl OtlpRelay {
             receiver: self.receiver_counters.clone(),
             exporter: self.counters.clone(),
             spool: self.spool_counters.clone(),
+            buffer: self.buffer_health.clone(),
             spool_max_bytes: self.max_bytes,
         }
     }
@@ -146,7 +183,7 @@ impl OtlpRelay {
     /// Whoever holds a clone must drop it once the cancellation token fired: the
     /// spool stage ends, and [`OtlpRelay::finish`] returns, only then.
     pub fn intake(&self) -> Intake {
-        self.intake.for_own_telemetry()
+        self.intake.clone()
     }
 
     /// A task that holds an [`OtlpRelay::intake`] clone and ends once the

@@ -1,0 +1,602 @@
+//! The shipper: one loop that drains a spool into a remote [`Service`] (Loki,
+//! the OTLP collector), whatever the service's wire format.
+//!
+//! Promises:
+//! - **Acknowledged only once taken.** Records leave the spool only when the
+//!   service took them, or refused them for good (counted by the service, each
+//!   cause logged once). Everything else (no host found yet, a refused
+//!   connection, a timeout, 429, 5xx) is retried with capped exponential backoff
+//!   and full jitter, honouring `Retry-After` ([`crate::sink::retry`]); the
+//!   spool keeps taking records meanwhile, bounded by its size.
+//! - **Batches.** A batch is read from the spool up to [`BatchLimits`], waiting
+//!   at most `max_wait` after its first record for more to fill it, then split
+//!   and encoded by the service into one request per part, sent in order.
+//! - **Exactly once, where the service can tell** ([`Service::CHECKS_STORED`]):
+//!   before a batch is first sent its end is recorded in the spool
+//!   ([`SpoolReader::begin_push`]), its acknowledgement is written with the next
+//!   batch's record (or after [`ACK_SAVE_DELAY`] idle), and what was in flight at
+//!   the last stop, or what a try may have left stored, is first checked with
+//!   [`Service::without_stored`] and only the rest sent. Other services are
+//!   acknowledged after each batch (at least once).
+//! - **Shutdown.** `drain` means no more records are coming: the loop ends once
+//!   the spool is caught up. `stop` ends it at once; what is unshipped stays in
+//!   the spool for the next start.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{fill_host, redact_url};
+use crate::discovery::{current_host, Chosen, HostHealth};
+use crate::sink::retry::Backoff;
+use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader, SpoolRecord};
+
+/// How long an acknowledgement waits for the next push to be written with it.
+pub const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// How much one batch read from the spool holds at most.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    /// Bytes of records, as the spool counts them (at least one record).
+    pub max_bytes: usize,
+    /// How long a batch waits after its first record for more to fill it.
+    pub max_wait: Duration,
+}
+
+/// How the shipper reaches the service and paces itself.
+#[derive(Clone, Debug)]
+pub struct ShipSettings {
+    /// The URL or endpoint, with `{host}` in it.
+    pub url: String,
+    pub batch: BatchLimits,
+    /// The backoff's cap.
+    pub max_backoff: Duration,
+}
+
+/// How the log speaks of a service.
+#[derive(Clone, Copy, Debug)]
+pub struct Wording {
+    /// "loki", "the otlp collector".
+    pub name: &'static str,
+    /// One request: "push", "export".
+    pub request: &'static str,
+    /// Requests: "pushes", "exports".
+    pub requests: &'static str,
+    /// What waits while it is away: "lines wait", "data waits".
+    pub waiting: &'static str,
+    /// Its spool: "the spool", "the otlp spool".
+    pub spool: &'static str,
+}
+
+/// What became of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Taken. `note` is a warning to log once per key (a partial success).
+    Delivered { note: Option<(String, String)> },
+    /// Refused for good: dropped and counted. `cause` keys the once-per-cause
+    /// log line.
+    Rejected { cause: String, reason: String },
+    /// May succeed later. `maybe_stored`: the try may have left the request (or
+    /// part of it) stored, so it is checked before it is sent again.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+        maybe_stored: bool,
+    },
+}
+
+/// What the shipper tells a service to count.
+pub enum Event<'a, Q> {
+    /// A request was taken; `took` is its round trip.
+    Delivered { request: &'a Q, took: Duration },
+    /// A request was refused for good.
+    Rejected {
+        request: &'a Q,
+        cause: &'a str,
+        reason: &'a str,
+    },
+    /// A try failed and will be retried.
+    Retried { reason: &'a str },
+    /// A batch of `bytes` (as the spool counts them) was shipped.
+    Acknowledged { bytes: u64 },
+    /// The spool could not be read.
+    SpoolError { error: &'a str },
+}
+
+/// Why [`Service::without_stored`] is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The push in flight when the agent last stopped.
+    Restart,
+    /// A push whose last try may have reached the service, before it is tried
+    /// again.
+    Retry,
+}
+
+impl Check {
+    pub fn what(self) -> &'static str {
+        match self {
+            Check::Restart => "the push in flight when the agent stopped",
+            Check::Retry => "a push whose last try may have reached it",
+        }
+    }
+}
+
+/// Where a [`Service::without_stored`] check may wait for the host.
+pub struct Reach<'a> {
+    pub url: &'a str,
+    pub host: &'a mut watch::Receiver<Option<Chosen>>,
+    pub health: &'a HostHealth,
+    pub stop: &'a CancellationToken,
+}
+
+/// A remote service the shipper drains a spool into: how records become
+/// requests, how one is sent and its answer classified, what is counted.
+pub trait Service: Send {
+    type Record: SpoolRecord + Send + 'static;
+    type Request: Send + Sync;
+
+    /// Whether the service can be asked which records it already holds
+    /// ([`Service::without_stored`]): then pushes are recorded in flight and
+    /// acknowledgements written with the next push.
+    const CHECKS_STORED: bool = false;
+
+    fn wording(&self) -> Wording;
+
+    /// Splits a batch into the groups that each become one request (in order).
+    fn split(&self, records: Vec<Self::Record>) -> Vec<Vec<Self::Record>> {
+        vec![records]
+    }
+
+    /// Encodes one group; `None` drops it (the service logs and counts why).
+    fn encode(&self, records: &[Self::Record]) -> Option<Self::Request>;
+
+    /// Sends one request to `url` (the settings' URL with the host filled in).
+    fn send(&mut self, url: &str, request: &Self::Request) -> impl Future<Output = Outcome> + Send;
+
+    /// The log line for a refusal, and the key it is logged once per.
+    fn rejection_message(
+        &self,
+        request: &Self::Request,
+        shown: &str,
+        cause: &str,
+        reason: &str,
+    ) -> (String, String);
+
+    fn count(&self, event: Event<'_, Self::Request>);
+
+    /// The records the service does not hold yet (only called when
+    /// [`Service::CHECKS_STORED`]); `None` when `reach.stop` fired first.
+    fn without_stored(
+        &mut self,
+        records: Vec<Self::Record>,
+        why: Check,
+        reach: Reach<'_>,
+    ) -> impl Future<Output = Option<Vec<Self::Record>>> + Send {
+        let _ = (why, reach);
+        async move { Some(records) }
+    }
+}
+
+/// The loop's inputs.
+pub struct Shipper<S: Service> {
+    pub settings: ShipSettings,
+    pub service: S,
+    pub reader: SpoolReader<S::Record>,
+    pub host: watch::Receiver<Option<Chosen>>,
+    pub health: HostHealth,
+}
+
+/// Runs until `drain` fires and the spool is caught up, or until `stop` fires
+/// (the shutdown grace period ran out: what is unshipped stays in the spool).
+pub async fn run<S: Service>(
+    mut shipper: Shipper<S>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    ship(&mut shipper, &drain, &stop).await;
+    save_ack(&mut shipper);
+}
+
+/// The state of one shipping loop.
+struct Loop {
+    backoff: Backoff,
+    /// Causes already logged (refusals, notes).
+    logged: HashSet<String>,
+    /// The end of the push in flight at the last stop, while the reader is not
+    /// past it.
+    in_flight: Option<SpoolPosition>,
+    begin_push_failing: bool,
+}
+
+async fn ship<S: Service>(
+    sh: &mut Shipper<S>,
+    drain: &CancellationToken,
+    stop: &CancellationToken,
+) {
+    let mut state = Loop {
+        backoff: Backoff::new(Duration::from_millis(250), sh.settings.max_backoff),
+        logged: HashSet::new(),
+        in_flight: if S::CHECKS_STORED {
+            sh.reader.in_flight()
+        } else {
+            None
+        },
+        begin_push_failing: false,
+    };
+    loop {
+        let (batch, replayed) = match state.in_flight {
+            Some(end) => {
+                let read = tokio::task::block_in_place(|| read_in_flight(sh, end));
+                match read {
+                    Ok(Some(b)) => {
+                        if sh.reader.position() >= end {
+                            state.in_flight = None;
+                        }
+                        (b, true)
+                    }
+                    Ok(None) => {
+                        state.in_flight = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Read normally from here (which retries the spool); the
+                        // records left of the range are then sent unchecked.
+                        spool_error(sh, &e);
+                        state.in_flight = None;
+                        continue;
+                    }
+                }
+            }
+            None => {
+                let batch = tokio::select! {
+                    b = next_batch(sh, drain) => b,
+                    _ = stop.cancelled() => return,
+                };
+                let Some(batch) = batch else { return };
+                (batch, false)
+            }
+        };
+        let ReadBatch {
+            mut records,
+            end,
+            bytes,
+        } = batch;
+        if replayed {
+            let Some(missing) = without_stored(sh, records, Check::Restart, stop).await else {
+                return; // stopped: the range is checked again at the next start
+            };
+            records = missing;
+        }
+        if !records.is_empty() {
+            let groups = sh.service.split(records);
+            if S::CHECKS_STORED {
+                begin_push(sh, &mut state, end);
+            }
+            for group in groups {
+                if !deliver_group(sh, &mut state, group, stop).await {
+                    // Stopped with the batch unshipped: it stays in the spool
+                    // (and, recorded in flight, is checked at the next start).
+                    return;
+                }
+            }
+            sh.service.count(Event::Acknowledged { bytes });
+        }
+        acknowledge(sh, end);
+    }
+}
+
+/// Records the end of the push about to be sent (with the last acknowledgement).
+fn begin_push<S: Service>(sh: &mut Shipper<S>, state: &mut Loop, end: SpoolPosition) {
+    match tokio::task::block_in_place(|| sh.reader.begin_push(end)) {
+        Ok(()) => state.begin_push_failing = false,
+        Err(e) => {
+            // Pushing anyway keeps the lines flowing; only a stop before this
+            // push's answer would then re-send it unchecked.
+            if !state.begin_push_failing {
+                tracing::warn!(
+                    "cannot record the {} {} in flight in {} ({e}); should the agent stop \
+                     before it answers, the {} is sent again without checking what it already has",
+                    sh.service.wording().name,
+                    sh.service.wording().request,
+                    sh.service.wording().spool,
+                    sh.service.wording().request,
+                );
+            }
+            state.begin_push_failing = true;
+        }
+    }
+}
+
+/// Encodes and sends one group until it is taken or refused for good, checking
+/// what a failed try may have left stored before trying again. False when
+/// `stop` fired first.
+async fn deliver_group<S: Service>(
+    sh: &mut Shipper<S>,
+    state: &mut Loop,
+    mut records: Vec<S::Record>,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        let Some(request) = sh.service.encode(&records) else {
+            return true;
+        };
+        match deliver(sh, state, &request, stop).await {
+            Delivery::Done => return true,
+            Delivery::Stopped => return false,
+            Delivery::MaybeStored => {
+                let Some(missing) = without_stored(sh, records, Check::Retry, stop).await else {
+                    return false;
+                };
+                records = missing;
+                if records.is_empty() {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+async fn without_stored<S: Service>(
+    sh: &mut Shipper<S>,
+    records: Vec<S::Record>,
+    why: Check,
+    stop: &CancellationToken,
+) -> Option<Vec<S::Record>> {
+    if !S::CHECKS_STORED {
+        return Some(records);
+    }
+    let reach = Reach {
+        url: &sh.settings.url,
+        host: &mut sh.host,
+        health: &sh.health,
+        stop,
+    };
+    sh.service.without_stored(records, why, reach).await
+}
+
+/// Acknowledges in the spool what the service took: at once, or (for a
+/// service that checks what it holds) written with the next push's in-flight
+/// record, or by [`save_ack`] once idle. Until then a restart checks those
+/// records against the service, which holds them, and sends none again.
+fn acknowledge<S: Service>(sh: &mut Shipper<S>, end: SpoolPosition) {
+    if S::CHECKS_STORED {
+        sh.reader.ack_later(end);
+    } else if let Err(e) = tokio::task::block_in_place(|| sh.reader.ack(end)) {
+        tracing::warn!(
+            "cannot record the {} acknowledgement in the spool: {e}",
+            sh.service.wording().name
+        );
+    }
+}
+
+/// Writes a waiting acknowledgement to the spool's `ack` file.
+fn save_ack<S: Service>(sh: &mut Shipper<S>) {
+    if let Err(e) = tokio::task::block_in_place(|| sh.reader.save_ack()) {
+        // The records were delivered; an ack that did not persist means they are
+        // checked against what the service holds after a restart.
+        tracing::warn!(
+            "cannot record the {} acknowledgement in the spool: {e}",
+            sh.service.wording().name
+        );
+    }
+}
+
+fn spool_error<S: Service>(sh: &Shipper<S>, e: &SpoolError) {
+    tracing::error!("cannot read {}: {e}", sh.service.wording().spool);
+    sh.service.count(Event::SpoolError {
+        error: &e.to_string(),
+    });
+}
+
+/// How [`deliver`] ended.
+enum Delivery {
+    /// Taken, or refused for good (counted).
+    Done,
+    /// `stop` fired first.
+    Stopped,
+    /// A try failed in a way that may have left the request stored; the backoff
+    /// delay has been waited. Check before trying again.
+    MaybeStored,
+}
+
+/// Joins a read to the batch so far.
+fn extend<R>(batch: &mut Option<ReadBatch<R>>, more: ReadBatch<R>) {
+    match batch {
+        Some(b) => {
+            b.records.extend(more.records);
+            b.end = more.end;
+            b.bytes += more.bytes;
+        }
+        None => *batch = Some(more),
+    }
+}
+
+fn counts<R>(batch: &Option<ReadBatch<R>>) -> (usize, usize) {
+    batch
+        .as_ref()
+        .map_or((0, 0), |b| (b.records.len(), b.bytes as usize))
+}
+
+/// Reads the records up to `end` (the in-flight push), bounded as a batch is.
+/// One record per read, so the batch never reaches past `end`. `None` when the
+/// spool holds nothing more of the range.
+fn read_in_flight<S: Service>(
+    sh: &mut Shipper<S>,
+    end: SpoolPosition,
+) -> Result<Option<ReadBatch<S::Record>>, SpoolError> {
+    let limits = sh.settings.batch;
+    let mut batch = None;
+    while sh.reader.position() < end {
+        let (have, have_bytes) = counts(&batch);
+        if have >= limits.max_records || have_bytes >= limits.max_bytes {
+            break;
+        }
+        let Some(more) = sh.reader.next_batch(1, 1)? else {
+            break;
+        };
+        extend(&mut batch, more);
+    }
+    Ok(batch)
+}
+
+/// Reads the next batch: waits for the first record, then up to `max_wait` for
+/// more to fill it. `None` once drained and caught up.
+async fn next_batch<S: Service>(
+    sh: &mut Shipper<S>,
+    drain: &CancellationToken,
+) -> Option<ReadBatch<S::Record>> {
+    let limits = sh.settings.batch;
+    let mut batch = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let (have, have_bytes) = counts(&batch);
+        if have >= limits.max_records || have_bytes >= limits.max_bytes {
+            return batch;
+        }
+        let read = tokio::task::block_in_place(|| {
+            sh.reader
+                .next_batch(limits.max_records - have, limits.max_bytes - have_bytes)
+        });
+        match read {
+            Ok(Some(more)) => {
+                if batch.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + limits.max_wait);
+                }
+                extend(&mut batch, more);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                spool_error(sh, &e);
+                if batch.is_some() {
+                    return batch;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = drain.cancelled() => return None,
+                }
+                continue;
+            }
+        }
+        // Caught up with the writer.
+        if drain.is_cancelled() {
+            return batch;
+        }
+        match deadline {
+            Some(d) => {
+                if tokio::time::Instant::now() >= d {
+                    return batch;
+                }
+                tokio::select! {
+                    _ = sh.reader.wait() => {}
+                    _ = tokio::time::sleep_until(d) => return batch,
+                    _ = drain.cancelled() => {}
+                }
+            }
+            None => {
+                // Nothing to send: a waiting acknowledgement goes to disk with
+                // the next push, or after a moment without one (a burst pays
+                // one ack-file write per push, an idle shipper one in all).
+                tokio::select! {
+                    _ = sh.reader.wait() => {}
+                    _ = drain.cancelled() => {}
+                    _ = tokio::time::sleep(ACK_SAVE_DELAY), if sh.reader.ack_pending() => {
+                        save_ack(sh);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends one request until the service takes it or refuses it for good, or
+/// until a try fails in a way that may have left it stored.
+async fn deliver<S: Service>(
+    sh: &mut Shipper<S>,
+    state: &mut Loop,
+    request: &S::Request,
+    stop: &CancellationToken,
+) -> Delivery {
+    let words = sh.service.wording();
+    loop {
+        let Some(host) = current_host(&mut sh.host, stop).await else {
+            return Delivery::Stopped;
+        };
+        let url = fill_host(&sh.settings.url, &host);
+        // What the log shows: a password in the URL's userinfo never is.
+        let shown = redact_url(&url);
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = sh.service.send(&url, request) => o,
+            _ = stop.cancelled() => return Delivery::Stopped,
+        };
+        let took = started.elapsed();
+        match outcome {
+            Outcome::Delivered { note } => {
+                sh.service.count(Event::Delivered { request, took });
+                if let Some((key, warning)) = note {
+                    if state.logged.insert(key) {
+                        tracing::warn!("{warning}");
+                    }
+                }
+                if state.backoff.attempts() > 0 {
+                    tracing::info!("{} at {shown} takes {} again", words.name, words.requests);
+                }
+                state.backoff.reset();
+                sh.health.report_success();
+                return Delivery::Done;
+            }
+            Outcome::Rejected { cause, reason } => {
+                sh.service.count(Event::Rejected {
+                    request,
+                    cause: &cause,
+                    reason: &reason,
+                });
+                let (key, message) = sh
+                    .service
+                    .rejection_message(request, &shown, &cause, &reason);
+                if state.logged.insert(key) {
+                    tracing::warn!("{message}");
+                }
+                state.backoff.reset();
+                sh.health.report_success();
+                return Delivery::Done;
+            }
+            Outcome::Retry {
+                after,
+                reason,
+                maybe_stored,
+            } => {
+                sh.service.count(Event::Retried { reason: &reason });
+                sh.health.report_failure();
+                let delay = after.unwrap_or_default().max(state.backoff.next_delay());
+                if state.backoff.attempts() <= 1 {
+                    tracing::warn!(
+                        "{} to {} at {shown} failed ({reason}); retrying with backoff, {} in the buffer",
+                        words.request,
+                        words.name,
+                        words.waiting
+                    );
+                } else {
+                    tracing::debug!(
+                        "{} to {} at {shown} failed again ({reason}); next try in {delay:?}",
+                        words.request,
+                        words.name
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return Delivery::Stopped,
+                }
+                if maybe_stored && S::CHECKS_STORED {
+                    return Delivery::MaybeStored;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The local OTLP receiver: OTLP/gRPC (the three export services) and OTLP/HTTP
+//! (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`, protobuf or JSON) on loopback,
+//! for programs in the VM; what they send goes into the OTLP spool through the
+//! relay's [`Intake`] (the spool stage, [`crate::spool::stage`]).
+//!
+//! Promises:
+//! - **Answered success only once durable.** A request is answered success after
+//!   its payload was appended to the OTLP spool and fsynced; a program that got
+//!   its success never needs to send again, and the agent may then crash. If the
+//!   spool cannot take it (a full disk) the answer is gRPC `UNAVAILABLE` / HTTP
+//!   503 with `Retry-After`, which OTLP exporters retry.
+//! - **Relayed as sent.** The payload stored is the request's protobuf encoding:
+//!   OTLP/HTTP protobuf bodies byte for byte, JSON bodies converted to protobuf
+//!   once, gRPC requests re-encoded from the message tonic decoded. A request is
+//!   decoded only to check it is well formed (a bad one would be rejected by the
+//!   collector later, after its sender was told it was delivered).
+//! - **Bad input is an answer, not a crash.** A malformed body is answered 400
+//!   (gRPC `INVALID_ARGUMENT`) with the decoder's reason; an unsupported content
+//!   type or encoding 415. Requests with no data are answered success and not
+//!   stored.
+//! - **gzip taken.** `Content-Encoding: gzip` bodies (OTLP/HTTP) and gzip gRPC
+//!   messages (`grpc-encoding: gzip`) are decompressed; what is stored is the
+//!   uncompressed protobuf, as for any other request. A corrupt gzip body is
+//!   answered 400 with the reason.
+//! - **Bounded.** Bodies up to [`MAX_REQUEST_BYTES`], compressed and
+//!   decompressed alike: decompression stops there, so a gzip bomb costs at
+//!   most that much memory and is answered 413 (gRPC `RESOURCE_EXHAUSTED`); at most
+//!   [`PENDING_REQUESTS`] requests wait for the spool, further ones wait in their
+//!   connection (backpressure to the program, never unbounded memory).
+//! - **Bounded across connections.** The request bytes held at once, over both
+//!   listeners, are at most [`BODY_BYTES_IN_FLIGHT`]: each body's bytes as they
+//!   arrive, what a gzip body inflates to, and what a gRPC request re-encodes to
+//!   past its wire size, until the request is answered. A request that would
+//!   pass it is answered at once HTTP 503 with `Retry-After: 1` (gRPC
+//!   `RESOURCE_EXHAUSTED` with a `RetryInfo` of one second), which OTLP
+//!   exporters retry; it is counted as refused. Each listener takes at most
+//!   [`MAX_CONNECTIONS`] connections (more wait in the accept backlog), a
+//!   request must start within 10 s of a connection's opening (HTTP/1: of its
+//!   first byte), an idle connection is closed after 60 s and a request not
+//!   answered within 30 s (a body trickling in) is cut ([`crate::listen`]).
+//! - **Shutdown does not wait on clients.** When the cancellation token fires the
+//!   listeners stop accepting; requests in flight get [`SHUTDOWN_GRACE`] to be
+//!   answered, then their connections are dropped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+
+use crate::config::ReceiverConfig;
+use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
+use crate::record::{OtlpPayload, OtlpSignal};
+use crate::relay::Intake;
+
+mod budget;
+mod grpc;
+mod http;
+
+use budget::BodyBudget;
+
+/// The largest request body (or gRPC message) taken, compressed or not, and
+/// the most a compressed one may decompress to.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Requests waiting for the spool at most; the bound on memory held for them.
+pub const PENDING_REQUESTS: usize = 64;
+
+/// The request bytes both listeners hold at once, at most: two requests of the
+/// largest size, or one gzip body of it with what it inflates to. A greedy
+/// client gets no more than this; others are answered 503 / `RESOURCE_EXHAUSTED`
+/// and retry.
+pub const BODY_BYTES_IN_FLIGHT: usize = 2 * MAX_REQUEST_BYTES;
+
+/// Connections each listener (gRPC, HTTP) takes at once; more wait in the
+/// kernel's accept backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// After the cancellation token fired, how long requests in flight get to be
+/// answered before their connections are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+const HTTP_LIMITS: ListenerLimits = ListenerLimits {
+    name: "otlp http receiver",
+    protocol: Protocol::Http1,
+    max_connections: MAX_CONNECTIONS,
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(30),
+    shutdown_grace: SHUTDOWN_GRACE,
+    on_timeout: crate::listen::http_timeout,
+};
+
+const GRPC_LIMITS: ListenerLimits = ListenerLimits {
+    name: "otlp grpc receiver",
+    protocol: Protocol::Http2,
+    on_timeout: grpc::timeout,
+    ..HTTP_LIMITS
+};
+
+/// The receiver's counters (served by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct ReceiverCounters {
+    /// Requests made durable, per signal (traces, metrics, logs).
+    pub requests_accepted: [AtomicU64; 3],
+    pub bytes_accepted: AtomicU64,
+    /// Requests answered 400 / 413 / 415 / `INVALID_ARGUMENT` (and gRPC
+    /// `RESOURCE_EXHAUSTED` for a message past [`MAX_REQUEST_BYTES`] on the wire).
+    pub requests_invalid: AtomicU64,
+    /// Requests the spool could not take (answered 503 / `UNAVAILABLE`), or
+    /// that would have passed [`BODY_BYTES_IN_FLIGHT`] (503 /
+    /// `RESOURCE_EXHAUSTED`).
+    pub requests_refused: AtomicU64,
+    /// The HTTP and gRPC listeners' connections (open, closed by the agent).
+    pub http_connections: Arc<ListenerCounters>,
+    pub grpc_connections: Arc<ListenerCounters>,
+}
+
+fn signal_index(s: OtlpSignal) -> usize {
+    match s {
+        OtlpSignal::Traces => 0,
+        OtlpSignal::Metrics => 1,
+        OtlpSignal::Logs => 2,
+    }
+}
+
+impl ReceiverCounters {
+    /// `(name, value)` pairs in the admin endpoint's naming.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for s in OtlpSignal::ALL {
+            out.push((
+                format!(
+                    "wisp_otlp_receiver_requests_total{{signal=\"{}\"}}",
+                    s.as_str()
+                ),
+                self.requests_accepted[signal_index(s)].load(Ordering::Relaxed) as f64,
+            ));
+        }
+        out.push((
+            "wisp_otlp_receiver_bytes_total".into(),
+            self.bytes_accepted.load(Ordering::Relaxed) as f64,
+        ));
+        out.push((
+            "wisp_otlp_receiver_requests_invalid_total".into(),
+            self.requests_invalid.load(Ordering::Relaxed) as f64,
+        ));
+        out.push((
+            "wisp_otlp_receiver_requests_refused_total".into(),
+            self.requests_refused.load(Ordering::Relaxed) as f64,
+        ));
+        out
+    }
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error(
+        "cannot listen on {addr} for OTLP/{proto} ({key}): {source}; \
+         another program (a local OpenTelemetry collector?) may hold the port: \
+         set {key} to a free address, or \"\" to disable it"
+    )]
+    Bind {
+        key: &'static str,
+        proto: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The receivers, listening; [`Receivers::join`] waits until they stopped.
+pub struct Receivers {
+    tasks: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Receivers {
+    /// Binds the configured listeners (an empty address disables one) and serves
+    /// them until `cancel` fires. Each bound address is logged as
+    /// `otlp receiver (grpc) listening on 127.0.0.1:4317`.
+    pub async fn start(
+        config: &ReceiverConfig,
+        intake: Intake,
+        counters: Arc<ReceiverCounters>,
+        cancel: CancellationToken,
+    ) -> Result<Receivers, ReceiverError> {
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        let relay = Relay {
+            intake,
+            counters,
+            budget: BodyBudget::new(BODY_BYTES_IN_FLIGHT),
+        };
+        if !config.grpc.is_empty() {
+            let listener = bind(&config.grpc, "receiver.grpc", "gRPC").await?;
+            addrs.extend(listener.local_addr().ok());
+            // tonic's services on the agent's own serve loop (crate::listen):
+            // tonic's server has no connection bound nor header timeout.
+            let router = tonic::service::Routes::new(
+                TraceServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                MetricsServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                LogsServiceServer::new(relay.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                relay.clone(),
+                grpc::within_budget,
+            ));
+            tasks.push(tokio::spawn(crate::listen::serve(
+                listener,
+                router,
+                GRPC_LIMITS,
+                relay.counters.grpc_connections.clone(),
+                cancel.clone(),
+            )));
+        }
+        if !config.http.is_empty() {
+            let listener = bind(&config.http, "receiver.http", "HTTP").await?;
+            addrs.extend(listener.local_addr().ok());
+            let app = Router::new()
+                .route("/v1/traces", post(http::traces))
+                .route("/v1/metrics", post(http::metrics))
+                .route("/v1/logs", post(http::logs))
+                .with_state(relay.clone());
+            tasks.push(tokio::spawn(crate::listen::serve(
+                listener,
+                app,
+                HTTP_LIMITS,
+                relay.counters.http_connections.clone(),
+                cancel.clone(),
+            )));
+        }
+        Ok(Receivers { tasks, addrs })
+    }
+
+    /// The addresses bound (port 0 resolved).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Waits until every listener stopped (after `cancel`: requests in flight are
+    /// answered) and let go of its [`Intake`]; after `limit`, stops them outright
+    /// (a client holding a request open must not hold up the shutdown).
+    pub async fn join(self, limit: Duration) {
+        for mut t in self.tasks {
+            if tokio::time::timeout(limit, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+async fn bind(
+    addr: &str,
+    key: &'static str,
+    proto: &'static str,
+) -> Result<TcpListener, ReceiverError> {
+    let err = |source| ReceiverError::Bind {
+        key,
+        proto,
+        addr: addr.to_string(),
+        source,
+    };
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an address such as 127.0.0.1:4317",
+        ))
+    })?;
+    let listener = TcpListener::bind(parsed).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    let name = if key == "receiver.grpc" {
+        "grpc"
+    } else {
+        "http"
+    };
+    tracing::info!("otlp receiver ({name}) listening on {local}");
+    Ok(listener)
+}
+
+/// The services behind both listeners.
+#[derive(Clone)]
+struct Relay {
+    intake: Intake,
+    counters: Arc<ReceiverCounters>,
+    budget: BodyBudget,
+}
+
+impl Relay {
+    fn invalid(&self) {
+        self.counters
+            .requests_invalid
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refused(&self) {
+        self.counters
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores one request in the OTLP spool; `Ok` once it is durable. Counted
+    /// as accepted (per signal, with its bytes) or refused.
+    async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
+        let bytes = payload.body.len() as u64;
+        let signal = payload.signal;
+        let result = self.intake.store(payload).await;
+        match &result {
+            Ok(()) => {
+                self.counters.requests_accepted[signal_index(signal)]
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_accepted
+                    .fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(_) => self.refused(),
+        }
+        result
+    }
+}
