@@ -169,6 +169,7 @@ impl Service for LokiService {
     fn wording(&self) -> Wording {
         Wording {
             name: "loki",
+            sending: "push to loki at",
             request: "push",
             requests: "pushes",
             waiting: "lines wait",

@@ -217,6 +217,7 @@ impl Service for OtlpService {
     fn wording(&self) -> Wording {
         Wording {
             name: "the otlp collector",
+            sending: "otlp export to",
             request: "export",
             requests: "exports",
             waiting: "data waits",

@@ -34,6 +34,10 @@ use crate::discovery::{current_host, Chosen, HostHealth};
 use crate::sink::retry::Backoff;
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader, SpoolRecord};
 
+mod read;
+
+use read::{next_batch, read_in_flight};
+
 /// How long an acknowledgement waits for the next push to be written with it.
 pub const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
 
@@ -62,6 +66,8 @@ pub struct ShipSettings {
 pub struct Wording {
     /// "loki", "the otlp collector".
     pub name: &'static str,
+    /// A request failing, before the URL: "push to loki at", "otlp export to".
+    pub sending: &'static str,
     /// One request: "push", "export".
     pub request: &'static str,
     /// Requests: "pushes", "exports".
@@ -375,7 +381,7 @@ fn acknowledge<S: Service>(sh: &mut Shipper<S>, end: SpoolPosition) {
 }
 
 /// Writes a waiting acknowledgement to the spool's `ack` file.
-fn save_ack<S: Service>(sh: &mut Shipper<S>) {
+pub(super) fn save_ack<S: Service>(sh: &mut Shipper<S>) {
     if let Err(e) = tokio::task::block_in_place(|| sh.reader.save_ack()) {
         // The records were delivered; an ack that did not persist means they are
         // checked against what the service holds after a restart.
@@ -386,7 +392,7 @@ fn save_ack<S: Service>(sh: &mut Shipper<S>) {
     }
 }
 
-fn spool_error<S: Service>(sh: &Shipper<S>, e: &SpoolError) {
+pub(super) fn spool_error<S: Service>(sh: &Shipper<S>, e: &SpoolError) {
     tracing::error!("cannot read {}: {e}", sh.service.wording().spool);
     sh.service.count(Event::SpoolError {
         error: &e.to_string(),
@@ -402,116 +408,6 @@ enum Delivery {
     /// A try failed in a way that may have left the request stored; the backoff
     /// delay has been waited. Check before trying again.
     MaybeStored,
-}
-
-/// Joins a read to the batch so far.
-fn extend<R>(batch: &mut Option<ReadBatch<R>>, more: ReadBatch<R>) {
-    match batch {
-        Some(b) => {
-            b.records.extend(more.records);
-            b.end = more.end;
-            b.bytes += more.bytes;
-        }
-        None => *batch = Some(more),
-    }
-}
-
-fn counts<R>(batch: &Option<ReadBatch<R>>) -> (usize, usize) {
-    batch
-        .as_ref()
-        .map_or((0, 0), |b| (b.records.len(), b.bytes as usize))
-}
-
-/// Reads the records up to `end` (the in-flight push), bounded as a batch is.
-/// One record per read, so the batch never reaches past `end`. `None` when the
-/// spool holds nothing more of the range.
-fn read_in_flight<S: Service>(
-    sh: &mut Shipper<S>,
-    end: SpoolPosition,
-) -> Result<Option<ReadBatch<S::Record>>, SpoolError> {
-    let limits = sh.settings.batch;
-    let mut batch = None;
-    while sh.reader.position() < end {
-        let (have, have_bytes) = counts(&batch);
-        if have >= limits.max_records || have_bytes >= limits.max_bytes {
-            break;
-        }
-        let Some(more) = sh.reader.next_batch(1, 1)? else {
-            break;
-        };
-        extend(&mut batch, more);
-    }
-    Ok(batch)
-}
-
-/// Reads the next batch: waits for the first record, then up to `max_wait` for
-/// more to fill it. `None` once drained and caught up.
-async fn next_batch<S: Service>(
-    sh: &mut Shipper<S>,
-    drain: &CancellationToken,
-) -> Option<ReadBatch<S::Record>> {
-    let limits = sh.settings.batch;
-    let mut batch = None;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let (have, have_bytes) = counts(&batch);
-        if have >= limits.max_records || have_bytes >= limits.max_bytes {
-            return batch;
-        }
-        let read = tokio::task::block_in_place(|| {
-            sh.reader
-                .next_batch(limits.max_records - have, limits.max_bytes - have_bytes)
-        });
-        match read {
-            Ok(Some(more)) => {
-                if batch.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + limits.max_wait);
-                }
-                extend(&mut batch, more);
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                spool_error(sh, &e);
-                if batch.is_some() {
-                    return batch;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = drain.cancelled() => return None,
-                }
-                continue;
-            }
-        }
-        // Caught up with the writer.
-        if drain.is_cancelled() {
-            return batch;
-        }
-        match deadline {
-            Some(d) => {
-                if tokio::time::Instant::now() >= d {
-                    return batch;
-                }
-                tokio::select! {
-                    _ = sh.reader.wait() => {}
-                    _ = tokio::time::sleep_until(d) => return batch,
-                    _ = drain.cancelled() => {}
-                }
-            }
-            None => {
-                // Nothing to send: a waiting acknowledgement goes to disk with
-                // the next push, or after a moment without one (a burst pays
-                // one ack-file write per push, an idle shipper one in all).
-                tokio::select! {
-                    _ = sh.reader.wait() => {}
-                    _ = drain.cancelled() => {}
-                    _ = tokio::time::sleep(ACK_SAVE_DELAY), if sh.reader.ack_pending() => {
-                        save_ack(sh);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Sends one request until the service takes it or refuses it for good, or
@@ -577,16 +473,14 @@ async fn deliver<S: Service>(
                 let delay = after.unwrap_or_default().max(state.backoff.next_delay());
                 if state.backoff.attempts() <= 1 {
                     tracing::warn!(
-                        "{} to {} at {shown} failed ({reason}); retrying with backoff, {} in the buffer",
-                        words.request,
-                        words.name,
+                        "{} {shown} failed ({reason}); retrying with backoff, {} in the buffer",
+                        words.sending,
                         words.waiting
                     );
                 } else {
                     tracing::debug!(
-                        "{} to {} at {shown} failed again ({reason}); next try in {delay:?}",
-                        words.request,
-                        words.name
+                        "{} {shown} failed again ({reason}); next try in {delay:?}",
+                        words.sending
                     );
                 }
                 tokio::select! {
