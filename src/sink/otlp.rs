@@ -187,7 +187,7 @@ pub(crate) enum ExportOutcome {
 impl ExportOutcome {
     /// The same outcome with any URL credentials in its messages redacted
     /// (tonic and hyper errors may quote the endpoint as given).
-    fn redacted(self) -> Self {
+    pub(crate) fn redacted(self) -> Self {
         match self {
             ExportOutcome::Delivered { rejected, message } => ExportOutcome::Delivered {
                 rejected,

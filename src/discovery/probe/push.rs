@@ -7,17 +7,27 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
-use prost::Message;
+use prost::Message as _;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::report::{ms, PushReport, PushStatus, PushStep};
-use crate::config::{fill_host, Config, OtlpProtocol};
-use crate::discovery::check;
-use crate::discovery::{base_of, endpoint_socket, otlp_traces_url, step_timeout, Chosen};
+use crate::config::{fill_host, Config, LogFormat};
+use crate::discovery::{base_of, Chosen};
+use crate::parse::{ParseSettings, Transformer};
+use crate::record::{Ack, LogRecord, OtlpSignal, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use crate::sink::loki::replay;
+use crate::sink::loki::service::QueryError;
+use crate::sink::loki::{encode, LokiClient};
+use crate::sink::otlp::{ExportOutcome, OtlpClient, OtlpSinkSettings};
+use crate::sink::retry::PushOutcome;
 
 /// How long `--push` waits for the test line to come back from Loki's query API.
 pub const PUSH_READ_BACK_DEADLINE: Duration = Duration::from_secs(10);
-/// One push or export request of `--push`.
-const PUSH_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this much of one read-back answer is read (it holds one line).
+const READ_BACK_MAX_BYTES: usize = 1024 * 1024;
 /// Pause between two read-back queries.
 const READ_BACK_INTERVAL: Duration = Duration::from_millis(250);
 /// The `job` label of the test line.
@@ -56,16 +66,6 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-fn push_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(PUSH_REQUEST_TIMEOUT)
-        .connect_timeout(PUSH_REQUEST_TIMEOUT)
-        .user_agent(concat!("wisp-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
-
 pub(super) async fn push_test_data(config: &Config, chosen: &Chosen) -> PushReport {
     let token = unique_token();
     let (loki, otlp) = tokio::join!(
@@ -87,115 +87,107 @@ pub(super) async fn push_test_data(config: &Config, chosen: &Chosen) -> PushRepo
     PushReport { token, loki, otlp }
 }
 
-/// Adds the tenant and credentials Loki is configured with; the error names the
-/// file that could not be read (never its content).
-fn loki_auth(
-    config: &Config,
-    mut request: reqwest::RequestBuilder,
-) -> Result<reqwest::RequestBuilder, String> {
-    if !config.loki.tenant.is_empty() {
-        request = request.header("X-Scope-OrgID", config.loki.tenant.as_str());
-    }
-    if let Some(auth) = &config.loki.basic_auth {
-        let password = std::fs::read_to_string(&auth.password_file)
-            .map_err(|e| format!("cannot read {}: {e}", auth.password_file.display()))?;
-        request = request.basic_auth(&auth.username, Some(password.trim_end()));
-    }
-    if let Some(path) = &config.loki.bearer_token_file {
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        request = request.bearer_auth(token.trim());
-    }
-    Ok(request)
+/// The test line as the daemon would ship it had it read the line from a source
+/// named [`PROBE_JOB`]: through the transform stage, so it carries the labels
+/// `run` gives every line (`[agent].labels`, `job`, `host`, `level`).
+fn test_records(config: &Config, token: &str, sent_at: Timestamp) -> Vec<LogRecord> {
+    let source = Arc::new(SourceInfo {
+        job: PROBE_JOB.to_string(),
+        filename: None,
+        labels: Vec::new(),
+        format: LogFormat::Text,
+        label_fields: Vec::new(),
+        trace_context: None,
+    });
+    let batch = SourceBatch {
+        source,
+        lines: vec![SourceLine {
+            text: format!("wisp-agent probe test line {token}"),
+            read_time: sent_at,
+        }],
+        ack: Ack::none(),
+    };
+    let batch = Transformer::new(ParseSettings::from_config(config)).transform(batch);
+    batch.ack.done();
+    batch.records
 }
 
-/// Pushes one line (JSON encoding) and polls `query_range` until it is there.
+/// Pushes one line through the daemon's Loki client and encoding (the client is
+/// built from `[loki]` as `run` builds it: tenant, credentials, `ca_file`,
+/// proxies, `loki.encoding`), then polls `query_range` through the same client
+/// until the line is there.
 async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     let started = Instant::now();
-    let client = push_client();
+    let client = match LokiClient::new(&config.loki) {
+        Ok(c) => c,
+        Err(e) => return PushStep::failed(e.to_string(), started),
+    };
     let host = chosen.host();
     let push_url = fill_host(&config.loki.url, &host);
-    let hostname = if config.agent.hostname.is_empty() {
-        hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown".into())
-    } else {
-        config.agent.hostname.clone()
+    let sent_at = Timestamp::now();
+    let records = test_records(config, token, sent_at);
+    let push = match encode(&records, config.loki.encoding) {
+        Ok(p) => p,
+        Err(e) => return PushStep::failed(format!("cannot encode the test line: {e}"), started),
     };
-    let sent_at = now_nanos();
-    let line = format!("wisp-agent probe test line {token}");
-    let body = serde_json::json!({
-        "streams": [{
-            "stream": { "job": PROBE_JOB, "host": hostname },
-            "values": [[sent_at.to_string(), line]],
-        }]
-    });
-    let request = client
-        .post(&push_url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string());
-    let request = match loki_auth(config, request) {
-        Ok(r) => r,
-        Err(e) => return PushStep::failed(e, started),
-    };
-    match request.send().await {
-        Ok(resp) if resp.status().is_success() => {}
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            let text = check::excerpt(&resp.text().await.unwrap_or_default());
-            return PushStep::failed(format!("the push answered HTTP {code}: {text}"), started);
-        }
-        Err(e) => {
+    match client.push_reporting(&push_url, &push).await.0 {
+        PushOutcome::Delivered => {}
+        PushOutcome::Rejected { status, reason } => {
             return PushStep::failed(
-                format!("the push failed: {}", check::error_chain(&e.without_url())),
+                format!("the push answered HTTP {status}: {reason}"),
                 started,
             )
+        }
+        PushOutcome::Retry { reason, .. } => {
+            return PushStep::failed(format!("the push failed: {reason}"), started)
         }
     }
     let pushed_ms = ms(started.elapsed());
 
-    let query_url = format!(
-        "{}/loki/api/v1/query_range",
-        base_of(&config.loki.url, &host)
-    );
+    // The URL the daemon's replay reads from; one without the push path in it
+    // (a gateway's own route) is asked at the server's root, as before.
+    let query_url = replay::query_url(&push_url).unwrap_or_else(|_| {
+        format!(
+            "{}/loki/api/v1/query_range",
+            base_of(&config.loki.url, &host)
+        )
+    });
     let query = format!("{{job=\"{PROBE_JOB}\"}} |= \"{token}\"");
     let window = Duration::from_secs(600).as_nanos();
-    let start = sent_at.saturating_sub(window).to_string();
-    let end = (sent_at + window).to_string();
+    let sent_ns = u128::try_from(sent_at.as_nanos()).unwrap_or(0);
+    let params = [
+        ("query", query),
+        ("start", sent_ns.saturating_sub(window).to_string()),
+        ("end", (sent_ns + window).to_string()),
+        ("limit", "100".to_string()),
+        ("direction", "backward".to_string()),
+    ];
     let deadline = tokio::time::Instant::now() + PUSH_READ_BACK_DEADLINE;
     let mut last;
     loop {
-        let request = client.get(&query_url).query(&[
-            ("query", query.as_str()),
-            ("start", start.as_str()),
-            ("end", end.as_str()),
-            ("limit", "100"),
-            ("direction", "backward"),
-        ]);
-        match loki_auth(config, request) {
-            Err(e) => return PushStep::failed(e, started),
-            Ok(request) => match request.send().await {
-                Ok(resp) if resp.status().is_success() => match resp.text().await {
-                    Ok(text) if query_has_line(&text, token) => {
-                        return PushStep {
-                            status: PushStatus::Ok,
-                            detail: format!(
-                                "pushed in {pushed_ms} ms and read back through query_range after {} ms",
-                                ms(started.elapsed())
-                            ),
-                            latency_ms: ms(started.elapsed()),
-                        }
-                    }
-                    Ok(_) => last = "query_range does not return the line yet".into(),
-                    Err(e) => last = format!("query_range: {}", check::error_chain(&e.without_url())),
-                },
-                Ok(resp) => {
-                    let code = resp.status().as_u16();
-                    let text = check::excerpt(&resp.text().await.unwrap_or_default());
-                    last = format!("query_range answered HTTP {code}: {text}");
+        // Bounded by the deadline as well as by `loki.timeout`.
+        let answer = tokio::time::timeout_at(
+            deadline,
+            client.query(&query_url, &params, READ_BACK_MAX_BYTES),
+        )
+        .await;
+        match answer {
+            Ok(Ok(body)) if query_has_line(&String::from_utf8_lossy(&body), token) => {
+                return PushStep {
+                    status: PushStatus::Ok,
+                    detail: format!(
+                        "pushed in {pushed_ms} ms and read back through query_range after {} ms",
+                        ms(started.elapsed())
+                    ),
+                    latency_ms: ms(started.elapsed()),
                 }
-                Err(e) => last = format!("query_range: {}", check::error_chain(&e.without_url())),
-            },
+            }
+            Ok(Ok(_)) => last = "query_range does not return the line yet".into(),
+            Ok(Err(QueryError::Status { status, reason })) => {
+                last = format!("query_range answered HTTP {status}: {reason}")
+            }
+            Ok(Err(e)) => last = format!("query_range: {e}"),
+            Err(_) => last = "query_range: no answer before the deadline".into(),
         }
         if tokio::time::Instant::now() + READ_BACK_INTERVAL > deadline {
             return PushStep::failed(
@@ -271,89 +263,39 @@ fn test_span_request(config: &Config, token: &str) -> ExportTraceServiceRequest 
     }
 }
 
-/// Sends one span per `otlp.protocol` and reports what the collector answered.
+/// Sends one span through the daemon's OTLP client (built from `[otlp]` as
+/// `run` builds it: `otlp.protocol`, `otlp.headers`, `otlp.timeout`) and reports
+/// what the collector answered.
 async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     let started = Instant::now();
     let request = test_span_request(config, token);
-    let host = chosen.host();
-    let accepted = |rejected: i64, message: &str| {
-        if rejected > 0 {
-            PushStep::failed(
-                format!("the collector rejected the span: {message}"),
-                started,
-            )
-        } else {
-            PushStep {
-                status: PushStatus::Ok,
-                detail: "the collector accepted the span".into(),
-                latency_ms: ms(started.elapsed()),
-            }
-        }
+    let settings = OtlpSinkSettings::from_config(&config.otlp);
+    let mut client = match OtlpClient::new(&settings) {
+        Ok(c) => c,
+        Err(e) => return PushStep::failed(e.to_string(), started),
     };
-    match config.otlp.protocol {
-        OtlpProtocol::Grpc => {
-            if fill_host(&config.otlp.endpoint, &host).starts_with("https://") {
-                return PushStep::skipped("probe --push sends gRPC over plain HTTP/2 only");
-            }
-            let Some(sock) = endpoint_socket(&config.otlp.endpoint, chosen.address) else {
-                return PushStep::failed("otlp.endpoint has no usable port".into(), started);
-            };
-            let request = check::grpc_request(request, &config.otlp.headers);
-            let timeout = PUSH_REQUEST_TIMEOUT.max(step_timeout(config));
-            match tokio::time::timeout(timeout, check::grpc_export(sock, request, timeout)).await {
-                Err(_) => PushStep::failed(
-                    format!("no answer from {sock} within {} s", timeout.as_secs()),
-                    started,
-                ),
-                Ok(Ok(resp)) => match resp.partial_success {
-                    Some(p) => accepted(p.rejected_spans, &p.error_message),
-                    None => accepted(0, ""),
-                },
-                Ok(Err(check::GrpcFailure::Status(status))) => PushStep::failed(
-                    format!(
-                        "the collector answered gRPC {:?}: {}",
-                        status.code(),
-                        check::excerpt(status.message())
-                    ),
-                    started,
-                ),
-                Ok(Err(check::GrpcFailure::Connect(reason))) => {
-                    PushStep::failed(format!("cannot connect to {sock}: {reason}"), started)
-                }
-            }
+    let endpoint = fill_host(&settings.endpoint, &chosen.host());
+    let body = Bytes::from(request.encode_to_vec());
+    // Redacted: tonic and hyper errors may quote the endpoint, password and all.
+    match client
+        .export(&endpoint, OtlpSignal::Traces, body)
+        .await
+        .redacted()
+    {
+        ExportOutcome::Delivered { rejected, message } if rejected > 0 => PushStep::failed(
+            format!("the collector rejected the span: {message}"),
+            started,
+        ),
+        ExportOutcome::Delivered { .. } => PushStep {
+            status: PushStatus::Ok,
+            detail: "the collector accepted the span".into(),
+            latency_ms: ms(started.elapsed()),
+        },
+        ExportOutcome::Rejected { reason, .. } => {
+            PushStep::failed(format!("the collector refused the span: {reason}"), started)
         }
-        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-            let json = config.otlp.protocol == OtlpProtocol::HttpJson;
-            let (content_type, body) = if json {
-                match serde_json::to_vec(&request) {
-                    Ok(b) => ("application/json", b),
-                    Err(e) => {
-                        return PushStep::failed(format!("cannot encode the span: {e}"), started)
-                    }
-                }
-            } else {
-                ("application/x-protobuf", request.encode_to_vec())
-            };
-            let url = otlp_traces_url(&config.otlp.endpoint, &host);
-            let mut req = push_client()
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(body);
-            for (k, v) in &config.otlp.headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            match req.send().await {
-                Ok(resp) if resp.status().is_success() => accepted(0, ""),
-                Ok(resp) => {
-                    let code = resp.status().as_u16();
-                    let text = check::excerpt(&resp.text().await.unwrap_or_default());
-                    PushStep::failed(
-                        format!("the collector answered HTTP {code}: {text}"),
-                        started,
-                    )
-                }
-                Err(e) => PushStep::failed(check::error_chain(&e.without_url()), started),
-            }
+        ExportOutcome::Retry { reason, .. } => {
+            PushStep::failed(format!("the export failed: {reason}"), started)
         }
     }
 }
