@@ -7,6 +7,10 @@
 //! 5 s even when every candidate hangs. Secrets (proxy URLs, passwords, tokens,
 //! OTLP headers) never appear in the output.
 //!
+//! One file per job: [`report`] (the types `--json` prints), [`diagnose`] (the
+//! verdict and what to fix), [`render`] (the text table), [`push`] (`--push`,
+//! through the daemon's own Loki and OTLP clients).
+//!
 //! # JSON (`--json`)
 //!
 //! One document; these field names are stable (see `docs/probe.md`):
