@@ -324,3 +324,130 @@ fn a_ca_file_without_a_certificate_is_a_configuration_error_everywhere() {
     );
     assert_config_error_everywhere(&cfg, &["loki.ca_file", "ca.pem"]);
 }
+
+// ---------------------------------------------------------------- probe --push
+
+/// `probe --json --push` on `cfg` (host pinned to loopback): the report.
+fn probe_push(cfg: &Path) -> serde_json::Value {
+    let o = agent()
+        .args(["probe", "--json", "--push", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout: {}\nstderr: {}", stdout(&o), stderr(&o)))
+}
+
+/// The configuration of a `probe --push` test: Loki and OTLP on loopback.
+fn push_config(dir: &Path, loki: &str, otlp: &str) -> std::path::PathBuf {
+    runnable(
+        dir,
+        &dir.join("state"),
+        &format!("[host]\nprobe_timeout = \"500ms\"\n{loki}{otlp}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_push_ships_the_test_line_as_run_would_with_the_configured_encoding_and_credentials()
+{
+    let loki = support::loki::LokiReceiver::start().await;
+    let otlp = support::otlp::OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pass = write(dir.path(), "loki.pass", "hunter2\n");
+    let cfg = push_config(
+        dir.path(),
+        &format!(
+            "[agent.labels]\nenv = \"ci\"\n\
+             [loki]\nurl = \"http://{{host}}:{}/loki/api/v1/push\"\nencoding = \"protobuf\"\n\
+             tenant = \"team-a\"\nbasic_auth = {{ username = \"probe\", password_file = \"{}\" }}\n",
+            loki.addr().port(),
+            pass.display()
+        ),
+        &format!("[otlp]\nendpoint = \"{}\"\n", otlp.grpc_endpoint()),
+    );
+
+    let r = probe_push(&cfg);
+
+    assert_eq!(r["push"]["loki"]["status"], "ok", "{r:#}");
+    assert_eq!(r["verdict"]["ok"], true, "{r:#}");
+    // Sent as `run` sends: protobuf + snappy (which the fake decoded to store
+    // it), the tenant, the credentials from the file.
+    assert_eq!(
+        loki.last_header("content-type").as_deref(),
+        Some("application/x-protobuf")
+    );
+    assert_eq!(loki.last_header("x-scope-orgid").as_deref(), Some("team-a"));
+    assert_eq!(
+        loki.last_header("authorization").as_deref(),
+        Some("Basic cHJvYmU6aHVudGVyMg==") // probe:hunter2
+    );
+    // With the labels `run` gives a line: [agent].labels, job, host, level.
+    let token = r["push"]["token"].as_str().unwrap();
+    let line = format!("wisp-agent probe test line {token}");
+    assert_eq!(
+        loki.exactly_once(
+            "{job=\"wisp-agent-probe\", env=\"ci\", level=\"unknown\"}",
+            &[line]
+        ),
+        Ok(())
+    );
+    assert!(loki.queries() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_push_sends_the_test_span_over_each_otlp_protocol_with_the_configured_headers() {
+    use support::otlp::Transport;
+    for (protocol, transport) in [
+        ("grpc", Transport::Grpc),
+        ("http/protobuf", Transport::HttpProtobuf),
+        ("http/json", Transport::HttpJson),
+    ] {
+        let loki = support::loki::LokiReceiver::start().await;
+        let otlp = support::otlp::OtlpReceiver::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = if transport == Transport::Grpc {
+            otlp.grpc_endpoint()
+        } else {
+            otlp.http_endpoint()
+        };
+        let cfg = push_config(
+            dir.path(),
+            &format!(
+                "[loki]\nurl = \"http://{{host}}:{}/loki/api/v1/push\"\n",
+                loki.addr().port()
+            ),
+            &format!(
+                "[otlp]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\n\
+                 headers = {{ x-probe-test = \"yes\" }}\n"
+            ),
+        );
+
+        let r = probe_push(&cfg);
+
+        assert_eq!(r["push"]["otlp"]["status"], "ok", "{protocol}: {r:#}");
+        // The readiness check exports an empty request the same way first.
+        let transports = otlp.transports();
+        assert!(
+            !transports.is_empty() && transports.iter().all(|t| *t == transport),
+            "{protocol}: {transports:?}"
+        );
+        let spans = otlp.spans();
+        assert_eq!(spans.len(), 1, "{protocol}");
+        assert_eq!(spans[0].name, "wisp-agent probe");
+        assert_eq!(
+            spans[0]
+                .attributes
+                .get("wisp.probe.token")
+                .map(String::as_str),
+            r["push"]["token"].as_str(),
+            "{protocol}"
+        );
+        assert_eq!(
+            otlp.last_headers()
+                .get("x-probe-test")
+                .and_then(|v| v.to_str().ok()),
+            Some("yes"),
+            "{protocol}"
+        );
+    }
+}
