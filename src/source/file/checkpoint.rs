@@ -179,11 +179,11 @@ impl CheckpointStore {
             entries: HashMap::new(),
             followed_paths: HashSet::new(),
         };
-        let parsed = match super::open::read_capped(&path, MAX_POSITIONS_BYTES) {
-            Ok(super::open::Capped::Bytes(bytes)) => {
+        let parsed = match crate::state_file::read_capped(&path, MAX_POSITIONS_BYTES) {
+            Ok(crate::state_file::Capped::Bytes(bytes)) => {
                 serde_json::from_slice::<PositionsFile>(&bytes).map_err(|e| e.to_string())
             }
-            Ok(super::open::Capped::TooLarge(size)) => Err(format!(
+            Ok(crate::state_file::Capped::TooLarge(size)) => Err(format!(
                 "{size} bytes, more than the {MAX_POSITIONS_BYTES} a checkpoint file may hold"
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return (store, None),
