@@ -1,7 +1,10 @@
 //! Unit tests of loading a configuration file.
 
 use super::*;
+use crate::config::validate::is_writable_dir;
+use crate::config::DEFAULT_STATE_DIR;
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     let c = parse_toml(text, "test.toml")?;
