@@ -1,5 +1,6 @@
 //! The on-disk format of a spool segment: its header, how a record is framed and
-//! checksummed, and the compact binary encoding of a [`LogRecord`] inside a frame.
+//! checksummed, and the compact binary encoding of a
+//! [`LogRecord`](crate::record::LogRecord) inside a frame.
 //!
 //! A segment file is an 8-byte header (`WSPL`, a format version, three zero bytes)
 //! followed by frames. A frame is `len: u32 LE`, `crc: u32 LE`, then `len` bytes of

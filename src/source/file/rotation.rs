@@ -19,13 +19,13 @@ use super::reader::{FileState, OpenFile, Tailed};
 use super::Tailer;
 
 /// A file appearing this long after another was truncated may be its copy.
-const COPY_WINDOW: Duration = Duration::from_secs(60);
+pub(super) const COPY_WINDOW: Duration = Duration::from_secs(60);
 /// How long a file whose copy appeared waits for its truncation before reading on.
 const COPY_PAUSE: Duration = Duration::from_secs(5);
 
 /// Whether a file that appeared is a copy of another (see [`Tailer::copy_of`]).
 #[derive(Clone, Copy, Debug)]
-enum Copy {
+pub(super) enum Copy {
     /// Read it from `offset`. `original`: the file it copies, still followed;
     /// `truncated`: whether that one was truncated already (else it pauses until
     /// it is).

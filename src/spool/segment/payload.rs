@@ -97,7 +97,7 @@ pub struct LabelCache {
     labels: Labels,
 }
 
-/// Decodes a frame payload written by [`encode_frame`].
+/// Decodes a frame payload written by [`super::encode_frame`].
 pub fn decode_payload(payload: &[u8], cache: &mut LabelCache) -> Result<LogRecord, DecodeError> {
     let mut cur = Cursor { buf: payload };
     let ts = cur.take(8).ok_or(DecodeError("truncated timestamp"))?;
