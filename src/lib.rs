@@ -20,3 +20,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub(crate) mod state_file;

@@ -1,13 +1,20 @@
-//! Configuration: SPEC.md's TOML schema as typed structs with defaults.
+//! Configuration: the TOML schema of `docs/REFERENCE.md` as typed structs with
+//! defaults.
 //!
 //! Loading order: `--config FILE`, else `$WISP_AGENT_CONFIG`, else
 //! `/etc/wisp-agent/config.toml`, else built-in defaults; then the environment
 //! overrides of [`env`]; then [`Config::validate`]. Every error names the key, the
 //! line where there is one, and what was expected.
+//!
+//! This file holds the schema's types and defaults; [`load`] finds, reads and
+//! parses the file, [`validate`] holds the semantic checks, [`redact`] keeps
+//! secrets out of what is printed.
 
 mod env;
 mod load;
+mod redact;
 pub mod units;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,10 +22,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use env::{apply_env, EnvSource, ProcessEnv};
-pub use load::{
-    check_state_dir, load, user_state_home, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH,
-};
+pub use load::{load, user_state_home, ConfigError, ConfigOrigin, Loaded, DEFAULT_CONFIG_PATH};
+use redact::redacted_map;
+pub use redact::{redact_text, redact_url};
 pub use units::{Size, Span};
+pub use validate::check_state_dir;
 
 /// The default state directory; see [`AgentConfig::state_dir`].
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/wisp-agent";
@@ -489,15 +497,6 @@ impl Default for FileConfig {
     }
 }
 
-fn redacted_map<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut out = s.serialize_map(Some(m.len()))?;
-    for k in m.keys() {
-        out.serialize_entry(k, "<redacted>")?;
-    }
-    out.end()
-}
-
 /// Is `name` a valid Loki label name (`[a-zA-Z_][a-zA-Z0-9_]*`)?
 pub fn is_valid_label_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -514,135 +513,5 @@ pub fn fill_host(template: &str, host: &str) -> String {
     }
 }
 
-/// A URL with its password replaced, for printing.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => format!(
-            "{}{}@{}",
-            &url[..scheme_end + 3],
-            redact_userinfo(&authority[..at]),
-            &rest[at + 1..]
-        ),
-        None => url.to_string(),
-    }
-}
-
-/// `user:password` keeps the user; a lone `user` may itself be a token (as
-/// `https://TOKEN@host` is written), so it goes whole.
-fn redact_userinfo(userinfo: &str) -> String {
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:<redacted>"),
-        None => "<redacted>".to_string(),
-    }
-}
-
-/// `text` with the userinfo of every URL in it redacted ([`redact_url`]): for
-/// error messages from libraries (tonic, hyper, reqwest) that may quote the URL
-/// they were given, credentials and all.
-pub fn redact_text(text: &str) -> String {
-    if !text.contains("://") {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        // The authority runs to the first character that cannot be in one.
-        let after = &rest[i + 3..];
-        let end = after
-            .find(|c: char| {
-                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ')' | '>' | ',')
-            })
-            .unwrap_or(after.len());
-        let authority = &after[..end];
-        out.push_str(&rest[..i + 3]);
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str(&redact_userinfo(&authority[..at]));
-                out.push('@');
-                out.push_str(&authority[at + 1..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_url_in_a_text_loses_its_password() {
-        assert_eq!(
-            redact_text("cannot reach http://u:pw@h:1/x (and https://a:b@c), ok"),
-            "cannot reach http://u:<redacted>@h:1/x (and https://a:<redacted>@c), ok"
-        );
-        assert_eq!(redact_text("no url here"), "no url here");
-        assert_eq!(
-            redact_text("\"http://tok@h:2?q=1\""),
-            "\"http://<redacted>@h:2?q=1\""
-        );
-        assert_eq!(redact_url("http://u:pw@h?x=@"), "http://u:<redacted>@h?x=@");
-    }
-
-    #[test]
-    fn the_exec_socket_falls_back_to_the_runtime_dir_only_from_the_default() {
-        let env: std::collections::HashMap<String, String> =
-            [("XDG_RUNTIME_DIR".to_string(), "/run/user/1000".to_string())].into();
-        let default = ExecConfig::default();
-        assert_eq!(
-            default.socket_candidates(&env),
-            vec![
-                PathBuf::from(DEFAULT_EXEC_SOCKET),
-                PathBuf::from("/run/user/1000/wisp-agent/exec.sock")
-            ]
-        );
-        let chosen = ExecConfig {
-            socket: PathBuf::from("/tmp/x.sock"),
-        };
-        assert_eq!(
-            chosen.socket_candidates(&env),
-            vec![PathBuf::from("/tmp/x.sock")]
-        );
-        assert_eq!(chosen.daemon_socket(&env), PathBuf::from("/tmp/x.sock"));
-    }
-
-    #[test]
-    fn label_names_follow_loki_rules() {
-        assert!(is_valid_label_name("env"));
-        assert!(is_valid_label_name("_x9"));
-        assert!(!is_valid_label_name("9x"));
-        assert!(!is_valid_label_name("a-b"));
-        assert!(!is_valid_label_name(""));
-    }
-
-    #[test]
-    fn host_placeholder_is_filled() {
-        assert_eq!(
-            fill_host("http://{host}:3100/x", "10.0.0.5"),
-            "http://10.0.0.5:3100/x"
-        );
-        assert_eq!(
-            fill_host("http://{host}:4317", "fd00::1"),
-            "http://[fd00::1]:4317"
-        );
-    }
-
-    #[test]
-    fn url_passwords_are_redacted() {
-        assert_eq!(
-            redact_url("http://u:secret@h:3100/loki"),
-            "http://u:<redacted>@h:3100/loki"
-        );
-        assert_eq!(redact_url("http://h:3100/loki"), "http://h:3100/loki");
-        assert_eq!(redact_url("https://tok3n@h/x"), "https://<redacted>@h/x");
-    }
-}
+mod tests;

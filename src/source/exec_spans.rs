@@ -62,8 +62,8 @@ impl Handled {
     pub fn load(state_dir: &Path) -> Handled {
         let path = state_dir.join(HANDLED_FILE);
         // Capped like every metadata read: 10 000 runs take about 1 MiB.
-        let runs = match crate::source::file::open::read_capped(&path, MAX_HANDLED_BYTES) {
-            Ok(crate::source::file::open::Capped::Bytes(b)) => Some(b),
+        let runs = match crate::state_file::read_capped(&path, MAX_HANDLED_BYTES) {
+            Ok(crate::state_file::Capped::Bytes(b)) => Some(b),
             _ => None,
         }
         .and_then(|b| serde_json::from_slice::<HandledFile>(&b).ok())

@@ -22,6 +22,10 @@
 //! for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects); at most
 //! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
 //! the oldest is forgotten), so no user grows the spool's state without bound.
+//!
+//! This file holds the socket and each connection's loop; [`hello`] checks what
+//! a client says of its run, [`runs`] keeps the runs' keys and progress and
+//! finishes an ended run (its span, the handled list).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -36,18 +40,23 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{
-    encode, read_frame_async, ClientFrame, DaemonFrame, Hello, MAX_FRAME, VERSION,
-};
+use super::protocol::{encode, read_frame_async, ClientFrame, DaemonFrame, MAX_FRAME};
 use super::DEFAULT_JOB;
-use crate::config::{is_valid_label_name, LogFormat};
-use crate::record::{
-    Ack, OtlpPayload, OtlpSignal, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp,
-};
+use crate::config::LogFormat;
+use crate::record::{Ack, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
 use crate::relay::Intake;
-use crate::source::exec_spans::{span_request, Handled, RunSpan, SpanSettings};
+use crate::source::exec_spans::{Handled, RunSpan, SpanSettings};
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
+
+mod hello;
+mod runs;
+#[cfg(test)]
+mod tests;
+
+use hello::{check_hello, user_name};
+pub use runs::MAX_UNFINISHED_RUNS_PER_USER;
+use runs::{durable_runs, finish_run, make_room, run_key, Progress};
 
 /// Connections served at once; more are refused (their `exec` keeps its capture).
 pub const MAX_CONNECTIONS: usize = 64;
@@ -57,17 +66,6 @@ pub const MAX_CONNECTIONS_PER_USER: usize = 16;
 
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Label names a client may not set: the agent's own.
-const RESERVED_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
-
-/// Resume-point keys of exec runs start so (file keys are 16 bytes of device and
-/// inode: they never start so and are never this long).
-const KEY_PREFIX: &[u8] = b"wisp-exec\0";
-
-/// At most this many `--label`s, and this long a job or label value.
-const MAX_LABELS: usize = 32;
-const MAX_VALUE_CHARS: usize = 1024;
 
 /// What the server needs from the daemon.
 pub struct ExecServerSettings {
@@ -131,69 +129,6 @@ pub fn bind(socket: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
-}
-
-/// How far the spool holds an unfinished run: its resume point, `seq` then
-/// `started_ms` (little-endian u64 each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Progress {
-    seq: u64,
-    started_ms: u64,
-}
-
-impl Progress {
-    fn encode(self) -> Vec<u8> {
-        let mut v = self.seq.to_le_bytes().to_vec();
-        v.extend_from_slice(&self.started_ms.to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8]) -> Option<Progress> {
-        let u64_at = |at: usize| Some(u64::from_le_bytes(v.get(at..at + 8)?.try_into().ok()?));
-        Some(Progress {
-            seq: u64_at(0)?,
-            started_ms: u64_at(8).unwrap_or(0),
-        })
-    }
-}
-
-/// At most this many unfinished runs of one user are remembered (their resume
-/// points live in every spool snapshot); past it the oldest is forgotten, and
-/// should its capture still come, it is shipped again from its start.
-pub const MAX_UNFINISHED_RUNS_PER_USER: usize = 256;
-
-/// The exec runs the spool holds lines of, by run key, from its resume state.
-fn durable_runs(resume: &ResumeState) -> HashMap<Vec<u8>, Progress> {
-    resume
-        .iter()
-        .filter(|(k, _)| k.starts_with(KEY_PREFIX))
-        .filter_map(|(k, v)| Some((k.clone(), Progress::decode(v)?)))
-        .collect()
-}
-
-/// The uid part of a run key.
-fn key_uid(key: &[u8]) -> Option<&[u8]> {
-    key.get(KEY_PREFIX.len()..KEY_PREFIX.len() + 4)
-}
-
-/// When a new run of `key`'s user would exceed
-/// [`MAX_UNFINISHED_RUNS_PER_USER`]: forgets that user's oldest and returns its
-/// key, for the spool to forget too.
-fn make_room(map: &mut HashMap<Vec<u8>, Progress>, key: &[u8]) -> Option<Vec<u8>> {
-    let uid = key_uid(key)?;
-    let mine: Vec<(&Vec<u8>, &Progress)> = map
-        .iter()
-        .filter(|(k, _)| key_uid(k) == Some(uid))
-        .collect();
-    if mine.len() < MAX_UNFINISHED_RUNS_PER_USER {
-        return None;
-    }
-    let oldest = mine
-        .into_iter()
-        .min_by_key(|(_, p)| p.started_ms)
-        .map(|(k, _)| k.clone())?;
-    map.remove(&oldest);
-    Some(oldest)
 }
 
 /// Serves the socket until `cancel`, then removes it. `tx` leads into the
@@ -490,35 +425,6 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
     }
 }
 
-/// Hands the run's span on (with `[otlp]`) and lists the run as handled.
-async fn finish_run(ctx: &Ctx, run: &RunSpan, handled_key: String) -> Result<(), String> {
-    if let Some(intake) = &ctx.intake {
-        match span_request(run, &ctx.span) {
-            Some(body) => intake
-                .store(OtlpPayload {
-                    signal: OtlpSignal::Traces,
-                    body: body.into(),
-                })
-                .await
-                .map_err(|e| format!("cannot buffer the run's span: {e}"))?,
-            None => tracing::warn!("exec run {handled_key} has invalid ids; no span for it"),
-        }
-    }
-    let handled = ctx.handled.clone();
-    let now = super::now_ms();
-    let written = tokio::task::spawn_blocking(move || match handled.lock() {
-        Ok(mut h) => h.insert(handled_key, now),
-        Err(_) => Err(io::Error::other("the handled list is poisoned")),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    // The span is in the spool either way: a replay would send it again, no worse.
-    if let Err(e) = written {
-        tracing::warn!("cannot record a handled exec run: {e}");
-    }
-    Ok(())
-}
-
 async fn refuse_with(stream: &mut UnixStream, reason: String) -> io::Result<()> {
     send(stream, &DaemonFrame::Refused { reason }).await
 }
@@ -538,67 +444,6 @@ async fn next_frame(
             }
         }
     }
-}
-
-fn run_key(uid: u32, hello: &Hello) -> Vec<u8> {
-    let mut key = KEY_PREFIX.to_vec();
-    key.extend_from_slice(&uid.to_le_bytes());
-    key.extend_from_slice(hello.trace_id.as_bytes());
-    key.extend_from_slice(hello.span_id.as_bytes());
-    key
-}
-
-fn is_hex_id(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && s.bytes().any(|b| b != b'0')
-}
-
-/// Checks what a client may say of its run; returns the job and the labels.
-fn check_hello(
-    hello: &Hello,
-) -> Result<(String, std::collections::BTreeMap<String, String>), String> {
-    if hello.version != VERSION {
-        return Err(format!(
-            "protocol version {} is not {VERSION}: run the wisp-agent exec that came with this daemon",
-            hello.version
-        ));
-    }
-    if !is_hex_id(&hello.trace_id, 32) || !is_hex_id(&hello.span_id, 16) {
-        return Err("trace_id and span_id must be 32 and 16 lowercase hex digits".into());
-    }
-    if hello.labels.len() > MAX_LABELS {
-        return Err(format!("more than {MAX_LABELS} labels"));
-    }
-    for (k, v) in &hello.labels {
-        if !is_valid_label_name(k) {
-            return Err(format!(
-                "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
-            ));
-        }
-        if RESERVED_LABELS.contains(&k.as_str()) {
-            return Err(format!(
-                "label {k:?} is the agent's own (use --name for the job)"
-            ));
-        }
-        if v.chars().count() > MAX_VALUE_CHARS {
-            return Err(format!(
-                "label {k:?} is longer than {MAX_VALUE_CHARS} characters"
-            ));
-        }
-    }
-    if hello.job.chars().count() > MAX_VALUE_CHARS {
-        return Err(format!(
-            "the job is longer than {MAX_VALUE_CHARS} characters"
-        ));
-    }
-    let job = if hello.job.is_empty() {
-        DEFAULT_JOB.to_string()
-    } else {
-        hello.job.clone()
-    };
-    Ok((job, hello.labels.clone()))
 }
 
 /// A client's read time is taken when it is plausible (at most a week old, not
@@ -621,135 +466,5 @@ fn source_lines(lines: Vec<super::protocol::Line>) -> Vec<SourceLine> {
         .collect()
 }
 
-/// The name of `uid` in `/etc/passwd`, or the uid as text.
-fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let _password = fields.next()?;
-                let id: u32 = fields.next()?.parse().ok()?;
-                (id == uid && !name.is_empty()).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
-}
-
 // MAX_FRAME is part of the bound stated in the module doc.
 const _: () = assert!(MAX_FRAME * MAX_CONNECTIONS <= 64 * 1024 * 1024);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hello() -> Hello {
-        Hello {
-            version: VERSION,
-            job: "ralph".into(),
-            labels: [("iter".to_string(), "3".to_string())].into(),
-            argv: vec!["true".into()],
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            span_id: "b7ad6b7169203331".into(),
-            started_ms: 1,
-        }
-    }
-
-    #[test]
-    fn a_client_cannot_set_the_agents_own_labels_or_bad_ids() {
-        assert!(check_hello(&hello()).is_ok());
-        for name in RESERVED_LABELS {
-            let mut h = hello();
-            h.labels.insert(name.into(), "forged".into());
-            assert!(check_hello(&h).is_err(), "{name}");
-        }
-        let mut h = hello();
-        h.trace_id = "0".repeat(32);
-        assert!(check_hello(&h).is_err());
-        let mut h = hello();
-        h.version = 99;
-        assert!(check_hello(&h).is_err());
-        let mut h = hello();
-        h.job = String::new();
-        assert_eq!(check_hello(&h).unwrap().0, "exec");
-    }
-
-    #[test]
-    fn run_keys_differ_by_user_and_are_never_file_keys() {
-        let a = run_key(0, &hello());
-        let b = run_key(1000, &hello());
-        assert_ne!(a, b);
-        assert_ne!(a.len(), 16);
-        let mut resume = ResumeState::new();
-        resume.insert(a.clone(), 5u64.to_le_bytes().to_vec());
-        resume.insert(vec![0; 16], vec![1; 30]);
-        let runs = durable_runs(&resume);
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs.get(&a).map(|p| p.seq), Some(5));
-    }
-
-    #[test]
-    fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
-        let mut map = HashMap::new();
-        let key = |uid: u32, n: usize| {
-            let mut h = hello();
-            h.span_id = format!("{:016x}", n + 1);
-            run_key(uid, &h)
-        };
-        for n in 0..MAX_UNFINISHED_RUNS_PER_USER {
-            let p = Progress {
-                seq: 1,
-                started_ms: 100 + n as u64,
-            };
-            map.insert(key(1000, n), p);
-        }
-        map.insert(
-            key(2000, 0),
-            Progress {
-                seq: 1,
-                started_ms: 1,
-            },
-        );
-        assert_eq!(make_room(&mut map, &key(2000, 1)), None);
-        let evicted = make_room(&mut map, &key(1000, 9999));
-        assert_eq!(evicted, Some(key(1000, 0)), "the oldest of that user");
-        assert_eq!(map.len(), MAX_UNFINISHED_RUNS_PER_USER);
-        let p = Progress {
-            seq: 7,
-            started_ms: 9,
-        };
-        assert_eq!(Progress::decode(&p.encode()), Some(p));
-    }
-
-    #[test]
-    fn one_user_cannot_take_every_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, _rx) = mpsc::channel(1);
-        let ctx = Ctx {
-            tx,
-            durable: Arc::default(),
-            active: Mutex::default(),
-            per_user: Mutex::default(),
-            handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
-            intake: None,
-            span: SpanSettings {
-                hostname: "vm".into(),
-                resource_attributes: vec![],
-            },
-        };
-        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
-            .map(|_| UserSlot::take(&ctx, 1000).unwrap())
-            .collect();
-        assert!(UserSlot::take(&ctx, 1000).is_none());
-        assert!(UserSlot::take(&ctx, 1001).is_some(), "others still get in");
-        drop(slots);
-        assert!(UserSlot::take(&ctx, 1000).is_some());
-    }
-
-    #[test]
-    fn root_is_named() {
-        assert_eq!(user_name(0), "root");
-        assert_eq!(user_name(4_000_000_000), "4000000000");
-    }
-}

@@ -1,0 +1,82 @@
+//! What a client may say of its run, checked before anything is taken from it,
+//! and the name of the user the kernel says it is.
+
+use std::collections::BTreeMap;
+
+use super::super::protocol::{Hello, VERSION};
+use super::super::DEFAULT_JOB;
+use crate::config::is_valid_label_name;
+
+/// Label names a client may not set: the agent's own.
+pub(super) const RESERVED_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
+
+/// At most this many `--label`s, and this long a job or label value.
+const MAX_LABELS: usize = 32;
+const MAX_VALUE_CHARS: usize = 1024;
+
+fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// Checks what a client may say of its run; returns the job and the labels.
+pub(super) fn check_hello(hello: &Hello) -> Result<(String, BTreeMap<String, String>), String> {
+    if hello.version != VERSION {
+        return Err(format!(
+            "protocol version {} is not {VERSION}: run the wisp-agent exec that came with this daemon",
+            hello.version
+        ));
+    }
+    if !is_hex_id(&hello.trace_id, 32) || !is_hex_id(&hello.span_id, 16) {
+        return Err("trace_id and span_id must be 32 and 16 lowercase hex digits".into());
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(format!("more than {MAX_LABELS} labels"));
+    }
+    for (k, v) in &hello.labels {
+        if !is_valid_label_name(k) {
+            return Err(format!(
+                "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
+            ));
+        }
+        if RESERVED_LABELS.contains(&k.as_str()) {
+            return Err(format!(
+                "label {k:?} is the agent's own (use --name for the job)"
+            ));
+        }
+        if v.chars().count() > MAX_VALUE_CHARS {
+            return Err(format!(
+                "label {k:?} is longer than {MAX_VALUE_CHARS} characters"
+            ));
+        }
+    }
+    if hello.job.chars().count() > MAX_VALUE_CHARS {
+        return Err(format!(
+            "the job is longer than {MAX_VALUE_CHARS} characters"
+        ));
+    }
+    let job = if hello.job.is_empty() {
+        DEFAULT_JOB.to_string()
+    } else {
+        hello.job.clone()
+    };
+    Ok((job, hello.labels.clone()))
+}
+
+/// The name of `uid` in `/etc/passwd`, or the uid as text.
+pub(super) fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let _password = fields.next()?;
+                let id: u32 = fields.next()?.parse().ok()?;
+                (id == uid && !name.is_empty()).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}

@@ -1,0 +1,115 @@
+//! Unit tests of the exec server: its checks of a hello, run keys, bounds.
+
+use super::super::protocol::{Hello, VERSION};
+use super::hello::RESERVED_LABELS;
+use super::runs::{durable_runs, make_room, run_key, Progress};
+use super::*;
+
+fn hello() -> Hello {
+    Hello {
+        version: VERSION,
+        job: "ralph".into(),
+        labels: [("iter".to_string(), "3".to_string())].into(),
+        argv: vec!["true".into()],
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        span_id: "b7ad6b7169203331".into(),
+        started_ms: 1,
+    }
+}
+
+#[test]
+fn a_client_cannot_set_the_agents_own_labels_or_bad_ids() {
+    assert!(check_hello(&hello()).is_ok());
+    for name in RESERVED_LABELS {
+        let mut h = hello();
+        h.labels.insert(name.into(), "forged".into());
+        assert!(check_hello(&h).is_err(), "{name}");
+    }
+    let mut h = hello();
+    h.trace_id = "0".repeat(32);
+    assert!(check_hello(&h).is_err());
+    let mut h = hello();
+    h.version = 99;
+    assert!(check_hello(&h).is_err());
+    let mut h = hello();
+    h.job = String::new();
+    assert_eq!(check_hello(&h).unwrap().0, "exec");
+}
+
+#[test]
+fn run_keys_differ_by_user_and_are_never_file_keys() {
+    let a = run_key(0, &hello());
+    let b = run_key(1000, &hello());
+    assert_ne!(a, b);
+    assert_ne!(a.len(), 16);
+    let mut resume = ResumeState::new();
+    resume.insert(a.clone(), 5u64.to_le_bytes().to_vec());
+    resume.insert(vec![0; 16], vec![1; 30]);
+    let runs = durable_runs(&resume);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs.get(&a).map(|p| p.seq), Some(5));
+}
+
+#[test]
+fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
+    let mut map = HashMap::new();
+    let key = |uid: u32, n: usize| {
+        let mut h = hello();
+        h.span_id = format!("{:016x}", n + 1);
+        run_key(uid, &h)
+    };
+    for n in 0..MAX_UNFINISHED_RUNS_PER_USER {
+        let p = Progress {
+            seq: 1,
+            started_ms: 100 + n as u64,
+        };
+        map.insert(key(1000, n), p);
+    }
+    map.insert(
+        key(2000, 0),
+        Progress {
+            seq: 1,
+            started_ms: 1,
+        },
+    );
+    assert_eq!(make_room(&mut map, &key(2000, 1)), None);
+    let evicted = make_room(&mut map, &key(1000, 9999));
+    assert_eq!(evicted, Some(key(1000, 0)), "the oldest of that user");
+    assert_eq!(map.len(), MAX_UNFINISHED_RUNS_PER_USER);
+    let p = Progress {
+        seq: 7,
+        started_ms: 9,
+    };
+    assert_eq!(Progress::decode(&p.encode()), Some(p));
+}
+
+#[test]
+fn one_user_cannot_take_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::channel(1);
+    let ctx = Ctx {
+        tx,
+        durable: Arc::default(),
+        active: Mutex::default(),
+        per_user: Mutex::default(),
+        handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
+        intake: None,
+        span: SpanSettings {
+            hostname: "vm".into(),
+            resource_attributes: vec![],
+        },
+    };
+    let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
+        .map(|_| UserSlot::take(&ctx, 1000).unwrap())
+        .collect();
+    assert!(UserSlot::take(&ctx, 1000).is_none());
+    assert!(UserSlot::take(&ctx, 1001).is_some(), "others still get in");
+    drop(slots);
+    assert!(UserSlot::take(&ctx, 1000).is_some());
+}
+
+#[test]
+fn root_is_named() {
+    assert_eq!(user_name(0), "root");
+    assert_eq!(user_name(4_000_000_000), "4000000000");
+}
