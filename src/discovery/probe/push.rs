@@ -1,10 +1,12 @@
 //! `probe --push`: one test line to Loki, read back through `query_range`, and
 //! one test span to the OTLP collector.
 //!
-//! Promises: both go through the clients `run` ships with, built from the same
-//! sections ([`LokiClient`] with `loki.encoding`, tenant, credentials,
-//! `ca_file`, proxies and `loki.timeout`; [`OtlpClient`] with `otlp.protocol`,
-//! `otlp.headers` and `otlp.timeout`), and the line carries the labels the
+//! Promises: both go through the services `run` ships with ([`LokiService`] and
+//! [`OtlpService`], the shipper's [`Service`]s: the same encoding, request and
+//! classification of the answer), built from the same sections ([`LokiClient`]
+//! with `loki.encoding`, tenant, credentials, `ca_file`, proxies and
+//! `loki.timeout`; [`OtlpClient`] with `otlp.protocol`, `otlp.headers` and
+//! `otlp.timeout`), and the line carries the labels the
 //! transform stage gives every line, so a push that works here works for `run`.
 //! The read-back ends within [`PUSH_READ_BACK_DEADLINE`] of the push. Nothing
 //! reported quotes a URL's password (the clients' reasons are redacted).
@@ -24,12 +26,15 @@ use super::report::{ms, PushReport, PushStatus, PushStep};
 use crate::config::{fill_host, Config, LogFormat, OtlpProtocol};
 use crate::discovery::{base_of, Chosen};
 use crate::parse::{ParseSettings, Transformer};
-use crate::record::{Ack, LogRecord, OtlpSignal, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use crate::record::{
+    Ack, LogRecord, OtlpPayload, OtlpSignal, SourceBatch, SourceInfo, SourceLine, Timestamp,
+};
 use crate::sink::loki::replay;
 use crate::sink::loki::service::QueryError;
-use crate::sink::loki::{encode, LokiClient};
-use crate::sink::otlp::{ExportOutcome, OtlpClient, OtlpSinkSettings};
-use crate::sink::retry::PushOutcome;
+use crate::sink::loki::sink::LokiService;
+use crate::sink::loki::LokiClient;
+use crate::sink::otlp::{OtlpClient, OtlpService, OtlpSinkSettings};
+use crate::sink::ship::{Outcome, Service};
 
 /// How long `--push` waits for the test line to come back from Loki's query API.
 pub const PUSH_READ_BACK_DEADLINE: Duration = Duration::from_secs(10);
@@ -125,27 +130,25 @@ fn test_records(config: &Config, token: &str, sent_at: Timestamp) -> Vec<LogReco
 /// until the line is there.
 async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     let started = Instant::now();
-    let client = match LokiClient::new(&config.loki) {
-        Ok(c) => c,
+    let mut loki = match LokiClient::new(&config.loki) {
+        Ok(c) => LokiService::new(c, &config.loki, Arc::default()),
         Err(e) => return PushStep::failed(e.to_string(), started),
     };
     let host = chosen.host();
     let push_url = fill_host(&config.loki.url, &host);
     let sent_at = Timestamp::now();
     let records = test_records(config, token, sent_at);
-    let push = match encode(&records, config.loki.encoding) {
-        Ok(p) => p,
-        Err(e) => return PushStep::failed(format!("cannot encode the test line: {e}"), started),
+    // The service `run` ships through: the same encoding, request and
+    // classification of the answer.
+    let Some(push) = loki.encode(&records) else {
+        return PushStep::failed("cannot encode the test line".into(), started);
     };
-    match client.push_reporting(&push_url, &push).await.0 {
-        PushOutcome::Delivered => {}
-        PushOutcome::Rejected { status, reason } => {
-            return PushStep::failed(
-                format!("the push answered HTTP {status}: {reason}"),
-                started,
-            )
+    match loki.send(&push_url, &push).await {
+        Outcome::Delivered { .. } => {}
+        Outcome::Rejected { cause, reason } => {
+            return PushStep::failed(format!("the push answered HTTP {cause}: {reason}"), started)
         }
-        PushOutcome::Retry { reason, .. } => {
+        Outcome::Retry { reason, .. } => {
             return PushStep::failed(format!("the push failed: {reason}"), started)
         }
     }
@@ -175,7 +178,7 @@ async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushSt
         // Bounded by the deadline as well as by `loki.timeout`.
         let answer = tokio::time::timeout_at(
             deadline,
-            client.query(&query_url, &params, READ_BACK_MAX_BYTES),
+            loki.client.query(&query_url, &params, READ_BACK_MAX_BYTES),
         )
         .await;
         match answer {
@@ -277,8 +280,8 @@ async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     let started = Instant::now();
     let request = test_span_request(config, token);
     let settings = OtlpSinkSettings::from_config(&config.otlp);
-    let mut client = match OtlpClient::new(&settings) {
-        Ok(c) => c,
+    let mut otlp = match OtlpClient::new(&settings) {
+        Ok(c) => OtlpService::new(c, &settings, Arc::default()),
         Err(e) => return PushStep::failed(e.to_string(), started),
     };
     let endpoint = fill_host(&settings.endpoint, &chosen.host());
@@ -287,26 +290,28 @@ async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     if settings.protocol == OtlpProtocol::Grpc && endpoint.starts_with("https://") {
         return PushStep::skipped("probe --push sends gRPC over plain HTTP/2 only");
     }
-    let body = Bytes::from(request.encode_to_vec());
-    // Redacted: tonic and hyper errors may quote the endpoint, password and all.
-    match client
-        .export(&endpoint, OtlpSignal::Traces, body)
-        .await
-        .redacted()
-    {
-        ExportOutcome::Delivered { rejected, message } if rejected > 0 => PushStep::failed(
-            format!("the collector rejected the span: {message}"),
-            started,
-        ),
-        ExportOutcome::Delivered { .. } => PushStep {
+    let payload = OtlpPayload {
+        signal: OtlpSignal::Traces,
+        body: Bytes::from(request.encode_to_vec()),
+    };
+    let Some(export) = otlp.encode(&[payload]) else {
+        return PushStep::failed("cannot encode the test span".into(), started);
+    };
+    // The service `run` exports through; its answers are redacted (tonic and
+    // hyper errors may quote the endpoint, password and all).
+    match otlp.send(&endpoint, &export).await {
+        Outcome::Delivered {
+            note: Some((_, warning)),
+        } => PushStep::failed(format!("the collector rejected the span: {warning}"), started),
+        Outcome::Delivered { note: None } => PushStep {
             status: PushStatus::Ok,
             detail: "the collector accepted the span".into(),
             latency_ms: ms(started.elapsed()),
         },
-        ExportOutcome::Rejected { reason, .. } => {
+        Outcome::Rejected { reason, .. } => {
             PushStep::failed(format!("the collector refused the span: {reason}"), started)
         }
-        ExportOutcome::Retry { reason, .. } => {
+        Outcome::Retry { reason, .. } => {
             PushStep::failed(format!("the export failed: {reason}"), started)
         }
     }
