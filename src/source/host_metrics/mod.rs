@@ -39,8 +39,9 @@
 //! Network: every interface but `lo` that moved any bytes.
 //!
 //! A missing or odd `/proc` file skips its metrics (said once at debug level),
-//! never the sample. The parsers are pure functions of the file's text and live
-//! in [`crate::procfs`], the one place that knows `/proc` file formats.
+//! never the sample; so does one over the read cap (1 MiB). The parsers are pure
+//! functions of the file's text and live in [`crate::procfs`], the one place
+//! that knows `/proc` file formats.
 //!
 //! `task.rs` is the loop, `collect.rs` reads a sample, `build.rs` turns it into
 //! OTLP.
