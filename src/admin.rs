@@ -4,7 +4,7 @@
 //! Promises: the metrics are read from the counters the stages already keep (the
 //! tailer's, the parser's, both spools' (told apart by a `spool` label), the
 //! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
-//! process metrics read from `/proc` by hand; a scrape never blocks a stage.
+//! process metrics read from `/proc` ([`crate::procfs`]); a scrape never blocks a stage.
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
@@ -40,6 +40,7 @@ use crate::config::ConfigError;
 use crate::discovery::Chosen;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::parse::ParseCounters;
+use crate::procfs::{Proc, ProcFs, ProcessStats};
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
 use crate::source::file::TailCounters;
@@ -374,24 +375,6 @@ fn format_value(v: f64) -> String {
     }
 }
 
-/// Where process metrics come from: `/proc` in the daemon, strings in tests.
-trait Proc {
-    fn read(&self, path: &str) -> Option<String>;
-    fn open_fds(&self) -> Option<u64>;
-}
-
-struct ProcFs;
-
-impl Proc for ProcFs {
-    fn read(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(path).ok()
-    }
-
-    fn open_fds(&self) -> Option<u64> {
-        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
-    }
-}
-
 /// The whole `/metrics` page.
 fn render(s: &Sources, admin: Option<&ListenerCounters>, proc: &dyn Proc) -> String {
     let mut e = Exposition::default();
@@ -508,87 +491,29 @@ fn spool_metrics(e: &mut Exposition, s: &Sources) {
     }
 }
 
-/// `USER_HZ`, the unit of the CPU times in `/proc/<pid>/stat`: 100 on every
-/// architecture the agent runs on (the kernel fixes it for user space; the
-/// Prometheus Go client's procfs assumes the same).
-const USER_HZ: f64 = 100.0;
-
+/// The standard `process_*` families, from [`ProcessStats`]: each left out
+/// when its file could not be read.
 fn process_metrics(e: &mut Exposition, proc: &dyn Proc) {
-    if let Some(status) = proc.read("/proc/self/status") {
-        if let Some(kb) = status_kib(&status, "VmRSS:") {
-            e.sample("process_resident_memory_bytes", (kb * 1024) as f64);
-        }
-        if let Some(kb) = status_kib(&status, "VmSize:") {
-            e.sample("process_virtual_memory_bytes", (kb * 1024) as f64);
-        }
-    }
-    if let Some(stat) = proc.read("/proc/self/stat") {
-        if let Some(t) = stat_times(&stat) {
-            e.sample(
-                "process_cpu_seconds_total",
-                (t.utime + t.stime) as f64 / USER_HZ,
-            );
-            let boot = proc.read("/proc/stat").and_then(|s| boot_time(&s));
-            if let Some(boot) = boot {
-                e.sample(
-                    "process_start_time_seconds",
-                    boot as f64 + t.starttime as f64 / USER_HZ,
-                );
-            }
+    let p = ProcessStats::read(proc);
+    let samples = [
+        (
+            "process_resident_memory_bytes",
+            p.resident_memory_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            p.virtual_memory_bytes.map(|v| v as f64),
+        ),
+        ("process_cpu_seconds_total", p.cpu_seconds),
+        ("process_start_time_seconds", p.start_time_seconds),
+        ("process_open_fds", p.open_fds.map(|v| v as f64)),
+        ("process_max_fds", p.max_fds.map(|v| v as f64)),
+    ];
+    for (name, value) in samples {
+        if let Some(v) = value {
+            e.sample(name, v);
         }
     }
-    if let Some(n) = proc.open_fds() {
-        e.sample("process_open_fds", n as f64);
-    }
-    if let Some(n) = proc
-        .read("/proc/self/limits")
-        .and_then(|l| max_open_files(&l))
-    {
-        e.sample("process_max_fds", n as f64);
-    }
-}
-
-/// A `Key:   1234 kB` line of `/proc/self/status`, in KiB.
-fn status_kib(status: &str, key: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
-
-struct StatTimes {
-    utime: u64,
-    stime: u64,
-    starttime: u64,
-}
-
-/// utime, stime and starttime (fields 14, 15 and 22) of `/proc/self/stat`. The
-/// command name (field 2) may hold spaces and parentheses, so fields are counted
-/// from its closing parenthesis, the last one of the line.
-fn stat_times(stat: &str) -> Option<StatTimes> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3.
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some(StatTimes {
-        utime: field(14)?,
-        stime: field(15)?,
-        starttime: field(22)?,
-    })
-}
-
-/// The `btime` line of `/proc/stat`: boot time, seconds since the Unix epoch.
-fn boot_time(stat: &str) -> Option<u64> {
-    let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    line["btime ".len()..].trim().parse().ok()
-}
-
-/// The soft limit on open files from `/proc/self/limits`.
-fn max_open_files(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
@@ -870,8 +795,6 @@ mod tests {
         let text = render(&sources(None), None, &NoProc);
         parse_strictly(&text);
         assert!(!text.contains("process_"), "{text}");
-        assert!(stat_times("garbage").is_none());
-        assert!(stat_times("1 (x) S 1 2").is_none());
     }
 
     #[tokio::test]

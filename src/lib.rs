@@ -14,6 +14,7 @@ pub(crate) mod listen;
 pub mod notify;
 pub mod parse;
 pub mod pipeline;
+pub(crate) mod procfs;
 pub mod record;
 pub mod relay;
 pub mod shutdown;

@@ -302,7 +302,10 @@ async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
     match otlp.send(&endpoint, &export).await {
         Outcome::Delivered {
             note: Some((_, warning)),
-        } => PushStep::failed(format!("the collector rejected the span: {warning}"), started),
+        } => PushStep::failed(
+            format!("the collector rejected the span: {warning}"),
+            started,
+        ),
         Outcome::Delivered { note: None } => PushStep {
             status: PushStatus::Ok,
             detail: "the collector accepted the span".into(),
