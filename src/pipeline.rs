@@ -24,7 +24,7 @@ use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
 use crate::sink::ship::{self, Shipper};
 use crate::source::file::{self, TailSettings};
-use crate::source::{exec, exec_spans, host_metrics};
+use crate::source::{exec, host_metrics};
 use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
 use crate::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
@@ -405,7 +405,7 @@ fn start_exec_server(
     let settings = exec::server::ExecServerSettings {
         socket,
         state_dir: state_dir.to_path_buf(),
-        span: exec_spans::SpanSettings {
+        span: exec::spans::SpanSettings {
             hostname: config.agent.effective_hostname(),
             resource_attributes: config
                 .otlp

@@ -1,7 +1,6 @@
 //! Sources: where records come from.
 
 pub mod exec;
-pub mod exec_spans;
 pub mod file;
 pub mod host_metrics;
 pub mod multiline;

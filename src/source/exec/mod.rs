@@ -30,6 +30,7 @@ pub mod client;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
+pub mod spans;
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -45,7 +45,7 @@ use super::DEFAULT_JOB;
 use crate::config::LogFormat;
 use crate::record::{Ack, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
 use crate::relay::Intake;
-use crate::source::exec_spans::{Handled, RunSpan, SpanSettings};
+use crate::source::exec::spans::{Handled, RunSpan, SpanSettings};
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
 

@@ -9,7 +9,7 @@ use std::io;
 use super::super::protocol::Hello;
 use super::Ctx;
 use crate::record::{OtlpPayload, OtlpSignal};
-use crate::source::exec_spans::{span_request, RunSpan};
+use crate::source::exec::spans::{span_request, RunSpan};
 use crate::spool::ResumeState;
 
 /// Resume-point keys of exec runs start so (file keys are 16 bytes of device and
