@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{Batch, LogRecord, OtlpPayload};
+use crate::record::{Ack, Batch, LogRecord, OtlpPayload};
 use crate::spool::{SpoolError, SpoolRecord, SpoolWriter};
 
 /// The size of a record, as group commit counts it.
@@ -167,22 +167,37 @@ pub async fn run<R>(
                 continue;
             }
         };
-        let Batch {
-            mut records,
-            mut ack,
-        } = first;
-        let mut bytes: usize = records.iter().map(Weigh::weight).sum();
         let limits = settings.group;
-        while records.len() < limits.max_records && bytes < limits.max_bytes {
+        let weigh = |b: &Batch<R>| -> usize { b.records.iter().map(Weigh::weight).sum() };
+        let (mut count, mut bytes) = (first.records.len(), weigh(&first));
+        let mut batches = vec![first];
+        while count < limits.max_records && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(more) => {
-                    bytes += more.records.iter().map(Weigh::weight).sum::<usize>();
-                    records.extend(more.records);
-                    ack = ack.and(more.ack);
+                    count += more.records.len();
+                    bytes += weigh(&more);
+                    batches.push(more);
                 }
                 Err(_) => break,
             }
         }
+        // One allocation of the group's size: growing the first batch's records
+        // batch by batch copied them over and over.
+        let (records, mut ack) = match batches.len() {
+            1 => batches
+                .pop()
+                .map(|b| (b.records, b.ack))
+                .unwrap_or_else(|| (Vec::new(), Ack::none())),
+            _ => {
+                let mut records = Vec::with_capacity(count);
+                let mut ack = Ack::none();
+                for b in batches {
+                    records.extend(b.records);
+                    ack = ack.and(b.ack);
+                }
+                (records, ack)
+            }
+        };
         let resume = ack.take_resume();
         let mut group = Some((records, resume));
         loop {

@@ -7,22 +7,54 @@ use tokio_util::sync::CancellationToken;
 use super::{save_ack, spool_error, Service, Shipper, ACK_SAVE_DELAY};
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition};
 
-/// Joins a read to the batch so far.
-fn extend<R>(batch: &mut Option<ReadBatch<R>>, more: ReadBatch<R>) {
-    match batch {
-        Some(b) => {
-            b.records.extend(more.records);
-            b.end = more.end;
-            b.bytes += more.bytes;
-        }
-        None => *batch = Some(more),
-    }
+/// The reads that make one batch, joined once at the end: growing the first
+/// read's records read by read copied them over and over (a large realloc
+/// each time the spool had a little more).
+struct Gather<R> {
+    reads: Vec<ReadBatch<R>>,
+    records: usize,
+    bytes: u64,
 }
 
-fn counts<R>(batch: &Option<ReadBatch<R>>) -> (usize, usize) {
-    batch
-        .as_ref()
-        .map_or((0, 0), |b| (b.records.len(), b.bytes as usize))
+impl<R> Gather<R> {
+    fn new() -> Self {
+        Self {
+            reads: Vec::new(),
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, read: ReadBatch<R>) {
+        self.records += read.records.len();
+        self.bytes += read.bytes;
+        self.reads.push(read);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        (self.records, self.bytes as usize)
+    }
+
+    fn finish(mut self) -> Option<ReadBatch<R>> {
+        let last = self.reads.pop()?;
+        if self.reads.is_empty() {
+            return Some(last);
+        }
+        let mut records = Vec::with_capacity(self.records);
+        for r in self.reads {
+            records.extend(r.records);
+        }
+        records.extend(last.records);
+        Some(ReadBatch {
+            records,
+            end: last.end,
+            bytes: self.bytes,
+        })
+    }
 }
 
 /// Reads the records up to `end` (the in-flight push), bounded as a batch is.
@@ -33,18 +65,18 @@ pub(super) fn read_in_flight<S: Service>(
     end: SpoolPosition,
 ) -> Result<Option<ReadBatch<S::Record>>, SpoolError> {
     let limits = sh.settings.batch;
-    let mut batch = None;
+    let mut batch = Gather::new();
     while sh.reader.position() < end {
-        let (have, have_bytes) = counts(&batch);
+        let (have, have_bytes) = batch.counts();
         if have >= limits.max_records || have_bytes >= limits.max_bytes {
             break;
         }
         let Some(more) = sh.reader.next_batch(1, 1)? else {
             break;
         };
-        extend(&mut batch, more);
+        batch.push(more);
     }
-    Ok(batch)
+    Ok(batch.finish())
 }
 
 /// Reads the next batch: waits for the first record, then up to `max_wait` for
@@ -54,12 +86,12 @@ pub(super) async fn next_batch<S: Service>(
     drain: &CancellationToken,
 ) -> Option<ReadBatch<S::Record>> {
     let limits = sh.settings.batch;
-    let mut batch = None;
+    let mut batch = Gather::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let (have, have_bytes) = counts(&batch);
+        let (have, have_bytes) = batch.counts();
         if have >= limits.max_records || have_bytes >= limits.max_bytes {
-            return batch;
+            return batch.finish();
         }
         let read = tokio::task::block_in_place(|| {
             sh.reader
@@ -67,17 +99,17 @@ pub(super) async fn next_batch<S: Service>(
         });
         match read {
             Ok(Some(more)) => {
-                if batch.is_none() {
+                if batch.is_empty() {
                     deadline = Some(tokio::time::Instant::now() + limits.max_wait);
                 }
-                extend(&mut batch, more);
+                batch.push(more);
                 continue;
             }
             Ok(None) => {}
             Err(e) => {
                 spool_error(sh, &e);
-                if batch.is_some() {
-                    return batch;
+                if !batch.is_empty() {
+                    return batch.finish();
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -88,16 +120,16 @@ pub(super) async fn next_batch<S: Service>(
         }
         // Caught up with the writer.
         if drain.is_cancelled() {
-            return batch;
+            return batch.finish();
         }
         match deadline {
             Some(d) => {
                 if tokio::time::Instant::now() >= d {
-                    return batch;
+                    return batch.finish();
                 }
                 tokio::select! {
                     _ = sh.reader.wait() => {}
-                    _ = tokio::time::sleep_until(d) => return batch,
+                    _ = tokio::time::sleep_until(d) => return batch.finish(),
                     _ = drain.cancelled() => {}
                 }
             }
