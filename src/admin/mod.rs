@@ -5,8 +5,8 @@
 //! tailer's, the parser's, both spools' (told apart by a `spool` label), the
 //! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
 //! process metrics read from `/proc` by hand; a scrape never blocks a stage.
-//! Each stage declares its families once, beside its counters ([`family`]);
-//! [`metrics`] renders them from one `prometheus-client` registry.
+//! Each stage declares its families once, beside its counters (`family.rs`);
+//! `metrics.rs` renders them from one `prometheus-client` registry.
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
@@ -23,7 +23,7 @@
 //! [`BIND_RETRY`] in the background (quietly), so the endpoint comes up once
 //! the port is free.
 
-pub mod family;
+pub(crate) mod family;
 mod metrics;
 #[cfg(test)]
 mod tests;
