@@ -41,6 +41,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::family::{counter, gauge, labelled, one, Family};
+
 /// The HTTP version a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Protocol {
@@ -274,6 +276,19 @@ pub struct ListenerCounters {
 }
 
 impl ListenerCounters {
+    /// A listener's metric families, the one place their names and help live;
+    /// the admin endpoint serves them for every listener, each sample labelled
+    /// `listener="otlp_grpc"|"otlp_http"|"admin"`.
+    pub(crate) const FAMILIES: &'static [Family<ListenerCounters>] = &[
+        gauge("wisp_listener_connections", "Connections open now, by listener (otlp_grpc, otlp_http, admin); at most 64 per OTLP listener and 8 for admin, more wait in the accept backlog.", |c| one(c.open())),
+        counter("wisp_listener_connections_closed_total", "Connections the agent closed, by listener and reason: slow_headers (headers not in within 10 s), no_request (none within 10 s of opening), idle (60 s), request_timeout (not answered within 30 s), shutdown_deadline.", |c| {
+            c.closed()
+                .into_iter()
+                .map(|(reason, n)| labelled([("reason", reason.into())], n))
+                .collect()
+        }),
+    ];
+
     fn cut(&self, why: Cut) {
         self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
     }

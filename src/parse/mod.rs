@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::family::{counter, named, one, Family};
 use crate::config::Config;
 use crate::record::{Batch, LogRecord, SourceBatch};
 
@@ -102,23 +103,53 @@ pub struct ParseCountersSnapshot {
 }
 
 impl ParseCountersSnapshot {
-    /// Each counter with its metric name, `wisp_parse_<what>_total`.
-    pub fn metrics(&self) -> [(&'static str, u64); 7] {
-        [
-            ("wisp_parse_lines_total", self.lines),
-            ("wisp_parse_json_lines_total", self.json),
-            ("wisp_parse_logfmt_lines_total", self.logfmt),
-            ("wisp_parse_text_lines_total", self.text),
-            ("wisp_parse_misses_total", self.parse_misses),
-            (
-                "wisp_parse_timestamps_out_of_window_total",
-                self.timestamps_out_of_window,
-            ),
-            (
-                "wisp_parse_label_values_overflowed_total",
-                self.label_values_overflowed,
-            ),
-        ]
+    /// The parser's metric families, `wisp_parse_<what>_total`: the one place
+    /// their names and help live.
+    pub(crate) const FAMILIES: &'static [Family<ParseCountersSnapshot>] = &[
+        counter(
+            "wisp_parse_lines_total",
+            "Lines parsed and labelled.",
+            |s| one(s.lines),
+        ),
+        counter(
+            "wisp_parse_json_lines_total",
+            "Lines read as a JSON object.",
+            |s| one(s.json),
+        ),
+        counter(
+            "wisp_parse_logfmt_lines_total",
+            "Lines read as logfmt.",
+            |s| one(s.logfmt),
+        ),
+        counter(
+            "wisp_parse_text_lines_total",
+            "Lines read as plain text (parse misses included).",
+            |s| one(s.text),
+        ),
+        counter(
+            "wisp_parse_misses_total",
+            "Lines meant to be JSON that were not a valid object, shipped as text.",
+            |s| one(s.parse_misses),
+        ),
+        counter(
+            "wisp_parse_timestamps_out_of_window_total",
+            "Lines whose own timestamp was too old or too far ahead: shipped at the read time.",
+            |s| one(s.timestamps_out_of_window),
+        ),
+        counter(
+            "wisp_parse_label_values_overflowed_total",
+            "Promoted label values replaced by \"other\" by the cardinality guard.",
+            |s| one(s.label_values_overflowed),
+        ),
+    ];
+
+    /// Each counter with its metric name, read through
+    /// [`ParseCountersSnapshot::FAMILIES`].
+    pub fn metrics(&self) -> Vec<(&'static str, u64)> {
+        named(Self::FAMILIES, self)
+            .into_iter()
+            .map(|(name, v)| (name, v.as_u64()))
+            .collect()
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) fn read(path: &Path) -> io::Result<String> {
 
 /// Where the agent's own process figures come from: `/proc` in the daemon
 /// ([`ProcFs`]), strings in tests.
-pub(crate) trait Proc {
+pub(crate) trait Proc: std::fmt::Debug + Send + Sync {
     /// The text of the file at `path` (`/proc/self/status`, …), `None` when it
     /// cannot be read.
     fn read(&self, path: &str) -> Option<String>;
@@ -57,6 +57,7 @@ pub(crate) trait Proc {
 }
 
 /// The real `/proc`, each read capped.
+#[derive(Debug)]
 pub(crate) struct ProcFs;
 
 impl Proc for ProcFs {

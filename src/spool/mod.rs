@@ -70,6 +70,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
+use crate::admin::family::{counter, gauge, named, one, Family};
 use crate::config::FsyncPolicy;
 use crate::record::{LogRecord, ResumePoint};
 use segment::{Commit, Frame, FRAME_HEADER_LEN, HEADER_LEN};
@@ -247,44 +248,84 @@ impl SpoolCounters {
 }
 
 impl SpoolCountersSnapshot {
-    /// The counters as Prometheus metric names and values.
+    /// The spool's metric families, the one place their names and help live.
+    /// Both spools serve them, each sample labelled `spool="loki"|"otlp"`;
+    /// `wisp_spool_max_bytes` (a setting, not a counter) is the admin endpoint's.
+    pub(crate) const FAMILIES: &'static [Family<SpoolCountersSnapshot>] = &[
+        counter(
+            "wisp_spool_records_appended_total",
+            "Records written to the buffer.",
+            |s| one(s.records_appended),
+        ),
+        counter(
+            "wisp_spool_bytes_appended_total",
+            "Bytes written to the buffer.",
+            |s| one(s.bytes_appended),
+        ),
+        gauge(
+            "wisp_spool_bytes_buffered",
+            "Bytes in the buffer not yet acknowledged by the sink.",
+            |s| one(s.bytes_buffered),
+        ),
+        gauge(
+            "wisp_spool_segments",
+            "Segment files of the buffer on disk.",
+            |s| one(s.segments),
+        ),
+        counter(
+            "wisp_spool_records_dropped_total",
+            "Records dropped unshipped because the buffer reached buffer.max_bytes.",
+            |s| one(s.records_dropped),
+        ),
+        counter(
+            "wisp_spool_bytes_dropped_total",
+            "Bytes dropped unshipped because the buffer reached buffer.max_bytes.",
+            |s| one(s.bytes_dropped),
+        ),
+        counter(
+            "wisp_spool_records_oversize_total",
+            "Records too large for a buffer frame, dropped.",
+            |s| one(s.records_oversize),
+        ),
+        counter(
+            "wisp_spool_records_corrupt_total",
+            "Records skipped in the buffer because their checksum did not match.",
+            |s| one(s.records_corrupt),
+        ),
+        counter(
+            "wisp_spool_torn_tails_total",
+            "Torn segment tails and unreadable segment files discarded at recovery.",
+            |s| one(s.torn_tails),
+        ),
+        counter(
+            "wisp_spool_bytes_discarded_total",
+            "Bytes of torn tails and unreadable segment files discarded.",
+            |s| one(s.bytes_discarded),
+        ),
+        counter(
+            "wisp_spool_records_read_total",
+            "Records read from the buffer by the sink (a retried push reads once).",
+            |s| one(s.records_read),
+        ),
+        counter(
+            "wisp_spool_fsyncs_total",
+            "fsyncs of buffer segment files.",
+            |s| one(s.fsyncs),
+        ),
+        counter(
+            "wisp_spool_fsync_seconds_total",
+            "Time spent in fsyncs of buffer segment files.",
+            |s| one(s.fsync_time.as_secs_f64()),
+        ),
+    ];
+
+    /// The counters as Prometheus metric names and values, read through
+    /// [`SpoolCountersSnapshot::FAMILIES`].
     pub fn metrics(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            (
-                "wisp_spool_records_appended_total",
-                self.records_appended as f64,
-            ),
-            (
-                "wisp_spool_bytes_appended_total",
-                self.bytes_appended as f64,
-            ),
-            ("wisp_spool_bytes_buffered", self.bytes_buffered as f64),
-            ("wisp_spool_segments", self.segments as f64),
-            (
-                "wisp_spool_records_dropped_total",
-                self.records_dropped as f64,
-            ),
-            ("wisp_spool_bytes_dropped_total", self.bytes_dropped as f64),
-            (
-                "wisp_spool_records_oversize_total",
-                self.records_oversize as f64,
-            ),
-            (
-                "wisp_spool_records_corrupt_total",
-                self.records_corrupt as f64,
-            ),
-            ("wisp_spool_torn_tails_total", self.torn_tails as f64),
-            (
-                "wisp_spool_bytes_discarded_total",
-                self.bytes_discarded as f64,
-            ),
-            ("wisp_spool_records_read_total", self.records_read as f64),
-            ("wisp_spool_fsyncs_total", self.fsyncs as f64),
-            (
-                "wisp_spool_fsync_seconds_total",
-                self.fsync_time.as_secs_f64(),
-            ),
-        ]
+        named(Self::FAMILIES, self)
+            .into_iter()
+            .map(|(name, v)| (name, v.as_f64()))
+            .collect()
     }
 }
 

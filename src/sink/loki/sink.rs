@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::admin::family::{by, counter, gauge, load, one, Family};
 use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding};
 use crate::discovery::current_host;
 use crate::record::LogRecord;
@@ -71,61 +72,19 @@ pub struct LokiCounters {
 }
 
 impl LokiCounters {
-    /// `(name{labels}, value)` pairs in the admin endpoint's naming
-    /// (`wisp_loki_last_push_timestamp_seconds` is a gauge).
-    pub fn metrics(&self) -> Vec<(String, f64)> {
-        let mut out = vec![
-            (
-                "wisp_loki_records_shipped_total".to_string(),
-                self.records_shipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_loki_batches_shipped_total".to_string(),
-                self.batches_shipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_loki_bytes_shipped_total".to_string(),
-                self.bytes_shipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_loki_retries_total".to_string(),
-                self.retries.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_loki_pushes_total".to_string(),
-                self.pushes.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_loki_push_seconds_total".to_string(),
-                self.push_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            ),
-            (
-                "wisp_loki_last_push_timestamp_seconds".to_string(),
-                self.last_push_unix_millis.load(Ordering::Relaxed) as f64 / 1e3,
-            ),
-            (
-                "wisp_loki_records_possibly_duplicated_total".to_string(),
-                self.records_possibly_duplicated.load(Ordering::Relaxed) as f64,
-            ),
-        ];
-        if let Ok(m) = self.records_dropped.lock() {
-            for (status, n) in m.iter() {
-                out.push((
-                    format!("wisp_loki_records_dropped_total{{reason=\"{status}\"}}"),
-                    *n as f64,
-                ));
-            }
-        }
-        if let Ok(m) = self.batches_dropped.lock() {
-            for (status, n) in m.iter() {
-                out.push((
-                    format!("wisp_loki_batches_dropped_total{{reason=\"{status}\"}}"),
-                    *n as f64,
-                ));
-            }
-        }
-        out
-    }
+    /// The Loki sink's metric families: the one place their names and help live.
+    pub(crate) const FAMILIES: &'static [Family<LokiCounters>] = &[
+        counter("wisp_loki_records_shipped_total", "Log entries Loki took (2xx).", |c| one(load(&c.records_shipped))),
+        counter("wisp_loki_batches_shipped_total", "Pushes Loki took (2xx).", |c| one(load(&c.batches_shipped))),
+        counter("wisp_loki_bytes_shipped_total", "Bytes of buffered records Loki took.", |c| one(load(&c.bytes_shipped))),
+        counter("wisp_loki_retries_total", "Pushes retried (429, 5xx, timeouts, connection errors).", |c| one(load(&c.retries))),
+        counter("wisp_loki_pushes_total", "Pushes Loki answered with a final status (taken or rejected).", |c| one(load(&c.pushes))),
+        counter("wisp_loki_push_seconds_total", "Time spent in pushes Loki answered with a final status.", |c| one(load(&c.push_micros) as f64 / 1e6)),
+        gauge("wisp_loki_last_push_timestamp_seconds", "When Loki last took a push, in seconds since the Unix epoch; 0 until the first.", |c| one(load(&c.last_push_unix_millis) as f64 / 1e3)),
+        counter("wisp_loki_records_possibly_duplicated_total", "Log entries of a push in flight at the last stop sent again unchecked, because Loki could not be queried with the push's credentials: each may now be stored twice.", |c| one(load(&c.records_possibly_duplicated))),
+        counter("wisp_loki_records_dropped_total", "Log entries dropped because Loki rejected them for good, by HTTP status (0: could not be encoded).", |c| by("reason", &c.records_dropped)),
+        counter("wisp_loki_batches_dropped_total", "Pushes Loki rejected for good, by HTTP status.", |c| by("reason", &c.batches_dropped)),
+    ];
 
     fn set_last_error(&self, e: &str) {
         if let Ok(mut l) = self.last_error.lock() {

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::admin::family::{by, counter, load, one, Family};
 use crate::config::{OtlpConfig, OtlpProtocol};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::sink::ship::{BatchLimits, Event, Outcome, Service, ShipSettings, Wording};
@@ -99,44 +100,15 @@ pub struct OtlpCounters {
 }
 
 impl OtlpCounters {
-    /// `(name, value)` pairs in the admin endpoint's naming.
-    pub fn metrics(&self) -> Vec<(String, f64)> {
-        let mut out = vec![
-            (
-                "wisp_otlp_requests_shipped_total".to_string(),
-                self.requests_shipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_otlp_exports_total".to_string(),
-                self.exports.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_otlp_bytes_shipped_total".to_string(),
-                self.bytes_shipped.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "wisp_otlp_retries_total".to_string(),
-                self.retries.load(Ordering::Relaxed) as f64,
-            ),
-        ];
-        if let Ok(m) = self.requests_dropped.lock() {
-            for (cause, n) in m.iter() {
-                out.push((
-                    format!("wisp_otlp_requests_dropped_total{{reason=\"{cause}\"}}"),
-                    *n as f64,
-                ));
-            }
-        }
-        if let Ok(m) = self.items_rejected.lock() {
-            for (signal, n) in m.iter() {
-                out.push((
-                    format!("wisp_otlp_items_rejected_total{{signal=\"{signal}\"}}"),
-                    *n as f64,
-                ));
-            }
-        }
-        out
-    }
+    /// The exporter's metric families: the one place their names and help live.
+    pub(crate) const FAMILIES: &'static [Family<OtlpCounters>] = &[
+        counter("wisp_otlp_requests_shipped_total", "Received OTLP requests the collector took (several may travel in one export).", |c| one(load(&c.requests_shipped))),
+        counter("wisp_otlp_exports_total", "Exports the collector took.", |c| one(load(&c.exports))),
+        counter("wisp_otlp_bytes_shipped_total", "Bytes of buffered OTLP requests the collector took.", |c| one(load(&c.bytes_shipped))),
+        counter("wisp_otlp_retries_total", "Exports retried (UNAVAILABLE, 429, 5xx, timeouts, connection errors).", |c| one(load(&c.retries))),
+        counter("wisp_otlp_requests_dropped_total", "Received OTLP requests dropped because the collector refused them for good, by cause.", |c| by("reason", &c.requests_dropped)),
+        counter("wisp_otlp_items_rejected_total", "Spans, data points or log records the collector rejected in a partial success, by signal.", |c| by("signal", &c.items_rejected)),
+    ];
 
     fn set_last_error(&self, e: &str) {
         if let Ok(mut l) = self.last_error.lock() {

@@ -61,6 +61,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::family::{counter, gauge, named, one, Family};
 use crate::config::FileConfig;
 use crate::record::{SourceBatch, SourceInfo};
 use crate::source::multiline::JoinerSettings;
@@ -202,30 +203,68 @@ impl TailCounters {
 }
 
 impl TailStats {
-    /// The counters under their metric names (`files_open` is a gauge).
-    pub fn metrics(&self) -> [(&'static str, u64); 11] {
-        [
-            ("wisp_file_bytes_read_total", self.bytes_read),
-            ("wisp_file_lines_read_total", self.lines_read),
-            ("wisp_file_lines_cut_total", self.lines_cut),
-            (
-                "wisp_file_invalid_utf8_lines_total",
-                self.invalid_utf8_lines,
-            ),
-            (
-                "wisp_file_escape_sequences_stripped_total",
-                self.escape_sequences_stripped,
-            ),
-            ("wisp_file_controls_dropped_total", self.controls_dropped),
-            ("wisp_file_files_open", self.files_open),
-            ("wisp_file_rotations_total", self.rotations),
-            ("wisp_file_truncations_total", self.truncations),
-            ("wisp_file_deletions_total", self.deletions),
-            (
-                "wisp_file_checkpoint_write_errors_total",
-                self.checkpoint_write_errors,
-            ),
-        ]
+    /// The tailer's metric families: the one place their names and help live.
+    pub(crate) const FAMILIES: &'static [Family<TailStats>] = &[
+        counter(
+            "wisp_file_bytes_read_total",
+            "Bytes read from tailed files.",
+            |s| one(s.bytes_read),
+        ),
+        counter(
+            "wisp_file_lines_read_total",
+            "Lines read from tailed files (a partial line flushed after a silence counts as one).",
+            |s| one(s.lines_read),
+        ),
+        counter(
+            "wisp_file_lines_cut_total",
+            "Lines longer than max_line_bytes, cut there.",
+            |s| one(s.lines_cut),
+        ),
+        counter(
+            "wisp_file_invalid_utf8_lines_total",
+            "Lines with invalid UTF-8, shipped with U+FFFD in its place.",
+            |s| one(s.invalid_utf8_lines),
+        ),
+        counter(
+            "wisp_file_escape_sequences_stripped_total",
+            "Terminal escape sequences removed from lines.",
+            |s| one(s.escape_sequences_stripped),
+        ),
+        counter(
+            "wisp_file_controls_dropped_total",
+            "Control characters removed from lines (NUL, BEL, DEL, stray C1).",
+            |s| one(s.controls_dropped),
+        ),
+        gauge("wisp_file_files_open", "Files tailed now.", |s| {
+            one(s.files_open)
+        }),
+        counter(
+            "wisp_file_rotations_total",
+            "Files renamed away from their path (rename-and-create rotation).",
+            |s| one(s.rotations),
+        ),
+        counter(
+            "wisp_file_truncations_total",
+            "Files found truncated or rewritten (copytruncate).",
+            |s| one(s.truncations),
+        ),
+        counter("wisp_file_deletions_total", "Tailed files deleted.", |s| {
+            one(s.deletions)
+        }),
+        counter(
+            "wisp_file_checkpoint_write_errors_total",
+            "Failed writes of the file positions (positions.json).",
+            |s| one(s.checkpoint_write_errors),
+        ),
+    ];
+
+    /// The counters under their metric names (`files_open` is a gauge), read
+    /// through [`TailStats::FAMILIES`].
+    pub fn metrics(&self) -> Vec<(&'static str, u64)> {
+        named(Self::FAMILIES, self)
+            .into_iter()
+            .map(|(name, v)| (name, v.as_u64()))
+            .collect()
     }
 }
 

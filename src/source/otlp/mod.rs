@@ -57,6 +57,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
+use crate::admin::family::{counter, labelled, load, one, Family};
 use crate::config::ReceiverConfig;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::record::{OtlpPayload, OtlpSignal};
@@ -134,32 +135,19 @@ fn signal_index(s: OtlpSignal) -> usize {
 }
 
 impl ReceiverCounters {
-    /// `(name, value)` pairs in the admin endpoint's naming.
-    pub fn metrics(&self) -> Vec<(String, f64)> {
-        let mut out = Vec::new();
-        for s in OtlpSignal::ALL {
-            out.push((
-                format!(
-                    "wisp_otlp_receiver_requests_total{{signal=\"{}\"}}",
-                    s.as_str()
-                ),
-                self.requests_accepted[signal_index(s)].load(Ordering::Relaxed) as f64,
-            ));
-        }
-        out.push((
-            "wisp_otlp_receiver_bytes_total".into(),
-            self.bytes_accepted.load(Ordering::Relaxed) as f64,
-        ));
-        out.push((
-            "wisp_otlp_receiver_requests_invalid_total".into(),
-            self.requests_invalid.load(Ordering::Relaxed) as f64,
-        ));
-        out.push((
-            "wisp_otlp_receiver_requests_refused_total".into(),
-            self.requests_refused.load(Ordering::Relaxed) as f64,
-        ));
-        out
-    }
+    /// The receiver's metric families: the one place their names and help
+    /// live (its listeners' are [`ListenerCounters::FAMILIES`]).
+    pub(crate) const FAMILIES: &'static [Family<ReceiverCounters>] = &[
+        counter("wisp_otlp_receiver_requests_total", "OTLP requests received and made durable (answered success), by signal.", |c| {
+            OtlpSignal::ALL
+                .iter()
+                .map(|s| labelled([("signal", s.as_str().into())], load(&c.requests_accepted[signal_index(*s)])))
+                .collect()
+        }),
+        counter("wisp_otlp_receiver_bytes_total", "Protobuf bytes of the OTLP requests made durable.", |c| one(load(&c.bytes_accepted))),
+        counter("wisp_otlp_receiver_requests_invalid_total", "OTLP requests refused as malformed or unsupported (HTTP 400, 413, 415; gRPC INVALID_ARGUMENT).", |c| one(load(&c.requests_invalid))),
+        counter("wisp_otlp_receiver_requests_refused_total", "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE), or that would have passed the 32 MiB bound on request bytes in flight (HTTP 503, gRPC RESOURCE_EXHAUSTED): the sender retries.", |c| one(load(&c.requests_refused))),
+    ];
 }
 
 /// Why a receiver could not start.

@@ -1,0 +1,230 @@
+//! The admin endpoint (`[admin] listen`): `GET /metrics` in the Prometheus text
+//! exposition format 0.0.4, and `GET /healthz`.
+//!
+//! Promises: the metrics are read from the counters the stages already keep (the
+//! tailer's, the parser's, both spools' (told apart by a `spool` label), the
+//! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
+//! process metrics read from `/proc` ([`crate::procfs`]); a scrape never blocks a stage.
+//! Each stage declares its families once, beside its counters (`family.rs`);
+//! `metrics.rs` renders them from one `prometheus-client` registry.
+//! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
+//! then absent, the rest is served. The
+//! server is one task on the agent's runtime (no thread of its own) and stops with
+//! the cancellation token. Other paths answer 404, other methods 405. At most 8
+//! connections, each cut after 10 s without a request, 60 s idle, or 30 s for
+//! one request ([`crate::listen`]), so no client holds the endpoint or the
+//! shutdown.
+//!
+//! A listen address that does not parse is a configuration error (exit 2, from
+//! validation). An address that parses but cannot be bound (the port is taken,
+//! the address is not on this machine) does not stop the agent: an agent that
+//! cannot serve its metrics should still ship logs. The error is logged once,
+//! naming `admin.listen` and the fix, and the bind is retried every
+//! [`BIND_RETRY`] in the background (quietly), so the endpoint comes up once
+//! the port is free.
+
+pub(crate) mod family;
+mod metrics;
+#[cfg(test)]
+mod tests;
+
+pub use metrics::families as metric_families;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigError;
+use crate::discovery::Chosen;
+use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
+use crate::parse::ParseCounters;
+use crate::procfs::{Proc, ProcFs, ProcessStats};
+use crate::sink::loki::sink::LokiCounters;
+use crate::sink::otlp::OtlpCounters;
+use crate::source::file::TailCounters;
+use crate::source::otlp::ReceiverCounters;
+use crate::spool::stage::BufferHealth;
+use crate::spool::SpoolCounters;
+
+/// How often a listen address that could not be bound is tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// The endpoint's connection bound and timeouts (see [`crate::listen`]): a
+/// scraper or two and a person with curl need a few connections; more wait in
+/// the accept backlog. The grace is short: `run` waits a second for the
+/// endpoint after the pipeline stopped.
+const LIMITS: ListenerLimits = ListenerLimits {
+    name: "admin endpoint",
+    protocol: Protocol::Http1,
+    max_connections: 8,
+    header_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    request_timeout: Duration::from_secs(30),
+    shutdown_grace: Duration::from_millis(500),
+    on_timeout: crate::listen::http_timeout,
+};
+
+/// Everything `/metrics` and `/healthz` read: the stages' shared counters.
+#[derive(Debug)]
+pub struct Sources {
+    /// The file logs to Loki; `None` with `loki.enabled = false`.
+    pub logs: Option<LogSources>,
+    /// The OTLP relay; `None` with `otlp.enabled = false`.
+    pub relay: Option<RelaySources>,
+    /// The host discovery chose, if any.
+    pub host: watch::Receiver<Option<Chosen>>,
+}
+
+/// The counters of the file-log pipeline: tailer → parser → spool → Loki.
+#[derive(Debug)]
+pub struct LogSources {
+    pub tail: Arc<TailCounters>,
+    pub parse: Arc<ParseCounters>,
+    pub spool: Arc<SpoolCounters>,
+    pub loki: Arc<LokiCounters>,
+    /// Whether the spool can append (`/healthz`).
+    pub buffer: Arc<BufferHealth>,
+    /// The spool's bound (its share of `buffer.max_bytes`), so a dashboard can
+    /// show how full it is.
+    pub spool_max_bytes: u64,
+}
+
+/// The counters of the OTLP relay: receiver → spool → exporter.
+#[derive(Debug)]
+pub struct RelaySources {
+    pub receiver: Arc<ReceiverCounters>,
+    pub exporter: Arc<OtlpCounters>,
+    pub spool: Arc<SpoolCounters>,
+    /// Whether the OTLP spool can append (`/healthz`).
+    pub buffer: Arc<BufferHealth>,
+    /// The OTLP spool's bound (its share of `buffer.max_bytes`).
+    pub spool_max_bytes: u64,
+}
+
+impl Sources {
+    /// What is wrong with the agent, if anything: each buffer that cannot write.
+    fn problem(&self) -> Option<String> {
+        let problems: Vec<String> = [
+            self.logs.as_ref().map(|l| &l.buffer),
+            self.relay.as_ref().map(|r| &r.buffer),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.problem())
+        .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+}
+
+/// Starts the endpoint on `listen` (`""`: disabled, returns `None`). Binding
+/// happens now, so a failure is reported at startup; see the module docs for
+/// what a failure does. `listen` with port 0 binds a free port, which is logged.
+pub async fn start(
+    listen: &str,
+    origin: &str,
+    sources: Sources,
+    cancel: CancellationToken,
+) -> Result<Option<JoinHandle<()>>, ConfigError> {
+    if listen.is_empty() {
+        tracing::info!("admin endpoint disabled (admin.listen = \"\")");
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
+        origin: origin.to_string(),
+        line: None,
+        key: "admin.listen".into(),
+        message: format!(
+            "expected an address such as \"127.0.0.1:9465\" or \"\" to disable, found {listen:?}"
+        ),
+    })?;
+    let connections = Arc::new(ListenerCounters::default());
+    let router = router(sources, Some(connections.clone()));
+    let first = TcpListener::bind(addr).await;
+    Ok(Some(tokio::spawn(async move {
+        let listener = match first {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    "cannot listen on admin.listen = \"{addr}\": {e}{}; logs are still shipped, \
+                     but /metrics and /healthz are not served until it can (retrying every {}s); \
+                     set admin.listen to a free address, or to \"\" to disable the endpoint",
+                    if e.kind() == std::io::ErrorKind::AddrInUse {
+                        " (another program, or another wisp-agent, holds the port)"
+                    } else {
+                        ""
+                    },
+                    BIND_RETRY.as_secs()
+                );
+                match retry_bind(addr, &cancel).await {
+                    Some(l) => l,
+                    None => return,
+                }
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!("admin endpoint: http://{local}/metrics and http://{local}/healthz");
+        crate::listen::serve(listener, router, LIMITS, connections, cancel).await;
+    })))
+}
+
+/// Tries to bind `addr` every [`BIND_RETRY`] until it works or `cancel` fires.
+async fn retry_bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<TcpListener> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(BIND_RETRY) => {}
+        }
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Some(l),
+            Err(e) => tracing::debug!("admin.listen = \"{addr}\" still cannot be bound: {e}"),
+        }
+    }
+}
+
+/// The endpoint's routes. `admin` is the endpoint's own connection counts
+/// (`listener="admin"`); the unit tests serve the router without them.
+fn router(sources: Sources, admin: Option<Arc<ListenerCounters>>) -> Router {
+    let registry = metrics::registry(&sources, admin, Box::new(ProcFs));
+    let state = Arc::new(Endpoint { sources, registry });
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// What the routes read: the stages' counters (for `/healthz`) and the
+/// registry that renders them (for `/metrics`).
+#[derive(Debug)]
+struct Endpoint {
+    sources: Sources,
+    registry: Registry,
+}
+
+async fn serve_metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    let body = metrics::render(&endpoint.registry);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
+}
+
+async fn healthz(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    match endpoint.sources.problem() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("{p}\n")).into_response(),
+    }
+}
+
+/// The process's own figures, read through [`crate::procfs`] (each `None`
+/// when its file could not be read: its metric is then left out).
+fn process_metrics(proc: &dyn Proc) -> ProcessStats {
+    ProcessStats::read(proc)
+}

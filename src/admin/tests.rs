@@ -1,0 +1,331 @@
+//! The admin endpoint's unit tests: the page parses strictly, every declared
+//! family is served, `/healthz` follows the buffers.
+
+use super::*;
+use crate::admin::metrics::{families, registry, render};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+
+#[derive(Debug)]
+struct FakeProc;
+
+impl Proc for FakeProc {
+    fn read(&self, path: &str) -> Option<String> {
+        Some(
+            match path {
+                "/proc/self/status" => {
+                    "Name:\twisp-agent\nVmSize:\t  123456 kB\nVmRSS:\t    7040 kB\nThreads:\t5\n"
+                }
+                // A command name with a space and a parenthesis.
+                "/proc/self/stat" => {
+                    "4242 (wisp) agent) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 5 0 12345 0 0"
+                }
+                "/proc/stat" => "cpu  1 2 3\nbtime 1764400000\nprocesses 42\n",
+                "/proc/self/limits" => {
+                    "Limit                     Soft Limit           Hard Limit           Units\n\
+                     Max open files            1024                 524288               files\n"
+                }
+                _ => return None,
+            }
+            .to_string(),
+        )
+    }
+
+    fn open_fds(&self) -> Option<u64> {
+        Some(17)
+    }
+}
+
+/// The page a scrape of `s` gets, with `/proc` read from `proc`.
+fn page(s: &Sources, proc: impl Proc + 'static) -> String {
+    render(&registry(s, None, Box::new(proc)))
+}
+
+fn sources(chosen: Option<Chosen>) -> Sources {
+    let (_tx, host) = watch::channel(chosen);
+    Sources {
+        logs: Some(LogSources {
+            tail: Arc::default(),
+            parse: Arc::default(),
+            spool: Arc::default(),
+            loki: Arc::default(),
+            buffer: Arc::new(BufferHealth::logs()),
+            spool_max_bytes: 256 << 20,
+        }),
+        relay: Some(RelaySources {
+            receiver: Arc::default(),
+            exporter: Arc::default(),
+            spool: Arc::default(),
+            buffer: Arc::new(BufferHealth::otlp()),
+            spool_max_bytes: 256 << 20,
+        }),
+        host,
+    }
+}
+
+/// Parses the text format strictly: every sample line `name{labels} value`,
+/// a HELP and a TYPE before the first sample of each family, each family's
+/// samples together. Returns samples by their full `name{labels}`.
+fn parse_strictly(text: &str) -> HashMap<String, f64> {
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    let mut done = std::collections::HashSet::new();
+    let mut current = String::new();
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest.split_once(' ').expect("help text");
+            assert!(helped.insert(name.to_string()), "second HELP for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("type");
+            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert!(helped.contains(name), "TYPE before HELP: {line}");
+            assert!(typed.insert(name.into(), kind.into()).is_none(), "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+        } else {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            let family = name.split('{').next().unwrap();
+            assert!(
+                family
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            assert!(typed.contains_key(family), "no TYPE for {line}");
+            if family != current {
+                assert!(done.insert(family.to_string()), "{family} split: {line}");
+                current = family.to_string();
+            }
+            let v: f64 = value.parse().expect("a number");
+            assert!(samples.insert(name.to_string(), v).is_none(), "{line}");
+        }
+    }
+    samples
+}
+
+#[test]
+fn every_metric_has_help_and_a_type_and_the_page_parses() {
+    let s = sources(Some(Chosen {
+        name: "host.lima.internal".into(),
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 5, 2)),
+    }));
+    let logs = s.logs.as_ref().unwrap();
+    logs.loki.records_shipped.store(7, Ordering::Relaxed);
+    logs.loki.records_dropped.lock().unwrap().insert(400, 3);
+    logs.loki.batches_dropped.lock().unwrap().insert(400, 1);
+    let relay = s.relay.as_ref().unwrap();
+    relay.receiver.requests_accepted[0].store(4, Ordering::Relaxed);
+    relay.exporter.requests_shipped.store(4, Ordering::Relaxed);
+    relay
+        .exporter
+        .requests_dropped
+        .lock()
+        .unwrap()
+        .insert("http_400".into(), 2);
+    relay
+        .exporter
+        .items_rejected
+        .lock()
+        .unwrap()
+        .insert("traces", 5);
+    let text = page(&s, FakeProc);
+    let samples = parse_strictly(&text);
+    for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(!line.contains("Undocumented"), "{line}");
+    }
+    assert_eq!(
+        samples[&format!(
+            "wisp_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
+    assert_eq!(
+        samples["wisp_host_info{candidate=\"host.lima.internal\",host=\"192.168.5.2\"}"],
+        1.0
+    );
+    assert_eq!(samples["wisp_host_chosen"], 1.0);
+    assert_eq!(samples["wisp_loki_records_shipped_total"], 7.0);
+    assert_eq!(
+        samples["wisp_loki_records_dropped_total{reason=\"400\"}"],
+        3.0
+    );
+    assert_eq!(
+        samples["wisp_spool_max_bytes{spool=\"loki\"}"],
+        (256u64 << 20) as f64
+    );
+    assert_eq!(
+        samples["wisp_spool_max_bytes{spool=\"otlp\"}"],
+        (256u64 << 20) as f64
+    );
+    assert_eq!(
+        samples["wisp_spool_records_appended_total{spool=\"otlp\"}"],
+        0.0
+    );
+    assert_eq!(
+        samples["wisp_otlp_receiver_requests_total{signal=\"traces\"}"],
+        4.0
+    );
+    assert_eq!(samples["wisp_otlp_requests_shipped_total"], 4.0);
+    assert_eq!(
+        samples["wisp_otlp_requests_dropped_total{reason=\"http_400\"}"],
+        2.0
+    );
+    // Every spool sample names its spool.
+    for name in samples.keys().filter(|n| n.starts_with("wisp_spool_")) {
+        assert!(
+            name.ends_with("{spool=\"loki\"}") || name.ends_with("{spool=\"otlp\"}"),
+            "{name}"
+        );
+    }
+    assert_eq!(samples["process_resident_memory_bytes"], 7040.0 * 1024.0);
+    assert_eq!(samples["process_virtual_memory_bytes"], 123456.0 * 1024.0);
+    assert_eq!(samples["process_cpu_seconds_total"], 3.0);
+    assert!((samples["process_start_time_seconds"] - 1764400123.45).abs() < 1e-3);
+    assert_eq!(samples["process_open_fds"], 17.0);
+    assert_eq!(samples["process_max_fds"], 1024.0);
+    // Every declared family is served (the dropped ones once Loki rejected
+    // something), with its declared type, and nothing undeclared is.
+    let declared: Vec<String> = families()
+        .iter()
+        .map(|(name, kind)| format!("# TYPE {name} {kind}"))
+        .collect();
+    let served: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    assert_eq!(served, declared, "{text}");
+}
+
+#[test]
+fn either_pipeline_alone_serves_its_own_metrics_and_not_the_others() {
+    let mut otlp_only = sources(None);
+    otlp_only.logs = None;
+    let text = page(&otlp_only, FakeProc);
+    let samples = parse_strictly(&text);
+    assert!(
+        !text.contains("wisp_file_") && !text.contains("wisp_loki_"),
+        "{text}"
+    );
+    assert!(!text.contains("spool=\"loki\""), "{text}");
+    assert_eq!(samples["wisp_spool_segments{spool=\"otlp\"}"], 0.0);
+    assert_eq!(samples["wisp_otlp_exports_total"], 0.0);
+
+    let mut loki_only = sources(None);
+    loki_only.relay = None;
+    let text = page(&loki_only, FakeProc);
+    let samples = parse_strictly(&text);
+    assert!(!text.contains("wisp_otlp_"), "{text}");
+    assert!(!text.contains("spool=\"otlp\""), "{text}");
+    assert_eq!(samples["wisp_spool_segments{spool=\"loki\"}"], 0.0);
+    assert_eq!(samples["wisp_file_lines_read_total"], 0.0);
+}
+
+#[test]
+fn either_buffer_failing_is_a_problem_naming_it() {
+    let s = sources(None);
+    assert_eq!(s.problem(), None);
+    let relay = s.relay.as_ref().unwrap();
+    relay
+        .buffer
+        .set(Some("no space left on device (os error 28)".into()));
+    let p = s.problem().unwrap();
+    assert!(
+        p.contains("otlp buffer") && p.contains("os error 28"),
+        "{p}"
+    );
+    let logs = s.logs.as_ref().unwrap();
+    logs.buffer.set(Some("an i/o error".into()));
+    let p = s.problem().unwrap();
+    assert!(p.contains("log buffer") && p.contains("otlp buffer"), "{p}");
+    relay.buffer.set(None);
+    logs.buffer.set(None);
+    assert_eq!(s.problem(), None);
+}
+
+#[test]
+fn no_host_chosen_is_a_zero_and_no_info_sample() {
+    let text = page(&sources(None), FakeProc);
+    let samples = parse_strictly(&text);
+    assert_eq!(samples["wisp_host_chosen"], 0.0);
+    assert!(!text.contains("wisp_host_info{"), "{text}");
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let s = sources(Some(Chosen {
+        name: "a\\b\"c\nd".into(),
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 5, 2)),
+    }));
+    let text = page(&s, FakeProc);
+    assert!(
+        text.contains("\nwisp_host_info{candidate=\"a\\\\b\\\"c\\nd\",host=\"192.168.5.2\"} 1\n"),
+        "{text}"
+    );
+    parse_strictly(&text);
+}
+
+#[test]
+fn values_print_as_prometheus_reads_them() {
+    let text = page(&sources(None), FakeProc);
+    for line in [
+        "wisp_file_lines_read_total 0",
+        "wisp_spool_max_bytes{spool=\"loki\"} 268435456",
+        "process_resident_memory_bytes 7208960",
+        "process_start_time_seconds 1764400123.45",
+        // Whole seconds as integers, as the page always printed them.
+        "process_cpu_seconds_total 3",
+        "wisp_loki_last_push_timestamp_seconds 0",
+        "wisp_spool_fsync_seconds_total{spool=\"otlp\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+#[test]
+fn unreadable_proc_files_leave_their_metrics_out() {
+    #[derive(Debug)]
+    struct NoProc;
+    impl Proc for NoProc {
+        fn read(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn open_fds(&self) -> Option<u64> {
+            None
+        }
+    }
+    let text = page(&sources(None), NoProc);
+    parse_strictly(&text);
+    assert!(!text.contains("process_"), "{text}");
+}
+
+#[tokio::test]
+async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
+    let s = sources(None);
+    let health = s.logs.as_ref().unwrap().buffer.clone();
+    let app = router(s, None);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/healthz");
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+
+    health.set(Some("no space left on device (os error 28)".into()));
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("no space left on device"), "{body}");
+
+    health.set(None);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+}
