@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/parse/json.rs"]
+#[path = "../../src/parse/json/mod.rs"]
 mod json;
 #[path = "../../src/parse/level.rs"]
 mod level;
