@@ -260,8 +260,11 @@ struct TopLevel<'a, 'o> {
 }
 
 impl<'a> TopLevel<'a, '_> {
-    fn field(&mut self, key: &str, raw: &str) {
-        let kind = classify(key.as_bytes());
+    fn field(&mut self, key: &str, kind: Key, raw: &str) {
+        if kind == Key::Other && !self.label_fields.iter().any(|name| name == key) {
+            // Most members: nothing to read.
+            return;
+        }
         let value = self.at.value(raw);
         let out = &mut *self.out;
         match kind {
@@ -316,7 +319,8 @@ impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
                 Value::Str { raw, .. } => Cow::Borrowed(raw),
                 _ => Cow::Borrowed(""),
             };
-            if classify(key.as_bytes()) == Key::Log && self.object_follows(raw_key.get()) {
+            let kind = classify(key.as_bytes());
+            if kind == Key::Log && self.object_follows(raw_key.get()) {
                 // `"log": { "level": "info", … }`: the nested level, one level
                 // down only, read member by member (a level before a break counts).
                 map.next_value_seed(LogObject {
@@ -332,7 +336,7 @@ impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
                 *self.too_deep = true;
                 return Err(de::Error::custom("nested too deep"));
             }
-            self.field(&key, raw);
+            self.field(&key, kind, raw);
         }
         Ok(())
     }
