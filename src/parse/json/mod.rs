@@ -19,6 +19,7 @@
 //! - Lenient where leniency loses nothing: raw control characters inside strings and
 //!   leading zeros in numbers are accepted (by a retry, see [`lenient`]).
 
+mod fast;
 mod lenient;
 #[cfg(test)]
 mod tests;
@@ -100,6 +101,10 @@ pub fn scan<'a>(
     if first != Some(b'{') {
         return Err(Broken::NotAnObject);
     }
+    if fast::read(line, label_fields, out) {
+        return Ok(());
+    }
+    *out = Fields::new(label_fields.len());
     let failure = match read(line, line, label_fields, out) {
         Ok(()) => return Ok(()),
         Err(f) => f,
@@ -261,32 +266,11 @@ struct TopLevel<'a, 'o> {
 
 impl<'a> TopLevel<'a, '_> {
     fn field(&mut self, key: &str, kind: Key, raw: &str) {
-        if kind == Key::Other && !self.label_fields.iter().any(|name| name == key) {
+        if !wanted(kind, key, self.label_fields) {
             // Most members: nothing to read.
             return;
         }
-        let value = self.at.value(raw);
-        let out = &mut *self.out;
-        match kind {
-            Key::Level if out.level.is_none() => out.level = level_of(&value),
-            Key::Time if out.time.is_none() => {
-                out.time = match &value {
-                    Value::Number(n) => timestamp::from_epoch_number(n),
-                    v => v.text().and_then(|t| timestamp::from_string(&t)),
-                }
-            }
-            Key::TraceId if out.trace_id.is_none() => out.trace_id = value.text(),
-            Key::SpanId if out.span_id.is_none() => out.span_id = value.text(),
-            _ => {}
-        }
-        for (slot, name) in out.labels.iter_mut().zip(self.label_fields) {
-            if slot.is_none() && name == key {
-                *slot = match value {
-                    Value::Number(t) | Value::Literal(t) if t != "null" => Some(Cow::Borrowed(t)),
-                    ref v => v.text(),
-                };
-            }
-        }
+        keep(self.at, self.label_fields, self.out, key, kind, raw);
     }
 
     /// Whether the value after the key whose JSON text is `raw_key` opens an
@@ -295,11 +279,56 @@ impl<'a> TopLevel<'a, '_> {
         let end = (raw_key.as_ptr() as usize)
             .wrapping_sub(self.at.base)
             .saturating_add(raw_key.len());
-        let rest = self.text.get(end..).unwrap_or_default();
-        let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
-        rest.trim_start_matches(ws)
-            .strip_prefix(':')
-            .is_some_and(|v| v.trim_start_matches(ws).starts_with('{'))
+        object_at(self.text, end)
+    }
+}
+
+/// Whether the member whose key is `key` (of kind `kind`) holds a value the agent
+/// reads.
+fn wanted(kind: Key, key: &str, label_fields: &[String]) -> bool {
+    kind != Key::Other || label_fields.iter().any(|name| name == key)
+}
+
+/// Whether `text` from byte `end` (just after a key's closing quote) holds `:`
+/// and then an object.
+fn object_at(text: &str, end: usize) -> bool {
+    let rest = text.get(end..).unwrap_or_default();
+    let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    rest.trim_start_matches(ws)
+        .strip_prefix(':')
+        .is_some_and(|v| v.trim_start_matches(ws).starts_with('{'))
+}
+
+/// Fills `out` from one member the agent reads: key `key` (decoded) of kind
+/// `kind`, its value's JSON text `raw` (a slice of what serde_json reads).
+fn keep<'a>(
+    at: Origin<'a>,
+    label_fields: &[String],
+    out: &mut Fields<'a>,
+    key: &str,
+    kind: Key,
+    raw: &str,
+) {
+    let value = at.value(raw);
+    match kind {
+        Key::Level if out.level.is_none() => out.level = level_of(&value),
+        Key::Time if out.time.is_none() => {
+            out.time = match &value {
+                Value::Number(n) => timestamp::from_epoch_number(n),
+                v => v.text().and_then(|t| timestamp::from_string(&t)),
+            }
+        }
+        Key::TraceId if out.trace_id.is_none() => out.trace_id = value.text(),
+        Key::SpanId if out.span_id.is_none() => out.span_id = value.text(),
+        _ => {}
+    }
+    for (slot, name) in out.labels.iter_mut().zip(label_fields) {
+        if slot.is_none() && name == key {
+            *slot = match value {
+                Value::Number(t) | Value::Literal(t) if t != "null" => Some(Cow::Borrowed(t)),
+                ref v => v.text(),
+            };
+        }
     }
 }
 
