@@ -16,14 +16,17 @@
 //! longer than `2 * MAX_DEPTH` bytes can nest that deep, so only such a stretch is
 //! scanned.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserializer as _;
 use serde_json::value::RawValue;
 
 use super::lenient::nests_deeper_than;
-use super::{classify, keep, object_at, wanted, Fields, Key, LogObject, Origin, MAX_DEPTH};
+use super::{
+    classify, keep, object_at, timestamp, Fields, Key, Level, LogObject, Origin, MAX_DEPTH,
+};
 
 /// Reads `line`, a JSON object, into `out` (fresh); `false` when the caller must
 /// read it again with the full reader (`out` then holds partial fields).
@@ -73,7 +76,7 @@ impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
             let start = (key.as_ptr() as usize).wrapping_sub(self.at.base);
             if let Some(prev) = after_key {
                 if may_nest_too_deep(text.get(prev..start.saturating_sub(1))) {
-                    return Err(serde::de::Error::custom("may nest too deep"));
+                    return Err(M::Error::custom("may nest too deep"));
                 }
             }
             let end = start.saturating_add(key.len()).saturating_add(1);
@@ -85,13 +88,216 @@ impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
                     out: self.out,
                     too_deep: &mut false,
                 })?;
-            } else if wanted(kind, key, self.label_fields) {
+            } else if self.label_fields.iter().any(|name| name == key) {
                 let raw: &'de RawValue = map.next_value()?;
                 keep(self.at, self.label_fields, self.out, key, kind, raw.get());
             } else {
-                map.next_value::<IgnoredAny>()?;
+                let out = &mut *self.out;
+                match kind {
+                    Key::Level if out.level.is_none() => {
+                        out.level = map.next_value_seed(LevelOf)?
+                    }
+                    Key::Time if out.time.is_none() => out.time = map.next_value_seed(TimeOf)?,
+                    Key::TraceId if out.trace_id.is_none() => {
+                        out.trace_id = map.next_value_seed(TextOf(self.at))?;
+                    }
+                    Key::SpanId if out.span_id.is_none() => {
+                        out.span_id = map.next_value_seed(TextOf(self.at))?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
             }
         }
         Ok(after_key.unwrap_or(0))
+    }
+}
+
+/// The error by which a value seed hands the line to the full reader: a value
+/// whose meaning depends on its text as written (a fraction, an exponent, an
+/// integer too large for 64 bits), or one the agent reads as nothing but must
+/// bound (a container).
+fn hand_over<E: serde::de::Error>() -> E {
+    E::custom("read by the full reader")
+}
+
+macro_rules! hand_over_the_rest {
+    () => {
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(hand_over())
+        }
+
+        fn visit_map<M: MapAccess<'de>>(self, _: M) -> Result<Self::Value, M::Error> {
+            Err(hand_over())
+        }
+
+        fn visit_seq<S: serde::de::SeqAccess<'de>>(self, _: S) -> Result<Self::Value, S::Error> {
+            Err(hand_over())
+        }
+    };
+}
+
+/// A level field's value, read as [`super::value::level_of`] reads its text.
+struct LevelOf;
+
+impl<'de> DeserializeSeed<'de> for LevelOf {
+    type Value = Option<Level>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LevelOf {
+    type Value = Option<Level>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a level")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        // Its digits, read by `Level::from_name`, saturate the same way.
+        Ok(Some(Level::from_number(
+            i64::try_from(n).unwrap_or(i64::MAX),
+        )))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Some(Level::from_number(n)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Level::from_name(s))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    hand_over_the_rest!();
+}
+
+/// A time field's value, read as the full reader reads its text.
+struct TimeOf;
+
+impl<'de> DeserializeSeed<'de> for TimeOf {
+    type Value = Option<crate::record::Timestamp>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TimeOf {
+    type Value = Option<crate::record::Timestamp>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a time")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        // serde_json read it from digits without a sign or leading zeros: the
+        // same digits again.
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut rest = n;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        Ok(std::str::from_utf8(&buf[at..])
+            .ok()
+            .and_then(timestamp::from_epoch_number))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        // A negative number: no epoch time (`from_epoch_number` wants a digit first).
+        Ok(None)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(timestamp::from_string(s))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    hand_over_the_rest!();
+}
+
+/// A trace or span id: a string's text (borrowed from the line when it has no
+/// escapes), nothing for any other value.
+struct TextOf<'a>(Origin<'a>);
+
+impl<'de, 'a> DeserializeSeed<'de> for TextOf<'a> {
+    type Value = Option<Cow<'a, str>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for TextOf<'a> {
+    type Value = Option<Cow<'a, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an id")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        // A slice of the line itself (serde_json reads `line`): the same text, with
+        // the line's lifetime.
+        let start = (s.as_ptr() as usize).wrapping_sub(self.0.base);
+        Ok(self
+            .0
+            .line
+            .get(start..start.saturating_add(s.len()))
+            .map(Cow::Borrowed))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, _: M) -> Result<Self::Value, M::Error> {
+        Err(hand_over())
+    }
+
+    fn visit_seq<S: serde::de::SeqAccess<'de>>(self, _: S) -> Result<Self::Value, S::Error> {
+        Err(hand_over())
     }
 }
