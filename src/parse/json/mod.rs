@@ -1,9 +1,16 @@
 //! The hot path: one JSON object's top level read with serde_json, through a
 //! visitor that picks out only the keys the agent needs (level, time, trace/span
-//! ids, configured label fields, and `log` for a nested `log.level`). Every value
-//! is taken as a borrowed `&RawValue` (serde_json's `ignore_value` underneath, as
-//! for `IgnoredAny`, plus the slice it skipped), so nothing is allocated and no
-//! tree is built; the few values kept are read from the line's own text.
+//! ids, configured label fields, and `log` for a nested `log.level`). Nothing is
+//! allocated and no tree is built.
+//!
+//! Two passes, the second paid only by the few lines the first hands over:
+//! [`fast`] (borrowed `&str` keys, `IgnoredAny` for the members the agent skips,
+//! level, time and ids read straight from serde_json's values) answers for nearly
+//! every line a logger writes; the full reader here takes every key and value as a
+//! borrowed `&RawValue` (serde_json's `ignore_value` underneath, as for
+//! `IgnoredAny`, plus the slice it skipped) and reads the few values kept from the
+//! line's own text, which is what escaped keys, numbers kept as written, errors,
+//! depth and leniency need.
 //!
 //! Promises:
 //! - The whole line is validated, so a truncated object or two writers' lines
