@@ -70,13 +70,13 @@ fn main() {
         let p = parse_line(l, LogFormat::Pino, &[]);
         p.level as u64 ^ p.timestamp.map_or(0, |t| t.0 as u64)
     });
-    report("level + time: wisp scanner", ours, avg);
+    report("level + time: wisp (serde_json visitor)", ours, avg);
 
     let (auto, _) = measure(&lines, |l| {
         let p = parse_line(l, LogFormat::Auto, &[]);
         p.level as u64 ^ p.timestamp.map_or(0, |t| t.0 as u64)
     });
-    report("level + time: wisp scanner, format = auto", auto, avg);
+    report("level + time: wisp, format = auto", auto, avg);
 
     let (serde, _) = measure(&lines, |l| {
         let v: serde_json::Value = match serde_json::from_str(l) {

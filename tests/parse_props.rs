@@ -267,3 +267,108 @@ fn deeply_nested_and_huge_lines_are_shipped_without_blowing_the_stack() {
     }
     assert_eq!(t.counters().snapshot().parse_misses, 2);
 }
+
+/// The members of an object as written, duplicate keys and all, with the keys the
+/// parser looks for in several spellings.
+fn members() -> impl Strategy<Value = Vec<(String, Value)>> {
+    let key = prop_oneof![
+        prop::sample::select(vec![
+            "level",
+            "LEVEL",
+            "lvl",
+            "severity",
+            "time",
+            "ts",
+            "Timestamp",
+            "traceId",
+            "trace_id",
+            "spanId",
+            "span_id",
+            "msg",
+            "pid",
+        ])
+        .prop_map(str::to_string),
+        key(),
+    ];
+    let value = prop_oneof![
+        prop::sample::select(vec!["info", "warn", "ERROR", "dbg", "nonsense", "abc-123"])
+            .prop_map(|s| json!(s)),
+        (0i64..100).prop_map(|n| json!(n)),
+        (1_700_000_000_000i64..1_900_000_000_000).prop_map(|n| json!(n)),
+        Just(json!("2026-11-22T22:59:41.726Z")),
+        json_value(),
+    ];
+    prop::collection::vec((key, value), 0..10)
+}
+
+/// What a level or time member's value gives, read from serde_json's `Value`
+/// (a fraction is cut, a huge number saturates).
+fn level_from(v: &Value) -> Option<Level> {
+    match v {
+        Value::String(s) => Level::from_name(s),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .map(Level::from_number),
+        _ => None,
+    }
+}
+
+fn time_from(v: &Value) -> Option<Timestamp> {
+    use wisp_agent::parse::timestamp::{from_epoch_number, from_string};
+    match v {
+        Value::String(s) => from_string(s),
+        Value::Number(n) => from_epoch_number(&n.to_string()),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The parser beside serde_json on valid objects written member by member:
+    /// level, time and ids are those of the first member that gives one, whatever
+    /// follows (a later duplicate never overrides), and the line is JSON.
+    #[test]
+    fn valid_objects_read_as_serde_json_reads_them_first_occurrence_winning(
+        members in members()
+    ) {
+        let body: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), v))
+            .collect();
+        let line = format!("{{{}}}", body.join(","));
+        let reparsed: Value = serde_json::from_str(&line).unwrap();
+        prop_assert!(reparsed.is_object());
+        let first = |keys: &[&str], ci: bool, get: &dyn Fn(&Value) -> Option<String>| {
+            members.iter().find_map(|(k, v)| {
+                let hit = keys.iter().any(|w| if ci { w.eq_ignore_ascii_case(k) } else { w == k });
+                if hit { get(v) } else { None }
+            })
+        };
+        let level = members.iter().find_map(|(k, v)| {
+            ["level", "lvl", "severity"].iter().any(|w| w.eq_ignore_ascii_case(k))
+                .then(|| level_from(v)).flatten()
+        });
+        let time = members.iter().find_map(|(k, v)| {
+            ["time", "ts", "timestamp"].iter().any(|w| w.eq_ignore_ascii_case(k))
+                .then(|| time_from(v)).flatten()
+        });
+        let string = |v: &Value| v.as_str().map(str::to_string);
+        let trace_id = first(&["traceId", "trace_id"], false, &string);
+        let span_id = first(&["spanId", "span_id"], false, &string);
+        let service = first(&["service"], false, &|v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+            _ => None,
+        });
+
+        let p = parse_line(&line, LogFormat::Auto, &["service".to_string()]);
+        prop_assert_eq!(p.kind, LineKind::Json, "{}", line);
+        prop_assert_eq!(p.level, level.unwrap_or(Level::Unknown), "{}", line);
+        prop_assert_eq!(p.timestamp, time, "{}", line);
+        prop_assert_eq!(p.trace_id.as_deref(), trace_id.as_deref(), "{}", line);
+        prop_assert_eq!(p.span_id.as_deref(), span_id.as_deref(), "{}", line);
+        prop_assert_eq!(p.label_values[0].as_deref(), service.as_deref(), "{}", line);
+    }
+}

@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(parsed.kind, LineKind::Text);
         }
     }
-    // The scanner alone, on the raw text: never panics, whatever it returns.
+    // The JSON reader alone, on the raw text: never panics, whatever it returns.
     let mut out = Fields::new(fields.len());
     let _ = json::scan(&text, &fields, &mut out);
 });

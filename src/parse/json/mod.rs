@@ -1,27 +1,48 @@
-//! The hot path: a single-pass scanner over a JSON object's top level that picks out
-//! only the keys the agent needs (level, time, trace/span ids, configured label
-//! fields, and `log` for a nested `log.level`) and skips every other value without
-//! allocating or building a tree.
+//! The hot path: one JSON object's top level read with serde_json, through a
+//! visitor that picks out only the keys the agent needs (level, time, trace/span
+//! ids, configured label fields, and `log` for a nested `log.level`). Nothing is
+//! allocated and no tree is built.
+//!
+//! Two passes, the second paid only by the few lines the first hands over:
+//! [`fast`] (borrowed `&str` keys, `IgnoredAny` for the members the agent skips,
+//! level, time and ids read straight from serde_json's values) answers for nearly
+//! every line a logger writes; the full reader here takes every key and value as a
+//! borrowed `&RawValue` (serde_json's `ignore_value` underneath, as for
+//! `IgnoredAny`, plus the slice it skipped) and reads the few values kept from the
+//! line's own text, which is what escaped keys, numbers kept as written, errors,
+//! depth and leniency need.
 //!
 //! Promises:
-//! - It validates the whole line as it goes, so a truncated object or two writers'
-//!   lines interleaved in one (`{"msg":"part{"level":30,…}`) is told apart from a
-//!   valid object: [`scan`] returns [`Broken`], and what it read before the break
-//!   stays in [`Fields`].
-//! - No recursion: nested containers are skipped by an iterative loop with a bounded
-//!   depth ([`MAX_DEPTH`]); deeper nesting counts as broken, as in serde_json.
+//! - The whole line is validated, so a truncated object or two writers' lines
+//!   interleaved in one (`{"msg":"part{"level":30,…}`) is told apart from a valid
+//!   object: [`scan`] returns [`Broken`], and what it read before the break stays
+//!   in [`Fields`].
+//! - Bounded depth: a value nested deeper than [`MAX_DEPTH`] makes the line broken.
+//!   serde_json's own recursion limit (128 including the top-level object) never
+//!   applies, as the reader recurses only into the top level and `log`; skipped
+//!   values are bounded here instead ([`lenient::nests_deeper_than`]).
 //! - Duplicate keys: the first occurrence wins (a later `"level"` cannot override the
 //!   one the logger wrote first; Pino writes its own fields first).
 //! - Lenient where leniency loses nothing: raw control characters inside strings and
-//!   leading zeros in numbers are accepted.
+//!   leading zeros in numbers are accepted (by a retry, see [`lenient`]).
+
+mod fast;
+mod lenient;
+#[cfg(test)]
+mod tests;
+mod value;
 
 use std::borrow::Cow;
+use std::fmt;
 
-use memchr::memchr2;
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::level::Level;
 use super::timestamp;
 use super::Fields;
+pub(crate) use value::unescape;
+use value::{level_of, Value};
 
 /// Containers nested deeper than this make the line broken (bounded work, and
 /// nothing a logger writes goes this deep).
@@ -74,421 +95,334 @@ fn classify(key: &[u8]) -> Key {
     }
 }
 
-/// Scans `line` as one JSON object, filling `out` with the fields found.
+/// Reads `line` as one JSON object, filling `out` with the fields found.
 /// `out.labels` must have one slot per `label_fields` entry.
 pub fn scan<'a>(
     line: &'a str,
     label_fields: &[String],
     out: &mut Fields<'a>,
 ) -> Result<(), Broken> {
-    let mut c = Cursor {
-        s: line,
-        b: line.as_bytes(),
-        pos: 0,
-    };
-    c.skip_ws();
-    if c.peek() != Some(b'{') {
+    let first = line
+        .bytes()
+        .find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(b'{') {
         return Err(Broken::NotAnObject);
     }
-    c.pos += 1;
-    c.skip_ws();
-    if c.peek() == Some(b'}') {
-        c.pos += 1;
-    } else {
-        loop {
-            c.skip_ws();
-            c.expect(b'"')?;
-            let (kstart, kend, kesc) = c.string()?;
-            c.skip_ws();
-            c.expect(b':')?;
-            c.skip_ws();
-            let raw_key = &line[kstart..kend];
-            let key: Cow<'a, str> = if kesc {
-                Cow::Owned(unescape(raw_key))
-            } else {
-                Cow::Borrowed(raw_key)
-            };
-            c.field(&key, label_fields, out)?;
-            c.skip_ws();
-            match c.next()? {
-                b',' => continue,
-                b'}' => break,
-                _ => return Err(Broken::Unexpected(c.pos - 1)),
-            }
-        }
+    if fast::read(line, label_fields, out) {
+        return Ok(());
     }
-    c.skip_ws();
-    if c.pos < c.b.len() {
-        return Err(Broken::TrailingText(c.pos));
-    }
-    Ok(())
-}
-
-/// A JSON value as the scanner met it: a string's raw content (escapes not yet
-/// decoded) or the text of a number or literal.
-enum Value<'a> {
-    Str { raw: &'a str, escaped: bool },
-    Number(&'a str),
-    Literal(&'a str),
-    Container,
-}
-
-impl<'a> Value<'a> {
-    fn text(&self) -> Option<Cow<'a, str>> {
-        match *self {
-            Value::Str { raw, escaped: true } => Some(Cow::Owned(unescape(raw))),
-            Value::Str {
-                raw,
-                escaped: false,
-            } => Some(Cow::Borrowed(raw)),
-            _ => None,
-        }
-    }
-}
-
-struct Cursor<'a> {
-    s: &'a str,
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.pos).copied()
-    }
-
-    fn next(&mut self) -> Result<u8, Broken> {
-        let c = self.peek().ok_or(Broken::Truncated)?;
-        self.pos += 1;
-        Ok(c)
-    }
-
-    fn expect(&mut self, want: u8) -> Result<(), Broken> {
-        match self.peek() {
-            Some(c) if c == want => {
-                self.pos += 1;
-                Ok(())
-            }
-            Some(_) => Err(Broken::Unexpected(self.pos)),
-            None => Err(Broken::Truncated),
-        }
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.pos += 1;
-        }
-    }
-
-    /// After an opening quote: the string's content range and whether it holds
-    /// escapes; the cursor ends after the closing quote.
-    fn string(&mut self) -> Result<(usize, usize, bool), Broken> {
-        let start = self.pos;
-        let mut escaped = false;
-        loop {
-            let i = memchr2(b'"', b'\\', &self.b[self.pos..]).ok_or(Broken::Truncated)?;
-            self.pos += i;
-            if self.b[self.pos] == b'"' {
-                let end = self.pos;
-                self.pos += 1;
-                return Ok((start, end, escaped));
-            }
-            escaped = true;
-            match self.b.get(self.pos + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 2,
-                Some(b'u') => {
-                    let hex = self
-                        .b
-                        .get(self.pos + 2..self.pos + 6)
-                        .ok_or(Broken::Truncated)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(Broken::Unexpected(self.pos));
-                    }
-                    self.pos += 6;
-                }
-                Some(_) => return Err(Broken::Unexpected(self.pos)),
-                None => return Err(Broken::Truncated),
-            }
-        }
-    }
-
-    /// A number's text: `-? digits (. digits)? ([eE] [+-]? digits)?`.
-    fn number(&mut self) -> Result<&'a str, Broken> {
-        let start = self.pos;
-        if self.peek() == Some(b'-') {
-            self.pos += 1;
-        }
-        self.digits()?;
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            self.digits()?;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            self.digits()?;
-        }
-        Ok(&self.s[start..self.pos])
-    }
-
-    fn digits(&mut self) -> Result<(), Broken> {
-        let n = self.b[self.pos..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        if n == 0 {
-            return Err(if self.pos >= self.b.len() {
-                Broken::Truncated
-            } else {
-                Broken::Unexpected(self.pos)
-            });
-        }
-        self.pos += n;
-        Ok(())
-    }
-
-    fn literal(&mut self, word: &'static str) -> Result<&'a str, Broken> {
-        let end = self.pos + word.len();
-        match self.b.get(self.pos..end) {
-            Some(w) if w == word.as_bytes() => {
-                let text = &self.s[self.pos..end];
-                self.pos = end;
-                Ok(text)
-            }
-            Some(_) => Err(Broken::Unexpected(self.pos)),
-            None if word.as_bytes().starts_with(&self.b[self.pos..]) => Err(Broken::Truncated),
-            None => Err(Broken::Unexpected(self.pos)),
-        }
-    }
-
-    /// One value of any kind; containers are skipped (and validated) whole.
-    fn value(&mut self) -> Result<Value<'a>, Broken> {
-        match self.peek().ok_or(Broken::Truncated)? {
-            b'"' => {
-                self.pos += 1;
-                let (start, end, escaped) = self.string()?;
-                Ok(Value::Str {
-                    raw: &self.s[start..end],
-                    escaped,
-                })
-            }
-            b'{' | b'[' => {
-                self.skip_container()?;
-                Ok(Value::Container)
-            }
-            b'-' | b'0'..=b'9' => self.number().map(Value::Number),
-            b't' => self.literal("true").map(Value::Literal),
-            b'f' => self.literal("false").map(Value::Literal),
-            b'n' => self.literal("null").map(Value::Literal),
-            _ => Err(Broken::Unexpected(self.pos)),
-        }
-    }
-
-    /// Skips an object or array (cursor on its opening bracket), validating its
-    /// structure without recursion: a bit per open level says object or array.
-    fn skip_container(&mut self) -> Result<(), Broken> {
-        // Bit i set: level i is an object.
-        let mut kinds: u128 = 0;
-        let mut depth: usize = 0;
-        let open = |kinds: &mut u128, depth: &mut usize, is_obj: bool| {
-            if *depth >= MAX_DEPTH {
-                return Err(Broken::TooDeep);
-            }
-            if is_obj {
-                *kinds |= 1 << *depth;
-            } else {
-                *kinds &= !(1 << *depth);
-            }
-            *depth += 1;
-            Ok(())
-        };
-        let first = self.next()?;
-        open(&mut kinds, &mut depth, first == b'{')?;
-        // True right after an opening bracket, where a closing one may follow.
-        let mut fresh = true;
-        loop {
-            self.skip_ws();
-            let is_obj = kinds & (1 << (depth - 1)) != 0;
-            let close = if is_obj { b'}' } else { b']' };
-            if fresh && self.peek() == Some(close) {
-                self.pos += 1;
-                depth -= 1;
-            } else {
-                if is_obj {
-                    self.expect(b'"')?;
-                    self.string()?;
-                    self.skip_ws();
-                    self.expect(b':')?;
-                    self.skip_ws();
-                }
-                match self.peek().ok_or(Broken::Truncated)? {
-                    c @ (b'{' | b'[') => {
-                        self.pos += 1;
-                        open(&mut kinds, &mut depth, c == b'{')?;
-                        fresh = true;
-                        continue;
-                    }
-                    _ => {
-                        self.value()?;
-                    }
-                }
-            }
-            // After a value (or an emptied container): a comma or closing brackets.
-            loop {
-                if depth == 0 {
-                    return Ok(());
-                }
-                self.skip_ws();
-                let is_obj = kinds & (1 << (depth - 1)) != 0;
-                match self.next()? {
-                    b',' => {
-                        fresh = false;
-                        break;
-                    }
-                    b'}' if is_obj => depth -= 1,
-                    b']' if !is_obj => depth -= 1,
-                    _ => return Err(Broken::Unexpected(self.pos - 1)),
-                }
-            }
-        }
-    }
-
-    /// One top-level member's value, cursor on it; records it in `out` when the
-    /// key is one the agent wants.
-    fn field(
-        &mut self,
-        key: &str,
-        label_fields: &[String],
-        out: &mut Fields<'a>,
-    ) -> Result<(), Broken> {
-        let kind = classify(key.as_bytes());
-        if kind == Key::Log && self.peek() == Some(b'{') {
-            return self.log_object(out);
-        }
-        let value = self.value()?;
-        match kind {
-            Key::Level if out.level.is_none() => out.level = level_of(&value),
-            Key::Time if out.time.is_none() => {
-                out.time = match &value {
-                    Value::Number(n) => timestamp::from_epoch_number(n),
-                    v => v.text().and_then(|t| timestamp::from_string(&t)),
-                }
-            }
-            Key::TraceId if out.trace_id.is_none() => out.trace_id = value.text(),
-            Key::SpanId if out.span_id.is_none() => out.span_id = value.text(),
-            _ => {}
-        }
-        for (slot, name) in out.labels.iter_mut().zip(label_fields) {
-            if slot.is_none() && name == key {
-                *slot = match value {
-                    Value::Number(t) | Value::Literal(t) if t != "null" => Some(Cow::Borrowed(t)),
-                    ref v => v.text(),
-                };
-            }
-        }
-        Ok(())
-    }
-
-    /// `"log": { "level": "info", … }`: the nested level, one level down only.
-    fn log_object(&mut self, out: &mut Fields<'a>) -> Result<(), Broken> {
-        self.expect(b'{')?;
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_ws();
-            self.expect(b'"')?;
-            let (kstart, kend, _) = self.string()?;
-            self.skip_ws();
-            self.expect(b':')?;
-            self.skip_ws();
-            let value = self.value()?;
-            if out.level.is_none() && self.b[kstart..kend].eq_ignore_ascii_case(b"level") {
-                out.level = level_of(&value);
-            }
-            self.skip_ws();
-            match self.next()? {
-                b',' => continue,
-                b'}' => return Ok(()),
-                _ => return Err(Broken::Unexpected(self.pos - 1)),
-            }
-        }
-    }
-}
-
-/// A level field's value: a Pino number (fractions cut, huge values saturate) or
-/// a name.
-fn level_of(value: &Value<'_>) -> Option<Level> {
-    match value {
-        Value::Number(n) => {
-            let int = n.split(['.', 'e', 'E']).next().unwrap_or(n);
-            if n.contains(['e', 'E']) {
-                let f: f64 = n.parse().ok()?;
-                // `as` saturates, and NaN cannot come out of a parsed number.
-                Some(Level::from_number(f as i64))
-            } else {
-                Level::from_name(int)
-            }
-        }
-        v => v.text().and_then(|t| Level::from_name(&t)),
-    }
-}
-
-/// Decodes a JSON string's escapes. Invalid or lone surrogates become U+FFFD.
-/// Only called on strings the scanner has validated, and only for the few fields
-/// it keeps.
-pub(crate) fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let esc = &rest[i + 1..];
-        let mut chars = esc.chars();
-        let (ch, used) = match chars.next() {
-            Some('"') => ('"', 1),
-            Some('\\') => ('\\', 1),
-            Some('/') => ('/', 1),
-            Some('b') => ('\u{8}', 1),
-            Some('f') => ('\u{c}', 1),
-            Some('n') => ('\n', 1),
-            Some('r') => ('\r', 1),
-            Some('t') => ('\t', 1),
-            Some('u') => decode_u(esc),
-            Some(c) => (c, c.len_utf8()),
-            None => ('\\', 0),
-        };
-        out.push(ch);
-        rest = &esc[used..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `esc` starts at the `u` of `\uXXXX`: the character and the bytes used after the
-/// backslash, joining a surrogate pair `\uD83D\uDE00` into one character.
-fn decode_u(esc: &str) -> (char, usize) {
-    let hex4 = |s: &str| s.get(..4).and_then(|h| u32::from_str_radix(h, 16).ok());
-    let Some(hi) = esc.get(1..).and_then(hex4) else {
-        return ('\u{FFFD}', 1);
+    *out = Fields::new(label_fields.len());
+    let failure = match read(line, line, label_fields, out) {
+        Ok(()) => return Ok(()),
+        Err(f) => f,
     };
-    if (0xD800..0xDC00).contains(&hi) {
-        if let Some(lo) = esc
-            .get(5..)
-            .filter(|s| s.starts_with("\\u"))
-            .and_then(|s| s.get(2..))
-            .and_then(hex4)
-            .filter(|lo| (0xDC00..0xE000).contains(lo))
-        {
-            let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-            return (char::from_u32(c).unwrap_or('\u{FFFD}'), 11);
+    if let Failure::Syntax(_) = failure {
+        if let Some(copy) = lenient::copy_for_retry(line) {
+            *out = Fields::new(label_fields.len());
+            return read(line, &copy, label_fields, out).map_err(|f| f.broken(&copy));
         }
     }
-    (char::from_u32(hi).unwrap_or('\u{FFFD}'), 5)
+    Err(failure.broken(line))
 }
 
-#[cfg(test)]
-mod tests;
+/// Why [`read`] stopped.
+enum Failure {
+    /// A value nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// serde_json's error inside the object.
+    Syntax(serde_json::Error),
+    /// serde_json's error after it.
+    Trailing(serde_json::Error),
+}
+
+impl Failure {
+    /// `text`: what serde_json read (its positions are in it).
+    fn broken(self, text: &str) -> Broken {
+        let (e, trailing) = match self {
+            Failure::TooDeep => return Broken::TooDeep,
+            Failure::Syntax(e) => (e, false),
+            Failure::Trailing(e) => (e, true),
+        };
+        let at = offset(text, e.line(), e.column());
+        // A container too deep before the error is what breaks the line; serde_json
+        // skipped through it to the error beyond.
+        if lenient::nests_deeper_than(text.get(..at).unwrap_or(text), MAX_DEPTH + 1) {
+            return Broken::TooDeep;
+        }
+        if e.is_eof() || number_cut_off(text, at, &e) {
+            Broken::Truncated
+        } else if trailing {
+            Broken::TrailingText(at)
+        } else {
+            Broken::Unexpected(start_of_token(text, at, &e))
+        }
+    }
+}
+
+/// serde_json calls `-`, `1.` or `1e+` at the end of the line an invalid number;
+/// it is a cut-off line.
+fn number_cut_off(text: &str, at: usize, e: &serde_json::Error) -> bool {
+    at + 1 == text.len()
+        && matches!(
+            text.as_bytes().get(at),
+            Some(b'-' | b'.' | b'e' | b'E' | b'+')
+        )
+        && e.to_string().starts_with("invalid number")
+}
+
+/// The offset [`Broken::Unexpected`] names for a bad escape or literal (the
+/// escape's backslash, the literal's first letter, as before issue 14), where
+/// serde_json gives the byte it stopped at. (Its error kinds are not public;
+/// their messages are stable.)
+fn start_of_token(text: &str, at: usize, e: &serde_json::Error) -> usize {
+    let b = text.as_bytes();
+    let message = e.to_string();
+    if message.starts_with("invalid escape") {
+        // serde_json stops after `\x`, or after the four bytes of `\uXXXX`.
+        match at.checked_sub(5) {
+            Some(u) if b.get(u) == Some(&b'\\') && b.get(u + 1) == Some(&b'u') => u,
+            _ => at.saturating_sub(1),
+        }
+    } else if message.starts_with("expected ident") {
+        let mut start = at;
+        while start > 0 && b.get(start - 1).is_some_and(u8::is_ascii_lowercase) {
+            start -= 1;
+        }
+        start
+    } else {
+        at
+    }
+}
+
+/// The byte offset of serde_json's (1-based line, column) position: the last
+/// byte it read.
+fn offset(text: &str, line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        memchr::memchr_iter(b'\n', text.as_bytes())
+            .nth(line - 2)
+            .map_or(text.len(), |nl| nl + 1)
+    };
+    (line_start + column).saturating_sub(1).min(text.len())
+}
+
+/// One pass of serde_json over `text`, which is `line` or its same-length
+/// [`lenient`] copy; the fields kept are taken from `line`.
+fn read<'a>(
+    line: &'a str,
+    text: &str,
+    label_fields: &[String],
+    out: &mut Fields<'a>,
+) -> Result<(), Failure> {
+    let mut too_deep = false;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = TopLevel {
+        at: Origin {
+            line,
+            base: text.as_ptr() as usize,
+        },
+        text,
+        label_fields,
+        out,
+        too_deep: &mut too_deep,
+    };
+    match (&mut de).deserialize_map(top) {
+        Ok(()) => de.end().map_err(Failure::Trailing),
+        Err(_) if too_deep => Err(Failure::TooDeep),
+        Err(e) => Err(Failure::Syntax(e)),
+    }
+}
+
+/// Maps a slice of the text serde_json reads back onto the original line.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    line: &'a str,
+    base: usize,
+}
+
+impl<'a> Origin<'a> {
+    /// The original text of the value or key whose JSON text is `raw`.
+    fn value(self, raw: &str) -> Value<'a> {
+        let start = (raw.as_ptr() as usize).wrapping_sub(self.base);
+        let mut start_num = start;
+        let b = self.line.as_bytes();
+        if matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9')) {
+            // A number whose leading zeros the lenient copy blanked out.
+            while start_num > 0 && matches!(b.get(start_num - 1), Some(b'-' | b'0'..=b'9')) {
+                start_num -= 1;
+            }
+        }
+        match self.line.get(start_num..start.saturating_add(raw.len())) {
+            Some(original) => Value::of(original),
+            // Not reached: serde_json's slices are of the text it was given.
+            None => Value::Container,
+        }
+    }
+}
+
+/// The top-level object.
+struct TopLevel<'a, 'o> {
+    at: Origin<'a>,
+    /// What serde_json reads.
+    text: &'o str,
+    label_fields: &'o [String],
+    out: &'o mut Fields<'a>,
+    too_deep: &'o mut bool,
+}
+
+impl<'a> TopLevel<'a, '_> {
+    fn field(&mut self, key: &str, kind: Key, raw: &str) {
+        if !wanted(kind, key, self.label_fields) {
+            // Most members: nothing to read.
+            return;
+        }
+        keep(self.at, self.label_fields, self.out, key, kind, raw);
+    }
+
+    /// Whether the value after the key whose JSON text is `raw_key` opens an
+    /// object (serde_json, which reads it next, has no peek).
+    fn object_follows(&self, raw_key: &str) -> bool {
+        let end = (raw_key.as_ptr() as usize)
+            .wrapping_sub(self.at.base)
+            .saturating_add(raw_key.len());
+        object_at(self.text, end)
+    }
+}
+
+/// Whether the member whose key is `key` (of kind `kind`) holds a value the agent
+/// reads.
+fn wanted(kind: Key, key: &str, label_fields: &[String]) -> bool {
+    kind != Key::Other || label_fields.iter().any(|name| name == key)
+}
+
+/// Whether `text` from byte `end` (just after a key's closing quote) holds `:`
+/// and then an object.
+fn object_at(text: &str, end: usize) -> bool {
+    let rest = text.get(end..).unwrap_or_default();
+    let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    rest.trim_start_matches(ws)
+        .strip_prefix(':')
+        .is_some_and(|v| v.trim_start_matches(ws).starts_with('{'))
+}
+
+/// Fills `out` from one member the agent reads: key `key` (decoded) of kind
+/// `kind`, its value's JSON text `raw` (a slice of what serde_json reads).
+fn keep<'a>(
+    at: Origin<'a>,
+    label_fields: &[String],
+    out: &mut Fields<'a>,
+    key: &str,
+    kind: Key,
+    raw: &str,
+) {
+    let value = at.value(raw);
+    match kind {
+        Key::Level if out.level.is_none() => out.level = level_of(&value),
+        Key::Time if out.time.is_none() => {
+            out.time = match &value {
+                Value::Number(n) => timestamp::from_epoch_number(n),
+                v => v.text().and_then(|t| timestamp::from_string(&t)),
+            }
+        }
+        Key::TraceId if out.trace_id.is_none() => out.trace_id = value.text(),
+        Key::SpanId if out.span_id.is_none() => out.span_id = value.text(),
+        _ => {}
+    }
+    for (slot, name) in out.labels.iter_mut().zip(label_fields) {
+        if slot.is_none() && name == key {
+            *slot = match value {
+                Value::Number(t) | Value::Literal(t) if t != "null" => Some(Cow::Borrowed(t)),
+                ref v => v.text(),
+            };
+        }
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(mut self, mut map: M) -> Result<(), M::Error> {
+        while let Some(raw_key) = map.next_key::<&'de RawValue>()? {
+            // Escapes decoded by `unescape` (a lone surrogate becomes U+FFFD,
+            // where serde_json's own decoding refuses the line).
+            let key = match self.at.value(raw_key.get()) {
+                Value::Str { raw, escaped: true } => Cow::Owned(unescape(raw)),
+                Value::Str { raw, .. } => Cow::Borrowed(raw),
+                _ => Cow::Borrowed(""),
+            };
+            let kind = classify(key.as_bytes());
+            if kind == Key::Log && self.object_follows(raw_key.get()) {
+                // `"log": { "level": "info", … }`: the nested level, one level
+                // down only, read member by member (a level before a break counts).
+                map.next_value_seed(LogObject {
+                    at: self.at,
+                    out: self.out,
+                    too_deep: self.too_deep,
+                })?;
+                continue;
+            }
+            let raw: &'de RawValue = map.next_value()?;
+            let raw = raw.get();
+            if too_deep(raw) {
+                *self.too_deep = true;
+                return Err(de::Error::custom("nested too deep"));
+            }
+            self.field(&key, kind, raw);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a value's JSON text nests deeper than [`MAX_DEPTH`] (a container that
+/// deep takes more than `2 * MAX_DEPTH` bytes: shorter ones are not scanned).
+fn too_deep(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'{' | b'['))
+        && raw.len() > 2 * MAX_DEPTH
+        && lenient::nests_deeper_than(raw, MAX_DEPTH)
+}
+
+/// The `log` object's members.
+struct LogObject<'a, 'o> {
+    at: Origin<'a>,
+    out: &'o mut Fields<'a>,
+    too_deep: &'o mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for LogObject<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LogObject<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        while let Some(raw_key) = map.next_key::<&'de RawValue>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            let raw = raw.get();
+            if too_deep(raw) {
+                *self.too_deep = true;
+                return Err(de::Error::custom("nested too deep"));
+            }
+            // The key as written, escapes undecoded (as before issue 14).
+            let key = raw_key.get();
+            let key = key.get(1..key.len().saturating_sub(1)).unwrap_or_default();
+            if self.out.level.is_none() && key.eq_ignore_ascii_case("level") {
+                self.out.level = level_of(&self.at.value(raw));
+            }
+        }
+        Ok(())
+    }
+}

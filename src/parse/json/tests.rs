@@ -1,3 +1,6 @@
+//! Unit tests of the JSON line reader (those of the hand-written scanner it
+//! replaced, unchanged).
+
 use super::*;
 use crate::record::Timestamp;
 
@@ -168,3 +171,153 @@ fn unescape_decodes_every_escape_and_replaces_lone_surrogates() {
     assert_eq!(unescape(r"\ud83d x"), "\u{FFFD} x");
     assert_eq!(unescape(r"\ude00"), "\u{FFFD}");
 }
+
+#[test]
+fn a_too_deep_value_before_other_members_breaks_the_line_there() {
+    let line = format!(
+        "{{\"level\":40,\"a\":{}{},\"time\":1795388381726}}",
+        "[".repeat(MAX_DEPTH + 1),
+        "]".repeat(MAX_DEPTH + 1)
+    );
+    let (r, out) = scan_all(&line, &[]);
+    assert_eq!(r, Err(Broken::TooDeep));
+    assert_eq!(out.level, Some(Level::Warn));
+    assert_eq!(out.time, None);
+}
+
+/// The fields the full reader finds in `line`, or `None` when it refuses it.
+fn full_read<'a>(line: &'a str, fields: &[String]) -> Option<Fields<'a>> {
+    let mut out = Fields::new(fields.len());
+    read(line, line, fields, &mut out).ok().map(|()| out)
+}
+
+/// The fast pass's fields, or `None` when it hands the line to the full reader.
+fn fast_read<'a>(line: &'a str, fields: &[String]) -> Option<Fields<'a>> {
+    let mut out = Fields::new(fields.len());
+    fast::read(line, fields, &mut out).then_some(out)
+}
+
+const LABELS: [&str; 4] = ["service", "code", "msg", "log"];
+
+#[test]
+fn the_fast_pass_hands_over_what_only_the_full_reader_reads() {
+    let labels: Vec<String> = LABELS.map(String::from).to_vec();
+    let deep = |tail: &str| {
+        format!(
+            "{{\"a\":{}{}{tail}}}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        )
+    };
+    let table = [
+        r#"{"le\u0076el":30}"#.to_string(),
+        r#"{"\ud800":1,"level":30}"#.to_string(),
+        "{\"level\":30,\"msg\":\"a\tb\"}".to_string(),
+        r#"{"level":30,"code":007}"#.to_string(),
+        r#"{"level":30,"msg":"cut"#.to_string(),
+        r#"{"level":30} tail"#.to_string(),
+        deep(""),
+        deep(",\"level\":30"),
+    ];
+    for line in &table {
+        assert_eq!(fast_read(line, &labels), None, "{line}");
+    }
+}
+
+#[test]
+fn the_fast_pass_reads_what_the_full_reader_reads() {
+    let labels: Vec<String> = LABELS.map(String::from).to_vec();
+    let table = [
+        r#"{"level":30,"time":1795388381726,"pid":1,"msg":"hi","req":{"a":[1,{"b":"c"}]}}"#,
+        r#"{"Level":"Error","TS":"2026-11-22T22:59:41.726Z","service":"a\"pi","code":404}"#,
+        r#"{"log":{"logger":"x","level":"warn"},"msg":"\u00e9"}"#,
+        r#"{"log":"text","traceId":"abc","span_id":"d\u0065f","code":null,"msg":true}"#,
+        r#"{"level":30,"level":50,"service":"a","service":"b"}"#,
+        r#"{"levelname":"INFO","code":-1.5e3,"log.level":"warn"}"#,
+        " { \"level\" : 30 , \"msg\" : [ ] } ",
+        "{}",
+    ];
+    for line in table {
+        let fast = fast_read(line, &labels);
+        assert!(fast.is_some(), "{line}");
+        assert_eq!(fast, full_read(line, &labels), "{line}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Objects put together from keys, values and separators (valid or not) that
+    /// the two passes treat differently: whenever the fast pass answers, the full
+    /// reader gives the same answer.
+    #[test]
+    fn the_fast_pass_never_answers_otherwise_than_the_full_reader(
+        members in proptest::collection::vec(
+            (0..KEYS.len(), 0..VALUES.len(), 0..SEPARATORS.len()),
+            0..8,
+        ),
+    ) {
+        let labels: Vec<String> = LABELS.map(String::from).to_vec();
+        let mut line = String::from("{");
+        for (i, &(k, v, s)) in members.iter().enumerate() {
+            if i > 0 {
+                line.push_str(SEPARATORS[s]);
+            }
+            line.push_str(KEYS[k]);
+            line.push(':');
+            line.push_str(VALUES[v]);
+        }
+        line.push('}');
+        // Label fields that are also level or time keys are read as written.
+        let with_level: Vec<String> = ["level", "ts", "msg"].map(String::from).to_vec();
+        for labels in [&labels, &with_level] {
+            if let Some(fast) = fast_read(&line, labels) {
+                proptest::prop_assert_eq!(Some(fast), full_read(&line, labels), "{}", line);
+            }
+        }
+    }
+}
+
+const KEYS: [&str; 13] = [
+    "\"level\"",
+    "\"LEVEL\"",
+    "\"time\"",
+    "\"ts\"",
+    "\"log\"",
+    "\"msg\"",
+    "\"service\"",
+    "\"code\"",
+    "\"traceId\"",
+    "\"spanId\"",
+    "\"le\\u0076el\"",
+    "\"\\ud800\"",
+    "\"x\"",
+];
+
+const VALUES: [&str; 23] = [
+    "30",
+    "-5",
+    "0",
+    "30.5",
+    "99999999999999999999999",
+    "1795388381.726",
+    "\"\\u0077arn\"",
+    "\"1795388381726\"",
+    "\"warn\"",
+    "1795388381726",
+    "\"2026-11-22T22:59:41Z\"",
+    "-1.5e3",
+    "007",
+    "null",
+    "true",
+    "\"a\tb\"",
+    "\"\\u00e9\\\"\"",
+    "\"\\udc00\"",
+    "{\"level\":\"error\"}",
+    "[1,{}]",
+    "{\"level\":[{}]",
+    "\"x\"",
+    "{}",
+];
+
+const SEPARATORS: [&str; 5] = [",", ",", ", ", ",,", " "];
