@@ -18,6 +18,29 @@ const NANOS_PER_SEC: i64 = 1_000_000_000;
 /// the integer part: below 10^11 seconds (10^11 s is the year 5138, while 10^11 ms
 /// is 1973), below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds.
 /// Negative values (before 1970) are not accepted.
+/// An epoch time given as an integer (a JSON number the reader already
+/// decoded): the same as [`from_epoch_number`] of its digits, without writing
+/// them out again.
+pub fn from_epoch_integer(int: u64) -> Option<Timestamp> {
+    let (scale, _) = unit_of(int);
+    Some(Timestamp(i64::try_from(int).ok()?.checked_mul(scale)?))
+}
+
+/// Nanoseconds per unit of an epoch integer (its unit told by its size:
+/// seconds, milliseconds, microseconds, nanoseconds), and how many fraction
+/// digits carry below the unit.
+fn unit_of(int: u64) -> (i64, usize) {
+    if int < 100_000_000_000 {
+        (NANOS_PER_SEC, 9)
+    } else if int < 100_000_000_000_000 {
+        (1_000_000, 6)
+    } else if int < 100_000_000_000_000_000 {
+        (1_000, 3)
+    } else {
+        (1, 0)
+    }
+}
+
 pub fn from_epoch_number(text: &str) -> Option<Timestamp> {
     let b = text.as_bytes();
     let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -37,16 +60,7 @@ pub fn from_epoch_number(text: &str) -> Option<Timestamp> {
         return from_epoch_float(text);
     }
     let int = digits_value(int_digits)?;
-    // Nanoseconds per unit, and how many fraction digits carry below the unit.
-    let (scale, frac_places) = if int < 100_000_000_000 {
-        (NANOS_PER_SEC, 9)
-    } else if int < 100_000_000_000_000 {
-        (1_000_000, 6)
-    } else if int < 100_000_000_000_000_000 {
-        (1_000, 3)
-    } else {
-        (1, 0)
-    };
+    let (scale, frac_places) = unit_of(int);
     let mut frac: i64 = 0;
     for i in 0..frac_places {
         let d = frac_digits.get(i).map_or(0, |d| i64::from(d - b'0'));
@@ -246,6 +260,27 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integer_reads_as_its_digits_do() {
+        let mut values = vec![0, 1, u64::MAX, i64::MAX as u64, i64::MAX as u64 + 1];
+        for edge in [
+            100_000_000_000u64,
+            100_000_000_000_000,
+            100_000_000_000_000_000,
+        ] {
+            values.extend([edge - 1, edge, edge + 1]);
+        }
+        values.extend([1_795_388_381, 1_795_388_381_726, 1_795_388_381_726_123]);
+        values.push(1_795_388_381_726_123_456);
+        for n in values {
+            assert_eq!(
+                from_epoch_integer(n),
+                from_epoch_number(&n.to_string()),
+                "{n}"
+            );
+        }
+    }
 
     const T: i64 = 1_795_388_381_726_000_000; // 2026-11-22T22:59:41.726Z
 

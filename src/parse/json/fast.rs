@@ -201,22 +201,8 @@ impl<'de> Visitor<'de> for TimeOf {
     }
 
     fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
-        // serde_json read it from digits without a sign or leading zeros: the
-        // same digits again.
-        let mut buf = [0u8; 20];
-        let mut at = buf.len();
-        let mut rest = n;
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        Ok(std::str::from_utf8(&buf[at..])
-            .ok()
-            .and_then(timestamp::from_epoch_number))
+        // serde_json read it from digits without a sign or leading zeros.
+        Ok(timestamp::from_epoch_integer(n))
     }
 
     fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
