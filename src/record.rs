@@ -198,12 +198,8 @@ impl Ack {
         self
     }
 
-    /// The resume points to store with the batch, oldest first.
-    pub fn resume_points(&self) -> &[ResumePoint] {
-        &self.resume
-    }
-
-    /// Takes the resume points out (the stage stores them), leaving none.
+    /// Takes the resume points out, oldest first (the stage stores them with
+    /// the batch), leaving none.
     pub fn take_resume(&mut self) -> Vec<ResumePoint> {
         std::mem::take(&mut self.resume)
     }

@@ -204,11 +204,12 @@ pub async fn run<R>(
             let (Some(mut w), Some((records, resume))) = (writer.take(), group.take()) else {
                 break 'batches;
             };
+            let name = settings.name;
             let appended = tokio::task::spawn_blocking(move || {
                 let r = w.append_with(&records, &resume);
                 if r.is_ok() {
                     if let Err(e) = w.sync_if_due() {
-                        tracing::warn!("cannot fsync the buffer: {e}");
+                        tracing::warn!("cannot fsync {name}: {e}");
                     }
                 }
                 (w, records, resume, r)
