@@ -341,3 +341,69 @@ async fn run_logs_a_status_line_every_status_interval_and_none_with_0s() {
     assert!(!quiet_log.contains("panicked"), "{quiet_log}");
     assert_eq!(quiet_agent.terminate(), Some(0), "{}", quiet_agent.log());
 }
+
+/// An OTLP/HTTP JSON export of one span named `name`.
+fn span_json(name: &str) -> String {
+    serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "0123456789abcdef0123456789abcdef",
+        "spanId": "0123456789abcdef",
+        "name": name,
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+    }]}]}]})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_buffer_that_cannot_write_status_says_unhealthy_and_exits_1() {
+    let Some(fs) = support::TinyFs::mount("1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let collector = OtlpReceiver::start().await;
+    collector.stop().await;
+    let relay = Relay::with_state_dir(
+        &collector,
+        "http/json",
+        None,
+        Some(&fs.path().join("state")),
+    );
+    relay.set_admin_listen("127.0.0.1:0");
+    let (agent, _, http) = relay.start().await;
+    let addr = agent.admin_addr().await;
+    let config = status_config(&relay.config, addr);
+    assert_eq!(status(&config, &[]).await.status.code(), Some(0));
+
+    // The disk fills: a request larger than a page cannot be appended.
+    support::fill(&fs.path().join("filler"));
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(span_json(&"x".repeat(64 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    wait_status(&agent, addr, |s| s["health"]["ok"] == false).await;
+
+    let o = status(&config, &[]).await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("health:  unhealthy: ") && out.contains("otlp buffer"),
+        "{out}"
+    );
+    assert!(
+        err.contains("unhealthy") && err.contains("/healthz"),
+        "{err}"
+    );
+    let json = status(&config, &["--json"]).await;
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        v["health"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("otlp buffer")),
+        "{v:#}"
+    );
+}
