@@ -407,3 +407,40 @@ async fn with_a_buffer_that_cannot_write_status_says_unhealthy_and_exits_1() {
         "{v:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_shows_status_interval_and_refuses_a_tiny_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let state = dir.path().join("state");
+    let write = |interval: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate_dir = \"{}\"\nstatus_interval = \"{interval}\"\n",
+                state.display()
+            ),
+        )
+        .unwrap()
+    };
+    let check = || {
+        let mut cmd = support::agent_command();
+        cmd.args(["config", "check", "--config"]).arg(&config);
+        cmd.output().unwrap()
+    };
+    write("2m");
+    let o = check();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("status_interval = \"2m\""), "{out}");
+    write("0s");
+    assert_eq!(check().status.code(), Some(0));
+    write("10ms");
+    let o = check();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("agent.status_interval") && err.contains("100ms"),
+        "{err}"
+    );
+}
