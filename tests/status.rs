@@ -163,8 +163,18 @@ async fn status_json_parses_and_has_exactly_the_documented_keys() {
     let collector = OtlpReceiver::start().await;
     let relay = Relay::new(&collector, "grpc", Some(&loki));
     relay.set_admin_listen("127.0.0.1:0");
-    let (agent, _, _) = relay.start().await;
+    let (agent, _, http) = relay.start().await;
     let addr = agent.admin_addr().await;
+    // One span relayed: the collector's last export is then known.
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(span_json("relayed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    wait_status(&agent, addr, |s| s["otlp"]["requests_shipped"] == 1).await;
     let o = status(&status_config(&relay.config, addr), &["--json"]).await;
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
@@ -174,6 +184,14 @@ async fn status_json_parses_and_has_exactly_the_documented_keys() {
     assert_eq!(v["health"]["ok"], true);
     assert_eq!(v["host"]["address"], "127.0.0.1");
     assert!(v["otlp"]["buffer"]["max_bytes"].as_u64() > Some(0), "{v:#}");
+    assert_eq!(v["otlp"]["requests_received"], 1, "{v:#}");
+    assert!(
+        v["otlp"]["last_export_seconds_ago"]
+            .as_f64()
+            .is_some_and(|s| s < 60.0),
+        "{v:#}"
+    );
+    assert!(v["loki"]["last_push_seconds_ago"].is_null(), "{v:#}");
     let mut served = BTreeSet::new();
     keys(&v, "", &mut served);
     let documented = documented_keys();
