@@ -64,6 +64,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let loaded = config::load(path, &ProcessEnv)?;
             runtime()?.block_on(run(loaded, args))
         }
+        Command::Status(args) => {
+            let loaded = config::load(path, &ProcessEnv)?;
+            Ok(runtime()?.block_on(crate::status::command::run(&loaded, args.json)))
+        }
         Command::Probe(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
             preflight(&loaded)?;

@@ -35,9 +35,19 @@ pub enum Command {
     /// Run CMD as one traced iteration: its output passes through unchanged and is
     /// shipped as logs
     Exec(ExecArgs),
+    /// Show what the running daemon is doing: host, files, lines shipped,
+    /// buffered bytes, last push, errors (from its admin endpoint)
+    Status(StatusArgs),
     /// Work with the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the daemon's status document (GET /status) as it is served
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -22,3 +22,4 @@ pub mod sink;
 pub mod source;
 pub mod spool;
 pub(crate) mod state_file;
+pub mod status;

@@ -230,21 +230,23 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         &cancel,
     );
     let buffer_health = Arc::new(BufferHealth::logs());
+    let sources = Sources {
+        logs: Some(LogSources {
+            tail: settings.counters.clone(),
+            parse: transformer.counters(),
+            spool: writer.counters(),
+            loki: loki_counters.clone(),
+            buffer: buffer_health.clone(),
+            spool_max_bytes: spool_bytes,
+        }),
+        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+        host: host.clone(),
+    };
+    log_status(&config, &sources, &cancel);
     let admin = admin::start(
         &config.admin.listen,
         &loaded.origin.to_string(),
-        Sources {
-            logs: Some(LogSources {
-                tail: settings.counters.clone(),
-                parse: transformer.counters(),
-                spool: writer.counters(),
-                loki: loki_counters.clone(),
-                buffer: buffer_health.clone(),
-                spool_max_bytes: spool_bytes,
-            }),
-            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-            host: host.clone(),
-        },
+        sources,
         cancel.clone(),
     )
     .await?;
@@ -370,6 +372,7 @@ async fn run_otlp_only(
         relay: otlp.as_ref().map(OtlpRelay::admin_sources),
         host,
     };
+    log_status(config, &sources, &cancel);
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
@@ -381,6 +384,15 @@ async fn run_otlp_only(
     }
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the periodic status line (`agent.status_interval`; off at zero).
+fn log_status(config: &Config, sources: &Sources, cancel: &CancellationToken) {
+    crate::status::periodic::spawn(
+        config.agent.status_interval.get(),
+        admin::status_snapshots(sources.clone()),
+        cancel.clone(),
+    );
 }
 
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`

@@ -1,5 +1,6 @@
 //! The admin endpoint (`[admin] listen`): `GET /metrics` in the Prometheus text
-//! exposition format 0.0.4, and `GET /healthz`.
+//! exposition format 0.0.4, `GET /healthz`, and `GET /status` (JSON, for
+//! `wisp-agent status`; `status.rs`).
 //!
 //! Promises: the metrics are read from the counters the stages already keep (the
 //! tailer's, the parser's, both spools' (told apart by a `spool` label), the
@@ -25,10 +26,12 @@
 
 pub(crate) mod family;
 mod metrics;
+mod status;
 #[cfg(test)]
 mod tests;
 
 pub use metrics::families as metric_families;
+pub use status::snapshots as status_snapshots;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,7 +79,7 @@ const LIMITS: ListenerLimits = ListenerLimits {
 };
 
 /// Everything `/metrics` and `/healthz` read: the stages' shared counters.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Sources {
     /// The file logs to Loki; `None` with `loki.enabled = false`.
     pub logs: Option<LogSources>,
@@ -87,7 +90,7 @@ pub struct Sources {
 }
 
 /// The counters of the file-log pipeline: tailer → parser → spool → Loki.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LogSources {
     pub tail: Arc<TailCounters>,
     pub parse: Arc<ParseCounters>,
@@ -101,7 +104,7 @@ pub struct LogSources {
 }
 
 /// The counters of the OTLP relay: receiver → spool → exporter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RelaySources {
     pub receiver: Arc<ReceiverCounters>,
     pub exporter: Arc<OtlpCounters>,
@@ -200,6 +203,7 @@ fn router(sources: Sources, admin: Option<Arc<ListenerCounters>>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
+        .route("/status", get(status::serve))
         .with_state(state)
 }
 

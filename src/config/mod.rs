@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub timestamp_max_age: Span,
     /// A line's own timestamp further ahead than this falls back to the read time.
     pub timestamp_max_ahead: Span,
+    /// `run` logs a one-line status this often; zero turns it off.
+    pub status_interval: Span,
 }
 
 impl AgentConfig {
@@ -88,6 +90,7 @@ impl Default for AgentConfig {
             max_label_values: 50,
             timestamp_max_age: Span::secs(7 * 24 * 3600),
             timestamp_max_ahead: Span::secs(600),
+            status_interval: Span::secs(300),
         }
     }
 }

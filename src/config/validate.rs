@@ -56,6 +56,16 @@ impl Config {
                 "expected a number of at least 1".into(),
             ));
         }
+        let status = self.agent.status_interval.get();
+        if !status.is_zero() && status < Duration::from_millis(100) {
+            return Err(err(
+                "agent",
+                "status_interval",
+                "agent.status_interval".into(),
+                "expected \"0s\" (off) or a duration of at least \"100ms\" (the default is \"5m\")"
+                    .into(),
+            ));
+        }
         if self.host.address.trim().is_empty() {
             return Err(err(
                 "host",

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::admin::family::{by, counter, load, one, Family};
+use crate::admin::family::{by, counter, gauge, load, one, Family};
 use crate::config::{OtlpConfig, OtlpProtocol};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::sink::ship::{BatchLimits, Event, Outcome, Service, ShipSettings, Wording};
@@ -96,6 +96,9 @@ pub struct OtlpCounters {
     pub requests_dropped: Mutex<BTreeMap<String, u64>>,
     /// Items the collector rejected in a partial success, by signal.
     pub items_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// When the collector last took an export, in milliseconds since the Unix
+    /// epoch; 0 until the first one.
+    pub last_export_unix_millis: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -106,6 +109,7 @@ impl OtlpCounters {
         counter("wisp_otlp_exports_total", "Exports the collector took.", |c| one(load(&c.exports))),
         counter("wisp_otlp_bytes_shipped_total", "Bytes of buffered OTLP requests the collector took.", |c| one(load(&c.bytes_shipped))),
         counter("wisp_otlp_retries_total", "Exports retried (UNAVAILABLE, 429, 5xx, timeouts, connection errors).", |c| one(load(&c.retries))),
+        gauge("wisp_otlp_last_export_timestamp_seconds", "When the collector last took an export, in seconds since the Unix epoch; 0 until the first.", |c| one(load(&c.last_export_unix_millis) as f64 / 1e3)),
         counter("wisp_otlp_requests_dropped_total", "Received OTLP requests dropped because the collector refused them for good, by cause.", |c| by("reason", &c.requests_dropped)),
         counter("wisp_otlp_items_rejected_total", "Spans, data points or log records the collector rejected in a partial success, by signal.", |c| by("signal", &c.items_rejected)),
     ];
@@ -292,6 +296,10 @@ impl Service for OtlpService {
                 c.exports.fetch_add(1, Ordering::Relaxed);
                 c.requests_shipped
                     .fetch_add(request.requests, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                c.last_export_unix_millis.store(now, Ordering::Relaxed);
             }
             Event::Rejected {
                 request,

@@ -1,0 +1,46 @@
+//! `GET /status`: the daemon's [`Status`] as JSON (`"version": 1`), built from
+//! the `/metrics` page the same registry renders, `/healthz`'s verdict and the
+//! sinks' last errors ([`crate::status`]); and the same status for the line
+//! `run` logs ([`snapshots`]).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::registry::Registry;
+
+use super::{metrics, Endpoint, Sources};
+use crate::procfs::ProcFs;
+use crate::status::{self, Extras, Status};
+
+pub(super) async fn serve(State(endpoint): State<Arc<Endpoint>>) -> Response {
+    let status = snapshot(&endpoint.sources, &endpoint.registry);
+    // A plain struct of numbers and strings always serialises.
+    let body = serde_json::to_string_pretty(&status).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+}
+
+/// The status now, from `registry`'s page over `sources`.
+fn snapshot(sources: &Sources, registry: &Registry) -> Status {
+    let last = |m: &std::sync::Mutex<Option<String>>| m.lock().ok().and_then(|l| l.clone());
+    let extras = Extras {
+        problem: sources.problem(),
+        loki_last_error: sources.logs.as_ref().and_then(|l| last(&l.loki.last_error)),
+        otlp_last_error: sources
+            .relay
+            .as_ref()
+            .and_then(|r| last(&r.exporter.last_error)),
+        logs: sources.logs.is_some(),
+        relay: sources.relay.is_some(),
+    };
+    status::build(&metrics::render(registry), &extras, SystemTime::now())
+}
+
+/// A status source for `run`'s periodic line, with its own registry over the
+/// same counters (so it works with the endpoint off).
+pub fn snapshots(sources: Sources) -> impl Fn() -> Status + Send + Sync + 'static {
+    let registry = metrics::registry(&sources, None, Box::new(ProcFs));
+    move || snapshot(&sources, &registry)
+}

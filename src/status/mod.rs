@@ -1,0 +1,261 @@
+//! The running daemon's status: what `GET /status` serves (JSON, [`Status`],
+//! `"version": 1`), what `wisp-agent status` prints from it ([`command`]), and
+//! the one line `run` logs every `agent.status_interval` ([`periodic`]).
+//!
+//! Promises: a status is built from the `/metrics` page itself ([`page`]),
+//! so it never says something the metrics do not (exec runs included, whatever
+//! stage declares them), plus what the page has no family for: the health
+//! `/healthz` reports and each sink's last error (redacted: no URL userinfo).
+//! The summary and the periodic line are rendered by the same code
+//! ([`render`]) from the same [`Status`]. The JSON keys are stable within a
+//! `version`; a field may be added, none renamed or dropped. Every struct
+//! reads with defaults, so a `status` of another version still prints what it
+//! knows.
+
+pub mod command;
+pub mod page;
+pub mod periodic;
+pub mod render;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use page::Page;
+
+/// The version of the `/status` document.
+pub const VERSION: u32 = 1;
+
+/// The whole `/status` document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    pub version: u32,
+    pub agent: AgentStatus,
+    pub health: Health,
+    pub host: HostStatus,
+    /// The tailer; `null` with `loki.enabled = false` (files are not tailed).
+    pub files: Option<FilesStatus>,
+    /// The Loki sink; `null` with `loki.enabled = false`.
+    pub loki: Option<LokiStatus>,
+    /// The OTLP relay; `null` with `otlp.enabled = false`.
+    pub otlp: Option<OtlpStatus>,
+    pub exec: ExecStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentStatus {
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since the daemon started; `null` when `/proc` could not say.
+    pub uptime_seconds: Option<f64>,
+}
+
+/// `/healthz`'s verdict.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    pub ok: bool,
+    /// Why not, as `/healthz` says it (a buffer that cannot append).
+    pub problem: Option<String>,
+}
+
+/// The host discovery chose; both `null` while no candidate answers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostStatus {
+    /// The candidate as configured (`host.lima.internal`, `gateway`, an IP).
+    pub candidate: Option<String>,
+    /// Its address.
+    pub address: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesStatus {
+    /// Files tailed now.
+    pub open: u64,
+    pub lines_read: u64,
+    pub bytes_read: u64,
+}
+
+/// One buffer (spool): what waits in it, its bound, what it dropped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BufferStatus {
+    /// Bytes not yet acknowledged by the sink.
+    pub bytes: u64,
+    /// Its bound (its share of `buffer.max_bytes`).
+    pub max_bytes: u64,
+    /// Records dropped unshipped because it reached its bound.
+    pub records_dropped: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LokiStatus {
+    /// Log entries Loki took.
+    pub records_shipped: u64,
+    pub bytes_shipped: u64,
+    pub buffer: BufferStatus,
+    /// Seconds since Loki last took a push; `null` before the first.
+    pub last_push_seconds_ago: Option<f64>,
+    pub retries: u64,
+    /// Log entries Loki rejected for good (4xx), dropped.
+    pub records_rejected: u64,
+    pub records_possibly_duplicated: u64,
+    /// The last failed try or rejection, redacted; `null` before the first.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OtlpStatus {
+    /// OTLP requests the local receivers took (all signals).
+    pub requests_received: u64,
+    /// Received requests the collector took.
+    pub requests_shipped: u64,
+    pub bytes_shipped: u64,
+    pub buffer: BufferStatus,
+    /// Seconds since the collector last took an export; `null` before the first.
+    pub last_export_seconds_ago: Option<f64>,
+    pub retries: u64,
+    /// Requests the collector refused for good, dropped.
+    pub requests_rejected: u64,
+    /// The last failed try or refusal, redacted; `null` before the first.
+    pub last_error: Option<String>,
+}
+
+/// `wisp-agent exec` runs the daemon took (the `wisp_exec_*` families).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecStatus {
+    pub runs: u64,
+    /// Per `--name`, in name order; empty before the first run.
+    pub jobs: Vec<ExecJob>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecJob {
+    pub job: String,
+    pub runs: u64,
+    /// Runs by exit status (`"0"`, `"1"`, `"137"`, `"unknown"`).
+    pub exit_codes: BTreeMap<String, u64>,
+    /// Wall time of the ended runs.
+    pub run_seconds: f64,
+    /// The cost the runs' commands reported.
+    pub cost_usd: f64,
+}
+
+/// What a status needs beyond the `/metrics` page (no family holds it).
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// `/healthz`'s problem, if any.
+    pub problem: Option<String>,
+    pub loki_last_error: Option<String>,
+    pub otlp_last_error: Option<String>,
+    /// Whether the file-log pipeline (Loki) and the relay (OTLP) run.
+    pub logs: bool,
+    pub relay: bool,
+}
+
+/// Builds the status from a `/metrics` page, the extras, and the time now.
+pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
+    let page = Page::parse(page_text);
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let ago = |at: Option<f64>| at.filter(|&t| t > 0.0).map(|t| (now - t).max(0.0));
+    let redact = |e: &Option<String>| e.as_deref().map(crate::config::redact_text);
+    let spool = |name: &str| {
+        let of = [("spool", name)];
+        BufferStatus {
+            bytes: page.value("wisp_spool_bytes_buffered", &of) as u64,
+            max_bytes: page.value("wisp_spool_max_bytes", &of) as u64,
+            records_dropped: page.value("wisp_spool_records_dropped_total", &of) as u64,
+        }
+    };
+    let host = page.samples("wisp_host_info").next();
+    Status {
+        version: VERSION,
+        agent: AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: page
+                .get("process_start_time_seconds", &[])
+                .map(|start| (now - start).max(0.0)),
+        },
+        health: Health {
+            ok: extras.problem.is_none(),
+            problem: extras.problem.clone(),
+        },
+        host: HostStatus {
+            candidate: host.and_then(|s| s.label("candidate")).map(str::to_string),
+            address: host.and_then(|s| s.label("host")).map(str::to_string),
+        },
+        files: extras.logs.then(|| FilesStatus {
+            open: page.value("wisp_file_files_open", &[]) as u64,
+            lines_read: page.value("wisp_file_lines_read_total", &[]) as u64,
+            bytes_read: page.value("wisp_file_bytes_read_total", &[]) as u64,
+        }),
+        loki: extras.logs.then(|| LokiStatus {
+            records_shipped: page.value("wisp_loki_records_shipped_total", &[]) as u64,
+            bytes_shipped: page.value("wisp_loki_bytes_shipped_total", &[]) as u64,
+            buffer: spool("loki"),
+            last_push_seconds_ago: ago(page.get("wisp_loki_last_push_timestamp_seconds", &[])),
+            retries: page.value("wisp_loki_retries_total", &[]) as u64,
+            records_rejected: page.sum("wisp_loki_records_dropped_total", &[]) as u64,
+            records_possibly_duplicated: page
+                .value("wisp_loki_records_possibly_duplicated_total", &[])
+                as u64,
+            last_error: redact(&extras.loki_last_error),
+        }),
+        otlp: extras.relay.then(|| OtlpStatus {
+            requests_received: page.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
+            requests_shipped: page.value("wisp_otlp_requests_shipped_total", &[]) as u64,
+            bytes_shipped: page.value("wisp_otlp_bytes_shipped_total", &[]) as u64,
+            buffer: spool("otlp"),
+            last_export_seconds_ago: ago(page.get("wisp_otlp_last_export_timestamp_seconds", &[])),
+            retries: page.value("wisp_otlp_retries_total", &[]) as u64,
+            requests_rejected: page.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
+            last_error: redact(&extras.otlp_last_error),
+        }),
+        exec: exec_status(&page),
+    }
+}
+
+/// The exec runs, per job, from `wisp_exec_runs_total{job,exit_code}`,
+/// `wisp_exec_run_seconds_total{job}` and `wisp_exec_cost_usd_total{job}`.
+fn exec_status(page: &Page) -> ExecStatus {
+    let mut jobs: BTreeMap<String, ExecJob> = BTreeMap::new();
+    fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &page::Sample) -> &'a mut ExecJob {
+        let name = s.label("job").unwrap_or("exec");
+        jobs.entry(name.to_string()).or_insert_with(|| ExecJob {
+            job: name.to_string(),
+            ..ExecJob::default()
+        })
+    }
+    for s in page.samples("wisp_exec_runs_total") {
+        let n = s.value.max(0.0) as u64;
+        let j = job(&mut jobs, s);
+        j.runs += n;
+        *j.exit_codes
+            .entry(s.label("exit_code").unwrap_or("unknown").to_string())
+            .or_default() += n;
+    }
+    for s in page.samples("wisp_exec_run_seconds_total") {
+        job(&mut jobs, s).run_seconds += s.value;
+    }
+    for s in page.samples("wisp_exec_cost_usd_total") {
+        job(&mut jobs, s).cost_usd += s.value;
+    }
+    let jobs: Vec<ExecJob> = jobs.into_values().collect();
+    ExecStatus {
+        runs: jobs.iter().map(|j| j.runs).sum(),
+        jobs,
+    }
+}

@@ -1,0 +1,185 @@
+use std::time::{Duration, SystemTime};
+
+use super::command::endpoint;
+use super::page::Page;
+use super::render::{ago, bytes, line, summary};
+use super::*;
+
+const PAGE: &str = r#"# HELP wisp_host_info The host discovery chose.
+# TYPE wisp_host_info gauge
+wisp_host_info{candidate="host.lima.internal",host="192.168.5.2"} 1
+wisp_file_files_open 3
+wisp_file_lines_read_total 12034
+wisp_file_bytes_read_total 99999
+wisp_spool_bytes_buffered{spool="loki"} 2048
+wisp_spool_bytes_buffered{spool="otlp"} 0
+wisp_spool_max_bytes{spool="loki"} 268435456
+wisp_spool_max_bytes{spool="otlp"} 268435456
+wisp_spool_records_dropped_total{spool="loki"} 4
+wisp_loki_records_shipped_total 12030
+wisp_loki_retries_total 2
+wisp_loki_last_push_timestamp_seconds 1000.5
+wisp_loki_records_dropped_total{reason="400"} 5
+wisp_loki_records_dropped_total{reason="413"} 1
+wisp_otlp_receiver_requests_total{signal="traces"} 50
+wisp_otlp_receiver_requests_total{signal="logs"} 5
+wisp_otlp_requests_shipped_total 55
+wisp_otlp_last_export_timestamp_seconds 0
+wisp_exec_runs_total{job="ralph",exit_code="0"} 3
+wisp_exec_runs_total{job="ralph",exit_code="1"} 1
+wisp_exec_runs_total{job="exec",exit_code="unknown"} 1
+wisp_exec_run_seconds_total{job="ralph"} 720.5
+wisp_exec_cost_usd_total{job="ralph"} 0.42
+process_start_time_seconds 900
+"#;
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn both() -> Extras {
+    Extras {
+        logs: true,
+        relay: true,
+        ..Extras::default()
+    }
+}
+
+#[test]
+fn a_page_reads_back_with_escaped_label_values_and_timestamps() {
+    let page = Page::parse(
+        "# TYPE x gauge\nx{a=\"q\\\"u\\\\o\\nte\",b=\"}\"} 1.5 1700000000\ny 2\nbroken{a=\"1\" \n\nz +Inf\n",
+    );
+    let x = page.samples("x").next().unwrap();
+    assert_eq!(x.label("a"), Some("q\"u\\o\nte"));
+    assert_eq!(x.label("b"), Some("}"));
+    assert_eq!(x.value, 1.5);
+    assert_eq!(page.value("y", &[]), 2.0);
+    assert_eq!(page.get("broken", &[]), None);
+    assert_eq!(page.value("z", &[]), f64::INFINITY);
+    assert_eq!(page.value("absent", &[]), 0.0);
+}
+
+#[test]
+fn the_status_says_what_the_page_says() {
+    let s = build(PAGE, &both(), at(1012));
+    assert_eq!(s.version, 1);
+    assert_eq!(s.agent.uptime_seconds, Some(112.0));
+    assert!(s.health.ok);
+    assert_eq!(s.host.candidate.as_deref(), Some("host.lima.internal"));
+    assert_eq!(s.host.address.as_deref(), Some("192.168.5.2"));
+    let files = s.files.unwrap();
+    assert_eq!((files.open, files.lines_read), (3, 12034));
+    let loki = s.loki.unwrap();
+    assert_eq!(loki.records_shipped, 12030);
+    assert_eq!(loki.buffer.bytes, 2048);
+    assert_eq!(loki.buffer.max_bytes, 268435456);
+    assert_eq!(loki.buffer.records_dropped, 4);
+    assert_eq!(loki.records_rejected, 6);
+    assert_eq!(loki.last_push_seconds_ago, Some(11.5));
+    let otlp = s.otlp.unwrap();
+    assert_eq!(otlp.requests_received, 55);
+    assert_eq!(otlp.requests_shipped, 55);
+    // 0: never exported.
+    assert_eq!(otlp.last_export_seconds_ago, None);
+    assert_eq!(s.exec.runs, 5);
+    let ralph = &s.exec.jobs[1];
+    assert_eq!((ralph.job.as_str(), ralph.runs), ("ralph", 4));
+    assert_eq!(ralph.exit_codes.get("1"), Some(&1));
+    assert_eq!(ralph.cost_usd, 0.42);
+    assert_eq!(s.exec.jobs[0].exit_codes.get("unknown"), Some(&1));
+}
+
+#[test]
+fn a_pipeline_that_is_off_is_null_and_no_host_is_none() {
+    let s = build("wisp_host_chosen 0\n", &Extras::default(), at(5));
+    assert!(s.files.is_none() && s.loki.is_none() && s.otlp.is_none());
+    assert_eq!(s.host, HostStatus::default());
+    assert!(summary(&s).contains("none answers; run `wisp-agent probe`"));
+    assert!(line(&s).contains("no host answers"));
+}
+
+#[test]
+fn last_errors_are_redacted_and_health_is_the_healthz_verdict() {
+    let extras = Extras {
+        problem: Some("the log buffer (spool/loki) cannot append: disk full".into()),
+        loki_last_error: Some("cannot connect to http://user:hunter2@10.0.0.5:3100/loki".into()),
+        ..both()
+    };
+    let s = build(PAGE, &extras, at(1012));
+    assert!(!s.health.ok);
+    let shown = summary(&s);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("user:<redacted>@10.0.0.5"), "{shown}");
+    assert!(shown.contains("unhealthy: the log buffer"), "{shown}");
+    assert!(line(&s).contains("unhealthy: the log buffer"));
+}
+
+#[test]
+fn the_summary_and_the_line_carry_the_figures() {
+    let s = build(PAGE, &both(), at(1012));
+    let shown = summary(&s);
+    for want in [
+        "192.168.5.2 (host.lima.internal)",
+        "3 tailed now, 12034 lines read",
+        "12030 lines shipped",
+        "2.0 KiB of 256.0 MiB buffered",
+        "last push 12 s ago",
+        "2 retries, 10 dropped (6 rejected by loki, 4 for want of buffer room)",
+        "last export never",
+        "5 runs: exec 1 (exit unknown: 1; 0 s), ralph 4 (exit 0: 3, exit 1: 1; 12 min, $0.42)",
+    ] {
+        assert!(shown.contains(want), "{want:?} not in\n{shown}");
+    }
+    assert!(shown.lines().count() <= 24, "{shown}");
+    assert_eq!(
+        line(&s),
+        "status: host 192.168.5.2 (host.lima.internal), 3 files, 12034 lines read, \
+         loki 12030 shipped 2.0 KiB buffered, last push 12 s ago, \
+         otlp 55 shipped 0 B buffered, last export never, 5 exec runs, 2 retries, 10 dropped"
+    );
+}
+
+#[test]
+fn the_json_round_trips_and_reads_with_missing_fields() {
+    let s = build(PAGE, &both(), at(1012));
+    let text = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Status>(&text).unwrap(), s);
+    let old: Status = serde_json::from_str(r#"{"version":1,"health":{"ok":true}}"#).unwrap();
+    assert!(old.health.ok && old.loki.is_none());
+}
+
+#[test]
+fn units_read_as_people_say_them() {
+    assert_eq!(bytes(0), "0 B");
+    assert_eq!(bytes(1536), "1.5 KiB");
+    assert_eq!(bytes(5 << 30), "5.0 GiB");
+    assert_eq!(ago(Some(2.4)), "2 s ago");
+    assert_eq!(ago(Some(600.0)), "10 min ago");
+    assert_eq!(ago(Some(3.0 * 86400.0)), "3 d ago");
+    assert_eq!(ago(None), "never");
+}
+
+#[test]
+fn the_endpoint_is_admin_listen_with_any_address_on_loopback() {
+    assert_eq!(
+        endpoint("127.0.0.1:9465", "f").unwrap().to_string(),
+        "127.0.0.1:9465"
+    );
+    assert_eq!(
+        endpoint("0.0.0.0:9465", "f").unwrap().to_string(),
+        "127.0.0.1:9465"
+    );
+    assert_eq!(
+        endpoint("[::]:9465", "f").unwrap().to_string(),
+        "[::1]:9465"
+    );
+    assert_eq!(
+        endpoint("10.0.0.5:80", "f").unwrap().to_string(),
+        "10.0.0.5:80"
+    );
+    let off = endpoint("", "/etc/wisp-agent/config.toml").unwrap_err();
+    assert!(off.contains("needs the admin endpoint") && off.contains("admin.listen"));
+    let zero = endpoint("127.0.0.1:0", "f").unwrap_err();
+    assert!(zero.contains("cannot guess"), "{zero}");
+}
