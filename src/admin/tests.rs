@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::admin::metrics::{families, registry, render};
+use crate::admin::AgentMetrics;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -39,7 +40,7 @@ impl Proc for FakeProc {
 
 /// The page a scrape of `s` gets, with `/proc` read from `proc`.
 fn page(s: &Sources, proc: impl Proc + 'static) -> String {
-    render(&registry(s, None, Box::new(proc)))
+    render(&registry(AgentMetrics::with_proc(s, None, Box::new(proc))))
 }
 
 fn sources(chosen: Option<Chosen>) -> Sources {
@@ -301,7 +302,8 @@ fn unreadable_proc_files_leave_their_metrics_out() {
 async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     let s = sources(None);
     let health = s.logs.as_ref().unwrap().buffer.clone();
-    let app = router(s, None);
+    let metrics = AgentMetrics::with_proc(&s, None, Box::new(FakeProc));
+    let app = router(s, metrics);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
