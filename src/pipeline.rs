@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
@@ -148,6 +148,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// and relays local OTLP to the host's collector ([`OtlpRelay`]), until `cancel`
 /// fires; then drains both (see [`DRAIN_GRACE`]) and returns.
 pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
+    let started = SystemTime::now();
     let config = loaded.config;
     let origin = loaded.origin.to_string();
     config.check_sinks(&origin)?;
@@ -174,12 +175,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         cancel.clone(),
     )
     .await?;
-    if let (Some(task), Some(relay)) = (
-        host_metrics::spawn(&config, otlp.as_ref(), cancel.clone()),
-        otlp.as_mut(),
-    ) {
-        relay.add_producer(task);
-    }
     if !config.loki.enabled {
         // File logs go to Loki only: exec output is dropped (acknowledged at
         // once), its spans go on.
@@ -197,7 +192,15 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             otlp.as_mut(),
             &cancel,
         );
-        return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
+        return run_otlp_only(
+            &config,
+            &loaded.origin.to_string(),
+            otlp,
+            host,
+            started,
+            cancel,
+        )
+        .await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -230,24 +233,24 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         &cancel,
     );
     let buffer_health = Arc::new(BufferHealth::logs());
-    let sources = Sources {
-        logs: Some(LogSources {
-            tail: settings.counters.clone(),
-            parse: transformer.counters(),
-            spool: writer.counters(),
-            loki: loki_counters.clone(),
-            buffer: buffer_health.clone(),
-            spool_max_bytes: spool_bytes,
-        }),
-        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-        host: host.clone(),
-    };
-    log_status(&config, &sources, &cancel);
-    let admin = admin::start(
-        &config.admin.listen,
+    let admin = start_admin(
+        &config,
         &loaded.origin.to_string(),
-        sources,
-        cancel.clone(),
+        Sources {
+            logs: Some(LogSources {
+                tail: settings.counters.clone(),
+                parse: transformer.counters(),
+                spool: writer.counters(),
+                loki: loki_counters.clone(),
+                buffer: buffer_health.clone(),
+                spool_max_bytes: spool_bytes,
+            }),
+            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+            host: host.clone(),
+        },
+        otlp.as_mut(),
+        started,
+        &cancel,
     )
     .await?;
     let shipper = Shipper {
@@ -357,8 +360,9 @@ async fn open_spool(
 async fn run_otlp_only(
     config: &Config,
     origin: &str,
-    otlp: Option<OtlpRelay>,
+    mut otlp: Option<OtlpRelay>,
     host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
+    started: SystemTime,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -372,8 +376,7 @@ async fn run_otlp_only(
         relay: otlp.as_ref().map(OtlpRelay::admin_sources),
         host,
     };
-    log_status(config, &sources, &cancel);
-    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    let admin = start_admin(config, origin, sources, otlp.as_mut(), started, &cancel).await?;
     crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
     if let Some(otlp) = otlp {
@@ -386,13 +389,39 @@ async fn run_otlp_only(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the periodic status line (`agent.status_interval`; off at zero).
-fn log_status(config: &Config, sources: &Sources, cancel: &CancellationToken) {
+/// Starts the admin endpoint on `sources` and the host-metrics task, which
+/// pushes the host's metrics and the agent's own (the families `/metrics`
+/// serves, read by the same code, the endpoint on or off) into the relay's
+/// spool. Here, once every stage's counters exist; `started` is the agent's
+/// start, where the pushed counters begin.
+async fn start_admin(
+    config: &Config,
+    origin: &str,
+    sources: Sources,
+    relay: Option<&mut OtlpRelay>,
+    started: SystemTime,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let status_sources = sources.clone();
+    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    // The periodic status line (`agent.status_interval`; off at zero), from
+    // the same readers as `/metrics`.
     crate::status::periodic::spawn(
         config.agent.status_interval.get(),
-        admin::status_snapshots(sources.clone()),
+        admin::status_snapshots(status_sources, admin.metrics.clone()),
         cancel.clone(),
     );
+    let push = host_metrics::spawn(
+        config,
+        relay.as_deref(),
+        admin.metrics,
+        started,
+        cancel.clone(),
+    );
+    if let (Some(task), Some(relay)) = (push, relay) {
+        relay.add_producer(task);
+    }
+    Ok(admin.task)
 }
 
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`

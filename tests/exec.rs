@@ -477,6 +477,7 @@ grpc = "127.0.0.1:0"
 http = ""
 [host_metrics]
 enabled = false
+agent_metrics = false
 [admin]
 listen = ""
 [exec]

@@ -352,7 +352,13 @@ async fn samples_taken_while_the_collector_is_down_arrive_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_metrics_off_sends_none_while_spans_still_flow() {
     let collector = OtlpReceiver::start().await;
-    let vm = Vm::new(&collector, "enabled = false\ninterval = \"200ms\"", None);
+    // The agent's own metrics off too (they would come alone: see
+    // tests/agent_metrics.rs).
+    let vm = Vm::new(
+        &collector,
+        "enabled = false\nagent_metrics = false\ninterval = \"200ms\"",
+        None,
+    );
     let agent = vm.start();
     let marker = "otlp receiver (grpc) listening on ";
     let mut grpc = None;

@@ -1,8 +1,9 @@
 //! How a stage declares its metrics: once, as a table of [`Family`]s beside
 //! its counter struct (name as a scraper sees it, type, help, and how to read
 //! the samples from the counters). The admin endpoint's collectors encode
-//! those tables with `prometheus-client` at scrape time, and the tests read
-//! them; no other place names a metric.
+//! those tables with `prometheus-client` at scrape time, the OTLP push of the
+//! agent's own metrics reads the same [`Reading`]s, and the tests read them;
+//! no other place names a metric.
 //!
 //! Promises: the hot path is untouched (a stage keeps its plain `AtomicU64`
 //! fields and label maps, and a family only loads them when scraped); a family
@@ -171,11 +172,24 @@ pub fn named<T>(families: &[Family<T>], of: &T) -> Vec<(&'static str, Value)> {
         .collect()
 }
 
-/// Encodes `families` over `instances` (one `T` each, with its own labels):
-/// each family described once, then every instance's samples, so a family's
-/// samples stay together.
+/// One family's samples at one reading, in the order served, each sample's
+/// instance labels (`spool`, `listener`) first: what `/metrics` encodes and
+/// what the agent pushes over OTLP ([`crate::source::host_metrics`]), so both
+/// say the same.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub samples: Vec<Sample>,
+}
+
+/// Reads `families` over `instances` (one `T` each, with its own labels) into
+/// `out`: a reading per family with every instance's samples, so a family's
+/// samples stay together; a family without samples is left out. Never fails
+/// (the `Result` lets a collector chain reads with `?`).
 pub fn encode<T>(
-    encoder: &mut DescriptorEncoder,
+    out: &mut Vec<Reading>,
     families: &[Family<T>],
     instances: &[(Labels, &T)],
 ) -> std::fmt::Result {
@@ -192,16 +206,30 @@ pub fn encode<T>(
         if samples.is_empty() {
             continue;
         }
-        let (name, kind) = match family.kind {
+        out.push(Reading {
+            name: family.name,
+            kind: family.kind,
+            help: family.help,
+            samples,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `readings` in the Prometheus text format: each family described
+/// once, then its samples.
+pub fn write(encoder: &mut DescriptorEncoder, readings: &[Reading]) -> std::fmt::Result {
+    for reading in readings {
+        let (name, kind) = match reading.kind {
             // The encoder writes `_total` after a counter's name itself.
             Kind::Counter => (
-                family.name.strip_suffix("_total").unwrap_or(family.name),
+                reading.name.strip_suffix("_total").unwrap_or(reading.name),
                 MetricType::Counter,
             ),
-            Kind::Gauge => (family.name, MetricType::Gauge),
+            Kind::Gauge => (reading.name, MetricType::Gauge),
         };
-        let mut metric = encoder.encode_descriptor(name, family.help, None, kind)?;
-        for s in &samples {
+        let mut metric = encoder.encode_descriptor(name, reading.help, None, kind)?;
+        for s in &reading.samples {
             let sample = metric.encode_family(&s.labels)?;
             // A whole number of seconds prints as an integer (`0`, not `0.0`),
             // as the page did before the crate encoded it.
@@ -211,7 +239,7 @@ pub fn encode<T>(
                 }
                 v => v,
             };
-            match (family.kind, value) {
+            match (reading.kind, value) {
                 (Kind::Counter, Value::Int(n)) => ConstCounter::new(n).encode(sample)?,
                 (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(sample)?,
                 (Kind::Gauge, Value::Int(n)) => ConstGauge::new(n).encode(sample)?,

@@ -1,7 +1,9 @@
-//! `/metrics`: one `prometheus-client` registry, built when the endpoint
-//! starts, whose collectors read the stages' counters at each scrape and
-//! encode the families each stage declares ([`super::family`]), in the
-//! Prometheus text format 0.0.4 (`# TYPE wisp_loki_retries_total counter`).
+//! `/metrics`: [`AgentMetrics`], a reader per stage, built once at start,
+//! reads the stages' counters into the families each stage declares
+//! ([`super::family`]); one `prometheus-client` collector writes a reading
+//! at each scrape in the Prometheus text format 0.0.4
+//! (`# TYPE wisp_loki_retries_total counter`), and the host-metrics task
+//! pushes the same readings over OTLP.
 //!
 //! Declared here, because no stage owns them: build and host info, the
 //! spools' bound (a setting, served beside each spool's counters), and the
@@ -14,7 +16,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use super::family::{counter, encode, gauge, labelled, maybe, one, single, Family, Kind};
+use super::family::{
+    counter, encode, gauge, labelled, maybe, one, single, write, Family, Kind, Reading,
+};
 use super::{process_metrics, Proc, ProcessStats, Sources};
 use crate::discovery::Chosen;
 use crate::listen::ListenerCounters;
@@ -132,40 +136,86 @@ pub fn families() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-/// A collector that runs `F` at each scrape; `.0` names it in debug output.
-struct Scrape<F>(&'static str, F);
+/// A reader of one stage's families, run at each reading.
+type Read = Box<dyn Fn(&mut Vec<Reading>) -> fmt::Result + Send + Sync>;
 
-impl<F> fmt::Debug for Scrape<F> {
+/// The readers of every stage present, in the order served; `.0` names each
+/// in debug output.
+#[derive(Default)]
+pub(super) struct Readers(Vec<(&'static str, Read)>);
+
+impl fmt::Debug for Readers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Scrape({})", self.0)
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 
-impl<F> Collector for Scrape<F>
+fn collect<F>(readers: &mut Readers, name: &'static str, f: F)
 where
-    F: Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+    F: Fn(&mut Vec<Reading>) -> fmt::Result + Send + Sync + 'static,
 {
+    readers.0.push((name, Box::new(f)));
+}
+
+/// Every family the agent serves, read from the stages' counters at each
+/// [`AgentMetrics::read`]: what `/metrics` renders and what the host-metrics
+/// task pushes over OTLP (`[host_metrics] agent_metrics`), one reading code
+/// for both. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AgentMetrics(Arc<Readers>);
+
+impl AgentMetrics {
+    /// The families of `sources` (and of the admin endpoint's own
+    /// connections, when it runs), with `/proc` read from the real one.
+    pub fn new(sources: &Sources, admin: Option<Arc<ListenerCounters>>) -> Self {
+        Self::with_proc(sources, admin, Box::new(super::ProcFs))
+    }
+
+    pub(super) fn with_proc(
+        sources: &Sources,
+        admin: Option<Arc<ListenerCounters>>,
+        proc: Box<dyn Proc>,
+    ) -> Self {
+        AgentMetrics(Arc::new(readers(sources, admin, proc)))
+    }
+
+    /// Every family's samples now, in the order served; families without
+    /// samples are left out.
+    pub fn read(&self) -> Vec<Reading> {
+        let mut out = Vec::new();
+        for (name, read) in &self.0 .0 {
+            // Our readers do not fail; should one, the others still count.
+            if read(&mut out).is_err() {
+                tracing::warn!("metrics: the {name} reader failed; its families are incomplete");
+            }
+        }
+        out
+    }
+}
+
+/// The page's collector: one reading of [`AgentMetrics`], written out.
+#[derive(Debug)]
+struct Scrape(AgentMetrics);
+
+impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        (self.1)(&mut encoder)
+        write(&mut encoder, &self.0.read())
     }
 }
 
-fn collect<F>(registry: &mut Registry, name: &'static str, f: F)
-where
-    F: Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
-{
-    registry.register_collector(Box::new(Scrape(name, f)));
+/// The registry of the page: one collector over `metrics`.
+pub(super) fn registry(metrics: AgentMetrics) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Scrape(metrics)));
+    r
 }
 
-/// The registry of the page: a collector per stage present (either pipeline
-/// may be off), each holding the stage's shared counters. `admin` is the
-/// endpoint's own connection counts.
-pub(super) fn registry(
-    s: &Sources,
-    admin: Option<Arc<ListenerCounters>>,
-    proc: Box<dyn Proc>,
-) -> Registry {
-    let mut r = Registry::default();
+/// A reader per stage present (either pipeline may be off), each holding the
+/// stage's shared counters. `admin` is the endpoint's own connection counts.
+fn readers(s: &Sources, admin: Option<Arc<ListenerCounters>>, proc: Box<dyn Proc>) -> Readers {
+    let mut r = Readers::default();
     let host = s.host.clone();
     collect(&mut r, "host", move |e| {
         let chosen = host.borrow().clone();

@@ -7,7 +7,9 @@
 //! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
 //! process metrics read from `/proc` ([`crate::procfs`]); a scrape never blocks a stage.
 //! Each stage declares its families once, beside its counters (`family.rs`);
-//! `metrics.rs` renders them from one `prometheus-client` registry.
+//! `metrics.rs` reads them all ([`AgentMetrics`]) and renders a reading with
+//! one `prometheus-client` registry; the same reading is pushed over OTLP
+//! ([`crate::source::host_metrics`]), the endpoint on or off.
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
@@ -30,7 +32,8 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-pub use metrics::families as metric_families;
+pub use family::Reading;
+pub use metrics::{families as metric_families, AgentMetrics};
 pub use status::snapshots as status_snapshots;
 
 use std::net::SocketAddr;
@@ -130,18 +133,32 @@ impl Sources {
     }
 }
 
-/// Starts the endpoint on `listen` (`""`: disabled, returns `None`). Binding
-/// happens now, so a failure is reported at startup; see the module docs for
-/// what a failure does. `listen` with port 0 binds a free port, which is logged.
+/// The admin endpoint as started: its task, and the agent's metrics it
+/// serves (to push them as well, [`AgentMetrics`]).
+#[derive(Debug)]
+pub struct Admin {
+    /// `None` with `admin.listen = ""`.
+    pub task: Option<JoinHandle<()>>,
+    /// Every family `/metrics` serves (or would serve, with the endpoint off).
+    pub metrics: AgentMetrics,
+}
+
+/// Starts the endpoint on `listen` (`""`: disabled, no task; the metrics are
+/// still read for the push). Binding happens now, so a failure is reported at
+/// startup; see the module docs for what a failure does. `listen` with port 0
+/// binds a free port, which is logged.
 pub async fn start(
     listen: &str,
     origin: &str,
     sources: Sources,
     cancel: CancellationToken,
-) -> Result<Option<JoinHandle<()>>, ConfigError> {
+) -> Result<Admin, ConfigError> {
     if listen.is_empty() {
         tracing::info!("admin endpoint disabled (admin.listen = \"\")");
-        return Ok(None);
+        return Ok(Admin {
+            task: None,
+            metrics: AgentMetrics::new(&sources, None),
+        });
     }
     let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
         origin: origin.to_string(),
@@ -152,9 +169,10 @@ pub async fn start(
         ),
     })?;
     let connections = Arc::new(ListenerCounters::default());
-    let router = router(sources, Some(connections.clone()));
+    let metrics = AgentMetrics::new(&sources, Some(connections.clone()));
+    let router = router(sources, metrics.clone());
     let first = TcpListener::bind(addr).await;
-    Ok(Some(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let listener = match first {
             Ok(l) => l,
             Err(e) => {
@@ -178,7 +196,11 @@ pub async fn start(
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!("admin endpoint: http://{local}/metrics and http://{local}/healthz");
         crate::listen::serve(listener, router, LIMITS, connections, cancel).await;
-    })))
+    });
+    Ok(Admin {
+        task: Some(task),
+        metrics,
+    })
 }
 
 /// Tries to bind `addr` every [`BIND_RETRY`] until it works or `cancel` fires.
@@ -195,10 +217,9 @@ async fn retry_bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<TcpL
     }
 }
 
-/// The endpoint's routes. `admin` is the endpoint's own connection counts
-/// (`listener="admin"`); the unit tests serve the router without them.
-fn router(sources: Sources, admin: Option<Arc<ListenerCounters>>) -> Router {
-    let registry = metrics::registry(&sources, admin, Box::new(ProcFs));
+/// The endpoint's routes; `metrics` reads what `/metrics` serves.
+fn router(sources: Sources, metrics: AgentMetrics) -> Router {
+    let registry = metrics::registry(metrics);
     let state = Arc::new(Endpoint { sources, registry });
     Router::new()
         .route("/metrics", get(serve_metrics))

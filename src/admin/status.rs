@@ -11,8 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::registry::Registry;
 
-use super::{metrics, Endpoint, Sources};
-use crate::procfs::ProcFs;
+use super::{metrics, AgentMetrics, Endpoint, Sources};
 use crate::status::{self, Extras, Status};
 
 pub(super) async fn serve(State(endpoint): State<Arc<Endpoint>>) -> Response {
@@ -39,8 +38,11 @@ fn snapshot(sources: &Sources, registry: &Registry) -> Status {
 }
 
 /// A status source for `run`'s periodic line, with its own registry over the
-/// same counters (so it works with the endpoint off).
-pub fn snapshots(sources: Sources) -> impl Fn() -> Status + Send + Sync + 'static {
-    let registry = metrics::registry(&sources, None, Box::new(ProcFs));
+/// same readers (so it works with the endpoint off).
+pub fn snapshots(
+    sources: Sources,
+    metrics: AgentMetrics,
+) -> impl Fn() -> Status + Send + Sync + 'static {
+    let registry = metrics::registry(metrics);
     move || snapshot(&sources, &registry)
 }

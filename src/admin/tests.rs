@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::admin::metrics::{families, registry, render};
+use crate::admin::AgentMetrics;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -39,7 +40,7 @@ impl Proc for FakeProc {
 
 /// The page a scrape of `s` gets, with `/proc` read from `proc`.
 fn page(s: &Sources, proc: impl Proc + 'static) -> String {
-    render(&registry(s, None, Box::new(proc)))
+    render(&registry(AgentMetrics::with_proc(s, None, Box::new(proc))))
 }
 
 fn sources(chosen: Option<Chosen>) -> Sources {
@@ -301,7 +302,8 @@ fn unreadable_proc_files_leave_their_metrics_out() {
 async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     let s = sources(None);
     let health = s.logs.as_ref().unwrap().buffer.clone();
-    let app = router(s, None);
+    let metrics = AgentMetrics::with_proc(&s, None, Box::new(FakeProc));
+    let app = router(s, metrics);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
@@ -328,4 +330,57 @@ async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     assert_eq!(r.status(), 200);
     cancel.cancel();
     server.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_reading_holds_exactly_the_samples_the_page_serves_in_its_order() {
+    let s = sources(None);
+    s.logs
+        .as_ref()
+        .unwrap()
+        .loki
+        .records_shipped
+        .store(3, Ordering::Relaxed);
+    let admin = Arc::new(ListenerCounters::default());
+    let metrics = AgentMetrics::with_proc(&s, Some(admin), Box::new(FakeProc));
+    let reading = metrics.read();
+    let text = render(&registry(metrics));
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let read: Vec<&str> = reading.iter().map(|r| r.name).collect();
+    assert_eq!(served, read);
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    assert_eq!(
+        samples,
+        reading.iter().map(|r| r.samples.len()).sum::<usize>()
+    );
+    let shipped = reading
+        .iter()
+        .find(|r| r.name == "wisp_loki_records_shipped_total")
+        .unwrap();
+    assert_eq!(shipped.samples[0].value, family::Value::Int(3));
+    // The endpoint's own connections are read with the instance label first.
+    let listeners = reading
+        .iter()
+        .find(|r| r.name == "wisp_listener_connections")
+        .unwrap();
+    let names: Vec<_> = listeners
+        .samples
+        .iter()
+        .map(|s| (s.labels[0].0, s.labels[0].1.to_string()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("listener", "otlp_grpc".to_string()),
+            ("listener", "otlp_http".to_string()),
+            ("listener", "admin".to_string())
+        ]
+    );
 }

@@ -289,6 +289,10 @@ impl Default for BufferConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HostMetricsConfig {
     pub enabled: bool,
+    /// The agent's own metrics (every family of `/metrics`) pushed over OTLP
+    /// at the same `interval`, whether `enabled` (the VM's `system.*`) is on
+    /// or not; needs `[otlp] enabled`.
+    pub agent_metrics: bool,
     pub interval: Span,
 }
 
@@ -296,6 +300,7 @@ impl Default for HostMetricsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            agent_metrics: true,
             interval: Span::secs(15),
         }
     }

@@ -124,7 +124,7 @@ impl Config {
                 ),
             ));
         }
-        if self.host_metrics.enabled
+        if (self.host_metrics.enabled || self.host_metrics.agent_metrics)
             && self.host_metrics.interval.get() < Duration::from_millis(100)
         {
             return Err(err(

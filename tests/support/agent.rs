@@ -161,6 +161,7 @@ http = ""
 
 [host_metrics]
 enabled = false
+agent_metrics = false
 
 [admin]
 listen = ""
@@ -300,6 +301,7 @@ http = "127.0.0.1:0"
 
 [host_metrics]
 enabled = false
+agent_metrics = false
 
 [admin]
 listen = ""

@@ -70,8 +70,16 @@ fn a_host_metrics_interval_below_100ms_is_refused() {
         "{e}"
     );
     assert!(e.contains("100ms"), "{e}");
-    // Disabled, the interval is not used.
-    assert!(parse("[host_metrics]\nenabled = false\ninterval = \"0s\"\n").is_ok());
+    // The agent's own metrics use it too, with the host's off.
+    let e = parse("[host_metrics]\nenabled = false\ninterval = \"0s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`host_metrics.interval`"), "{e}");
+    // Both off, the interval is not used.
+    assert!(
+        parse("[host_metrics]\nenabled = false\nagent_metrics = false\ninterval = \"0s\"\n")
+            .is_ok()
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The OTLP side of host metrics: parsed `/proc` figures → `system.*`
 //! metrics (names, units and attributes as the module docs' table says), and
-//! one `ExportMetricsServiceRequest` per sample.
+//! one `ExportMetricsServiceRequest` per sample, with the agent's own metrics
+//! beside them.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
@@ -25,20 +26,32 @@ pub(super) fn data_points(m: &Metric) -> usize {
     }
 }
 
-/// One export request: the resource, the scope, the metrics.
-pub fn request(resource: &Resource, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+/// One export request: the resource, then the host's `system.*` metrics and
+/// the agent's own ([`super::agent`]), each under its scope; an empty list
+/// leaves its scope out.
+pub fn request(
+    resource: &Resource,
+    host: Vec<Metric>,
+    agent: Vec<Metric>,
+) -> ExportMetricsServiceRequest {
+    let scope = |name: &str, metrics: Vec<Metric>| ScopeMetrics {
+        scope: Some(InstrumentationScope {
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }),
+        metrics,
+        ..Default::default()
+    };
+    let scope_metrics = [(SCOPE, host), (super::agent::SCOPE, agent)]
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(name, m)| scope(name, m))
+        .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource.clone()),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: SCOPE.into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                metrics,
-                ..Default::default()
-            }],
+            scope_metrics,
             ..Default::default()
         }],
     }

@@ -7,6 +7,13 @@
 //! Runs only with the relay (`[otlp] enabled = true`). One tokio task, no thread
 //! of its own; the first sample is taken at start, then one per `interval`.
 //!
+//! The same task pushes the agent's own metrics (`[host_metrics]
+//! agent_metrics`, on by default, with `enabled` on or off): every family
+//! `/metrics` serves, read by the same code at each tick and sent in the same
+//! request under the scope `wisp-agent` (`agent.rs` says the shape), so a
+//! collector on the host gets the agent's health although it cannot scrape
+//! the VM. The admin endpoint need not run for it.
+//!
 //! Names, units and attributes follow the OpenTelemetry semantic conventions for
 //! system metrics (`system.*`, development status), as the collector's
 //! `hostmetrics` receiver emits them:
@@ -44,7 +51,7 @@
 //! that knows `/proc` file formats.
 //!
 //! `task.rs` is the loop, `collect.rs` reads a sample, `build.rs` turns it into
-//! OTLP.
+//! OTLP, `agent.rs` turns the agent's own metrics into OTLP.
 
 use std::time::Duration;
 
@@ -53,12 +60,14 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use crate::config::Config;
 use crate::record::otlp_text as text;
 
+mod agent;
 mod build;
 mod collect;
 mod task;
 #[cfg(test)]
 mod tests;
 
+pub use agent::{OwnMetrics, SCOPE as AGENT_SCOPE};
 pub use build::request;
 pub use collect::Collector;
 pub use task::{run, spawn};
@@ -71,6 +80,9 @@ pub struct HostMetricsSettings {
     pub resource: Resource,
     /// Where `/proc` is (a test may point it elsewhere).
     pub proc_root: std::path::PathBuf,
+    /// Whether the host's `system.*` metrics are sampled (`[host_metrics]
+    /// enabled`); the agent's own are pushed beside them or alone.
+    pub system: bool,
 }
 
 impl HostMetricsSettings {
@@ -96,6 +108,7 @@ impl HostMetricsSettings {
                 ..Default::default()
             },
             proc_root: "/proc".into(),
+            system: config.host_metrics.enabled,
         }
     }
 }

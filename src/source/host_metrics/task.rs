@@ -1,5 +1,7 @@
-//! The host-metrics task: one tokio interval task that samples, encodes and
-//! stores each sample through the relay's [`Intake`] until the token fires.
+//! The host-metrics task: one tokio interval task that, at each tick, samples
+//! the host (`[host_metrics] enabled`) and reads the agent's own metrics
+//! (`[host_metrics] agent_metrics`), encodes both into one request and stores
+//! it through the relay's [`Intake`] until the token fires.
 
 use std::time::SystemTime;
 
@@ -7,54 +9,90 @@ use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::agent::OwnMetrics;
 use super::build::{data_points, request};
 use super::collect::Collector;
 use super::HostMetricsSettings;
+use crate::admin::AgentMetrics;
 use crate::config::Config;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::Intake;
 use crate::relay::OtlpRelay;
 
-/// Starts the host-metrics task when `[host_metrics] enabled` and the relay runs;
-/// with `[otlp] enabled = false` there is nowhere to send them, and the log says
-/// so. The task ends soon after `cancel` fires, dropping its [`Intake`]: hand it
-/// to [`OtlpRelay::add_producer`] so the relay waits for that before its spool.
+/// Starts the task when `[host_metrics] enabled` or `agent_metrics` and the
+/// relay runs; with `[otlp] enabled = false` there is nowhere to send them, and
+/// the log says so (for the host metrics: the agent's own are still on
+/// `/metrics`). `agent` is what `/metrics` serves; its cumulative sums start at
+/// `started`, the agent's start. The task ends soon after `cancel` fires,
+/// dropping its [`Intake`]: hand it to [`OtlpRelay::add_producer`] so the relay
+/// waits for that before its spool.
 pub fn spawn(
     config: &Config,
     relay: Option<&OtlpRelay>,
+    agent: AgentMetrics,
+    started: SystemTime,
     cancel: CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    if !config.host_metrics.enabled {
+    let (host, own) = (
+        config.host_metrics.enabled,
+        config.host_metrics.agent_metrics,
+    );
+    if !host && !own {
         return None;
     }
     let Some(relay) = relay else {
-        tracing::info!(
-            "otlp.enabled = false: host metrics are not collected (they are shipped over OTLP only)"
-        );
+        if host {
+            tracing::info!(
+                "otlp.enabled = false: host metrics are not collected (they are shipped over OTLP only)"
+            );
+        }
         return None;
     };
     let settings = HostMetricsSettings::from_config(config);
-    tracing::info!("host metrics: a sample every {:?}", settings.interval);
-    Some(tokio::spawn(run(settings, relay.intake(), cancel)))
+    if host {
+        tracing::info!("host metrics: a sample every {:?}", settings.interval);
+    }
+    if own {
+        tracing::info!(
+            "the agent's own metrics: pushed over OTLP every {:?}",
+            settings.interval
+        );
+    }
+    let own = own.then(|| OwnMetrics::new(agent, started));
+    Some(tokio::spawn(run(settings, relay.intake(), own, cancel)))
 }
 
-/// Samples every `interval` (the first at once) until `cancel` fires.
-pub async fn run(settings: HostMetricsSettings, intake: Intake, cancel: CancellationToken) {
+/// Samples every `interval` (the first at once) until `cancel` fires: the
+/// host when `settings.system`, the agent's own metrics when `own` is given.
+pub async fn run(
+    settings: HostMetricsSettings,
+    intake: Intake,
+    own: Option<OwnMetrics>,
+    cancel: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(settings.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut collector = Collector::new(settings.proc_root.clone());
+    let mut collector = settings
+        .system
+        .then(|| Collector::new(settings.proc_root.clone()));
     let mut failing = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let metrics = collector.collect(SystemTime::now());
-        if metrics.is_empty() {
+        let now = SystemTime::now();
+        let host = collector
+            .as_mut()
+            .map(|c| c.collect(now))
+            .unwrap_or_default();
+        let agent = own.as_ref().map(|o| o.collect(now)).unwrap_or_default();
+        if host.is_empty() && agent.is_empty() {
             continue;
         }
-        let points: usize = metrics.iter().map(data_points).sum();
-        let body = request(&settings.resource, metrics).encode_to_vec();
+        let host_points: usize = host.iter().map(data_points).sum();
+        let agent_points: usize = agent.iter().map(data_points).sum();
+        let body = request(&settings.resource, host, agent).encode_to_vec();
         let payload = OtlpPayload {
             signal: OtlpSignal::Metrics,
             body: body.into(),
@@ -65,7 +103,9 @@ pub async fn run(settings: HostMetricsSettings, intake: Intake, cancel: Cancella
         };
         match stored {
             Ok(()) => {
-                tracing::debug!("host metrics: stored a sample of {points} data points");
+                tracing::debug!(
+                    "host metrics: stored a sample of {host_points} host and {agent_points} agent data points"
+                );
                 if failing {
                     tracing::info!("host metrics: samples are buffered again");
                     failing = false;

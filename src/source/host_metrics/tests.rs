@@ -201,7 +201,7 @@ fn a_sample_from_a_whole_proc_names_every_metric() {
             }
         }
     }
-    let request = request(&Resource::default(), metrics);
+    let request = request(&Resource::default(), metrics, Vec::new());
     let bytes = request.encode_to_vec();
     assert_eq!(
         ExportMetricsServiceRequest::decode(&bytes[..]).unwrap(),
@@ -248,4 +248,76 @@ fn a_proc_file_over_the_read_cap_skips_its_metrics_instead_of_being_read_whole()
     let metrics = c.collect(SystemTime::now());
     assert_eq!(names(&metrics), vec!["system.uptime"]);
     assert!(c.told.contains(&collect::Source::Mounts), "{:?}", c.told);
+}
+
+#[test]
+fn the_agents_readings_become_sums_and_gauges_with_their_labels_and_number_types() {
+    use crate::admin::family::{Kind, Sample, Value};
+    use crate::admin::Reading;
+    let readings = [
+        Reading {
+            name: "wisp_spool_records_appended_total",
+            kind: Kind::Counter,
+            help: "Records appended.",
+            samples: vec![
+                Sample {
+                    labels: vec![("spool", "loki".into())],
+                    value: Value::Int(7),
+                },
+                Sample {
+                    labels: vec![("spool", "otlp".into())],
+                    value: Value::Int(u64::MAX),
+                },
+            ],
+        },
+        Reading {
+            name: "process_resident_memory_bytes",
+            kind: Kind::Gauge,
+            help: "Resident memory size in bytes.",
+            samples: vec![Sample {
+                labels: Vec::new(),
+                value: Value::Float(0.5),
+            }],
+        },
+    ];
+    let metrics = super::agent::to_otlp(&readings, 10, 20);
+    let counter = &metrics[0];
+    assert_eq!(counter.name, "wisp_spool_records_appended_total");
+    assert_eq!(counter.unit, "");
+    assert_eq!(counter.description, "Records appended.");
+    let Some(metric::Data::Sum(sum)) = &counter.data else {
+        panic!("a counter is a sum: {counter:?}")
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32
+    );
+    let p = &sum.data_points;
+    assert_eq!(attr(&p[0], "spool"), "loki");
+    assert_eq!(p[0].value, Some(number_data_point::Value::AsInt(7)));
+    // Past i64, the count saturates rather than wrapping negative.
+    assert_eq!(p[1].value, Some(number_data_point::Value::AsInt(i64::MAX)));
+    assert!(p
+        .iter()
+        .all(|p| p.start_time_unix_nano == 10 && p.time_unix_nano == 20));
+    let gauge = &metrics[1];
+    let Some(metric::Data::Gauge(g)) = &gauge.data else {
+        panic!("a gauge is a gauge: {gauge:?}")
+    };
+    assert_eq!(
+        g.data_points[0].value,
+        Some(number_data_point::Value::AsDouble(0.5))
+    );
+    assert_eq!(g.data_points[0].time_unix_nano, 20);
+
+    // One request: the host's scope left out when it has nothing, the
+    // agent's under `wisp-agent`.
+    let r = request(&Resource::default(), Vec::new(), metrics);
+    let scopes: Vec<_> = r.resource_metrics[0]
+        .scope_metrics
+        .iter()
+        .map(|s| s.scope.as_ref().unwrap().name.clone())
+        .collect();
+    assert_eq!(scopes, [AGENT_SCOPE]);
 }
