@@ -180,6 +180,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     ) {
         relay.add_producer(task);
     }
+    let exec_counters = Arc::new(exec::metrics::ExecCounters::new(
+        config.agent.max_label_values,
+    ));
     if !config.loki.enabled {
         // File logs go to Loki only: exec output is dropped (acknowledged at
         // once), its spans go on.
@@ -195,9 +198,16 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             &crate::spool::ResumeState::new(),
             tx,
             otlp.as_mut(),
+            exec_counters.clone(),
             &cancel,
         );
-        return run_otlp_only(&config, &loaded.origin.to_string(), otlp, host, cancel).await;
+        let sources = Sources {
+            logs: None,
+            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+            host,
+            exec: Some(exec_counters),
+        };
+        return run_otlp_only(&config, &loaded.origin.to_string(), otlp, sources, cancel).await;
     }
     let client = LokiClient::new(&config.loki)?;
     let spool_settings = SpoolSettings {
@@ -227,6 +237,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         writer.resume_state(),
         src_tx.clone(),
         otlp.as_mut(),
+        exec_counters.clone(),
         &cancel,
     );
     let buffer_health = Arc::new(BufferHealth::logs());
@@ -244,6 +255,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             }),
             relay: otlp.as_ref().map(OtlpRelay::admin_sources),
             host: host.clone(),
+            exec: Some(exec_counters),
         },
         cancel.clone(),
     )
@@ -356,7 +368,7 @@ async fn run_otlp_only(
     config: &Config,
     origin: &str,
     otlp: Option<OtlpRelay>,
-    host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
+    sources: Sources,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
     if !config.files.is_empty() {
@@ -365,11 +377,6 @@ async fn run_otlp_only(
              relaying OTLP only"
         );
     }
-    let sources = Sources {
-        logs: None,
-        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-        host,
-    };
     let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
     crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
@@ -392,6 +399,7 @@ fn start_exec_server(
     resume: &crate::spool::ResumeState,
     tx: mpsc::Sender<SourceBatch>,
     relay: Option<&mut OtlpRelay>,
+    counters: Arc<exec::metrics::ExecCounters>,
     cancel: &CancellationToken,
 ) {
     let socket = config.exec.daemon_socket(&ProcessEnv);
@@ -419,6 +427,7 @@ fn start_exec_server(
                 .collect(),
         },
         intake: relay.as_ref().map(|r| r.intake()),
+        counters,
     };
     let resume = resume.clone();
     let cancel = cancel.clone();
