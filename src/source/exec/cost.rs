@@ -20,9 +20,7 @@ struct Reported {
 /// The cost `line` reports, in US dollars: a finite number, not negative (a
 /// counter only grows).
 pub fn reported_cost(line: &str) -> Option<f64> {
-    if memchr::memmem::find(line.as_bytes(), b"cost_usd").is_none() {
-        return None;
-    }
+    memchr::memmem::find(line.as_bytes(), b"cost_usd")?;
     // A struct also deserializes from a JSON array: only objects count.
     if !line.trim_start().starts_with('{') {
         return None;

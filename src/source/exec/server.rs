@@ -23,6 +23,10 @@
 //! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
 //! the oldest is forgotten), so no user grows the spool's state without bound.
 //!
+//! Each line is also looked at for the cost the command reported
+//! ([`super::cost`]); the run's last is kept with its resume point and put on
+//! its span, and the run is counted ([`super::metrics`]) when its span is made.
+//!
 //! This file holds the socket and each connection's loop; [`hello`] checks what
 //! a client says of its run, [`runs`] keeps the runs' keys and progress and
 //! finishes an ended run (its span, the handled list).
