@@ -3,8 +3,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` and the run in `OTEL_RESOURCE_ATTRIBUTES` (a
 //! user's own settings kept), a span the command sends itself reaches the
 //! collector through the agent in the run's trace, the run's span carries git
-//! HEAD before and after and the cost the command reported, and `/metrics`
-//! counts the runs by job and exit status.
+//! HEAD before and after and the cost the command reported (across a `kill -9`
+//! of the daemon), and `/metrics` counts the runs by job and exit status.
 
 mod support;
 
@@ -474,5 +474,61 @@ async fn a_killed_exec_flushed_later_is_counted_once_with_an_unknown_exit() {
         agent.log()
     );
     assert_eq!(collector.spans().len(), 1, "{:?}", collector.spans());
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn a_cost_reported_before_a_daemon_kill_is_still_the_runs_after_the_restart() {
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &loki, &collector, free_port());
+    let (mut agent, _) = start(dir.path(), &config).await;
+    let go = dir.path().join("go");
+    let result = r#"{"type":"result","subtype":"success","result":"done","total_cost_usd":1.25}"#;
+    let script = format!(
+        "echo '{result}'; while [ ! -e {} ]; do sleep 0.05; done; echo 'after the restart'",
+        go.display()
+    );
+    let mut child = agent_command()
+        .current_dir(dir.path())
+        .args(["exec", "--name", "ralph", "--config"])
+        .arg(&config)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The cost line is durable in the daemon's buffer: it will not be sent
+    // again, so the restarted daemon must know its cost from the buffer.
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &[result.to_string()], DEADLINE)
+        .await;
+    agent.kill9();
+    let (mut agent, admin) = start(dir.path(), &config).await;
+    std::fs::write(&go, "").unwrap();
+    let exited = wait_until(DEADLINE, || child.try_wait().ok().flatten().is_some()).await;
+    let _ = child.kill();
+    assert!(exited, "exec did not exit");
+    let out = exec_in(dir.path(), &config, &[], &["--flush"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let span = run_span(&collector, "ralph", &agent).await;
+    assert_eq!(
+        span.attributes
+            .get("wisp.exec.cost_usd")
+            .map(String::as_str),
+        Some("1.25"),
+        "{:?}",
+        span.attributes
+    );
+    assert_eq!(
+        metric(admin, r#"wisp_exec_cost_usd_total{job="ralph"}"#).await,
+        Some(1.25)
+    );
     assert_eq!(agent.terminate(), Some(0));
 }
