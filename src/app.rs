@@ -182,7 +182,7 @@ async fn probe(loaded: Loaded, args: ProbeArgs) -> Result<ExitCode> {
 /// `exec`: telemetry never stops the command, so a configuration that cannot be
 /// loaded is a warning here, not exit 2, and the command runs uncaptured.
 fn exec(config_path: Option<&std::path::Path>, args: ExecArgs) -> Result<ExitCode> {
-    let config = match config::load(config_path, &ProcessEnv) {
+    let config = match config::load(config_path, &crate::source::exec::ConfigEnv) {
         Ok(loaded) => Some(loaded.config),
         Err(e) if args.flush => {
             eprintln!("wisp-agent exec: {e}");

@@ -175,6 +175,9 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         cancel.clone(),
     )
     .await?;
+    let exec_counters = Arc::new(exec::metrics::ExecCounters::new(
+        config.agent.max_label_values,
+    ));
     if !config.loki.enabled {
         // File logs go to Loki only: exec output is dropped (acknowledged at
         // once), its spans go on.
@@ -190,13 +193,20 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             &crate::spool::ResumeState::new(),
             tx,
             otlp.as_mut(),
+            exec_counters.clone(),
             &cancel,
         );
+        let sources = Sources {
+            logs: None,
+            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
+            host,
+            exec: Some(exec_counters),
+        };
         return run_otlp_only(
             &config,
             &loaded.origin.to_string(),
             otlp,
-            host,
+            sources,
             started,
             cancel,
         )
@@ -230,6 +240,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         writer.resume_state(),
         src_tx.clone(),
         otlp.as_mut(),
+        exec_counters.clone(),
         &cancel,
     );
     let buffer_health = Arc::new(BufferHealth::logs());
@@ -247,6 +258,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             }),
             relay: otlp.as_ref().map(OtlpRelay::admin_sources),
             host: host.clone(),
+            exec: Some(exec_counters),
         },
         otlp.as_mut(),
         started,
@@ -361,7 +373,7 @@ async fn run_otlp_only(
     config: &Config,
     origin: &str,
     mut otlp: Option<OtlpRelay>,
-    host: tokio::sync::watch::Receiver<Option<discovery::Chosen>>,
+    sources: Sources,
     started: SystemTime,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
@@ -371,11 +383,6 @@ async fn run_otlp_only(
              relaying OTLP only"
         );
     }
-    let sources = Sources {
-        logs: None,
-        relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-        host,
-    };
     let admin = start_admin(config, origin, sources, otlp.as_mut(), started, &cancel).await?;
     crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
@@ -433,6 +440,7 @@ fn start_exec_server(
     resume: &crate::spool::ResumeState,
     tx: mpsc::Sender<SourceBatch>,
     relay: Option<&mut OtlpRelay>,
+    counters: Arc<exec::metrics::ExecCounters>,
     cancel: &CancellationToken,
 ) {
     let socket = config.exec.daemon_socket(&ProcessEnv);
@@ -460,6 +468,7 @@ fn start_exec_server(
                 .collect(),
         },
         intake: relay.as_ref().map(|r| r.intake()),
+        counters,
     };
     let resume = resume.clone();
     let cancel = cancel.clone();

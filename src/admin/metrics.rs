@@ -25,6 +25,7 @@ use crate::listen::ListenerCounters;
 use crate::parse::ParseCountersSnapshot;
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
+use crate::source::exec::metrics::ExecCounters;
 use crate::source::file::TailStats;
 use crate::source::otlp::ReceiverCounters;
 use crate::spool::SpoolCountersSnapshot;
@@ -131,6 +132,7 @@ pub fn families() -> Vec<(&'static str, &'static str)> {
         .chain(of(ReceiverCounters::FAMILIES))
         .chain(of(OtlpCounters::FAMILIES))
         .chain(of(ListenerCounters::FAMILIES))
+        .chain(of(ExecCounters::FAMILIES))
         .chain(of(PROCESS))
         .map(|(name, kind)| (name, kind.as_str()))
         .collect()
@@ -282,6 +284,11 @@ fn readers(s: &Sources, admin: Option<Arc<ListenerCounters>>, proc: Box<dyn Proc
             .collect();
         encode(e, ListenerCounters::FAMILIES, &each)
     });
+    if let Some(exec) = s.exec.clone() {
+        collect(&mut r, "exec", move |e| {
+            encode(e, ExecCounters::FAMILIES, &single(exec.as_ref()))
+        });
+    }
     collect(&mut r, "process", move |e| {
         encode(e, PROCESS, &single(&process_metrics(proc.as_ref())))
     });

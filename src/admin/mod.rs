@@ -58,6 +58,7 @@ use crate::parse::ParseCounters;
 use crate::procfs::{Proc, ProcFs, ProcessStats};
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
+use crate::source::exec::metrics::ExecCounters;
 use crate::source::file::TailCounters;
 use crate::source::otlp::ReceiverCounters;
 use crate::spool::stage::BufferHealth;
@@ -90,6 +91,8 @@ pub struct Sources {
     pub relay: Option<RelaySources>,
     /// The host discovery chose, if any.
     pub host: watch::Receiver<Option<Chosen>>,
+    /// The `exec` runs the daemon handled; `None` without the exec socket.
+    pub exec: Option<Arc<ExecCounters>>,
 }
 
 /// The counters of the file-log pipeline: tailer → parser → spool → Loki.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::admin::metrics::{families, registry, render};
 use crate::admin::AgentMetrics;
+use crate::source::exec::metrics::CountedRun;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
@@ -62,6 +63,7 @@ fn sources(chosen: Option<Chosen>) -> Sources {
             spool_max_bytes: 256 << 20,
         }),
         host,
+        exec: Some(Arc::new(ExecCounters::new(50))),
     }
 }
 
@@ -130,8 +132,20 @@ fn every_metric_has_help_and_a_type_and_the_page_parses() {
         .lock()
         .unwrap()
         .insert("traces", 5);
+    s.exec.as_ref().unwrap().count(&CountedRun {
+        job: "ralph",
+        exit: Some(3),
+        seconds: 2.5,
+        cost_usd: Some(0.25),
+    });
     let text = page(&s, FakeProc);
     let samples = parse_strictly(&text);
+    assert_eq!(
+        samples["wisp_exec_runs_total{job=\"ralph\",exit_code=\"3\"}"],
+        1.0
+    );
+    assert_eq!(samples["wisp_exec_run_seconds_total{job=\"ralph\"}"], 2.5);
+    assert_eq!(samples["wisp_exec_cost_usd_total{job=\"ralph\"}"], 0.25);
     for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
         assert!(!line.contains("Undocumented"), "{line}");
     }

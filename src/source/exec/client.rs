@@ -172,6 +172,7 @@ pub fn send_once(
                 let frame = ClientFrame::End {
                     exit: None,
                     ended_ms,
+                    git_head: None,
                 };
                 return end(&mut stream, &frame);
             }

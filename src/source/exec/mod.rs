@@ -21,12 +21,23 @@
 //! sender at most [`HAND_OVER_GRACE`] to finish, then exits with the command's
 //! status (what is not handed over yet stays in the outbox).
 //!
+//! The command's own OpenTelemetry joins the run: it gets `TRACEPARENT` (the
+//! run's span as its parent), `OTEL_EXPORTER_OTLP_ENDPOINT` (the local
+//! receiver, unless set) and `OTEL_RESOURCE_ATTRIBUTES` with the run's id, name
+//! and labels ([`otel_env`]). HEAD's commit of the work tree `exec` runs in is
+//! read before the command starts and after it ends ([`git`], bounded) and
+//! travels in the run's `hello` and `end`.
+//!
 //! Signals: SIGTERM and SIGHUP sent to `exec` are passed on to the command. SIGINT
 //! is not: at a terminal Ctrl-C reaches the whole foreground process group, the
 //! command included, and passing it on would deliver it twice (a second Ctrl-C
 //! means "quit now" to many programs). `exec` waits for the command either way.
 
 pub mod client;
+pub mod cost;
+pub mod git;
+pub mod metrics;
+pub mod otel_env;
 pub mod outbox;
 pub mod protocol;
 pub mod server;
@@ -42,7 +53,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cli::ExecArgs;
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, EnvSource, ProcessEnv};
 use crate::record::Timestamp;
 use client::Follow;
 use protocol::{ClientFrame, Hello, Line, Stream, LINES_FRAME_TARGET};
@@ -158,10 +169,11 @@ impl Capture {
     }
 
     /// Records the end; the capture is then complete.
-    fn finish(&mut self, exit: i32) {
+    fn finish(&mut self, exit: i32, git_head: Option<String>) {
         match protocol::encode(&ClientFrame::End {
             exit: Some(exit),
             ended_ms: now_ms(),
+            git_head,
         }) {
             Ok(b) => self.write(&b),
             Err(e) => warn(&format!("cannot record the end: {e}")),
@@ -172,6 +184,23 @@ impl Capture {
             let _ = file.sync_data();
         }
         self.follow.end();
+    }
+}
+
+/// The environment `exec` reads its configuration with: the process's without
+/// the `OTEL_*` variables. They configure the daemon's exporter, which `exec`
+/// does not use, and `exec` points `OTEL_EXPORTER_OTLP_ENDPOINT` at the local
+/// receiver for its command: a `wisp-agent exec` inside that command would
+/// otherwise take it for an exporter looping into its own receiver, refuse the
+/// configuration and run uncaptured.
+pub struct ConfigEnv;
+
+impl EnvSource for ConfigEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        if name.starts_with("OTEL_") {
+            return None;
+        }
+        ProcessEnv.var(name)
     }
 }
 
@@ -297,6 +326,11 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         warn("no command given: wisp-agent exec -- CMD [ARGS...]");
         return ExitCode::from(2);
     };
+    // Only a captured run has a span to put it on.
+    let git_head = match &config {
+        Some(_) => git::head().await,
+        None => None,
+    };
     let hello = Hello {
         version: protocol::VERSION,
         job: args.name.clone().unwrap_or_else(|| DEFAULT_JOB.into()),
@@ -305,6 +339,7 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         trace_id: random_id(16),
         span_id: random_id(8),
         started_ms: now_ms(),
+        git_head,
     };
     let mut sender = None;
     let capture = config.as_ref().and_then(|config| {
@@ -348,6 +383,12 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
 
     let mut command = tokio::process::Command::new(program);
     command.env("TRACEPARENT", hello.traceparent());
+    let run = otel_env::Run {
+        trace_id: &hello.trace_id,
+        job: &hello.job,
+        labels: &args.labels,
+    };
+    command.envs(otel_env::command_env(config.as_ref(), &ProcessEnv, &run));
     let spawned = command
         .args(program_args)
         .stdin(Stdio::inherit())
@@ -367,7 +408,7 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
                     126
                 }
             };
-            finish(capture.as_ref(), code, sender);
+            finish(capture.as_ref(), code, None, sender);
             return ExitCode::from(code as u8);
         }
     };
@@ -408,7 +449,11 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
             1
         }
     };
-    finish(capture.as_ref(), code, sender);
+    let git_head = match capture {
+        Some(_) => git::head().await,
+        None => None,
+    };
+    finish(capture.as_ref(), code, git_head, sender);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
@@ -416,11 +461,12 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
 fn finish(
     capture: Option<&Arc<Mutex<Capture>>>,
     code: i32,
+    git_head: Option<String>,
     sender: Option<std::sync::mpsc::Receiver<()>>,
 ) {
     if let Some(c) = capture {
         if let Ok(mut c) = c.lock() {
-            c.finish(code);
+            c.finish(code, git_head);
         }
     }
     if let Some(done) = sender {
@@ -480,6 +526,7 @@ mod tests {
             trace_id: random_id(16),
             span_id: random_id(8),
             started_ms: 0,
+            git_head: None,
         };
         let tp = h.traceparent();
         let parts: Vec<&str> = tp.split('-').collect();
@@ -525,6 +572,7 @@ mod tests {
             trace_id: random_id(16),
             span_id: random_id(8),
             started_ms: 0,
+            git_head: None,
         };
         let mut c = Capture::create(dir.path(), &hello).unwrap();
         c.write_lines(Stream::Stdout, &[line.clone(), line.clone(), line]);

@@ -61,6 +61,10 @@ pub struct Hello {
     pub trace_id: String,
     pub span_id: String,
     pub started_ms: u64,
+    /// The commit of HEAD in the work tree `exec` ran in, before the command
+    /// started; absent outside a git work tree (and from older clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_head: Option<String>,
 }
 
 impl Hello {
@@ -84,6 +88,9 @@ pub enum ClientFrame {
     End {
         exit: Option<i32>,
         ended_ms: u64,
+        /// The commit of HEAD after the command ended (see [`Hello::git_head`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        git_head: Option<String>,
     },
 }
 
@@ -243,6 +250,33 @@ mod tests {
             read_frame::<ClientFrame>(&mut cut).unwrap(),
             Read1::Partial
         ));
+    }
+
+    #[test]
+    fn frames_without_git_heads_from_older_clients_still_read() {
+        let hello = br#"{"type":"hello","version":1,"job":"exec","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","started_ms":5}"#;
+        match decode::<ClientFrame>(hello).unwrap() {
+            ClientFrame::Hello(h) => assert_eq!((h.started_ms, h.git_head), (5, None)),
+            other => panic!("{other:?}"),
+        }
+        let end = br#"{"type":"end","exit":0,"ended_ms":9}"#;
+        assert_eq!(
+            decode::<ClientFrame>(end).unwrap(),
+            ClientFrame::End {
+                exit: Some(0),
+                ended_ms: 9,
+                git_head: None
+            }
+        );
+        // Nor does a frame without heads name them, so an older daemon reads it
+        // as before.
+        let bytes = encode(&ClientFrame::End {
+            exit: Some(0),
+            ended_ms: 9,
+            git_head: None,
+        })
+        .unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("git_head"));
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
 //! the oldest is forgotten), so no user grows the spool's state without bound.
 //!
+//! Each line is also looked at for the cost the command reported
+//! ([`super::cost`]); the run's last is kept with its resume point and put on
+//! its span, and the run is counted ([`super::metrics`]) when its span is made.
+//!
 //! This file holds the socket and each connection's loop; [`hello`] checks what
 //! a client says of its run, [`runs`] keeps the runs' keys and progress and
 //! finishes an ended run (its span, the handled list).
@@ -45,7 +49,9 @@ use super::DEFAULT_JOB;
 use crate::config::LogFormat;
 use crate::record::{Ack, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
 use crate::relay::Intake;
+use crate::source::exec::metrics::ExecCounters;
 use crate::source::exec::spans::{Handled, RunSpan, SpanSettings};
+use crate::source::exec::{cost, git};
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
 
@@ -74,6 +80,8 @@ pub struct ExecServerSettings {
     pub span: SpanSettings,
     /// Where the run's spans go; without `[otlp]`, none is made.
     pub intake: Option<Intake>,
+    /// The runs counted for `/metrics`.
+    pub counters: Arc<ExecCounters>,
 }
 
 struct Ctx {
@@ -86,6 +94,7 @@ struct Ctx {
     per_user: Mutex<HashMap<u32, usize>>,
     handled: Arc<Mutex<Handled>>,
     intake: Option<Intake>,
+    counters: Arc<ExecCounters>,
     span: SpanSettings,
 }
 
@@ -147,6 +156,7 @@ pub async fn run(
         per_user: Mutex::new(HashMap::new()),
         handled: Arc::new(Mutex::new(Handled::load(&settings.state_dir))),
         intake: settings.intake,
+        counters: settings.counters,
         span: settings.span,
     });
     tracing::info!(
@@ -306,12 +316,13 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         ctx,
         key: key.clone(),
     };
-    let (mut acked, evicted) = match ctx.durable.lock() {
+    // How far the spool holds the run, and the last cost its lines reported.
+    let (mut acked, mut cost_usd, evicted) = match ctx.durable.lock() {
         Ok(mut d) => match d.get(&key) {
-            Some(p) => (p.seq, None),
-            None => (0, make_room(&mut d, &key)),
+            Some(p) => (p.seq, p.cost_usd, None),
+            None => (0, None, make_room(&mut d, &key)),
         },
-        Err(_) => (0, None),
+        Err(_) => (0, None, None),
     };
     if let Some(old) = evicted {
         tracing::warn!(
@@ -362,17 +373,24 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
             }
             ClientFrame::Lines { seq, lines } => {
                 if seq > acked {
+                    let lines = source_lines(lines);
+                    if let Some(c) = cost::last_reported(lines.iter().map(|l| l.text.as_str())) {
+                        cost_usd = Some(c);
+                    }
                     let (done, durable) = oneshot::channel();
                     let map = ctx.durable.clone();
                     let k = key.clone();
                     let progress = Progress {
                         seq,
                         started_ms: hello.started_ms,
+                        cost_usd,
                     };
                     let ack = Ack::new(move || {
                         if let Ok(mut m) = map.lock() {
                             let e = m.entry(k).or_insert(progress);
-                            e.seq = e.seq.max(seq);
+                            if progress.seq >= e.seq {
+                                *e = progress;
+                            }
                         }
                         let _ = done.send(());
                     })
@@ -382,7 +400,7 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     });
                     let batch = SourceBatch {
                         source: source.clone(),
-                        lines: source_lines(lines),
+                        lines,
                         ack,
                     };
                     tokio::select! {
@@ -397,7 +415,12 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                 }
                 send(&mut stream, &DaemonFrame::Acked { seq }).await?;
             }
-            ClientFrame::End { exit, ended_ms } => {
+            ClientFrame::End {
+                exit,
+                ended_ms,
+                git_head,
+            } => {
+                let commit = |h: Option<&String>| h.filter(|h| git::is_commit(h)).cloned();
                 let run = RunSpan {
                     job,
                     labels: hello.labels.clone(),
@@ -408,6 +431,9 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     ended_ms,
                     exit,
                     user,
+                    git_head_before: commit(hello.git_head.as_ref()),
+                    git_head_after: commit(git_head.as_ref()),
+                    cost_usd,
                 };
                 if let Err(reason) = finish_run(ctx, &run, handled_key).await {
                     return refuse_with(&mut stream, reason).await;

@@ -8,9 +8,12 @@
 //! The span has the run's own trace and span ids (the command got them as
 //! `TRACEPARENT`, so its spans are children of it), the job as its name and as
 //! `service.name`, the command line, the exit status, and the `--label`s as
-//! attributes; a non-zero exit is an error status. A run whose `exec` died
-//! without recording an end (`kill -9`) gets a span ending at its capture's
-//! last write, marked as an error, when a later `exec` flushes the capture.
+//! attributes; a non-zero exit is an error status. When known: the cost the
+//! command reported (`wisp.exec.cost_usd`, a double) and HEAD's commit before
+//! and after the run (`wisp.git.head.before`, `wisp.git.head.after`). A run
+//! whose `exec` died without recording an end (`kill -9`) gets a span ending at
+//! its capture's last write, marked as an error, when a later `exec` flushes
+//! the capture.
 //!
 //! Each run is handed on once: the runs already handled are kept in
 //! `state_dir/exec-spans.json` (written temp → fsync → rename after the spool
@@ -128,6 +131,11 @@ pub struct RunSpan {
     pub exit: Option<i32>,
     /// The user who ran it (SO_PEERCRED: the name of the uid, or the uid).
     pub user: String,
+    /// HEAD's commit before and after the run, when run in a git work tree.
+    pub git_head_before: Option<String>,
+    pub git_head_after: Option<String>,
+    /// The cost the command reported (see [`super::cost`]).
+    pub cost_usd: Option<f64>,
 }
 
 fn hex_bytes(s: &str, len: usize) -> Option<Vec<u8>> {
@@ -173,6 +181,23 @@ pub fn span_request(run: &RunSpan, settings: &SpanSettings) -> Option<Vec<u8>> {
         });
     }
     attributes.extend(s.labels.iter().map(|(k, v)| text(k, v)));
+    if let Some(cost) = s.cost_usd {
+        attributes.push(KeyValue {
+            key: "wisp.exec.cost_usd".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::DoubleValue(cost)),
+            }),
+            ..Default::default()
+        });
+    }
+    for (key, head) in [
+        ("wisp.git.head.before", &s.git_head_before),
+        ("wisp.git.head.after", &s.git_head_after),
+    ] {
+        if let Some(head) = head {
+            attributes.push(text(key, head));
+        }
+    }
     attributes.push(text("enduser.id", &s.user));
     attributes.push(text("user", &s.user));
     let status = match s.exit {
@@ -245,6 +270,9 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             span_id: "b7ad6b7169203331".into(),
             user: "alice".into(),
+            git_head_before: None,
+            git_head_after: None,
+            cost_usd: None,
         }
     }
 
@@ -317,6 +345,31 @@ mod tests {
         let status = span.status.unwrap();
         assert_eq!(status.code, status::StatusCode::Error as i32);
         assert!(status.message.contains("before the command's exit"));
+    }
+
+    #[test]
+    fn cost_and_git_heads_are_attributes_when_known() {
+        let (_, span) = decode(&span_request(&finished(Some(0)), &settings()).unwrap());
+        for key in [
+            "wisp.exec.cost_usd",
+            "wisp.git.head.before",
+            "wisp.git.head.after",
+        ] {
+            assert_eq!(attr(&span.attributes, key), None, "{key}");
+        }
+        let mut run = finished(Some(0));
+        run.cost_usd = Some(0.125);
+        run.git_head_before = Some("a".repeat(40));
+        run.git_head_after = Some("b".repeat(40));
+        let (_, span) = decode(&span_request(&run, &settings()).unwrap());
+        assert_eq!(
+            attr(&span.attributes, "wisp.exec.cost_usd"),
+            Some(&any_value::Value::DoubleValue(0.125))
+        );
+        assert_eq!(
+            attr(&span.attributes, "wisp.git.head.after"),
+            Some(&any_value::Value::StringValue("b".repeat(40)))
+        );
     }
 
     #[test]

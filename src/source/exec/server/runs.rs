@@ -9,6 +9,7 @@ use std::io;
 use super::super::protocol::Hello;
 use super::Ctx;
 use crate::record::{OtlpPayload, OtlpSignal};
+use crate::source::exec::metrics::CountedRun;
 use crate::source::exec::spans::{span_request, RunSpan};
 use crate::spool::ResumeState;
 
@@ -17,17 +18,25 @@ use crate::spool::ResumeState;
 pub(super) const KEY_PREFIX: &[u8] = b"wisp-exec\0";
 
 /// How far the spool holds an unfinished run: its resume point, `seq` then
-/// `started_ms` (little-endian u64 each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `started_ms` (little-endian u64 each), then, once a line of the run reported
+/// one, the last cost (an f64's bits): kept in the same commit as the lines it
+/// came from, so a run continued after a restart keeps its cost. An older
+/// daemon's 16-byte points read with no cost; an older daemon reads the first
+/// 16 bytes of these.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Progress {
     pub(super) seq: u64,
     pub(super) started_ms: u64,
+    pub(super) cost_usd: Option<f64>,
 }
 
 impl Progress {
     pub(super) fn encode(self) -> Vec<u8> {
         let mut v = self.seq.to_le_bytes().to_vec();
         v.extend_from_slice(&self.started_ms.to_le_bytes());
+        if let Some(cost) = self.cost_usd {
+            v.extend_from_slice(&cost.to_bits().to_le_bytes());
+        }
         v
     }
 
@@ -36,6 +45,7 @@ impl Progress {
         Some(Progress {
             seq: u64_at(0)?,
             started_ms: u64_at(8).unwrap_or(0),
+            cost_usd: u64_at(16).map(f64::from_bits).filter(|c| c.is_finite()),
         })
     }
 }
@@ -87,7 +97,8 @@ pub(super) fn run_key(uid: u32, hello: &Hello) -> Vec<u8> {
     key
 }
 
-/// Hands the run's span on (with `[otlp]`) and lists the run as handled.
+/// Hands the run's span on (with `[otlp]`), lists the run as handled and
+/// counts it (`wisp_exec_*`): once per run, as its span.
 pub(super) async fn finish_run(
     ctx: &Ctx,
     run: &RunSpan,
@@ -117,5 +128,11 @@ pub(super) async fn finish_run(
     if let Err(e) = written {
         tracing::warn!("cannot record a handled exec run: {e}");
     }
+    ctx.counters.count(&CountedRun {
+        job: &run.job,
+        exit: run.exit,
+        seconds: run.ended_ms.saturating_sub(run.started_ms) as f64 / 1000.0,
+        cost_usd: run.cost_usd,
+    });
     Ok(())
 }

@@ -14,6 +14,7 @@ fn hello() -> Hello {
         trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
         span_id: "b7ad6b7169203331".into(),
         started_ms: 1,
+        git_head: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
         let p = Progress {
             seq: 1,
             started_ms: 100 + n as u64,
+            cost_usd: None,
         };
         map.insert(key(1000, n), p);
     }
@@ -70,6 +72,7 @@ fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
         Progress {
             seq: 1,
             started_ms: 1,
+            cost_usd: None,
         },
     );
     assert_eq!(make_room(&mut map, &key(2000, 1)), None);
@@ -79,8 +82,22 @@ fn a_user_with_too_many_unfinished_runs_loses_its_oldest_not_anothers() {
     let p = Progress {
         seq: 7,
         started_ms: 9,
+        cost_usd: None,
     };
     assert_eq!(Progress::decode(&p.encode()), Some(p));
+}
+
+#[test]
+fn a_runs_cost_is_kept_in_its_resume_point_and_old_points_still_read() {
+    let p = Progress {
+        seq: 7,
+        started_ms: 9,
+        cost_usd: Some(0.0342),
+    };
+    assert_eq!(p.encode().len(), 24);
+    assert_eq!(Progress::decode(&p.encode()), Some(p));
+    let old = Progress::decode(&[7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    assert_eq!((old.seq, old.started_ms, old.cost_usd), (7, 9, None));
 }
 
 #[test]
@@ -94,6 +111,7 @@ fn one_user_cannot_take_every_connection() {
         per_user: Mutex::default(),
         handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
         intake: None,
+        counters: Arc::new(ExecCounters::new(10)),
         span: SpanSettings {
             hostname: "vm".into(),
             resource_attributes: vec![],
