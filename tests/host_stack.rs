@@ -952,17 +952,16 @@ fn check_promql(q: &str, prom: &BTreeMap<String, BTreeSet<String>>) -> Result<()
             Tok::Ident(_) if is_punct(toks.get(i + 1), "(") => i += 1, // a function
             Tok::Ident(id) if PROMQL_AGGREGATIONS.contains(&id.as_str()) => i += 1, // sum by (...) (...)
             Tok::Ident(name) => {
-                let Some(labels) = prom.get(name) else {
-                    errors.push(format!("no metric {name}"));
-                    i += 1;
-                    continue;
-                };
-                selectors.push((i, name.clone()));
+                let labels = prom.get(name);
+                match labels {
+                    Some(_) => selectors.push((i, name.clone())),
+                    None => errors.push(format!("no metric {name}")),
+                }
                 i += 1;
                 if is_punct(toks.get(i), "{") {
                     let end = closing(&toks, i)?;
                     for l in matcher_labels(&toks, i, end)? {
-                        if !labels.contains(&l) {
+                        if let Some(labels) = labels.filter(|ls| !ls.contains(&l)) {
                             errors.push(format!("{name} has no label {l} (it has {labels:?})"));
                         }
                     }
