@@ -242,9 +242,9 @@ impl Translation {
         );
         let collector = read("otelcol/config.yaml");
         let renames_job = collector.contains(
-            r#"set(attributes["exported_job"], attributes["job"]) where attributes["job"] != nil"#,
+            r#"set(datapoint.attributes["exported_job"], datapoint.attributes["job"]) where datapoint.attributes["job"] != nil"#,
         ) && collector
-            .contains(r#"delete_key(attributes, "job") where attributes["job"] != nil"#)
+            .contains(r#"delete_key(datapoint.attributes, "job") where datapoint.attributes["job"] != nil"#)
             && collector.contains("processors: [transform/exported_job]");
         Translation {
             promoted,
