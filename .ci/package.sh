@@ -237,6 +237,17 @@ printf '\n[admin]\nlisten = "127.0.0.1:9466"  # changed by .ci/package.sh\n' >>/
 out=$(dpkg -i "$deb" 2>&1) || fail "reinstalling failed:
 $out"
 grep -q 'changed by .ci/package.sh' /etc/wisp-agent/config.toml || fail "the reinstall replaced the changed config.toml"
+if [ "$systemd_runs" = no ]; then
+    grep -q "the unit is enabled and starts at the next boot" <<<"$out" || fail "the reinstall did not enable the unit:
+$out"
+    # An admin's disable is kept by the next upgrade.
+    systemctl disable wisp-agent >/dev/null 2>&1 || fail "systemctl disable wisp-agent failed"
+    out=$(dpkg -i "$deb" 2>&1) || fail "reinstalling failed:
+$out"
+    grep -q "the unit stays disabled, as it was" <<<"$out" || fail "a reinstall over a disabled unit said:
+$out"
+    [ ! -e "$link" ] || fail "a reinstall enabled the unit the admin had disabled"
+fi
 wisp-agent config check --config /etc/wisp-agent/config.toml | grep -qx 'listen = "127.0.0.1:9466"' ||
     fail "config check does not show the changed listen address"
 
