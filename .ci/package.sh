@@ -92,11 +92,24 @@ runs = "\n".join(s.get("run", "") for j in jobs.values() for s in j["steps"])
 for want in ("cargo build --locked", "cargo test --locked", "packaging/deb/build.sh", "sha256sum", "gh release"):
     if want not in runs:
         fail(f".github/workflows/release.yml: no step runs {want!r}")
+# Each run: block as the bash script GitHub runs, ${{ }} expressions as words.
+import re
+n = 0
+for name, job in jobs.items():
+    for step in job["steps"]:
+        if "run" in step:
+            n += 1
+            body = re.sub(r"\$\{\{[^}]*\}\}", "EXPR", step["run"])
+            open(f"{out}/workflow-{n}.sh", "w").write("#!/bin/bash\nset -e\n" + body)
 EOF
 for s in "$tmp/lima-script.sh" "$tmp/cloud-init-script.sh"; do
     sh -n "$s" || fail "$s: sh -n fails"
 done
 shellcheck -s sh "$tmp/lima-script.sh" "$tmp/cloud-init-script.sh"
+for s in "$tmp"/workflow-*.sh; do
+    bash -n "$s" || fail "a run: step of .github/workflows/release.yml does not parse: $(cat "$s")"
+done
+shellcheck -s bash "$tmp"/workflow-*.sh
 if command -v cloud-init >/dev/null 2>&1; then
     cloud-init schema --config-file packaging/cloud-init/user-data.yaml
 else
