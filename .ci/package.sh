@@ -3,17 +3,19 @@
 #   1. the scripts: shellcheck and sh -n on the package's, the provisioning
 #      and the CI scripts; the Lima, cloud-init and release YAML parses and
 #      holds its keys; the embedded copies of packaging/provision.sh are
-#      current and pass sh -n and shellcheck; `cloud-init schema` accepts the
-#      user-data;
+#      current and pass sh -n and shellcheck, as do the workflow's run:
+#      steps; `cloud-init schema` accepts the user-data;
 #   2. the Debian package built from BINARY (default target/debug/wisp-agent)
 #      with packaging/deb/build.sh: exactly the expected paths and modes, its
-#      control fields, its conffile, its maintainer scripts;
-#   3. as root with dpkg: the package installed for real (no systemd running
-#      here): the user, the files, the unit enabled for the next boot,
-#      `--version`, `config check`; a locally changed conffile survives a
-#      reinstall, `dpkg -r` keeps it and the state, `dpkg --purge` removes
-#      everything. A trap purges on failure. Skipped, saying so, when not root,
-#      without dpkg, or when this machine has a wisp-agent install of its own.
+#      control fields, its conffile, its maintainer scripts (skipped, saying
+#      so, without dpkg);
+#   3. as root: the package installed for real (no systemd running in CI):
+#      the user, the files, the unit enabled for the next boot, `--version`,
+#      `config check`; a locally changed conffile survives a reinstall, an
+#      admin's disable too, `dpkg -r` keeps the conffile and the state,
+#      `dpkg --purge` removes everything. A trap purges on failure. Skipped,
+#      saying so, when not root or when this machine has a wisp-agent install
+#      of its own.
 #   .ci/package.sh [BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,7 +119,10 @@ else
 fi
 
 echo "package: the .deb from $bin"
-need dpkg-deb dpkg
+if ! command -v dpkg-deb >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; then
+    echo "package: skipped the .deb: no dpkg here (a Debian or Ubuntu machine has it)"
+    exit 0
+fi
 [ -x "$bin" ] || fail "$bin not built: run 'cargo build' first"
 arch=$(dpkg --print-architecture)
 version=$(awk '/^\[/ { p = ($0 == "[package]") } p && /^version *=/ { gsub(/^version *= *"|".*$/, ""); print; exit }' Cargo.toml)
@@ -176,10 +181,6 @@ if [ "$(id -u)" != 0 ]; then
     echo "package: skipped installing the .deb: needs root (dpkg -i)"
     exit 0
 fi
-command -v dpkg >/dev/null 2>&1 || {
-    echo "package: skipped installing the .deb: no dpkg here"
-    exit 0
-}
 if dpkg-query -W -f='${Status}' wisp-agent 2>/dev/null | grep -q 'installed\|config-files' ||
     [ -e /usr/bin/wisp-agent ] || [ -e /etc/wisp-agent ] ||
     { [ -d /var/lib/wisp-agent ] && [ -n "$(ls -A /var/lib/wisp-agent)" ]; }; then
