@@ -1,10 +1,20 @@
 #!/bin/sh
 # Installs a built wisp-agent into a VM image: the binary, the default
-# configuration (kept if present) and the systemd unit.
+# configuration (kept if present) and the systemd unit. Where a Debian package
+# fits, prefer it (docs/install.md): this script is for other distributions.
 #   cargo build --release && sudo packaging/install.sh
+# From a release tarball (wisp-agent-VERSION-linux-ARCH.tar.gz), the binary
+# beside packaging/ is used:
+#   tar -xzf wisp-agent-*.tar.gz && sudo wisp-agent-*/packaging/install.sh
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin="${WISP_AGENT_BIN:-$here/target/release/wisp-agent}"
+if [ -n "${WISP_AGENT_BIN:-}" ]; then
+    bin=$WISP_AGENT_BIN
+elif [ -f "$here/wisp-agent" ]; then
+    bin="$here/wisp-agent"
+else
+    bin="$here/target/release/wisp-agent"
+fi
 [ -x "$bin" ] || { echo "install.sh: $bin not found: run 'cargo build --release' first" >&2; exit 1; }
 install -m 0755 "$bin" /usr/local/bin/wisp-agent
 # The service runs as this system user (systemd/wisp-agent.service): it reads
@@ -15,9 +25,13 @@ if ! id -u wisp-agent >/dev/null 2>&1; then
         --shell /usr/sbin/nologin --user-group wisp-agent
 fi
 install -d -m 0755 /etc/wisp-agent
-[ -e /etc/wisp-agent/config.toml ] || install -m 0644 "$here/packaging/examples/full.toml" /etc/wisp-agent/config.toml
+# The package's zero-configuration default (discovery, built-in defaults, the
+# provisioning log); packaging/examples/full.toml shows every key.
+[ -e /etc/wisp-agent/config.toml ] || install -m 0644 "$here/packaging/deb/config.toml" /etc/wisp-agent/config.toml
 install -m 0644 "$here/systemd/wisp-agent.service" /etc/systemd/system/wisp-agent.service
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl daemon-reload
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    fi
     echo "installed; start it with: systemctl enable --now wisp-agent"
 fi
