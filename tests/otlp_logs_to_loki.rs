@@ -492,3 +492,106 @@ async fn logs_sent_while_loki_is_down_arrive_once_after_it_is_back_across_a_kill
         .await
     );
 }
+
+/// A request of `n` records of about 1 KiB each: too big for what a full disk
+/// has left in a page already allocated.
+fn big(service: &str, n: usize, t: u64) -> ExportLogsServiceRequest {
+    let mut r = numbered(service, 0, n, t);
+    for rec in &mut r.resource_logs[0].scope_logs[0].log_records {
+        if let Some(any_value::Value::StringValue(s)) =
+            rec.body.as_mut().and_then(|b| b.value.as_mut())
+        {
+            s.push(' ');
+            s.push_str(&"x".repeat(1000));
+        }
+    }
+    r
+}
+
+fn lines_of(r: &ExportLogsServiceRequest) -> Vec<String> {
+    r.resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .map(|l| match l.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_loki_buffer_was_full_stores_the_request_nowhere_twice() {
+    // The log buffer alone on a tiny tmpfs (root only): the OTLP buffer takes
+    // the request, the log buffer cannot.
+    let Some(fs) = support::TinyFs::mount("2m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let relay = relay(&collector, "http/protobuf", &loki, "");
+    let spool = relay.dir.path().join("state").join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::create_dir_all(fs.path().join("loki")).unwrap();
+    std::os::unix::fs::symlink(fs.path().join("loki"), spool.join("loki")).unwrap();
+    let (agent, _, http) = relay.start().await;
+    let t = recent_ns();
+    let first = numbered("first", 0, 3, t);
+    let (status, _) = post(http, "application/x-protobuf", None, first.encode_to_vec()).await;
+    assert_eq!(status, 200);
+    agent
+        .assert_shipped_once(&loki, r#"{job="first"}"#, &lines_of(&first), DEADLINE)
+        .await;
+
+    support::fill(&fs.path().join("filler"));
+    let request = big("retried", 100, t);
+    let want = lines_of(&request);
+    let body = request.encode_to_vec();
+    // The sender gives up waiting (the log buffer holds the append back).
+    let gave_up = reqwest::Client::new()
+        .post(format!("http://{http}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .timeout(Duration::from_secs(2))
+        .body(body.clone())
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    // Its retry is refused at once while the log buffer cannot write.
+    let (status, reason) = post(http, "application/x-protobuf", None, body.clone()).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("log buffer"), "{reason}");
+
+    // Room again: the append held back lands; the next retry stores nothing
+    // again and is answered success.
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    agent
+        .assert_shipped_once(&loki, r#"{job="retried"}"#, &want, DEADLINE)
+        .await;
+    let (status, _) = post(http, "application/x-protobuf", None, body).await;
+    assert_eq!(status, 200);
+
+    // What a second copy would have been stored before: a last request.
+    let last = numbered("last", 0, 1, t);
+    let (status, _) = post(http, "application/x-protobuf", None, last.encode_to_vec()).await;
+    assert_eq!(status, 200);
+    agent
+        .assert_shipped_once(&loki, r#"{job="last"}"#, &lines_of(&last), DEADLINE)
+        .await;
+    assert!(
+        wait_until(DEADLINE, || collector
+            .logs()
+            .iter()
+            .any(|l| l.body == "last line 0"))
+        .await
+    );
+    loki.exactly_once(r#"{job="retried"}"#, &want)
+        .unwrap_or_else(|e| panic!("loki: {e}"));
+    let relayed: Vec<String> = collector
+        .logs()
+        .into_iter()
+        .filter(|l| l.service_name == "retried")
+        .map(|l| l.body)
+        .collect();
+    support::exactly_once(&relayed, &want).unwrap_or_else(|e| panic!("collector: {e}"));
+}

@@ -37,8 +37,12 @@ use crate::parse::Level;
 use crate::record::{Ack, Batch, Labels, LogRecord, Timestamp};
 use crate::spool::stage::BufferHealth;
 
+mod recent;
 #[cfg(test)]
 mod tests;
+
+use recent::Recent;
+pub(crate) use recent::{wait, Digest, Progress, Turn};
 
 /// The `job` of records whose resource names no `service.name` (the value the
 /// OpenTelemetry SDKs default to).
@@ -297,6 +301,7 @@ pub struct LogsToLoki {
     tx: mpsc::Sender<Batch<LogRecord>>,
     converter: Arc<Mutex<Converter>>,
     health: Arc<BufferHealth>,
+    recent: Arc<Recent>,
 }
 
 impl LogsToLoki {
@@ -310,7 +315,22 @@ impl LogsToLoki {
             tx,
             converter: Arc::new(Mutex::new(Converter::new(settings))),
             health,
+            recent: Arc::new(Recent::new()),
         }
+    }
+
+    /// How far an earlier, unanswered attempt of the request with these bytes
+    /// got in each spool (nothing, for a request not seen or answered before),
+    /// and its digest for [`LogsToLoki::answered`].
+    pub(crate) fn progress(&self, body: &[u8]) -> (Digest, Arc<Progress>) {
+        let digest = self.recent.digest(body);
+        (digest, self.recent.get(digest))
+    }
+
+    /// The request was answered success: a later request with its bytes is a
+    /// new one.
+    pub(crate) fn answered(&self, digest: Digest) {
+        self.recent.forget(digest);
     }
 
     /// Why the Loki spool cannot take entries now (a full disk), if it cannot:
@@ -328,15 +348,17 @@ impl LogsToLoki {
     }
 
     /// Stores `records` as one batch (one append, one commit: all or none of
-    /// them); `Ok` once they are durable in the Loki spool.
-    pub async fn store(&self, records: Vec<LogRecord>) -> Result<(), String> {
+    /// them); `Ok` once they are durable in the Loki spool. `ack` is called
+    /// then too (no records: at once).
+    pub async fn store(&self, records: Vec<LogRecord>, ack: Ack) -> Result<(), String> {
         if records.is_empty() {
+            ack.done();
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
         let batch = Batch {
             records,
-            ack: Ack::replying(reply),
+            ack: Ack::replying(reply).and(ack),
         };
         let stopping = || "the log buffer is closed: the agent is stopping".to_string();
         match self.tx.send(batch).await {

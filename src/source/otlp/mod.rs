@@ -69,7 +69,8 @@ use tonic::codec::CompressionEncoding;
 use crate::admin::family::{counter, labelled, load, one, Family};
 use crate::config::ReceiverConfig;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
-use crate::record::{OtlpPayload, OtlpSignal, Timestamp};
+use crate::record::{Ack, OtlpPayload, OtlpSignal, Timestamp};
+use crate::relay::to_loki::{wait, Turn};
 use crate::relay::{Intake, LogsToLoki};
 
 mod budget;
@@ -349,29 +350,47 @@ impl Relay {
 }
 
 impl Relay {
-    /// A logs request with `logs_to_loki`: refused at once while the Loki
-    /// spool cannot append (nothing stored), then into the OTLP spool, then its
-    /// records into the Loki spool (see the module doc for a failure between).
+    /// A logs request with `logs_to_loki`: into the OTLP spool, then its records
+    /// into the Loki spool, each only where an earlier unanswered attempt of the
+    /// same request did not store it already (`relay::to_loki`'s `recent`);
+    /// refused at once while the Loki spool cannot append and does not hold it.
     async fn store_with_loki(
         &self,
         to_loki: &LogsToLoki,
         payload: OtlpPayload,
     ) -> Result<(), String> {
-        if let Some(e) = to_loki.refusing() {
-            return Err(format!("the log buffer cannot take logs for loki: {e}"));
+        let (digest, progress) = to_loki.progress(&payload.body);
+        if !progress.loki.is_durable() {
+            if let Some(e) = to_loki.refusing() {
+                return Err(format!("the log buffer cannot take logs for loki: {e}"));
+            }
         }
-        // Converted before anything is stored: the receipt time is the
-        // request's, and a request that cannot convert stores nothing.
-        let records = to_loki
-            .convert(&payload.body, Timestamp::now())
-            .map_err(|e| format!("cannot read the logs request for loki: {e}"))?;
-        let n = records.len() as u64;
-        self.intake.store(payload).await?;
-        to_loki
-            .store(records)
-            .await
-            .map_err(|e| format!("cannot store the logs for loki: {e}"))?;
-        self.counters.logs_to_loki.fetch_add(n, Ordering::Relaxed);
+        let body = payload.body.clone();
+        match progress.otlp.turn() {
+            Turn::Done => {}
+            Turn::Wait(pending) => wait(pending).await?,
+            Turn::Mine(ack) => self.intake.store_acked(payload, ack).await?,
+        }
+        match progress.loki.turn() {
+            Turn::Done => {}
+            Turn::Wait(pending) => wait(pending).await?,
+            Turn::Mine(ack) => {
+                let records = to_loki
+                    .convert(&body, Timestamp::now())
+                    .map_err(|e| format!("cannot read the logs request for loki: {e}"))?;
+                // Counted once durable, even if this attempt is cut before.
+                let n = records.len() as u64;
+                let counters = self.counters.clone();
+                let counted = Ack::new(move || {
+                    counters.logs_to_loki.fetch_add(n, Ordering::Relaxed);
+                });
+                to_loki
+                    .store(records, ack.and(counted))
+                    .await
+                    .map_err(|e| format!("cannot store the logs for loki: {e}"))?;
+            }
+        }
+        to_loki.answered(digest);
         Ok(())
     }
 }
