@@ -410,7 +410,7 @@ async fn with_logs_to_loki_off_nothing_goes_to_loki_and_logs_exports_carry_no_he
     let marker = "file line after the otlp logs".to_string();
     support::append(
         &relay.dir.path().join("logs").join("a.log"),
-        &[marker.clone()],
+        std::slice::from_ref(&marker),
     );
     agent
         .assert_shipped_once(&loki, r#"{job="app"}"#, &[marker], DEADLINE)
@@ -594,4 +594,36 @@ async fn a_retry_after_the_loki_buffer_was_full_stores_the_request_nowhere_twice
         .map(|l| l.body)
         .collect();
     support::exactly_once(&relayed, &want).unwrap_or_else(|e| panic!("collector: {e}"));
+}
+
+#[test]
+fn config_check_shows_logs_to_loki_on_by_default_and_off_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        ("", "logs_to_loki = true"),
+        ("[otlp]\nlogs_to_loki = false\n", "logs_to_loki = false"),
+    ] {
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate_dir = {:?}\n{text}",
+                dir.path().join("state")
+            ),
+        )
+        .unwrap();
+        let out = support::agent_command()
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        let otlp = stdout
+            .split("[otlp]")
+            .nth(1)
+            .and_then(|s| s.split("\n[").next())
+            .unwrap_or_default();
+        assert!(otlp.contains(want), "{stdout}");
+    }
 }

@@ -42,11 +42,12 @@
 //!   is answered success only once it is durable in the OTLP spool (for the
 //!   collector) and its records, one entry each ([`crate::relay::to_loki`]),
 //!   in the Loki spool, in that order. While the Loki spool cannot append, logs
-//!   requests are answered 503 / `UNAVAILABLE` before anything is stored; if the
-//!   Loki spool fails after the OTLP one took the request, the answer is the
-//!   same and the sender's retry stores the request in the OTLP spool again (the
-//!   collector gets it twice, marked as in Loki; Loki once). A request with no
-//!   records stores nothing in the Loki spool.
+//!   requests it does not hold are answered 503 / `UNAVAILABLE` before anything
+//!   is stored. An attempt cut between the two (the sender gave up, the Loki
+//!   spool refused) is remembered by the request's bytes, and the sender's retry
+//!   stores only what is not durable yet (a crash in between still makes the
+//!   retry store the OTLP copy again). A request with no records stores nothing
+//!   in the Loki spool.
 //! - **Shutdown does not wait on clients.** When the cancellation token fires the
 //!   listeners stop accepting; requests in flight get [`SHUTDOWN_GRACE`] to be
 //!   answered, then their connections are dropped.
