@@ -19,7 +19,7 @@ use crate::config::{Config, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
-use crate::relay::OtlpRelay;
+use crate::relay::{LogsToLoki, OtlpRelay, ToLokiSettings};
 use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
 use crate::sink::ship::{self, Shipper};
@@ -166,12 +166,25 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     } else {
         max_bytes
     };
+    // The Loki spool stage's input, made before the relay: with
+    // `otlp.logs_to_loki` the receivers store logs records through it too (the
+    // stage itself starts once the Loki spool is open).
+    let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
+    let buffer_health = Arc::new(BufferHealth::logs());
+    let to_loki = config.logs_to_loki().then(|| {
+        LogsToLoki::new(
+            &ToLokiSettings::from_config(&config),
+            batch_tx.clone(),
+            buffer_health.clone(),
+        )
+    });
     let mut otlp = OtlpRelay::start(
         &config,
         &state_dir,
         spool_bytes,
         host.clone(),
         health.clone(),
+        to_loki,
         cancel.clone(),
     )
     .await?;
@@ -243,7 +256,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         exec_counters.clone(),
         &cancel,
     );
-    let buffer_health = Arc::new(BufferHealth::logs());
     let admin = start_admin(
         &config,
         &loaded.origin.to_string(),
@@ -276,7 +288,6 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     let stop = CancellationToken::new();
     let shipping = tokio::spawn(ship::run(shipper, drain.clone(), stop.clone()));
 
-    let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
     let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
     let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
     let spooling = tokio::spawn(stage::run(
@@ -295,6 +306,11 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     crate::notify::ready_until(&cancel);
 
     let tailed = tail.await.context("the file tailer stopped")?;
+    // The receivers (and exec's server) feed the Loki spool stage too: it ends
+    // once they let go of it.
+    if let Some(otlp) = otlp.as_mut() {
+        otlp.close_receivers(DRAIN_GRACE).await;
+    }
     let _ = stage.await;
     let _ = spooling.await;
     drain.cancel();

@@ -560,11 +560,13 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
     agent
         .assert_shipped_once(&loki, APP, &lines, DEADLINE)
         .await;
+    // The log record goes to Loki too (otlp.logs_to_loki, on by default).
     let page = scrape_until(&client, addr, |p| {
         p.samples.get("wisp_otlp_requests_shipped_total") == Some(&6.0)
-            && p.samples.get("wisp_loki_records_shipped_total") == Some(&2.0)
+            && p.samples.get("wisp_loki_records_shipped_total") == Some(&3.0)
     })
     .await;
+    assert_eq!(page.get("wisp_otlp_logs_to_loki_total"), 1.0);
     let traces = "wisp_otlp_receiver_requests_total{signal=\"traces\"}";
     assert_eq!(page.get(traces), 5.0);
     assert_eq!(
@@ -596,11 +598,11 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
     );
     assert_eq!(
         page.get("wisp_spool_records_appended_total{spool=\"loki\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         page.get("wisp_spool_records_read_total{spool=\"loki\"}"),
-        2.0
+        3.0
     );
     assert!(page.get("wisp_spool_max_bytes{spool=\"otlp\"}") > 0.0);
     assert_eq!(

@@ -48,7 +48,6 @@ use support::otlp::{any_value_text, OtlpReceiver};
 use support::{agent_command, append, wait_until, DEADLINE};
 use translate::{prom_name, OtlpKind, Translation};
 
-
 fn stack() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/host-stack")
 }

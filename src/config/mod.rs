@@ -222,6 +222,10 @@ pub struct OtlpConfig {
     pub timeout: Span,
     /// The cap of the retry backoff.
     pub max_backoff: Span,
+    /// Log records received by the local receivers also go to Loki (through the
+    /// Loki spool), with `[loki] enabled`; their exports to the collector then
+    /// carry `x-wisp-logs-in-loki: true`.
+    pub logs_to_loki: bool,
 }
 
 impl Default for OtlpConfig {
@@ -235,6 +239,7 @@ impl Default for OtlpConfig {
             resource_attributes: BTreeMap::new(),
             timeout: Span::secs(10),
             max_backoff: Span::secs(30),
+            logs_to_loki: true,
         }
     }
 }

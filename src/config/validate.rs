@@ -195,6 +195,13 @@ impl Config {
 }
 
 impl Config {
+    /// Whether log records the local OTLP receivers take also go to Loki:
+    /// `otlp.logs_to_loki` with both `[loki]` and `[otlp]` enabled (without
+    /// `[otlp]` the receivers do not listen).
+    pub fn logs_to_loki(&self) -> bool {
+        self.otlp.logs_to_loki && self.otlp.enabled && self.loki.enabled
+    }
+
     /// `loki` and `otlp` both disabled: `run` would ship nothing. A configuration
     /// error for `run`, `probe` and `config check` (a dry run ships nothing anyway).
     pub fn check_sinks(&self, origin: &str) -> Result<(), ConfigError> {

@@ -22,10 +22,16 @@ impl Intake {
     /// Stores one request; `Ok` once it is in the spool and fsynced, else why
     /// not (the spool cannot append, or the agent is stopping).
     pub async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
+        self.store_acked(payload, Ack::none()).await
+    }
+
+    /// As [`Intake::store`]; `ack` is called too once the request is durable,
+    /// even if this future was dropped by then.
+    pub async fn store_acked(&self, payload: OtlpPayload, ack: Ack) -> Result<(), String> {
         let (reply, answer) = oneshot::channel();
         let batch = Batch {
             records: vec![payload],
-            ack: Ack::replying(reply),
+            ack: Ack::replying(reply).and(ack),
         };
         let stopping = || "the agent is stopping".to_string();
         match self.tx.send(batch).await {

@@ -9,6 +9,10 @@
 //! then their connections are dropped, so no client holds the shutdown), the
 //! spool stage ends, and the exporter gets a grace period to ship what is left;
 //! the rest waits in the spool.
+//!
+//! With `[otlp] logs_to_loki` (and `[loki]`), the receivers also store each logs
+//! request's records in the Loki spool ([`to_loki`]), and the exporter marks
+//! logs exports with `x-wisp-logs-in-loki: true`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,8 +34,10 @@ use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSetti
 use crate::spool::{Spool, SpoolCounters, SpoolSettings};
 
 mod intake;
+pub mod to_loki;
 
 pub use intake::Intake;
+pub use to_loki::{LogsToLoki, ToLokiSettings};
 
 /// The spool stage appends at most this many requests, and about this many
 /// bytes (at least one request), with one fsync.
@@ -42,7 +48,8 @@ const GROUP_COMMIT: GroupLimits = GroupLimits {
 
 /// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
 pub struct OtlpRelay {
-    receivers: Receivers,
+    /// `None` once [`OtlpRelay::close_receivers`] waited for them.
+    receivers: Option<Receivers>,
     /// For the agent's own telemetry (host metrics, `exec` spans): see
     /// [`OtlpRelay::intake`].
     intake: Intake,
@@ -66,13 +73,15 @@ pub struct OtlpRelay {
 impl OtlpRelay {
     /// Opens the OTLP spool (bounded by `max_bytes`), starts the exporter and
     /// binds the receivers. `None` when `[otlp]` is disabled. The receivers stop
-    /// when `cancel` fires.
+    /// when `cancel` fires. With `to_loki` the receivers also store logs in the
+    /// Loki spool, and logs exports carry `x-wisp-logs-in-loki: true`.
     pub async fn start(
         config: &Config,
         state_dir: &Path,
         max_bytes: u64,
         host: watch::Receiver<Option<Chosen>>,
         health: HostHealth,
+        to_loki: Option<LogsToLoki>,
         cancel: CancellationToken,
     ) -> Result<Option<OtlpRelay>> {
         if !config.otlp.enabled {
@@ -83,7 +92,10 @@ impl OtlpRelay {
             }
             return Ok(None);
         }
-        let settings = OtlpSinkSettings::from_config(&config.otlp);
+        let settings = OtlpSinkSettings {
+            logs_in_loki: to_loki.is_some(),
+            ..OtlpSinkSettings::from_config(&config.otlp)
+        };
         let client = OtlpClient::new(&settings)?;
         // Always fsynced per group, whatever `buffer.fsync` says: a program's
         // request cannot be read again the way a file line can.
@@ -100,10 +112,15 @@ impl OtlpRelay {
                 .await
                 .context("the otlp spool stopped while opening")??;
         tracing::info!(
-            "otlp: relaying to {} ({:?}); buffer: {}",
+            "otlp: relaying to {} ({:?}); buffer: {}{}",
             crate::config::redact_url(&settings.endpoint),
             config.otlp.protocol,
-            writer.dir().display()
+            writer.dir().display(),
+            if to_loki.is_some() {
+                "; received logs also go to loki (otlp.logs_to_loki)"
+            } else {
+                ""
+            }
         );
 
         let spool_counters = writer.counters();
@@ -129,6 +146,7 @@ impl OtlpRelay {
         let receivers = Receivers::start(
             &config.receiver,
             intake.clone(),
+            to_loki,
             receiver_counters.clone(),
             cancel,
         )
@@ -152,7 +170,7 @@ impl OtlpRelay {
             stop.clone(),
         ));
         Ok(Some(OtlpRelay {
-            receivers,
+            receivers: Some(receivers),
             intake,
             producers: Vec::new(),
             spooling,
@@ -192,16 +210,27 @@ impl OtlpRelay {
         self.producers.push(task);
     }
 
-    /// After the cancellation token fired: waits for the receivers and the spool
-    /// stage, then gives the exporter `grace` to ship what is left.
-    pub async fn finish(self, grace: Duration) {
-        for p in self.producers {
+    /// After the cancellation token fired: waits (at most `grace` each) for the
+    /// producers and the receivers to stop, so that they no longer hold the
+    /// spools' senders: the Loki spool stage, which the receivers feed with
+    /// `logs_to_loki`, ends only then. [`OtlpRelay::finish`] does it if not
+    /// done before.
+    pub async fn close_receivers(&mut self, grace: Duration) {
+        for p in self.producers.drain(..) {
             if tokio::time::timeout(grace, p).await.is_err() {
                 tracing::warn!("an otlp producer did not stop within {grace:?}");
             }
         }
+        if let Some(receivers) = self.receivers.take() {
+            receivers.join(grace).await;
+        }
+    }
+
+    /// After the cancellation token fired: waits for the receivers and the spool
+    /// stage, then gives the exporter `grace` to ship what is left.
+    pub async fn finish(mut self, grace: Duration) {
+        self.close_receivers(grace).await;
         drop(self.intake);
-        self.receivers.join(grace).await;
         let _ = self.spooling.await;
         self.drain.cancel();
         let mut exporting = self.exporting;

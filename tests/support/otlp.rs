@@ -108,6 +108,8 @@ pub enum Transport {
 #[derive(Default)]
 struct Inner {
     logs: Vec<ExportLogsServiceRequest>,
+    /// The headers (gRPC metadata) of each logs export, as `logs`.
+    log_headers: Vec<HeaderMap>,
     traces: Vec<ExportTraceServiceRequest>,
     metrics: Vec<ExportMetricsServiceRequest>,
     exports: usize,
@@ -268,6 +270,11 @@ impl OtlpReceiver {
         self.shared.lock().last_headers.clone()
     }
 
+    /// The headers (gRPC metadata) of each logs export taken, in order.
+    pub fn log_export_headers(&self) -> Vec<HeaderMap> {
+        self.shared.lock().log_headers.clone()
+    }
+
     pub fn log_requests(&self) -> Vec<ExportLogsServiceRequest> {
         self.shared.lock().logs.clone()
     }
@@ -372,7 +379,11 @@ impl LogsService for Collector {
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         self.arrive(&request)?;
-        self.0.lock().logs.push(request.into_inner());
+        let mut inner = self.0.lock();
+        let headers = inner.last_headers.clone();
+        inner.log_headers.push(headers);
+        inner.logs.push(request.into_inner());
+        drop(inner);
         self.0.stored();
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
@@ -409,7 +420,11 @@ async fn http_logs(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         &s,
         headers,
         &body,
-        |i, r| i.logs.push(r),
+        |i, r| {
+            let headers = i.last_headers.clone();
+            i.log_headers.push(headers);
+            i.logs.push(r)
+        },
     )
 }
 

@@ -80,6 +80,8 @@ pub struct OtlpClient {
     http: reqwest::Client,
     metadata: tonic::metadata::MetadataMap,
     timeout: Duration,
+    /// Logs exports carry [`super::LOGS_IN_LOKI_HEADER`].
+    logs_in_loki: bool,
     /// The gRPC channel and the endpoint it was made for.
     channel: Option<(String, tonic::transport::Channel)>,
 }
@@ -113,8 +115,14 @@ impl OtlpClient {
             http,
             metadata,
             timeout: settings.timeout,
+            logs_in_loki: settings.logs_in_loki,
             channel: None,
         })
+    }
+
+    /// Whether an export of `signal` carries [`super::LOGS_IN_LOKI_HEADER`].
+    fn marks(&self, signal: OtlpSignal) -> bool {
+        self.logs_in_loki && signal == OtlpSignal::Logs
     }
 
     /// Exports one signal's protobuf bytes to `endpoint` (the filled-in
@@ -184,6 +192,12 @@ impl OtlpClient {
         }
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
+        if self.marks(signal) {
+            request.metadata_mut().insert(
+                super::LOGS_IN_LOKI_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(signal.grpc_path());
         match grpc.unary(request, path, RawCodec).await {
             Ok(response) => delivered(signal, &response.into_inner(), false),
@@ -212,13 +226,11 @@ impl OtlpClient {
         } else {
             ("application/x-protobuf", body)
         };
-        let sent = self
-            .http
-            .post(&url)
-            .header(CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await;
+        let mut post = self.http.post(&url).header(CONTENT_TYPE, content_type);
+        if self.marks(signal) {
+            post = post.header(super::LOGS_IN_LOKI_HEADER, "true");
+        }
+        let sent = post.body(body).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {

@@ -16,6 +16,9 @@
 //!   jitter (`sink/retry.rs`); the data waits in the spool meanwhile.
 //! - **Drop what never will.** Other gRPC codes (`INVALID_ARGUMENT`, …) and other
 //!   HTTP 4xx drop the export, counted by cause and logged once per cause.
+//! - **Logs in Loki are marked.** With `otlp.logs_to_loki` in effect, every logs
+//!   export carries [`LOGS_IN_LOKI_HEADER`]`: true` (HTTP header, gRPC
+//!   metadata); other exports, and all exports without it, carry no such header.
 //! - **Partial success** (the collector took some items and rejected others) is
 //!   delivered; the rejected items are counted per signal and the collector's
 //!   message logged once per signal.
@@ -56,7 +59,14 @@ pub struct OtlpSinkSettings {
     pub max_backoff: Duration,
     /// The agent's own receivers, as bound: exporting to one would loop.
     pub own_receivers: Vec<SocketAddr>,
+    /// The logs this exporter sends are in Loki too (`otlp.logs_to_loki`):
+    /// logs exports carry [`LOGS_IN_LOKI_HEADER`]`: true`.
+    pub logs_in_loki: bool,
 }
+
+/// The header (gRPC metadata) on logs exports whose records the agent also
+/// stored for Loki, so a collector can keep them from its own Loki exporter.
+pub const LOGS_IN_LOKI_HEADER: &str = "x-wisp-logs-in-loki";
 
 impl OtlpSinkSettings {
     pub fn from_config(c: &OtlpConfig) -> Self {
@@ -79,6 +89,7 @@ impl OtlpSinkSettings {
             timeout: c.timeout.get(),
             max_backoff: c.max_backoff.get(),
             own_receivers: Vec::new(),
+            logs_in_loki: false,
         }
     }
 }

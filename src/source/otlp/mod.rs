@@ -38,6 +38,16 @@
 //!   request must start within 10 s of a connection's opening (HTTP/1: of its
 //!   first byte), an idle connection is closed after 60 s and a request not
 //!   answered within 30 s (a body trickling in) is cut ([`crate::listen`]).
+//! - **Logs to Loki too** (`otlp.logs_to_loki`, with `[loki]`): a logs request
+//!   is answered success only once it is durable in the OTLP spool (for the
+//!   collector) and its records, one entry each ([`crate::relay::to_loki`]),
+//!   in the Loki spool, in that order. While the Loki spool cannot append, logs
+//!   requests it does not hold are answered 503 / `UNAVAILABLE` before anything
+//!   is stored. An attempt cut between the two (the sender gave up, the Loki
+//!   spool refused) is remembered by the request's bytes, and the sender's retry
+//!   stores only what is not durable yet (a crash in between still makes the
+//!   retry store the OTLP copy again). A request with no records stores nothing
+//!   in the Loki spool.
 //! - **Shutdown does not wait on clients.** When the cancellation token fires the
 //!   listeners stop accepting; requests in flight get [`SHUTDOWN_GRACE`] to be
 //!   answered, then their connections are dropped.
@@ -60,8 +70,9 @@ use tonic::codec::CompressionEncoding;
 use crate::admin::family::{counter, labelled, load, one, Family};
 use crate::config::ReceiverConfig;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
-use crate::record::{OtlpPayload, OtlpSignal};
-use crate::relay::Intake;
+use crate::record::{Ack, OtlpPayload, OtlpSignal, Timestamp};
+use crate::relay::to_loki::{wait, Turn};
+use crate::relay::{Intake, LogsToLoki};
 
 mod budget;
 mod grpc;
@@ -121,6 +132,8 @@ pub struct ReceiverCounters {
     /// that would have passed [`BODY_BYTES_IN_FLIGHT`] (503 /
     /// `RESOURCE_EXHAUSTED`).
     pub requests_refused: AtomicU64,
+    /// Log records stored in the Loki spool (`otlp.logs_to_loki`).
+    pub logs_to_loki: AtomicU64,
     /// The HTTP and gRPC listeners' connections (open, closed by the agent).
     pub http_connections: Arc<ListenerCounters>,
     pub grpc_connections: Arc<ListenerCounters>,
@@ -147,6 +160,7 @@ impl ReceiverCounters {
         counter("wisp_otlp_receiver_bytes_total", "Protobuf bytes of the OTLP requests made durable.", |c| one(load(&c.bytes_accepted))),
         counter("wisp_otlp_receiver_requests_invalid_total", "OTLP requests refused as malformed or unsupported (HTTP 400, 413, 415; gRPC INVALID_ARGUMENT).", |c| one(load(&c.requests_invalid))),
         counter("wisp_otlp_receiver_requests_refused_total", "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE), or that would have passed the 32 MiB bound on request bytes in flight (HTTP 503, gRPC RESOURCE_EXHAUSTED): the sender retries.", |c| one(load(&c.requests_refused))),
+        counter("wisp_otlp_logs_to_loki_total", "Log records received over OTLP and stored for Loki as one entry each (otlp.logs_to_loki).", |c| one(load(&c.logs_to_loki))),
     ];
 }
 
@@ -179,6 +193,7 @@ impl Receivers {
     pub async fn start(
         config: &ReceiverConfig,
         intake: Intake,
+        to_loki: Option<LogsToLoki>,
         counters: Arc<ReceiverCounters>,
         cancel: CancellationToken,
     ) -> Result<Receivers, ReceiverError> {
@@ -186,6 +201,7 @@ impl Receivers {
         let mut addrs = Vec::new();
         let relay = Relay {
             intake,
+            to_loki,
             counters,
             budget: BodyBudget::new(BODY_BYTES_IN_FLIGHT),
         };
@@ -291,6 +307,8 @@ async fn bind(
 #[derive(Clone)]
 struct Relay {
     intake: Intake,
+    /// With `otlp.logs_to_loki`: where logs requests' records go too.
+    to_loki: Option<LogsToLoki>,
     counters: Arc<ReceiverCounters>,
     budget: BodyBudget,
 }
@@ -308,12 +326,16 @@ impl Relay {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Stores one request in the OTLP spool; `Ok` once it is durable. Counted
-    /// as accepted (per signal, with its bytes) or refused.
+    /// Stores one request in the OTLP spool, and a logs request's records in the
+    /// Loki spool too with `logs_to_loki`; `Ok` once all of it is durable.
+    /// Counted as accepted (per signal, with its bytes) or refused.
     async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
         let bytes = payload.body.len() as u64;
         let signal = payload.signal;
-        let result = self.intake.store(payload).await;
+        let result = match (&self.to_loki, signal) {
+            (Some(to_loki), OtlpSignal::Logs) => self.store_with_loki(to_loki, payload).await,
+            _ => self.intake.store(payload).await,
+        };
         match &result {
             Ok(()) => {
                 self.counters.requests_accepted[signal_index(signal)]
@@ -325,5 +347,51 @@ impl Relay {
             Err(_) => self.refused(),
         }
         result
+    }
+}
+
+impl Relay {
+    /// A logs request with `logs_to_loki`: into the OTLP spool, then its records
+    /// into the Loki spool, each only where an earlier unanswered attempt of the
+    /// same request did not store it already (`relay::to_loki`'s `recent`);
+    /// refused at once while the Loki spool cannot append and does not hold it.
+    async fn store_with_loki(
+        &self,
+        to_loki: &LogsToLoki,
+        payload: OtlpPayload,
+    ) -> Result<(), String> {
+        let (digest, progress) = to_loki.progress(&payload.body);
+        if !progress.loki.is_durable() {
+            if let Some(e) = to_loki.refusing() {
+                return Err(format!("the log buffer cannot take logs for loki: {e}"));
+            }
+        }
+        let body = payload.body.clone();
+        match progress.otlp.turn() {
+            Turn::Done => {}
+            Turn::Wait(pending) => wait(pending).await?,
+            Turn::Mine(ack) => self.intake.store_acked(payload, ack).await?,
+        }
+        match progress.loki.turn() {
+            Turn::Done => {}
+            Turn::Wait(pending) => wait(pending).await?,
+            Turn::Mine(ack) => {
+                let records = to_loki
+                    .convert(&body, Timestamp::now())
+                    .map_err(|e| format!("cannot read the logs request for loki: {e}"))?;
+                // Counted once durable, even if this attempt is cut before.
+                let n = records.len() as u64;
+                let counters = self.counters.clone();
+                let counted = Ack::new(move || {
+                    counters.logs_to_loki.fetch_add(n, Ordering::Relaxed);
+                });
+                to_loki
+                    .store(records, ack.and(counted))
+                    .await
+                    .map_err(|e| format!("cannot store the logs for loki: {e}"))?;
+            }
+        }
+        to_loki.answered(digest);
+        Ok(())
     }
 }

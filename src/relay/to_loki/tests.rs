@@ -1,0 +1,247 @@
+use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLogRecord, ResourceLogs, ScopeLogs};
+
+use super::*;
+use crate::record::otlp_text;
+
+fn settings(max: usize) -> ToLokiSettings {
+    ToLokiSettings {
+        hostname: "vm1".into(),
+        agent_labels: vec![
+            ("env".into(), "local".into()),
+            ("job".into(), "hijack".into()),
+            ("team-name".into(), "core".into()),
+            ("empty".into(), String::new()),
+        ],
+        max_label_values: max,
+    }
+}
+
+fn text(s: &str) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(s.into())),
+    })
+}
+
+fn request(service: Option<&str>, records: Vec<OtlpLogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: service
+                    .map(|s| otlp_text("service.name", s))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn severity_numbers_map_by_their_ranges_and_text_is_read_like_a_file_level() {
+    let table = [
+        (1, "", Level::Trace),
+        (4, "", Level::Trace),
+        (5, "", Level::Debug),
+        (8, "", Level::Debug),
+        (9, "", Level::Info),
+        (12, "", Level::Info),
+        (13, "", Level::Warn),
+        (16, "", Level::Warn),
+        (17, "", Level::Error),
+        (20, "", Level::Error),
+        (21, "", Level::Fatal),
+        (24, "", Level::Fatal),
+        // The number wins over the text.
+        (9, "ERROR", Level::Info),
+        // No number (or one out of range): the text, in any case, with synonyms.
+        (0, "WARNING", Level::Warn),
+        (0, "err", Level::Error),
+        (25, "Critical", Level::Fatal),
+        (-3, "debug", Level::Debug),
+        (0, "", Level::Unknown),
+        (0, "loud", Level::Unknown),
+        (99, "", Level::Unknown),
+    ];
+    for (number, text, want) in table {
+        assert_eq!(level_of(number, text), want, "{number} {text:?}");
+    }
+}
+
+#[test]
+fn time_then_observed_time_then_receipt_time() {
+    let received = Timestamp(5);
+    assert_eq!(timestamp_of(7, 9, received), Timestamp(7));
+    assert_eq!(timestamp_of(0, 9, received), Timestamp(9));
+    assert_eq!(timestamp_of(0, 0, received), received);
+    // Past what Loki can take (an i64 of nanoseconds): the next one.
+    assert_eq!(timestamp_of(u64::MAX, 9, received), Timestamp(9));
+}
+
+#[test]
+fn a_record_becomes_an_entry_with_job_host_level_agent_labels_ids_and_line() {
+    let mut c = Converter::new(&settings(10));
+    let req = request(
+        Some("billing"),
+        vec![OtlpLogRecord {
+            time_unix_nano: 1_700_000_000_000_000_001,
+            observed_time_unix_nano: 1_700_000_000_000_000_999,
+            severity_number: 13,
+            severity_text: "WARN".into(),
+            body: text("card declined"),
+            trace_id: vec![0xab; 16],
+            span_id: vec![0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0xff],
+            attributes: vec![otlp_text("user.id", "u-123")],
+            ..Default::default()
+        }],
+    );
+    let out = c.convert(&req, Timestamp(1));
+    assert_eq!(out.len(), 1);
+    let e = &out[0];
+    assert_eq!(
+        e.labels.to_string(),
+        r#"{env="local", host="vm1", job="billing", level="warn", team_name="core"}"#
+    );
+    assert_eq!(e.timestamp, Timestamp(1_700_000_000_000_000_001));
+    assert_eq!(e.line, "card declined");
+    assert_eq!(
+        e.structured_metadata,
+        vec![
+            ("trace_id".to_string(), "ab".repeat(16)),
+            ("span_id".to_string(), "01020304050607ff".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn no_service_name_is_unknown_service_and_unset_ids_are_left_out() {
+    let mut c = Converter::new(&settings(10));
+    let req = request(
+        None,
+        vec![OtlpLogRecord {
+            trace_id: vec![0; 16],
+            span_id: Vec::new(),
+            ..Default::default()
+        }],
+    );
+    let out = c.convert(&req, Timestamp(42));
+    assert_eq!(out[0].labels.get("job"), Some(UNKNOWN_SERVICE));
+    assert_eq!(out[0].labels.get("level"), Some("unknown"));
+    assert_eq!(out[0].timestamp, Timestamp(42));
+    assert_eq!(out[0].line, "");
+    assert!(out[0].structured_metadata.is_empty());
+    // An empty service.name is no name either.
+    let out = c.convert(&request(Some(""), vec![Default::default()]), Timestamp(1));
+    assert_eq!(out[0].labels.get("job"), Some(UNKNOWN_SERVICE));
+}
+
+#[test]
+fn job_values_are_bounded_by_max_label_values() {
+    let mut c = Converter::new(&settings(2));
+    let jobs: Vec<String> = ["a", "b", "c", "a", "d"]
+        .iter()
+        .map(|s| {
+            let out = c.convert(&request(Some(s), vec![Default::default()]), Timestamp(1));
+            out[0].labels.get("job").unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(jobs, ["a", "b", "other", "a", "other"]);
+}
+
+#[test]
+fn bodies_that_are_not_strings_become_json_lines() {
+    let kv = |k: &str, v: any_value::Value| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
+    let map = any_value::Value::KvlistValue(KeyValueList {
+        values: vec![
+            kv("msg", any_value::Value::StringValue("hi \"there\"".into())),
+            kv("count", any_value::Value::IntValue(3)),
+            kv("ok", any_value::Value::BoolValue(true)),
+            kv("ratio", any_value::Value::DoubleValue(0.5)),
+            kv("raw", any_value::Value::BytesValue(b"wisp!".to_vec())),
+            kv(
+                "tags",
+                any_value::Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(any_value::Value::StringValue("x".into())),
+                    }],
+                }),
+            ),
+            KeyValue {
+                key: "none".into(),
+                value: None,
+                ..Default::default()
+            },
+        ],
+    });
+    let line = body_line(Some(&AnyValue { value: Some(map) }));
+    assert_eq!(
+        line,
+        r#"{"count":3,"msg":"hi \"there\"","none":null,"ok":true,"ratio":0.5,"raw":"d2lzcCE=","tags":["x"]}"#
+    );
+    let int = AnyValue {
+        value: Some(any_value::Value::IntValue(-7)),
+    };
+    assert_eq!(body_line(Some(&int)), "-7");
+    assert_eq!(body_line(None), "");
+    assert_eq!(body_line(Some(&AnyValue { value: None })), "");
+}
+
+#[test]
+fn base64_pads_like_the_standard_alphabet() {
+    for (raw, want) in [
+        (&b""[..], ""),
+        (b"f", "Zg=="),
+        (b"fo", "Zm8="),
+        (b"foo", "Zm9v"),
+        (b"foob", "Zm9vYg=="),
+        (b"\xff\xfe\xfd", "//79"),
+    ] {
+        assert_eq!(base64(raw), want, "{raw:?}");
+    }
+}
+
+#[test]
+fn every_record_of_every_resource_and_scope_is_one_entry_in_order() {
+    let mut c = Converter::new(&settings(10));
+    let mut req = request(
+        Some("a"),
+        vec![
+            OtlpLogRecord {
+                body: text("1"),
+                ..Default::default()
+            },
+            OtlpLogRecord {
+                body: text("2"),
+                ..Default::default()
+            },
+        ],
+    );
+    req.resource_logs.extend(
+        request(
+            Some("b"),
+            vec![OtlpLogRecord {
+                body: text("3"),
+                ..Default::default()
+            }],
+        )
+        .resource_logs,
+    );
+    let out = c.convert(&req, Timestamp(1));
+    let got: Vec<(&str, &str)> = out
+        .iter()
+        .map(|e| (e.labels.get("job").unwrap_or_default(), e.line.as_str()))
+        .collect();
+    assert_eq!(got, [("a", "1"), ("a", "2"), ("b", "3")]);
+    assert!(c
+        .convert(&ExportLogsServiceRequest::default(), Timestamp(1))
+        .is_empty());
+}
