@@ -187,7 +187,8 @@ fn exec(e: &ExecStatus) -> Option<String> {
             )
         })
         .collect();
-    Some(format!("{} runs: {}", e.runs, jobs.join(", ")))
+    let noun = if e.runs == 1 { "run" } else { "runs" };
+    Some(format!("{} {noun}: {}", e.runs, jobs.join(", ")))
 }
 
 /// `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`; `never` for `None`.
