@@ -5,7 +5,9 @@
 //! (accepts and never answers, answers slowly, sends garbage): each is wrapped in
 //! `tokio::time::timeout` on top of the clients' own timeouts. HTTP checks use a
 //! client built with `no_proxy()`: the host is one hop away, and a proxy variable
-//! set for the internet must not route (or break) a check of it.
+//! set for the internet must not route (or break) a check of it. The check of
+//! Loki trusts what the Loki sink trusts: its client gets `[loki]`'s TLS
+//! settings from the code that builds the sink's ([`loki_check_client`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
 };
 use serde::Serialize;
+
+use crate::config::LokiConfig;
+use crate::sink::loki::service::{with_tls, USER_AGENT};
+use crate::sink::loki::LokiClientError;
 
 /// The longest body excerpt kept from an unexpected answer.
 const BODY_EXCERPT_CHARS: usize = 200;
@@ -107,16 +113,35 @@ impl fmt::Display for Check {
     }
 }
 
-/// An HTTP client for checks: no proxy (the host is local), short timeouts.
+/// An HTTP client for checks: no proxy (the host is local), short timeouts, no
+/// pooling.
 pub fn check_client(timeout: Duration) -> reqwest::Client {
+    check_builder(timeout)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The client for the check of Loki: a [`check_client`] with `[loki]`'s TLS
+/// settings (`loki.ca_file`, `loki.insecure_skip_verify`), applied by the code
+/// that builds the sink's client, so a Loki over https that the sink trusts is
+/// one discovery chooses. Fails only when `loki.ca_file` became unusable after
+/// the start, which checked it.
+pub(crate) fn loki_check_client(
+    cfg: &LokiConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, LokiClientError> {
+    with_tls(check_builder(timeout), cfg)?
+        .build()
+        .map_err(LokiClientError::Build)
+}
+
+fn check_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout)
         .pool_max_idle_per_host(0)
-        .user_agent(concat!("wisp-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .user_agent(USER_AGENT)
 }
 
 fn ms(d: Duration) -> u64 {

@@ -3,7 +3,8 @@
 //! Candidates are tried in the configured order (an explicit `host.address` or
 //! `WISP_HOST` alone when set); each is resolved ([`resolve`]: a literal IP,
 //! `gateway` from the route tables, the hosts file, else the resolver) and checked
-//! concurrently ([`check`]): Loki's `/ready` answering 200, or with Loki disabled
+//! concurrently ([`check`]): Loki's `/ready` answering 200 (over https with
+//! `loki.ca_file` and `loki.insecure_skip_verify`, as the sink), or with Loki disabled
 //! the OTLP port accepting a connection. The first candidate in order that answers
 //! is chosen. Every step has a timeout (`host.probe_timeout`, capped at
 //! [`MAX_STEP_TIMEOUT`]), so discovery ends within two steps even when every
@@ -257,13 +258,36 @@ pub(crate) enum Depth {
     Full,
 }
 
+/// The HTTP clients of one round of checks.
+struct CheckClients {
+    /// Every HTTP check but Loki's.
+    plain: reqwest::Client,
+    /// Loki's: with `[loki]`'s TLS settings, as the sink's client has them; the
+    /// reason when it cannot be built (`loki.ca_file` gone since the start).
+    loki: Result<reqwest::Client, String>,
+}
+
+impl CheckClients {
+    fn new(config: &Config) -> Self {
+        let timeout = step_timeout(config);
+        let plain = check_client(timeout);
+        let loki = if config.loki.enabled {
+            check::loki_check_client(&config.loki, timeout).map_err(|e| e.to_string())
+        } else {
+            Ok(plain.clone())
+        };
+        CheckClients { plain, loki }
+    }
+}
+
 /// The services of one address, checked concurrently.
 async fn check_address(
     address: IpAddr,
     config: &Config,
-    client: &reqwest::Client,
+    clients: &CheckClients,
     depth: Depth,
 ) -> Services {
+    let client = &clients.plain;
     let timeout = step_timeout(config);
     let host = address.to_string();
     let grpc = config.otlp.protocol == OtlpProtocol::Grpc;
@@ -280,7 +304,12 @@ async fn check_address(
         } else if loki_sock.is_none() {
             Check::not_checked("loki.url has no usable port")
         } else {
-            check_http(client, &loki_url, timeout).await
+            match &clients.loki {
+                Ok(loki_client) => check_http(loki_client, &loki_url, timeout).await,
+                Err(reason) => Check::Error {
+                    reason: reason.clone(),
+                },
+            }
         }
     };
 
@@ -415,7 +444,7 @@ async fn check_candidate(
     name: String,
     config: &Config,
     inputs: &Inputs,
-    client: &reqwest::Client,
+    clients: &CheckClients,
     depth: Depth,
 ) -> CandidateReport {
     let resolution = resolve(&name, inputs, step_timeout(config)).await;
@@ -427,7 +456,7 @@ async fn check_candidate(
     let checked = futures_util::future::join_all(
         addresses
             .iter()
-            .map(|a| check_address(*a, config, client, depth)),
+            .map(|a| check_address(*a, config, clients, depth)),
     )
     .await;
     let pick = checked.iter().position(|s| usable(s, config)).unwrap_or(0);
@@ -448,10 +477,10 @@ async fn check_candidate(
 }
 
 pub(crate) async fn discover_with(config: &Config, inputs: &Inputs, depth: Depth) -> Discovery {
-    let client = check_client(step_timeout(config));
+    let clients = CheckClients::new(config);
     let checks = candidate_names(config)
         .into_iter()
-        .map(|name| check_candidate(name, config, inputs, &client, depth));
+        .map(|name| check_candidate(name, config, inputs, &clients, depth));
     let candidates: Vec<CandidateReport> = futures_util::future::join_all(checks).await;
     let chosen = candidates.iter().find(|c| c.usable(config)).and_then(|c| {
         c.address.map(|address| Chosen {

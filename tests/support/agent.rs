@@ -147,7 +147,7 @@ hostname = "vm-test"
 address = "127.0.0.1"
 
 [loki]
-url = "http://{{host}}:{port}/loki/api/v1/push"
+url = "{scheme}://{{host}}:{port}/loki/api/v1/push"
 batch_max_wait = "100ms"
 timeout = "1s"
 max_backoff = "300ms"
@@ -178,6 +178,7 @@ poll_interval = "100ms"
 "#,
             socket = dir.path().join("exec.sock").display(),
             state = dir.path().join("state").display(),
+            scheme = loki.scheme(),
             port = loki.addr().port(),
             logs = logs.display(),
         );
@@ -194,6 +195,14 @@ poll_interval = "100ms"
             &format!("[admin]\nlisten = {listen:?}"),
             1,
         );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Adds `keys` (TOML lines) to the `[loki]` section.
+    pub fn add_loki_keys(&self, keys: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("\n[loki]\n"), "{text}");
+        let text = text.replacen("\n[loki]\n", &format!("\n[loki]\n{keys}\n"), 1);
         std::fs::write(&self.config, text).unwrap();
     }
 

@@ -163,6 +163,8 @@ impl Shared {
 pub struct LokiReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Serves https with this when set ([`LokiReceiver::start_tls`]).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     server: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -172,7 +174,16 @@ impl LokiReceiver {
         let listener = super::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind loki receiver");
-        Self::serve_on(listener)
+        Self::serve_on(listener, None)
+    }
+
+    /// Starts on 127.0.0.1 on a free port, serving https with `cert`'s
+    /// certificate and key; [`url`](Self::url) and the others say `https`.
+    pub async fn start_tls(cert: &super::tls::SelfSigned) -> Self {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind loki receiver");
+        Self::serve_on(listener, Some(cert.acceptor()))
     }
 
     /// Starts on a listener the test bound (another loopback address, a port
@@ -183,10 +194,10 @@ impl LokiReceiver {
             .set_nonblocking(true)
             .expect("a nonblocking listener");
         let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-        Self::serve_on(listener)
+        Self::serve_on(listener, None)
     }
 
-    fn serve_on(listener: tokio::net::TcpListener) -> Self {
+    fn serve_on(listener: tokio::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -206,10 +217,11 @@ impl LokiReceiver {
             }),
             changed: Notify::new(),
         });
-        let server = super::serve(listener, router(shared.clone()));
+        let server = serve(listener, router(shared.clone()), &tls);
         LokiReceiver {
             addr,
             shared,
+            tls,
             server: Mutex::new(Some(server)),
         }
     }
@@ -218,14 +230,23 @@ impl LokiReceiver {
         self.addr
     }
 
+    /// `https` when started with [`start_tls`](Self::start_tls), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The base URL, `http://127.0.0.1:PORT` (what `LOKI_URL` takes).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
     }
 
     /// The full push URL.
     pub fn push_url(&self) -> String {
-        format!("http://{}/loki/api/v1/push", self.addr)
+        format!("{}/loki/api/v1/push", self.url())
     }
 
     /// The IP alone, for a `{host}` placeholder; the port is the template's, so
@@ -289,7 +310,7 @@ impl LokiReceiver {
     pub async fn restart(&self) {
         self.stop().await;
         let listener = super::bind(self.addr).await.expect("rebind loki receiver");
-        let server = super::serve(listener, router(self.shared.clone()));
+        let server = serve(listener, router(self.shared.clone()), &self.tls);
         *self.server.lock().unwrap() = Some(server);
     }
 
@@ -449,6 +470,18 @@ impl Drop for LokiReceiver {
                 s.abort();
             }
         }
+    }
+}
+
+/// Serves `router`, over TLS when `tls` is set.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: &Option<tokio_rustls::TlsAcceptor>,
+) -> JoinHandle<()> {
+    match tls {
+        Some(tls) => super::serve_tls(listener, router, tls.clone()),
+        None => super::serve(listener, router),
     }
 }
 

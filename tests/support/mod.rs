@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod loki;
 pub mod otlp;
+pub mod tls;
 pub mod tmux;
 
 use std::collections::HashMap;
@@ -98,6 +99,24 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// task closes the port and every open connection at once, as a host that went
 /// away would; axum's own `serve` would leave kept-alive connections running.
 pub fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
+    serve_with(listener, router, None)
+}
+
+/// As [`serve`], over TLS: each connection begins with a handshake by `tls`
+/// (one that fails, a client not trusting the certificate, ends that connection).
+pub fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: tokio_rustls::TlsAcceptor,
+) -> JoinHandle<()> {
+    serve_with(listener, router, Some(tls))
+}
+
+fn serve_with(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Dropped with this task: aborts every connection task.
         let mut connections = JoinSet::new();
@@ -106,10 +125,18 @@ pub fn serve(listener: TcpListener, router: axum::Router) -> JoinHandle<()> {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let service = TowerToHyperService::new(router.clone());
+                    let tls = tls.clone();
                     connections.spawn(async move {
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let http = auto::Builder::new(TokioExecutor::new());
+                        match tls {
+                            None => {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Some(tls) => {
+                                let Ok(stream) = tls.accept(stream).await else { return };
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}

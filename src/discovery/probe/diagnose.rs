@@ -222,6 +222,21 @@ fn service_diagnosis(c: &CandidateReport, service: &str, s: &ServiceReport) -> O
                 s.check
             ),
         ),
+        // rustls's words for a certificate the client does not accept (unknown
+        // issuer, another name, expired, a CA serving as the server).
+        Check::Error { reason }
+            if service == "loki" && reason.contains("invalid peer certificate") =>
+        {
+            (
+                "certificate",
+                format!(
+                    "loki on {at}: its TLS certificate is not accepted ({reason}): set \
+                 loki.ca_file to the PEM certificate of the CA that signed it (a \
+                 self-signed one: the certificate itself, made with CA:FALSE), or \
+                 loki.insecure_skip_verify = true to test without the check"
+                ),
+            )
+        }
         Check::Error { reason } => {
             let hint = match c.address {
                 Some(IpAddr::V6(a)) if (a.segments()[0] & 0xffc0) == 0xfe80 => {

@@ -27,7 +27,8 @@
 //! - `verdict`: `{ok, summary}`; `ok` is the exit status 0.
 //! - `diagnoses[]`: `{kind, candidate, message}`; `kind` is one of
 //!   `name_does_not_resolve`, `no_default_route`, `refused`, `timeout`,
-//!   `not_ready`, `http_status`, `error`, `otlp_down`, `proxy`, `push_failed`.
+//!   `not_ready`, `http_status`, `certificate`, `error`, `otlp_down`, `proxy`,
+//!   `push_failed`.
 //! - `push`: null without `--push`, else `{token, loki, otlp}`, each step
 //!   `{status: ok | failed | skipped, detail, latency_ms}`.
 //! - `elapsed_ms`: how long the probe took.

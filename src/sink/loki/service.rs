@@ -142,35 +142,17 @@ impl LokiClient {
             headers.insert(ORG_ID, v);
         }
 
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .default_headers(headers)
             .timeout(cfg.timeout.get())
             .connect_timeout(cfg.timeout.get())
-            .danger_accept_invalid_certs(cfg.insecure_skip_verify)
             // A redirected POST is resent as a GET without its body; the answer
             // would then drop the batch. A 3xx is classified (and kept) instead.
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|source| LokiClientError::ReadFile {
-                what: "loki.ca_file",
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                LokiClientError::BadCa {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            if certs.is_empty() {
-                return Err(LokiClientError::NoCa { path: path.clone() });
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(LokiClientError::Build)?;
+        let http = with_tls(builder, cfg)?
+            .build()
+            .map_err(LokiClientError::Build)?;
         Ok(LokiClient {
             http,
             auth,
@@ -293,6 +275,37 @@ impl LokiClient {
             Auth::Bearer(token) => request.bearer_auth(&token.0),
         }
     }
+}
+
+/// `builder` with `[loki]`'s TLS settings: the certificates of `loki.ca_file`
+/// trusted besides the built-in roots, and `loki.insecure_skip_verify`. The
+/// sink's client and discovery's check of Loki are both built with it, so the
+/// Loki discovery chooses is one the sink can push to. Reads `loki.ca_file` now.
+pub(crate) fn with_tls(
+    builder: reqwest::ClientBuilder,
+    cfg: &LokiConfig,
+) -> Result<reqwest::ClientBuilder, LokiClientError> {
+    let mut builder = builder.danger_accept_invalid_certs(cfg.insecure_skip_verify);
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|source| LokiClientError::ReadFile {
+            what: "loki.ca_file",
+            path: path.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            LokiClientError::BadCa {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        if certs.is_empty() {
+            return Err(LokiClientError::NoCa { path: path.clone() });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
 }
 
 fn read_secret(what: &'static str, path: &Path) -> Result<Secret, LokiClientError> {
