@@ -63,16 +63,14 @@ pub struct ToLokiSettings {
 }
 
 impl ToLokiSettings {
+    /// The labels' part of the file lines' settings, so both kinds of entry
+    /// get the same `host`, `[agent].labels` and bound.
     pub fn from_config(config: &Config) -> Self {
+        let parse = crate::parse::ParseSettings::from_config(config);
         Self {
-            hostname: config.agent.effective_hostname(),
-            agent_labels: config
-                .agent
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            max_label_values: config.agent.max_label_values,
+            hostname: parse.hostname,
+            agent_labels: parse.agent_labels,
+            max_label_values: parse.max_label_values,
         }
     }
 }
