@@ -3,18 +3,19 @@
 //! code the page is rendered from) turned into OTLP metrics, pushed by the
 //! host-metrics task at its interval under the scope `wisp-agent`.
 //!
-//! Shape: the name exactly as served (`wisp_lines_read_total`,
+//! Shape: the name exactly as served (`wisp_file_lines_read_total`,
 //! `process_resident_memory_bytes`), an empty unit, the help as description;
 //! a counter is a monotonic cumulative Sum starting at the agent's start, a
 //! gauge a Gauge; an integer family's points are integers, a float family's
 //! doubles; every label (the instance's `spool` or `listener` included) is a
 //! string attribute of the point.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::build::{double_point, gauge, int_point, sum, to_i64};
+use super::collect::unix_nanos;
 use crate::admin::family::{Kind, Value};
 use crate::admin::{AgentMetrics, Reading};
 use crate::record::otlp_text as text;
@@ -43,11 +44,6 @@ impl OwnMetrics {
         let now = unix_nanos(now).max(self.start_unix_nano);
         to_otlp(&self.metrics.read(), self.start_unix_nano, now)
     }
-}
-
-pub(super) fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// `readings` as OTLP metrics: counters as Sums from `start`, gauges as

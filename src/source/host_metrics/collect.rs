@@ -196,7 +196,8 @@ impl Collector {
     }
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
+/// `t` in nanoseconds since the epoch (0 before it, saturating past u64).
+pub(super) fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
