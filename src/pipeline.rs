@@ -200,7 +200,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
                 batch.ack.done();
             }
         });
-        start_exec_server(
+        let _ = start_exec_server(
             &config,
             &state_dir,
             &crate::spool::ResumeState::new(),
@@ -242,12 +242,8 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
 
     let loki_counters = Arc::new(LokiCounters::default());
     let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings {
-        resume: writer.resume_state().clone(),
-        ..TailSettings::new(config.files.clone(), state_dir.clone())
-    };
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
-    start_exec_server(
+    let known_runs = start_exec_server(
         &config,
         &state_dir,
         writer.resume_state(),
@@ -256,6 +252,11 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         exec_counters.clone(),
         &cancel,
     );
+    let settings = TailSettings {
+        resume: writer.resume_state().clone(),
+        known_runs,
+        ..TailSettings::new(config.files.clone(), state_dir.clone())
+    };
     let admin = start_admin(
         &config,
         &loaded.origin.to_string(),
@@ -449,7 +450,8 @@ async fn start_admin(
 
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`
 /// (the transform stage), its spans into the relay's spool. A socket that cannot
-/// be bound is warned about; the daemon runs on without it.
+/// be bound is warned about; the daemon runs on without it. Returns the runs
+/// the server knows, for the tailer (see [`exec::known`]).
 fn start_exec_server(
     config: &Config,
     state_dir: &std::path::Path,
@@ -458,7 +460,7 @@ fn start_exec_server(
     relay: Option<&mut OtlpRelay>,
     counters: Arc<exec::metrics::ExecCounters>,
     cancel: &CancellationToken,
-) {
+) -> Option<Arc<exec::known::KnownRuns>> {
     let socket = config.exec.daemon_socket(&ProcessEnv);
     let listener = match exec::server::bind(&socket) {
         Ok(l) => l,
@@ -468,9 +470,11 @@ fn start_exec_server(
                  until a daemon listens there",
                 socket.display()
             );
-            return;
+            return None;
         }
     };
+    let startup = exec::server::startup(state_dir, resume);
+    let known = startup.known.clone();
     let settings = exec::server::ExecServerSettings {
         socket,
         state_dir: state_dir.to_path_buf(),
@@ -489,9 +493,10 @@ fn start_exec_server(
     let resume = resume.clone();
     let cancel = cancel.clone();
     let task = tokio::spawn(async move {
-        exec::server::run(listener, settings, &resume, tx, cancel).await;
+        exec::server::run(listener, settings, startup, &resume, tx, cancel).await;
     });
     if let Some(relay) = relay {
         relay.add_producer(task);
     }
+    Some(known)
 }

@@ -258,8 +258,10 @@ pub struct SourceInfo {
     pub format: LogFormat,
     /// JSON fields promoted to labels (`label_fields`).
     pub label_fields: Vec<String>,
-    /// Trace and span id (lowercase hex) for the records whose line carries no
-    /// trace id of its own: an `exec` run's, so its output links to its span.
+    /// The `exec` run the lines are output of: its trace and span id (lowercase
+    /// hex). Each record then carries the run's id as `run_id` and `trace_id`
+    /// (the relay puts the command's own spans into the run's trace), and its
+    /// own `span_id`, else the run span's.
     pub trace_context: Option<(String, String)>,
 }
 

@@ -139,7 +139,16 @@ async fn output_passes_through_unchanged() {
     );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"one\n\x1b[31mred\x1b[0m\r\nno newline");
-    assert_eq!(out.stderr, b"err\0bin\n");
+    // No daemon runs: after the command's own output, exec says so (once).
+    let (command, exec_says) = out.stderr.split_at(8);
+    assert_eq!(command, b"err\0bin\n");
+    let exec_says = String::from_utf8_lossy(exec_says);
+    assert!(
+        exec_says.starts_with("wisp-agent exec: no daemon answers") && exec_says.ends_with('\n'),
+        "{exec_says}"
+    );
+    let again = exec(&setup.config, &["--", "sh", "-c", "echo quiet >&2"]);
+    assert_eq!(again.stderr, b"quiet\n", "said once until a daemon answers");
 }
 
 #[tokio::test]
@@ -184,27 +193,31 @@ async fn output_reaches_loki_once_with_the_name_labels_and_user() {
         loki.lines(r#"{job="ralph", iter="3", level="unknown"}"#),
         vec!["plain words".to_string()]
     );
-    // Lines without trace ids of their own carry the run's, so logs link to
-    // the run's span; a line with its own keeps it.
+    // Every line is the run's: it carries the run's id, and is in the run's
+    // trace (the relay puts the command's own spans there too); a line with a
+    // span id of its own keeps it, the others link to the run's span, whose id
+    // is the run id's low half.
     let traceparent = std::fs::read_to_string(&tp_file).unwrap();
     let parts: Vec<&str> = traceparent.trim().split('-').collect();
     let (run_trace, run_span) = (parts[1], parts[2]);
+    assert_eq!(run_span, &run_trace[16..]);
     for e in loki.entries(r#"{job="ralph"}"#) {
         let ids = (
+            e.metadata.get("run_id").map(String::as_str),
             e.metadata.get("trace_id").map(String::as_str),
             e.metadata.get("span_id").map(String::as_str),
         );
-        if e.line == own_trace {
-            assert_eq!(
-                ids,
-                (
-                    Some("11111111111111111111111111111111"),
-                    Some("2222222222222222")
-                )
-            );
+        let span = if e.line == own_trace {
+            "2222222222222222"
         } else {
-            assert_eq!(ids, (Some(run_trace), Some(run_span)), "{}", e.line);
-        }
+            run_span
+        };
+        assert_eq!(
+            ids,
+            (Some(run_trace), Some(run_trace), Some(span)),
+            "{}",
+            e.line
+        );
     }
     // Handed over: nothing stays in the outbox.
     assert!(
@@ -221,7 +234,7 @@ async fn output_reaches_loki_once_with_the_name_labels_and_user() {
 }
 
 #[tokio::test]
-async fn output_kept_while_the_daemon_is_down_is_handed_over_by_exec_flush() {
+async fn output_kept_while_the_daemon_is_down_is_taken_when_it_starts_and_a_flush_clears_it() {
     let loki = LokiReceiver::start().await;
     let setup = Setup::new(&loki, "");
     let mut printed = Vec::new();
@@ -242,27 +255,23 @@ async fn output_kept_while_the_daemon_is_down_is_handed_over_by_exec_flush() {
     assert_eq!(out.status.code(), Some(1), "nothing could be handed over");
     assert_eq!(captures(&setup).len(), 3);
 
+    // The daemon, once up, takes what the runs left, with no further exec.
     let mut agent = setup.start();
-    let socket = setup.dir.path().join("exec.sock");
-    assert!(
-        wait_until(DEADLINE, || socket.exists()).await,
-        "{}",
-        agent.log()
-    );
-    let out = exec(&setup.config, &["--flush"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(captures(&setup).is_empty(), "{:?}", captures(&setup));
     agent
         .assert_shipped_once(&loki, r#"{job="exec"}"#, &printed, DEADLINE)
         .await;
-    // A second flush has nothing left to send.
-    let out = exec(&setup.config, &["--flush"]);
-    assert_eq!(out.status.code(), Some(0));
+    // It writes nothing in a user's outbox: the next flush is told the runs
+    // are complete, and deletes their captures, shipping nothing twice.
+    let flushed = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut out = exec(&setup.config, &["--flush"]);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    // A flush racing the daemon's own taking of a capture leaves it this once.
+    while out.status.code() != Some(0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        out = exec(&setup.config, &["--flush"]);
+    }
+    assert_eq!(out.status.code(), Some(0), "{}", flushed(&out));
+    assert!(captures(&setup).is_empty(), "{:?}", captures(&setup));
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(loki.exactly_once(r#"{job="exec"}"#, &printed), Ok(()));
 }

@@ -158,7 +158,14 @@ async fn the_command_finds_the_local_receiver_and_its_run_in_the_environment() {
     assert_eq!(trace.len(), 32, "{env:?}");
     assert_eq!(
         env["OTEL_RESOURCE_ATTRIBUTES"],
-        format!("wisp.run.id={trace},wisp.run.name=ralph%20loop,iter=3")
+        format!("wisp.run.id={trace},wisp.run.name=ralph%20loop,wisp.run.labels=iter,iter=3")
+    );
+    // The run's span id is the run id's low half: the relay needs no more to
+    // put the command's spans under it.
+    assert_eq!(
+        env["TRACEPARENT"],
+        format!("00-{trace}-{}-01", &trace[16..]),
+        "{env:?}"
     );
 
     // What the user set is kept: their endpoint (and so no protocol of ours),

@@ -321,12 +321,22 @@ pub struct ExecConfig {
     /// may connect, the kernel says who). When it is the default and the agent
     /// does not run as root, `$XDG_RUNTIME_DIR/wisp-agent/exec.sock` is used.
     pub socket: PathBuf,
+    /// `exec` ships its command's output (the run's lines in Loki). `false`:
+    /// only the run's span; a tailed capture of the terminal then ships the
+    /// lines (with the file's labels).
+    pub ship_output: bool,
+    /// `exec` marks each line it passes to a terminal, invisibly, so a tailer
+    /// reading that terminal's capture (tmux `pipe-pane`) leaves the line to
+    /// `exec` and it reaches Loki once (see `source::terminal::mark`).
+    pub terminal_marks: bool,
 }
 
 impl Default for ExecConfig {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_EXEC_SOCKET),
+            ship_output: true,
+            terminal_marks: true,
         }
     }
 }

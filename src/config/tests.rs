@@ -30,6 +30,7 @@ fn the_exec_socket_falls_back_to_the_runtime_dir_only_from_the_default() {
     );
     let chosen = ExecConfig {
         socket: PathBuf::from("/tmp/x.sock"),
+        ..ExecConfig::default()
     };
     assert_eq!(
         chosen.socket_candidates(&env),

@@ -282,14 +282,17 @@ impl Transformer {
                     .span_id
                     .filter(|s| !s.is_empty())
                     .map(|s| s.into_owned());
-                if trace_id.is_none() {
-                    if let Some((t, s)) = &src.trace_context {
-                        trace_id = Some(t.clone());
-                        span_id = Some(s.clone());
-                    }
+                // An exec run's line is in the run's trace, whatever trace id it
+                // prints: the relay puts the command's own spans there too.
+                if let Some((t, s)) = &src.trace_context {
+                    trace_id = Some(t.clone());
+                    span_id = span_id.or_else(|| Some(s.clone()));
                 }
                 let mut metadata = Vec::new();
                 if let Some(t) = trace_id {
+                    if src.trace_context.is_some() {
+                        metadata.push(("run_id".to_owned(), t.clone()));
+                    }
                     metadata.push(("trace_id".to_owned(), t));
                 }
                 if let Some(s) = span_id {

@@ -48,6 +48,7 @@
 
 use std::borrow::Cow;
 
+pub mod mark;
 #[cfg(test)]
 mod tests;
 mod vt;

@@ -274,5 +274,8 @@ pub fn flush(sockets: &[PathBuf], dir: &Path, skip: Option<&Path>) -> Flushed {
             }
         }
     }
+    if out.sent > 0 {
+        outbox::daemon_answered(dir);
+    }
     out
 }

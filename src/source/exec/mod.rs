@@ -36,6 +36,7 @@
 pub mod client;
 pub mod cost;
 pub mod git;
+pub mod known;
 pub mod metrics;
 pub mod otel_env;
 pub mod outbox;
@@ -79,6 +80,19 @@ fn random_id(n: usize) -> String {
         let bytes: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
         if bytes.iter().any(|&b| b != 0) {
             return bytes.iter().map(|b| format!("{b:02x}")).collect();
+        }
+    }
+}
+
+/// A new run's trace id and span id. The span id is the trace id's low 8
+/// bytes, so whoever knows the run's id (`wisp.run.id`) knows its span: the
+/// relay makes the command's root spans its children.
+fn run_ids() -> (String, String) {
+    loop {
+        let trace_id = random_id(16);
+        let span_id = trace_id[16..].to_string();
+        if span_id.bytes().any(|b| b != b'0') {
+            return (trace_id, span_id);
         }
     }
 }
@@ -240,11 +254,17 @@ impl LineCutter {
     }
 }
 
-/// Copies one of the command's streams to ours unchanged and at once, and its
-/// whole lines to the capture. Reading goes on if our own stream is closed, so
-/// the capture stays complete.
-async fn pump<R, W>(mut from: R, mut to: W, stream: Stream, capture: Option<Arc<Mutex<Capture>>>)
-where
+/// Copies one of the command's streams to ours unchanged (but for the marks on
+/// a terminal, which it does not show) and at once, and its whole lines to the
+/// capture. Reading goes on if our own stream is closed, so the capture stays
+/// complete.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    stream: Stream,
+    capture: Option<Arc<Mutex<Capture>>>,
+    marks: Option<Arc<Marks>>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -259,7 +279,16 @@ where
         };
         let chunk = &buf[..n];
         if passing {
-            passing = to.write_all(chunk).await.is_ok() && to.flush().await.is_ok();
+            passing = match &marks {
+                Some(m) => {
+                    // Held across the write: the two streams of one terminal
+                    // take turns, so the line-start state stays the terminal's.
+                    let mut at_line_start = m.at_line_start.lock().await;
+                    let marked = m.apply(chunk, &mut at_line_start);
+                    to.write_all(&marked).await.is_ok() && to.flush().await.is_ok()
+                }
+                None => to.write_all(chunk).await.is_ok() && to.flush().await.is_ok(),
+            };
         }
         if let Some(capture) = &capture {
             cutter.feed(chunk, &mut lines);
@@ -331,17 +360,19 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         Some(_) => git::head().await,
         None => None,
     };
+    let (trace_id, span_id) = run_ids();
     let hello = Hello {
         version: protocol::VERSION,
         job: args.name.clone().unwrap_or_else(|| DEFAULT_JOB.into()),
         labels: args.labels.iter().cloned().collect(),
         argv: args.command.clone(),
-        trace_id: random_id(16),
-        span_id: random_id(8),
+        trace_id,
+        span_id,
         started_ms: now_ms(),
         git_head,
     };
     let mut sender = None;
+    let mut outbox = None;
     let capture = config.as_ref().and_then(|config| {
         let sockets = config.exec.socket_candidates(&ProcessEnv);
         let Some(dir) = outbox::outbox_dir(config, &ProcessEnv) else {
@@ -370,16 +401,24 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         let spawned = std::thread::Builder::new()
             .name("exec-send".into())
             .spawn(move || {
-                if let Ok(mut file) = File::open(&path) {
-                    let _ = client::send_and_delete(&sockets, &path, &mut file, Some(&follow));
-                }
-                let _ = done_tx.send(());
+                let sent = match File::open(&path) {
+                    Ok(mut file) => client::send_and_delete(&sockets, &path, &mut file, Some(&follow)),
+                    Err(e) => Err(client::SendError::Corrupt(e.to_string())),
+                };
+                let _ = done_tx.send(sent);
             });
         if spawned.is_ok() {
             sender = Some(done_rx);
         }
+        outbox = Some(dir);
         Some(Arc::new(Mutex::new(capture)))
     });
+    let ship_output = config.as_ref().is_some_and(|c| c.exec.ship_output);
+    let lines = capture.clone().filter(|_| ship_output);
+    let marks = match (&lines, &config) {
+        (Some(_), Some(c)) if c.exec.terminal_marks => Marks::for_terminals(&hello.trace_id),
+        _ => (None, None),
+    };
 
     let mut command = tokio::process::Command::new(program);
     command.env("TRACEPARENT", hello.traceparent());
@@ -418,7 +457,8 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
             out,
             tokio::io::stdout(),
             Stream::Stdout,
-            capture.clone(),
+            lines.clone(),
+            marks.0.clone(),
         )));
     }
     if let Some(err) = child.stderr.take() {
@@ -426,7 +466,8 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
             err,
             tokio::io::stderr(),
             Stream::Stderr,
-            capture.clone(),
+            lines.clone(),
+            marks.1.clone(),
         )));
     }
 
@@ -442,6 +483,7 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
             p.abort();
         }
     }
+    Marks::end_all(&marks).await;
     let code = match status {
         Ok(status) => exit_code(status),
         Err(e) => {
@@ -457,20 +499,125 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// What the sender thread says once it is done: the capture handed over, or why not.
+type Sent = std::sync::mpsc::Receiver<Result<(), client::SendError>>;
+
 /// Records the end in the capture and gives the sender [`HAND_OVER_GRACE`].
 fn finish(
     capture: Option<&Arc<Mutex<Capture>>>,
     code: i32,
     git_head: Option<String>,
-    sender: Option<std::sync::mpsc::Receiver<()>>,
+    sender: Option<Sent>,
 ) {
+    let mut dir = None;
     if let Some(c) = capture {
         if let Ok(mut c) = c.lock() {
             c.finish(code, git_head);
+            dir = c.path.parent().map(std::path::Path::to_path_buf);
         }
     }
-    if let Some(done) = sender {
-        let _ = done.recv_timeout(HAND_OVER_GRACE);
+    let (Some(done), Some(dir)) = (sender, dir) else {
+        return;
+    };
+    match done.recv_timeout(HAND_OVER_GRACE) {
+        Ok(Ok(())) => outbox::daemon_answered(&dir),
+        Ok(Err(client::SendError::Unreachable(why))) if outbox::daemon_away(&dir) => {
+            warn(&format!(
+                "no daemon answers ({why}); runs are kept in {} and handed over once \
+                 `wisp-agent run` is up (said once until it answers)",
+                dir.display()
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// The invisible marks `exec` puts on the lines it passes to a terminal (see
+/// [`crate::source::terminal::mark`]), so a tailer of that terminal's capture
+/// leaves them to `exec`. One per terminal: when stdout and stderr are the same
+/// terminal, both streams share it, so a line started on one and ended on the
+/// other is marked once, at its start.
+struct Marks {
+    begin: Vec<u8>,
+    /// Whether the terminal's cursor is at the start of a line (of our output).
+    at_line_start: tokio::sync::Mutex<bool>,
+    stream: Stream,
+}
+
+impl Marks {
+    /// The marks of stdout and of stderr: `None` for a stream that is no
+    /// terminal (a pipe, a file: marks there would change the bytes a program
+    /// or a reader gets).
+    fn for_terminals(run_id: &str) -> (Option<Arc<Marks>>, Option<Arc<Marks>>) {
+        fn tty(stream: impl std::io::IsTerminal + std::os::fd::AsFd) -> Option<u64> {
+            if !stream.is_terminal() {
+                return None;
+            }
+            rustix::fs::fstat(stream).ok().map(|s| s.st_rdev)
+        }
+        let new = |stream| {
+            Arc::new(Marks {
+                begin: crate::source::terminal::mark::begin(run_id),
+                at_line_start: tokio::sync::Mutex::new(true),
+                stream,
+            })
+        };
+        let (out, err) = (tty(std::io::stdout()), tty(std::io::stderr()));
+        let stdout = out.map(|_| new(Stream::Stdout));
+        let stderr = match (err, &stdout) {
+            (Some(e), Some(shared)) if Some(e) == out => Some(shared.clone()),
+            (Some(_), _) => Some(new(Stream::Stderr)),
+            (None, _) => None,
+        };
+        (stdout, stderr)
+    }
+
+    /// `chunk` with a mark before each line start in it.
+    fn apply(&self, chunk: &[u8], at_line_start: &mut bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + self.begin.len() * 2);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if *at_line_start {
+                out.extend_from_slice(&self.begin);
+                *at_line_start = false;
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..=i]);
+                    rest = &rest[i + 1..];
+                    *at_line_start = true;
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// After the command's output: ends the run's part of a terminal line its
+    /// last output left unfinished, so what follows on it is not the run's.
+    async fn end_all(marks: &(Option<Arc<Marks>>, Option<Arc<Marks>>)) {
+        let (a, b) = marks;
+        let distinct = match (a, b) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => vec![a],
+            _ => a.iter().chain(b.iter()).collect(),
+        };
+        for m in distinct {
+            if *m.at_line_start.lock().await {
+                continue;
+            }
+            let end = crate::source::terminal::mark::END;
+            let _ = match m.stream {
+                Stream::Stdout => tokio::io::stdout().write_all(end).await,
+                Stream::Stderr => tokio::io::stderr().write_all(end).await,
+            };
+            let _ = match m.stream {
+                Stream::Stdout => tokio::io::stdout().flush().await,
+                Stream::Stderr => tokio::io::stderr().flush().await,
+            };
+        }
     }
 }
 
@@ -536,6 +683,28 @@ mod tests {
         assert!(tp
             .chars()
             .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn each_line_passed_to_a_terminal_starts_with_the_runs_mark() {
+        let run = "0123456789abcdef0123456789abcdef";
+        let m = Marks {
+            begin: crate::source::terminal::mark::begin(run),
+            at_line_start: tokio::sync::Mutex::new(true),
+            stream: Stream::Stdout,
+        };
+        let mark = String::from_utf8(m.begin.clone()).unwrap();
+        let mut start = true;
+        let out = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        assert_eq!(
+            out(m.apply(b"one\ntw", &mut start)),
+            format!("{mark}one\n{mark}tw")
+        );
+        assert!(!start, "in the middle of a line");
+        assert_eq!(out(m.apply(b"o\n\n", &mut start)), format!("o\n{mark}\n"));
+        assert!(start);
+        assert_eq!(out(m.apply(b"", &mut start)), "");
+        assert!(start, "nothing written, no mark");
     }
 
     #[test]

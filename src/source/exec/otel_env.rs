@@ -12,7 +12,8 @@
 //!   `[otlp]` is off, the receiver the protocol needs is off, or it listens on
 //!   port 0 (its port is known only to the daemon).
 //! - `OTEL_RESOURCE_ATTRIBUTES`: the user's own entries, kept as written, then
-//!   `wisp.run.id=<trace id>`, `wisp.run.name=<job>` and each `--label k=v`,
+//!   `wisp.run.id=<trace id>`, `wisp.run.name=<job>`, `wisp.run.labels=<the
+//!   label keys, comma-separated>` (when there are labels) and each `--label k=v`,
 //!   values percent-encoded as the OpenTelemetry resource SDK reads them. The
 //!   run's keys win: a user entry of the same key is left out (an SDK would keep
 //!   either), and so is a malformed one (some SDKs drop the whole variable).
@@ -31,6 +32,10 @@ pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const RUN_ID: &str = "wisp.run.id";
 /// The resource attribute naming the run's job (`--name`).
 pub const RUN_NAME: &str = "wisp.run.name";
+/// The resource attribute listing the keys of the run's `--label`s, joined
+/// by `,` (each also set as `K=V`): which resource attributes are the run's
+/// labels, for the relay to label the command's logs with.
+pub const RUN_LABELS: &str = "wisp.run.labels";
 
 /// What identifies the run to the command's telemetry.
 pub struct Run<'a> {
@@ -105,7 +110,16 @@ fn reachable(listen: &str) -> Option<String> {
 
 /// The user's `OTEL_RESOURCE_ATTRIBUTES` merged with the run's (module doc).
 fn resource_attributes(user: Option<&str>, run: &Run<'_>) -> String {
+    let keys = run
+        .labels
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut ours = vec![(RUN_ID, run.trace_id), (RUN_NAME, run.job)];
+    if !keys.is_empty() {
+        ours.push((RUN_LABELS, &keys));
+    }
     ours.extend(run.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut parts: Vec<String> = user
         .unwrap_or("")

@@ -100,6 +100,25 @@ pub fn open_finished(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// The file in an outbox that says `exec` told its user no daemon answers.
+const AWAY_FLAG: &str = "daemon-away";
+
+/// No daemon answered a run of this outbox's: true the first time since one
+/// last did (the caller then says so, once).
+pub fn daemon_away(dir: &Path) -> bool {
+    rustix::fs::open(
+        dir.join(AWAY_FLAG),
+        OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .is_ok()
+}
+
+/// A daemon took a run of this outbox's: the next time none answers is said again.
+pub fn daemon_answered(dir: &Path) {
+    let _ = fs::remove_file(dir.join(AWAY_FLAG));
+}
+
 /// The captures in `dir`, oldest first (their names start with the start time).
 pub fn pending(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {

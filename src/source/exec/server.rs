@@ -55,7 +55,10 @@ use crate::source::exec::{cost, git};
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
 
+use super::known::KnownRuns;
+
 mod hello;
+mod outboxes;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -84,6 +87,45 @@ pub struct ExecServerSettings {
     pub counters: Arc<ExecCounters>,
 }
 
+/// What the server knows before it serves, found by [`startup`] before the
+/// tailers start: the runs (so a tailer leaves their marked lines to `exec`
+/// from its first read on), the handled list, and the captures left in users'
+/// outboxes.
+pub struct Startup {
+    pub known: Arc<KnownRuns>,
+    handled: Handled,
+    outboxes: Vec<outboxes::Outbox>,
+}
+
+/// Loads the handled list and the spool's unfinished runs, and looks into the
+/// outboxes ([`outboxes`]): every run found there is known from now on.
+pub fn startup(state_dir: &Path, resume: &ResumeState) -> Startup {
+    let known = Arc::new(KnownRuns::default());
+    let handled = Handled::load(state_dir);
+    for key in handled.keys() {
+        let mut parts = key.split(':');
+        if let (Some(Ok(uid)), Some(trace_id)) = (parts.next().map(str::parse), parts.next()) {
+            known.insert(trace_id, uid);
+        }
+    }
+    for key in durable_runs(resume).keys() {
+        if let Some((uid, trace_id)) = runs::key_run(key) {
+            known.insert(trace_id, uid);
+        }
+    }
+    let outboxes = outboxes::find(state_dir);
+    for outbox in &outboxes {
+        for (_, hello) in &outbox.captures {
+            known.insert(&hello.trace_id, outbox.uid);
+        }
+    }
+    Startup {
+        known,
+        handled,
+        outboxes,
+    }
+}
+
 struct Ctx {
     tx: mpsc::Sender<SourceBatch>,
     /// Run key → how far the spool holds the run.
@@ -93,6 +135,7 @@ struct Ctx {
     /// Open connections per uid (bounded by [`MAX_CONNECTIONS_PER_USER`]).
     per_user: Mutex<HashMap<u32, usize>>,
     handled: Arc<Mutex<Handled>>,
+    known: Arc<KnownRuns>,
     intake: Option<Intake>,
     counters: Arc<ExecCounters>,
     span: SpanSettings,
@@ -145,6 +188,7 @@ pub fn bind(socket: &Path) -> io::Result<UnixListener> {
 pub async fn run(
     listener: UnixListener,
     settings: ExecServerSettings,
+    startup: Startup,
     resume: &ResumeState,
     tx: mpsc::Sender<SourceBatch>,
     cancel: CancellationToken,
@@ -154,7 +198,8 @@ pub async fn run(
         durable: Arc::new(Mutex::new(durable_runs(resume))),
         active: Mutex::new(HashSet::new()),
         per_user: Mutex::new(HashMap::new()),
-        handled: Arc::new(Mutex::new(Handled::load(&settings.state_dir))),
+        handled: Arc::new(Mutex::new(startup.handled)),
+        known: startup.known,
         intake: settings.intake,
         counters: settings.counters,
         span: settings.span,
@@ -165,6 +210,10 @@ pub async fn run(
     );
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
+    if !startup.outboxes.is_empty() {
+        let (ctx, cancel) = (ctx.clone(), cancel.clone());
+        conns.spawn(async move { take_outboxes(startup.outboxes, &ctx, &cancel).await });
+    }
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -259,7 +308,7 @@ impl Drop for UserSlot<'_> {
 }
 
 /// One connection: one run (see the module doc).
-async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) -> io::Result<()> {
+async fn serve(stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     let uid = cred.uid();
     let user = user_name(uid);
@@ -267,16 +316,103 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         tracing::warn!(
             "{user} (uid {uid}) has {MAX_CONNECTIONS_PER_USER} exec connections open; refusing another"
         );
-        return refuse_with(
-            &mut stream,
-            "too many connections of yours; try later".into(),
-        )
-        .await;
+        let mut conn = Socket(stream);
+        return conn
+            .answer(&DaemonFrame::Refused {
+                reason: "too many connections of yours; try later".into(),
+            })
+            .await;
     };
-    let hello = match next_frame(&mut stream, cancel).await? {
+    serve_run(&mut Socket(stream), uid, user, ctx, cancel).await
+}
+
+/// Where a run comes from: a client on the socket, or a capture the daemon
+/// takes from an outbox (which hears no answer).
+trait Conn {
+    /// The next frame, `None` when the run's sender is gone (or the daemon
+    /// stops).
+    async fn next(&mut self, cancel: &CancellationToken) -> io::Result<Option<ClientFrame>>;
+    async fn answer(&mut self, frame: &DaemonFrame) -> io::Result<()>;
+}
+
+struct Socket(UnixStream);
+
+impl Conn for Socket {
+    async fn next(&mut self, cancel: &CancellationToken) -> io::Result<Option<ClientFrame>> {
+        next_frame(&mut self.0, cancel).await
+    }
+
+    async fn answer(&mut self, frame: &DaemonFrame) -> io::Result<()> {
+        send(&mut self.0, frame).await
+    }
+}
+
+/// A capture in an outbox, read on a thread ([`outboxes::frames`]).
+struct Capture(mpsc::Receiver<io::Result<ClientFrame>>);
+
+impl Conn for Capture {
+    async fn next(&mut self, cancel: &CancellationToken) -> io::Result<Option<ClientFrame>> {
+        tokio::select! {
+            _ = cancel.cancelled() => Ok(None),
+            frame = self.0.recv() => frame.transpose(),
+        }
+    }
+
+    async fn answer(&mut self, frame: &DaemonFrame) -> io::Result<()> {
+        match frame {
+            DaemonFrame::Refused { reason } => Err(io::Error::other(reason.clone())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Takes the captures found in the outboxes at start, one at a time, each as
+/// its owner's run (see [`outboxes`]).
+async fn take_outboxes(found: Vec<outboxes::Outbox>, ctx: &Ctx, cancel: &CancellationToken) {
+    let (mut taken, mut left) = (0usize, 0usize);
+    for outbox in &found {
+        let user = user_name(outbox.uid);
+        for (name, _) in &outbox.captures {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let Some(file) = outbox.take(name) else {
+                left += 1;
+                continue;
+            };
+            let mut conn = Capture(outboxes::frames(file));
+            match serve_run(&mut conn, outbox.uid, user.clone(), ctx, cancel).await {
+                Ok(()) => taken += 1,
+                Err(e) => {
+                    left += 1;
+                    tracing::warn!(
+                        "cannot take the exec capture {:?}: {e}",
+                        outbox.path.join(name)
+                    );
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "took {taken} exec capture(s) left in outboxes while no daemon ran ({left} left to their users' next exec)"
+    );
+}
+
+/// Serves one run of `uid` from `conn` (see the module doc).
+async fn serve_run(
+    conn: &mut impl Conn,
+    uid: u32,
+    user: String,
+    ctx: &Ctx,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let refuse = |reason: &str| DaemonFrame::Refused {
+        reason: reason.to_string(),
+    };
+    let hello = match conn.next(cancel).await? {
         Some(ClientFrame::Hello(hello)) => hello,
         Some(_) => {
-            return refuse_with(&mut stream, "the first frame must be hello".into()).await;
+            return conn.answer(&refuse("the first frame must be hello")).await;
         }
         None => return Ok(()),
     };
@@ -284,9 +420,10 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         Ok(v) => v,
         Err(reason) => {
             tracing::warn!("refused an exec run of {user} (uid {uid}): {reason}");
-            return refuse_with(&mut stream, reason).await;
+            return conn.answer(&refuse(&reason)).await;
         }
     };
+    ctx.known.insert(&hello.trace_id, uid);
     let key = run_key(uid, &hello);
     let handled_key = format!("{uid}:{}:{}", hello.trace_id, hello.span_id);
     if ctx
@@ -295,14 +432,12 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         .map(|h| h.contains(&handled_key))
         .unwrap_or(false)
     {
-        return send(
-            &mut stream,
-            &DaemonFrame::Welcome {
+        return conn
+            .answer(&DaemonFrame::Welcome {
                 acked: u64::MAX,
                 complete: true,
-            },
-        )
-        .await;
+            })
+            .await;
     }
     let fresh = ctx
         .active
@@ -310,7 +445,9 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         .map(|mut a| a.insert(key.clone()))
         .unwrap_or(false);
     if !fresh {
-        return refuse_with(&mut stream, "another connection sends this run".into()).await;
+        return conn
+            .answer(&refuse("another connection sends this run"))
+            .await;
     }
     let _active = ActiveRun {
         ctx,
@@ -345,13 +482,10 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         };
         let _ = ctx.tx.send(forget).await;
     }
-    send(
-        &mut stream,
-        &DaemonFrame::Welcome {
-            acked,
-            complete: false,
-        },
-    )
+    conn.answer(&DaemonFrame::Welcome {
+        acked,
+        complete: false,
+    })
     .await?;
     let mut source_labels: Vec<(String, String)> = labels.into_iter().collect();
     source_labels.push(("user".into(), user.clone()));
@@ -364,12 +498,12 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
         trace_context: Some((hello.trace_id.clone(), hello.span_id.clone())),
     });
     loop {
-        let Some(frame) = next_frame(&mut stream, cancel).await? else {
+        let Some(frame) = conn.next(cancel).await? else {
             return Ok(());
         };
         match frame {
             ClientFrame::Hello(_) => {
-                return refuse_with(&mut stream, "hello sent twice".into()).await;
+                return conn.answer(&refuse("hello sent twice")).await;
             }
             ClientFrame::Lines { seq, lines } => {
                 if seq > acked {
@@ -413,7 +547,7 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     }
                     acked = seq;
                 }
-                send(&mut stream, &DaemonFrame::Acked { seq }).await?;
+                conn.answer(&DaemonFrame::Acked { seq }).await?;
             }
             ClientFrame::End {
                 exit,
@@ -436,7 +570,7 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     cost_usd,
                 };
                 if let Err(reason) = finish_run(ctx, &run, handled_key).await {
-                    return refuse_with(&mut stream, reason).await;
+                    return conn.answer(&refuse(&reason)).await;
                 }
                 // Handled: the spool need not remember how far it holds the run.
                 let forget = SourceBatch {
@@ -445,14 +579,10 @@ async fn serve(mut stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) ->
                     ack: Ack::none().with_resume(ResumePoint { key, state: None }),
                 };
                 let _ = ctx.tx.send(forget).await;
-                return send(&mut stream, &DaemonFrame::Done).await;
+                return conn.answer(&DaemonFrame::Done).await;
             }
         }
     }
-}
-
-async fn refuse_with(stream: &mut UnixStream, reason: String) -> io::Result<()> {
-    send(stream, &DaemonFrame::Refused { reason }).await
 }
 
 /// The next frame, `None` when the client closed, the daemon stops or the

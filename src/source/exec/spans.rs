@@ -83,6 +83,11 @@ impl Handled {
         self.runs.contains_key(key)
     }
 
+    /// The handled runs' keys (`uid:trace id:span id`).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.runs.keys().map(String::as_str)
+    }
+
     /// Adds `key` and writes the list durably.
     pub fn insert(&mut self, key: String, now_ms: u64) -> io::Result<()> {
         self.runs.insert(key, now_ms);

@@ -64,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::family::{counter, gauge, named, one, Family};
 use crate::config::FileConfig;
 use crate::record::{SourceBatch, SourceInfo};
+use crate::source::exec::known::KnownRuns;
 use crate::source::multiline::JoinerSettings;
 use crate::source::terminal::RenderStats;
 use crate::spool::ResumeState;
@@ -95,6 +96,10 @@ pub struct TailSettings {
     /// The resume points the spool holds (its commits): they win over
     /// `positions.json`, which is written after them.
     pub resume: ResumeState,
+    /// The exec runs the daemon knows: a line marked as one of them, in a file
+    /// of the user who ran it, is left to `exec` (see [`crate::source::terminal::mark`]).
+    /// `None` (no exec server): every line is shipped.
+    pub known_runs: Option<Arc<KnownRuns>>,
 }
 
 impl TailSettings {
@@ -106,6 +111,7 @@ impl TailSettings {
             events: true,
             counters: Arc::default(),
             resume: ResumeState::new(),
+            known_runs: None,
         }
     }
 }
@@ -140,6 +146,7 @@ pub struct TailCounters {
     truncations: AtomicU64,
     deletions: AtomicU64,
     checkpoint_write_errors: AtomicU64,
+    lines_left_to_exec: AtomicU64,
 }
 
 /// The tailer's counters at one moment.
@@ -163,6 +170,8 @@ pub struct TailStats {
     pub truncations: u64,
     pub deletions: u64,
     pub checkpoint_write_errors: u64,
+    /// Lines an exec run marked as its own: `exec` ships them, the tailer not.
+    pub lines_left_to_exec: u64,
 }
 
 impl TailCounters {
@@ -180,6 +189,7 @@ impl TailCounters {
             truncations: g(&self.truncations),
             deletions: g(&self.deletions),
             checkpoint_write_errors: g(&self.checkpoint_write_errors),
+            lines_left_to_exec: g(&self.lines_left_to_exec),
         }
     }
 
@@ -251,6 +261,11 @@ impl TailStats {
         counter("wisp_file_deletions_total", "Tailed files deleted.", |s| {
             one(s.deletions)
         }),
+        counter(
+            "wisp_file_lines_left_to_exec_total",
+            "Lines of tailed files that a wisp-agent exec run marked as its own (a piped terminal): exec ships them, the tailer does not.",
+            |s| one(s.lines_left_to_exec),
+        ),
         counter(
             "wisp_file_checkpoint_write_errors_total",
             "Failed writes of the file positions (positions.json).",
@@ -378,6 +393,7 @@ struct Tailer {
     truncated: Vec<(Fingerprint, u64, Instant, u64)>,
     /// The source named by batches that carry only resume points (no lines).
     marker_source: Arc<SourceInfo>,
+    known_runs: Option<Arc<KnownRuns>>,
 }
 
 impl Tailer {
@@ -453,6 +469,7 @@ impl Tailer {
             watcher,
             roots,
             counters: settings.counters.clone(),
+            known_runs: settings.known_runs.clone(),
             chunk: vec![0; reader::CHUNK_BYTES],
             out: VecDeque::new(),
             poll_interval,

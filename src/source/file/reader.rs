@@ -25,8 +25,9 @@ use super::checkpoint::{self, AckTicket, Commits, SharedCommits};
 use super::fingerprint::{FileId, Fingerprint};
 use super::TailCounters;
 use crate::record::{Ack, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use crate::source::exec::known::KnownRuns;
 use crate::source::multiline::{Joined, Joiner, JoinerSettings};
-use crate::source::terminal::{self, RenderStats};
+use crate::source::terminal::{self, mark, RenderStats};
 
 /// At most this many lines in one batch.
 pub(crate) const BATCH_MAX_LINES: usize = 1000;
@@ -53,6 +54,20 @@ pub(crate) enum FileState {
 pub(crate) struct LineLimits {
     pub max_line_bytes: usize,
     pub partial_line_timeout: Duration,
+}
+
+/// The exec runs a file's lines may be marked with (see [`mark`]), and the
+/// file's owner: only that user's runs' marks are trusted.
+pub(crate) struct ExecRuns {
+    pub known: Arc<KnownRuns>,
+    pub owner: u32,
+}
+
+impl ExecRuns {
+    /// Whether the part of a line the mark of `run` owns is left to `exec`.
+    fn leaves(&self, run: &mark::RunId) -> bool {
+        self.known.owner(run) == Some(self.owner)
+    }
 }
 
 /// One open, tailed file.
@@ -88,6 +103,7 @@ pub(crate) struct Tailed {
     /// [`Tailed::mark_copied`]); until this moment, reading here waits for the
     /// truncation that `copytruncate` does next.
     copied: Option<Instant>,
+    exec_runs: Option<ExecRuns>,
 }
 
 impl std::fmt::Debug for Tailed {
@@ -111,6 +127,7 @@ pub(crate) struct OpenFile {
     pub source: Arc<SourceInfo>,
     pub joiner: JoinerSettings,
     pub limits: LineLimits,
+    pub exec_runs: Option<ExecRuns>,
 }
 
 impl Tailed {
@@ -143,6 +160,7 @@ impl Tailed {
             copied: None,
             orphan: None,
             last_error: None,
+            exec_runs: o.exec_runs,
         }
     }
 
@@ -220,9 +238,9 @@ impl Tailed {
                 // The common case: the whole line is in this chunk, no copy.
                 if seg.len() > max {
                     cut += 1;
-                    terminal::render(&seg[..char_floor(seg, max)], &mut stats)
+                    self.render(&seg[..char_floor(seg, max)], &mut stats, counters)
                 } else {
-                    terminal::render(seg, &mut stats)
+                    self.render(seg, &mut stats, counters)
                 }
             } else if self.line_cut && self.line.is_empty() {
                 // The rest of a cut line whose start was already flushed on timeout.
@@ -231,13 +249,15 @@ impl Tailed {
                 continue;
             } else {
                 cut += u64::from(self.append_bounded(seg));
-                let text = terminal::render(&self.line, &mut stats);
+                let text = self.render(&self.line, &mut stats, counters);
                 self.line.clear();
                 text
             };
             self.line_cut = false;
             lines += 1;
-            self.emit(text, end_offset, now, read_time, out);
+            if let Some(text) = text {
+                self.emit(text, end_offset, now, read_time, out);
+            }
             start = nl + 1;
         }
         if start < data.len() {
@@ -247,6 +267,35 @@ impl Tailed {
         self.last_data = now;
         counters.lines_read.fetch_add(lines, Ordering::Relaxed);
         counters.add_render(&stats, cut);
+    }
+
+    /// The text to ship for the raw line `raw`: what a terminal shows of it,
+    /// less the parts the marks of this file's owner's exec runs claim (see
+    /// [`mark`]: `exec` ships those); `None` when nothing else is on the line.
+    fn render(
+        &self,
+        raw: &[u8],
+        stats: &mut RenderStats,
+        counters: &TailCounters,
+    ) -> Option<String> {
+        if let Some(runs) = &self.exec_runs {
+            if let Some(segments) = mark::segments(raw) {
+                let mut kept = Vec::with_capacity(raw.len());
+                let mut left = false;
+                for s in segments {
+                    match s.run {
+                        Some(run) if runs.leaves(&run) => left = true,
+                        _ => kept.extend_from_slice(&raw[s.range]),
+                    }
+                }
+                if left {
+                    counters.lines_left_to_exec.fetch_add(1, Ordering::Relaxed);
+                    let text = terminal::render(&kept, stats);
+                    return (!text.trim().is_empty()).then_some(text);
+                }
+            }
+        }
+        Some(terminal::render(raw, stats))
     }
 
     /// Appends to the unfinished line up to `max_line_bytes`; returns whether this
@@ -352,12 +401,14 @@ impl Tailed {
         out: &mut VecDeque<SourceBatch>,
     ) {
         let mut stats = RenderStats::default();
-        let text = terminal::render(&self.line, &mut stats);
+        let text = self.render(&self.line, &mut stats, counters);
         self.line.clear();
         counters.lines_read.fetch_add(1, Ordering::Relaxed);
         counters.add_render(&stats, 0);
         let end = self.offset;
-        self.emit(text, end, now, Timestamp::now(), out);
+        if let Some(text) = text {
+            self.emit(text, end, now, Timestamp::now(), out);
+        }
     }
 
     /// Ships the line held since a truncation (see `orphan`).
@@ -369,13 +420,15 @@ impl Tailed {
     ) {
         if let Some((bytes, _)) = self.orphan.take() {
             let mut stats = RenderStats::default();
-            let text = terminal::render(&bytes, &mut stats);
+            let text = self.render(&bytes, &mut stats, counters);
             counters.lines_read.fetch_add(1, Ordering::Relaxed);
             counters.add_render(&stats, 0);
             // It belongs to the content before the truncation: its end says
             // nothing about the new content's checkpoint.
             let end = self.batch_end;
-            self.emit(text, end, now, Timestamp::now(), out);
+            if let Some(text) = text {
+                self.emit(text, end, now, Timestamp::now(), out);
+            }
         }
     }
 
@@ -557,6 +610,98 @@ fn char_floor(bytes: &[u8], max: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LogFormat, Multiline};
+
+    const RUN: &str = "0123456789abcdef0123456789abcdef";
+
+    /// The lines a file holding `bytes`, owned by uid `owner`, ships when the
+    /// daemon knows `RUN` as a run of `runner`.
+    fn shipped(bytes: &[u8], owner: u32, runner: u32) -> (Vec<String>, u64) {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, bytes).unwrap();
+        let file = tmp.reopen().unwrap();
+        let known = Arc::new(KnownRuns::default());
+        known.insert(RUN, runner);
+        let meta = file.metadata().unwrap();
+        let mut t = Tailed::open(OpenFile {
+            id: FileId::of(&meta),
+            path: tmp.path().to_path_buf(),
+            fingerprint: Fingerprint::of_file(&file).unwrap(),
+            file,
+            offset: 0,
+            source: Arc::new(SourceInfo {
+                job: "app".into(),
+                filename: None,
+                labels: vec![],
+                format: LogFormat::Auto,
+                label_fields: vec![],
+                trace_context: None,
+            }),
+            joiner: JoinerSettings {
+                mode: Multiline::None,
+                max_lines: 10,
+                max_bytes: 1 << 16,
+                timeout: Duration::from_secs(1),
+            },
+            limits: LineLimits {
+                max_line_bytes: 1 << 16,
+                partial_line_timeout: Duration::from_secs(5),
+            },
+            exec_runs: Some(ExecRuns { known, owner }),
+        });
+        let counters = TailCounters::default();
+        let mut out = VecDeque::new();
+        let mut chunk = vec![0u8; CHUNK_BYTES];
+        t.read_available(&mut chunk, 1 << 20, &counters, &mut out)
+            .unwrap();
+        t.finish(&counters, &mut out);
+        let lines = out
+            .into_iter()
+            .flat_map(|b| b.lines.into_iter().map(|l| l.text))
+            .collect();
+        (lines, counters.snapshot().lines_left_to_exec)
+    }
+
+    fn pane() -> Vec<u8> {
+        let mark = mark::begin(RUN);
+        let mut b = b"$ loop\r\n".to_vec();
+        for line in [
+            &b"{\"level\":30}\r\n"[..],
+            b"\x1b[31mred\x1b[0m\r\n",
+            b"unfinished",
+        ] {
+            b.extend_from_slice(&mark);
+            b.extend_from_slice(line);
+        }
+        b.extend_from_slice(mark::END);
+        b.extend_from_slice(b" after\r\n");
+        b.extend_from_slice(&mark::begin("ffffffffffffffffffffffffffffffff"));
+        b.extend_from_slice(b"unknown run\r\n");
+        b
+    }
+
+    #[test]
+    fn the_marked_lines_of_a_run_of_the_files_owner_are_left_to_exec() {
+        let (lines, left) = shipped(&pane(), 1000, 1000);
+        assert_eq!(lines, vec!["$ loop", " after", "unknown run"]);
+        assert_eq!(left, 3);
+    }
+
+    #[test]
+    fn another_users_run_marks_nothing_out_of_a_file() {
+        let (lines, left) = shipped(&pane(), 1000, 1001);
+        assert_eq!(
+            lines,
+            vec![
+                "$ loop",
+                "{\"level\":30}",
+                "red",
+                "unfinished after",
+                "unknown run"
+            ]
+        );
+        assert_eq!(left, 0);
+    }
 
     #[test]
     fn a_cut_does_not_split_a_utf8_character() {

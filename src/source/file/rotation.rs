@@ -15,6 +15,7 @@ use crate::record::SourceInfo;
 use super::checkpoint::Known;
 use super::fingerprint::{FileId, Fingerprint};
 use super::open::Opened;
+use super::reader::ExecRuns;
 use super::reader::{FileState, OpenFile, Tailed};
 use super::Tailer;
 
@@ -132,10 +133,16 @@ impl Tailer {
             label_fields: entry.config.label_fields.clone(),
         });
         let seq = self.next_seq;
+        let exec_runs = self.known_runs.clone().and_then(|known| {
+            use std::os::unix::fs::MetadataExt;
+            let owner = file.metadata().ok()?.uid();
+            Some(ExecRuns { known, owner })
+        });
         let t = Tailed::open(OpenFile {
             id,
             path: path.clone(),
             file,
+            exec_runs,
             fingerprint,
             offset,
             source,

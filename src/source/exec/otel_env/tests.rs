@@ -103,7 +103,7 @@ fn resource_attributes_keep_the_users_and_the_runs_keys_win() {
     assert_eq!(
         e[RESOURCE_ATTRIBUTES],
         format!(
-            "deployment.environment=dev,team=a%2Cb,wisp.run.id={TRACE},wisp.run.name=ralph,iter=3"
+            "deployment.environment=dev,team=a%2Cb,wisp.run.id={TRACE},wisp.run.name=ralph,wisp.run.labels=iter,iter=3"
         )
     );
 }
@@ -119,7 +119,9 @@ fn values_are_percent_encoded_so_the_agents_own_parser_reads_them_back() {
     let set: HashMap<_, _> = command_env(None, &env(&[]), &run).into_iter().collect();
     let value = &set[RESOURCE_ATTRIBUTES];
     assert!(
-        value.ends_with("wisp.run.name=my%20job,note=a%20b%2Cc%3Bd%22e%5Cf%25g=h/%C3%BC"),
+        value.ends_with(
+            "wisp.run.name=my%20job,wisp.run.labels=note,note=a%20b%2Cc%3Bd%22e%5Cf%25g=h/%C3%BC"
+        ),
         "{value}"
     );
     let mut config = Config::default();
@@ -128,4 +130,5 @@ fn values_are_percent_encoded_so_the_agents_own_parser_reads_them_back() {
     assert_eq!(attrs["wisp.run.name"], "my job");
     assert_eq!(attrs["note"], "a b,c;d\"e\\f%g=h/ü");
     assert_eq!(attrs["wisp.run.id"], TRACE);
+    assert_eq!(attrs["wisp.run.labels"], "note");
 }

@@ -89,6 +89,14 @@ pub(super) fn make_room(map: &mut HashMap<Vec<u8>, Progress>, key: &[u8]) -> Opt
     Some(oldest)
 }
 
+/// The uid and the trace id a run key names.
+pub(super) fn key_run(key: &[u8]) -> Option<(u32, &str)> {
+    let uid = u32::from_le_bytes(key_uid(key)?.try_into().ok()?);
+    let at = KEY_PREFIX.len() + 4;
+    let trace_id = std::str::from_utf8(key.get(at..at + 32)?).ok()?;
+    Some((uid, trace_id))
+}
+
 pub(super) fn run_key(uid: u32, hello: &Hello) -> Vec<u8> {
     let mut key = KEY_PREFIX.to_vec();
     key.extend_from_slice(&uid.to_le_bytes());
