@@ -13,6 +13,10 @@
 //! With `[otlp] logs_to_loki` (and `[loki]`), the receivers also store each logs
 //! request's records in the Loki spool ([`to_loki`]), and the exporter marks
 //! logs exports with `x-wisp-logs-in-loki: true`.
+//!
+//! A run's own spans and log records (`exec`'s command, its resource naming
+//! the run) join the run's trace as the receivers take them ([`run`]): what is
+//! stored, relayed and sent to Loki is the rewritten request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +38,7 @@ use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSetti
 use crate::spool::{Spool, SpoolCounters, SpoolSettings};
 
 mod intake;
+pub mod run;
 pub mod to_loki;
 
 pub use intake::Intake;

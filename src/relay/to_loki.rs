@@ -8,6 +8,12 @@
 //!   debug, 9-12 info, 13-16 warn, 17-20 error, 21-24 fatal; else
 //!   `severity_text` read as a file level is; else `unknown`), and
 //!   `[agent].labels`; nothing else of the record becomes a label;
+//! - a run's records (a resource with a valid `wisp.run.id`,
+//!   [`crate::relay::run`]): `job` = `wisp.run.name` when set, and one label
+//!   per key `wisp.run.labels` lists whose value is a string attribute of the
+//!   resource (names as `exec --label` takes them, others skipped; at most
+//!   [`MAX_RUN_LABELS`]; they win over `[agent].labels`); structured
+//!   metadata `run_id` (lowercase hex) and `service_name` when set;
 //! - structured metadata: `trace_id`, `span_id` (lowercase hex) when set;
 //! - line: a string body as it is, any other body as JSON (a map as an object
 //!   with its keys sorted, bytes as base64), no body an empty line;
@@ -16,7 +22,9 @@
 //!
 //! Promises: the conversion is a pure function of the request and the receipt
 //! time, so the spool holds each entry with the timestamp, labels and line it
-//! is shipped (and replayed) with; `job` values are bounded like promoted
+//! is shipped (and replayed) with. The request converted is the one stored
+//! for the collector, a run's records already in the run's trace. `job`
+//! values are bounded like promoted
 //! labels (`[agent] max_label_values` distinct values, further ones are
 //! `other`, warned once), label values cut at [`labels::MAX_VALUE_BYTES`]; the
 //! label cache is bounded ([`MAX_CACHED_SETS`]). Nothing here panics on any
@@ -35,6 +43,7 @@ use crate::config::Config;
 use crate::parse::labels::{self, Admitted, CardinalityGuard, OVERFLOW_VALUE};
 use crate::parse::Level;
 use crate::record::{Ack, Batch, Labels, LogRecord, Timestamp};
+use crate::relay::run::{string_attribute, RunIds, RUN_LABELS, RUN_NAME};
 use crate::spool::stage::BufferHealth;
 
 mod recent;
@@ -48,8 +57,15 @@ pub(crate) use recent::{wait, Digest, Progress, Turn};
 /// OpenTelemetry SDKs default to).
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
-/// Label sets cached at most (per job and level); the cache starts over past it.
+/// Label sets cached at most (per job, run labels and level); the cache
+/// starts over past it.
 const MAX_CACHED_SETS: usize = 4096;
+
+/// A run's labels (from [`RUN_LABELS`]) on an entry, at most.
+pub const MAX_RUN_LABELS: usize = 16;
+
+/// Label names the agent sets itself: a run's label of such a name is skipped.
+const RESERVED_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
 
 /// What the conversion needs from the configuration.
 #[derive(Clone, Debug)]
@@ -75,6 +91,9 @@ impl ToLokiSettings {
     }
 }
 
+/// What a cached label set is built from: the job, a run's labels, the level.
+type LabelKey = (String, Vec<(String, String)>, Level);
+
 /// Turns logs requests into Loki entries; keeps the `job` guard and the label
 /// cache.
 #[derive(Debug)]
@@ -84,7 +103,7 @@ pub(crate) struct Converter {
     host: String,
     guard: CardinalityGuard,
     max_label_values: usize,
-    cache: HashMap<(String, Level), Labels>,
+    cache: HashMap<LabelKey, Labels>,
 }
 
 impl Converter {
@@ -114,7 +133,31 @@ impl Converter {
     ) -> Vec<LogRecord> {
         let mut out = Vec::new();
         for resource_logs in &request.resource_logs {
-            let job = self.job(resource_logs.resource.as_ref());
+            let resource = resource_logs.resource.as_ref();
+            let run = RunIds::of(resource);
+            let service = string_attribute(resource, "service.name")
+                .map(labels::label_value)
+                .filter(|s| !s.is_empty());
+            let run_name = run
+                .and_then(|_| string_attribute(resource, RUN_NAME))
+                .map(labels::label_value)
+                .filter(|s| !s.is_empty());
+            let job = self.job(run_name.or(service).unwrap_or(UNKNOWN_SERVICE));
+            let (run_labels, run_metadata) = match run {
+                None => (Vec::new(), Vec::new()),
+                Some(run) => (
+                    run_labels(resource),
+                    [
+                        ("run_id", Some(hex(&run.trace_id))),
+                        ("service_name", service.map(str::to_owned)),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                    .collect(),
+                ),
+            };
+            // The resource's label set per level, from the shared cache.
+            let mut by_level: [Option<Labels>; Level::ALL.len()] = Default::default();
             for scope in &resource_logs.scope_logs {
                 for record in &scope.log_records {
                     let level = level_of(record.severity_number, &record.severity_text);
@@ -125,13 +168,17 @@ impl Converter {
                     if is_set(&record.span_id) {
                         structured_metadata.push(("span_id".to_owned(), hex(&record.span_id)));
                     }
+                    structured_metadata.extend(run_metadata.iter().cloned());
+                    let labels = by_level[level.index()]
+                        .get_or_insert_with(|| self.labels(&job, &run_labels, level))
+                        .clone();
                     out.push(LogRecord {
                         timestamp: timestamp_of(
                             record.time_unix_nano,
                             record.observed_time_unix_nano,
                             received,
                         ),
-                        labels: self.labels(&job, level),
+                        labels,
                         structured_metadata,
                         line: body_line(record.body.as_ref()),
                     });
@@ -141,26 +188,17 @@ impl Converter {
         out
     }
 
-    /// The `job` of a resource's records, through the guard.
-    fn job(&mut self, resource: Option<&Resource>) -> String {
-        let name = resource
-            .into_iter()
-            .flat_map(|r| &r.attributes)
-            .find(|kv| kv.key == "service.name")
-            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(s) => Some(labels::label_value(s)),
-                _ => None,
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or(UNKNOWN_SERVICE);
+    /// The `job` of a resource's records (`name`, already cut), through the
+    /// guard.
+    fn job(&mut self, name: &str) -> String {
         match self.guard.admit("job", name) {
             Admitted::Value(v) => v.to_owned(),
             Admitted::Overflow { first } => {
                 if first {
                     tracing::warn!(
                         limit = self.max_label_values,
-                        "otlp logs to loki: more distinct service.name values than \
-                         agent.max_label_values allows; the job label of further ones is \
+                        "otlp logs to loki: more distinct service.name (or wisp.run.name) values \
+                         than agent.max_label_values allows; the job label of further ones is \
                          \"{OVERFLOW_VALUE}\" (raise agent.max_label_values)"
                     );
                 }
@@ -169,22 +207,64 @@ impl Converter {
         }
     }
 
-    fn labels(&mut self, job: &str, level: Level) -> Labels {
-        if let Some(l) = self.cache.get(&(job.to_owned(), level)) {
+    fn labels(&mut self, job: &str, run_labels: &[(String, String)], level: Level) -> Labels {
+        let key = (job.to_owned(), run_labels.to_vec(), level);
+        if let Some(l) = self.cache.get(&key) {
             return l.clone();
         }
         if self.cache.len() >= MAX_CACHED_SETS {
             self.cache.clear();
         }
-        // Later pairs win: `[agent].labels` cannot take over job, host, level.
-        let labels = Labels::from_pairs(self.base.iter().cloned().chain([
-            ("job".to_owned(), job.to_owned()),
-            ("host".to_owned(), self.host.clone()),
-            ("level".to_owned(), level.as_str().to_owned()),
-        ]));
-        self.cache.insert((job.to_owned(), level), labels.clone());
+        // Later pairs win: `[agent].labels` cannot take over job, host, level;
+        // a run's labels win over `[agent].labels`, as `exec --label` does
+        // for the run's lines.
+        let labels = Labels::from_pairs(
+            self.base
+                .iter()
+                .cloned()
+                .chain(run_labels.iter().cloned())
+                .chain([
+                    ("job".to_owned(), job.to_owned()),
+                    ("host".to_owned(), self.host.clone()),
+                    ("level".to_owned(), level.as_str().to_owned()),
+                ]),
+        );
+        self.cache.insert(key, labels.clone());
         labels
     }
+}
+
+/// The stream labels of a run's resource: one per key [`RUN_LABELS`] lists
+/// (the first [`MAX_RUN_LABELS`] valid names, each once) whose value is a
+/// non-empty string attribute of the resource, cut as label values are.
+fn run_labels(resource: Option<&Resource>) -> Vec<(String, String)> {
+    let Some(listed) = string_attribute(resource, RUN_LABELS) else {
+        return Vec::new();
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for name in listed.split(',').map(str::trim) {
+        if names.len() == MAX_RUN_LABELS {
+            break;
+        }
+        if is_run_label_name(name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let value = labels::label_value(string_attribute(resource, name)?);
+            (!value.is_empty()).then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// A label name `exec --label` takes: `[a-zA-Z_][a-zA-Z0-9_]*`, not one the
+/// agent sets (in any case), not one Loki reserves (`__…`).
+fn is_run_label_name(name: &str) -> bool {
+    crate::config::is_valid_label_name(name)
+        && !name.starts_with("__")
+        && !RESERVED_LABELS.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
 /// The level of a record: its severity number (OpenTelemetry's ranges), else

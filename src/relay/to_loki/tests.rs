@@ -245,3 +245,247 @@ fn every_record_of_every_resource_and_scope_is_one_entry_in_order() {
         .convert(&ExportLogsServiceRequest::default(), Timestamp(1))
         .is_empty());
 }
+
+const RUN: &str = "4BF92F3577B34DA6A3CE929D0E0E4736";
+
+fn run_request(attributes: Vec<KeyValue>, records: Vec<OtlpLogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes,
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn run_attributes(labels: &str, extra: &[(&str, &str)]) -> Vec<KeyValue> {
+    [
+        ("service.name", "claude-code"),
+        ("wisp.run.id", RUN),
+        ("wisp.run.name", "ralph"),
+        ("wisp.run.labels", labels),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| otlp_text(k, v))
+    .collect()
+}
+
+#[test]
+fn a_runs_records_are_in_the_runs_job_with_its_labels_run_id_and_service() {
+    let mut c = Converter::new(&settings(10));
+    let req = run_request(
+        run_attributes(
+            "iter,task,env",
+            &[("iter", "3"), ("task", "fix-ci"), ("env", "run")],
+        ),
+        vec![
+            OtlpLogRecord {
+                severity_number: 9,
+                body: text("thinking"),
+                trace_id: vec![0xab; 16],
+                span_id: vec![0xcd; 8],
+                ..Default::default()
+            },
+            OtlpLogRecord {
+                severity_number: 17,
+                body: text("tool failed"),
+                ..Default::default()
+            },
+        ],
+    );
+    let out = c.convert(&req, Timestamp(1));
+    assert_eq!(
+        out[0].labels.to_string(),
+        r#"{env="run", host="vm1", iter="3", job="ralph", level="info", task="fix-ci", team_name="core"}"#
+    );
+    assert_eq!(out[1].labels.get("level"), Some("error"));
+    assert_eq!(out[1].labels.get("iter"), Some("3"));
+    let run_id = RUN.to_lowercase();
+    assert_eq!(
+        out[0].structured_metadata,
+        [
+            ("trace_id", "ab".repeat(16)),
+            ("span_id", "cd".repeat(8)),
+            ("run_id", run_id.clone()),
+            ("service_name", "claude-code".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+    );
+    assert_eq!(
+        out[1].structured_metadata,
+        [
+            ("run_id", run_id),
+            ("service_name", "claude-code".to_string())
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+    );
+    // The line and the time are a record's, as for any other.
+    assert_eq!(out[0].line, "thinking");
+    assert_eq!(out[0].timestamp, Timestamp(1));
+}
+
+#[test]
+fn only_valid_listed_run_labels_with_a_string_value_become_labels_at_most_sixteen() {
+    let mut c = Converter::new(&settings(10));
+    let long = "x".repeat(labels::MAX_VALUE_BYTES + 10);
+    let mut values: Vec<(String, String)> = [
+        ("JOB", "no"),
+        ("User", "no"),
+        ("__name__", "no"),
+        ("9lives", "no"),
+        ("a-b", "no"),
+        ("unlisted", "no"),
+        ("empty", ""),
+        ("ok", "yes"),
+        ("long", long.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    values.extend((0..20).map(|i| (format!("l{i:02}"), i.to_string())));
+    // Listed: the reserved and invalid names, then empty, count, missing, ok,
+    // long and l00..l19 (a name listed twice counts once).
+    let listed: Vec<&str> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .filter(|(k, _)| *k != "unlisted")
+        .flat_map(|(k, _)| match k {
+            "ok" => vec!["count", "missing", "ok", "ok"],
+            k => vec![k],
+        })
+        .chain([" ", "l19"])
+        .collect();
+    let mut attributes = run_attributes(&listed.join(","), &[]);
+    attributes.extend(values.iter().map(|(k, v)| otlp_text(k, v)));
+    // A value that is not a string is no label value.
+    attributes.push(KeyValue {
+        key: "count".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(1)),
+        }),
+        ..Default::default()
+    });
+    let out = c.convert(
+        &run_request(attributes, vec![Default::default()]),
+        Timestamp(1),
+    );
+    let got: Vec<(&str, &str)> = out[0]
+        .labels
+        .iter()
+        .filter(|(k, _)| !["env", "host", "job", "level", "team_name"].contains(k))
+        .collect();
+    // empty, count, missing, ok, long and l00..l10 are the first 16 valid
+    // names; those with a string value become labels.
+    let mut want = vec![("long", &long[..labels::MAX_VALUE_BYTES]), ("ok", "yes")];
+    let numbers: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+    let names: Vec<String> = (0..11).map(|i| format!("l{i:02}")).collect();
+    want.extend(
+        names
+            .iter()
+            .map(String::as_str)
+            .zip(numbers.iter().map(String::as_str)),
+    );
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(out[0].labels.get("job"), Some("ralph"));
+}
+
+#[test]
+fn records_of_a_resource_without_a_valid_run_id_are_converted_as_any_others() {
+    for run_id in [
+        None,
+        Some(""),
+        Some("0"),
+        Some("00000000000000000000000000000000"),
+    ] {
+        let mut c = Converter::new(&settings(10));
+        let mut attributes = vec![
+            otlp_text("service.name", "web"),
+            otlp_text("wisp.run.name", "ralph"),
+            otlp_text("wisp.run.labels", "iter"),
+            otlp_text("iter", "3"),
+        ];
+        attributes.extend(run_id.map(|r| otlp_text("wisp.run.id", r)));
+        let record = OtlpLogRecord {
+            trace_id: vec![0xab; 16],
+            ..Default::default()
+        };
+        let out = c.convert(&run_request(attributes, vec![record]), Timestamp(1));
+        assert_eq!(
+            out[0].labels.to_string(),
+            r#"{env="local", host="vm1", job="web", level="unknown", team_name="core"}"#,
+            "{run_id:?}"
+        );
+        assert_eq!(
+            out[0].structured_metadata,
+            vec![("trace_id".to_string(), "ab".repeat(16))],
+            "{run_id:?}"
+        );
+    }
+}
+
+#[test]
+fn a_run_without_a_name_or_service_is_named_as_before_and_its_names_are_bounded() {
+    let mut c = Converter::new(&settings(2));
+    let job = |c: &mut Converter, attributes: Vec<KeyValue>| {
+        let out = c.convert(
+            &run_request(attributes, vec![Default::default()]),
+            Timestamp(1),
+        );
+        (
+            out[0].labels.get("job").unwrap_or_default().to_string(),
+            out[0].structured_metadata.clone(),
+        )
+    };
+    let (j, meta) = job(
+        &mut c,
+        vec![
+            otlp_text("wisp.run.id", RUN),
+            otlp_text("wisp.run.name", ""),
+        ],
+    );
+    assert_eq!(j, UNKNOWN_SERVICE);
+    // No service.name: no service_name.
+    assert_eq!(meta, [("run_id".to_string(), RUN.to_lowercase())]);
+    let (j, _) = job(
+        &mut c,
+        vec![
+            otlp_text("wisp.run.id", RUN),
+            otlp_text("service.name", "svc"),
+        ],
+    );
+    assert_eq!(j, "svc");
+    let (j, _) = job(
+        &mut c,
+        vec![
+            otlp_text("wisp.run.id", RUN),
+            otlp_text("wisp.run.name", "ralph"),
+        ],
+    );
+    assert_eq!(
+        j, "other",
+        "the third distinct job is past max_label_values"
+    );
+}
+
+#[test]
+fn converting_the_same_run_request_again_gives_the_same_entries() {
+    let req = run_request(
+        run_attributes("iter", &[("iter", "7")]),
+        vec![OtlpLogRecord {
+            body: text("x"),
+            ..Default::default()
+        }],
+    );
+    let first = Converter::new(&settings(10)).convert(&req, Timestamp(5));
+    let mut c = Converter::new(&settings(10));
+    c.convert(&req, Timestamp(5));
+    assert_eq!(c.convert(&req, Timestamp(5)), first);
+}

@@ -22,8 +22,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::budget::{read_body, BodyRefusal, Held};
-use super::{Relay, MAX_REQUEST_BYTES};
+use super::{encode_within, Oversize, Relay, MAX_REQUEST_BYTES};
 use crate::record::{OtlpPayload, OtlpSignal};
+use crate::relay::run::JoinRuns;
 
 pub(super) fn timeout(limit: Duration) -> Response {
     tonic::Status::deadline_exceeded(format!(
@@ -37,22 +38,35 @@ pub(super) fn timeout(limit: Duration) -> Response {
 struct WireBytes(usize);
 
 impl Relay {
-    /// `wire`: what the request's bytes on the wire took of the budget; the
-    /// re-encoded body takes only what it adds (a gzip request inflated).
-    async fn store_grpc(
+    /// Joins a run's spans and log records to its trace
+    /// ([`crate::relay::run`]) and stores the request. `wire`: what the
+    /// request's bytes on the wire took of the budget; the encoding takes only
+    /// what it adds (a gzip request inflated, ids joined).
+    async fn store_grpc<M: Message + JoinRuns>(
         &self,
         signal: OtlpSignal,
         wire: Option<WireBytes>,
-        body: Vec<u8>,
+        mut request: M,
     ) -> Result<(), tonic::Status> {
+        request.join_runs();
+        let mut held = Held::none();
+        let had = wire.map_or(0, |w| w.0);
+        let body = match encode_within(&request, had, MAX_REQUEST_BYTES, &mut |more| {
+            self.budget.take(&mut held, more)
+        }) {
+            Ok(body) => body,
+            Err(Oversize::Busy) => {
+                self.refused();
+                return Err(busy_status());
+            }
+            Err(e @ Oversize::TooLarge { .. }) => {
+                self.invalid();
+                return Err(tonic::Status::resource_exhausted(e.to_string()));
+            }
+        };
+        drop(request);
         if body.is_empty() {
             return Ok(());
-        }
-        let mut held = Held::none();
-        let more = body.len().saturating_sub(wire.map_or(0, |w| w.0));
-        if !self.budget.take(&mut held, more) {
-            self.refused();
-            return Err(busy_status());
         }
         self.store(OtlpPayload {
             signal,
@@ -72,12 +86,8 @@ impl TraceService for Relay {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(
-            OtlpSignal::Traces,
-            wire,
-            request.into_inner().encode_to_vec(),
-        )
-        .await?;
+        self.store_grpc(OtlpSignal::Traces, wire, request.into_inner())
+            .await?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -89,12 +99,8 @@ impl MetricsService for Relay {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(
-            OtlpSignal::Metrics,
-            wire,
-            request.into_inner().encode_to_vec(),
-        )
-        .await?;
+        self.store_grpc(OtlpSignal::Metrics, wire, request.into_inner())
+            .await?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -106,7 +112,7 @@ impl LogsService for Relay {
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(OtlpSignal::Logs, wire, request.into_inner().encode_to_vec())
+        self.store_grpc(OtlpSignal::Logs, wire, request.into_inner())
             .await?;
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }

@@ -12,9 +12,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
-use super::budget::{read_body, BodyRefusal, Held};
-use super::{Relay, BODY_BYTES_IN_FLIGHT, MAX_REQUEST_BYTES};
+use super::budget::{read_body, BodyRefusal as ReadRefusal, Held};
+use super::{encode_within, Oversize, Relay, BODY_BYTES_IN_FLIGHT, MAX_REQUEST_BYTES};
 use crate::record::{OtlpPayload, OtlpSignal};
+use crate::relay::run::JoinRuns;
 
 pub(super) async fn traces(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
     http_export(&r, OtlpSignal::Traces, &headers, body).await
@@ -84,15 +85,15 @@ async fn http_export(
     let mut held = Held::none();
     let body = match read_body(body, declared, MAX_REQUEST_BYTES, &relay.budget, &mut held).await {
         Ok(b) => b,
-        Err(BodyRefusal::Busy) => {
+        Err(ReadRefusal::Busy) => {
             relay.refused();
-            return busy_response(BodyRefusal::Busy.to_string());
+            return busy_response(ReadRefusal::Busy.to_string());
         }
-        Err(e @ BodyRefusal::TooLarge { .. }) => {
+        Err(e @ ReadRefusal::TooLarge { .. }) => {
             relay.invalid();
             return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response();
         }
-        Err(e @ BodyRefusal::Read(_)) => {
+        Err(e @ ReadRefusal::Read(_)) => {
             relay.invalid();
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
@@ -117,15 +118,25 @@ async fn http_export(
             return (status, refusal.to_string()).into_response();
         }
     };
-    let protobuf = match to_protobuf(signal, encoding, body) {
+    let protobuf = match to_protobuf(signal, encoding, body, MAX_REQUEST_BYTES, &mut |more| {
+        relay.budget.take(&mut held, more)
+    }) {
         Ok(p) => p,
-        Err(reason) => {
+        Err(BodyRefusal::Malformed(reason)) => {
             relay.invalid();
             return (
                 StatusCode::BAD_REQUEST,
                 format!("cannot decode the {} export: {reason}", signal.as_str()),
             )
                 .into_response();
+        }
+        Err(BodyRefusal::Oversize(e @ Oversize::TooLarge { .. })) => {
+            relay.invalid();
+            return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response();
+        }
+        Err(BodyRefusal::Oversize(e @ Oversize::Busy)) => {
+            relay.refused();
+            return busy_response(e.to_string());
         }
     };
     if !protobuf.is_empty() {
@@ -234,39 +245,234 @@ pub(crate) fn decode_content(
     Ok(out.into())
 }
 
-/// Checks an OTLP/HTTP body and returns its protobuf encoding: protobuf bodies as
-/// they are, JSON bodies converted.
+/// Why an OTLP/HTTP body (its content encoding undone) is not stored.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyRefusal {
+    /// Not a well-formed export request of its signal: the decoder's reason.
+    Malformed(String),
+    /// Its encoding with its runs joined is too large, or the budget has no
+    /// room for it.
+    Oversize(Oversize),
+}
+
+/// Checks an OTLP/HTTP body and returns the protobuf encoding to store: a
+/// protobuf body as it is, unless a run's spans or log records in it join the
+/// run's trace ([`crate::relay::run`]); a JSON body converted. A new encoding
+/// is at most `limit` bytes, and what it adds to the body's size is first
+/// asked of `room` (the receivers' budget).
 pub(crate) fn to_protobuf(
     signal: OtlpSignal,
     encoding: BodyEncoding,
     body: Bytes,
-) -> Result<Bytes, String> {
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, BodyRefusal> {
     match signal {
-        OtlpSignal::Traces => convert::<ExportTraceServiceRequest>(encoding, body),
-        OtlpSignal::Metrics => convert::<ExportMetricsServiceRequest>(encoding, body),
-        OtlpSignal::Logs => convert::<ExportLogsServiceRequest>(encoding, body),
+        OtlpSignal::Traces => convert::<ExportTraceServiceRequest>(encoding, body, limit, room),
+        OtlpSignal::Metrics => convert::<ExportMetricsServiceRequest>(encoding, body, limit, room),
+        OtlpSignal::Logs => convert::<ExportLogsServiceRequest>(encoding, body, limit, room),
     }
 }
 
-fn convert<M>(encoding: BodyEncoding, body: Bytes) -> Result<Bytes, String>
+fn convert<M>(
+    encoding: BodyEncoding,
+    body: Bytes,
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Bytes, BodyRefusal>
 where
-    M: Message + Default + serde::de::DeserializeOwned,
+    M: Message + Default + serde::de::DeserializeOwned + JoinRuns,
 {
-    match encoding {
-        BodyEncoding::Protobuf => {
-            M::decode(body.clone()).map_err(|e| e.to_string())?;
-            Ok(body)
-        }
-        BodyEncoding::Json => {
-            let m: M = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            Ok(m.encode_to_vec().into())
-        }
+    let malformed = |e: &dyn std::fmt::Display| BodyRefusal::Malformed(e.to_string());
+    let mut request = match encoding {
+        BodyEncoding::Protobuf => M::decode(body.clone()).map_err(|e| malformed(&e))?,
+        BodyEncoding::Json => serde_json::from_slice::<M>(&body).map_err(|e| malformed(&e))?,
+    };
+    // The common case, a protobuf request of no run (or already in its
+    // trace): stored as it came, not encoded again.
+    if !request.join_runs() && encoding == BodyEncoding::Protobuf {
+        return Ok(body);
     }
+    encode_within(&request, body.len(), limit, room)
+        .map(Bytes::from)
+        .map_err(BodyRefusal::Oversize)
 }
-
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
     use super::*;
+    use crate::record::otlp_text;
+    use crate::relay::run::{run_span_id, run_trace_id, RUN_ID};
+
+    const RUN: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    /// [`to_protobuf`] with room for anything up to 16 MiB.
+    fn plain(
+        signal: OtlpSignal,
+        encoding: BodyEncoding,
+        body: Bytes,
+    ) -> Result<Bytes, BodyRefusal> {
+        to_protobuf(signal, encoding, body, MAX_REQUEST_BYTES, &mut |_| true)
+    }
+
+    fn resource(run: Option<&str>) -> Option<Resource> {
+        Some(Resource {
+            attributes: [otlp_text("service.name", "agent")]
+                .into_iter()
+                .chain(run.map(|r| otlp_text(RUN_ID, r)))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn spans(run: Option<&str>, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: resource(run),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn root(id: u8) -> Span {
+        Span {
+            trace_id: vec![0x5b; 16],
+            span_id: vec![id; 8],
+            name: "tool call".into(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_with_nothing_to_join_are_stored_as_the_bytes_received() {
+        let mut joined = root(1);
+        joined.trace_id = run_trace_id(RUN).unwrap().to_vec();
+        joined.parent_span_id = run_span_id(RUN).unwrap().to_vec();
+        let logs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: resource(None),
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        for (signal, body) in [
+            (
+                OtlpSignal::Traces,
+                spans(None, vec![root(1), root(2)]).encode_to_vec(),
+            ),
+            (
+                OtlpSignal::Traces,
+                spans(Some("0"), vec![root(1)]).encode_to_vec(),
+            ),
+            (
+                OtlpSignal::Traces,
+                spans(Some(RUN), vec![joined]).encode_to_vec(),
+            ),
+            (OtlpSignal::Logs, logs.encode_to_vec()),
+        ] {
+            let body = Bytes::from(body);
+            let mut asked = 0;
+            let out = to_protobuf(
+                signal,
+                BodyEncoding::Protobuf,
+                body.clone(),
+                1 << 20,
+                &mut |n| {
+                    asked += n;
+                    true
+                },
+            )
+            .unwrap();
+            // The very buffer received: not encoded again.
+            assert_eq!(out.as_ptr(), body.as_ptr());
+            assert_eq!(out, body);
+            assert_eq!(asked, 0);
+        }
+    }
+
+    #[test]
+    fn a_runs_spans_are_stored_in_its_trace_from_protobuf_and_json() {
+        let json = format!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"{RUN_ID}","value":{{"stringValue":"{RUN}"}}}}]}},"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"op"}}]}}]}}]}}"#
+        );
+        for (encoding, body) in [
+            (
+                BodyEncoding::Protobuf,
+                spans(Some(RUN), vec![root(0xee)]).encode_to_vec(),
+            ),
+            (BodyEncoding::Json, json.into_bytes()),
+        ] {
+            let out = plain(OtlpSignal::Traces, encoding, body.into()).unwrap();
+            let req = ExportTraceServiceRequest::decode(out).unwrap();
+            let span = &req.resource_spans[0].scope_spans[0].spans[0];
+            assert_eq!(span.trace_id, run_trace_id(RUN).unwrap(), "{encoding:?}");
+            assert_eq!(
+                span.parent_span_id,
+                run_span_id(RUN).unwrap(),
+                "{encoding:?}"
+            );
+            assert_eq!(span.span_id[0], 0xee, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_request_grown_by_its_ids_asks_the_budget_and_is_bounded() {
+        // Spans with no ids at all: each grows by a trace and a parent id.
+        let req = spans(Some(RUN), vec![Span::default(); 100]);
+        let body = Bytes::from(req.encode_to_vec());
+        let mut joined = req.clone();
+        joined.join_runs();
+        let grown = joined.encoded_len();
+        assert!(grown > body.len() + 100 * 26, "{grown} vs {}", body.len());
+        let mut asked = Vec::new();
+        let out = to_protobuf(
+            OtlpSignal::Traces,
+            BodyEncoding::Protobuf,
+            body.clone(),
+            grown,
+            &mut |n| {
+                asked.push(n);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(out.len(), grown);
+        assert_eq!(asked, [grown - body.len()]);
+        assert_eq!(
+            to_protobuf(
+                OtlpSignal::Traces,
+                BodyEncoding::Protobuf,
+                body.clone(),
+                grown,
+                &mut |_| false
+            ),
+            Err(BodyRefusal::Oversize(Oversize::Busy))
+        );
+        assert_eq!(
+            to_protobuf(
+                OtlpSignal::Traces,
+                BodyEncoding::Protobuf,
+                body,
+                grown - 1,
+                &mut |_| true
+            ),
+            Err(BodyRefusal::Oversize(Oversize::TooLarge {
+                limit: grown - 1
+            }))
+        );
+    }
 
     #[test]
     fn protobuf_bodies_are_kept_byte_for_byte() {
@@ -274,14 +480,14 @@ mod tests {
             resource_spans: vec![Default::default()],
         };
         let bytes = Bytes::from(req.encode_to_vec());
-        let out = to_protobuf(OtlpSignal::Traces, BodyEncoding::Protobuf, bytes.clone()).unwrap();
+        let out = plain(OtlpSignal::Traces, BodyEncoding::Protobuf, bytes.clone()).unwrap();
         assert_eq!(out, bytes);
     }
 
     #[test]
     fn json_bodies_become_protobuf() {
         let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"op","kind":1,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
-        let out = to_protobuf(
+        let out = plain(
             OtlpSignal::Traces,
             BodyEncoding::Json,
             Bytes::from_static(json),
@@ -373,7 +579,10 @@ mod tests {
             (BodyEncoding::Json, &b"not json"[..]),
         ] {
             assert!(
-                to_protobuf(OtlpSignal::Traces, enc, Bytes::copy_from_slice(body)).is_err(),
+                matches!(
+                    plain(OtlpSignal::Traces, enc, Bytes::copy_from_slice(body)),
+                    Err(BodyRefusal::Malformed(_))
+                ),
                 "{body:?}"
             );
         }

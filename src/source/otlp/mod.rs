@@ -12,8 +12,11 @@
 //! - **Relayed as sent.** The payload stored is the request's protobuf encoding:
 //!   OTLP/HTTP protobuf bodies byte for byte, JSON bodies converted to protobuf
 //!   once, gRPC requests re-encoded from the message tonic decoded. A request is
-//!   decoded only to check it is well formed (a bad one would be rejected by the
-//!   collector later, after its sender was told it was delivered).
+//!   decoded to check it is well formed (a bad one would be rejected by the
+//!   collector later, after its sender was told it was delivered), and, for
+//!   traces and logs, to put a run's spans and log records in the run's trace
+//!   ([`crate::relay::run`]): only then is an OTLP/HTTP protobuf body encoded
+//!   again, the request stored being the rewritten one (in both spools).
 //! - **Bad input is an answer, not a crash.** A malformed body is answered 400
 //!   (gRPC `INVALID_ARGUMENT`) with the decoder's reason; an unsupported content
 //!   type or encoding 415. Requests with no data are answered success and not
@@ -29,8 +32,11 @@
 //!   connection (backpressure to the program, never unbounded memory).
 //! - **Bounded across connections.** The request bytes held at once, over both
 //!   listeners, are at most [`BODY_BYTES_IN_FLIGHT`]: each body's bytes as they
-//!   arrive, what a gzip body inflates to, and what a gRPC request re-encodes to
-//!   past its wire size, until the request is answered. A request that would
+//!   arrive, what a gzip body inflates to, and what a request re-encodes to
+//!   past its size as read (a gRPC request, a run's request grown by its
+//!   joined ids), until the request is answered. A request whose new encoding
+//!   would be over [`MAX_REQUEST_BYTES`] is answered 413 (gRPC
+//!   `RESOURCE_EXHAUSTED`). A request that would
 //!   pass it is answered at once HTTP 503 with `Retry-After: 1` (gRPC
 //!   `RESOURCE_EXHAUSTED` with a `RetryInfo` of one second), which OTLP
 //!   exporters retry; it is counted as refused. Each listener takes at most
@@ -162,6 +168,42 @@ impl ReceiverCounters {
         counter("wisp_otlp_receiver_requests_refused_total", "OTLP requests the buffer could not take (HTTP 503, gRPC UNAVAILABLE), or that would have passed the 32 MiB bound on request bytes in flight (HTTP 503, gRPC RESOURCE_EXHAUSTED): the sender retries.", |c| one(load(&c.requests_refused))),
         counter("wisp_otlp_logs_to_loki_total", "Log records received over OTLP and stored for Loki as one entry each (otlp.logs_to_loki).", |c| one(load(&c.logs_to_loki))),
     ];
+}
+
+/// Why a request's new encoding (a run's telemetry joined to its trace, a
+/// JSON body converted, a gRPC request re-encoded) is not stored.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Oversize {
+    #[error(
+        "the request is larger than {limit} bytes once encoded for the collector (a run's \
+         spans and log records joined to its trace): send smaller batches (e.g. a lower max \
+         export batch size in the SDK)"
+    )]
+    TooLarge { limit: usize },
+    #[error(
+        "the receiver's requests in flight would pass their bound ({BODY_BYTES_IN_FLIGHT} bytes) \
+         with this request encoded: retry shortly"
+    )]
+    Busy,
+}
+
+/// `request`'s protobuf encoding, at most `limit` bytes. `had` bytes of the
+/// request are held in the receivers' budget already; what the encoding needs
+/// past them is first asked of `room`. Nothing is allocated for a refused one.
+pub(crate) fn encode_within<M: prost::Message>(
+    request: &M,
+    had: usize,
+    limit: usize,
+    room: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, Oversize> {
+    let len = request.encoded_len();
+    if len > limit {
+        return Err(Oversize::TooLarge { limit });
+    }
+    if !room(len.saturating_sub(had)) {
+        return Err(Oversize::Busy);
+    }
+    Ok(request.encode_to_vec())
 }
 
 /// Why a receiver could not start.
