@@ -28,14 +28,9 @@ pub const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
-/// The resource attribute naming the run (its trace id).
-pub const RUN_ID: &str = "wisp.run.id";
-/// The resource attribute naming the run's job (`--name`).
-pub const RUN_NAME: &str = "wisp.run.name";
-/// The resource attribute listing the keys of the run's `--label`s, joined
-/// by `,` (each also set as `K=V`): which resource attributes are the run's
-/// labels, for the relay to label the command's logs with.
-pub const RUN_LABELS: &str = "wisp.run.labels";
+/// The resource attributes naming the run, its job and its labels' keys: the
+/// contract with the relay, which reads them back.
+pub use crate::relay::run::{RUN_ID, RUN_LABELS, RUN_NAME};
 
 /// What identifies the run to the command's telemetry.
 pub struct Run<'a> {

@@ -109,17 +109,10 @@ fn read_mark(rest: &[u8]) -> Option<(Mark, usize)> {
     }
 }
 
-/// 32 hex digits (either case) as 16 bytes; `None` for anything else or all zero.
+/// 32 hex digits (either case) as 16 bytes; `None` for anything that names no
+/// run (see [`crate::relay::run::run_trace_id`]).
 pub fn run_id(hex: &[u8]) -> Option<RunId> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        let digit = |b: u8| (b as char).to_digit(16);
-        id[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
-    (id != [0; 16]).then_some(id)
+    crate::relay::run::run_trace_id(std::str::from_utf8(hex).ok()?)
 }
 
 #[cfg(test)]
