@@ -451,7 +451,7 @@ async fn start_admin(
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`
 /// (the transform stage), its spans into the relay's spool. A socket that cannot
 /// be bound is warned about; the daemon runs on without it. Returns the runs
-/// the server knows, for the tailer (see [`exec::known`]).
+/// the server knows, for the tailer (see [`crate::source::known_runs`]).
 fn start_exec_server(
     config: &Config,
     state_dir: &std::path::Path,
@@ -460,7 +460,7 @@ fn start_exec_server(
     relay: Option<&mut OtlpRelay>,
     counters: Arc<exec::metrics::ExecCounters>,
     cancel: &CancellationToken,
-) -> Option<Arc<exec::known::KnownRuns>> {
+) -> Option<Arc<crate::source::known_runs::KnownRuns>> {
     let socket = config.exec.daemon_socket(&ProcessEnv);
     let listener = match exec::server::bind(&socket) {
         Ok(l) => l,

@@ -21,14 +21,33 @@ use super::protocol::{read_frame, write_frame, ClientFrame, DaemonFrame, Read1};
 /// How long an answer from the daemon may take (a spool fsync, a busy disk).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Lets the sender of a live run wait for more of its capture.
+/// Lets the sender of a live run wait for more of its capture, and `exec`
+/// wait until the daemon took the run's hello (or no daemon will).
 #[derive(Default)]
 pub struct Follow {
     ended: Mutex<(u64, bool)>,
     cv: Condvar,
+    settled: Mutex<bool>,
+    settled_cv: Condvar,
 }
 
 impl Follow {
+    /// The daemon answered the run's hello, or the sender gave up: either way
+    /// `exec` need not wait for it any longer.
+    pub fn settle(&self) {
+        if let Ok(mut s) = self.settled.lock() {
+            *s = true;
+        }
+        self.settled_cv.notify_all();
+    }
+
+    /// Waits at most `limit` for [`Follow::settle`].
+    pub fn wait_settled(&self, limit: Duration) {
+        if let Ok(guard) = self.settled.lock() {
+            let _ = self.settled_cv.wait_timeout_while(guard, limit, |s| !*s);
+        }
+    }
+
     /// More was written.
     pub fn wrote(&self) {
         if let Ok(mut s) = self.ended.lock() {
@@ -135,6 +154,9 @@ pub fn send_once(
         other => return Err(SendError::Broken(format!("unexpected answer {other:?}"))),
     };
     *welcomed = true;
+    if let Some(f) = follow {
+        f.settle();
+    }
     let mut seen = 0;
     let mut ended = follow.is_none();
     loop {

@@ -36,7 +36,6 @@
 pub mod client;
 pub mod cost;
 pub mod git;
-pub mod known;
 pub mod metrics;
 pub mod otel_env;
 pub mod outbox;
@@ -73,6 +72,11 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// After the command's end is captured, the sender gets this long to hand the
 /// rest to the daemon before `exec` exits (the rest stays in the outbox).
 pub const HAND_OVER_GRACE: Duration = Duration::from_secs(2);
+
+/// Before the command starts, `exec` waits at most this long for the daemon to
+/// take the run's hello (a local round trip; nothing when no daemon listens):
+/// a tailer reading the command's first marked line then knows the run.
+const HELLO_WAIT: Duration = Duration::from_millis(250);
 
 /// `n` random bytes as lowercase hex, never all zero (an invalid W3C id).
 fn random_id(n: usize) -> String {
@@ -405,10 +409,12 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
                     Ok(mut file) => client::send_and_delete(&sockets, &path, &mut file, Some(&follow)),
                     Err(e) => Err(client::SendError::Corrupt(e.to_string())),
                 };
+                follow.settle();
                 let _ = done_tx.send(sent);
             });
         if spawned.is_ok() {
             sender = Some(done_rx);
+            capture.follow.wait_settled(HELLO_WAIT);
         }
         outbox = Some(dir);
         Some(Arc::new(Mutex::new(capture)))

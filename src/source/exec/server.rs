@@ -55,7 +55,7 @@ use crate::source::exec::{cost, git};
 use crate::source::terminal::{self, RenderStats};
 use crate::spool::ResumeState;
 
-use super::known::KnownRuns;
+use crate::source::known_runs::KnownRuns;
 
 mod hello;
 mod outboxes;

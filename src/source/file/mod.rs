@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::family::{counter, gauge, named, one, Family};
 use crate::config::FileConfig;
 use crate::record::{SourceBatch, SourceInfo};
-use crate::source::exec::known::KnownRuns;
+use crate::source::known_runs::KnownRuns;
 use crate::source::multiline::JoinerSettings;
 use crate::source::terminal::RenderStats;
 use crate::spool::ResumeState;

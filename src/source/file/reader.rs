@@ -25,7 +25,7 @@ use super::checkpoint::{self, AckTicket, Commits, SharedCommits};
 use super::fingerprint::{FileId, Fingerprint};
 use super::TailCounters;
 use crate::record::{Ack, SourceBatch, SourceInfo, SourceLine, Timestamp};
-use crate::source::exec::known::KnownRuns;
+use crate::source::known_runs::KnownRuns;
 use crate::source::multiline::{Joined, Joiner, JoinerSettings};
 use crate::source::terminal::{self, mark, RenderStats};
 
