@@ -25,6 +25,11 @@
 //! that exist and labels those metrics carry (matchers, and `by` clauses
 //! against the metrics they aggregate); TraceQL names intrinsics and the exec
 //! span's attributes (`host_stack/queries.rs`).
+//!
+//! The Ralph dashboard's "Logs of one iteration" query is also run, as Loki
+//! would run it, against what the agent stored of two `exec` runs: it finds
+//! one run's lines, all of them and only them (by the structured metadata
+//! `run_id` exec gives each line).
 
 #[path = "host_stack/queries.rs"]
 mod queries;
@@ -470,6 +475,69 @@ async fn every_dashboard_query_names_what_the_agent_sends() {
         "{}\n\nwhat the agent sends: {cat:#?}",
         problems.join("\n")
     );
+}
+
+/// The Ralph dashboard's "Logs of one iteration" panel, evaluated against what
+/// the agent stored for two `exec` runs: its query, with the job and one run's
+/// id filled in, finds every line of that run and none of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_of_one_iteration_panel_finds_every_line_of_its_run_and_none_of_another() {
+    let boards = dashboards();
+    let expr = boards
+        .iter()
+        .filter_map(|(_, b)| b["panels"].as_array())
+        .flatten()
+        .find(|p| p["title"] == "Logs of one iteration")
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .expect("the Ralph dashboard has a \"Logs of one iteration\" panel")
+        .to_string();
+    let loki = LokiReceiver::start().await;
+    let setup = support::agent::Setup::new(&loki, "");
+    let agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    let mut runs = Vec::new();
+    for n in 1..=2 {
+        let out = agent_command()
+            .args(["exec", "--config"])
+            .arg(&setup.config)
+            .args(["--name", "ralph", "--label", &format!("iter={n}")])
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                r#"echo "iteration {n} starts, run $TRACEPARENT"; echo '{{"level":40,"msg":"iteration {n} warns"}}'"#
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let run_id = stdout
+            .split("run 00-")
+            .nth(1)
+            .and_then(|rest| rest.get(..32))
+            .unwrap_or_else(|| panic!("no TRACEPARENT in {stdout:?}"))
+            .to_string();
+        let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+        runs.push((run_id, lines));
+    }
+    let all: Vec<String> = runs.iter().flat_map(|(_, l)| l.clone()).collect();
+    agent
+        .assert_shipped_once(&loki, r#"{job="ralph"}"#, &all, DEADLINE)
+        .await;
+    for (run_id, lines) in &runs {
+        let query = expr.replace("$job", "ralph").replace("$run_id", run_id);
+        let found = loki.lines(&query);
+        assert_eq!(
+            &found,
+            lines,
+            "{query} finds not the run's lines; the stored entries: {:#?}",
+            loki.all_entries()
+        );
+    }
 }
 
 #[test]

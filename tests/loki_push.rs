@@ -1,7 +1,7 @@
 //! A batch encoded and pushed by the Loki client arrives in Loki as written, once,
 //! with the headers and credentials configured, and every kind of answer becomes
-//! the right [`PushOutcome`]. Pushed twice, a batch is stored twice, as Loki
-//! stores it.
+//! the right [`PushOutcome`]. Pushed twice, a batch is shown once, as Loki's
+//! queries show it, and the resend is caught by the delivery verdict.
 
 mod support;
 
@@ -102,7 +102,7 @@ async fn a_json_push_arrives_with_streams_order_and_structured_metadata() {
 }
 
 #[tokio::test]
-async fn a_replayed_batch_is_stored_again_but_for_an_entry_repeating_its_streams_last() {
+async fn a_replayed_batch_is_shown_once_and_the_verdict_catches_the_resend() {
     let loki = LokiReceiver::start().await;
     let client = client(LokiConfig::default());
     for _ in 0..2 {
@@ -111,15 +111,21 @@ async fn a_replayed_batch_is_stored_again_but_for_an_entry_repeating_its_streams
         assert!(client.push(&loki.push_url(), &push).await.is_delivered());
     }
     assert_eq!(loki.received_count(), 6);
-    // Loki drops only the error stream's one entry, the same as that stream's
-    // last; the info stream's two are stored twice. Replaying is not harmless:
-    // the agent must not push again what Loki acknowledged.
-    assert_eq!(loki.stored_count(), 5);
+    // The same stream, timestamp and line: Loki's queries show each entry
+    // once. The agent still must not push again what Loki acknowledged (its
+    // promise does not lean on that), so the verdict names the resend.
+    assert_eq!(loki.stored_count(), 3);
+    let mut shown = loki.lines(API);
+    shown.sort();
+    let mut want = batch_lines();
+    want.sort();
+    assert_eq!(shown, want);
     let err = loki.exactly_once(API, &batch_lines()).unwrap_err();
     assert!(
-        err.contains("2 stored twice or more (2 extra entries)"),
+        err.contains("3 sent again after Loki stored them (3 extra entries"),
         "{err}"
     );
+    assert!(!err.contains("stored twice"), "{err}");
 }
 
 #[tokio::test]

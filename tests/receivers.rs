@@ -1,6 +1,7 @@
 //! The test receivers behave like the servers they stand in for: a fake Loki that
-//! stores what it is sent, duplicates included, drops only what Loki surely
-//! drops, answers queries as strictly as Loki does, and fails on demand; a fake
+//! shows what it is sent as Loki's queries do (one entry per identical stream,
+//! timestamp and line, the resend counted), answers queries as strictly as
+//! Loki does, and fails on demand; a fake
 //! OTLP collector that takes gRPC and HTTP (protobuf and JSON) exports.
 
 mod support;
@@ -126,7 +127,7 @@ async fn loki_receiver_stores_a_json_push() {
 }
 
 #[tokio::test]
-async fn loki_receiver_drops_an_entry_identical_to_the_last_one_of_its_stream() {
+async fn loki_receiver_stores_one_entry_per_identical_stream_timestamp_and_line() {
     let loki = LokiReceiver::start().await;
     for _ in 0..2 {
         let body = protobuf_push(r#"{job="api"}"#, &[(5, "same", &[])]);
@@ -142,6 +143,14 @@ async fn loki_receiver_drops_an_entry_identical_to_the_last_one_of_its_stream() 
     let body = protobuf_push(r#"{job="web"}"#, &[(6, "same", &[])]);
     post(&loki.push_url(), "application/x-protobuf", body).await;
     assert_eq!(loki.stored_count(), 3);
+    // Not only the stream's last: any entry stored before, whatever its
+    // structured metadata (Loki compares timestamp and line).
+    let body = protobuf_push(r#"{job="api"}"#, &[(5, "same", &[("trace_id", "x")])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    assert_eq!((loki.received_count(), loki.stored_count()), (5, 3));
+    let resent = loki.resent(r#"{job="api"}"#);
+    assert_eq!(resent.len(), 1, "{resent:?}");
+    assert_eq!((resent[0].0.timestamp_ns, resent[0].1), (5, 3));
 }
 
 /// Three entries, pushed twice: what an agent that replays a batch sends.
@@ -157,33 +166,62 @@ async fn push_a_batch_twice(loki: &LokiReceiver) {
 }
 
 #[tokio::test]
-async fn loki_receiver_stores_a_replayed_batch_again_as_loki_does() {
+async fn loki_receiver_shows_a_replayed_batch_once_and_its_verdicts_catch_the_resend() {
     let loki = LokiReceiver::start().await;
     push_a_batch_twice(&loki).await;
-    // Only the last entry of a stream is compared with: "one" is not "three".
     assert_eq!(loki.received_count(), 6);
-    assert_eq!(loki.stored_count(), 6);
-    assert_eq!(
-        loki.lines(r#"{job="api"}"#),
-        ["one", "one", "two", "two", "three", "three"]
-    );
+    assert_eq!(loki.stored_count(), 3);
+    assert_eq!(loki.lines(r#"{job="api"}"#), ["one", "two", "three"]);
+    // Queries show them once, as Loki's do.
+    let v = query(&loki, &[("query", r#"{job="api"} |= "one""#)]).await;
+    assert_eq!(values(&v).len(), 1);
+    // What Loki hides, the delivery verdicts do not.
     let once: Vec<String> = ["one", "two", "three"].map(String::from).into();
     let err = loki.exactly_once(r#"{job="api"}"#, &once).unwrap_err();
     assert!(
-        err.contains("3 lines expected, 6 stored")
-            && err.contains("3 stored twice or more (3 extra entries)")
+        err.contains("3 sent again after Loki stored them (3 extra entries")
             && err.contains(r#""one" ×2"#)
-            && !err.contains("missing"),
+            && !err.contains("missing")
+            && !err.contains("stored twice"),
         "{err}"
     );
-    // Queries return them as stored, twice.
-    let v = query(&loki, &[("query", r#"{job="api"} |= "one""#)]).await;
-    assert_eq!(values(&v).len(), 2);
-
-    // The last entry pushed again is dropped, as Loki does.
+    assert!(loki.at_most_once(r#"{job="api"}"#, &once).is_err());
     let body = protobuf_push(r#"{job="api"}"#, &[(3, "three", &[])]);
     post(&loki.push_url(), "application/x-protobuf", body).await;
-    assert_eq!((loki.received_count(), loki.stored_count()), (7, 6));
+    assert_eq!((loki.received_count(), loki.stored_count()), (7, 3));
+    // The same lines at other timestamps are other entries: shown twice.
+    let body = protobuf_push(r#"{job="api"}"#, &[(4, "one", &[])]);
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    let err = loki.exactly_once(r#"{job="api"}"#, &once).unwrap_err();
+    assert!(
+        err.contains("1 stored twice or more (1 extra entries)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn loki_receiver_filters_on_structured_metadata_and_stream_labels() {
+    let loki = LokiReceiver::start().await;
+    let body = protobuf_push(
+        r#"{job="ralph", iter="1"}"#,
+        &[
+            (1, "run one", &[("run_id", "aa")]),
+            (2, "run two", &[("run_id", "bb")]),
+            (3, "no run", &[]),
+        ],
+    );
+    post(&loki.push_url(), "application/x-protobuf", body).await;
+    let lines = |q: &str| loki.lines(q);
+    assert_eq!(lines(r#"{job="ralph"} | run_id="aa""#), ["run one"]);
+    assert_eq!(
+        lines(r#"{job="ralph"} | run_id!="aa""#),
+        ["run two", "no run"]
+    );
+    assert_eq!(lines(r#"{job="ralph"} | run_id="""#), ["no run"]);
+    assert_eq!(lines(r#"{job="ralph"} | iter="1" |= "two""#), ["run two"]);
+    assert!(lines(r#"{job="ralph"} | iter="2""#).is_empty());
+    let v = query(&loki, &[("query", r#"{job="ralph"} | run_id = "bb""#)]).await;
+    assert_eq!(values(&v).len(), 1, "{v}");
 }
 
 #[tokio::test]
@@ -191,10 +229,10 @@ async fn loki_receiver_counting_only_drops_the_same_duplicates() {
     let loki = LokiReceiver::start().await;
     loki.set_count_only(true);
     push_a_batch_twice(&loki).await;
-    assert_eq!((loki.received_count(), loki.stored_count()), (6, 6));
-    let body = protobuf_push(r#"{job="api"}"#, &[(3, "three", &[])]);
+    assert_eq!((loki.received_count(), loki.stored_count()), (6, 3));
+    let body = protobuf_push(r#"{job="api"}"#, &[(3, "three", &[]), (4, "three", &[])]);
     post(&loki.push_url(), "application/x-protobuf", body).await;
-    assert_eq!((loki.received_count(), loki.stored_count()), (7, 6));
+    assert_eq!((loki.received_count(), loki.stored_count()), (8, 4));
     assert!(loki.lines(r#"{job="api"}"#).is_empty());
 }
 
@@ -585,7 +623,7 @@ async fn waiting_for_exactly_once_returns_when_every_line_arrived_and_reports_do
         .await
         .unwrap_err();
     assert!(
-        err.contains("3 stored twice or more (6 extra entries)"),
+        err.contains("3 sent again after Loki stored them (6 extra entries"),
         "{err}"
     );
 }

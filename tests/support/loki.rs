@@ -1,16 +1,22 @@
 //! A fake Loki on 127.0.0.1: takes pushes (protobuf + snappy block, or JSON),
 //! stores every entry per stream, and answers a minimal LogQL on `query_range`.
 //!
-//! No kinder than a real Loki about duplicates: an entry is dropped only when it
-//! has the timestamp and the line of the entry stored last in its stream (the
-//! check of Loki's ingester stream, grafana/loki#1519). Loki 3.x also drops an
-//! identical entry found in the stream's unordered head block (grafana/loki#6642),
-//! but not across blocks and chunks, so a client cannot rely on it. Here an
-//! entry pushed twice in a row is stored once, and a replayed batch of two or
-//! more entries per stream is stored again in full (its first entry differs
-//! from the stream's last, the batch's last one). What the agent sends twice,
-//! Loki shows twice. Delivery tests assert [`LokiReceiver::exactly_once`] and
-//! [`LokiReceiver::wait_for_exactly_once`].
+//! Duplicates as a Loki 3.x shows them: one entry per identical (stream,
+//! timestamp, line). Its ingesters may store a resent entry again (they drop
+//! only one repeating the stream's last entry, grafana/loki#1519, or one found
+//! in the unordered head block, grafana/loki#6642), but every query goes
+//! through the queriers' merge iterator, which keeps one entry of those with
+//! the same stream, timestamp and line, within one chunk or across chunks
+//! (`pkg/iter/entry_iterator.go`, `fillBuffer`; `merge_dedup_test.go`).
+//! Structured metadata is not compared. The same line at another timestamp,
+//! or in another stream, is another entry: a line shipped by two paths with
+//! two label sets shows twice.
+//!
+//! What Loki hides, the verdicts do not: every entry received again after it
+//! was stored is counted ([`LokiReceiver::resent`]), and the delivery verdicts
+//! ([`LokiReceiver::exactly_once`], [`LokiReceiver::wait_for_exactly_once`],
+//! [`LokiReceiver::at_most_once`]) fail on it, since the agent promises not to
+//! send again what Loki acknowledged.
 //!
 //! Fault injection: the next N pushes fail with a given status ([`LokiReceiver::fail_next`]),
 //! a persistent [`Mode`], `/ready` answering 503, and [`LokiReceiver::stop`] /
@@ -24,7 +30,9 @@
 //! By default everything is accepted (out-of-order entries too, as Loki 2.4+).
 //!
 //! Query semantics kept deliberately small: stream selectors of `=` and `!=`
-//! matchers, then any number of `|= "text"` / `!= "text"` line filters; `start`
+//! matchers, then any number of `|= "text"` / `!= "text"` line filters and
+//! `| name="value"` / `| name!="value"` label filters (on the entry's
+//! structured metadata, else its stream labels; absent is empty); `start`
 //! (inclusive) and `end` (exclusive) as Loki takes them (nanoseconds, seconds
 //! when 10 digits or fewer, float seconds, RFC 3339); `limit` (default 100);
 //! `direction` `backward` (default) or `forward`. Entries come back as stored,
@@ -41,7 +49,7 @@
 //! (a read path the push credentials cannot reach), and
 //! [`LokiReceiver::queries`] counts query requests.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -117,11 +125,11 @@ pub const MAX_ENTRIES_LIMIT_PER_QUERY: usize = 5000;
 
 #[derive(Default)]
 struct Stream {
-    /// In arrival order: the last is the one a new entry is compared with.
+    /// In arrival order, one per identical (timestamp, line).
     entries: Vec<Entry>,
-    /// In count-only mode, where `entries` stays empty: (timestamp, hash of the
-    /// line) of the entry stored last.
-    last_hash: Option<(i64, u64)>,
+    /// (timestamp, hash of the line) of each entry stored (also in count-only
+    /// mode, where `entries` stays empty) → how many times it was received.
+    seen: HashMap<(i64, u64), usize>,
 }
 
 struct Inner {
@@ -130,7 +138,7 @@ struct Inner {
     /// duplicates and refused entries included.
     received: usize,
     /// Entries stored: received, less those refused and those identical to
-    /// their stream's last entry.
+    /// one stored before (same stream, timestamp and line).
     stored: usize,
     pushes: usize,
     /// Query requests, on either endpoint, whatever their answer.
@@ -278,9 +286,9 @@ impl LokiReceiver {
     }
 
     /// Counts stored and received entries without keeping them (`entries` and
-    /// `lines` stay empty; an entry is still dropped when identical to its
-    /// stream's last, compared by timestamp and a hash of the line): cheap
-    /// enough not to be the bottleneck of a benchmark.
+    /// `lines` stay empty; an entry is still stored once per identical
+    /// (stream, timestamp, line), compared by timestamp and a hash of the
+    /// line): cheap enough not to be the bottleneck of a benchmark.
     pub fn set_count_only(&self, on: bool) {
         self.shared.lock().count_only = on;
     }
@@ -323,7 +331,7 @@ impl LokiReceiver {
             .streams
             .iter()
             .filter(|(labels, _)| query.matches_stream(labels))
-            .flat_map(|(_, s)| s.entries.iter().filter(|e| query.matches_line(&e.line)))
+            .flat_map(|(_, s)| s.entries.iter().filter(|e| query.matches_entry(e)))
             .cloned()
             .collect();
         out.sort_by_key(|e| e.timestamp_ns);
@@ -352,16 +360,16 @@ impl LokiReceiver {
         self.shared.lock().streams.keys().cloned().collect()
     }
 
-    /// Entries stored, in every stream: duplicates included, except an entry
-    /// identical to the one stored last in its stream.
+    /// Entries stored, in every stream: one per identical (stream, timestamp,
+    /// line), as Loki's queries show them.
     pub fn stored_count(&self) -> usize {
         self.shared.lock().stored
     }
 
     /// Entries received in pushes the fake handled (not those failed on
     /// purpose by [`fail_next`](Self::fail_next) or [`Mode::Status`]): what
-    /// was stored, what was refused by [`Limits`], and what was dropped as
-    /// identical to its stream's last entry.
+    /// was stored, what was refused by [`Limits`], and what was received again
+    /// after being stored ([`resent`](Self::resent)).
     pub fn received_count(&self) -> usize {
         self.shared.lock().received
     }
@@ -377,20 +385,75 @@ impl LokiReceiver {
         self.shared.lock().queries
     }
 
+    /// The entries of the streams matching `selector` that were received
+    /// again after being stored (same stream, timestamp and line: Loki shows
+    /// them once), each with how many times it was received in all, in
+    /// timestamp order.
+    pub fn resent(&self, selector: &str) -> Vec<(Entry, usize)> {
+        let query = LogQuery::parse(selector).unwrap_or_else(|e| panic!("{selector}: {e}"));
+        let inner = self.shared.lock();
+        let mut out: Vec<(Entry, usize)> = inner
+            .streams
+            .iter()
+            .filter(|(labels, _)| query.matches_stream(labels))
+            .flat_map(|(_, s)| {
+                s.entries.iter().filter_map(|e| {
+                    let times = s.seen[&(e.timestamp_ns, line_hash(&e.line))];
+                    (times > 1 && query.matches_entry(e)).then(|| (e.clone(), times))
+                })
+            })
+            .collect();
+        out.sort_by_key(|(e, _)| e.timestamp_ns);
+        out
+    }
+
     /// Ok when the lines of the streams matching `selector` are exactly
     /// `expected`, each stored as often as it is expected (once, for distinct
-    /// lines); otherwise says how many are missing, how many are stored twice
-    /// or more and how many were never expected, with examples
-    /// ([`super::exactly_once`]).
+    /// lines), and none was sent again once stored; otherwise says how many
+    /// are missing, how many are stored twice or more (at other timestamps),
+    /// how many were never expected ([`super::exactly_once`]) and how many
+    /// were received again ([`resent`](Self::resent)), with examples.
     pub fn exactly_once(&self, selector: &str, expected: &[String]) -> Result<(), String> {
-        super::exactly_once(&self.lines(selector), expected).map_err(|e| format!("{selector}: {e}"))
+        let stored = super::exactly_once(&self.lines(selector), expected);
+        self.with_resent(selector, stored)
     }
 
     /// As [`exactly_once`](Self::exactly_once), but expected lines may be
-    /// missing (a test that knows some were dropped): no line stored twice,
-    /// none stored that was not expected.
+    /// missing (a test that knows some were dropped): no line stored or sent
+    /// twice, none stored that was not expected.
     pub fn at_most_once(&self, selector: &str, expected: &[String]) -> Result<(), String> {
-        super::at_most_once(&self.lines(selector), expected).map_err(|e| format!("{selector}: {e}"))
+        let stored = super::at_most_once(&self.lines(selector), expected);
+        self.with_resent(selector, stored)
+    }
+
+    /// `verdict`, also failed when an entry of `selector` was resent.
+    fn with_resent(&self, selector: &str, verdict: Result<(), String>) -> Result<(), String> {
+        let resent = self.resent(selector);
+        let mut faults: Vec<String> = verdict.err().into_iter().collect();
+        if !resent.is_empty() {
+            let extra: usize = resent.iter().map(|(_, n)| n - 1).sum();
+            let examples: Vec<String> = resent
+                .iter()
+                .take(3)
+                .map(|(e, n)| {
+                    let mut q: String = e.line.chars().take(100).collect();
+                    if q.len() < e.line.len() {
+                        q.push('…');
+                    }
+                    format!("{q:?} ×{n}")
+                })
+                .collect();
+            faults.push(format!(
+                "{} sent again after Loki stored them ({extra} extra entries Loki hides: same stream, timestamp and line), e.g. {}",
+                resent.len(),
+                examples.join(", ")
+            ));
+        }
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{selector}: {}", faults.join("; ")))
+        }
     }
 
     /// Waits until every line of `expected` is stored in the streams matching
@@ -579,28 +642,21 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
                 refused.push(why);
                 continue;
             }
-            // The only duplicate Loki drops for sure: the same timestamp and
-            // line as the entry its stream stored last.
-            if count_only {
-                let key = (ts, line_hash(&line));
-                if stream.last_hash != Some(key) {
-                    stream.last_hash = Some(key);
-                    added += 1;
-                }
+            // Loki's queries show one entry per identical (stream,
+            // timestamp, line); what was received again is counted.
+            let times = stream.seen.entry((ts, line_hash(&line))).or_insert(0);
+            *times += 1;
+            if *times > 1 {
                 continue;
             }
-            let same_as_last = stream
-                .entries
-                .last()
-                .is_some_and(|e| e.timestamp_ns == ts && e.line == line);
-            if !same_as_last {
+            added += 1;
+            if !count_only {
                 stream.entries.push(Entry {
                     labels: labels.clone(),
                     timestamp_ns: ts,
                     line,
                     metadata,
                 });
-                added += 1;
             }
         }
         inner.stored += added;
@@ -770,7 +826,7 @@ fn check_labels(labels: &LabelMap) -> Result<(), String> {
 /// Parses a label set in selector form, `{a="b", c="d"}`, as Loki does for pushes.
 pub fn parse_labels(s: &str) -> Result<LabelMap, String> {
     let q = LogQuery::parse(s)?;
-    if !q.filters.is_empty() || q.matchers.iter().any(|m| !m.equal) {
+    if !q.filters.is_empty() || !q.label_filters.is_empty() || q.matchers.iter().any(|m| !m.equal) {
         return Err(format!("error parsing labels {s:?}: not a label set"));
     }
     let labels: LabelMap = q.matchers.into_iter().map(|m| (m.name, m.value)).collect();
@@ -791,11 +847,13 @@ struct Filter {
     contains: bool,
 }
 
-/// A stream selector with line filters.
+/// A stream selector with line filters and label filters.
 #[derive(Debug, Clone)]
 struct LogQuery {
     matchers: Vec<Matcher>,
     filters: Vec<Filter>,
+    /// `| name="value"` and `| name!="value"`.
+    label_filters: Vec<Matcher>,
 }
 
 impl LogQuery {
@@ -827,6 +885,7 @@ impl LogQuery {
             matchers.push(Matcher { name, value, equal });
         }
         let mut filters = Vec::new();
+        let mut label_filters = Vec::new();
         loop {
             p.ws();
             if p.pos == s.len() {
@@ -836,6 +895,21 @@ impl LogQuery {
                 true
             } else if p.eat("!=") {
                 false
+            } else if p.eat("|") {
+                p.ws();
+                let name = p.ident()?;
+                p.ws();
+                let equal = if p.eat("!=") {
+                    false
+                } else if p.eat("=") {
+                    true
+                } else {
+                    return Err(format!("unsupported label filter at {} in {s:?}", p.pos));
+                };
+                p.ws();
+                let value = p.string()?;
+                label_filters.push(Matcher { name, value, equal });
+                continue;
             } else {
                 return Err(format!("unsupported LogQL at {} in {s:?}", p.pos));
             };
@@ -845,7 +919,11 @@ impl LogQuery {
                 contains,
             });
         }
-        Ok(LogQuery { matchers, filters })
+        Ok(LogQuery {
+            matchers,
+            filters,
+            label_filters,
+        })
     }
 
     fn matches_stream(&self, labels: &LabelMap) -> bool {
@@ -855,10 +933,19 @@ impl LogQuery {
         })
     }
 
-    fn matches_line(&self, line: &str) -> bool {
+    fn matches_entry(&self, e: &Entry) -> bool {
         self.filters
             .iter()
-            .all(|f| line.contains(&f.text) == f.contains)
+            .all(|f| e.line.contains(&f.text) == f.contains)
+            && self.label_filters.iter().all(|m| {
+                let v = e
+                    .metadata
+                    .get(&m.name)
+                    .or_else(|| e.labels.get(&m.name))
+                    .map(String::as_str)
+                    .unwrap_or("");
+                (v == m.value) == m.equal
+            })
     }
 }
 
@@ -1040,7 +1127,7 @@ async fn query_range(
             .filter(|(labels, _)| query.matches_stream(labels))
             .flat_map(|(_, s)| s.entries.iter())
             .filter(|e| e.timestamp_ns >= start && e.timestamp_ns < end)
-            .filter(|e| query.matches_line(&e.line))
+            .filter(|e| query.matches_entry(e))
             .cloned()
             .collect()
     };

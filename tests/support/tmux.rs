@@ -11,7 +11,19 @@ pub struct TmuxServer {
 
 impl TmuxServer {
     pub fn start(socket: &str, dir: &Path) -> Option<Self> {
-        let ok = Command::new("tmux")
+        Self::start_with_env(socket, dir, &[])
+    }
+
+    /// As [`TmuxServer::start`], the pane's shell (and every command it runs)
+    /// with `env` set and the agent's own variables ([`super::AGENT_ENV`])
+    /// cleared: what the user's login would give it.
+    pub fn start_with_env(socket: &str, dir: &Path, env: &[(&str, &str)]) -> Option<Self> {
+        let mut cmd = Command::new("tmux");
+        super::clear_agent_env(&mut cmd);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let ok = cmd
             .args([
                 "-L",
                 socket,
