@@ -91,6 +91,9 @@ pub(crate) struct Tailed {
     batch: Vec<SourceLine>,
     batch_bytes: usize,
     batch_end: u64,
+    /// Lines left to `exec` moved `batch_end` since the last batch: the next
+    /// batch is made even without lines, so the checkpoint passes them too.
+    skipped: bool,
     pub commits: SharedCommits,
     pub state: FileState,
     limits: LineLimits,
@@ -154,6 +157,7 @@ impl Tailed {
             batch: Vec::new(),
             batch_bytes: 0,
             batch_end: o.offset,
+            skipped: false,
             commits: Commits::new(o.offset),
             state: FileState::Following,
             limits: o.limits,
@@ -255,8 +259,9 @@ impl Tailed {
             };
             self.line_cut = false;
             lines += 1;
-            if let Some(text) = text {
-                self.emit(text, end_offset, now, read_time, out);
+            match text {
+                Some(text) => self.emit(text, end_offset, now, read_time, out),
+                None => self.skip_to(end_offset),
             }
             start = nl + 1;
         }
@@ -349,9 +354,17 @@ impl Tailed {
         self.joined = joined;
     }
 
-    /// Hands the records read so far over as a batch, if there are any.
+    /// A line up to `end_offset` ships nothing (it is left to `exec`): the
+    /// checkpoint may pass it.
+    fn skip_to(&mut self, end_offset: u64) {
+        self.batch_end = self.batch_end.max(end_offset);
+        self.skipped = true;
+    }
+
+    /// Hands the records read so far over as a batch, if there are any (or if
+    /// lines left to `exec` moved the checkpoint).
     pub(crate) fn take_batch(&mut self, out: &mut VecDeque<SourceBatch>) {
-        if !self.batch.is_empty() {
+        if !self.batch.is_empty() || self.skipped {
             let batch = std::mem::take(&mut self.batch);
             self.batch_bytes = 0;
             out.push_back(self.make_batch(batch));
@@ -359,6 +372,7 @@ impl Tailed {
     }
 
     fn make_batch(&mut self, lines: Vec<SourceLine>) -> SourceBatch {
+        self.skipped = false;
         // A record the joiner still holds starts at or after every record it has
         // finished; the cap only guards that promise.
         let end = match self.joiner.pending_start() {
@@ -406,8 +420,9 @@ impl Tailed {
         counters.lines_read.fetch_add(1, Ordering::Relaxed);
         counters.add_render(&stats, 0);
         let end = self.offset;
-        if let Some(text) = text {
-            self.emit(text, end, now, Timestamp::now(), out);
+        match text {
+            Some(text) => self.emit(text, end, now, Timestamp::now(), out),
+            None => self.skip_to(end),
         }
     }
 
