@@ -246,27 +246,13 @@ fn iteration_panel_query() -> String {
 /// end of `file`'s last complete line: it has read and stored every line (the
 /// shell's last prompt, with no newline yet, is not one). False on timeout.
 async fn wait_checkpointed(positions: &Path, file: &Path) -> bool {
-    fn has_offset(v: &serde_json::Value, want: u64) -> bool {
-        match v {
-            serde_json::Value::Object(m) => m
-                .iter()
-                .any(|(k, v)| (k == "offset" && v.as_u64() == Some(want)) || has_offset(v, want)),
-            serde_json::Value::Array(a) => a.iter().any(|v| has_offset(v, want)),
-            _ => false,
-        }
-    }
-    wait_until(DEADLINE, || {
-        let Ok(text) = std::fs::read(file) else {
-            return false;
-        };
-        let len = text
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i as u64 + 1);
-        std::fs::read(positions)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| has_offset(&v, len))
+    support::agent::wait_checkpointed_at(positions, || {
+        let text = std::fs::read(file).ok()?;
+        Some(
+            text.iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i as u64 + 1),
+        )
     })
     .await
 }

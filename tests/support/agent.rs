@@ -222,27 +222,33 @@ poll_interval = "100ms"
     /// `file`'s end: everything in it is acknowledged, so a restart does not read
     /// it again. False on timeout.
     pub async fn wait_checkpointed(&self, file: &Path) -> bool {
-        fn has_offset(v: &serde_json::Value, want: u64) -> bool {
-            match v {
-                serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
-                    (k == "offset" && v.as_u64() == Some(want)) || has_offset(v, want)
-                }),
-                serde_json::Value::Array(a) => a.iter().any(|v| has_offset(v, want)),
-                _ => false,
-            }
-        }
         let positions = self.dir.path().join("state").join("positions.json");
-        wait_until(DEADLINE, || {
-            let Ok(len) = std::fs::metadata(file).map(|m| m.len()) else {
-                return false;
-            };
-            std::fs::read(&positions)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|v| has_offset(&v, len))
-        })
-        .await
+        wait_checkpointed_at(&positions, || std::fs::metadata(file).map(|m| m.len()).ok()).await
     }
+}
+
+/// Waits until the tailer's checkpoint file `positions` holds the offset
+/// `want()` says (read anew each time; `None`: not yet known). False on timeout.
+pub async fn wait_checkpointed_at(positions: &Path, want: impl Fn() -> Option<u64>) -> bool {
+    fn has_offset(v: &serde_json::Value, want: u64) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .any(|(k, v)| (k == "offset" && v.as_u64() == Some(want)) || has_offset(v, want)),
+            serde_json::Value::Array(a) => a.iter().any(|v| has_offset(v, want)),
+            _ => false,
+        }
+    }
+    wait_until(DEADLINE, || {
+        let Some(want) = want() else {
+            return false;
+        };
+        std::fs::read(positions)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| has_offset(&v, want))
+    })
+    .await
 }
 
 /// An agent configuration that relays OTLP to a fake collector, receivers on

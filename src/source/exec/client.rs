@@ -13,7 +13,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::outbox;
 use super::protocol::{read_frame, write_frame, ClientFrame, DaemonFrame, Read1};
@@ -183,20 +183,9 @@ pub fn send_once(
                 }
             }
             // Complete, and no end in it: its exec died (or could not write
-            // the end). The capture's last write is the best end there is.
+            // the end).
             Ok(Read1::Eof | Read1::Partial) => {
-                let ended_ms = file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                let frame = ClientFrame::End {
-                    exit: None,
-                    ended_ms,
-                    git_head: None,
-                };
-                return end(&mut stream, &frame);
+                return end(&mut stream, &outbox::end_of_dead_run(file));
             }
             Err(e) => return Err(SendError::Corrupt(e.to_string())),
         }

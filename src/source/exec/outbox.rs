@@ -100,6 +100,23 @@ pub fn open_finished(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// The end of a capture whose `exec` died before writing one (its last frame
+/// read, no `end`): no exit status, ended at the capture's last write, the best
+/// end there is.
+pub fn end_of_dead_run(capture: &File) -> super::protocol::ClientFrame {
+    let ended_ms = capture
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    super::protocol::ClientFrame::End {
+        exit: None,
+        ended_ms,
+        git_head: None,
+    }
+}
+
 /// The file in an outbox that says `exec` told its user no daemon answers.
 const AWAY_FLAG: &str = "daemon-away";
 

@@ -23,12 +23,11 @@
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use tokio::sync::mpsc;
 
-use super::super::outbox::CAPTURE_EXT;
+use super::super::outbox::{end_of_dead_run, CAPTURE_EXT};
 use super::super::protocol::{read_frame, ClientFrame, Hello, Read1};
 
 /// Users whose outboxes are looked at, at most.
@@ -232,17 +231,7 @@ pub(crate) fn frames(mut file: File) -> mpsc::Receiver<std::io::Result<ClientFra
             let frame = match read_frame::<ClientFrame>(&mut file) {
                 Ok(Read1::Frame(f)) => Ok(f),
                 Ok(Read1::Eof | Read1::Partial) => {
-                    let ended_ms = file
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    let _ = tx.blocking_send(Ok(ClientFrame::End {
-                        exit: None,
-                        ended_ms,
-                        git_head: None,
-                    }));
+                    let _ = tx.blocking_send(Ok(end_of_dead_run(&file)));
                     return;
                 }
                 Err(e) => Err(e),
