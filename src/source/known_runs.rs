@@ -39,7 +39,9 @@ impl std::fmt::Debug for KnownRuns {
 }
 
 impl KnownRuns {
-    /// Remembers the run `trace_id` (hex) of `uid`; an invalid id is ignored.
+    /// Remembers the run `trace_id` (hex) of `uid`; an invalid id is ignored,
+    /// and so is a known run claimed again by another user (its first user
+    /// keeps it: a user who learnt someone's run id cannot take it over).
     pub fn insert(&self, trace_id: &str, uid: u32) {
         let Some(id) = run_id(trace_id.as_bytes()) else {
             return;
@@ -47,7 +49,8 @@ impl KnownRuns {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.owner.insert(id, uid).is_none() {
+        if let std::collections::hash_map::Entry::Vacant(e) = inner.owner.entry(id) {
+            e.insert(uid);
             inner.order.push_back(id);
             while inner.order.len() > MAX_KNOWN {
                 if let Some(old) = inner.order.pop_front() {
@@ -86,6 +89,8 @@ mod tests {
         assert_eq!(k.owner(&id), Some(1000));
         k.insert("not hex", 1);
         assert_eq!(k.len(), 1);
+        k.insert(R, 1001);
+        assert_eq!(k.owner(&id), Some(1000), "the first user keeps the run");
     }
 
     #[test]
