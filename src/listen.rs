@@ -280,7 +280,7 @@ impl ListenerCounters {
     /// the admin endpoint serves them for every listener, each sample labelled
     /// `listener="otlp_grpc"|"otlp_http"|"admin"`.
     pub(crate) const FAMILIES: &'static [Family<ListenerCounters>] = &[
-        gauge("wisp_listener_connections", "Connections open now, by listener (otlp_grpc, otlp_http, admin); at most 64 per OTLP listener and 8 for admin, more wait in the accept backlog.", |c| one(c.open())),
+        gauge("wisp_listener_connections", "Connections open now, by listener (otlp_grpc, otlp_http, admin); at most 64 per OTLP listener and 256 for admin, more wait in the accept backlog.", |c| one(c.open())),
         counter("wisp_listener_connections_closed_total", "Connections the agent closed, by listener and reason: slow_headers (headers not in within 10 s), no_request (none within 10 s of opening), idle (60 s), request_timeout (not answered within 30 s), shutdown_deadline.", |c| {
             c.closed()
                 .into_iter()

@@ -108,10 +108,16 @@ async fn a_client_sending_headers_a_byte_a_second_is_cut_after_the_header_timeou
         trickle_until_cut(admin, admin_head),
         trickle_until_cut(grpc, preface),
     );
-    for (name, held) in [("otlp http", h), ("admin", a), ("otlp grpc", g)] {
+    // Not before the header timeout: a slow but honest client gets its 10 s
+    // on the receivers, 2 s on the admin endpoint (any user can open
+    // connections to it; a scraper sends its request at once).
+    for (name, held, timeout) in [("otlp http", h, 10), ("admin", a, 2), ("otlp grpc", g, 10)] {
         eprintln!("{name}: cut after {held:?}");
-        // Not before the header timeout: a slow but honest client gets its 10 s.
-        assert!(held >= Duration::from_secs(9), "{name}: cut after {held:?}");
+        let timeout = Duration::from_secs(timeout);
+        assert!(
+            held >= timeout - Duration::from_secs(1) && held < timeout * 2,
+            "{name}: cut after {held:?}"
+        );
     }
     // The listeners still serve.
     let r = reqwest::Client::new()
@@ -252,6 +258,38 @@ async fn hold_connections(addr: SocketAddr, n: usize, partial: &[u8]) -> Vec<Tcp
         held.push(s);
     }
     held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_answers_beside_a_hundred_idle_connections() {
+    let (_collector, _relay, agent, _grpc, _http, admin) = relay_with_admin().await;
+    // Any local user can do this: open connections and send nothing, or half
+    // a request.
+    let held = hold_connections(admin, 100, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/status", "/metrics"] {
+        let asked = Instant::now();
+        let r = client
+            .get(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path} did not answer: {e}\n{}", agent.log()));
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(asked.elapsed() < Duration::from_secs(2), "{path}");
+    }
+    // An idle connection does not keep its slot: it is closed after the
+    // first-request deadline.
+    let mut idle = TcpStream::connect(admin).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection was not closed: {closed:?}"
+    );
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,15 +68,18 @@ use crate::spool::SpoolCounters;
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
 
 /// The endpoint's connection bound and timeouts (see [`crate::listen`]): a
-/// scraper or two and a person with curl need a few connections; more wait in
-/// the accept backlog. The grace is short: `run` waits a second for the
-/// endpoint after the pipeline stopped.
+/// scraper or two and a person with curl need a few connections, but any local
+/// user can open many and send nothing; so there are slots for hundreds, a
+/// connection must send its request within 2 s, and an idle one is closed
+/// after 15 s: `status` and `/healthz` still answer beside 100 idle
+/// connections. More wait in the accept backlog. The grace is short: `run`
+/// waits a second for the endpoint after the pipeline stopped.
 const LIMITS: ListenerLimits = ListenerLimits {
     name: "admin endpoint",
     protocol: Protocol::Http1,
-    max_connections: 8,
-    header_timeout: Duration::from_secs(10),
-    idle_timeout: Duration::from_secs(60),
+    max_connections: 256,
+    header_timeout: Duration::from_secs(2),
+    idle_timeout: Duration::from_secs(15),
     request_timeout: Duration::from_secs(30),
     shutdown_grace: Duration::from_millis(500),
     on_timeout: crate::listen::http_timeout,

@@ -17,8 +17,13 @@ struct Reported {
     cost_usd: Option<serde_json::Value>,
 }
 
+/// The largest cost one run may report, in US dollars: a bigger number is no
+/// cost but noise (or an attempt to make the job's counter infinite), and is
+/// not counted. A million runs at this bound still sum to a finite counter.
+pub const MAX_RUN_COST_USD: f64 = 1e9;
+
 /// The cost `line` reports, in US dollars: a finite number, not negative (a
-/// counter only grows).
+/// counter only grows), at most [`MAX_RUN_COST_USD`].
 pub fn reported_cost(line: &str) -> Option<f64> {
     memchr::memmem::find(line.as_bytes(), b"cost_usd")?;
     // A struct also deserializes from a JSON array: only objects count.
@@ -29,7 +34,7 @@ pub fn reported_cost(line: &str) -> Option<f64> {
     let number = |v: Option<serde_json::Value>| v.and_then(|v| v.as_f64());
     number(r.total_cost_usd)
         .or_else(|| number(r.cost_usd))
-        .filter(|c| c.is_finite() && *c >= 0.0)
+        .filter(|c| c.is_finite() && (0.0..=MAX_RUN_COST_USD).contains(c))
 }
 
 /// The cost of the last line of `lines` that reports one.
@@ -71,6 +76,13 @@ mod tests {
         ] {
             assert_eq!(reported_cost(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn a_cost_too_large_to_be_one_is_not_counted() {
+        assert_eq!(reported_cost(r#"{"total_cost_usd":1e308}"#), None);
+        assert_eq!(reported_cost(r#"{"total_cost_usd":-1}"#), None);
+        assert_eq!(reported_cost(r#"{"total_cost_usd":1e9}"#), Some(1e9));
     }
 
     #[test]

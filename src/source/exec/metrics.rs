@@ -74,7 +74,9 @@ impl ExecCounters {
             counts.seconds += run.seconds;
         }
         if let Some(cost) = run.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
-            *counts.cost_usd.get_or_insert(0.0) += cost;
+            // Served as a number a scraper reads: it never becomes +Inf.
+            let sum = counts.cost_usd.get_or_insert(0.0);
+            *sum = (*sum + cost).min(f64::MAX);
         }
     }
 
