@@ -12,7 +12,7 @@ use crate::discovery::{self, Discovery, Inputs, Resolution};
 
 /// Runs a parsed command line; never panics on bad input, returns the exit status.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(cli.log_level.as_deref());
+    crate::log::init(cli.log_level.as_deref());
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -31,24 +31,6 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
     }
-}
-
-/// The agent's own log: to stderr, so stdout stays clean for `--dry-run` and
-/// `--json`. `--log-level` wins over `RUST_LOG`; the default is `info`.
-fn init_logging(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    }
-    .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in journald or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {

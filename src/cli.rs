@@ -71,7 +71,7 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The `job` label of the command's output [default: exec]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
     /// An extra label on the command's output (repeatable)
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
@@ -79,9 +79,14 @@ pub struct ExecArgs {
     /// Hand the captures kept while the daemon was away over to it, and exit
     #[arg(long, conflicts_with_all = ["name", "labels", "command"])]
     pub flush: bool,
-    /// The command and its arguments, after `--`
-    #[arg(required_unless_present = "flush", last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    /// The command and its arguments, after `--` (any bytes the OS passes)
+    #[arg(
+        required_unless_present = "flush",
+        last = true,
+        value_name = "CMD",
+        value_parser = clap::value_parser!(std::ffi::OsString)
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,20 +95,32 @@ pub enum ConfigCommand {
     Check,
 }
 
+/// A label value or job name: no control character (it is printed by
+/// terminals, in `status` and Grafana).
+fn no_controls(what: &str, v: &str) -> Result<(), String> {
+    if v.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {:?} holds a control character; labels are printed, use plain text",
+            crate::parse::labels::escape_controls(v)
+        ));
+    }
+    Ok(())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    no_controls("the name", s)?;
+    Ok(s.to_string())
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected K=V, found {s:?}"))?;
-    if !crate::config::is_valid_label_name(k) {
-        return Err(format!(
-            "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
-        ));
-    }
-    if matches!(k, "job" | "host" | "filename" | "level" | "user") {
-        return Err(format!(
-            "label {k:?} is set by the agent (use --name for the job)"
-        ));
-    }
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "expected K=V, found {:?}",
+            crate::parse::labels::escape_controls(s)
+        )
+    })?;
+    crate::parse::labels::check_user_label_name(k)?;
+    no_controls(&format!("the value of label {k}"), v)?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -152,6 +169,36 @@ mod tests {
             Cli::try_parse_from(["wisp-agent", "exec", "--label", "user=root", "--", "true"])
                 .is_err()
         );
+        for bad in [
+            &["--label", "User=root"][..],
+            &["--label", "__name__=x"],
+            &["--label", "note=a\u{1b}[2J"],
+            &["--name", "x\u{1b}]0;T\u{7}"],
+        ] {
+            let args = ["wisp-agent", "exec"]
+                .iter()
+                .chain(bad)
+                .chain(&["--", "true"]);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exec_passes_any_os_argument_through() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = std::ffi::OsString::from_vec(vec![0xff, b'x']);
+        let cli = Cli::try_parse_from([
+            std::ffi::OsString::from("wisp-agent"),
+            "exec".into(),
+            "--".into(),
+            "printf".into(),
+            raw.clone(),
+        ])
+        .unwrap();
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec");
+        };
+        assert_eq!(e.command, vec![std::ffi::OsString::from("printf"), raw]);
     }
 
     #[test]

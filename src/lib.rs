@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub(crate) mod listen;
+pub mod log;
 pub mod notify;
 pub mod parse;
 pub mod pipeline;

@@ -47,9 +47,20 @@ pub fn label_name(name: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A label value as shipped: at most [`MAX_VALUE_BYTES`], cut at a character
-/// boundary. (A `String` is valid UTF-8 already, which is what Loki requires.)
-pub fn label_value(value: &str) -> &str {
+/// A label value as shipped: control characters escaped (`\u{1b}`, `\n`: a
+/// label is printed by terminals, in `/metrics`, `status` and Grafana, and an
+/// escape sequence in one would act there), at most [`MAX_VALUE_BYTES`], cut at
+/// a character boundary. (A `String` is valid UTF-8 already, which is what
+/// Loki requires.)
+pub fn label_value(value: &str) -> Cow<'_, str> {
+    let value = match escape_controls(value) {
+        Cow::Borrowed(v) => Cow::Borrowed(cut(v)),
+        Cow::Owned(v) => Cow::Owned(cut(&v).to_owned()),
+    };
+    value
+}
+
+fn cut(value: &str) -> &str {
     if value.len() <= MAX_VALUE_BYTES {
         return value;
     }
@@ -58,6 +69,52 @@ pub fn label_value(value: &str) -> &str {
         end -= 1;
     }
     &value[..end]
+}
+
+/// `text` with each control character (C0, DEL, C1) written as its Rust
+/// escape (`\u{1b}`, `\t`, `\n`), so that printing it moves no cursor and
+/// changes no title; borrowed when there is none (the common case).
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The label names the agent sets itself: no user's label may take one, in
+/// any case (`User` would read as `user` to a person).
+pub const AGENT_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
+
+/// Whether a user may name a label `name` (`exec --label`, a run's labels):
+/// `Err` says why not. It must match `[a-zA-Z_][a-zA-Z0-9_]*`, be none of
+/// [`AGENT_LABELS`] in any case, and not start with `__` (Loki's own names,
+/// such as `__name__` or `__tenant_id__`).
+pub fn check_user_label_name(name: &str) -> Result<(), String> {
+    if !crate::config::is_valid_label_name(name) {
+        return Err(format!(
+            "label name {:?} must match [a-zA-Z_][a-zA-Z0-9_]*",
+            escape_controls(name)
+        ));
+    }
+    if AGENT_LABELS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(format!(
+            "label {name:?} is set by the agent (use --name for the job)"
+        ));
+    }
+    if name.starts_with("__") {
+        return Err(format!(
+            "label {name:?} starts with __, which Loki keeps for itself"
+        ));
+    }
+    Ok(())
 }
 
 /// Keeps each promoted label to at most `max_values` distinct values.
@@ -157,7 +214,7 @@ impl SourceLabels {
         let mut push = |k: &str, v: &str| {
             let v = label_value(v);
             if !v.is_empty() {
-                base.push((label_name(k).into_owned(), v.to_owned()));
+                base.push((label_name(k).into_owned(), v.into_owned()));
             }
         };
         for (k, v) in agent_labels.iter().chain(source.labels.iter()) {

@@ -24,6 +24,7 @@ pub mod logfmt;
 pub mod text;
 pub mod timestamp;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,11 +249,14 @@ impl Transformer {
                 let labels = if parsed.label_values.iter().all(Option::is_none) {
                     entry.labels(parsed.level, &[])
                 } else {
-                    let mut promoted: Vec<Option<&str>> =
-                        Vec::with_capacity(parsed.label_values.len());
-                    for (name, value) in entry.promoted_names.iter().zip(&parsed.label_values) {
-                        let value = value.as_deref().map(labels::label_value);
-                        promoted.push(match value {
+                    let values: Vec<Option<Cow<'_, str>>> = parsed
+                        .label_values
+                        .iter()
+                        .map(|v| v.as_deref().map(labels::label_value))
+                        .collect();
+                    let mut promoted: Vec<Option<&str>> = Vec::with_capacity(values.len());
+                    for (name, value) in entry.promoted_names.iter().zip(&values) {
+                        promoted.push(match value.as_deref() {
                             None | Some("") => None,
                             Some(v) => match self.guard.admit(name, v) {
                                 Admitted::Value(v) => Some(v),

@@ -30,6 +30,7 @@
 //! label cache is bounded ([`MAX_CACHED_SETS`]). Nothing here panics on any
 //! request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -63,9 +64,6 @@ const MAX_CACHED_SETS: usize = 4096;
 
 /// A run's labels (from [`RUN_LABELS`]) on an entry, at most.
 pub const MAX_RUN_LABELS: usize = 16;
-
-/// Label names the agent sets itself: a run's label of such a name is skipped.
-const RESERVED_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
 
 /// What the conversion needs from the configuration.
 #[derive(Clone, Debug)]
@@ -113,11 +111,11 @@ impl Converter {
             .iter()
             .map(|(k, v)| (labels::label_name(k).into_owned(), labels::label_value(v)))
             .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k, v.to_owned()))
+            .map(|(k, v)| (k, v.into_owned()))
             .collect();
         Self {
             base,
-            host: labels::label_value(&settings.hostname).to_owned(),
+            host: labels::label_value(&settings.hostname).into_owned(),
             guard: CardinalityGuard::new(settings.max_label_values),
             max_label_values: settings.max_label_values,
             cache: HashMap::new(),
@@ -142,14 +140,19 @@ impl Converter {
                 .and_then(|_| string_attribute(resource, RUN_NAME))
                 .map(labels::label_value)
                 .filter(|s| !s.is_empty());
-            let job = self.job(run_name.or(service).unwrap_or(UNKNOWN_SERVICE));
+            let job = self.job(
+                run_name
+                    .as_deref()
+                    .or(service.as_deref())
+                    .unwrap_or(UNKNOWN_SERVICE),
+            );
             let (run_labels, run_metadata) = match run {
                 None => (Vec::new(), Vec::new()),
                 Some(run) => (
                     run_labels(resource),
                     [
                         ("run_id", Some(hex(&run.trace_id))),
-                        ("service_name", service.map(str::to_owned)),
+                        ("service_name", service.map(Cow::into_owned)),
                     ]
                     .into_iter()
                     .filter_map(|(k, v)| Some((k.to_owned(), v?)))
@@ -254,17 +257,14 @@ fn run_labels(resource: Option<&Resource>) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|name| {
             let value = labels::label_value(string_attribute(resource, name)?);
-            (!value.is_empty()).then(|| (name.to_owned(), value.to_owned()))
+            (!value.is_empty()).then(|| (name.to_owned(), value.into_owned()))
         })
         .collect()
 }
 
-/// A label name `exec --label` takes: `[a-zA-Z_][a-zA-Z0-9_]*`, not one the
-/// agent sets (in any case), not one Loki reserves (`__…`).
+/// A label name `exec --label` takes (see [`labels::check_user_label_name`]).
 fn is_run_label_name(name: &str) -> bool {
-    crate::config::is_valid_label_name(name)
-        && !name.starts_with("__")
-        && !RESERVED_LABELS.iter().any(|r| r.eq_ignore_ascii_case(name))
+    labels::check_user_label_name(name).is_ok()
 }
 
 /// The level of a record: its severity number (OpenTelemetry's ranges), else

@@ -6,8 +6,14 @@ use std::fmt::Write;
 
 use super::{BufferStatus, ExecStatus, HostStatus, Status};
 
-/// The one-screen summary, one topic a line.
+/// The one-screen summary `wisp-agent status` prints, one topic a line. What the daemon reported (a job
+/// name, Loki's error text, a host) is shown with its control characters
+/// escaped: nothing printed here moves the cursor or retitles the terminal.
 pub fn summary(s: &Status) -> String {
+    printable(&summary_text(s), true)
+}
+
+fn summary_text(s: &Status) -> String {
     let mut out = String::new();
     let uptime = s
         .agent
@@ -102,8 +108,13 @@ pub fn summary(s: &Status) -> String {
 
 /// The periodic line, e.g. `status: host 192.168.5.2 (host.lima.internal), 3
 /// files, 12034 lines read, loki 12030 shipped 0 B buffered, last push 2 s
-/// ago, otlp 55 shipped 0 B buffered, last export 1 s ago, 0 retries, 0 dropped`.
+/// ago, otlp 55 shipped 0 B buffered, last export 1 s ago, 0 retries, 0 dropped`,
+/// control characters escaped.
 pub fn line(s: &Status) -> String {
+    printable(&line_text(s), false)
+}
+
+fn line_text(s: &Status) -> String {
     let mut parts = vec![match host(&s.host) {
         Some(h) => format!("host {h}"),
         None => "no host answers (run `wisp-agent probe`)".to_string(),
@@ -223,6 +234,14 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `text` with its control characters escaped, newlines too unless `lines`.
+fn printable(text: &str, lines: bool) -> String {
+    text.split('\n')
+        .map(crate::parse::labels::escape_controls)
+        .collect::<Vec<_>>()
+        .join(if lines { "\n" } else { "\\n" })
 }
 
 /// An error message cut to one screen line's worth (on a character boundary).

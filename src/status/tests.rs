@@ -116,6 +116,26 @@ fn last_errors_are_redacted_and_health_is_the_healthz_verdict() {
 }
 
 #[test]
+fn what_the_daemon_reports_is_printed_without_a_raw_control_character() {
+    let extras = Extras {
+        problem: Some("disk \u{1b}[2Jfull\r".into()),
+        loki_last_error: Some(
+            "400: entry too old\nuser 'fake', total ignored: 1 \u{1b}]0;T\u{7}".into(),
+        ),
+        ..both()
+    };
+    let s = build(PAGE, &extras, at(1012));
+    let shown = summary(&s);
+    assert!(
+        !shown.chars().any(|c| c.is_control() && c != '\n'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\\u{1b}[2Jfull\\r"), "{shown}");
+    let one = line(&s);
+    assert!(!one.chars().any(char::is_control), "{one:?}");
+}
+
+#[test]
 fn the_summary_and_the_line_carry_the_figures() {
     let s = build(PAGE, &both(), at(1012));
     let shown = summary(&s);

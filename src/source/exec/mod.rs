@@ -359,6 +359,8 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         warn("no command given: wisp-agent exec -- CMD [ARGS...]");
         return ExitCode::from(2);
     };
+    // As the user typed it, for exec's own words (never raw bytes: it is printed).
+    let shown = crate::parse::labels::escape_controls(&program.to_string_lossy()).into_owned();
     // Only a captured run has a span to put it on.
     let git_head = match &config {
         Some(_) => git::head().await,
@@ -369,7 +371,11 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         version: protocol::VERSION,
         job: args.name.clone().unwrap_or_else(|| DEFAULT_JOB.into()),
         labels: args.labels.iter().cloned().collect(),
-        argv: args.command.clone(),
+        argv: args
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         trace_id,
         span_id,
         started_ms: now_ms(),
@@ -445,11 +451,11 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
         Err(e) => {
             let code = match e.kind() {
                 io::ErrorKind::NotFound => {
-                    warn(&format!("{program}: command not found"));
+                    warn(&format!("{shown}: command not found"));
                     127
                 }
                 _ => {
-                    warn(&format!("cannot run {program}: {e}"));
+                    warn(&format!("cannot run {shown}: {e}"));
                     126
                 }
             };
@@ -493,7 +499,7 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
     let code = match status {
         Ok(status) => exit_code(status),
         Err(e) => {
-            warn(&format!("lost track of {program}: {e}"));
+            warn(&format!("lost track of {shown}: {e}"));
             1
         }
     };

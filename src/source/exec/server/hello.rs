@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 
 use super::super::protocol::{Hello, VERSION};
 use super::super::DEFAULT_JOB;
-use crate::config::is_valid_label_name;
-
-/// Label names a client may not set: the agent's own.
-pub(super) const RESERVED_LABELS: [&str; 5] = ["job", "host", "filename", "level", "user"];
+use crate::parse::labels::{check_user_label_name, escape_controls};
 
 /// At most this many `--label`s, and this long a job or label value.
 const MAX_LABELS: usize = 32;
@@ -36,16 +33,7 @@ pub(super) fn check_hello(hello: &Hello) -> Result<(String, BTreeMap<String, Str
         return Err(format!("more than {MAX_LABELS} labels"));
     }
     for (k, v) in &hello.labels {
-        if !is_valid_label_name(k) {
-            return Err(format!(
-                "label name {k:?} must match [a-zA-Z_][a-zA-Z0-9_]*"
-            ));
-        }
-        if RESERVED_LABELS.contains(&k.as_str()) {
-            return Err(format!(
-                "label {k:?} is the agent's own (use --name for the job)"
-            ));
-        }
+        check_user_label_name(k)?;
         if v.chars().count() > MAX_VALUE_CHARS {
             return Err(format!(
                 "label {k:?} is longer than {MAX_VALUE_CHARS} characters"
@@ -57,12 +45,19 @@ pub(super) fn check_hello(hello: &Hello) -> Result<(String, BTreeMap<String, Str
             "the job is longer than {MAX_VALUE_CHARS} characters"
         ));
     }
+    // Control characters are escaped, not refused: a refused run would wait in
+    // its user's outbox for ever. (`exec` itself refuses them.)
     let job = if hello.job.is_empty() {
         DEFAULT_JOB.to_string()
     } else {
-        hello.job.clone()
+        escape_controls(&hello.job).into_owned()
     };
-    Ok((job, hello.labels.clone()))
+    let labels = hello
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), escape_controls(v).into_owned()))
+        .collect();
+    Ok((job, labels))
 }
 
 /// The name of `uid` in `/etc/passwd`, or the uid as text.

@@ -1,9 +1,9 @@
 //! Unit tests of the exec server: its checks of a hello, run keys, bounds.
 
 use super::super::protocol::{Hello, VERSION};
-use super::hello::RESERVED_LABELS;
 use super::runs::{durable_runs, make_room, run_key, Progress};
 use super::*;
+use crate::parse::labels::AGENT_LABELS;
 
 fn hello() -> Hello {
     Hello {
@@ -21,9 +21,15 @@ fn hello() -> Hello {
 #[test]
 fn a_client_cannot_set_the_agents_own_labels_or_bad_ids() {
     assert!(check_hello(&hello()).is_ok());
-    for name in RESERVED_LABELS {
+    let upper: Vec<String> = AGENT_LABELS.iter().map(|n| n.to_uppercase()).collect();
+    let names = AGENT_LABELS
+        .iter()
+        .map(|n| n.to_string())
+        .chain(upper)
+        .chain(["User".into(), "__name__".into(), "__tenant_id__".into()]);
+    for name in names {
         let mut h = hello();
-        h.labels.insert(name.into(), "forged".into());
+        h.labels.insert(name.clone(), "forged".into());
         assert!(check_hello(&h).is_err(), "{name}");
     }
     let mut h = hello();
@@ -35,6 +41,20 @@ fn a_client_cannot_set_the_agents_own_labels_or_bad_ids() {
     let mut h = hello();
     h.job = String::new();
     assert_eq!(check_hello(&h).unwrap().0, "exec");
+}
+
+#[test]
+fn control_characters_in_a_hello_are_escaped_before_they_become_labels() {
+    let mut h = hello();
+    h.job = "x\u{1b}]0;T\u{7}\u{1b}[2J".into();
+    h.labels.insert("note".into(), "a\nb".into());
+    let (job, labels) = check_hello(&h).unwrap();
+    assert_eq!(job, "x\\u{1b}]0;T\\u{7}\\u{1b}[2J");
+    assert_eq!(labels["note"], "a\\nb");
+    assert!(!job
+        .chars()
+        .chain(labels["note"].chars())
+        .any(char::is_control));
 }
 
 #[test]

@@ -1,0 +1,139 @@
+//! The agent's own log: to stderr (stdout stays clean for `--dry-run` and
+//! `--json`), one line per event, and never a raw control character in it.
+//!
+//! What the agent logs often holds text others chose: a user's `--name`, a path
+//! in someone's home, Loki's answer (which has newlines), a sender's
+//! `service.name`. tracing's formatter already writes ESC, BEL, BS, FF, DEL and
+//! the C1 controls of such values as escapes; [`CleanStderr`] escapes the rest
+//! of the C0 controls (`\r`, a newline inside an event, NUL, …), so an event
+//! stays one line that moves no cursor. TAB stays, and so does ESC, which is
+//! then only the formatter's own colour codes (at a terminal).
+
+use std::io::{self, Write};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Sets up the log. `--log-level` wins over `RUST_LOG`; the default is `info`.
+pub fn init(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    }
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(CleanStderr)
+        // Colours only for a person at a terminal, not in journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Stderr, each event's control characters escaped (see the module doc).
+pub struct CleanStderr;
+
+impl<'a> MakeWriter<'a> for CleanStderr {
+    type Writer = CleanWriter<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        CleanWriter(io::stderr())
+    }
+}
+
+/// Writes each buffer (tracing's formatter writes one event in one call) with
+/// its control characters escaped, but a newline that ends it.
+pub struct CleanWriter<W>(pub W);
+
+impl<W: Write> Write for CleanWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        if !body.iter().any(|&b| needs_escape(b)) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b if needs_escape(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                b => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A C0 control other than TAB and ESC (see the module doc).
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 && b != b'\t' && b != 0x1b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(s: &str) -> String {
+        let mut w = CleanWriter(Vec::new());
+        w.write_all(s.as_bytes()).unwrap();
+        String::from_utf8(w.0).unwrap()
+    }
+
+    #[test]
+    fn an_event_stays_one_line_that_moves_no_cursor() {
+        assert_eq!(clean("plain\tline\n"), "plain\tline\n");
+        assert_eq!(
+            clean("loki said: bad\nentry\rover\0x\n"),
+            "loki said: bad\\nentry\\rover\\x00x\n"
+        );
+        assert_eq!(
+            clean("\x1b[32mINFO\x1b[0m ok\n"),
+            "\x1b[32mINFO\x1b[0m ok\n"
+        );
+    }
+
+    #[test]
+    fn what_users_choose_never_reaches_the_terminal_raw() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || CleanWriter(writer.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let job = "x\u{1b}]0;T\u{7}\u{1b}[2J";
+            tracing::warn!("refused a run named {job}: line one\nline two\r");
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+        assert!(
+            !out.trim_end_matches('\n')
+                .chars()
+                .any(|c| c.is_control() && c != '\t'),
+            "{out:?}"
+        );
+        assert!(out.contains("line one\\nline two\\r"), "{out:?}");
+    }
+}
