@@ -36,6 +36,31 @@ pub(crate) fn kind_of(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// Creates the temporary file `tmp` to write a state file through: never
+/// through a symlink or over a file someone planted (`O_CREAT|O_EXCL|
+/// O_NOFOLLOW`), mode 0600 whatever the umask. A `tmp` left by a crash (or
+/// planted) is removed first: unlinking a symlink removes the link, not what
+/// it points at.
+pub(crate) fn create_temp(tmp: &Path) -> io::Result<File> {
+    let open = || {
+        rustix::fs::open(
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    };
+    let fd = match open() {
+        Err(rustix::io::Errno::EXIST) => {
+            std::fs::remove_file(tmp)?;
+            open()?
+        }
+        other => other?,
+    };
+    // The umask may have taken bits from the mode given; none may be added.
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
+    Ok(File::from(fd))
+}
+
 /// What [`read_capped`] found.
 #[derive(Debug)]
 pub(crate) enum Capped {
@@ -72,6 +97,26 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> io::Result<Capped> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temp_file_is_never_written_through_a_planted_symlink() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let tmp = dir.path().join("positions.json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let mut f = create_temp(&tmp).unwrap();
+        f.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&tmp).unwrap(), "new");
+        let mode = std::fs::symlink_metadata(&tmp)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+    }
 
     #[test]
     fn a_file_over_the_cap_is_not_read() {

@@ -67,6 +67,38 @@ fn an_unknown_key_is_named_with_its_line_and_exits_2() {
 }
 
 #[test]
+fn a_config_that_is_no_regular_file_or_too_large_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
+    for (path, why) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "FIFO, not a regular file"),
+        (big.as_path(), "larger than 1024 KiB"),
+    ] {
+        let started = std::time::Instant::now();
+        let o = agent()
+            .args(["config", "check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", path.display());
+        let err = stderr(&o);
+        assert!(
+            err.contains(why) && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
+
+#[test]
 fn a_bad_duration_says_what_was_expected() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(
@@ -244,6 +276,39 @@ fn a_state_dir_that_is_a_file_is_a_configuration_error_everywhere() {
     // Beneath a file, too.
     let cfg = runnable(dir.path(), &file.join("state"), "");
     assert_config_error_everywhere(&cfg, &["agent.state_dir", "is not a directory"]);
+}
+
+#[test]
+fn a_state_dir_other_users_may_write_to_is_a_configuration_error_everywhere() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let chmod = |p: &Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // The folder itself open to all: anyone could plant files in it.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let cfg = runnable(dir.path(), &open, "");
+    assert_config_error_everywhere(
+        &cfg,
+        &["agent.state_dir", "writable by other users", "chmod 700"],
+    );
+    // Inside a folder open to all without the sticky bit: anyone could
+    // rename it away and put their own in its place.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let cfg = runnable(dir.path(), &shared.join("state"), "");
+    assert_config_error_everywhere(&cfg, &["agent.state_dir", "no sticky bit"]);
+    // With the sticky bit (as /tmp has) it is fine.
+    chmod(&shared, 0o1777);
+    let o = agent()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]

@@ -150,6 +150,31 @@ fn appends_after_the_writer_released_its_memory_go_on_in_order() {
 }
 
 #[test]
+fn the_buffer_is_the_agents_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    // An older version's folder and segment, open to all.
+    {
+        let (mut w, _r) = open(&spool);
+        w.append(&recs(0..3)).unwrap();
+    }
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in segment_files(&spool) {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::empty());
+    let (mut w, _r) = open(&spool);
+    w.append(&recs(3..6)).unwrap();
+    rustix::process::umask(old);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&spool), 0o700);
+    for f in std::fs::read_dir(&spool).unwrap().flatten() {
+        assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+    }
+}
+
+#[test]
 fn a_restart_resumes_after_the_acknowledged_position() {
     let dir = tempfile::tempdir().unwrap();
     {

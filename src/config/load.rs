@@ -90,7 +90,7 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
             }
             None => {
                 let p = PathBuf::from(DEFAULT_CONFIG_PATH);
-                match std::fs::read_to_string(&p) {
+                match read_text(&p) {
                     Ok(t) => (ConfigOrigin::DefaultFile(p), Some(t)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         (ConfigOrigin::BuiltIn, None)
@@ -114,10 +114,47 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
 }
 
 fn read(p: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
+    read_text(p).map_err(|error| ConfigError::Read {
         path: p.to_path_buf(),
         error,
     })
+}
+
+/// A configuration file is read up to this size: a real one is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file (a symlink to one is followed: it
+/// is the admin's), opened without blocking (a FIFO is refused, not waited
+/// on), at most [`MAX_CONFIG_BYTES`] (`/dev/zero` is refused, not read), UTF-8.
+fn read_text(p: &Path) -> std::io::Result<String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::{Error, ErrorKind, Read};
+    let fd = rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "it is a {}, not a regular file",
+                crate::state_file::kind_of(&meta.file_type())
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("it is larger than {} KiB", MAX_CONFIG_BYTES / 1024),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| Error::new(ErrorKind::InvalidData, format!("it is not UTF-8 text: {e}")))
 }
 
 /// Parses TOML text, turning serde's error into one that names the key and line.

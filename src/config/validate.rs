@@ -278,6 +278,9 @@ pub fn check_state_dir(dir: &Path, origin: &str, create: bool) -> Result<(), Con
             Err(e) => return Err(fail(format!("cannot inspect {}: {e}", at.display()))),
         }
     }
+    if let Some(why) = others_may_write(dir, at) {
+        return Err(fail(why));
+    }
     if at == dir {
         return write_probe(dir);
     }
@@ -296,6 +299,52 @@ pub fn check_state_dir(dir: &Path, origin: &str, create: bool) -> Result<(), Con
     })?;
     let _ = std::fs::remove_dir(&probe);
     Ok(())
+}
+
+/// Why another user could change what the agent keeps in `dir` (its
+/// checkpoints, its buffer), if one could: `dir` (when it exists, `at` is it)
+/// writable by its group or by anyone, or owned by someone else (root aside);
+/// or the folder it is made in writable by others without the sticky bit
+/// (they could rename it away and put their own in its place). `at` is `dir`
+/// or, while `dir` does not exist yet, the nearest folder above it that does.
+fn others_may_write(dir: &Path, at: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if at == dir {
+        let m = std::fs::metadata(dir).ok()?;
+        if m.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{} is writable by other users (mode {:o}); make it 0700: chmod 700 {0}",
+                dir.display(),
+                m.mode() & 0o7777
+            ));
+        }
+        if m.uid() != me && m.uid() != 0 {
+            return Some(format!(
+                "{} belongs to uid {}, not to the agent's user (uid {me}); chown it or choose another",
+                dir.display(),
+                m.uid()
+            ));
+        }
+    }
+    let parent = if at == dir { dir.parent()? } else { at };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let m = std::fs::metadata(parent).ok()?;
+    let sticky = m.mode() & 0o1000 != 0;
+    if m.mode() & 0o022 != 0 && !sticky {
+        return Some(format!(
+            "{} is inside {}, which other users may write to (mode {:o}, no sticky bit): \
+             they could replace it",
+            dir.display(),
+            parent.display(),
+            m.mode() & 0o7777
+        ));
+    }
+    None
 }
 
 pub(super) fn is_writable_dir(dir: &Path) -> bool {

@@ -79,7 +79,7 @@ pub(super) fn decode_ack(b: &[u8]) -> Option<AckState> {
 pub(super) fn write_ack_file(dir: &Path, state: AckState) -> Result<(), SpoolError> {
     let tmp = dir.join(ACK_TMP_FILE);
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = crate::state_file::create_temp(&tmp)?;
         f.write_all(&encode_ack(state))?;
         f.sync_all()
     };

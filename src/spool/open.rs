@@ -20,7 +20,17 @@ impl Spool {
         settings: SpoolSettings,
     ) -> Result<(SpoolWriter<R>, SpoolReader<R>), SpoolError> {
         let dir = settings.dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
+        // The buffer holds every user's lines: its folder is 0700 and its
+        // files 0600, whatever the umask (an older version's are made so too).
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+                .map_err(|e| SpoolError::io("create spool directory", &dir, e))?;
+        }
         let counters = Arc::new(SpoolCounters::default());
 
         let ack_state = read_ack_file(&dir);
@@ -51,6 +61,10 @@ impl Spool {
         let mut doomed = Vec::new();
         for id in ids {
             let path = dir.join(segment::file_name(id));
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+            }
             if acked.is_some_and(|a| id < a.segment) {
                 // Acknowledged before the last stop; its deletion did not happen.
                 // (A later segment starts with a snapshot of its resume points.)

@@ -12,11 +12,18 @@ pub(super) fn create_segment(
     state: &ResumeState,
 ) -> Result<(File, u64), SpoolError> {
     let path = dir.join(segment::file_name(id));
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| SpoolError::io("create spool segment", &path, e))?;
+    // 0600 whatever the umask: the buffer holds other users' lines. Never
+    // through a symlink (create_new already refuses an existing name).
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+    }
+    .map_err(|e| SpoolError::io("create spool segment", &path, e))?;
     let mut head = segment::header().to_vec();
     if !state.is_empty() {
         let points = state

@@ -107,7 +107,7 @@ impl Handled {
             runs: self.runs.clone(),
         })
         .map_err(io::Error::other)?;
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = crate::state_file::create_temp(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &self.path)

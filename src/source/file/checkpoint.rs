@@ -366,7 +366,7 @@ impl CheckpointStore {
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!("{POSITIONS_FILE}.tmp"));
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::state_file::create_temp(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
