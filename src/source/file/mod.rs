@@ -21,7 +21,10 @@
 //!
 //! - `copytruncate` is followed without loss when the copy is matched too (say
 //!   `app.log*`): a new file whose first bytes are those of a followed or just
-//!   truncated file is read on from where the original was read up to.
+//!   truncated file is read on from where the original was read up to; when it
+//!   is not (`app.log` alone), the truncated file's folder is searched for its
+//!   copy, and at start for files rotated out of the globs before they were
+//!   read to their end ([`siblings`]).
 //!
 //! - what the globs match is opened through [`open`]: regular files only, never
 //!   blocking (a FIFO is skipped, not waited on), symlinks followed only when
