@@ -2,7 +2,8 @@
 //! does (one entry per identical stream, timestamp and line): each is stored as
 //! often as it was written. Lines without a time of their own get strictly
 //! increasing read times, lines with one own time a nanosecond each, and a
-//! `kill -9` and restart neither collapses nor doubles them.
+//! `kill -9` and restart neither collapses nor doubles them. The same for the
+//! output of `wisp-agent exec`, which reaches Loki through the daemon.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use support::agent::Setup;
 use support::loki::{LokiReceiver, Mode};
-use support::{wait_until, DEADLINE};
+use support::{agent_command, wait_until, DEADLINE};
 
 const SELECTOR: &str = r#"{job="app"}"#;
 
@@ -112,4 +113,35 @@ async fn identical_lines_are_neither_collapsed_nor_doubled_by_a_kill_9_and_resta
         panic!("after the agent stopped: {e}\nagent log:\n{}", agent.log());
     }
     assert_eq!(loki.stored_count(), twice.len(), "nothing else is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_lines_of_an_exec_run_printed_together_are_each_stored() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let mut agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "no exec socket:\n{}",
+        agent.log()
+    );
+    let lines = burst();
+    // One write: exec reads them in one chunk and stamps them with one time.
+    let printed = lines.join("\n") + "\n";
+    let out = agent_command()
+        .arg("exec")
+        .arg("--config")
+        .arg(&setup.config)
+        .args(["--name", "ci", "--", "printf", "%s", &printed])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, printed.as_bytes());
+    agent
+        .assert_shipped_once(&loki, r#"{job="ci"}"#, &lines, DEADLINE)
+        .await;
+    assert_eq!(agent.terminate(), Some(0));
+    assert_eq!(loki.stored_count(), lines.len());
 }
