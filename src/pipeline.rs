@@ -241,7 +241,10 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
     tracing::info!("buffer: {}", writer.dir().display());
 
     let loki_counters = Arc::new(LokiCounters::default());
-    let transformer = Transformer::new(ParseSettings::from_config(&config));
+    let mut transformer = Transformer::new(ParseSettings::from_config(&config));
+    // Each source's clock as the spool's last commit left it: lines read after
+    // a crash never take a timestamp the spool's records already carry.
+    transformer.restore_clocks(writer.resume_state());
     let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
     let known_runs = start_exec_server(
         &config,

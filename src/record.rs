@@ -126,8 +126,9 @@ impl fmt::Debug for Labels {
 /// One log entry as it will be shipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
-    /// Stamped once, when the line is parsed: from the line, else the read time.
-    /// A replay after a crash carries the same value, so Loki stores it once.
+    /// Stamped once, when the line is parsed: from the line, else the read time,
+    /// made unique in its source by [`crate::parse::stamp`]. It is stored in
+    /// the spool with the line: a replay of the spool carries the same value.
     pub timestamp: Timestamp,
     pub labels: Labels,
     /// Non-label pairs (trace and span ids): Loki's structured metadata.
@@ -196,6 +197,11 @@ impl Ack {
     pub fn with_resume(mut self, point: ResumePoint) -> Self {
         self.resume.push(point);
         self
+    }
+
+    /// The resume points to store with the batch, oldest first.
+    pub fn resume_points(&self) -> &[ResumePoint] {
+        &self.resume
     }
 
     /// Takes the resume points out, oldest first (the stage stores them with

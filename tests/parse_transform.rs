@@ -1,6 +1,6 @@
 //! The transform stage as the sinks see it: stream labels, promoted fields under
-//! the cardinality guard, the timestamp window, counters, and the ack passing
-//! through.
+//! the cardinality guard, the timestamp window, timestamps unique within a
+//! source, counters, and the ack passing through.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use wisp_agent::config::{Config, LogFormat};
 use wisp_agent::parse::{ParseSettings, Transformer};
-use wisp_agent::record::{Ack, Batch, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use wisp_agent::record::{Ack, Batch, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use wisp_agent::spool::ResumeState;
 
 const READ_TIME: Timestamp = Timestamp(1_795_388_400_000_000_000); // 2026-11-22T23:00:00Z
 const SEC: i64 = 1_000_000_000;
@@ -189,4 +190,74 @@ fn settings_come_from_the_agent_section() {
     assert_eq!(s.max_label_values, 50);
     assert_eq!(s.max_age, Duration::from_secs(7 * 86_400));
     assert_eq!(s.max_ahead, Duration::from_secs(600));
+}
+
+/// A batch of `lines` read at `READ_TIME` from the file whose resume key is
+/// `key`, as the tailer hands it on.
+fn from_file(key: u8, lines: &[&str]) -> SourceBatch {
+    SourceBatch {
+        source: source(&[], &[]),
+        lines: lines
+            .iter()
+            .map(|l| SourceLine {
+                text: l.to_string(),
+                read_time: READ_TIME,
+            })
+            .collect(),
+        ack: Ack::none().with_resume(ResumePoint {
+            key: vec![key; 16],
+            state: Some(vec![1]),
+        }),
+    }
+}
+
+fn offsets(batch: &Batch, from: i64) -> Vec<i64> {
+    batch.records.iter().map(|r| r.timestamp.0 - from).collect()
+}
+
+#[test]
+fn identical_lines_read_together_get_distinct_timestamps_in_read_order() {
+    let mut t = Transformer::new(settings(50));
+    // cloud-init's table rules, written at once, carry no time.
+    let rule = "ci-info: +-----+";
+    let batch = t.transform(from_file(1, &[rule, rule, "ci-info: | a |", rule]));
+    assert_eq!(offsets(&batch, READ_TIME.0), [0, 1, 2, 3]);
+    // The next batch of the file, read at the same time, goes on after them.
+    let batch = t.transform(from_file(1, &[rule]));
+    assert_eq!(offsets(&batch, READ_TIME.0), [4]);
+    // Another file has its own clock.
+    let batch = t.transform(from_file(2, &[rule]));
+    assert_eq!(offsets(&batch, READ_TIME.0), [0]);
+}
+
+#[test]
+fn equal_own_times_get_a_nanosecond_offset_in_read_order() {
+    let mut t = Transformer::new(settings(50));
+    let ms = (READ_TIME.0 - 60 * SEC) / 1_000_000;
+    let pino = format!(r#"{{"level":30,"time":{ms},"msg":"retrying"}}"#);
+    let next = format!(r#"{{"level":40,"time":{},"msg":"gave up"}}"#, ms + 1);
+    let batch = t.transform(from_file(1, &[&pino, &pino, &next, &pino]));
+    // The third line's own time is the next millisecond: kept; the fourth
+    // goes back before it and is taken as it is written.
+    assert_eq!(offsets(&batch, ms * 1_000_000), [0, 1, 1_000_000, 0]);
+    let batch = t.transform(from_file(1, &[&next, &next]));
+    assert_eq!(offsets(&batch, ms * 1_000_000), [1_000_000, 1_000_001]);
+}
+
+#[test]
+fn the_clock_is_stored_with_the_batch_and_a_restart_goes_on_from_it() {
+    let mut t = Transformer::new(settings(50));
+    let rule = "ci-info: +-----+";
+    let mut batch = t.transform(from_file(1, &[rule, rule]));
+    let points = batch.ack.take_resume();
+    assert_eq!(points.len(), 2, "the file's resume point, then its clock");
+    // What the spool's commits leave, after a crash.
+    let state: ResumeState = points
+        .into_iter()
+        .map(|p| (p.key, p.state.unwrap()))
+        .collect();
+    let mut restarted = Transformer::new(settings(50));
+    restarted.restore_clocks(&state);
+    let batch = restarted.transform(from_file(1, &[rule]));
+    assert_eq!(offsets(&batch, READ_TIME.0), [2]);
 }

@@ -14,13 +14,16 @@
 //!
 //! Rules, in one place: level per [`level`] (field values) and [`text`] (plain
 //! lines); time per [`timestamp`]; a time outside `[read_time - max_age,
-//! read_time + max_ahead]` falls back to the read time and is counted.
+//! read_time + max_ahead]` falls back to the read time and is counted; the
+//! time is then made unique within the line's source per [`stamp`] (equal own
+//! times a nanosecond apart in read order, read times strictly increasing).
 
 pub mod json;
 pub mod labels;
 pub mod level;
 pub mod line;
 pub mod logfmt;
+pub mod stamp;
 pub mod text;
 pub mod timestamp;
 
@@ -32,6 +35,7 @@ use std::time::Duration;
 use crate::admin::family::{counter, named, one, Family};
 use crate::config::Config;
 use crate::record::{Batch, LogRecord, SourceBatch};
+use crate::spool::ResumeState;
 
 pub use level::Level;
 pub use line::{parse_line, Fields, LineKind, Parsed};
@@ -191,6 +195,7 @@ pub struct Transformer {
     counters: Arc<ParseCounters>,
     guard: CardinalityGuard,
     cache: LabelCache,
+    clocks: stamp::Clocks,
 }
 
 impl Transformer {
@@ -200,17 +205,28 @@ impl Transformer {
             settings,
             counters: Arc::default(),
             cache: LabelCache::default(),
+            clocks: stamp::Clocks::default(),
         }
+    }
+
+    /// Takes the sources' clocks back from the spool's resume state (see
+    /// [`stamp`]): lines read after a restart are stamped on from where the
+    /// spool's records end.
+    pub fn restore_clocks(&mut self, state: &ResumeState) {
+        self.clocks.restore(state);
     }
 
     pub fn counters(&self) -> Arc<ParseCounters> {
         self.counters.clone()
     }
 
-    /// Parses and labels every line of `batch`; the ack passes through. Each
-    /// record keeps its line exactly as the source gave it.
+    /// Parses and labels every line of `batch`; the ack passes through, with
+    /// the source's clock added to its resume points. Each record keeps its
+    /// line exactly as the source gave it.
     pub fn transform(&mut self, batch: SourceBatch) -> Batch {
         let src = batch.source;
+        let mut clock = self.clocks.clock(&batch.ack);
+        let stamped = !batch.lines.is_empty();
         let mut counts = ParseCountersSnapshot::default();
         let entry = self
             .cache
@@ -238,13 +254,13 @@ impl Transformer {
                             self.settings.max_ahead,
                         ) =>
                     {
-                        ts
+                        clock.own_time(ts)
                     }
                     Some(_) => {
                         counts.timestamps_out_of_window += 1;
-                        line.read_time
+                        clock.read_time(line.read_time)
                     }
-                    None => line.read_time,
+                    None => clock.read_time(line.read_time),
                 };
                 let labels = if parsed.label_values.iter().all(Option::is_none) {
                     entry.labels(parsed.level, &[])
@@ -314,7 +330,7 @@ impl Transformer {
         self.counters.add(&counts);
         Batch {
             records,
-            ack: batch.ack,
+            ack: self.clocks.settle(batch.ack, clock, stamped),
         }
     }
 }

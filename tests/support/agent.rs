@@ -112,6 +112,48 @@ impl Agent {
         }
     }
 
+    /// SIGSTOP: the agent is frozen (reads nothing) until [`Agent::resume`];
+    /// for tests that need files to change under it before it looks. Returns
+    /// once every thread of it is stopped (the signal alone takes a moment).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+        let pid = self.pid().expect("the agent runs");
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                // `pid (comm) S …`: the state follows the last `)`.
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent (pid {pid}) did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGCONT, after [`Agent::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the agent runs");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// `kill -9`: no drain, no checkpoint, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

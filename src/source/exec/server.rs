@@ -603,7 +603,9 @@ async fn next_frame(
 }
 
 /// A client's read time is taken when it is plausible (at most a week old, not
-/// ahead of now by more than ten minutes), else the daemon's now.
+/// ahead of now by more than ten minutes), else the daemon's now. Lines of one
+/// chunk share it; the transform makes them distinct within the run
+/// ([`crate::parse::stamp`], the run's clock kept with its resume point).
 fn source_lines(lines: Vec<super::protocol::Line>) -> Vec<SourceLine> {
     const WEEK_NS: i64 = 7 * 24 * 3600 * 1_000_000_000;
     const AHEAD_NS: i64 = 600 * 1_000_000_000;

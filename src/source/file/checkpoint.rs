@@ -329,6 +329,25 @@ impl CheckpointStore {
         self.entries.contains_key(&id)
     }
 
+    /// The fingerprint the checkpoint of `id` holds: the bytes the agent knew
+    /// the file to start with.
+    pub(crate) fn fingerprint(&self, id: FileId) -> Option<Fingerprint> {
+        self.entries.get(&id).map(|c| c.fingerprint)
+    }
+
+    /// Where the file `id`, open as `file`, resumes: its checkpoint's offset,
+    /// when it has one and still starts with the bytes it was checkpointed with.
+    /// Unlike [`CheckpointStore::lookup`], changes nothing.
+    pub(crate) fn resume_at(&self, id: FileId, file: &File) -> Option<u64> {
+        let c = self.entries.get(&id)?;
+        (c.fingerprint.len > 0 && c.fingerprint.matches(file).ok()?).then_some(c.offset)
+    }
+
+    /// The paths of every checkpoint kept.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.entries.values().map(|c| c.path.as_path())
+    }
+
     pub(crate) fn remove(&mut self, id: FileId) {
         self.entries.remove(&id);
     }

@@ -21,7 +21,10 @@
 //!
 //! - `copytruncate` is followed without loss when the copy is matched too (say
 //!   `app.log*`): a new file whose first bytes are those of a followed or just
-//!   truncated file is read on from where the original was read up to.
+//!   truncated file is read on from where the original was read up to; when it
+//!   is not (`app.log` alone), the truncated file's folder is searched for its
+//!   copy, and at start for files rotated out of the globs before they were
+//!   read to their end ([`siblings`]).
 //!
 //! - what the globs match is opened through [`open`]: regular files only, never
 //!   blocking (a FIFO is skipped, not waited on), symlinks followed only when
@@ -49,6 +52,7 @@ mod read_loop;
 mod reader;
 mod rotation;
 mod scan;
+mod siblings;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -394,18 +398,23 @@ struct Tailer {
     /// The source named by batches that carry only resume points (no lines).
     marker_source: Arc<SourceInfo>,
     known_runs: Option<Arc<KnownRuns>>,
+    /// Every entry's patterns, with the entry: what the scan finds, which the
+    /// search for copies ([`siblings`]) leaves to it.
+    patterns: Vec<(glob::Pattern, usize)>,
 }
 
 impl Tailer {
     fn new(settings: &TailSettings) -> Result<Self, TailError> {
         let mut roots = Vec::new();
-        for f in &settings.files {
+        let mut patterns = Vec::new();
+        for (ei, f) in settings.files.iter().enumerate() {
             for p in &f.paths {
-                glob::Pattern::new(p).map_err(|e| TailError::Pattern {
+                let pattern = glob::Pattern::new(p).map_err(|e| TailError::Pattern {
                     entry: f.name.clone(),
                     pattern: p.clone(),
                     reason: e.to_string(),
                 })?;
+                patterns.push((pattern, ei));
                 let root = watcher::root_of(p);
                 if !roots.contains(&root) {
                     roots.push(root);
@@ -476,6 +485,7 @@ impl Tailer {
             unreadable: HashMap::new(),
             truncated: Vec::new(),
             undecided: false,
+            patterns,
             marker_source: Arc::new(SourceInfo {
                 job: String::new(),
                 filename: None,
@@ -485,5 +495,24 @@ impl Tailer {
                 trace_context: None,
             }),
         })
+    }
+
+    /// The entry whose patterns match `path` (the first), as the scan's
+    /// `glob` would find it there.
+    fn entry_of(&self, path: &std::path::Path) -> Option<usize> {
+        const AS_GLOB_DOES: glob::MatchOptions = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        self.patterns
+            .iter()
+            .find(|(p, _)| p.matches_path_with(path, AS_GLOB_DOES))
+            .map(|(_, ei)| *ei)
+    }
+
+    /// Whether some entry's patterns match `path`.
+    fn globbed(&self, path: &std::path::Path) -> bool {
+        self.entry_of(path).is_some()
     }
 }

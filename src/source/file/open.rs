@@ -142,6 +142,67 @@ pub(crate) fn open_file(path: &Path, follow_any: bool) -> Result<Opened, Refused
     Ok(Opened { file, meta })
 }
 
+/// Files of the folder `dir`, which is reached as [`open_file`] reaches a path
+/// (every symlink on the way checked): the regular files among its first
+/// `max_entries` entries whose names `wanted` accepts, at most `max_files` of
+/// them, each opened for reading without following a symlink there (a link in
+/// the folder is passed over, whoever owns it) and never blocking (a FIFO is
+/// opened non-blocking and passed over, as are sockets, devices and folders).
+/// The folder is listed and the files opened through one descriptor, so a
+/// folder swapped for a link meanwhile changes nothing.
+pub(crate) fn open_in_folder(
+    dir: &Path,
+    follow_any: bool,
+    max_entries: usize,
+    max_files: usize,
+    mut wanted: impl FnMut(&OsStr) -> bool,
+) -> Result<Vec<(PathBuf, Opened)>, Refused> {
+    let start = rustix::fs::openat(CWD, ".", path_flags() | OFlags::DIRECTORY, Mode::empty())?;
+    let mut walk = Walk {
+        follow_any,
+        hops: 0,
+    };
+    let dir_path = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let handle = walk.resolve(start, PathBuf::new(), dir_path, false)?;
+    let listing = rustix::fs::openat(
+        &handle,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    let mut found = Vec::new();
+    for entry in rustix::fs::Dir::new(listing)?.take(max_entries) {
+        if found.len() >= max_files {
+            break;
+        }
+        let Ok(entry) = entry else {
+            // An entry that cannot be read: the rest of the listing may still be.
+            continue;
+        };
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        // The listing's type, where the file system gives one, spares an open;
+        // the descriptor's `fstat` decides either way.
+        let listed = entry.file_type();
+        if !matches!(listed, FileType::RegularFile | FileType::Unknown) || !wanted(name) {
+            continue;
+        }
+        // O_NOFOLLOW: a symlink fails with ELOOP and is passed over.
+        let Ok(fd) = rustix::fs::openat(&handle, name, read_flags(), Mode::empty()) else {
+            continue;
+        };
+        let file = File::from(fd);
+        match file.metadata() {
+            Ok(meta) if meta.is_file() => found.push((dir.join(name), Opened { file, meta })),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
 struct Walk {
     follow_any: bool,
     hops: u32,
@@ -267,6 +328,33 @@ mod tests {
         assert_eq!(b.meta.len(), 2);
         let rel = open_file(&dir.path().join("real/./../real/a.log"), false).unwrap();
         assert_eq!(rel.meta.len(), 2);
+    }
+
+    #[test]
+    fn a_folder_lists_regular_files_only_without_following_links_or_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("app.log.1"), b"copy\n").unwrap();
+        std::fs::write(d.join("other.log"), b"x\n").unwrap();
+        std::fs::create_dir(d.join("app.log.d")).unwrap();
+        rustix::fs::mkfifoat(CWD, d.join("app.log.pipe"), Mode::from_raw_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink("app.log.1", d.join("app.log.link")).unwrap();
+        let all = |_: &OsStr| true;
+        let mut got: Vec<String> = open_in_folder(d, false, 100, 100, all)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["app.log.1", "other.log"]);
+        let only = |n: &OsStr| n.as_bytes().starts_with(b"app.log");
+        let got = open_in_folder(d, false, 100, 100, only).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, d.join("app.log.1"));
+        assert_eq!(got[0].1.meta.len(), 5);
+        // Bounded: the entries looked at and the files opened.
+        assert!(open_in_folder(d, false, 100, 1, all).unwrap().len() == 1);
+        assert!(open_in_folder(d, false, 0, 100, all).unwrap().is_empty());
     }
 
     #[test]

@@ -37,7 +37,8 @@ impl Tailer {
             let mut turn = 0usize;
             while let Some(t) = self.files.get_mut(&seq) {
                 match t.check_truncated(false, &self.counters, &mut self.out) {
-                    Ok(before) => Self::note_truncation(&mut self.truncated, seq, before),
+                    Ok(None) => {}
+                    Ok(Some(before)) => self.on_truncation(seq, before),
                     Err(e) => {
                         t.report_error(format!(
                             "cannot stat {}: {}",
@@ -47,6 +48,9 @@ impl Tailer {
                         break;
                     }
                 }
+                let Some(t) = self.files.get_mut(&seq) else {
+                    break;
+                };
                 let n = match t.read_available(
                     &mut self.chunk,
                     FILE_TURN_BYTES - turn,
@@ -159,9 +163,14 @@ impl Tailer {
     /// truncation by size and by its first bytes. Reading follows in `pump`.
     pub(super) fn poll(&mut self) {
         self.scan(false);
-        for (seq, t) in self.files.iter_mut() {
+        let seqs: Vec<u64> = self.files.keys().copied().collect();
+        for seq in seqs {
+            let Some(t) = self.files.get_mut(&seq) else {
+                continue;
+            };
             match t.check_truncated(true, &self.counters, &mut self.out) {
-                Ok(before) => Self::note_truncation(&mut self.truncated, *seq, before),
+                Ok(None) => {}
+                Ok(Some(before)) => self.on_truncation(seq, before),
                 Err(e) => t.report_error(format!(
                     "cannot check {}: {}",
                     t.path.display(),

@@ -73,6 +73,8 @@ impl ExecRuns {
 /// One open, tailed file.
 pub(crate) struct Tailed {
     pub id: FileId,
+    /// The `[[files]]` entry it is tailed for (an index into the tailer's).
+    pub entry: usize,
     /// Where the file was last found.
     pub path: PathBuf,
     pub source: Arc<SourceInfo>,
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Tailed {
 /// What opening a file needs.
 pub(crate) struct OpenFile {
     pub id: FileId,
+    pub entry: usize,
     pub path: PathBuf,
     pub file: File,
     pub fingerprint: Fingerprint,
@@ -138,6 +141,7 @@ impl Tailed {
         let fingerprint = o.fingerprint;
         Self {
             id: o.id,
+            entry: o.entry,
             path: o.path,
             source: o.source,
             file: o.file,
@@ -463,7 +467,10 @@ impl Tailed {
     /// `check_content`, or when there is something new to read) no longer starting with the bytes it started with. Then
     /// what is held is handed on, and reading restarts at 0. Returns what the file
     /// was before (its fingerprint and where its unread part began), so that a copy
-    /// made by `copytruncate` can be read on from there.
+    /// made by `copytruncate` can be read on from there. The caller then hands
+    /// on [`Tailed::resume_marker`] (with the copy's resume point, if it finds
+    /// one: in one batch, so that the spool never holds the new start without
+    /// the copy).
     pub(crate) fn check_truncated(
         &mut self,
         check_content: bool,
@@ -513,8 +520,6 @@ impl Tailed {
         self.batch_end = 0;
         checkpoint::lock(&self.commits).reset(0);
         self.fingerprint = Fingerprint::of_file(&self.file)?;
-        // The spool learns of the new start too, after the old content's batches.
-        out.push_back(self.resume_marker());
         Ok(Some(before))
     }
 
@@ -555,6 +560,12 @@ impl Tailed {
     /// Whether the file starts with the bytes `fp` was taken of.
     pub(crate) fn starts_like(&self, fp: Fingerprint) -> bool {
         fp.matches(&self.file).unwrap_or(false)
+    }
+
+    /// The file's owner, when it can be told.
+    pub(crate) fn owner(&self) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.uid())
     }
 
     /// When this file next needs attention without new data.
@@ -640,6 +651,7 @@ mod tests {
         let meta = file.metadata().unwrap();
         let mut t = Tailed::open(OpenFile {
             id: FileId::of(&meta),
+            entry: 0,
             path: tmp.path().to_path_buf(),
             fingerprint: Fingerprint::of_file(&file).unwrap(),
             file,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::StartAt;
-use crate::record::SourceInfo;
+use crate::record::{SourceBatch, SourceInfo};
 
 use super::checkpoint::Known;
 use super::fingerprint::{FileId, Fingerprint};
@@ -58,6 +58,15 @@ impl Tailer {
             }
         };
         let known = self.store.lookup(id, &path, &file);
+        // The file was truncated since its checkpoint (or changed under it):
+        // what it held past the checkpoint may be in a copy beside it.
+        let cut = match known {
+            Known::Resume { offset } if offset > size => {
+                self.store.fingerprint(id).map(|fp| (fp, offset))
+            }
+            Known::Changed { was, offset } => Some((was, offset)),
+            _ => None,
+        };
         // A new file may be a copy of a followed one, or of one found truncated
         // (`copytruncate`), at startup too: the copy may have been made while
         // the agent was away, or just before it stopped. At startup only a
@@ -119,6 +128,37 @@ impl Tailer {
                 }
             }
         }
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            meta.uid()
+        };
+        let seq = self.next_seq;
+        let mut marker = self.follow(ei, path, file, id, fingerprint, offset, why);
+        if let Some((was, from)) = cut {
+            // In the same batch as the file's new start: the spool never holds
+            // that start without the copy's.
+            if let Some(copy) = self.read_copy(seq, was, from, owner) {
+                marker.ack = marker.ack.and(copy.ack);
+            }
+        }
+        self.out.push_back(marker);
+    }
+
+    /// Starts reading the file `id`, open as `file` at `path`, from `offset`
+    /// (`why` says why there, in the log) for the entry `ei`; returns the
+    /// batch that tells the spool where it resumes, for the caller to hand on.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn follow(
+        &mut self,
+        ei: usize,
+        path: PathBuf,
+        file: std::fs::File,
+        id: FileId,
+        fingerprint: Fingerprint,
+        offset: u64,
+        why: &str,
+    ) -> SourceBatch {
+        let entry = &self.entries[ei];
         let source = Arc::new(SourceInfo {
             job: entry.config.name.clone(),
             filename: Some(path.display().to_string()),
@@ -140,6 +180,7 @@ impl Tailer {
         });
         let t = Tailed::open(OpenFile {
             id,
+            entry: ei,
             path: path.clone(),
             file,
             exec_runs,
@@ -151,11 +192,12 @@ impl Tailer {
         });
         tracing::info!("tailing {} from byte {offset} ({why})", path.display());
         self.store.put(id, &path, t.fingerprint, offset);
-        self.out.push_back(t.resume_marker());
+        let marker = t.resume_marker();
         self.next_seq += 1;
         self.by_id.insert(id, seq);
         self.files.insert(seq, t);
         self.counters.files_open.fetch_add(1, Ordering::Relaxed);
+        marker
     }
 
     /// Whether a new file is a copy of one being followed, or of one truncated a

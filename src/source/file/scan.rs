@@ -167,5 +167,10 @@ impl Tailer {
                 self.open(ei, path, opened, startup);
             }
         }
+        if startup {
+            // Files rotated out of the globs while the agent was away, or
+            // while it read them, are read to their end.
+            self.resume_rotated();
+        }
     }
 }
