@@ -171,13 +171,7 @@ async fn a_loop_in_a_piped_pane_ships_each_line_once_with_the_runs_labels() {
         "pane",
         &format!("cat >> {}", pane_log.display()),
     ]);
-    server.tmux(&[
-        "send-keys",
-        "-t",
-        "pane",
-        &ralph_loop(&setup, "live"),
-        "Enter",
-    ]);
+    server.type_line(&ralph_loop(&setup, "live"));
     assert_each_line_once(&loki, &agent, "live").await;
 }
 
@@ -207,13 +201,7 @@ async fn runs_made_while_the_daemon_was_down_are_taken_at_start_and_their_lines_
         "pane",
         &format!("cat >> {}", pane_log.display()),
     ]);
-    server.tmux(&[
-        "send-keys",
-        "-t",
-        "pane",
-        &ralph_loop(&setup, "away"),
-        "Enter",
-    ]);
+    server.type_line(&ralph_loop(&setup, "away"));
     let finished = wait_until(DEADLINE, || {
         std::fs::read_to_string(&pane_log).is_ok_and(|t| t.contains("away loop done\r\n"))
     })

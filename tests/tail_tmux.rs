@@ -40,13 +40,7 @@ async fn pino_lines_printed_in_a_tmux_pane_piped_to_a_file_arrive_once_each() {
         .map(|i| format!("printf '%s\\n' '{}'\n", pino(i)))
         .collect();
     std::fs::write(&script, body).unwrap();
-    server.tmux(&[
-        "send-keys",
-        "-t",
-        "pane",
-        &format!("sh {}", script.display()),
-        "Enter",
-    ]);
+    server.type_line(&format!("sh {}", script.display()));
 
     let want: Vec<String> = (0..n).map(pino).collect();
     let arrived = eventually("every pane line", || {

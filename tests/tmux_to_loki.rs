@@ -53,13 +53,7 @@ async fn a_tmux_pane_piped_to_a_file_reaches_loki_record_by_record_with_levels()
     ]);
     let program = setup.dir.path().join("app.py");
     std::fs::write(&program, PROGRAM).unwrap();
-    server.tmux(&[
-        "send-keys",
-        "-t",
-        "pane",
-        &format!("python3 {}", program.display()),
-        "Enter",
-    ]);
+    server.type_line(&format!("python3 {}", program.display()));
 
     let levels = ["trace", "debug", "info", "warn", "error", "fatal"];
     let all_arrived = support::wait_until(DEADLINE, || {
@@ -98,7 +92,12 @@ async fn a_tmux_pane_piped_to_a_file_reaches_loki_record_by_record_with_levels()
         let tag = format!("json record {i:02}");
         let found: Vec<_> = entries.iter().filter(|e| e.line.contains(&tag)).collect();
         assert_eq!(found.len(), 1, "{tag} arrived {} times", found.len());
-        assert_eq!(found[0].labels["level"], levels[i % 6], "{tag}");
+        assert_eq!(
+            found[0].labels["level"],
+            levels[i % 6],
+            "{tag}: {:?}",
+            found[0]
+        );
         assert!(found[0].line.starts_with('{'), "{:?}", found[0].line);
     }
     for i in 0..12 {

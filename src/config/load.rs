@@ -120,11 +120,18 @@ fn read(p: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// Whether `meta` is `/dev/null`'s device (empty, never blocks).
+fn is_dev_null(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device()
+        && std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
+}
+
 /// A configuration file is read up to this size: a real one is a few KiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Reads a configuration file: a regular file (a symlink to one is followed: it
-/// is the admin's), opened without blocking (a FIFO is refused, not waited
+/// is the admin's; `/dev/null` reads as empty), opened without blocking (a FIFO is refused, not waited
 /// on), at most [`MAX_CONFIG_BYTES`] (`/dev/zero` is refused, not read), UTF-8.
 fn read_text(p: &Path) -> std::io::Result<String> {
     use rustix::fs::{Mode, OFlags};
@@ -136,6 +143,10 @@ fn read_text(p: &Path) -> std::io::Result<String> {
     )?;
     let file = std::fs::File::from(fd);
     let meta = file.metadata()?;
+    if is_dev_null(&meta) {
+        // `--config /dev/null`: the built-in defaults, on purpose.
+        return Ok(String::new());
+    }
     if !meta.is_file() {
         return Err(Error::new(
             ErrorKind::InvalidInput,

@@ -46,6 +46,30 @@ impl TmuxServer {
         })
     }
 
+    /// Types `line` and Enter into the pane once its shell shows a prompt. Typed
+    /// before, the terminal would echo it ahead of the prompt, and the prompt
+    /// would then begin the command's first line of output.
+    pub fn type_line(&self, line: &str) {
+        let deadline = std::time::Instant::now() + super::DEADLINE;
+        loop {
+            let screen = Command::new("tmux")
+                .args(["-L", &self.socket, "capture-pane", "-p", "-t", "pane"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let last = screen.lines().rev().find(|l| !l.trim().is_empty());
+            if last.is_some_and(|l| matches!(l.trim_end().chars().last(), Some('$' | '#'))) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pane's shell never showed a prompt: {screen:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.tmux(&["send-keys", "-t", "pane", line, "Enter"]);
+    }
+
     pub fn tmux(&self, args: &[&str]) {
         let status = Command::new("tmux")
             .args(["-L", &self.socket])

@@ -73,6 +73,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Connections one user may hold at once, so no user can take every slot.
 pub const MAX_CONNECTIONS_PER_USER: usize = 16;
 
+/// A second connection for a run another one is sending waits this long for
+/// it, then is refused (its sender keeps the capture).
+const ACTIVE_RUN_WAIT: Duration = Duration::from_secs(5);
+
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -130,8 +134,11 @@ struct Ctx {
     tx: mpsc::Sender<SourceBatch>,
     /// Run key → how far the spool holds the run.
     durable: Arc<Mutex<HashMap<Vec<u8>, Progress>>>,
-    /// Runs a connection is serving now: a second connection for one is refused.
+    /// Runs a connection is serving now: a second connection for one waits
+    /// for it (at most [`ACTIVE_RUN_WAIT`]).
     active: Mutex<HashSet<Vec<u8>>>,
+    /// Told whenever a connection stops serving its run.
+    run_ended: tokio::sync::Notify,
     /// Open connections per uid (bounded by [`MAX_CONNECTIONS_PER_USER`]).
     per_user: Mutex<HashMap<u32, usize>>,
     handled: Arc<Mutex<Handled>>,
@@ -197,6 +204,7 @@ pub async fn run(
         tx,
         durable: Arc::new(Mutex::new(durable_runs(resume))),
         active: Mutex::new(HashSet::new()),
+        run_ended: tokio::sync::Notify::new(),
         per_user: Mutex::new(HashMap::new()),
         handled: Arc::new(Mutex::new(startup.handled)),
         known: startup.known,
@@ -273,6 +281,7 @@ impl Drop for ActiveRun<'_> {
         if let Ok(mut active) = self.ctx.active.lock() {
             active.remove(&self.key);
         }
+        self.ctx.run_ended.notify_waiters();
     }
 }
 
@@ -426,28 +435,45 @@ async fn serve_run(
     ctx.known.insert(&hello.trace_id, uid);
     let key = run_key(uid, &hello);
     let handled_key = format!("{uid}:{}:{}", hello.trace_id, hello.span_id);
-    if ctx
-        .handled
-        .lock()
-        .map(|h| h.contains(&handled_key))
-        .unwrap_or(false)
-    {
-        return conn
-            .answer(&DaemonFrame::Welcome {
-                acked: u64::MAX,
-                complete: true,
-            })
-            .await;
-    }
-    let fresh = ctx
-        .active
-        .lock()
-        .map(|mut a| a.insert(key.clone()))
-        .unwrap_or(false);
-    if !fresh {
-        return conn
-            .answer(&refuse("another connection sends this run"))
-            .await;
+    // Another connection may be sending this run (a flush racing the daemon's
+    // own taking of the outbox, a reconnect whose old connection is not closed
+    // yet): this one waits for it a while, and is then most likely told the
+    // run is complete.
+    let waited = tokio::time::Instant::now() + ACTIVE_RUN_WAIT;
+    loop {
+        let ended = ctx.run_ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if ctx
+            .handled
+            .lock()
+            .map(|h| h.contains(&handled_key))
+            .unwrap_or(false)
+        {
+            return conn
+                .answer(&DaemonFrame::Welcome {
+                    acked: u64::MAX,
+                    complete: true,
+                })
+                .await;
+        }
+        let fresh = ctx
+            .active
+            .lock()
+            .map(|mut a| a.insert(key.clone()))
+            .unwrap_or(false);
+        if fresh {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = ended => {}
+            _ = tokio::time::sleep_until(waited) => {
+                return conn
+                    .answer(&refuse("another connection sends this run"))
+                    .await;
+            }
+        }
     }
     let _active = ActiveRun {
         ctx,

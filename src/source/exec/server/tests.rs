@@ -128,6 +128,7 @@ fn one_user_cannot_take_every_connection() {
         tx,
         durable: Arc::default(),
         active: Mutex::default(),
+        run_ended: tokio::sync::Notify::new(),
         per_user: Mutex::default(),
         handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
         known: Arc::default(),
