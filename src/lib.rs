@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod event;
 pub(crate) mod listen;
 pub mod log;
 pub mod notify;

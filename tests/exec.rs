@@ -891,3 +891,47 @@ async fn a_daemon_killed_mid_run_ships_the_run_once_and_makes_one_span() {
     assert_eq!(loki.exactly_once(r#"{job="ralph"}"#, &printed), Ok(()));
     assert_eq!(collector.spans().len(), 1, "{:?}", collector.spans());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_churning_bad_runs_on_the_socket_cannot_flood_the_log() {
+    use std::io::Write;
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let agent = setup.start();
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    // A hello the daemon refuses (a protocol version it does not speak), 500
+    // times over, as fast as connections go.
+    let hello = br#"{"type":"hello","version":99,"job":"x","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","started_ms":1}"#;
+    let mut frame = (hello.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(hello);
+    for _ in 0..500 {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(&frame).unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    }
+    let refused = |log: &str| log.matches("refused an exec run").count();
+    assert!(
+        wait_until(DEADLINE, || refused(&agent.log()) >= 1).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        refused(&agent.log()),
+        1,
+        "once a minute at most:\n{}",
+        agent.log()
+    );
+    // The daemon still takes a good run.
+    let line = pino(30, "after the churn");
+    let out = exec(&setup.config, &["--", "echo", &line]);
+    assert_eq!(out.status.code(), Some(0));
+    agent
+        .assert_shipped_once(&loki, r#"{job="exec"}"#, &[line], DEADLINE)
+        .await;
+}

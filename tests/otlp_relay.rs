@@ -256,6 +256,50 @@ async fn a_malformed_request_is_answered_400_and_the_receiver_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_grpc_request_is_invalid_argument_and_the_receiver_keeps_working() {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (agent, grpc, _) = relay.start().await;
+    // An attribute nested deeper than any decoder takes (prost stops at 100).
+    let mut value = AnyValue {
+        value: Some(any_value::Value::StringValue("bottom".into())),
+    };
+    for _ in 0..200 {
+        value = AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList {
+                values: vec![KeyValue {
+                    key: "k".into(),
+                    value: Some(value),
+                    ..Default::default()
+                }],
+            })),
+        };
+    }
+    let mut deep = span_request("too deep", 0x31);
+    deep.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(KeyValue {
+            key: "deep".into(),
+            value: Some(value),
+            ..Default::default()
+        });
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let err = client.export(deep).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cannot decode"), "{err:?}");
+    send_grpc_span(grpc, "after the bad one", 0x32).await;
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert_eq!(span_names(&collector), ["after the bad one"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_sent_while_the_collector_is_down_arrive_once_it_is_back() {
     let collector = OtlpReceiver::start().await;
     let relay = Relay::new(&collector, "grpc", None);

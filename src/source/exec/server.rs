@@ -143,6 +143,8 @@ struct Ctx {
     per_user: Mutex<HashMap<u32, usize>>,
     handled: Arc<Mutex<Handled>>,
     known: Arc<KnownRuns>,
+    /// What users can make the server say again and again, said once a minute.
+    warnings: crate::event::Repeated,
     intake: Option<Intake>,
     counters: Arc<ExecCounters>,
     span: SpanSettings,
@@ -208,6 +210,7 @@ pub async fn run(
         per_user: Mutex::new(HashMap::new()),
         handled: Arc::new(Mutex::new(startup.handled)),
         known: startup.known,
+        warnings: crate::event::Repeated::default(),
         intake: settings.intake,
         counters: settings.counters,
         span: settings.span,
@@ -230,15 +233,15 @@ pub async fn run(
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!("cannot accept on the exec socket: {e}");
+                        ctx.warnings.warn("accept", || format!("cannot accept on the exec socket: {e}"));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(
+                    ctx.warnings.warn("busy", || format!(
                         "{MAX_CONNECTIONS} exec connections are open; refusing one (its exec keeps its capture)"
-                    );
+                    ));
                     tokio::spawn(refuse(stream, "the daemon is busy; try later".into()));
                     continue;
                 };
@@ -322,9 +325,9 @@ async fn serve(stream: UnixStream, ctx: &Ctx, cancel: &CancellationToken) -> io:
     let uid = cred.uid();
     let user = user_name(uid);
     let Some(_slot) = UserSlot::take(ctx, uid) else {
-        tracing::warn!(
+        ctx.warnings.warn("per user", || format!(
             "{user} (uid {uid}) has {MAX_CONNECTIONS_PER_USER} exec connections open; refusing another"
-        );
+        ));
         let mut conn = Socket(stream);
         return conn
             .answer(&DaemonFrame::Refused {
@@ -428,7 +431,9 @@ async fn serve_run(
     let (job, labels) = match check_hello(&hello) {
         Ok(v) => v,
         Err(reason) => {
-            tracing::warn!("refused an exec run of {user} (uid {uid}): {reason}");
+            ctx.warnings.warn("hello", || {
+                format!("refused an exec run of {user} (uid {uid}): {reason}")
+            });
             return conn.answer(&refuse(&reason)).await;
         }
     };
@@ -488,9 +493,9 @@ async fn serve_run(
         Err(_) => (0, None, None),
     };
     if let Some(old) = evicted {
-        tracing::warn!(
+        ctx.warnings.warn("unfinished", || format!(
             "{user} (uid {uid}) has {MAX_UNFINISHED_RUNS_PER_USER} unfinished exec runs; forgetting the oldest"
-        );
+        ));
         let forget = SourceBatch {
             source: Arc::new(SourceInfo {
                 job: DEFAULT_JOB.into(),

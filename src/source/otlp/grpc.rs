@@ -179,6 +179,22 @@ mod rpc {
     }
 }
 
+/// tonic answers a message it cannot decode (garbage, a nesting deeper than
+/// prost's limit) `INTERNAL`, as gRPC's table says for a server's own parse
+/// errors; for a receiver the fault is the sender's, and OTLP says
+/// `INVALID_ARGUMENT`, which exporters do not retry. `None` for any other
+/// answer.
+fn undecodable(response: &Response) -> Option<tonic::Status> {
+    let status = tonic::Status::from_header_map(response.headers())?;
+    (status.code() == tonic::Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message"))
+    .then(|| {
+        tonic::Status::invalid_argument(format!("cannot decode the request: {}", status.message()))
+    })
+}
+
 /// Reads a gRPC request's body within the budget before tonic decodes it (tonic
 /// would buffer each message whole, 16 MiB per stream, with no bound across
 /// streams), and holds its bytes until the request is answered.
@@ -198,7 +214,13 @@ pub(super) async fn within_budget(
                 .run(Request::from_parts(parts, Body::from(bytes)))
                 .await;
             drop(held);
-            return response;
+            return match undecodable(&response) {
+                Some(status) => {
+                    relay.invalid();
+                    status.into_http::<Body>()
+                }
+                None => response,
+            };
         }
         Err(BodyRefusal::Busy) => {
             relay.refused();

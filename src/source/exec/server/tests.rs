@@ -132,6 +132,7 @@ fn one_user_cannot_take_every_connection() {
         per_user: Mutex::default(),
         handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
         known: Arc::default(),
+        warnings: crate::event::Repeated::default(),
         intake: None,
         counters: Arc::new(ExecCounters::new(10)),
         span: SpanSettings {
