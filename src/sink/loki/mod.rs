@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod push_proto;
+pub mod refusal;
 pub mod replay;
 pub mod service;
 pub mod sink;
