@@ -242,7 +242,7 @@ impl Service for LokiService {
             let host = current_host(reach.host, reach.stop).await?;
             let url = fill_host(reach.url, &host);
             let checked = tokio::select! {
-                r = tokio::time::timeout(budget, replay::check(&self.client, &url, &records)) => {
+                r = tokio::time::timeout(budget, replay::check(&self.client, &url, &records, None)) => {
                     r.unwrap_or(Err(CheckError::TimedOut(budget)))
                 }
                 _ = reach.stop.cancelled() => return None,
