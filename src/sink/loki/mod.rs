@@ -8,6 +8,7 @@ pub mod push_proto;
 pub mod refusal;
 pub mod replay;
 pub mod service;
+pub mod settle;
 pub mod sink;
 
 pub use encode::{encode, EncodeError, EncodedPush};

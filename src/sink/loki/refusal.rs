@@ -503,7 +503,7 @@ impl Answer {
         let labels = &record.labels;
         let ts = record.timestamp.as_nanos();
         let of_stream = |s: &Option<LabelSet>| s.as_ref().is_none_or(|s| covers(s, labels));
-        if self.stream_limit.iter().any(|s| of_stream(s)) {
+        if self.stream_limit.iter().any(&of_stream) {
             return Some(Cause::StreamLimit);
         }
         if let Some(report) = &self.ingester {
@@ -690,22 +690,6 @@ fn go_unquote(text: &str) -> Option<(String, usize)> {
         }
     }
     None
-}
-
-/// `text` on one line: newlines, tabs and other control characters escaped
-/// (`\n`, `\t`, `\u{1b}`), so a log line never runs onto the next.
-pub fn one_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.extend(c.escape_unicode()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 //! Promises:
 //! - **Acknowledged only once taken.** Records leave the spool only when the
 //!   service took them, or refused them for good (counted by the service, each
-//!   cause logged once). Everything else (no host found yet, a refused
+//!   cause logged once). A request the service took in part (Loki's 400) is
+//!   settled by the service ([`Service::settle`]): it says which records to
+//!   send again, changed or not, and what to mark the push in flight with
+//!   before they go ([`SpoolReader::mark_in_flight`]), so that a restart's
+//!   check finds them in their new form. Everything else (no host found yet, a refused
 //!   connection, a timeout, 429, 5xx) is retried with capped exponential backoff
 //!   and full jitter, honouring `Retry-After` ([`crate::sink::retry`]); the
 //!   spool keeps taking records meanwhile, bounded by its size.
@@ -78,6 +82,43 @@ pub struct Wording {
     pub spool: &'static str,
 }
 
+/// A service's answer that it took part of a request and refused the rest:
+/// only the service can tell which, from the request's records
+/// ([`Service::settle`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    pub status: u16,
+    /// The answer's body as received, up to a bound.
+    pub body: bytes::Bytes,
+    /// `body` is the whole answer.
+    pub complete: bool,
+    /// When the service said to come back (`Retry-After`).
+    pub after: Option<Duration>,
+}
+
+/// How a request taken in part was settled: what to send next.
+#[derive(Debug)]
+pub struct Settled<R> {
+    /// Records to send again (changed or not), in order; empty when done.
+    pub resend: Vec<R>,
+    /// Put on the push in flight before `resend` goes.
+    pub mark: Option<u64>,
+    /// Wait before sending `resend`: the backoff's next delay, and at least
+    /// the answer's `Retry-After`.
+    pub wait: bool,
+}
+
+impl<R> Settled<R> {
+    /// Nothing more to send.
+    pub fn done() -> Self {
+        Settled {
+            resend: Vec::new(),
+            mark: None,
+            wait: false,
+        }
+    }
+}
+
 /// What became of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -93,6 +134,8 @@ pub enum Outcome {
         reason: String,
         maybe_stored: bool,
     },
+    /// Taken in part: settled with [`Service::settle`].
+    Partial(Partial),
 }
 
 /// What the shipper tells a service to count.
@@ -121,6 +164,8 @@ pub enum Check {
     /// A push whose last try may have reached the service, before it is tried
     /// again.
     Retry,
+    /// A push the service took in part, whose answer does not say which part.
+    Partial,
 }
 
 impl Check {
@@ -128,6 +173,7 @@ impl Check {
         match self {
             Check::Restart => "the push in flight when the agent stopped",
             Check::Retry => "a push whose last try may have reached it",
+            Check::Partial => "a push it took in part",
         }
     }
 }
@@ -138,6 +184,9 @@ pub struct Reach<'a> {
     pub host: &'a mut watch::Receiver<Option<Chosen>>,
     pub health: &'a HostHealth,
     pub stop: &'a CancellationToken,
+    /// The mark on the push in flight at the last stop
+    /// ([`SpoolReader::mark_in_flight`]), for [`Check::Restart`].
+    pub mark: Option<u64>,
 }
 
 /// A remote service the shipper drains a spool into: how records become
@@ -186,6 +235,20 @@ pub trait Service: Send {
         let _ = (why, reach);
         async move { Some(records) }
     }
+
+    /// Settles a request taken in part ([`Outcome::Partial`]; `records` are
+    /// the request's): counts what was taken and refused, and says what to
+    /// send next. `None` when `reach.stop` fired first. Only a service that
+    /// answers [`Outcome::Partial`] is asked.
+    fn settle(
+        &mut self,
+        records: Vec<Self::Record>,
+        answer: Partial,
+        reach: Reach<'_>,
+    ) -> impl Future<Output = Option<Settled<Self::Record>>> + Send {
+        let _ = (records, answer, reach);
+        async move { Some(Settled::done()) }
+    }
 }
 
 /// The loop's inputs.
@@ -217,6 +280,7 @@ struct Loop {
     /// past it.
     in_flight: Option<SpoolPosition>,
     begin_push_failing: bool,
+    mark_failing: bool,
 }
 
 async fn ship<S: Service>(
@@ -233,6 +297,7 @@ async fn ship<S: Service>(
             None
         },
         begin_push_failing: false,
+        mark_failing: false,
     };
     loop {
         let (batch, replayed) = match state.in_flight {
@@ -343,8 +408,59 @@ async fn deliver_group<S: Service>(
                     return true;
                 }
             }
+            Delivery::Partial(answer) => {
+                let after = answer.after;
+                let reach = Reach {
+                    url: &sh.settings.url,
+                    host: &mut sh.host,
+                    health: &sh.health,
+                    stop,
+                    mark: None,
+                };
+                let Some(settled) = sh.service.settle(records, answer, reach).await else {
+                    return false;
+                };
+                if settled.resend.is_empty() {
+                    state.backoff.reset();
+                    return true;
+                }
+                if let Some(mark) = settled.mark {
+                    mark_in_flight(sh, state, mark);
+                }
+                if settled.wait {
+                    let delay = after.unwrap_or_default().max(state.backoff.next_delay());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return false,
+                    }
+                } else {
+                    state.backoff.reset();
+                }
+                records = settled.resend;
+            }
         }
     }
+}
+
+/// Marks the push in flight (before records of it go again in another form).
+fn mark_in_flight<S: Service>(sh: &mut Shipper<S>, state: &mut Loop, mark: u64) {
+    if let Err(e) = tokio::task::block_in_place(|| sh.reader.mark_in_flight(mark)) {
+        // Sending anyway keeps the lines flowing; only a stop before this
+        // push is acknowledged would then send them again in their first form.
+        if !state.mark_failing {
+            tracing::warn!(
+                "cannot mark the {} {} in flight in {} ({e}); should the agent stop before \
+                 it is acknowledged, the records {} sent again changed may be sent once more",
+                sh.service.wording().name,
+                sh.service.wording().request,
+                sh.service.wording().spool,
+                sh.service.wording().name,
+            );
+        }
+        state.mark_failing = true;
+        return;
+    }
+    state.mark_failing = false;
 }
 
 async fn without_stored<S: Service>(
@@ -356,11 +472,16 @@ async fn without_stored<S: Service>(
     if !S::CHECKS_STORED {
         return Some(records);
     }
+    let mark = match why {
+        Check::Restart => sh.reader.in_flight_mark(),
+        Check::Retry | Check::Partial => None,
+    };
     let reach = Reach {
         url: &sh.settings.url,
         host: &mut sh.host,
         health: &sh.health,
         stop,
+        mark,
     };
     sh.service.without_stored(records, why, reach).await
 }
@@ -408,6 +529,8 @@ enum Delivery {
     /// A try failed in a way that may have left the request stored; the backoff
     /// delay has been waited. Check before trying again.
     MaybeStored,
+    /// Taken in part: to be settled.
+    Partial(Partial),
 }
 
 /// Sends one request until the service takes it or refuses it for good, or
@@ -462,6 +585,13 @@ async fn deliver<S: Service>(
                 state.backoff.reset();
                 sh.health.report_success();
                 return Delivery::Done;
+            }
+            Outcome::Partial(answer) => {
+                if state.backoff.attempts() > 0 {
+                    tracing::info!("{} at {shown} takes {} again", words.name, words.requests);
+                }
+                sh.health.report_success();
+                return Delivery::Partial(answer);
             }
             Outcome::Retry {
                 after,

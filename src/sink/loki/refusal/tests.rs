@@ -267,9 +267,3 @@ fn go_times_with_and_without_fractions_and_offsets_are_read() {
     );
     assert_eq!(go_time_ns("yesterday"), None);
 }
-
-#[test]
-fn one_line_escapes_newlines_and_control_characters() {
-    assert_eq!(one_line("a\nb\tc\r\u{1b}[0m"), "a\\nb\\tc\\r\\u{1b}[0m");
-    assert_eq!(one_line("plain 'text' é"), "plain 'text' é");
-}
