@@ -210,13 +210,17 @@ impl LokiService {
                 Ok(stored) => {
                     reach.health.report_success();
                     let held = stored.iter().filter(|&&s| s).count();
-                    tracing::info!(
-                        "loki at {} already has {held} of the {} records of {}; sending the other {}",
-                        redact_url(&url),
-                        records.len(),
-                        why.what(),
-                        records.len() - held
-                    );
+                    let (shown, n, other) = (redact_url(&url), records.len(), records.len() - held);
+                    match why {
+                        Check::Partial => tracing::info!(
+                            "loki at {shown} holds {held} of the {n} records of {}; it refused the other {other}",
+                            why.what()
+                        ),
+                        _ => tracing::info!(
+                            "loki at {shown} already has {held} of the {n} records of {}; sending the other {other}",
+                            why.what()
+                        ),
+                    }
                     return Asked::Stored(stored);
                 }
                 Err(e) if !e.is_lasting() => {
