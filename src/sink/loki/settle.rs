@@ -224,8 +224,9 @@ impl RefusalLog {
             causes.push(format!("{cause} {n}"));
             if self.logged.insert(cause) {
                 tracing::warn!(
-                    "loki refused {n} of the {entries} entries of a push as {cause}: {}; \
-                     further refusals are summed up every {} s; loki said: {}",
+                    "loki refused {n} of the {entries} entries of a push as {cause} (status {}): \
+                     {}; further refusals are summed up every {} s; loki said: {}",
+                    answer.status,
                     action(cause, counts, line_limit),
                     SUMMARY_EVERY.as_secs(),
                     said(cause)

@@ -448,9 +448,16 @@ impl Service for LokiService {
                             (false, None) => Fate::Unexplained,
                         })
                         .collect(),
+                    // Without Loki's word, its answer's: what it names is
+                    // refused; the rest was stored, unless the answer tells of
+                    // no refusal at all (then nothing was).
                     Asked::Unreadable => records
                         .iter()
-                        .map(|r| read.attribute(r).map_or(Fate::Stored, Fate::Refused))
+                        .map(|r| match read.attribute(r) {
+                            Some(cause) => Fate::Refused(cause),
+                            None if read.tells_refusals() => Fate::Stored,
+                            None => Fate::Refused(Cause::Other),
+                        })
                         .collect(),
                 }
             }
