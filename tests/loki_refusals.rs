@@ -153,7 +153,7 @@ async fn a_batch_of_good_too_far_behind_too_old_and_too_long_lines_ends_with_eve
     let log = agent.log();
     for cause in ["too_far_behind", "too_old", "too_long"] {
         assert_eq!(
-            log.matches(&format!("entries of a push as {cause}:"))
+            log.matches(&format!("entries of a push as {cause} (status 400):"))
                 .count(),
             1,
             "{log}"
