@@ -344,7 +344,7 @@ impl Answer {
     /// refused, times to the second are ambiguous, or anything was not
     /// understood.
     pub fn read_exactly(&self, records: &[LogRecord]) -> Option<Vec<Option<Cause>>> {
-        if self.cut || !self.unknown.is_empty() {
+        if self.cut || !self.unknown.is_empty() || !self.tells_refusals() {
             return None;
         }
         if let Some(cause) = self.refused_whole {

@@ -215,6 +215,7 @@ fn limits_of_rate_and_streams_are_read_from_their_429s() {
 fn text_not_understood_or_cut_means_asking_loki() {
     let records = [rec(T0, "a")];
     for a in [
+        Answer::parse(400, b"", false),
         Answer::parse(400, b"<html>Bad Request</html>", false),
         Answer::parse(
             400,
