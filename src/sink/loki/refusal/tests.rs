@@ -1,7 +1,8 @@
 //! Loki's answers, as Loki 3.x writes them, read.
 
+use super::words::{go_time_ns, NS};
 use super::*;
-use crate::record::Timestamp;
+use crate::record::{Labels, Timestamp};
 
 /// 2026-11-01T10:00:00Z.
 const T0: i64 = 1_793_527_200 * NS;
