@@ -49,6 +49,9 @@ pub enum Fate {
 pub struct Counts {
     pub shipped: u64,
     pub refused: BTreeMap<Cause, u64>,
+    /// Refusals of an earlier push whose cause Loki did not tell, told by this
+    /// one (by the cause it told; `other` for entries it took this time).
+    pub hidden: BTreeMap<Cause, u64>,
     /// Sent again changed: at a new time, or cut.
     pub rewritten: BTreeMap<Cause, u64>,
     /// Lost.
@@ -101,22 +104,31 @@ pub fn plan(
     let mut next_ns = now.as_nanos();
     for (mut r, fate) in records.into_iter().zip(fates) {
         let c = &mut plan.counts;
+        let key = record_key(&r);
+        // Sent again for Loki to tell why it refused it: that refusal counts
+        // now, by the cause Loki tells.
+        let second_look = looked.contains(&key);
         let cause = match fate {
             Fate::Stored => {
                 c.shipped += 1;
+                if second_look {
+                    Counts::add(&mut c.hidden, Cause::Other);
+                }
                 continue;
             }
-            Fate::Unexplained => {
-                if looked.insert(record_key(&r)) {
-                    c.second_looks += 1;
-                    plan.resend.push(r);
-                    continue;
-                }
-                Cause::Other
+            Fate::Unexplained if !second_look => {
+                looked.insert(key);
+                c.second_looks += 1;
+                plan.resend.push(r);
+                continue;
             }
+            Fate::Unexplained => Cause::Other,
             Fate::Refused(cause) => cause,
         };
         Counts::add(&mut c.refused, cause);
+        if second_look {
+            Counts::add(&mut c.hidden, cause);
+        }
         match cause {
             Cause::TooOld | Cause::TooFarBehind => {
                 let rewritten = r
@@ -210,7 +222,11 @@ impl RefusalLog {
         entries: usize,
         line_limit: Option<usize>,
     ) -> Option<String> {
+        for (&cause, &n) in &counts.hidden {
+            *self.pending.refused.entry(cause).or_default() += n;
+        }
         if counts.refused_total() == 0 {
+            self.summary_if_due();
             return None;
         }
         let said = |cause: Cause| {
@@ -416,8 +432,10 @@ mod tests {
         assert_eq!(c.refused.values().sum::<u64>(), 5);
         assert_eq!(c.rewritten.len(), 3);
         assert_eq!(c.dropped, BTreeMap::from([(Cause::Other, 1)]));
+        assert!(c.hidden.is_empty());
 
-        // Unexplained a second time: dropped as other. Dropped when so configured.
+        // Unexplained a second time: dropped as other, its first refusal
+        // counted with it. Dropped when so configured.
         let p = plan(
             vec![rec(7, "unexplained"), rec(2, "old")],
             vec![Fate::Unexplained, Fate::Refused(Cause::TooOld)],
@@ -432,6 +450,36 @@ mod tests {
             p.counts.dropped,
             BTreeMap::from([(Cause::TooOld, 1), (Cause::Other, 1)])
         );
+        assert_eq!(p.counts.hidden, BTreeMap::from([(Cause::Other, 1)]));
+    }
+
+    #[test]
+    fn a_refusal_loki_hid_counts_by_the_cause_it_tells_on_the_second_try() {
+        let mut looked = HashSet::new();
+        let first = plan(
+            vec![rec(2, "old"), rec(3, "passing")],
+            vec![Fate::Unexplained, Fate::Unexplained],
+            None,
+            RefusedEntries::Rewrite,
+            Timestamp(1_000),
+            &mut looked,
+        );
+        assert_eq!(first.resend.len(), 2);
+        assert!(first.counts.refused.is_empty());
+        let second = plan(
+            first.resend,
+            vec![Fate::Refused(Cause::TooOld), Fate::Stored],
+            None,
+            RefusedEntries::Rewrite,
+            Timestamp(2_000),
+            &mut looked,
+        );
+        assert_eq!(second.counts.refused, BTreeMap::from([(Cause::TooOld, 1)]));
+        assert_eq!(
+            second.counts.hidden,
+            BTreeMap::from([(Cause::TooOld, 1), (Cause::Other, 1)])
+        );
+        assert_eq!(second.counts.shipped, 1);
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl LokiCounters {
         counter("wisp_loki_push_seconds_total", "Time spent in pushes Loki answered with a final status.", |c| one(load(&c.push_micros) as f64 / 1e6)),
         gauge("wisp_loki_last_push_timestamp_seconds", "When Loki last took a push, in seconds since the Unix epoch; 0 until the first.", |c| one(load(&c.last_push_unix_millis) as f64 / 1e3)),
         counter("wisp_loki_records_possibly_duplicated_total", "Log entries of a push in flight at the last stop sent again unchecked, because Loki could not be queried with the push's credentials: each may now be stored twice.", |c| one(load(&c.records_possibly_duplicated))),
-        counter("wisp_loki_records_refused_total", "Log entries Loki refused one by one, by cause (too_old, too_far_behind, too_long, rate_limited, stream_limit, other), each time it refused one; what became of them is in wisp_loki_records_rewritten_total, wisp_loki_records_dropped_total, or they were sent again unchanged (rate_limited, stream_limit).", |c| by("reason", &c.records_refused)),
+        counter("wisp_loki_records_refused_total", "Log entries Loki refused one by one, by cause (too_old, too_far_behind, too_long, rate_limited, stream_limit, other), each time it refused one, as Loki's loki_discarded_samples_total counts them (a refusal whose cause Loki did not tell counts once it tells it); what became of them is in wisp_loki_records_rewritten_total, wisp_loki_records_dropped_total, or they were sent again unchanged (rate_limited, stream_limit).", |c| by("reason", &c.records_refused)),
         counter("wisp_loki_records_rewritten_total", "Log entries Loki refused that were sent again changed, by cause: at the time Loki refused them, their own time in the structured metadata original_timestamp (too_old, too_far_behind), or cut to Loki's line limit (too_long).", |c| by("reason", &c.records_rewritten)),
         counter("wisp_loki_records_dropped_total", "Log entries lost because Loki refused them for good: by HTTP status for a push rejected whole (0: could not be encoded), by cause for entries refused one by one (too_old, too_far_behind, too_long, other).", |c| by("reason", &c.records_dropped)),
         counter("wisp_loki_batches_dropped_total", "Pushes Loki rejected for good, by HTTP status.", |c| by("reason", &c.batches_dropped)),
@@ -484,6 +484,7 @@ impl Service for LokiService {
                 .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
         }
         LokiCounters::add(&c.records_refused, &counts.refused);
+        LokiCounters::add(&c.records_refused, &counts.hidden);
         LokiCounters::add(&c.records_rewritten, &counts.rewritten);
         if let Ok(mut m) = c.records_dropped.lock() {
             for (cause, &n) in &counts.dropped {
