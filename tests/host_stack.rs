@@ -201,9 +201,10 @@ async fn catalogue() -> Catalogue {
     );
     std::fs::write(&relay.config, text).unwrap();
     relay.set_admin_listen("127.0.0.1:0");
-    // The first push and the first export are refused for good, so that the
-    // families counting drops by `reason` have samples.
-    loki.fail_next(1, 400, None, "refused by the test");
+    // The first push (and the agent's second try, made for Loki to say why)
+    // and the first export are refused for good, so that the families
+    // counting drops by `reason` have samples.
+    loki.fail_next(2, 400, None, "refused by the test");
     collector.reject_next(1);
 
     let log = relay.dir.path().join("logs").join("app.log");

@@ -434,6 +434,7 @@ async fn loki_receiver_with_limits_stores_the_valid_entries_and_answers_400_for_
         max_line_bytes: Some(10),
         oldest_ns: Some(T),
         allow_structured_metadata: false,
+        ..Limits::default()
     });
     let body = protobuf_push(
         r#"{job="api"}"#,
@@ -443,25 +444,172 @@ async fn loki_receiver_with_limits_stores_the_valid_entries_and_answers_400_for_
             (T + 2, "much too long a line", &[]),
             (T + 3, "traced", &[("trace_id", "abc")]),
             (T + 4, "ok too", &[]),
+            (T - 2, "older", &[]),
         ],
     );
     let resp = post(&loki.push_url(), "application/x-protobuf", body).await;
     assert_eq!(resp.status(), 400);
     let reason = resp.text().await.unwrap();
-    assert!(
-        reason.contains(r#"entry for stream '{job="api"}' has timestamp too old"#),
+    // The distributor's text: its messages grouped by wording, joined by "; ".
+    assert_eq!(
+        reason.trim_end().split("; ").collect::<Vec<_>>(),
+        [
+            // Two entries within one second: one wording.
+            format!(
+                r#"2 errors like: entry for stream '{{job="api"}}' has timestamp too old: {}, oldest acceptable timestamp is: {}"#,
+                support::loki::rfc3339_seconds(T - 1),
+                support::loki::rfc3339_seconds(T)
+            )
+            .as_str(),
+            r#"1 errors like: Max entry size '10' bytes exceeded for stream '{job="api"}' while adding an entry with length '20' bytes"#,
+            "1 errors like: stream '{job=\"api\"}' includes structured metadata, but this feature is disallowed. Please see `limits_config.allow_structured_metadata` or contact your Loki administrator to enable it.",
+        ],
         "{reason}"
     );
-    assert!(
-        reason.contains("Max entry size '10' bytes exceeded"),
-        "{reason}"
-    );
-    assert!(
-        reason.contains("includes structured metadata, but this feature is disallowed"),
-        "{reason}"
-    );
-    assert!(reason.contains("total ignored: 3 out of 5"), "{reason}");
     assert_eq!(loki.lines(r#"{job="api"}"#), ["ok", "ok too"]);
+}
+
+/// A JSON push of several streams: (labels, [(ts, line)]).
+fn json_push(streams: &[(&str, &[(i64, &str)])]) -> Vec<u8> {
+    let streams: Vec<serde_json::Value> = streams
+        .iter()
+        .map(|(labels, values)| {
+            let labels: serde_json::Value = serde_json::from_str(labels).unwrap();
+            let values: Vec<serde_json::Value> = values
+                .iter()
+                .map(|(ts, line)| serde_json::json!([ts.to_string(), line]))
+                .collect();
+            serde_json::json!({"stream": labels, "values": values})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "streams": streams })).unwrap()
+}
+
+#[tokio::test]
+async fn loki_receiver_refuses_as_loki_3_7_does_and_tells_only_of_the_last_stream() {
+    let loki = LokiReceiver::start().await;
+    let now = wisp_agent::record::Timestamp::now().as_nanos();
+    const S: i64 = 1_000_000_000;
+    loki.set_limits(Limits {
+        reject_old_samples_max_age: Some(Duration::from_secs(600)),
+        too_far_behind: Some(Duration::from_secs(30)),
+        max_streams: Some(2),
+        max_returned_errors: 2,
+        ..Limits::default()
+    });
+    let a = r#"{"job":"a"}"#;
+    let b = r#"{"job":"b"}"#;
+    let first = json_push(&[(a, &[(now, "a new")]), (b, &[(now, "b new")])]);
+    assert_eq!(
+        post(&loki.push_url(), "application/json", first)
+            .await
+            .status(),
+        204
+    );
+
+    // Stream a: one too far behind, one too old (the distributor's); stream b:
+    // three too far behind. Loki tells of b only, two of its three listed.
+    let old = now - 3600 * S;
+    let behind = now - 60 * S;
+    let second = json_push(&[
+        (
+            a,
+            &[(behind, "a behind"), (old, "a old"), (now + 1, "a ok")],
+        ),
+        (
+            b,
+            &[
+                (behind, "b1"),
+                (behind + 1, "b2"),
+                (behind + 2, "b3"),
+                (now + 1, "b ok"),
+            ],
+        ),
+    ]);
+    let resp = post(&loki.push_url(), "application/json", second).await;
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let behind_go = support::loki::go_time(behind);
+    assert!(
+        lines[0].starts_with(&format!(
+            "entry with timestamp {behind_go} ignored, reason: 'entry too far behind, entry timestamp is: {}, oldest acceptable timestamp is: {}',",
+            support::loki::rfc3339_seconds(behind),
+            support::loki::rfc3339_seconds(now - 30 * S)
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        lines[2],
+        r#"user 'fake', total ignored: 3 out of 4 for stream: {job="b"}"#
+    );
+    assert_eq!(loki.lines(r#"{job="a"}"#), ["a new", "a ok"]);
+    assert_eq!(loki.lines(r#"{job="b"}"#), ["b new", "b ok"]);
+
+    // A third stream is past the stream limit: 429 for it, the others stored.
+    let c = r#"{"job":"c"}"#;
+    let third = json_push(&[(c, &[(now, "c")]), (a, &[(now + 2, "a more")])]);
+    let resp = post(&loki.push_url(), "application/json", third).await;
+    // The last stream (a) had no refusal: Loki says nothing of c.
+    assert_eq!(resp.status(), 204);
+    let fourth = json_push(&[(a, &[(now + 3, "a again")]), (c, &[(now, "c")])]);
+    let resp = post(&loki.push_url(), "application/json", fourth).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.text().await.unwrap().starts_with(
+        r#"Maximum active stream limit exceeded when trying to create stream {job="c"}"#
+    ));
+    assert_eq!(
+        loki.lines(r#"{job="a"}"#),
+        ["a new", "a ok", "a more", "a again"]
+    );
+    assert!(loki.lines(r#"{job="c"}"#).is_empty());
+}
+
+#[tokio::test]
+async fn loki_query_api_shows_structured_metadata_categorized_or_as_labels() {
+    let loki = LokiReceiver::start().await;
+    let body = protobuf_push(
+        r#"{job="api"}"#,
+        &[(T, "plain", &[]), (T + 1, "traced", &[("trace_id", "abc")])],
+    );
+    assert_eq!(
+        post(&loki.push_url(), "application/x-protobuf", body)
+            .await
+            .status(),
+        204
+    );
+    let params = [("query", r#"{job="api"}"#), ("direction", "forward")];
+    let plain = query(&loki, &params).await;
+    assert_eq!(
+        plain["data"]["result"],
+        serde_json::json!([
+            {"stream": {"job": "api"}, "values": [[T.to_string(), "plain"]]},
+            {"stream": {"job": "api", "trace_id": "abc"}, "values": [[(T + 1).to_string(), "traced"]]},
+        ])
+    );
+    let text = reqwest::Client::new()
+        .get(format!("{}/loki/api/v1/query_range", loki.url()))
+        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
+        .query(&params)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let categorized: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        categorized["data"]["result"],
+        serde_json::json!([{"stream": {"job": "api"}, "values": [
+            [T.to_string(), "plain"],
+            [(T + 1).to_string(), "traced", {"structuredMetadata": {"trace_id": "abc"}}],
+        ]}])
+    );
+    assert_eq!(
+        categorized["data"]["encodingFlags"],
+        serde_json::json!(["categorize-labels"])
+    );
 }
 
 #[tokio::test]

@@ -552,6 +552,42 @@ fn a_push_begun_but_not_acknowledged_is_in_flight_after_a_restart_until_acknowle
 }
 
 #[test]
+fn a_mark_on_the_push_in_flight_survives_a_restart_keeps_the_smallest_and_goes_with_the_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let pushed;
+    {
+        let (mut w, mut r) = open(dir.path());
+        w.append(&recs(0..10)).unwrap();
+        pushed = r.next_batch(4, 1 << 20).unwrap().unwrap();
+        r.begin_push(pushed.end).unwrap();
+        assert_eq!(r.in_flight_mark(), None);
+        r.mark_in_flight(500).unwrap();
+        r.mark_in_flight(700).unwrap();
+        assert_eq!(r.in_flight_mark(), Some(500));
+        // Killed here.
+    }
+    {
+        let (_w, mut r) = open(dir.path());
+        assert_eq!(r.in_flight(), Some(pushed.end));
+        assert_eq!(r.in_flight_mark(), Some(500));
+        // The range read again and pushed again keeps its mark; a smaller one wins.
+        let again = r.next_batch(4, 1 << 20).unwrap().unwrap();
+        r.begin_push(again.end).unwrap();
+        assert_eq!(r.in_flight_mark(), Some(500));
+        r.mark_in_flight(300).unwrap();
+        assert_eq!(r.in_flight_mark(), Some(300));
+        // Acknowledged, and the next push begun: no mark on it.
+        r.ack_later(again.end);
+        let next = r.next_batch(100, 1 << 20).unwrap().unwrap();
+        r.begin_push(next.end).unwrap();
+        assert_eq!(r.in_flight_mark(), None);
+    }
+    let (_w, r) = open(dir.path());
+    assert_eq!(r.in_flight_mark(), None);
+    assert!(r.in_flight().is_some());
+}
+
+#[test]
 fn an_acknowledged_push_is_not_in_flight_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {

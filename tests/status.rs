@@ -245,8 +245,15 @@ async fn with_loki_down_status_shows_the_buffered_lines_and_the_last_error_and_e
     assert!(out.contains("loki:    0 lines shipped"), "{out}");
     assert!(out.contains("last push never"), "{out}");
     assert!(!out.contains(" 0 B of 512.0 MiB buffered"), "{out}");
-    assert!(out.contains("last error: "), "{out}");
+    // The last error, with when it happened.
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("last error ") && l.contains(" ago: ")),
+        "{out}"
+    );
     let json = status(&config, &["--json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&text(&json).0).unwrap();
+    assert!(doc["loki"]["last_error_seconds_ago"].is_number(), "{doc}");
     for shown in [out, err, text(&json).0, text(&json).1, agent.log()] {
         assert!(!shown.contains(PASSWORD), "a secret is shown:\n{shown}");
     }

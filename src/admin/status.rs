@@ -24,13 +24,25 @@ pub(super) async fn serve(State(endpoint): State<Arc<Endpoint>>) -> Response {
 /// The status now, from `registry`'s page over `sources`.
 fn snapshot(sources: &Sources, registry: &Registry) -> Status {
     let last = |m: &std::sync::Mutex<Option<String>>| m.lock().ok().and_then(|l| l.clone());
+    let at = |millis: &std::sync::atomic::AtomicU64| {
+        let ms = millis.load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then(|| ms as f64 / 1e3)
+    };
     let extras = Extras {
         problem: sources.problem(),
         loki_last_error: sources.logs.as_ref().and_then(|l| last(&l.loki.last_error)),
+        loki_last_error_at: sources
+            .logs
+            .as_ref()
+            .and_then(|l| at(&l.loki.last_error_unix_millis)),
         otlp_last_error: sources
             .relay
             .as_ref()
             .and_then(|r| last(&r.exporter.last_error)),
+        otlp_last_error_at: sources
+            .relay
+            .as_ref()
+            .and_then(|r| at(&r.exporter.last_error_unix_millis)),
         logs: sources.logs.is_some(),
         relay: sources.relay.is_some(),
     };

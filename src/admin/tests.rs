@@ -115,7 +115,21 @@ fn every_metric_has_help_and_a_type_and_the_page_parses() {
     }));
     let logs = s.logs.as_ref().unwrap();
     logs.loki.records_shipped.store(7, Ordering::Relaxed);
-    logs.loki.records_dropped.lock().unwrap().insert(400, 3);
+    logs.loki
+        .records_dropped
+        .lock()
+        .unwrap()
+        .insert("400".into(), 3);
+    logs.loki
+        .records_refused
+        .lock()
+        .unwrap()
+        .insert(crate::sink::loki::refusal::Cause::TooOld, 2);
+    logs.loki
+        .records_rewritten
+        .lock()
+        .unwrap()
+        .insert(crate::sink::loki::refusal::Cause::TooOld, 2);
     logs.loki.batches_dropped.lock().unwrap().insert(400, 1);
     let relay = s.relay.as_ref().unwrap();
     relay.receiver.requests_accepted[0].store(4, Ordering::Relaxed);

@@ -134,6 +134,19 @@ pub enum LokiEncoding {
     Json,
 }
 
+/// What becomes of entries Loki refuses as too old or too far behind their
+/// stream (`loki.refused_entries`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusedEntries {
+    /// Sent again at the time Loki refused them, their own time kept in the
+    /// structured metadata `original_timestamp`.
+    #[default]
+    Rewrite,
+    /// Dropped (counted).
+    Drop,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
@@ -161,6 +174,8 @@ pub struct LokiConfig {
     pub timeout: Span,
     /// Cap of the exponential retry backoff.
     pub max_backoff: Span,
+    /// Entries Loki refuses for their time: sent again at a time it takes, or dropped.
+    pub refused_entries: RefusedEntries,
 }
 
 impl Default for LokiConfig {
@@ -178,6 +193,7 @@ impl Default for LokiConfig {
             insecure_skip_verify: false,
             timeout: Span::secs(10),
             max_backoff: Span::secs(30),
+            refused_entries: RefusedEntries::Rewrite,
         }
     }
 }

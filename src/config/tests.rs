@@ -69,3 +69,15 @@ fn url_passwords_are_redacted() {
     assert_eq!(redact_url("http://h:3100/loki"), "http://h:3100/loki");
     assert_eq!(redact_url("https://tok3n@h/x"), "https://<redacted>@h/x");
 }
+
+#[test]
+fn lines_are_cut_by_default_at_lokis_own_default_line_limit() {
+    // Loki's `max_line_size` defaults to 256KB, which it counts as 262144
+    // bytes ("Max entry size '262144' bytes exceeded"): a line the tailer
+    // ships whole is never too long for a Loki left at its defaults.
+    assert_eq!(FileConfig::default().max_line_bytes.as_usize(), 262_144);
+    assert_eq!(
+        LokiConfig::default().refused_entries,
+        RefusedEntries::Rewrite
+    );
+}

@@ -150,19 +150,36 @@ fn reason_from_body(status: u16, body: &[u8]) -> String {
     }
 }
 
-/// The body as trimmed text, lossy UTF-8, cut at a character boundary.
+/// The body as trimmed text on one line ([`one_line`]), lossy UTF-8, cut at a
+/// character boundary.
 pub(crate) fn bounded_text(body: &[u8]) -> String {
     let head = &body[..body.len().min(MAX_REASON_BYTES + 4)];
     let text = String::from_utf8_lossy(head);
     let text = text.trim();
     if text.len() <= MAX_REASON_BYTES {
-        return text.to_string();
+        return one_line(text);
     }
     let mut cut = MAX_REASON_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}…", &text[..cut])
+    format!("{}…", one_line(&text[..cut]))
+}
+
+/// `text` on one line: newlines, tabs and other control characters escaped
+/// (`\n`, `\t`, `\u{1b}`), so a log line never runs onto the next.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Exponential backoff with full jitter: the n-th delay is drawn uniformly from
@@ -337,6 +354,22 @@ mod tests {
         };
         assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
         assert!(reason.ends_with('…'));
+    }
+
+    #[test]
+    fn a_body_of_several_lines_is_a_reason_on_one_line() {
+        let PushOutcome::Rejected { reason, .. } = PushOutcome::from_response(
+            400,
+            &HeaderMap::new(),
+            b"entry with timestamp x ignored,\nuser 'fake', total ignored: 1 out of 2\n",
+        ) else {
+            panic!("not rejected");
+        };
+        assert_eq!(
+            reason,
+            "entry with timestamp x ignored,\\nuser 'fake', total ignored: 1 out of 2"
+        );
+        assert_eq!(one_line("a\nb\tc\r\u{1b}[0m é"), "a\\nb\\tc\\r\\u{1b}[0m é");
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub(super) const ACK_V1_LEN: usize = 28;
 /// spool again (at least once); nothing newer needs a v1 writer.
 pub(super) const ACK_V2: u32 = 2;
 pub(super) const ACK_V2_LEN: usize = 44;
+/// v3 (written only while the push in flight carries a mark,
+/// [`SpoolReader::mark_in_flight`]): v2 with the mark (8 bytes) before the
+/// CRC-32 (52 bytes). Without a mark v2 is written, so an agent that reads only
+/// v2 is affected only while such a push is in flight.
+pub(super) const ACK_V3: u32 = 3;
+pub(super) const ACK_V3_LEN: usize = 52;
 
 /// What the `ack` file holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +30,9 @@ pub(super) struct AckState {
     /// The end of the furthest push begun ([`SpoolReader::begin_push`]); when it
     /// is beyond `acked`, the records between may already be in the sink's store.
     pub(super) in_flight: SpoolPosition,
+    /// The sink's mark on the push in flight (0: none), see
+    /// [`SpoolReader::mark_in_flight`].
+    pub(super) mark: u64,
 }
 
 pub(super) fn put_position(b: &mut [u8], pos: SpoolPosition) {
@@ -38,18 +47,27 @@ pub(super) fn get_position(b: &[u8]) -> Option<SpoolPosition> {
     })
 }
 
-pub(super) fn encode_ack(state: AckState) -> [u8; ACK_V2_LEN] {
-    let mut b = [0u8; ACK_V2_LEN];
+/// v2, or v3 when the state carries a mark.
+pub(super) fn encode_ack(state: AckState) -> Vec<u8> {
+    let (version, len) = if state.mark == 0 {
+        (ACK_V2, ACK_V2_LEN)
+    } else {
+        (ACK_V3, ACK_V3_LEN)
+    };
+    let mut b = vec![0u8; len];
     b[..4].copy_from_slice(&ACK_MAGIC);
-    b[4..8].copy_from_slice(&ACK_V2.to_le_bytes());
+    b[4..8].copy_from_slice(&version.to_le_bytes());
     put_position(&mut b[8..24], state.acked);
     put_position(&mut b[24..40], state.in_flight);
-    let crc = crc32fast::hash(&b[..40]);
-    b[40..].copy_from_slice(&crc.to_le_bytes());
+    if state.mark != 0 {
+        b[40..48].copy_from_slice(&state.mark.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&b[..len - 4]);
+    b[len - 4..].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// Reads a v2 file, or a v1 file (which knows of no push in flight).
+/// Reads a v3 or v2 file, or a v1 file (which knows of no push in flight).
 pub(super) fn decode_ack(b: &[u8]) -> Option<AckState> {
     if b.get(..4)? != ACK_MAGIC {
         return None;
@@ -58,6 +76,7 @@ pub(super) fn decode_ack(b: &[u8]) -> Option<AckState> {
     let len = match version {
         ACK_V1 => ACK_V1_LEN,
         ACK_V2 => ACK_V2_LEN,
+        ACK_V3 => ACK_V3_LEN,
         _ => return None,
     };
     if b.len() != len {
@@ -72,7 +91,15 @@ pub(super) fn decode_ack(b: &[u8]) -> Option<AckState> {
         ACK_V1 => acked,
         _ => get_position(&b[24..40])?,
     };
-    Some(AckState { acked, in_flight })
+    let mark = match version {
+        ACK_V3 => u64::from_le_bytes(b[40..48].try_into().ok()?),
+        _ => 0,
+    };
+    Some(AckState {
+        acked,
+        in_flight,
+        mark,
+    })
 }
 
 /// Replaces the `ack` file: written to a temporary file, fsynced, renamed over.
@@ -104,7 +131,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 pub(super) fn read_ack_file(dir: &Path) -> Option<AckState> {
     remove_file_logged(&dir.join(ACK_TMP_FILE));
     let path = dir.join(ACK_FILE);
-    // An ack file is 44 bytes: a larger one is corrupt, and is not read whole.
+    // An ack file is at most 52 bytes: a larger one is corrupt, and is not read whole.
     let read = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()

@@ -39,9 +39,10 @@
 //!
 //! On disk: `<dir>/<20-digit id>.seg` segment files (format in `segment.rs`), ids only
 //! ever growing, and `<dir>/ack`, the last acknowledged [`SpoolPosition`] and the
-//! end of the push in flight ([`SpoolReader::begin_push`]) with a CRC-32, replaced
-//! atomically (temp, fsync, rename); a version-1 file (the position alone) is
-//! read. An unreadable `ack` means "nothing acknowledged": everything is shipped
+//! end of the push in flight ([`SpoolReader::begin_push`]), while the sink put
+//! one on it the push's mark ([`SpoolReader::mark_in_flight`]), and a CRC-32,
+//! replaced atomically (temp, fsync, rename); a version-1 file (the position
+//! alone) is read. An unreadable `ack` means "nothing acknowledged": everything is shipped
 //! again, never an error. The writer starts a new segment at each open, so it
 //! never appends behind recovered data.
 //!
@@ -433,17 +434,24 @@ mod tests {
                 segment: 8,
                 offset: 99,
             },
+            mark: 0,
         };
-        let bytes = encode_ack(state);
-        assert_eq!(bytes.len(), ACK_V2_LEN);
-        assert_eq!(decode_ack(&bytes), Some(state));
-        for i in 0..bytes.len() {
-            let mut bad = bytes;
-            bad[i] ^= 1;
-            assert_eq!(decode_ack(&bad), None, "flip at {i}");
+        let marked = AckState {
+            mark: 1_795_000_000_000_000_000,
+            ..state
+        };
+        for (state, len) in [(state, ACK_V2_LEN), (marked, ACK_V3_LEN)] {
+            let bytes = encode_ack(state);
+            assert_eq!(bytes.len(), len);
+            assert_eq!(decode_ack(&bytes), Some(state));
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1;
+                assert_eq!(decode_ack(&bad), None, "flip at {i}");
+            }
+            assert_eq!(decode_ack(&bytes[..20]), None);
+            assert_eq!(decode_ack(&bytes[..ACK_V1_LEN]), None);
         }
-        assert_eq!(decode_ack(&bytes[..20]), None);
-        assert_eq!(decode_ack(&bytes[..ACK_V1_LEN]), None);
         assert_eq!(decode_ack(&[]), None);
     }
 
@@ -466,7 +474,8 @@ mod tests {
             decode_ack(&v1),
             Some(AckState {
                 acked: pos,
-                in_flight: pos
+                in_flight: pos,
+                mark: 0
             })
         );
         v1[27] ^= 1;

@@ -210,6 +210,9 @@ impl Spool {
             in_flight_at_open: ack_state
                 .map(|a| a.in_flight)
                 .filter(|&end| end > acked.unwrap_or_default()),
+            mark: ack_state
+                .filter(|a| a.in_flight > acked.unwrap_or_default())
+                .map_or(0, |a| a.mark),
             payload: Vec::new(),
             cache: R::Cache::default(),
         };

@@ -17,6 +17,8 @@ pub struct SpoolReader<R: SpoolRecord = LogRecord> {
     pub(super) in_flight: SpoolPosition,
     /// The in-flight end found at open, when it was beyond the acknowledged position.
     pub(super) in_flight_at_open: Option<SpoolPosition>,
+    /// The sink's mark on the push in flight, as the `ack` file holds it (0: none).
+    pub(super) mark: u64,
     /// `acked` moved past what the `ack` file says ([`SpoolReader::ack_later`]).
     pub(super) ack_unsaved: bool,
     pub(super) payload: Vec<u8>,
@@ -265,12 +267,16 @@ impl<R: SpoolRecord> SpoolReader<R> {
         if !self.ack_unsaved {
             return Ok(());
         }
+        let in_flight = self.in_flight.max(self.acked);
         let state = AckState {
             acked: self.acked,
-            in_flight: self.in_flight.max(self.acked),
+            in_flight,
+            // Nothing in flight any more: the mark went with it.
+            mark: if in_flight > self.acked { self.mark } else { 0 },
         };
         write_ack_file(&self.shared.dir, state)?;
         self.in_flight = state.in_flight;
+        self.mark = state.mark;
         self.ack_unsaved = false;
         Ok(())
     }
@@ -285,14 +291,52 @@ impl<R: SpoolRecord> SpoolReader<R> {
         if end <= self.acked || end <= self.in_flight {
             return Ok(());
         }
+        // A mark stays while the push it was put on is not acknowledged (that
+        // push read again after a restart may end a little further: the start
+        // of the next segment); a push after it starts without one.
+        let mark = if self.acked >= self.in_flight {
+            0
+        } else {
+            self.mark
+        };
         let state = AckState {
             acked: self.acked,
             in_flight: end,
+            mark,
         };
         write_ack_file(&self.shared.dir, state)?;
         self.in_flight = end;
+        self.mark = mark;
         self.ack_unsaved = false;
         Ok(())
+    }
+
+    /// Records durably, with the push in flight, a number its sink needs should
+    /// the agent stop before the push is acknowledged (the Loki sink: the
+    /// earliest time at which it sent records of it again in another form). Of
+    /// two marks on one push the smaller is kept; a push begun after it was
+    /// acknowledged starts without one.
+    /// 0, or a mark not smaller than the one recorded, writes nothing.
+    pub fn mark_in_flight(&mut self, mark: u64) -> Result<(), SpoolError> {
+        if mark == 0 || (self.mark != 0 && mark >= self.mark) {
+            return Ok(());
+        }
+        let state = AckState {
+            acked: self.acked,
+            in_flight: self.in_flight.max(self.acked),
+            mark,
+        };
+        write_ack_file(&self.shared.dir, state)?;
+        self.in_flight = state.in_flight;
+        self.mark = mark;
+        self.ack_unsaved = false;
+        Ok(())
+    }
+
+    /// The mark on the push in flight ([`SpoolReader::mark_in_flight`]), found
+    /// at open or recorded since; `None` without one.
+    pub fn in_flight_mark(&self) -> Option<u64> {
+        (self.mark != 0).then_some(self.mark)
     }
 
     /// The end of the push that was in flight when the agent last stopped: records

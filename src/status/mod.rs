@@ -107,9 +107,15 @@ pub struct LokiStatus {
     pub retries: u64,
     /// Log entries Loki rejected for good (4xx), dropped.
     pub records_rejected: u64,
+    /// Log entries Loki refused one by one (all causes, each refusal).
+    pub records_refused: u64,
+    /// Of those, sent again changed (a new time, a cut line).
+    pub records_rewritten: u64,
     pub records_possibly_duplicated: u64,
     /// The last failed try or rejection, redacted; `null` before the first.
     pub last_error: Option<String>,
+    /// Seconds since `last_error`; `null` before the first.
+    pub last_error_seconds_ago: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -128,6 +134,8 @@ pub struct OtlpStatus {
     pub requests_rejected: u64,
     /// The last failed try or refusal, redacted; `null` before the first.
     pub last_error: Option<String>,
+    /// Seconds since `last_error`; `null` before the first.
+    pub last_error_seconds_ago: Option<f64>,
 }
 
 /// `wisp-agent exec` runs the daemon took (the `wisp_exec_*` families).
@@ -158,7 +166,10 @@ pub struct Extras {
     /// `/healthz`'s problem, if any.
     pub problem: Option<String>,
     pub loki_last_error: Option<String>,
+    /// When it happened, in seconds since the Unix epoch.
+    pub loki_last_error_at: Option<f64>,
     pub otlp_last_error: Option<String>,
+    pub otlp_last_error_at: Option<f64>,
     /// Whether the file-log pipeline (Loki) and the relay (OTLP) run.
     pub logs: bool,
     pub relay: bool,
@@ -209,10 +220,16 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
             last_push_seconds_ago: ago(page.get("wisp_loki_last_push_timestamp_seconds", &[])),
             retries: page.value("wisp_loki_retries_total", &[]) as u64,
             records_rejected: page.sum("wisp_loki_records_dropped_total", &[]) as u64,
+            records_refused: page.sum("wisp_loki_records_refused_total", &[]) as u64,
+            records_rewritten: page.sum("wisp_loki_records_rewritten_total", &[]) as u64,
             records_possibly_duplicated: page
                 .value("wisp_loki_records_possibly_duplicated_total", &[])
                 as u64,
             last_error: redact(&extras.loki_last_error),
+            last_error_seconds_ago: extras
+                .loki_last_error
+                .as_ref()
+                .and_then(|_| ago(extras.loki_last_error_at)),
         }),
         otlp: extras.relay.then(|| OtlpStatus {
             requests_received: page.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
@@ -223,6 +240,10 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
             retries: page.value("wisp_otlp_retries_total", &[]) as u64,
             requests_rejected: page.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
             last_error: redact(&extras.otlp_last_error),
+            last_error_seconds_ago: extras
+                .otlp_last_error
+                .as_ref()
+                .and_then(|_| ago(extras.otlp_last_error_at)),
         }),
         exec: exec_status(&page),
     }

@@ -54,11 +54,19 @@ fn summary_text(s: &Status) -> String {
             );
             let _ = writeln!(
                 out,
-                "         {} retries, {} dropped ({} rejected by loki, {} for want of buffer room){}",
+                "         {} retries, {} dropped ({} rejected by loki, {} for want of buffer room){}{}",
                 l.retries,
                 l.records_rejected + l.buffer.records_dropped,
                 l.records_rejected,
                 l.buffer.records_dropped,
+                if l.records_refused > 0 {
+                    format!(
+                        ", {} refused by loki one by one ({} sent again changed)",
+                        l.records_refused, l.records_rewritten
+                    )
+                } else {
+                    String::new()
+                },
                 if l.records_possibly_duplicated > 0 {
                     format!(", {} possibly sent twice", l.records_possibly_duplicated)
                 } else {
@@ -66,7 +74,7 @@ fn summary_text(s: &Status) -> String {
                 }
             );
             if let Some(e) = &l.last_error {
-                let _ = writeln!(out, "         last error: {}", cut(e));
+                let _ = writeln!(out, "         {}", last_error(e, l.last_error_seconds_ago));
             }
         }
         None => {
@@ -93,7 +101,7 @@ fn summary_text(s: &Status) -> String {
                 o.buffer.records_dropped
             );
             if let Some(e) = &o.last_error {
-                let _ = writeln!(out, "         last error: {}", cut(e));
+                let _ = writeln!(out, "         {}", last_error(e, o.last_error_seconds_ago));
             }
         }
         None => {
@@ -242,6 +250,14 @@ fn printable(text: &str, lines: bool) -> String {
         .map(crate::parse::labels::escape_controls)
         .collect::<Vec<_>>()
         .join(if lines { "\n" } else { "\\n" })
+}
+
+/// `last error 12 s ago: …` (without the time when it is not known).
+fn last_error(e: &str, secs: Option<f64>) -> String {
+    match secs {
+        Some(_) => format!("last error {}: {}", ago(secs), cut(e)),
+        None => format!("last error: {}", cut(e)),
+    }
 }
 
 /// An error message cut to one screen line's worth (on a character boundary).

@@ -21,6 +21,9 @@ wisp_loki_retries_total 2
 wisp_loki_last_push_timestamp_seconds 1000.5
 wisp_loki_records_dropped_total{reason="400"} 5
 wisp_loki_records_dropped_total{reason="413"} 1
+wisp_loki_records_refused_total{reason="too_old"} 7
+wisp_loki_records_refused_total{reason="too_long"} 2
+wisp_loki_records_rewritten_total{reason="too_old"} 7
 wisp_otlp_receiver_requests_total{signal="traces"} 50
 wisp_otlp_receiver_requests_total{signal="logs"} 5
 wisp_otlp_requests_shipped_total 55
@@ -76,6 +79,7 @@ fn the_status_says_what_the_page_says() {
     assert_eq!(loki.buffer.max_bytes, 268435456);
     assert_eq!(loki.buffer.records_dropped, 4);
     assert_eq!(loki.records_rejected, 6);
+    assert_eq!((loki.records_refused, loki.records_rewritten), (9, 7));
     assert_eq!(loki.last_push_seconds_ago, Some(11.5));
     let otlp = s.otlp.unwrap();
     assert_eq!(otlp.requests_received, 55);
@@ -104,11 +108,17 @@ fn last_errors_are_redacted_and_health_is_the_healthz_verdict() {
     let extras = Extras {
         problem: Some("the log buffer (spool/loki) cannot append: disk full".into()),
         loki_last_error: Some("cannot connect to http://user:hunter2@10.0.0.5:3100/loki".into()),
+        loki_last_error_at: Some(1000.0),
         ..both()
     };
     let s = build(PAGE, &extras, at(1012));
     assert!(!s.health.ok);
+    assert_eq!(s.loki.as_ref().unwrap().last_error_seconds_ago, Some(12.0));
     let shown = summary(&s);
+    assert!(
+        shown.contains("last error 12 s ago: cannot connect"),
+        "{shown}"
+    );
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("user:<redacted>@10.0.0.5"), "{shown}");
     assert!(shown.contains("unhealthy: the log buffer"), "{shown}");
@@ -145,7 +155,8 @@ fn the_summary_and_the_line_carry_the_figures() {
         "12030 lines shipped",
         "2.0 KiB of 256.0 MiB buffered",
         "last push 12 s ago",
-        "2 retries, 10 dropped (6 rejected by loki, 4 for want of buffer room)",
+        "2 retries, 10 dropped (6 rejected by loki, 4 for want of buffer room), \
+         9 refused by loki one by one (7 sent again changed)",
         "last export never",
         "5 runs: exec 1 (exit unknown: 1; 0 s), ralph 4 (exit 0: 3, exit 1: 1; 12 min, $0.42)",
     ] {

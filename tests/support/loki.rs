@@ -19,15 +19,27 @@
 //! send again what Loki acknowledged.
 //!
 //! Fault injection: the next N pushes fail with a given status ([`LokiReceiver::fail_next`]),
-//! a persistent [`Mode`], `/ready` answering 503, and [`LokiReceiver::stop`] /
+//! a persistent [`Mode`] (or one per push for the next pushes,
+//! [`LokiReceiver::next_modes`]), `/ready` answering 503, and [`LokiReceiver::stop`] /
 //! [`LokiReceiver::restart`] to take the port away and bring it back, keeping what
 //! was stored (a Loki with persistent storage).
 //!
-//! Validation as Loki's distributor does it, when [`Limits`] are set: an entry
-//! over the line limit, older than the oldest acceptable time, or carrying
-//! structured metadata where that is disallowed is refused, the stream's other
-//! entries are stored, and the push is answered 400 naming each refused entry.
-//! By default everything is accepted (out-of-order entries too, as Loki 2.4+).
+//! Refusals as Loki 3.7 makes them, when [`Limits`] are set; by default
+//! everything is accepted (out-of-order entries too, as Loki 2.4+). Its
+//! distributor refuses an entry older than `reject_old_samples_max_age` (or an
+//! absolute oldest time), newer than `creation_grace_period`, longer than
+//! `max_line_size`, or carrying structured metadata where that is disallowed;
+//! an ingester then refuses, per stream, an entry older than the stream's
+//! newest less the "too far behind" window (half of `max_chunk_age`), and a
+//! new stream past `max_streams`. The other entries are stored. The answer
+//! is Loki's: the ingester's text (`entry with timestamp … ignored, reason:
+//! '…',` for at most `max_returned_errors` entries, then `user 'fake', total
+//! ignored: N out of M for stream: {…}`; 429 for the stream limit) of the
+//! last stream in the push, which says nothing of the distributor's
+//! refusals; or, when that stream had none, the distributor's text (its
+//! messages grouped, `N errors like: …`, joined by `; `); 400 either way.
+//! Like Loki, an ingester drops in silence an entry identical to its
+//! stream's last one.
 //!
 //! Query semantics kept deliberately small: stream selectors of `=` and `!=`
 //! matchers, then any number of `|= "text"` / `!= "text"` line filters and
@@ -36,7 +48,10 @@
 //! (inclusive) and `end` (exclusive) as Loki takes them (nanoseconds, seconds
 //! when 10 digits or fewer, float seconds, RFC 3339); `limit` (default 100);
 //! `direction` `backward` (default) or `forward`. Entries come back as stored,
-//! duplicates included. As strict as Loki where a client depends on it: a `limit`
+//! duplicates included; with `X-Loki-Response-Encoding-Flags: categorize-labels`
+//! an entry's structured metadata comes as a third element of its value
+//! (`{"structuredMetadata": {…}}`), without it as labels of its stream, as
+//! Loki 3.x answers. As strict as Loki where a client depends on it: a `limit`
 //! above Loki's default `max_entries_limit_per_query` (5000) or not positive, an
 //! `end` before `start`, and a log query on the instant endpoint
 //! `/loki/api/v1/query` (refused since Loki 3.2, grafana/loki#13421) are answered
@@ -92,13 +107,27 @@ pub enum Mode {
     StoreThenHang,
 }
 
-/// Per-entry validation, off by default.
+/// Loki's limits, as its distributor and ingesters apply them; off by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Loki's `max_line_size` (its default is 256KB).
+    /// `max_line_size` (Loki's default is 256KB): a longer entry is refused.
     pub max_line_bytes: Option<usize>,
-    /// Entries older than this (ns) are refused (`reject_old_samples`).
+    /// Entries older than this (ns) are refused as too old.
     pub oldest_ns: Option<i64>,
+    /// `reject_old_samples_max_age`: entries older than the push's arrival
+    /// less this are refused as too old (Loki's default is 7 days).
+    pub reject_old_samples_max_age: Option<Duration>,
+    /// `creation_grace_period`: entries newer than the push's arrival plus
+    /// this are refused as too new (Loki's default is 10 minutes).
+    pub creation_grace_period: Option<Duration>,
+    /// Half of `max_chunk_age` (Loki's default is 1 h): an entry older than
+    /// its stream's newest less this is refused as too far behind.
+    pub too_far_behind: Option<Duration>,
+    /// `max_streams_per_user`: a push creating a stream past this many gets a
+    /// 429 for that stream.
+    pub max_streams: Option<usize>,
+    /// `max_returned_stream_errors`: an ingester lists this many refused entries.
+    pub max_returned_errors: usize,
     /// Loki's `allow_structured_metadata` (false before Loki 3.0).
     pub allow_structured_metadata: bool,
 }
@@ -108,6 +137,11 @@ impl Default for Limits {
         Limits {
             max_line_bytes: None,
             oldest_ns: None,
+            reject_old_samples_max_age: None,
+            creation_grace_period: None,
+            too_far_behind: None,
+            max_streams: None,
+            max_returned_errors: 10,
             allow_structured_metadata: true,
         }
     }
@@ -127,6 +161,10 @@ pub const MAX_ENTRIES_LIMIT_PER_QUERY: usize = 5000;
 struct Stream {
     /// In arrival order, one per identical (timestamp, line).
     entries: Vec<Entry>,
+    /// The newest timestamp stored (for "too far behind").
+    newest_ns: Option<i64>,
+    /// The last entry appended: (timestamp, hash of the line).
+    last: Option<(i64, u64)>,
     /// (timestamp, hash of the line) of each entry stored (also in count-only
     /// mode, where `entries` stays empty) → how many times it was received.
     seen: HashMap<(i64, u64), usize>,
@@ -147,6 +185,8 @@ struct Inner {
     query_status: Option<u16>,
     last_headers: HeaderMap,
     failures: VecDeque<Failure>,
+    /// Modes of the next pushes, one each, before `mode` applies again.
+    next_modes: VecDeque<Mode>,
     mode: Mode,
     ready: bool,
     /// Every push's answer, in order (status codes), for asserting retries.
@@ -217,6 +257,7 @@ impl LokiReceiver {
                 query_status: None,
                 last_headers: HeaderMap::new(),
                 failures: VecDeque::new(),
+                next_modes: VecDeque::new(),
                 mode: Mode::Normal,
                 ready: true,
                 answers: Vec::new(),
@@ -278,6 +319,12 @@ impl LokiReceiver {
 
     pub fn set_mode(&self, mode: Mode) {
         self.shared.lock().mode = mode;
+    }
+
+    /// The next pushes are handled in these modes, one each (after any
+    /// [`fail_next`](Self::fail_next)), then the persistent mode again.
+    pub fn next_modes(&self, modes: &[Mode]) {
+        self.shared.lock().next_modes.extend(modes.iter().copied());
     }
 
     /// Validates entries from now on as Loki would with these limits.
@@ -570,7 +617,12 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         let mut inner = shared.lock();
         inner.pushes += 1;
         inner.last_headers = headers.clone();
-        (inner.failures.pop_front(), inner.mode)
+        let failure = inner.failures.pop_front();
+        let mode = match failure {
+            Some(_) => inner.mode,
+            None => inner.next_modes.pop_front().unwrap_or(inner.mode),
+        };
+        (failure, mode)
     };
     shared.changed.notify_waiters();
     let response = if let Some(f) = failure {
@@ -626,25 +678,80 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
+    let now = wisp_agent::record::Timestamp::now().as_nanos();
     let mut inner = shared.lock();
     let limits = inner.limits;
     let count_only = inner.count_only;
+
+    // The distributor: each entry validated, the refusals' messages kept.
     let mut refused = Vec::new();
-    let mut total = 0;
+    let mut valid = Vec::new();
     for (labels, entries) in decoded {
         inner.received += entries.len();
-        total += entries.len();
+        let stream = selector(&labels);
+        let ok: Vec<_> = entries
+            .into_iter()
+            .filter(|(ts, line, metadata)| {
+                match validate(&limits, &stream, now, *ts, line, metadata) {
+                    Some(why) => {
+                        refused.push(why);
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .collect();
+        if !ok.is_empty() {
+            valid.push((labels, stream, ok));
+        }
+    }
+
+    // The ingester, stream by stream: only the last stream's error is told.
+    let mut told: Option<(StatusCode, String)> = None;
+    for (labels, stream_name, entries) in valid {
+        if !inner.streams.contains_key(&labels)
+            && limits
+                .max_streams
+                .is_some_and(|max| inner.streams.len() >= max)
+        {
+            told = Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Maximum active stream limit exceeded when trying to create stream {stream_name}, reduce the number of active streams (reduce labels or reduce label values), or contact your Loki administrator to see if the limit can be increased, user: 'fake'"
+                ),
+            ));
+            continue;
+        }
         let stream = inner.streams.entry(labels.clone()).or_default();
+        let total = entries.len();
+        let mut failed: Vec<(i64, String)> = Vec::new();
         let mut added = 0;
         for (ts, line, metadata) in entries {
-            // The distributor validates, then the ingester appends.
-            if let Some(why) = validate(&limits, &labels, ts, &line, &metadata) {
-                refused.push(why);
+            let hash = line_hash(&line);
+            // Loki's ingester drops an entry repeating its stream's last.
+            if stream.last == Some((ts, hash)) {
+                *stream.seen.entry((ts, hash)).or_insert(0) += 1;
                 continue;
             }
+            if let (Some(window), Some(newest)) = (limits.too_far_behind, stream.newest_ns) {
+                let cutoff = newest.saturating_sub(window.as_nanos() as i64);
+                if ts < cutoff {
+                    failed.push((
+                        ts,
+                        format!(
+                            "entry too far behind, entry timestamp is: {}, oldest acceptable timestamp is: {}",
+                            rfc3339_seconds(ts),
+                            rfc3339_seconds(cutoff)
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            stream.newest_ns = Some(stream.newest_ns.map_or(ts, |n| n.max(ts)));
+            stream.last = Some((ts, hash));
             // Loki's queries show one entry per identical (stream,
             // timestamp, line); what was received again is counted.
-            let times = stream.seen.entry((ts, line_hash(&line))).or_insert(0);
+            let times = stream.seen.entry((ts, hash)).or_insert(0);
             *times += 1;
             if *times > 1 {
                 continue;
@@ -660,18 +767,74 @@ fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
             }
         }
         inner.stored += added;
+        told = (!failed.is_empty()).then(|| {
+            let mut body = String::new();
+            for (ts, why) in failed.iter().take(limits.max_returned_errors.max(1)) {
+                body.push_str(&format!(
+                    "entry with timestamp {} ignored, reason: '{why}',\n",
+                    go_time(*ts)
+                ));
+            }
+            body.push_str(&format!(
+                "user 'fake', total ignored: {} out of {total} for stream: {stream_name}",
+                failed.len()
+            ));
+            (StatusCode::BAD_REQUEST, body)
+        });
+    }
+    if let Some((status, body)) = told {
+        return (status, format!("{body}\n")).into_response();
     }
     if refused.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    // As Loki's distributor: the valid entries are stored, the push is a 400
-    // listing what was refused.
-    let mut body = refused.join("\n");
-    body.push_str(&format!(
-        "\nuser 'fake', total ignored: {} out of {total}\n",
-        refused.len()
-    ));
-    (StatusCode::BAD_REQUEST, body).into_response()
+    (StatusCode::BAD_REQUEST, format!("{}\n", grouped(&refused))).into_response()
+}
+
+/// Messages as Loki's `GroupedErrors` writes them: one per wording, with how
+/// many entries it stands for when that is more than one or there are several
+/// wordings, joined by `; `.
+fn grouped(messages: &[String]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for m in messages {
+        match counts.iter_mut().find(|(t, _)| *t == m.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((m, 1)),
+        }
+    }
+    let several = counts.len() > 1;
+    counts
+        .iter()
+        .map(|(m, n)| {
+            if several || *n > 1 {
+                format!("{n} errors like: {m}")
+            } else {
+                m.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A time as Go's `time.Format(time.RFC3339)` writes it in UTC:
+/// `2026-11-01T10:00:00Z`.
+pub fn rfc3339_seconds(ns: i64) -> String {
+    let t = wisp_agent::record::Timestamp(ns).to_system_time();
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A time as Go's `time.Time.String()` writes it in UTC:
+/// `2026-11-01 10:00:00.123456789 +0000 UTC` (no fraction when it is zero).
+pub fn go_time(ns: i64) -> String {
+    let t = wisp_agent::record::Timestamp(ns).to_system_time();
+    let full = humantime::format_rfc3339_nanos(t).to_string();
+    let (date, time) = (&full[..10], &full[11..19]);
+    let fraction = full[20..29].trim_end_matches('0');
+    if fraction.is_empty() {
+        format!("{date} {time} +0000 UTC")
+    } else {
+        format!("{date} {time}.{fraction} +0000 UTC")
+    }
 }
 
 /// Does `stored` hold every line of `expected`, as many times as expected?
@@ -695,19 +858,38 @@ fn line_hash(line: &str) -> u64 {
     h.finish()
 }
 
-/// Why Loki would refuse this entry, in Loki's words; None when it is taken.
+/// Why Loki's distributor would refuse this entry (`now` is the push's
+/// arrival), in Loki's words; None when it is taken. Checked in Loki's order:
+/// age, then the future, then length, then structured metadata.
 fn validate(
     limits: &Limits,
-    labels: &LabelMap,
+    stream: &str,
+    now: i64,
     ts: i64,
     line: &str,
     metadata: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let stream = selector(labels);
-    if let Some(oldest) = limits.oldest_ns {
+    let by_age = limits
+        .reject_old_samples_max_age
+        .map(|age| now.saturating_sub(age.as_nanos() as i64));
+    let oldest = match (limits.oldest_ns, by_age) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(oldest) = oldest {
         if ts < oldest {
             return Some(format!(
-                "entry for stream '{stream}' has timestamp too old: {ts}, oldest acceptable timestamp is: {oldest}"
+                "entry for stream '{stream}' has timestamp too old: {}, oldest acceptable timestamp is: {}",
+                rfc3339_seconds(ts),
+                rfc3339_seconds(oldest)
+            ));
+        }
+    }
+    if let Some(grace) = limits.creation_grace_period {
+        if ts > now.saturating_add(grace.as_nanos() as i64) {
+            return Some(format!(
+                "entry for stream '{stream}' has timestamp too new: {}",
+                rfc3339_seconds(ts)
             ));
         }
     }
@@ -721,7 +903,7 @@ fn validate(
     }
     if !limits.allow_structured_metadata && !metadata.is_empty() {
         return Some(format!(
-            "stream '{stream}' includes structured metadata, but this feature is disallowed. Please see `limits_config.structured_metadata` or contact your Loki administrator to enable it."
+            "stream '{stream}' includes structured metadata, but this feature is disallowed. Please see `limits_config.allow_structured_metadata` or contact your Loki administrator to enable it."
         ));
     }
     None
@@ -1073,8 +1255,13 @@ async fn query_instant(
 
 async fn query_range(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
+    let categorized = headers
+        .get("x-loki-response-encoding-flags")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|f| f.trim() == "categorize-labels"));
     if let Some(injected) = query_received(&shared) {
         return injected;
     }
@@ -1136,20 +1323,38 @@ async fn query_range(
         hits.reverse();
     }
     hits.truncate(limit);
-    let mut streams: BTreeMap<LabelMap, Vec<[String; 2]>> = BTreeMap::new();
+    let mut streams: BTreeMap<LabelMap, Vec<serde_json::Value>> = BTreeMap::new();
     for e in hits {
-        streams
-            .entry(e.labels)
-            .or_default()
-            .push([e.timestamp_ns.to_string(), e.line]);
+        let (stream, value) = if categorized {
+            let value = if e.metadata.is_empty() {
+                serde_json::json!([e.timestamp_ns.to_string(), e.line])
+            } else {
+                serde_json::json!([
+                    e.timestamp_ns.to_string(),
+                    e.line,
+                    {"structuredMetadata": e.metadata}
+                ])
+            };
+            (e.labels, value)
+        } else {
+            // Structured metadata shows as labels of the stream.
+            let mut stream = e.labels;
+            stream.extend(e.metadata);
+            (
+                stream,
+                serde_json::json!([e.timestamp_ns.to_string(), e.line]),
+            )
+        };
+        streams.entry(stream).or_default().push(value);
     }
     let result: Vec<serde_json::Value> = streams
         .into_iter()
         .map(|(stream, values)| serde_json::json!({"stream": stream, "values": values}))
         .collect();
-    let body = serde_json::json!({
-        "status": "success",
-        "data": {"resultType": "streams", "result": result, "stats": {}},
-    });
+    let mut data = serde_json::json!({"resultType": "streams", "result": result, "stats": {}});
+    if categorized {
+        data["encodingFlags"] = serde_json::json!(["categorize-labels"]);
+    }
+    let body = serde_json::json!({"status": "success", "data": data});
     ([("content-type", "application/json")], body.to_string()).into_response()
 }

@@ -108,6 +108,15 @@ fn bad_enum_values_say_what_is_allowed() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("loki.encoding") && e.contains("protobuf"), "{e}");
+    let e = parse("[loki]\nrefused_entries = \"keep\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("loki.refused_entries") && e.contains("rewrite") && e.contains("drop"),
+        "{e}"
+    );
+    let c = parse("[loki]\nrefused_entries = \"drop\"\n").unwrap();
+    assert_eq!(c.loki.refused_entries, super::super::RefusedEntries::Drop);
 }
 
 #[test]

@@ -34,6 +34,7 @@ use crate::sink::loki::service::QueryError;
 use crate::sink::loki::sink::LokiService;
 use crate::sink::loki::LokiClient;
 use crate::sink::otlp::{OtlpClient, OtlpService, OtlpSinkSettings};
+use crate::sink::retry::bounded_text;
 use crate::sink::ship::{Outcome, Service};
 
 /// How long `--push` waits for the test line to come back from Loki's query API.
@@ -150,6 +151,16 @@ async fn push_loki_line(config: &Config, chosen: &Chosen, token: &str) -> PushSt
         }
         Outcome::Retry { reason, .. } => {
             return PushStep::failed(format!("the push failed: {reason}"), started)
+        }
+        Outcome::Partial(answer) => {
+            return PushStep::failed(
+                format!(
+                    "the push answered HTTP {}: {}",
+                    answer.status,
+                    bounded_text(&answer.body)
+                ),
+                started,
+            )
         }
     }
     let pushed_ms = ms(started.elapsed());
@@ -311,6 +322,14 @@ async fn push_span(config: &Config, chosen: &Chosen, token: &str) -> PushStep {
             detail: "the collector accepted the span".into(),
             latency_ms: ms(started.elapsed()),
         },
+        Outcome::Partial(answer) => PushStep::failed(
+            format!(
+                "the collector refused the span: HTTP {}: {}",
+                answer.status,
+                bounded_text(&answer.body)
+            ),
+            started,
+        ),
         Outcome::Rejected { reason, .. } => {
             PushStep::failed(format!("the collector refused the span: {reason}"), started)
         }

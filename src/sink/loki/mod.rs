@@ -5,8 +5,10 @@
 
 pub mod encode;
 pub mod push_proto;
+pub mod refusal;
 pub mod replay;
 pub mod service;
+pub mod settle;
 pub mod sink;
 
 pub use encode::{encode, EncodeError, EncodedPush};

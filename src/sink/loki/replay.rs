@@ -10,19 +10,36 @@
 //! are compared as a multiset of (timestamp, line) per stream: a record counts as
 //! stored only as many times as Loki holds its pair. Any answer that cannot be
 //! read is a [`CheckError`], never a guess: the caller then sends everything.
-//! The paging logic ([`stored_in_loki`]) is a plain function of the pages it is
+//! The paging logic ([`Tally`]) is a plain function of the pages it is
 //! given, so it is tested without a server.
+//!
+//! Records Loki refused and the sink sent again in another form count as held
+//! in that form ([`ORIGINAL_TIMESTAMP`]): an entry sent again at a new time
+//! carries its own time in the structured metadata `original_timestamp`, and
+//! is compared by that time; a line cut to Loki's limit is compared as the
+//! start of the record's line. When the push in flight at a stop had records
+//! sent again at a new time, at or after `rewritten_since`, one more query per
+//! stream (`| original_timestamp != ""`, from then to now) finds them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::service::{LokiClient, QueryError};
-use crate::record::{Labels, LogRecord};
+use crate::parse::timestamp::from_rfc3339;
+use crate::record::{Labels, LogRecord, Timestamp};
+
+/// The structured metadata that holds the time of an entry the sink sent
+/// again at another time (RFC 3339 with nanoseconds).
+pub const ORIGINAL_TIMESTAMP: &str = "original_timestamp";
+
+/// The second query of a restart's check reaches this far past now (entries
+/// sent again were stamped with the time they were sent, before now).
+const REWRITTEN_SLACK: Duration = Duration::from_secs(60);
 
 /// Entries asked for per page: real Loki's default `max_entries_limit_per_query`.
 pub const QUERY_LIMIT: usize = 5000;
@@ -76,6 +93,26 @@ pub struct Found {
     /// categorize-labels flag shows structured metadata as labels: extra labels
     /// are allowed, different values of ours are not.
     pub ours: bool,
+    /// Its `original_timestamp` (the sink sent it again at a new time).
+    pub original_ns: Option<i64>,
+}
+
+impl Found {
+    /// The time it is compared by: its own, else the time it was stored at.
+    fn key(&self) -> i64 {
+        self.original_ns.unwrap_or(self.timestamp_ns)
+    }
+}
+
+/// The time a record is compared by: its `original_timestamp` when the sink
+/// rewrote it, else its own.
+pub fn original_time(record: &LogRecord) -> i64 {
+    record
+        .structured_metadata
+        .iter()
+        .find(|(k, _)| k == ORIGINAL_TIMESTAMP)
+        .and_then(|(_, v)| from_rfc3339(v))
+        .map_or(record.timestamp.as_nanos(), Timestamp::as_nanos)
 }
 
 /// The query URL for a push URL: its `/loki/api/v1/push` (the last one) replaced
@@ -103,72 +140,115 @@ fn query_time(ns: i64) -> String {
 }
 
 /// Which of `records` (the records of one push in one stream) Loki holds, in
-/// the records' order. `fetch(start, end)` returns one page: the first `limit`
-/// entries with `start <= timestamp < end`, in timestamp order. A full page is
-/// followed by the next, from its last timestamp; the entries at that timestamp
-/// are taken from the next page only, so entries sharing a timestamp across the
-/// page boundary are counted once.
+/// the records' order, from the pages `fetch` gives over the records' time
+/// range (see [`Tally::page_through`]).
 pub async fn stored_in_loki<F, Fut>(
     records: &[&LogRecord],
     limit: usize,
-    mut fetch: F,
+    fetch: F,
 ) -> Result<Vec<bool>, CheckError>
 where
     F: FnMut(i64, i64) -> Fut,
     Fut: Future<Output = Result<Vec<Found>, CheckError>>,
 {
-    let limit = limit.max(1);
-    let (Some(first), Some(last)) = (
-        records.iter().map(|r| r.timestamp.as_nanos()).min(),
-        records.iter().map(|r| r.timestamp.as_nanos()).max(),
-    ) else {
-        return Ok(Vec::new());
-    };
-    let end = last.saturating_add(1);
-    let mut counts = Counts::default();
-    for r in records {
-        counts.want(r.timestamp.as_nanos(), &r.line);
+    let mut tally = Tally::new(records);
+    if let Some((start, end)) = time_range(records) {
+        tally
+            .page_through(start, end, limit, fetch, |_| true)
+            .await?;
     }
-    let mut start = first;
-    loop {
-        let page = fetch(start, end).await?;
-        let boundary = if page.len() >= limit {
-            let newest = page.iter().map(|f| f.timestamp_ns).max().unwrap_or(start);
-            if newest <= start {
-                // The whole page is at `start`: the next one would be the same.
-                return Err(CheckError::Stuck {
-                    limit,
-                    timestamp_ns: start,
-                });
-            }
-            Some(newest)
-        } else {
-            None
-        };
-        for f in page.iter().filter(|f| f.ours) {
-            let ts = f.timestamp_ns;
-            if ts < start || ts >= end || boundary.is_some_and(|b| ts >= b) {
-                continue;
-            }
-            counts.found(ts, &f.line);
-        }
-        match boundary {
-            Some(b) => start = b,
-            None => break,
-        }
-    }
-    Ok(records
-        .iter()
-        .map(|r| counts.take_found(r.timestamp.as_nanos(), &r.line))
-        .collect())
+    Ok(tally.finish(records))
 }
 
-/// The multiset of the records' (timestamp, line) pairs: per pair, how many
+/// `[smallest, largest + 1)` of the records' times.
+fn time_range(records: &[&LogRecord]) -> Option<(i64, i64)> {
+    let first = records.iter().map(|r| r.timestamp.as_nanos()).min()?;
+    let last = records.iter().map(|r| r.timestamp.as_nanos()).max()?;
+    Some((first, last.saturating_add(1)))
+}
+
+/// What Loki was found to hold of one stream's records, over one or more
+/// queries.
+pub struct Tally<'a> {
+    counts: Counts<'a>,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(records: &[&'a LogRecord]) -> Self {
+        let mut counts = Counts::default();
+        for r in records {
+            counts.want(original_time(r), &r.line);
+        }
+        Tally { counts }
+    }
+
+    /// Counts the entries of `[start, end)` that `keep` keeps. `fetch(start,
+    /// end)` returns one page: the first `limit` entries with `start <=
+    /// timestamp < end`, in timestamp order. A full page is followed by the
+    /// next, from its last timestamp; the entries at that timestamp are taken
+    /// from the next page only, so entries sharing a timestamp across the page
+    /// boundary are counted once.
+    pub async fn page_through<F, Fut>(
+        &mut self,
+        start: i64,
+        end: i64,
+        limit: usize,
+        mut fetch: F,
+        keep: impl Fn(&Found) -> bool,
+    ) -> Result<(), CheckError>
+    where
+        F: FnMut(i64, i64) -> Fut,
+        Fut: Future<Output = Result<Vec<Found>, CheckError>>,
+    {
+        let limit = limit.max(1);
+        let mut start = start;
+        loop {
+            let page = fetch(start, end).await?;
+            let boundary = if page.len() >= limit {
+                let newest = page.iter().map(|f| f.timestamp_ns).max().unwrap_or(start);
+                if newest <= start {
+                    // The whole page is at `start`: the next one would be the same.
+                    return Err(CheckError::Stuck {
+                        limit,
+                        timestamp_ns: start,
+                    });
+                }
+                Some(newest)
+            } else {
+                None
+            };
+            for f in page.iter().filter(|f| f.ours && keep(f)) {
+                let ts = f.timestamp_ns;
+                if ts < start || ts >= end || boundary.is_some_and(|b| ts >= b) {
+                    continue;
+                }
+                self.counts.found(f.key(), &f.line);
+            }
+            match boundary {
+                Some(b) => start = b,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Per record, in order: whether Loki holds it.
+    pub fn finish(mut self, records: &[&LogRecord]) -> Vec<bool> {
+        records
+            .iter()
+            .map(|r| self.counts.take_found(original_time(r), &r.line))
+            .collect()
+    }
+}
+
+/// The multiset of the records' (time, line) pairs: per pair, how many
 /// records have it and how many of those Loki was found to hold. Keyed by the
 /// line's hash so a page's lines are looked up without copying the records'.
 #[derive(Default)]
 struct Counts<'a> {
     pairs: HashMap<(i64, u64), Vec<Pair<'a>>>,
+    /// The pairs' lines by time, for a stored line that is the start of one
+    /// (a line cut to Loki's limit).
+    by_time: HashMap<i64, Vec<(u64, usize)>>,
 }
 
 struct Pair<'a> {
@@ -195,22 +275,45 @@ impl<'a> Counts<'a> {
     fn want(&mut self, ts: i64, line: &'a str) {
         match self.pair(ts, line) {
             Some(p) => p.wanted += 1,
-            None => self
-                .pairs
-                .entry((ts, line_hash(line)))
-                .or_default()
-                .push(Pair {
+            None => {
+                let hash = line_hash(line);
+                let at = self.pairs.entry((ts, hash)).or_default();
+                at.push(Pair {
                     line,
                     wanted: 1,
                     found: 0,
-                }),
+                });
+                let index = at.len() - 1;
+                self.by_time.entry(ts).or_default().push((hash, index));
+            }
         }
     }
 
-    /// Loki holds one more of this pair (beyond what the records have, it is ignored).
+    /// Loki holds one more of this pair (beyond what the records have, it is
+    /// ignored), or of a record whose line starts with `line` (cut).
     fn found(&mut self, ts: i64, line: &str) {
         if let Some(p) = self.pair(ts, line) {
             p.found = (p.found + 1).min(p.wanted);
+            return;
+        }
+        if line.is_empty() {
+            return;
+        }
+        let Some(at) = self.by_time.get(&ts) else {
+            return;
+        };
+        for &(hash, index) in at {
+            let Some(p) = self
+                .pairs
+                .get_mut(&(ts, hash))
+                .and_then(|v| v.get_mut(index))
+            else {
+                continue;
+            };
+            if p.found < p.wanted && p.line.len() > line.len() && p.line.starts_with(line) {
+                p.found += 1;
+                return;
+            }
         }
     }
 
@@ -227,18 +330,22 @@ impl<'a> Counts<'a> {
 }
 
 /// Which of `records` Loki at `push_url` already holds, in the records' order:
-/// each stream checked with [`stored_in_loki`] through `client` (the push's
-/// credentials, tenant, CA and proxy). Not bounded in time here: the caller is.
+/// each stream checked with [`Tally`] through `client` (the push's
+/// credentials, tenant, CA and proxy), over the records' time range, and, with
+/// `rewritten_since`, over the time since then for entries sent again at a new
+/// time. Not bounded in time here: the caller is.
 pub async fn check(
     client: &LokiClient,
     push_url: &str,
     records: &[LogRecord],
+    rewritten_since: Option<i64>,
 ) -> Result<Vec<bool>, CheckError> {
     let url = query_url(push_url)?;
     let mut streams: BTreeMap<&Labels, Vec<usize>> = BTreeMap::new();
     for (i, r) in records.iter().enumerate() {
         streams.entry(&r.labels).or_default().push(i);
     }
+    let now = Timestamp::from_system_time(SystemTime::now() + REWRITTEN_SLACK).as_nanos();
     let mut stored = vec![false; records.len()];
     for (labels, at) in streams {
         let of_stream: Vec<&LogRecord> = at.iter().map(|&i| &records[i]).collect();
@@ -246,21 +353,43 @@ pub async fn check(
         let limit = page_limit(longest);
         let selector = labels.to_string();
         let url = url.as_str();
-        let found = stored_in_loki(&of_stream, limit, |start, end| {
-            let params = [
-                ("query", selector.clone()),
-                ("start", query_time(start)),
-                ("end", query_time(end)),
-                ("limit", limit.to_string()),
-                ("direction", "forward".to_string()),
-            ];
-            async move {
-                let body = client.query(url, &params, MAX_PAGE_BYTES).await?;
-                parse_page(&body, labels)
+        let fetch = |query: String| {
+            move |start: i64, end: i64| {
+                let params = [
+                    ("query", query.clone()),
+                    ("start", query_time(start)),
+                    ("end", query_time(end)),
+                    ("limit", limit.to_string()),
+                    ("direction", "forward".to_string()),
+                ];
+                async move {
+                    let body = client.query(url, &params, MAX_PAGE_BYTES).await?;
+                    parse_page(&body, labels)
+                }
             }
-        })
-        .await?;
-        for (i, s) in at.into_iter().zip(found) {
+        };
+        let mut tally = Tally::new(&of_stream);
+        // Entries sent again since `rewritten_since` are counted by the second
+        // query only, even where the first one's range reaches them.
+        let rewritten = rewritten_since.map(|since| (since, now.max(since.saturating_add(1))));
+        let counted_later = |f: &Found| {
+            f.original_ns.is_some()
+                && rewritten.is_some_and(|(s, e)| (s..e).contains(&f.timestamp_ns))
+        };
+        if let Some((start, end)) = time_range(&of_stream) {
+            tally
+                .page_through(start, end, limit, fetch(selector.clone()), |f| {
+                    !counted_later(f)
+                })
+                .await?;
+        }
+        if let Some((start, end)) = rewritten {
+            let query = format!("{selector} | {ORIGINAL_TIMESTAMP} != \"\"");
+            tally
+                .page_through(start, end, limit, fetch(query), |f| f.original_ns.is_some())
+                .await?;
+        }
+        for (i, s) in at.into_iter().zip(tally.finish(&of_stream)) {
             stored[i] = s;
         }
     }
@@ -287,10 +416,20 @@ pub fn parse_page(body: &[u8], labels: &Labels) -> Result<Vec<Found>, CheckError
         let ours = labels
             .iter()
             .all(|(k, v)| stream.stream.get(k).map_or("", String::as_str) == v);
-        out.extend(stream.values.into_iter().map(|v| Found {
-            timestamp_ns: v.timestamp_ns,
-            line: v.line,
-            ours,
+        // Without categorized labels, structured metadata shows as labels.
+        let of_stream = stream.stream.get(ORIGINAL_TIMESTAMP).cloned();
+        out.extend(stream.values.into_iter().map(|v| {
+            Found {
+                timestamp_ns: v.timestamp_ns,
+                line: v.line,
+                ours,
+                original_ns: v
+                    .original
+                    .as_deref()
+                    .or(of_stream.as_deref())
+                    .and_then(from_rfc3339)
+                    .map(Timestamp::as_nanos),
+            }
         }));
     }
     Ok(out)
@@ -319,10 +458,19 @@ struct AnswerStream {
 }
 
 /// `["<ns>", "<line>"]`, or with a third element (Loki 3.x with categorize-labels:
-/// the entry's structured metadata and parsed labels), which is ignored.
+/// the entry's structured metadata and parsed labels), of which only
+/// `original_timestamp` is kept.
 struct AnswerValue {
     timestamp_ns: i64,
     line: String,
+    original: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Categorized {
+    #[serde(rename = "structuredMetadata")]
+    structured_metadata: BTreeMap<String, String>,
 }
 
 impl<'de> Deserialize<'de> for AnswerValue {
@@ -340,11 +488,20 @@ impl<'de> Deserialize<'de> for AnswerValue {
                 let line: String = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                // Anything else than a map of maps of strings there is not ours.
+                let original = seq
+                    .next_element::<serde_json::Value>()?
+                    .and_then(|v| serde_json::from_value::<Categorized>(v).ok())
+                    .and_then(|mut c| c.structured_metadata.remove(ORIGINAL_TIMESTAMP));
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 let timestamp_ns = ts.parse().map_err(|_| {
                     de::Error::custom(format!("timestamp {ts:?} is not nanoseconds"))
                 })?;
-                Ok(AnswerValue { timestamp_ns, line })
+                Ok(AnswerValue {
+                    timestamp_ns,
+                    line,
+                    original,
+                })
             }
         }
         d.deserialize_seq(V)
@@ -352,233 +509,4 @@ impl<'de> Deserialize<'de> for AnswerValue {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::record::Timestamp;
-
-    fn labels() -> Labels {
-        Labels::from_pairs([("job", "app"), ("level", "info")])
-    }
-
-    fn rec(ts: i64, line: &str) -> LogRecord {
-        LogRecord {
-            timestamp: Timestamp(ts),
-            labels: labels(),
-            structured_metadata: Vec::new(),
-            line: line.into(),
-        }
-    }
-
-    fn found(ts: i64, line: &str) -> Found {
-        Found {
-            timestamp_ns: ts,
-            line: line.into(),
-            ours: true,
-        }
-    }
-
-    /// A fake Loki's query API over `stored`: answers each window with the first
-    /// `limit` entries in it by timestamp (store order on ties), and records the
-    /// windows asked for.
-    struct FakePages {
-        stored: Vec<Found>,
-        limit: usize,
-        asked: Mutex<Vec<(i64, i64)>>,
-    }
-
-    impl FakePages {
-        fn new(mut stored: Vec<Found>, limit: usize) -> Self {
-            stored.sort_by_key(|f| f.timestamp_ns);
-            FakePages {
-                stored,
-                limit,
-                asked: Mutex::new(Vec::new()),
-            }
-        }
-
-        async fn page(&self, start: i64, end: i64) -> Result<Vec<Found>, CheckError> {
-            self.asked.lock().unwrap().push((start, end));
-            Ok(self
-                .stored
-                .iter()
-                .filter(|f| f.timestamp_ns >= start && f.timestamp_ns < end)
-                .take(self.limit)
-                .cloned()
-                .collect())
-        }
-
-        fn asked(&self) -> Vec<(i64, i64)> {
-            self.asked.lock().unwrap().clone()
-        }
-    }
-
-    async fn run(records: &[LogRecord], loki: &FakePages) -> Result<Vec<bool>, CheckError> {
-        let refs: Vec<&LogRecord> = records.iter().collect();
-        stored_in_loki(&refs, loki.limit, |s, e| loki.page(s, e)).await
-    }
-
-    #[tokio::test]
-    async fn one_page_finds_what_loki_holds_and_asks_for_the_push_time_range() {
-        let records = [rec(10, "a"), rec(20, "b"), rec(30, "c")];
-        let loki = FakePages::new(vec![found(10, "a"), found(30, "c"), found(30, "x")], 100);
-        assert_eq!(run(&records, &loki).await, Ok(vec![true, false, true]));
-        // start inclusive at the smallest timestamp, end exclusive past the largest.
-        assert_eq!(loki.asked(), [(10, 31)]);
-    }
-
-    #[tokio::test]
-    async fn full_pages_are_followed_and_entries_sharing_the_boundary_timestamp_count_once() {
-        // 5 records; three share timestamp 3, which straddles the first page's end.
-        let lines = ["p", "q", "r"];
-        let mut records = vec![rec(1, "a"), rec(2, "b")];
-        records.extend(lines.iter().map(|l| rec(3, l)));
-        let stored: Vec<Found> = records
-            .iter()
-            .map(|r| found(r.timestamp.as_nanos(), &r.line))
-            .collect();
-        let loki = FakePages::new(stored, 4);
-        assert_eq!(run(&records, &loki).await, Ok(vec![true; 5]));
-        // Page 1 is [1, 2, 3, 3] (full): the two at 3 are left for page 2, which
-        // starts at 3 and holds all three.
-        assert_eq!(loki.asked(), [(1, 4), (3, 4)]);
-    }
-
-    #[tokio::test]
-    async fn duplicates_compare_as_a_multiset() {
-        // The push holds "a" at 5 three times; Loki holds it twice: one to send.
-        let records = [rec(5, "a"), rec(5, "a"), rec(6, "b"), rec(5, "a")];
-        let loki = FakePages::new(vec![found(5, "a"), found(5, "a"), found(6, "b")], 100);
-        assert_eq!(
-            run(&records, &loki).await,
-            Ok(vec![true, true, true, false])
-        );
-        // Loki holding it more often than the push does not mark more.
-        let records = [rec(5, "a")];
-        let loki = FakePages::new(vec![found(5, "a"), found(5, "a")], 100);
-        assert_eq!(run(&records, &loki).await, Ok(vec![true]));
-    }
-
-    #[tokio::test]
-    async fn many_pages_with_other_entries_between_the_pushed_ones() {
-        // 50 records at even timestamps; Loki holds those at multiples of 4,
-        // and other entries at odd timestamps; pages of 7.
-        let records: Vec<LogRecord> = (0..50).map(|i| rec(i * 2, &format!("r{i}"))).collect();
-        let mut stored: Vec<Found> = (0..50)
-            .filter(|i| i % 2 == 0)
-            .map(|i| found(i * 2, &format!("r{i}")))
-            .collect();
-        stored.extend((0..50).map(|i| found(i * 2 + 1, "other")));
-        let loki = FakePages::new(stored, 7);
-        let want: Vec<bool> = (0..50).map(|i| i % 2 == 0).collect();
-        assert_eq!(run(&records, &loki).await, Ok(want));
-        let asked = loki.asked();
-        assert!(asked.len() > 10, "{asked:?}");
-        assert!(asked.windows(2).all(|w| w[0].0 < w[1].0), "{asked:?}");
-    }
-
-    #[tokio::test]
-    async fn a_page_all_at_one_timestamp_is_an_error_not_a_loop() {
-        let records: Vec<LogRecord> = (0..5).map(|i| rec(7, &format!("l{i}"))).collect();
-        let stored = records.iter().map(|r| found(7, &r.line)).collect();
-        let loki = FakePages::new(stored, 3);
-        assert_eq!(
-            run(&records, &loki).await,
-            Err(CheckError::Stuck {
-                limit: 3,
-                timestamp_ns: 7
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn entries_of_other_streams_are_not_counted_but_still_page() {
-        let records = [rec(1, "a"), rec(2, "b")];
-        let mut other = found(1, "a");
-        other.ours = false;
-        let loki = FakePages::new(vec![other, found(2, "b")], 100);
-        assert_eq!(run(&records, &loki).await, Ok(vec![false, true]));
-    }
-
-    #[tokio::test]
-    async fn a_failed_page_is_the_checks_error() {
-        let records = [rec(1, "a")];
-        let refs: Vec<&LogRecord> = records.iter().collect();
-        let denied = QueryError::Status {
-            status: 403,
-            reason: "forbidden".into(),
-        };
-        let got = stored_in_loki(&refs, 10, |_, _| {
-            let denied = denied.clone();
-            async move { Err(CheckError::Query(denied)) }
-        })
-        .await;
-        assert_eq!(got, Err(CheckError::Query(denied)));
-    }
-
-    #[test]
-    fn answers_parse_with_or_without_categorized_labels_and_extra_labels_are_ours() {
-        let body = br#"{"status":"success","data":{"resultType":"streams","encodingFlags":["categorize-labels"],"result":[
-            {"stream":{"job":"app","level":"info","service_name":"app"},"values":[["1700000000000000001","a",{"structuredMetadata":{"trace_id":"x"}}],["1700000000000000002","b"]]},
-            {"stream":{"job":"app","level":"error"},"values":[["1700000000000000003","c"]]}
-        ],"stats":{}}}"#;
-        let got = parse_page(body, &labels()).unwrap();
-        assert_eq!(
-            got,
-            [
-                found(1_700_000_000_000_000_001, "a"),
-                found(1_700_000_000_000_000_002, "b"),
-                Found {
-                    timestamp_ns: 1_700_000_000_000_000_003,
-                    line: "c".into(),
-                    ours: false
-                },
-            ]
-        );
-        let empty = br#"{"status":"success","data":{"resultType":"streams","result":[]}}"#;
-        assert_eq!(parse_page(empty, &labels()).unwrap(), []);
-    }
-
-    #[test]
-    fn answers_that_are_not_a_streams_result_are_errors() {
-        for body in [
-            &b"<html>login</html>"[..],
-            br#"{"status":"error","data":{"resultType":"streams","result":[]}}"#,
-            br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
-            br#"{"status":"success","data":{"resultType":"streams","result":[{"stream":{},"values":[["x","a"]]}]}}"#,
-            br#"{"status":"success","data":{"resultType":"streams","result":[{"stream":{},"values":[["1"]]}]}}"#,
-        ] {
-            assert!(
-                matches!(parse_page(body, &labels()), Err(CheckError::Parse(_))),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
-
-    #[test]
-    fn the_query_url_is_the_push_url_with_the_query_path() {
-        assert_eq!(
-            query_url("https://u:p@h:3100/gw/loki/api/v1/push").unwrap(),
-            "https://u:p@h:3100/gw/loki/api/v1/query_range"
-        );
-        assert_eq!(query_url("http://h/ingest"), Err(CheckError::NoQueryUrl));
-    }
-
-    #[test]
-    fn query_times_are_nanoseconds_loki_cannot_take_for_seconds() {
-        assert_eq!(query_time(10), "00000000000000000010");
-        assert_eq!(
-            query_time(1_795_388_381_726_000_000),
-            "01795388381726000000"
-        );
-    }
-
-    #[test]
-    fn long_lines_make_smaller_pages() {
-        assert_eq!(page_limit(200), QUERY_LIMIT);
-        assert!(page_limit(256 * 1024) * 2 * 256 * 1024 <= MAX_PAGE_BYTES);
-        assert_eq!(page_limit(usize::MAX / 4), 16);
-    }
-}
+mod tests;

@@ -16,11 +16,31 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::encode::EncodedPush;
 use crate::config::LokiConfig;
 use crate::sink::retry::{bounded_text, error_chain, PushOutcome, MAX_REASON_BYTES};
+
+/// A 400 or 429 answer to a push is read up to this many bytes: Loki lists
+/// the entries it refused there.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A push's answer, as the sink reads it.
+#[derive(Clone, Debug)]
+pub struct PushAnswer {
+    pub outcome: PushOutcome,
+    /// The try may have left the push (or part of it) stored.
+    pub maybe_stored: bool,
+    /// The HTTP status; 0 without an answer.
+    pub status: u16,
+    /// The body of an answer that is not a success, up to
+    /// [`MAX_ANSWER_BYTES`] (400, 429) or about [`MAX_REASON_BYTES`].
+    pub body: Bytes,
+    /// `body` is the whole answer.
+    pub complete: bool,
+}
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("wisp-agent/", env!("CARGO_PKG_VERSION"));
@@ -163,15 +183,17 @@ impl LokiClient {
     /// Sends one push to `url` (the full push URL) and classifies the answer.
     /// Never fails: a request that gets no answer is a [`PushOutcome::Retry`].
     pub async fn push(&self, url: &str, push: &EncodedPush) -> PushOutcome {
-        self.push_reporting(url, push).await.0
+        self.push_reporting(url, push).await.outcome
     }
 
-    /// As [`LokiClient::push`], and whether a failed try may have left the push
-    /// stored anyway: the request may have reached Loki (a timeout, a connection
-    /// lost after it was made) or Loki failed after it began writing (a 5xx other
-    /// than 503, which Loki answers before writing: not ready, unhealthy ring).
-    /// A refused connection, a 429 and a 503 stored nothing.
-    pub async fn push_reporting(&self, url: &str, push: &EncodedPush) -> (PushOutcome, bool) {
+    /// As [`LokiClient::push`], with whether a failed try may have left the
+    /// push stored anyway, and the body of a 400 or a 429 (Loki's account of
+    /// the entries it refused). A try may have left the push stored when it
+    /// may have reached Loki (a timeout, a connection lost after it was made)
+    /// or Loki failed after it began writing (a 5xx other than 503, which Loki
+    /// answers before writing: not ready, unhealthy ring). A refused
+    /// connection and a 503 stored nothing.
+    pub async fn push_reporting(&self, url: &str, push: &EncodedPush) -> PushAnswer {
         let request = self
             .http
             .post(url)
@@ -183,30 +205,51 @@ impl LokiClient {
             // The URL may carry a password; the caller logs its redacted form.
             Err(e) => {
                 let maybe_stored = !e.is_connect();
-                return (
-                    PushOutcome::from_transport_error(&e.without_url()),
+                return PushAnswer {
+                    outcome: PushOutcome::from_transport_error(&e.without_url()),
                     maybe_stored,
-                );
+                    status: 0,
+                    body: Bytes::new(),
+                    complete: true,
+                };
             }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        // Only the head of the body is kept: it is a reason to log, and an
-        // unbounded read would let a broken server fill memory.
+        // Only the head of the body is kept: a reason to log, or Loki's list
+        // of refused entries; an unbounded read would let a broken server fill
+        // memory.
+        let limit = match status {
+            400 | 429 => MAX_ANSWER_BYTES,
+            _ => MAX_REASON_BYTES,
+        };
         let mut body = Vec::new();
+        let mut complete = true;
         if !(200..300).contains(&status) {
-            while body.len() <= MAX_REASON_BYTES {
+            loop {
                 match response.chunk().await {
+                    Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                        body.extend_from_slice(&chunk[..limit - body.len()]);
+                        complete = false;
+                        break;
+                    }
                     Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
                 }
             }
         }
         let maybe_stored = matches!(status, 500..=599) && status != 503;
-        (
-            PushOutcome::from_response(status, &headers, &body),
+        PushAnswer {
+            outcome: PushOutcome::from_response(status, &headers, &body),
             maybe_stored,
-        )
+            status,
+            body: Bytes::from(body),
+            complete,
+        }
     }
 
     /// `GET url` with `params` as the query string, the push's headers and

@@ -2,35 +2,49 @@
 //! log spool becomes one push ([`encode()`]), sent with [`LokiClient`].
 //!
 //! Promises (with the shipper's): a batch leaves the spool only when Loki
-//! answered 2xx, or a 4xx that no retry can fix (counted per status, the reason
-//! logged once per cause). Everything else (429, 5xx, timeouts, refused
-//! connections, no host found) is retried with capped exponential backoff and
-//! full jitter, honouring `Retry-After`.
+//! answered 2xx, or settled a push it took in part (below), or answered a 4xx
+//! that no retry can fix (counted per status, the reason logged once per
+//! cause). Everything else (429, 5xx, timeouts, refused connections, no host
+//! found) is retried with capped exponential backoff and full jitter,
+//! honouring `Retry-After`.
+//!
+//! A push Loki took in part (a 400; a 429 telling of its per-stream rate or
+//! stream limits, which an ingester answers after storing the rest) is
+//! settled ([`Service::settle`]): Loki's answer says which entries it refused
+//! and why ([`super::refusal`]) when it leaves no doubt; else Loki is asked which it
+//! holds (the check below) and the answer gives the causes. The entries stored
+//! count as shipped, the refused ones by cause, and each has its end
+//! ([`super::settle`]): sent again at a new time, cut, sent again later, or
+//! dropped.
 //!
 //! Exactly once across a crash: Loki can be asked what it holds
 //! ([`Service::CHECKS_STORED`]), so the shipper records each push in flight in
 //! the spool, and a start that finds one unacknowledged asks Loki which of its
 //! records it already holds ([`replay::check`], bounded by `loki.timeout`) and
 //! sends only the others; so does a retry after a try that may have reached
-//! Loki. When Loki cannot be read with the push's credentials, the records are
+//! Loki. Entries sent again in another form are found in it: the push is
+//! marked with the time they were first sent at a new time before they go.
+//! When Loki cannot be read with the push's credentials, the records are
 //! sent whole and counted in `wisp_loki_records_possibly_duplicated_total`;
 //! while Loki cannot be reached at all, the check waits for it, as a push would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::admin::family::{by, counter, gauge, load, one, Family};
-use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding};
+use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding, RefusedEntries};
 use crate::discovery::current_host;
-use crate::record::LogRecord;
+use crate::record::{LogRecord, Timestamp};
 use crate::sink::loki::encode::{encode, EncodedPush};
+use crate::sink::loki::refusal::{Answer, Cause};
 use crate::sink::loki::replay::{self, CheckError};
 use crate::sink::loki::service::LokiClient;
+use crate::sink::loki::settle::{self, Fate, RefusalLog};
 use crate::sink::retry::{Backoff, PushOutcome};
 use crate::sink::ship::{
-    BatchLimits, Check, Event, Outcome, Reach, Service, ShipSettings, Wording,
+    BatchLimits, Check, Event, Outcome, Partial, Reach, Service, Settled, ShipSettings, Wording,
 };
 
 /// At most this many records in one push, whatever their size.
@@ -62,27 +76,37 @@ pub struct LokiCounters {
     /// When Loki last took a push (2xx), in milliseconds since the Unix epoch;
     /// 0 until the first one.
     pub last_push_unix_millis: AtomicU64,
-    /// Records dropped because Loki rejected them, by HTTP status.
-    pub records_dropped: Mutex<BTreeMap<u16, u64>>,
+    /// Records lost because Loki refused them for good: by HTTP status for a
+    /// push refused whole (`"400"`; `"0"`: could not be encoded), by cause for
+    /// entries refused one by one (`"too_old"`, `"other"`, …).
+    pub records_dropped: Mutex<BTreeMap<String, u64>>,
     pub batches_dropped: Mutex<BTreeMap<u16, u64>>,
+    /// Entries Loki refused, by cause, each time it refused one.
+    pub records_refused: Mutex<BTreeMap<Cause, u64>>,
+    /// Refused entries sent again changed (a new time, a cut line), by cause.
+    pub records_rewritten: Mutex<BTreeMap<Cause, u64>>,
     /// Records of the push in flight at the last stop that were sent again
     /// without knowing whether Loki had them (it could not be queried).
     pub records_possibly_duplicated: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When `last_error` was set, in milliseconds since the Unix epoch; 0 before.
+    pub last_error_unix_millis: AtomicU64,
 }
 
 impl LokiCounters {
     /// The Loki sink's metric families: the one place their names and help live.
     pub(crate) const FAMILIES: &'static [Family<LokiCounters>] = &[
-        counter("wisp_loki_records_shipped_total", "Log entries Loki took (2xx).", |c| one(load(&c.records_shipped))),
+        counter("wisp_loki_records_shipped_total", "Log entries Loki took (2xx, or stored of a push it took in part).", |c| one(load(&c.records_shipped))),
         counter("wisp_loki_batches_shipped_total", "Pushes Loki took (2xx).", |c| one(load(&c.batches_shipped))),
         counter("wisp_loki_bytes_shipped_total", "Bytes of buffered records Loki took.", |c| one(load(&c.bytes_shipped))),
         counter("wisp_loki_retries_total", "Pushes retried (429, 5xx, timeouts, connection errors).", |c| one(load(&c.retries))),
-        counter("wisp_loki_pushes_total", "Pushes Loki answered with a final status (taken or rejected).", |c| one(load(&c.pushes))),
+        counter("wisp_loki_pushes_total", "Pushes Loki answered with a final status (taken, taken in part, or rejected).", |c| one(load(&c.pushes))),
         counter("wisp_loki_push_seconds_total", "Time spent in pushes Loki answered with a final status.", |c| one(load(&c.push_micros) as f64 / 1e6)),
         gauge("wisp_loki_last_push_timestamp_seconds", "When Loki last took a push, in seconds since the Unix epoch; 0 until the first.", |c| one(load(&c.last_push_unix_millis) as f64 / 1e3)),
         counter("wisp_loki_records_possibly_duplicated_total", "Log entries of a push in flight at the last stop sent again unchecked, because Loki could not be queried with the push's credentials: each may now be stored twice.", |c| one(load(&c.records_possibly_duplicated))),
-        counter("wisp_loki_records_dropped_total", "Log entries dropped because Loki rejected them for good, by HTTP status (0: could not be encoded).", |c| by("reason", &c.records_dropped)),
+        counter("wisp_loki_records_refused_total", "Log entries Loki refused one by one, by cause (too_old, too_far_behind, too_long, rate_limited, stream_limit, other), each time it refused one, as Loki's loki_discarded_samples_total counts them (a refusal whose cause Loki did not tell counts once it tells it); what became of them is in wisp_loki_records_rewritten_total, wisp_loki_records_dropped_total, or they were sent again unchanged (rate_limited, stream_limit).", |c| by("reason", &c.records_refused)),
+        counter("wisp_loki_records_rewritten_total", "Log entries Loki refused that were sent again changed, by cause: at the time Loki refused them, their own time in the structured metadata original_timestamp (too_old, too_far_behind), or cut to Loki's line limit (too_long).", |c| by("reason", &c.records_rewritten)),
+        counter("wisp_loki_records_dropped_total", "Log entries lost because Loki refused them for good: by HTTP status for a push rejected whole (0: could not be encoded), by cause for entries refused one by one (too_old, too_far_behind, too_long, other).", |c| by("reason", &c.records_dropped)),
         counter("wisp_loki_batches_dropped_total", "Pushes Loki rejected for good, by HTTP status.", |c| by("reason", &c.batches_dropped)),
     ];
 
@@ -90,7 +114,22 @@ impl LokiCounters {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.to_string());
         }
+        self.last_error_unix_millis
+            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
     }
+
+    fn add(map: &Mutex<BTreeMap<Cause, u64>>, from: &BTreeMap<Cause, u64>) {
+        if let Ok(mut m) = map.lock() {
+            for (&cause, &n) in from {
+                *m.entry(cause).or_default() += n;
+            }
+        }
+    }
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Loki as the shipper's [`Service`].
@@ -105,6 +144,23 @@ pub struct LokiService {
     /// Loki could not be read (no access to the query API): what would be
     /// checked goes unchecked from then on, without asking (or logging) again.
     unchecked: bool,
+    /// `loki.refused_entries`.
+    refused_entries: RefusedEntries,
+    /// Records of the batch being shipped that were sent again for Loki to
+    /// say why it refused them ([`settle::plan`]); emptied with each batch.
+    /// Behind a lock, as the log below, only because counting (which empties
+    /// it) takes `&self`; never contended.
+    looked: Mutex<HashSet<u64>>,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// What a check of what Loki holds came to.
+enum Asked {
+    /// Per record, in order: whether Loki holds it.
+    Stored(Vec<bool>),
+    /// Loki cannot be read with the push's credentials.
+    Unreadable,
+    Stopped,
 }
 
 impl LokiService {
@@ -116,6 +172,90 @@ impl LokiService {
             max_backoff: c.max_backoff.get(),
             counters,
             unchecked: false,
+            refused_entries: c.refused_entries,
+            looked: Mutex::new(HashSet::new()),
+            refusals: Mutex::new(RefusalLog::default()),
+        }
+    }
+
+    /// Asks Loki (`query_range`) which of `records` it holds. While Loki is
+    /// away, slow or failing, asks again with backoff; when it cannot be read
+    /// at all, says so (and does not ask again this run). `consequence` says in
+    /// the log what is done then.
+    async fn ask_stored(
+        &mut self,
+        records: &[LogRecord],
+        why: Check,
+        reach: Reach<'_>,
+        consequence: &str,
+    ) -> Asked {
+        if self.unchecked {
+            return Asked::Unreadable;
+        }
+        let budget = self.timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
+        loop {
+            let Some(host) = current_host(reach.host, reach.stop).await else {
+                return Asked::Stopped;
+            };
+            let url = fill_host(reach.url, &host);
+            let rewritten_since = reach.mark.and_then(|m| i64::try_from(m).ok());
+            let checked = tokio::select! {
+                r = tokio::time::timeout(budget, replay::check(&self.client, &url, records, rewritten_since)) => {
+                    r.unwrap_or(Err(CheckError::TimedOut(budget)))
+                }
+                _ = reach.stop.cancelled() => return Asked::Stopped,
+            };
+            match checked {
+                Ok(stored) => {
+                    reach.health.report_success();
+                    let held = stored.iter().filter(|&&s| s).count();
+                    let (shown, n, other) = (redact_url(&url), records.len(), records.len() - held);
+                    match why {
+                        Check::Partial => tracing::info!(
+                            "loki at {shown} holds {held} of the {n} records of {}; it refused the other {other}",
+                            why.what()
+                        ),
+                        _ => tracing::info!(
+                            "loki at {shown} already has {held} of the {n} records of {}; sending the other {other}",
+                            why.what()
+                        ),
+                    }
+                    return Asked::Stored(stored);
+                }
+                Err(e) if !e.is_lasting() => {
+                    // Loki is away, slow or failing (a push would be retried too):
+                    // wait and ask again, rather than guess what it holds.
+                    reach.health.report_failure();
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() <= 1 {
+                        tracing::warn!(
+                            "cannot ask loki at {} which records of {} it already has ({e}); \
+                             asking again with backoff, lines wait in the buffer",
+                            redact_url(&url),
+                            why.what()
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = reach.stop.cancelled() => return Asked::Stopped,
+                    }
+                }
+                Err(e) => {
+                    // Asking again would not help (no read access, no query path):
+                    // no more checks this run.
+                    self.unchecked = true;
+                    tracing::warn!(
+                        "cannot check which of the {} records of {} loki at {} already has: {e}; \
+                         {consequence}; the check needs read access to the query api with the \
+                         push's credentials; not checking again",
+                        records.len(),
+                        why.what(),
+                        redact_url(&url)
+                    );
+                    return Asked::Unreadable;
+                }
+            }
         }
     }
 }
@@ -153,17 +293,39 @@ impl Service for LokiService {
     }
 
     async fn send(&mut self, url: &str, push: &EncodedPush) -> Outcome {
-        let (outcome, maybe_stored) = self.client.push_reporting(url, push).await;
-        match outcome {
+        let answer = self.client.push_reporting(url, push).await;
+        let partial = || {
+            Outcome::Partial(Partial {
+                status: answer.status,
+                body: answer.body.clone(),
+                complete: answer.complete,
+                after: match &answer.outcome {
+                    PushOutcome::Retry { after, .. } => *after,
+                    _ => None,
+                },
+            })
+        };
+        match &answer.outcome {
             PushOutcome::Delivered => Outcome::Delivered { note: None },
+            // Loki refused entries one by one and stored the others.
+            PushOutcome::Rejected { status: 400, .. } => partial(),
+            // Loki's limits: its ingesters store the rest of the push (its
+            // per-stream rate limit, its stream limit), or nothing is stored
+            // (its ingestion rate limit); either way the answer tells which.
+            PushOutcome::Retry { .. }
+                if answer.status == 429
+                    && Answer::parse(429, &answer.body, !answer.complete).tells_refusals() =>
+            {
+                partial()
+            }
             PushOutcome::Rejected { status, reason } => Outcome::Rejected {
                 cause: status.to_string(),
-                reason,
+                reason: reason.clone(),
             },
             PushOutcome::Retry { after, reason } => Outcome::Retry {
-                after,
-                reason,
-                maybe_stored,
+                after: *after,
+                reason: reason.clone(),
+                maybe_stored: answer.maybe_stored,
             },
         }
     }
@@ -196,10 +358,11 @@ impl Service for LokiService {
                 c.records_shipped
                     .fetch_add(request.entries as u64, Ordering::Relaxed);
                 c.batches_shipped.fetch_add(1, Ordering::Relaxed);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                c.last_push_unix_millis.store(now, Ordering::Relaxed);
+                c.last_push_unix_millis
+                    .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
+                if let Ok(mut log) = self.refusals.lock() {
+                    log.summary_if_due();
+                }
             }
             Event::Rejected {
                 request,
@@ -216,6 +379,10 @@ impl Service for LokiService {
             }
             Event::Acknowledged { bytes } => {
                 c.bytes_shipped.fetch_add(bytes, Ordering::Relaxed);
+                // The batch is done: what was looked at twice is settled.
+                if let Ok(mut looked) = self.looked.lock() {
+                    looked.clear();
+                }
             }
             Event::SpoolError { error } => c.set_last_error(error),
         }
@@ -230,86 +397,128 @@ impl Service for LokiService {
         why: Check,
         reach: Reach<'_>,
     ) -> Option<Vec<LogRecord>> {
-        if self.unchecked {
-            self.counters
-                .records_possibly_duplicated
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
-            return Some(records);
-        }
-        let budget = self.timeout;
-        let mut backoff = Backoff::new(Duration::from_millis(250), self.max_backoff);
-        loop {
-            let host = current_host(reach.host, reach.stop).await?;
-            let url = fill_host(reach.url, &host);
-            let checked = tokio::select! {
-                r = tokio::time::timeout(budget, replay::check(&self.client, &url, &records)) => {
-                    r.unwrap_or(Err(CheckError::TimedOut(budget)))
-                }
-                _ = reach.stop.cancelled() => return None,
-            };
-            match checked {
-                Ok(stored) => {
-                    reach.health.report_success();
-                    let held = stored.iter().filter(|&&s| s).count();
-                    tracing::info!(
-                        "loki at {} already has {held} of the {} records of {}; sending the other {}",
-                        redact_url(&url),
-                        records.len(),
-                        why.what(),
-                        records.len() - held
-                    );
-                    return Some(
-                        records
-                            .into_iter()
-                            .zip(stored)
-                            .filter_map(|(r, held)| (!held).then_some(r))
-                            .collect(),
-                    );
-                }
-                Err(e) if !e.is_lasting() => {
-                    // Loki is away, slow or failing (a push would be retried too):
-                    // wait and ask again, rather than send what it may hold.
-                    reach.health.report_failure();
-                    let delay = backoff.next_delay();
-                    if backoff.attempts() <= 1 {
-                        tracing::warn!(
-                            "cannot ask loki at {} which records of {} it already has ({e}); \
-                             asking again with backoff, lines wait in the buffer",
-                            redact_url(&url),
-                            why.what()
-                        );
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = reach.stop.cancelled() => return None,
-                    }
-                }
-                Err(e) => {
-                    // Asking again would not help (no read access, no query path):
-                    // no more checks this run.
-                    self.unchecked = true;
-                    self.counters
-                        .records_possibly_duplicated
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(
-                        "cannot check which of the {} records of {} loki at {} already has: {e}; \
-                         sending them all, so those it had are stored twice (counted in \
-                         wisp_loki_records_possibly_duplicated_total); the check needs read access \
-                         to the query api with the push's credentials; not checking again",
-                        records.len(),
-                        why.what(),
-                        redact_url(&url)
-                    );
-                    return Some(records);
-                }
+        let consequence = "sending them all, so those it had are stored twice (counted in \
+                           wisp_loki_records_possibly_duplicated_total)";
+        match self.ask_stored(&records, why, reach, consequence).await {
+            Asked::Stopped => None,
+            Asked::Stored(stored) => Some(
+                records
+                    .into_iter()
+                    .zip(stored)
+                    .filter_map(|(r, held)| (!held).then_some(r))
+                    .collect(),
+            ),
+            Asked::Unreadable => {
+                self.counters
+                    .records_possibly_duplicated
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                Some(records)
             }
         }
+    }
+
+    /// Reads Loki's answer to a push it took in part; asks Loki what it holds
+    /// when the answer leaves doubt; counts, logs, and says what to send again.
+    async fn settle(
+        &mut self,
+        records: Vec<LogRecord>,
+        answer: Partial,
+        reach: Reach<'_>,
+    ) -> Option<Settled<LogRecord>> {
+        let read = Answer::parse(answer.status, &answer.body, !answer.complete);
+        let fates: Vec<Fate> = match read.read_exactly(&records) {
+            Some(causes) => causes
+                .into_iter()
+                .map(|c| c.map_or(Fate::Stored, Fate::Refused))
+                .collect(),
+            None => {
+                let consequence = "reading its answer alone: the entries it does not name \
+                                   as refused are taken as stored";
+                match self
+                    .ask_stored(&records, Check::Partial, reach, consequence)
+                    .await
+                {
+                    Asked::Stopped => return None,
+                    Asked::Stored(stored) => records
+                        .iter()
+                        .zip(stored)
+                        .map(|(r, held)| match (held, read.attribute(r)) {
+                            (true, _) => Fate::Stored,
+                            (false, Some(cause)) => Fate::Refused(cause),
+                            (false, None) => Fate::Unexplained,
+                        })
+                        .collect(),
+                    // Without Loki's word, its answer's: what it names is
+                    // refused; the rest was stored, unless the answer tells of
+                    // no refusal at all (then nothing was).
+                    Asked::Unreadable => records
+                        .iter()
+                        .map(|r| match read.attribute(r) {
+                            Some(cause) => Fate::Refused(cause),
+                            None if read.tells_refusals() => Fate::Stored,
+                            None => Fate::Refused(Cause::Other),
+                        })
+                        .collect(),
+                }
+            }
+        };
+        let entries = records.len();
+        let line_limit = read.line_limit();
+        let mut looked = self.looked.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = settle::plan(
+            records,
+            fates,
+            line_limit,
+            self.refused_entries,
+            Timestamp::now(),
+            &mut looked,
+        );
+        drop(looked);
+        let c = &self.counters;
+        let counts = &plan.counts;
+        c.pushes.fetch_add(1, Ordering::Relaxed);
+        c.records_shipped
+            .fetch_add(counts.shipped, Ordering::Relaxed);
+        if counts.shipped > 0 {
+            c.last_push_unix_millis
+                .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
+        }
+        LokiCounters::add(&c.records_refused, &counts.refused);
+        LokiCounters::add(&c.records_refused, &counts.hidden);
+        LokiCounters::add(&c.records_rewritten, &counts.rewritten);
+        if let Ok(mut m) = c.records_dropped.lock() {
+            for (cause, &n) in &counts.dropped {
+                *m.entry(cause.to_string()).or_default() += n;
+            }
+        }
+        if plan.wait {
+            c.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let error = self
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut log| log.note(counts, &read, &answer.body, entries, line_limit));
+        if let Some(error) = error {
+            c.set_last_error(&error);
+        } else if counts.second_looks > 0 {
+            tracing::debug!(
+                "loki refused {} entries of a push without saying why: sending them again \
+                 for it to say",
+                counts.second_looks
+            );
+        }
+        Some(Settled {
+            resend: plan.resend,
+            mark: plan.mark,
+            wait: plan.wait,
+        })
     }
 }
 
 fn count_drop(counters: &LokiCounters, status: u16, records: usize) {
     if let Ok(mut m) = counters.records_dropped.lock() {
-        *m.entry(status).or_default() += records as u64;
+        *m.entry(status.to_string()).or_default() += records as u64;
     }
     if let Ok(mut m) = counters.batches_dropped.lock() {
         *m.entry(status).or_default() += 1;
@@ -327,7 +536,7 @@ fn cause_of(reason: &str) -> &'static str {
         "out of order"
     } else if r.contains("rate limit") {
         "rate limited"
-    } else if r.contains("line too long") || r.contains("exceeds") {
+    } else if r.contains("line too long") || r.contains("exceeds") || r.contains("max entry size") {
         "too long"
     } else if r.contains("label") {
         "labels"

@@ -111,6 +111,8 @@ pub struct OtlpCounters {
     /// epoch; 0 until the first one.
     pub last_export_unix_millis: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When `last_error` was set, in milliseconds since the Unix epoch; 0 before.
+    pub last_error_unix_millis: AtomicU64,
 }
 
 impl OtlpCounters {
@@ -129,6 +131,10 @@ impl OtlpCounters {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.to_string());
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_error_unix_millis.store(now, Ordering::Relaxed);
     }
 }
 

@@ -4,7 +4,11 @@
 //! Promises:
 //! - **Acknowledged only once taken.** Records leave the spool only when the
 //!   service took them, or refused them for good (counted by the service, each
-//!   cause logged once). Everything else (no host found yet, a refused
+//!   cause logged once). A request the service took in part (Loki's 400) is
+//!   settled by the service ([`Service::settle`]): it says which records to
+//!   send again, changed or not, and what to mark the push in flight with
+//!   before they go ([`SpoolReader::mark_in_flight`]), so that a restart's
+//!   check finds them in their new form. Everything else (no host found yet, a refused
 //!   connection, a timeout, 429, 5xx) is retried with capped exponential backoff
 //!   and full jitter, honouring `Retry-After` ([`crate::sink::retry`]); the
 //!   spool keeps taking records meanwhile, bounded by its size.
@@ -24,18 +28,19 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{fill_host, redact_url};
-use crate::discovery::{current_host, Chosen, HostHealth};
+use crate::discovery::{Chosen, HostHealth};
 use crate::sink::retry::Backoff;
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader, SpoolRecord};
 
+mod deliver;
 mod read;
 
+use deliver::deliver_group;
 use read::{next_batch, read_in_flight};
 
 /// How long an acknowledgement waits for the next push to be written with it.
@@ -78,6 +83,43 @@ pub struct Wording {
     pub spool: &'static str,
 }
 
+/// A service's answer that it took part of a request and refused the rest:
+/// only the service can tell which, from the request's records
+/// ([`Service::settle`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    pub status: u16,
+    /// The answer's body as received, up to a bound.
+    pub body: bytes::Bytes,
+    /// `body` is the whole answer.
+    pub complete: bool,
+    /// When the service said to come back (`Retry-After`).
+    pub after: Option<Duration>,
+}
+
+/// How a request taken in part was settled: what to send next.
+#[derive(Debug)]
+pub struct Settled<R> {
+    /// Records to send again (changed or not), in order; empty when done.
+    pub resend: Vec<R>,
+    /// Put on the push in flight before `resend` goes.
+    pub mark: Option<u64>,
+    /// Wait before sending `resend`: the backoff's next delay, and at least
+    /// the answer's `Retry-After`.
+    pub wait: bool,
+}
+
+impl<R> Settled<R> {
+    /// Nothing more to send.
+    pub fn done() -> Self {
+        Settled {
+            resend: Vec::new(),
+            mark: None,
+            wait: false,
+        }
+    }
+}
+
 /// What became of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -93,6 +135,8 @@ pub enum Outcome {
         reason: String,
         maybe_stored: bool,
     },
+    /// Taken in part: settled with [`Service::settle`].
+    Partial(Partial),
 }
 
 /// What the shipper tells a service to count.
@@ -121,6 +165,8 @@ pub enum Check {
     /// A push whose last try may have reached the service, before it is tried
     /// again.
     Retry,
+    /// A push the service took in part, whose answer does not say which part.
+    Partial,
 }
 
 impl Check {
@@ -128,6 +174,7 @@ impl Check {
         match self {
             Check::Restart => "the push in flight when the agent stopped",
             Check::Retry => "a push whose last try may have reached it",
+            Check::Partial => "a push it took in part",
         }
     }
 }
@@ -138,6 +185,9 @@ pub struct Reach<'a> {
     pub host: &'a mut watch::Receiver<Option<Chosen>>,
     pub health: &'a HostHealth,
     pub stop: &'a CancellationToken,
+    /// The mark on the push in flight at the last stop
+    /// ([`SpoolReader::mark_in_flight`]), for [`Check::Restart`].
+    pub mark: Option<u64>,
 }
 
 /// A remote service the shipper drains a spool into: how records become
@@ -186,6 +236,20 @@ pub trait Service: Send {
         let _ = (why, reach);
         async move { Some(records) }
     }
+
+    /// Settles a request taken in part ([`Outcome::Partial`]; `records` are
+    /// the request's): counts what was taken and refused, and says what to
+    /// send next. `None` when `reach.stop` fired first. Only a service that
+    /// answers [`Outcome::Partial`] is asked.
+    fn settle(
+        &mut self,
+        records: Vec<Self::Record>,
+        answer: Partial,
+        reach: Reach<'_>,
+    ) -> impl Future<Output = Option<Settled<Self::Record>>> + Send {
+        let _ = (records, answer, reach);
+        async move { Some(Settled::done()) }
+    }
 }
 
 /// The loop's inputs.
@@ -217,6 +281,7 @@ struct Loop {
     /// past it.
     in_flight: Option<SpoolPosition>,
     begin_push_failing: bool,
+    mark_failing: bool,
 }
 
 async fn ship<S: Service>(
@@ -233,6 +298,7 @@ async fn ship<S: Service>(
             None
         },
         begin_push_failing: false,
+        mark_failing: false,
     };
     loop {
         let (batch, replayed) = match state.in_flight {
@@ -318,35 +384,6 @@ fn begin_push<S: Service>(sh: &mut Shipper<S>, state: &mut Loop, end: SpoolPosit
     }
 }
 
-/// Encodes and sends one group until it is taken or refused for good, checking
-/// what a failed try may have left stored before trying again. False when
-/// `stop` fired first.
-async fn deliver_group<S: Service>(
-    sh: &mut Shipper<S>,
-    state: &mut Loop,
-    mut records: Vec<S::Record>,
-    stop: &CancellationToken,
-) -> bool {
-    loop {
-        let Some(request) = sh.service.encode(&records) else {
-            return true;
-        };
-        match deliver(sh, state, &request, stop).await {
-            Delivery::Done => return true,
-            Delivery::Stopped => return false,
-            Delivery::MaybeStored => {
-                let Some(missing) = without_stored(sh, records, Check::Retry, stop).await else {
-                    return false;
-                };
-                records = missing;
-                if records.is_empty() {
-                    return true;
-                }
-            }
-        }
-    }
-}
-
 async fn without_stored<S: Service>(
     sh: &mut Shipper<S>,
     records: Vec<S::Record>,
@@ -356,11 +393,16 @@ async fn without_stored<S: Service>(
     if !S::CHECKS_STORED {
         return Some(records);
     }
+    let mark = match why {
+        Check::Restart => sh.reader.in_flight_mark(),
+        Check::Retry | Check::Partial => None,
+    };
     let reach = Reach {
         url: &sh.settings.url,
         host: &mut sh.host,
         health: &sh.health,
         stop,
+        mark,
     };
     sh.service.without_stored(records, why, reach).await
 }
@@ -397,100 +439,4 @@ pub(super) fn spool_error<S: Service>(sh: &Shipper<S>, e: &SpoolError) {
     sh.service.count(Event::SpoolError {
         error: &e.to_string(),
     });
-}
-
-/// How [`deliver`] ended.
-enum Delivery {
-    /// Taken, or refused for good (counted).
-    Done,
-    /// `stop` fired first.
-    Stopped,
-    /// A try failed in a way that may have left the request stored; the backoff
-    /// delay has been waited. Check before trying again.
-    MaybeStored,
-}
-
-/// Sends one request until the service takes it or refuses it for good, or
-/// until a try fails in a way that may have left it stored.
-async fn deliver<S: Service>(
-    sh: &mut Shipper<S>,
-    state: &mut Loop,
-    request: &S::Request,
-    stop: &CancellationToken,
-) -> Delivery {
-    let words = sh.service.wording();
-    loop {
-        let Some(host) = current_host(&mut sh.host, stop).await else {
-            return Delivery::Stopped;
-        };
-        let url = fill_host(&sh.settings.url, &host);
-        // What the log shows: a password in the URL's userinfo never is.
-        let shown = redact_url(&url);
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            o = sh.service.send(&url, request) => o,
-            _ = stop.cancelled() => return Delivery::Stopped,
-        };
-        let took = started.elapsed();
-        match outcome {
-            Outcome::Delivered { note } => {
-                sh.service.count(Event::Delivered { request, took });
-                if let Some((key, warning)) = note {
-                    if state.logged.insert(key) {
-                        tracing::warn!("{warning}");
-                    }
-                }
-                if state.backoff.attempts() > 0 {
-                    tracing::info!("{} at {shown} takes {} again", words.name, words.requests);
-                }
-                state.backoff.reset();
-                sh.health.report_success();
-                return Delivery::Done;
-            }
-            Outcome::Rejected { cause, reason } => {
-                sh.service.count(Event::Rejected {
-                    request,
-                    cause: &cause,
-                    reason: &reason,
-                });
-                let (key, message) = sh
-                    .service
-                    .rejection_message(request, &shown, &cause, &reason);
-                if state.logged.insert(key) {
-                    tracing::warn!("{message}");
-                }
-                state.backoff.reset();
-                sh.health.report_success();
-                return Delivery::Done;
-            }
-            Outcome::Retry {
-                after,
-                reason,
-                maybe_stored,
-            } => {
-                sh.service.count(Event::Retried { reason: &reason });
-                sh.health.report_failure();
-                let delay = after.unwrap_or_default().max(state.backoff.next_delay());
-                if state.backoff.attempts() <= 1 {
-                    tracing::warn!(
-                        "{} {shown} failed ({reason}); retrying with backoff, {} in the buffer",
-                        words.sending,
-                        words.waiting
-                    );
-                } else {
-                    tracing::debug!(
-                        "{} {shown} failed again ({reason}); next try in {delay:?}",
-                        words.sending
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return Delivery::Stopped,
-                }
-                if maybe_stored && S::CHECKS_STORED {
-                    return Delivery::MaybeStored;
-                }
-            }
-        }
-    }
 }
