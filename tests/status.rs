@@ -469,3 +469,62 @@ async fn config_check_shows_status_interval_and_refuses_a_tiny_one() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_named_with_escape_sequences_reaches_no_terminal_raw() {
+    use std::io::Write;
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    setup.set_admin_listen("127.0.0.1:0");
+    let agent = setup.start();
+    let addr = agent.admin_addr().await;
+    let socket = setup.dir.path().join("exec.sock");
+    assert!(
+        wait_until(DEADLINE, || socket.exists()).await,
+        "{}",
+        agent.log()
+    );
+    // `exec` refuses such a name; anyone can speak the socket's protocol by
+    // hand: a run named to clear the screen and retitle the terminal.
+    let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2J\r";
+    let frames = [
+        serde_json::json!({"type": "hello", "version": 1, "job": evil,
+            "labels": {"note": "a\u{1b}[31mred"},
+            "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "8448eb211c80319c",
+            "started_ms": 1}),
+        serde_json::json!({"type": "lines", "seq": 1, "lines": [
+            {"stream": "stdout", "text": "hello from the run", "time_ns": 0}]}),
+        serde_json::json!({"type": "end", "exit": 0, "ended_ms": 2}),
+    ];
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    for f in &frames {
+        let body = serde_json::to_vec(f).unwrap();
+        s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+    }
+    let want = ["hello from the run".to_string()];
+    let wait = loki.wait_for_exactly_once(r#"{note="a\\u{1b}[31mred"}"#, &want, DEADLINE);
+    if let Err(e) = wait.await {
+        panic!("{e}: {:?}\n{}", loki.streams(), agent.log());
+    }
+    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    for labels in loki.streams() {
+        assert!(!labels.values().any(|v| raw(v)), "{labels:?}");
+    }
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wisp_exec_runs_total{job=\"x\\\\u{1b}]0;owned"),
+        "{metrics}"
+    );
+    assert!(!raw(&metrics));
+    let o = status(&status_config(&setup.config, addr), &[]).await;
+    let (out, err) = text(&o);
+    assert!(out.contains("x\\u{1b}]0;owned"), "{out}");
+    assert!(!raw(&out) && !raw(&err), "{out:?}{err:?}");
+    assert!(!raw(&agent.log()), "{}", agent.log());
+}
