@@ -97,6 +97,13 @@ fn config_check(loaded: &Loaded) -> Result<ExitCode> {
             loaded.env_overrides.join(", ")
         )?;
     }
+    if !loaded.expanded.is_empty() {
+        writeln!(
+            out,
+            "# environment variables expanded in it: {}",
+            loaded.expanded.join(", ")
+        )?;
+    }
     writeln!(out, "# state directory in use: {}", state_dir.display())?;
     if let Some(note) = note {
         writeln!(out, "# note: {note}")?;

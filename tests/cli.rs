@@ -118,6 +118,51 @@ fn a_bad_duration_says_what_was_expected() {
 }
 
 #[test]
+fn environment_variables_expand_in_string_values_and_secrets_stay_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "env.toml",
+        "[loki]
+url = \"${LOKI_PUSH}\"\nbatch_max_wait = \"${WAIT:-250ms}\"\n\
+         [agent]\nhostname = \"$${NOT_EXPANDED}\"\n",
+    );
+    let o = agent()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .env(
+            "LOKI_PUSH",
+            "https://user:hunter2@loki.example:3100/loki/api/v1/push",
+        )
+        .env_remove("WAIT")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert!(
+        out.contains("# environment variables expanded in it: LOKI_PUSH, WAIT"),
+        "{out}"
+    );
+    assert!(out.contains("loki.example:3100"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(out.contains("batch_max_wait = \"250ms\""), "{out}");
+    assert!(out.contains("hostname = \"${NOT_EXPANDED}\""), "{out}");
+    // Unset, without a default: exit 2, the variable and the key named.
+    let o = agent()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .env_remove("LOKI_PUSH")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("LOKI_PUSH") && err.contains("loki.url") && err.contains("line 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_is_a_configuration_error_naming_it() {
     let o = agent()
         .args(["config", "check", "--config", "/nonexistent/wisp.toml"])

@@ -77,6 +77,8 @@ pub struct Loaded {
     pub origin: ConfigOrigin,
     /// Environment variables that overrode the file, by name.
     pub env_overrides: Vec<String>,
+    /// Environment variables the file's `${…}` read, by name.
+    pub expanded: Vec<String>,
 }
 
 /// Finds and reads the configuration, applies the environment, validates.
@@ -100,6 +102,13 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
             }
         },
     };
+    let (text, expanded) = match text {
+        Some(t) => {
+            let (t, names) = super::interpolate::expand(&t, &origin.to_string(), env)?;
+            (Some(t.into_owned()), names)
+        }
+        None => (None, Vec::new()),
+    };
     let mut config = match &text {
         Some(t) => parse_toml(t, &origin.to_string())?,
         None => Config::default(),
@@ -110,6 +119,7 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
         config,
         origin,
         env_overrides,
+        expanded,
     })
 }
 

@@ -11,6 +11,7 @@
 //! secrets out of what is printed.
 
 mod env;
+mod interpolate;
 mod load;
 mod redact;
 pub mod units;
