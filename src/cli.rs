@@ -18,7 +18,7 @@ pub struct Cli {
 
     /// The agent's own log level on stderr (error, warn, info, debug, trace);
     /// RUST_LOG takes a full filter instead
-    #[arg(long, global = true, value_name = "LEVEL")]
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"], ignore_case = true)]
     pub log_level: Option<String>,
 
     #[command(subcommand)]

@@ -32,6 +32,27 @@ use crate::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 /// makes a slow stage push back on the one before it.
 const CHANNEL_BATCHES: usize = 4;
 
+/// Takes the state directory's lock (see [`crate::state_file::lock_dir`]): a
+/// second daemon on one state directory is a configuration error naming the
+/// first one's pid.
+fn lock_state_dir(state_dir: &std::path::Path, origin: &str) -> Result<std::fs::File> {
+    let why = match crate::state_file::lock_dir(state_dir) {
+        Ok(Ok(lock)) => return Ok(lock),
+        Ok(Err(Some(pid))) => format!("another wisp-agent (pid {pid}) runs on it"),
+        Ok(Err(None)) => "another wisp-agent runs on it".to_string(),
+        Err(e) => format!("cannot lock it: {e}"),
+    };
+    Err(crate::config::ConfigError::invalid(
+        origin,
+        "agent.state_dir",
+        format!(
+            "{} is in use: {why}; stop that one, or give this one its own agent.state_dir",
+            state_dir.display()
+        ),
+    )
+    .into())
+}
+
 /// Logs, per `[[files]]` entry, the files its patterns match now.
 pub fn log_tailed_files(config: &Config) {
     if config.files.is_empty() {
@@ -157,6 +178,8 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         tracing::warn!("{note}");
     }
     crate::config::check_state_dir(&state_dir, &origin, true)?;
+    // Held until `run` returns.
+    let _lock = lock_state_dir(&state_dir, &origin)?;
     let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
     // The OTLP relay (receivers → its own spool → exporter); the two spools
     // share `buffer.max_bytes` half and half when both run.

@@ -61,6 +61,35 @@ pub(crate) fn create_temp(tmp: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// The lock a running daemon holds on its state directory: `lock` in it,
+/// `flock`ed for as long as the returned file is open, holding the daemon's
+/// pid. `Err(Some(pid))` (or `Err(None)` when the pid cannot be read) when
+/// another process holds it: two daemons on one buffer would ship every line
+/// twice and corrupt each other's checkpoints.
+pub(crate) fn lock_dir(dir: &Path) -> io::Result<Result<File, Option<u32>>> {
+    use std::io::{Seek, Write};
+    let path = dir.join("lock");
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut file = File::from(fd);
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut text = String::new();
+            let _ = (&file).take(32).read_to_string(&mut text);
+            return Ok(Err(text.trim().parse().ok()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(Ok(file))
+}
+
 /// What [`read_capped`] found.
 #[derive(Debug)]
 pub(crate) enum Capped {

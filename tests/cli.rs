@@ -561,3 +561,75 @@ async fn probe_push_sends_the_test_span_over_each_otlp_protocol_with_the_configu
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_one_state_dir_exits_2_naming_the_first() {
+    let loki = support::loki::LokiReceiver::start().await;
+    let setup = support::agent::Setup::new(&loki, "");
+    let first = setup.start();
+    let lock = setup.dir.path().join("state").join("lock");
+    let pid = first.pid().unwrap();
+    assert!(
+        support::wait_until(support::DEADLINE, || {
+            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid.to_string())
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    let second = agent()
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let err = stderr(&second);
+    assert!(
+        err.contains("agent.state_dir") && err.contains(&format!("pid {pid}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_that_would_spin_or_silence_the_agent_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = agent()
+        .args([
+            "--log-level",
+            "verbose",
+            "config",
+            "check",
+            "--config",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("possible values: error, warn, info, debug, trace"),
+        "{}",
+        stderr(&o)
+    );
+    for (table, key) in [
+        ("host", "rediscover_interval"),
+        ("loki", "max_backoff"),
+        ("otlp", "timeout"),
+    ] {
+        let cfg = write(
+            dir.path(),
+            "zero.toml",
+            &format!("[{table}]\n{key} = \"0s\"\n"),
+        );
+        let o = agent()
+            .args(["config", "check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{table}.{key}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{table}.{key}")) && err.contains("at least"),
+            "{err}"
+        );
+    }
+}

@@ -66,6 +66,72 @@ impl Config {
                     .into(),
             ));
         }
+        // Durations a loop waits for: zero would spin (a warning thousands of
+        // times a second, a request failing as fast as it is made).
+        let spans = [
+            (
+                "host",
+                "rediscover_interval",
+                self.host.rediscover_interval.get(),
+                Duration::from_secs(1),
+                "60s",
+            ),
+            (
+                "host",
+                "probe_timeout",
+                self.host.probe_timeout.get(),
+                Duration::from_millis(10),
+                "1s",
+            ),
+            (
+                "loki",
+                "timeout",
+                self.loki.timeout.get(),
+                Duration::from_millis(10),
+                "10s",
+            ),
+            (
+                "loki",
+                "max_backoff",
+                self.loki.max_backoff.get(),
+                Duration::from_millis(10),
+                "30s",
+            ),
+            (
+                "otlp",
+                "timeout",
+                self.otlp.timeout.get(),
+                Duration::from_millis(10),
+                "10s",
+            ),
+            (
+                "otlp",
+                "max_backoff",
+                self.otlp.max_backoff.get(),
+                Duration::from_millis(10),
+                "30s",
+            ),
+            (
+                "buffer",
+                "fsync_interval",
+                self.buffer.fsync_interval.get(),
+                Duration::from_millis(1),
+                "1s",
+            ),
+        ];
+        for (table, key, value, min, default) in spans {
+            if value < min {
+                return Err(err(
+                    table,
+                    key,
+                    format!("{table}.{key}"),
+                    format!(
+                        "expected a duration of at least \"{}\" (the default is \"{default}\")",
+                        humantime::format_duration(min)
+                    ),
+                ));
+            }
+        }
         if self.host.address.trim().is_empty() {
             return Err(err(
                 "host",
