@@ -275,6 +275,10 @@ impl Tailer {
         }
         if let Scope::Sweep { done: true, .. } = scope {
             self.unreadable.retain(|_, (_, at)| *at == sweep);
+            if self.unreadable.capacity() > 4 * self.unreadable.len().max(16) {
+                // Thousands of FIFOs gone: so is the memory they took.
+                self.unreadable.shrink_to_fit();
+            }
             self.discovery.sweeps += 1;
         }
     }

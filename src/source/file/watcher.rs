@@ -127,9 +127,15 @@ impl Watches {
     ) -> bool {
         if let Some(&wd) = self.by_path.get(path) {
             if let Some(w) = self.by_wd.get_mut(&wd) {
-                if w.id == id && w.path == path {
+                if w.id == id {
                     w.sweep = self.sweep;
-                    w.states = states.cloned();
+                    // Reached by another way too: which names matter there is
+                    // not known any more.
+                    w.states = if w.path == path {
+                        states.cloned()
+                    } else {
+                        None
+                    };
                     return true;
                 }
             }
