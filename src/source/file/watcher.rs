@@ -23,8 +23,9 @@
 //!   never reports (virtiofs, 9p, sshfs), so events stay an optimisation.
 //!
 //! One instance for the agent, because the default limit is 128 inotify
-//! instances per user; read on the tailer's task through tokio's `AsyncFd`,
-//! with no thread of its own.
+//! instances per user; read on a thread of its own, which polls it (waking
+//! at most once a second when idle) and hands the tailer's task what the
+//! events ask for.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,13 +33,12 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::fs::{Mode, OFlags, CWD};
 use rustix::io::Errno;
-use tokio::io::unix::AsyncFd;
 
 use super::globs::{Globs, States};
 use super::walk::Target;
@@ -280,25 +280,47 @@ pub(super) struct Woken {
 }
 
 /// The agent's inotify instance, or none when events are off or unavailable.
+/// Its events are read on a thread of its own, which turns them into
+/// [`Woken`]s for the tailer's task: the descriptor is only ever polled and
+/// read there (no `unsafe` registration with tokio's reactor).
 pub(super) struct DirWatcher {
-    fd: Option<AsyncFd<Arc<OwnedFd>>>,
+    woken: Option<tokio::sync::mpsc::Receiver<Woken>>,
     watches: Option<Arc<Mutex<Watches>>>,
-    globs: Arc<Globs>,
-    buf: Vec<MaybeUninit<u8>>,
+    /// What [`DirWatcher::next`]'s `modified` says, for the reading thread.
+    modified: Arc<AtomicBool>,
+    /// Set when the watcher goes: its thread ends within [`POLL_TICK`].
+    stop: Arc<AtomicBool>,
+}
+
+/// How long the reading thread waits for events before it checks whether
+/// the watcher is gone (one wake-up a second at most when idle).
+const POLL_TICK: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 1,
+    tv_nsec: 0,
+};
+
+/// [`Woken`]s waiting for the tailer, at most; the reading thread waits
+/// behind them (the kernel queues further events, and says when it lost some).
+const WOKEN_QUEUE: usize = 16;
+
+impl Drop for DirWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl DirWatcher {
-    /// Creates the instance; when it cannot be (inotify limits, no runtime
-    /// reactor), logs why and runs on polling alone.
+    /// Creates the instance and its reading thread; when it cannot be
+    /// (inotify limits, no thread), logs why and runs on polling alone.
     pub(super) fn new(enabled: bool, globs: Arc<Globs>, counters: Arc<TailCounters>) -> Self {
-        let off = |globs| Self {
-            fd: None,
+        let mut watcher = Self {
+            woken: None,
             watches: None,
-            globs,
-            buf: Vec::new(),
+            modified: Arc::default(),
+            stop: Arc::default(),
         };
         if !enabled {
-            return off(globs);
+            return watcher;
         }
         let fd = match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
             Ok(fd) => Arc::new(fd),
@@ -307,32 +329,32 @@ impl DirWatcher {
                     "cannot watch files for changes ({}); following them by polling alone",
                     std::io::Error::from(e)
                 );
-                return off(globs);
+                return watcher;
             }
         };
-        // SAFETY: the `Arc` keeps the descriptor open, and always the same one,
-        // for as long as the `AsyncFd` holds it (tokio's only condition;
-        // `AsyncFd::new`, the safe spelling, is deprecated for not saying so).
-        let reader = match unsafe { AsyncFd::register(fd.clone()) } {
-            Ok(r) => r,
-            Err(e) => {
-                let e = e.into_parts().1;
-                tracing::warn!(
-                    "cannot watch files for changes ({e}); following them by polling alone"
-                );
-                return off(globs);
-            }
-        };
-        Self {
-            fd: Some(reader),
-            watches: Some(Arc::new(Mutex::new(Watches::new(
-                fd,
-                WATCH_BUDGET,
-                counters,
-            )))),
+        let watches = Arc::new(Mutex::new(Watches::new(fd.clone(), WATCH_BUDGET, counters)));
+        let (tx, rx) = tokio::sync::mpsc::channel(WOKEN_QUEUE);
+        let reading = Reading {
+            fd,
+            watches: watches.clone(),
             globs,
-            buf: vec![MaybeUninit::uninit(); 16 * 1024],
+            modified: watcher.modified.clone(),
+            stop: watcher.stop.clone(),
+            tx,
+        };
+        match std::thread::Builder::new()
+            .name("file-events".into())
+            .spawn(move || reading.run())
+        {
+            Ok(_) => {
+                watcher.woken = Some(rx);
+                watcher.watches = Some(watches);
+            }
+            Err(e) => tracing::warn!(
+                "cannot watch files for changes ({e}); following them by polling alone"
+            ),
         }
+        watcher
     }
 
     /// The table the walk adds watches to (none without events).
@@ -344,44 +366,82 @@ impl DirWatcher {
     /// without events). `modified`: a write also asks for a near walk of the
     /// file written to (a new file is waiting to be told from a copy).
     pub(super) async fn next(&mut self, modified: bool) -> Woken {
-        let (Some(fd), Some(watches)) = (self.fd.as_ref(), self.watches.as_ref()) else {
-            return std::future::pending().await;
-        };
-        loop {
-            let Ok(mut guard) = fd.readable().await else {
-                return std::future::pending().await;
-            };
-            let mut woken = Woken::default();
-            let mut table = watches
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut reader = inotify::Reader::new(guard.get_inner().as_fd(), &mut self.buf);
-            let mut taken = 0usize;
-            let drained = loop {
-                let event = match reader.next() {
-                    Ok(ev) => ev,
-                    Err(Errno::AGAIN) => break true,
-                    Err(Errno::INTR) => continue,
-                    Err(_) => {
-                        // Nothing sensible left to read: look everywhere.
-                        woken.sweep = true;
-                        break true;
-                    }
-                };
-                taken += 1;
-                take(&self.globs, &mut table, &event, modified, &mut woken);
-                if taken >= EVENTS_PER_WAKE && reader.is_buffer_empty() {
-                    break false;
+        self.modified.store(modified, Ordering::Relaxed);
+        match self.woken.as_mut() {
+            Some(rx) => match rx.recv().await {
+                Some(woken) => woken,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The reading thread's share of the watcher.
+struct Reading {
+    fd: Arc<OwnedFd>,
+    watches: Arc<Mutex<Watches>>,
+    globs: Arc<Globs>,
+    modified: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tx: tokio::sync::mpsc::Sender<Woken>,
+}
+
+impl Reading {
+    /// Polls the instance, reads what it has, hands on what it asks for;
+    /// until the watcher goes.
+    fn run(self) {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut buf = vec![MaybeUninit::uninit(); 16 * 1024];
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut fds = [PollFd::new(&*self.fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&POLL_TICK)) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read file events ({}); following files by polling alone",
+                        std::io::Error::from(e)
+                    );
+                    return;
                 }
-            };
-            drop(table);
-            if drained {
-                guard.clear_ready();
             }
-            if woken.data || woken.sweep || !woken.near.is_empty() {
-                return woken;
+            let woken = self.drain(&mut buf);
+            if (woken.data || woken.sweep || !woken.near.is_empty())
+                && self.tx.blocking_send(woken).is_err()
+            {
+                return;
             }
         }
+    }
+
+    /// Everything the instance has now, as one [`Woken`].
+    fn drain(&self, buf: &mut [MaybeUninit<u8>]) -> Woken {
+        let mut woken = Woken::default();
+        let modified = self.modified.load(Ordering::Relaxed);
+        let mut table = self
+            .watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reader = inotify::Reader::new(self.fd.as_fd(), buf);
+        let mut taken = 0usize;
+        loop {
+            match reader.next() {
+                Ok(event) => take(&self.globs, &mut table, &event, modified, &mut woken),
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(_) => {
+                    // Nothing sensible left to read: look everywhere.
+                    woken.sweep = true;
+                    break;
+                }
+            }
+            taken += 1;
+            if taken >= EVENTS_PER_WAKE && reader.is_buffer_empty() {
+                break;
+            }
+        }
+        woken
     }
 }
 
