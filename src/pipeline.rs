@@ -53,31 +53,12 @@ fn lock_state_dir(state_dir: &std::path::Path, origin: &str) -> Result<std::fs::
     .into())
 }
 
-/// Logs, per `[[files]]` entry, the files its patterns match now.
+/// Warns when there is nothing to tail. What each entry's patterns match is
+/// logged by the tailer after its first walk (bounded, as every walk is: a
+/// `glob` here would follow `ln -s . a` under a `**` without end).
 pub fn log_tailed_files(config: &Config) {
     if config.files.is_empty() {
         tracing::warn!("no [[files]] entries configured: nothing to tail");
-    }
-    for f in &config.files {
-        let mut matched = Vec::new();
-        for p in &f.paths {
-            if let Ok(paths) = glob::glob(p) {
-                matched.extend(paths.flatten().filter(|p| p.is_file()));
-            }
-        }
-        let list = matched
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        tracing::info!(
-            "tailing {} ({}): {} file(s) match now{}{}",
-            f.name,
-            f.paths.join(", "),
-            matched.len(),
-            if list.is_empty() { "" } else { ": " },
-            list
-        );
     }
 }
 

@@ -510,10 +510,12 @@ pub struct FileConfig {
     /// JSON fields promoted to labels (bounded by `agent.max_label_values`).
     pub label_fields: Vec<String>,
     /// Follow a symlink (in the matched path, or the file itself) whose owner does
-    /// not own what it points at. Off by default: a root agent would otherwise ship
-    /// any file a local user links into a folder they own (`evil.log -> /etc/shadow`).
-    /// Links owned by root, and links to a file or folder their owner owns, are
-    /// followed either way.
+    /// not own what it points at, and look for files through symlinks to folders
+    /// below the pattern's fixed folders. Off by default: a root agent would
+    /// otherwise ship any file a local user links into a folder they own
+    /// (`evil.log -> /etc/shadow`), and walk wherever their links lead (`u ->
+    /// /usr`). Links to a file owned by root or by the file's owner, and such
+    /// links to a folder in the pattern's fixed folders, are followed either way.
     pub follow_symlinks: bool,
 }
 

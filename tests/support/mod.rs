@@ -8,8 +8,10 @@
 pub mod agent;
 pub mod loki;
 pub mod otlp;
+pub mod proc;
 pub mod tls;
 pub mod tmux;
+pub mod users;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -6,9 +6,17 @@
 //!   bytes ([`fingerprint`]), not by path, so a rename-and-create rotation leaves the
 //!   old file followed to its end while the new one is read from its start; a
 //!   truncation (copytruncate, `: > file`) restarts reading at 0;
-//! - one directory watcher wakes the tailer on file events ([`watcher`]), and a poll
-//!   every `poll_interval` rescans the globs and stats every open file, which is what
-//!   catches writes inotify never reports (virtiofs, 9p, sshfs shared folders);
+//! - files are found by a walk of our own ([`walk`]) from each pattern's fixed
+//!   folders, into folders a glob can still match only, never through a symlink
+//!   to a folder (unless `follow_symlinks = true`), bounded per walk (entries,
+//!   depth, time), on a thread of its own so that reading never waits on it;
+//! - one inotify instance watches the folders the walk entered, each on its own,
+//!   at most [`watcher::WATCH_BUDGET`] of them ([`watcher`]): an event wakes the
+//!   reading or a walk near where it happened; a poll every `poll_interval` asks
+//!   for a sweep of every root and stats every open file, which is what catches
+//!   writes inotify never reports (virtiofs, 9p, sshfs shared folders) and
+//!   folders past the budget. Walks are paced to a small share of the time
+//!   ([`scan`]);
 //! - lines are cut, rendered and joined per file ([`reader`]) into batches whose
 //!   acks, called once the batch is durable downstream, advance the checkpoint
 //!   ([`checkpoint`]); the checkpoint file is written atomically every second and at
@@ -40,19 +48,23 @@
 //! file from a new one; `notify` is used directly instead.
 //!
 //! The tailer's parts: this file holds its settings, counters and the task's loop;
-//! [`scan`] matches the globs and notices files renamed away or deleted;
+//! [`globs`] compiles the patterns; [`walk`] finds what they match; [`watcher`]
+//! holds the watches and reads events; [`scan`] paces the walks, opens what they
+//! found and notices files renamed away or deleted;
 //! [`rotation`] decides where a file that appeared is read from (checkpoint,
 //! `start_at`, or where the original of a copy was read up to); [`read_loop`]
 //! reads, sends, closes drained files and writes the checkpoints.
 
 mod checkpoint;
 mod fingerprint;
+mod globs;
 pub(crate) mod open;
 mod read_loop;
 mod reader;
 mod rotation;
 mod scan;
 mod siblings;
+mod walk;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -65,7 +77,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::family::{counter, gauge, named, one, Family};
+use crate::admin::family::{counter, gauge, labelled, named, one, Family};
 use crate::config::FileConfig;
 use crate::record::{SourceBatch, SourceInfo};
 use crate::source::known_runs::KnownRuns;
@@ -75,7 +87,10 @@ use crate::spool::ResumeState;
 
 use checkpoint::{CheckpointStore, SharedCommits};
 use fingerprint::{FileId, Fingerprint};
+use globs::Globs;
 use reader::{LineLimits, Tailed};
+use scan::Discovery;
+use walk::{Limits, Walker, WalkerThread};
 use watcher::DirWatcher;
 
 pub use checkpoint::POSITIONS_FILE;
@@ -134,6 +149,8 @@ pub enum TailError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the thread that looks for files: {0}")]
+    Walker(std::io::Error),
 }
 
 /// The tailer's counters; read them with [`TailCounters::snapshot`].
@@ -151,6 +168,12 @@ pub struct TailCounters {
     deletions: AtomicU64,
     checkpoint_write_errors: AtomicU64,
     lines_left_to_exec: AtomicU64,
+    scans_bounded_entries: AtomicU64,
+    scans_bounded_depth: AtomicU64,
+    scans_bounded_time: AtomicU64,
+    scans_bounded_watches: AtomicU64,
+    scan_micros: AtomicU64,
+    watches: AtomicU64,
 }
 
 /// The tailer's counters at one moment.
@@ -176,6 +199,16 @@ pub struct TailStats {
     pub checkpoint_write_errors: u64,
     /// Lines an exec run marked as its own: `exec` ships them, the tailer not.
     pub lines_left_to_exec: u64,
+    /// Walks that reached a bound, by bound.
+    pub scans_bounded_entries: u64,
+    pub scans_bounded_depth: u64,
+    pub scans_bounded_time: u64,
+    /// Walks that found more folders than watches.
+    pub scans_bounded_watches: u64,
+    /// Time spent walking, in microseconds.
+    pub scan_micros: u64,
+    /// inotify watches held now (a gauge).
+    pub watches: u64,
 }
 
 impl TailCounters {
@@ -194,7 +227,18 @@ impl TailCounters {
             deletions: g(&self.deletions),
             checkpoint_write_errors: g(&self.checkpoint_write_errors),
             lines_left_to_exec: g(&self.lines_left_to_exec),
+            scans_bounded_entries: g(&self.scans_bounded_entries),
+            scans_bounded_depth: g(&self.scans_bounded_depth),
+            scans_bounded_time: g(&self.scans_bounded_time),
+            scans_bounded_watches: g(&self.scans_bounded_watches),
+            scan_micros: g(&self.scan_micros),
+            watches: g(&self.watches),
         }
+    }
+
+    fn add_scan(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.scan_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     fn add_render(&self, stats: &RenderStats, cut: u64) {
@@ -275,6 +319,31 @@ impl TailStats {
             "Failed writes of the file positions (positions.json).",
             |s| one(s.checkpoint_write_errors),
         ),
+        counter(
+            "wisp_file_scans_bounded_total",
+            "Scans for the [[files]] globs that reached a bound, by bound: entries (100000 directory entries), depth (32 folders below a pattern's fixed folders), time (250 ms), watches (more folders than the 1024 inotify watches; the rest are polled).",
+            |s| {
+                [
+                    ("entries", s.scans_bounded_entries),
+                    ("depth", s.scans_bounded_depth),
+                    ("time", s.scans_bounded_time),
+                    ("watches", s.scans_bounded_watches),
+                ]
+                .into_iter()
+                .map(|(bound, n)| labelled([("bound", bound.into())], n))
+                .collect()
+            },
+        ),
+        counter(
+            "wisp_file_scan_seconds_total",
+            "Time spent scanning for files the [[files]] globs match.",
+            |s| one(s.scan_micros as f64 / 1e6),
+        ),
+        gauge(
+            "wisp_file_watches",
+            "Folders watched for file events (inotify) now; at most 1024, the rest are polled.",
+            |s| one(s.watches),
+        ),
     ];
 
     /// The counters under their metric names (`files_open` is a gauge), read
@@ -296,11 +365,22 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), TailError> {
     let mut tailer = Tailer::new(&settings)?;
-    tailer.scan(true);
+    // The first walk: `start_at` applies to the files it finds.
+    tailer.want_sweep();
+    tailer.start_walk(Instant::now());
+    let first = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        walked = tailer.discovery.thread.done() => Some(walked),
+    };
+    let Some(walked) = first else {
+        tailer.discovery.thread.stop();
+        return Ok(());
+    };
+    tailer.apply(walked, true);
     // Remember where files present at startup begin, so a crash before the first
     // ack does not apply `start_at = end` to them a second time.
     tailer.save(true);
-    let wake = tailer.watcher.wake.clone();
     let mut next_poll = Instant::now() + tailer.poll_interval;
     let mut next_save = Instant::now() + CHECKPOINT_INTERVAL;
     loop {
@@ -317,20 +397,20 @@ pub async fn run(
             tailer.save(false);
             next_save = now + CHECKPOINT_INTERVAL;
         }
+        tailer.start_walk(now);
         let deadline = match flow {
             Flow::More => now,
-            _ => tailer.deadline().map_or(next_poll.min(next_save), |d| {
-                d.min(next_poll).min(next_save)
-            }),
+            _ => [tailer.deadline(), tailer.discovery.deadline()]
+                .into_iter()
+                .flatten()
+                .fold(next_poll.min(next_save), Instant::min),
         };
+        let undecided = tailer.undecided;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            _ = wake.notify.notified() => {
-                if wake.rescan.swap(false, Ordering::Relaxed) || tailer.undecided {
-                    tailer.scan(false);
-                }
-            }
+            walked = tailer.discovery.thread.done() => tailer.apply(walked, false),
+            woken = tailer.watcher.next(undecided) => tailer.on_woken(woken),
             _ = tokio::time::sleep_until(deadline) => {}
         }
         let now = Instant::now();
@@ -339,6 +419,8 @@ pub async fn run(
             next_poll = now + tailer.poll_interval;
         }
     }
+    // A walk in progress stops at its next check; nothing waits for it.
+    tailer.discovery.thread.stop();
     tailer.shut_down(&tx).await;
     Ok(())
 }
@@ -378,17 +460,17 @@ struct Tailer {
     store: CheckpointStore,
     save_failing: bool,
     watcher: DirWatcher,
-    roots: Vec<(PathBuf, bool)>,
+    discovery: Discovery,
     counters: Arc<TailCounters>,
     chunk: Vec<u8>,
     /// Batches read and not yet sent: a few at most, as reading stops while one waits.
     out: VecDeque<SourceBatch>,
     poll_interval: Duration,
     /// Matched paths not tailed now (unreadable, refused, not regular files), with
-    /// the message logged for each: logged once, again only if it changes. Holds
-    /// only the paths of the last scan's problems, so it stays as small as the
-    /// globs' matches.
-    unreadable: HashMap<PathBuf, String>,
+    /// the message logged for each and the sweep that last reported it: logged
+    /// once, again only if it changes. Holds only the problems of the last whole
+    /// sweep, so it stays as small as the globs' matches.
+    unreadable: HashMap<PathBuf, (String, u64)>,
     /// A new file was left for a later scan (see [`rotation::Copy::Undecided`]): writes
     /// that events report then call for a rescan too.
     undecided: bool,
@@ -405,7 +487,6 @@ struct Tailer {
 
 impl Tailer {
     fn new(settings: &TailSettings) -> Result<Self, TailError> {
-        let mut roots = Vec::new();
         let mut patterns = Vec::new();
         for (ei, f) in settings.files.iter().enumerate() {
             for p in &f.paths {
@@ -415,12 +496,24 @@ impl Tailer {
                     reason: e.to_string(),
                 })?;
                 patterns.push((pattern, ei));
-                let root = watcher::root_of(p);
-                if !roots.contains(&root) {
-                    roots.push(root);
-                }
             }
         }
+        let globs = Globs::new(
+            settings
+                .files
+                .iter()
+                .map(|f| (f.paths.as_slice(), f.follow_symlinks)),
+        )
+        .map_err(|e| TailError::Pattern {
+            entry: settings
+                .files
+                .get(e.entry)
+                .map(|f| f.name.clone())
+                .unwrap_or_default(),
+            pattern: e.pattern,
+            reason: e.reason,
+        })?;
+        let globs = Arc::new(globs);
         std::fs::create_dir_all(&settings.state_dir).map_err(|source| TailError::StateDir {
             path: settings.state_dir.clone(),
             source,
@@ -463,10 +556,16 @@ impl Tailer {
             .min()
             .unwrap_or(Duration::from_secs(1))
             .max(MIN_POLL_INTERVAL);
-        let watcher = DirWatcher::new(settings.events && !entries.is_empty());
+        let watcher = DirWatcher::new(
+            settings.events && !entries.is_empty(),
+            globs.clone(),
+            settings.counters.clone(),
+        );
         if !settings.events {
             tracing::info!("file events are off: following files by polling alone");
         }
+        let walker = Walker::new(globs, watcher.watches(), Limits::DEFAULT);
+        let thread = WalkerThread::spawn(walker).map_err(TailError::Walker)?;
         Ok(Self {
             entries,
             files: BTreeMap::new(),
@@ -476,7 +575,7 @@ impl Tailer {
             store,
             save_failing: false,
             watcher,
-            roots,
+            discovery: Discovery::new(thread),
             counters: settings.counters.clone(),
             known_runs: settings.known_runs.clone(),
             chunk: vec![0; reader::CHUNK_BYTES],

@@ -159,10 +159,11 @@ impl Tailer {
         });
     }
 
-    /// The periodic fallback: rescans the globs, and checks every open file for a
-    /// truncation by size and by its first bytes. Reading follows in `pump`.
+    /// The periodic fallback: asks for a sweep of the globs, and checks every
+    /// open file for a truncation by size and by its first bytes. Reading
+    /// follows in `pump`.
     pub(super) fn poll(&mut self) {
-        self.scan(false);
+        self.want_sweep();
         let seqs: Vec<u64> = self.files.keys().copied().collect();
         for seq in seqs {
             let Some(t) = self.files.get_mut(&seq) else {

@@ -1,179 +1,588 @@
-//! File events: one `notify` watcher (inotify on Linux) for the whole agent.
+//! File events: one inotify instance for the whole agent, watching the folders
+//! the walk ([`super::walk`]) entered, each on its own (never recursively).
 //!
-//! It watches directories, not files: the fixed prefix directory of each glob
-//! (recursively where the pattern reaches below it), which also reports files
-//! created later. Events only wake the tailer and say whether a rescan of the globs
-//! is worth doing; the tailer then checks its files itself. That keeps events an
-//! optimisation: the periodic poll finds everything they would, including writes
-//! inotify never reports (host-side writes on virtiofs, 9p and sshfs). One instance
-//! for the agent, because the default limit is 128 inotify instances per user.
+//! Promises:
+//! - a watch is only ever on a folder a glob can still match in (or, while a
+//!   pattern's root is missing, the nearest folder above it), never added
+//!   through a symlink: the walk hands over the descriptor it listed the folder
+//!   through, and the watch is added on that descriptor (`/proc/self/fd/N`), so
+//!   a folder swapped for a link meanwhile is not what gets watched;
+//! - at most [`WATCH_BUDGET`] watches; folders past it are found by the poll
+//!   alone. The shallowest folders are watched first (a user's thousands of
+//!   folders deep in a shared tree do not take the watches of everyone's log
+//!   folders), and the kernel's own limit (`fs.inotify.max_user_watches`) is
+//!   treated as the budget's end;
+//! - a watch goes when its folder does (the kernel's `IN_IGNORED`), and at the
+//!   end of each sweep for the folders the sweep no longer reached: the table
+//!   never holds more than the budget;
+//! - events only wake the tailer and say where to look ([`Woken`]): a name a
+//!   glob cannot match there wakes nothing, a write to a file a glob matches
+//!   wakes the reading, anything else (a file or folder that came, went or
+//!   moved) asks for a near walk there; a lost event (queue overflow) asks for
+//!   a sweep. The poll finds everything events would, including writes inotify
+//!   never reports (virtiofs, 9p, sshfs), so events stay an optimisation.
+//!
+//! One instance for the agent, because the default limit is 128 inotify
+//! instances per user; read on a thread of its own, which polls it (waking
+//! at most once a second when idle) and hands the tailer's task what the
+//! events ask for.
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use notify::event::{EventKind, ModifyKind};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::Notify;
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::fs::{Mode, OFlags, CWD};
+use rustix::io::Errno;
 
-/// What the watcher tells the tailer.
+use super::globs::{Globs, States};
+use super::walk::Target;
+use super::TailCounters;
+
+/// inotify watches the agent holds, at most.
+pub(super) const WATCH_BUDGET: usize = 1024;
+/// Events taken per wake, at most (more wait for the next turn).
+const EVENTS_PER_WAKE: usize = 4096;
+
+/// A folder: device and inode.
+pub(super) type DirId = (u64, u64);
+
+/// A watched folder.
+#[derive(Debug)]
+struct Watched {
+    path: PathBuf,
+    id: DirId,
+    depth: usize,
+    /// What its entries may match; `None`: unknown (the folder above a
+    /// missing root, or one reached by two ways): any event asks for a sweep.
+    states: Option<States>,
+    /// The sweep that last reached it.
+    sweep: u64,
+}
+
+/// The watches: which folder each watch descriptor is, and the budget.
+pub(super) struct Watches {
+    fd: Arc<OwnedFd>,
+    budget: usize,
+    by_wd: HashMap<i32, Watched>,
+    by_path: HashMap<PathBuf, i32>,
+    sweep: u64,
+    counters: Arc<TailCounters>,
+}
+
+fn mask() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::ONLYDIR
+        | WatchFlags::EXCL_UNLINK
+}
+
+impl Watches {
+    fn new(fd: Arc<OwnedFd>, budget: usize, counters: Arc<TailCounters>) -> Self {
+        Self {
+            fd,
+            budget,
+            by_wd: HashMap::new(),
+            by_path: HashMap::new(),
+            sweep: 0,
+            counters,
+        }
+    }
+
+    pub(super) fn budget(&self) -> usize {
+        self.budget
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_wd.len()
+    }
+
+    fn publish(&self) {
+        self.counters
+            .watches
+            .store(self.by_wd.len() as u64, Ordering::Relaxed);
+    }
+
+    /// The walk entered the folder `dir` (open as `fd`) at `path`: keeps its
+    /// watch, or adds one if there is room. False: no room.
+    pub(super) fn offer(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        id: DirId,
+        depth: usize,
+        states: Option<&States>,
+    ) -> bool {
+        if let Some(&wd) = self.by_path.get(path) {
+            if let Some(w) = self.by_wd.get_mut(&wd) {
+                if w.id == id {
+                    w.sweep = self.sweep;
+                    // Reached by another way too: which names matter there is
+                    // not known any more.
+                    w.states = if w.path == path {
+                        states.cloned()
+                    } else {
+                        None
+                    };
+                    return true;
+                }
+            }
+            // Another folder at that path now.
+            self.remove(wd);
+        }
+        if self.by_wd.len() >= self.budget {
+            return false;
+        }
+        self.add(dir, path, id, depth, states)
+    }
+
+    /// After a walk: `path` found no room when the walk entered it; it takes
+    /// the place of the deepest watched folder if that one is deeper.
+    pub(super) fn place(&mut self, path: &Path, id: DirId, depth: usize, states: &States) -> bool {
+        if self.by_path.contains_key(path) {
+            return true;
+        }
+        if self.by_wd.len() >= self.budget {
+            let deepest = self
+                .by_wd
+                .iter()
+                .max_by_key(|(_, w)| w.depth)
+                .map(|(wd, w)| (*wd, w.depth));
+            match deepest {
+                Some((wd, d)) if d > depth => self.remove(wd),
+                _ => return false,
+            }
+        }
+        // Opened again by its path: the watch is added only if that is still
+        // the folder the walk listed.
+        let shown = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::openat(CWD, shown, flags, Mode::empty()) else {
+            return false;
+        };
+        match rustix::fs::fstat(&fd) {
+            Ok(st) if (st.st_dev, st.st_ino) == id => {}
+            _ => return false,
+        }
+        self.add(fd.as_fd(), path, id, depth, Some(states))
+    }
+
+    fn add(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        id: DirId,
+        depth: usize,
+        states: Option<&States>,
+    ) -> bool {
+        let by_fd = format!("/proc/self/fd/{}", dir.as_raw_fd());
+        let wd = match inotify::add_watch(&*self.fd, by_fd.as_str(), mask()) {
+            Ok(wd) => wd,
+            // No /proc: by path, not through a symlink at its end.
+            Err(Errno::NOENT) => match inotify::add_watch(
+                &*self.fd,
+                if path.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    path
+                },
+                mask() | WatchFlags::DONT_FOLLOW,
+            ) {
+                Ok(wd) => wd,
+                Err(_) => return false,
+            },
+            // ENOSPC: the system's limit of watches, which is the budget's end.
+            Err(_) => return false,
+        };
+        if let Some(w) = self.by_wd.get_mut(&wd) {
+            // The same folder by another way (a followed link, a bind mount):
+            // where an event there matters is not known any more.
+            w.states = None;
+            w.sweep = self.sweep;
+        } else {
+            self.by_wd.insert(
+                wd,
+                Watched {
+                    path: path.to_path_buf(),
+                    id,
+                    depth,
+                    states: states.cloned(),
+                    sweep: self.sweep,
+                },
+            );
+        }
+        self.by_path.insert(path.to_path_buf(), wd);
+        self.publish();
+        true
+    }
+
+    fn remove(&mut self, wd: i32) {
+        // Fails when the kernel removed it already (its folder went): fine.
+        let _ = inotify::remove_watch(&*self.fd, wd);
+        self.forget(wd);
+    }
+
+    /// The kernel dropped watch `wd` (`IN_IGNORED`: its folder is gone).
+    fn forget(&mut self, wd: i32) {
+        if self.by_wd.remove(&wd).is_some() {
+            self.by_path.retain(|_, w| *w != wd);
+            self.publish();
+        }
+    }
+
+    pub(super) fn begin_sweep(&mut self) {
+        self.sweep += 1;
+    }
+
+    /// A sweep ended: watches on folders it did not reach go.
+    pub(super) fn end_sweep(&mut self) {
+        let stale: Vec<i32> = self
+            .by_wd
+            .iter()
+            .filter(|(_, w)| w.sweep != self.sweep)
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in stale {
+            self.remove(wd);
+        }
+        if self.by_wd.capacity() > 4 * self.by_wd.len().max(16) {
+            self.by_wd.shrink_to_fit();
+            self.by_path.shrink_to_fit();
+        }
+    }
+}
+
+/// What file events ask of the tailer.
 #[derive(Debug, Default)]
-pub(crate) struct Wake {
-    pub notify: Notify,
-    /// A file may have appeared, moved or gone: rescan the globs.
-    pub rescan: AtomicBool,
+pub(super) struct Woken {
+    /// A file a glob matches was written to: read.
+    pub data: bool,
+    /// Events were lost, or came from a folder whose patterns are unknown.
+    pub sweep: bool,
+    /// Where to look.
+    pub near: Vec<Target>,
 }
 
-/// The agent's one directory watcher, or none when events are off or unavailable.
-pub(crate) struct DirWatcher {
-    inner: Option<RecommendedWatcher>,
-    /// Root directory of a pattern → the directory watched for it now (the root, or
-    /// its nearest existing ancestor until the root is created).
-    watched: HashMap<PathBuf, PathBuf>,
-    pub wake: Arc<Wake>,
+/// The agent's inotify instance, or none when events are off or unavailable.
+/// Its events are read on a thread of its own, which turns them into
+/// [`Woken`]s for the tailer's task: the descriptor is only ever polled and
+/// read there (no `unsafe` registration with tokio's reactor).
+pub(super) struct DirWatcher {
+    woken: Option<tokio::sync::mpsc::Receiver<Woken>>,
+    watches: Option<Arc<Mutex<Watches>>>,
+    /// What [`DirWatcher::next`]'s `modified` says, for the reading thread.
+    modified: Arc<AtomicBool>,
+    /// Set when the watcher goes: its thread ends within [`POLL_TICK`].
+    stop: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for DirWatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirWatcher")
-            .field("active", &self.inner.is_some())
-            .field("watched", &self.watched)
-            .finish()
+/// How long the reading thread waits for events before it checks whether
+/// the watcher is gone (one wake-up a second at most when idle).
+const POLL_TICK: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 1,
+    tv_nsec: 0,
+};
+
+/// [`Woken`]s waiting for the tailer, at most; the reading thread waits
+/// behind them (the kernel queues further events, and says when it lost some).
+const WOKEN_QUEUE: usize = 16;
+
+impl Drop for DirWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
 impl DirWatcher {
-    /// Creates the watcher; when it cannot be (inotify limits), logs why and runs
-    /// on polling alone.
-    pub(crate) fn new(enabled: bool) -> Self {
-        let wake = Arc::new(Wake::default());
-        let inner = if enabled {
-            let w = wake.clone();
-            let handler = move |res: notify::Result<notify::Event>| {
-                match res {
-                    Ok(ev) => match ev.kind {
-                        // Opens, reads and closes, our own included: not news (a
-                        // write is reported as a modification of its own).
-                        EventKind::Access(_) => return,
-                        EventKind::Modify(ModifyKind::Data(_)) => {}
-                        _ => w.rescan.store(true, Ordering::Relaxed),
-                    },
-                    // A queue overflow or a watch error: something was missed.
-                    Err(_) => w.rescan.store(true, Ordering::Relaxed),
-                }
-                w.notify.notify_one();
-            };
-            match notify::recommended_watcher(handler) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch files for changes ({e}); following them by polling alone"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
+    /// Creates the instance and its reading thread; when it cannot be
+    /// (inotify limits, no thread), logs why and runs on polling alone.
+    pub(super) fn new(enabled: bool, globs: Arc<Globs>, counters: Arc<TailCounters>) -> Self {
+        let mut watcher = Self {
+            woken: None,
+            watches: None,
+            modified: Arc::default(),
+            stop: Arc::default(),
         };
-        Self {
-            inner,
-            watched: HashMap::new(),
-            wake,
+        if !enabled {
+            return watcher;
         }
+        let fd = match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch files for changes ({}); following them by polling alone",
+                    std::io::Error::from(e)
+                );
+                return watcher;
+            }
+        };
+        let watches = Arc::new(Mutex::new(Watches::new(fd.clone(), WATCH_BUDGET, counters)));
+        let (tx, rx) = tokio::sync::mpsc::channel(WOKEN_QUEUE);
+        let reading = Reading {
+            fd,
+            watches: watches.clone(),
+            globs,
+            modified: watcher.modified.clone(),
+            stop: watcher.stop.clone(),
+            tx,
+        };
+        match std::thread::Builder::new()
+            .name("file-events".into())
+            .spawn(move || reading.run())
+        {
+            Ok(_) => {
+                watcher.woken = Some(rx);
+                watcher.watches = Some(watches);
+            }
+            Err(e) => tracing::warn!(
+                "cannot watch files for changes ({e}); following them by polling alone"
+            ),
+        }
+        watcher
     }
 
-    /// Makes sure each root (see [`root_of`]) is watched: the root itself once it
-    /// exists, else its nearest existing ancestor, so that its creation is seen.
-    pub(crate) fn watch_roots(&mut self, roots: &[(PathBuf, bool)]) {
-        let Some(inner) = self.inner.as_mut() else {
-            return;
-        };
-        for (root, recursive) in roots {
-            let Some(target) = root.ancestors().find(|a| a.is_dir()) else {
-                continue;
-            };
-            if self.watched.get(root).map(PathBuf::as_path) == Some(target) {
-                continue;
-            }
-            let mode = if target == root.as_path() && *recursive {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
-            match inner.watch(target, mode) {
-                Ok(()) => {
-                    tracing::debug!("watching {} for {}", target.display(), root.display());
-                    self.watched.insert(root.clone(), target.to_path_buf());
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {} ({e}); files there are found by polling",
-                        target.display()
-                    );
-                    // Remember it anyway so the warning is not repeated every poll.
-                    self.watched.insert(root.clone(), target.to_path_buf());
-                }
-            }
+    /// The table the walk adds watches to (none without events).
+    pub(super) fn watches(&self) -> Option<Arc<Mutex<Watches>>> {
+        self.watches.clone()
+    }
+
+    /// Waits for file events and says what they ask for (pending forever
+    /// without events). `modified`: a write also asks for a near walk of the
+    /// file written to (a new file is waiting to be told from a copy).
+    pub(super) async fn next(&mut self, modified: bool) -> Woken {
+        self.modified.store(modified, Ordering::Relaxed);
+        match self.woken.as_mut() {
+            Some(rx) => match rx.recv().await {
+                Some(woken) => woken,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
         }
     }
 }
 
-/// The directory a glob pattern can match in: its components before the first one
-/// with a glob character, and whether matches can lie deeper than directly in it.
-pub(crate) fn root_of(pattern: &str) -> (PathBuf, bool) {
-    let path = Path::new(pattern);
-    let mut root = PathBuf::new();
-    let mut rest = 0usize;
-    let mut in_rest = false;
-    for c in path.components() {
-        let s = c.as_os_str().to_string_lossy();
-        if !in_rest && !s.contains(['*', '?', '[']) {
-            root.push(c);
-        } else {
-            in_rest = true;
-            rest += 1;
-            if s.contains("**") {
-                rest += 1;
+/// The reading thread's share of the watcher.
+struct Reading {
+    fd: Arc<OwnedFd>,
+    watches: Arc<Mutex<Watches>>,
+    globs: Arc<Globs>,
+    modified: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    tx: tokio::sync::mpsc::Sender<Woken>,
+}
+
+impl Reading {
+    /// Polls the instance, reads what it has, hands on what it asks for;
+    /// until the watcher goes.
+    fn run(self) {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut buf = vec![MaybeUninit::uninit(); 16 * 1024];
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut fds = [PollFd::new(&*self.fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&POLL_TICK)) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read file events ({}); following files by polling alone",
+                        std::io::Error::from(e)
+                    );
+                    return;
+                }
+            }
+            let woken = self.drain(&mut buf);
+            if (woken.data || woken.sweep || !woken.near.is_empty())
+                && self.tx.blocking_send(woken).is_err()
+            {
+                return;
             }
         }
     }
-    if rest == 0 {
-        // A literal path: watch the directory that holds it.
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        return (parent, false);
+
+    /// Everything the instance has now, as one [`Woken`].
+    fn drain(&self, buf: &mut [MaybeUninit<u8>]) -> Woken {
+        let mut woken = Woken::default();
+        let modified = self.modified.load(Ordering::Relaxed);
+        let mut table = self
+            .watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reader = inotify::Reader::new(self.fd.as_fd(), buf);
+        let mut taken = 0usize;
+        loop {
+            match reader.next() {
+                Ok(event) => take(&self.globs, &mut table, &event, modified, &mut woken),
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => continue,
+                Err(_) => {
+                    // Nothing sensible left to read: look everywhere.
+                    woken.sweep = true;
+                    break;
+                }
+            }
+            taken += 1;
+            if taken >= EVENTS_PER_WAKE && reader.is_buffer_empty() {
+                break;
+            }
+        }
+        woken
     }
-    if root.components().all(|c| matches!(c, Component::CurDir)) {
-        root = PathBuf::from(".");
+}
+
+/// What one event asks for, added to `woken`.
+fn take(
+    globs: &Globs,
+    table: &mut Watches,
+    ev: &inotify::Event<'_>,
+    modified: bool,
+    woken: &mut Woken,
+) {
+    let flags = ev.events();
+    if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+        woken.sweep = true;
+        return;
     }
-    (root, rest > 1)
+    if flags.contains(ReadFlags::IGNORED) {
+        table.forget(ev.wd());
+        return;
+    }
+    let Some(w) = table.by_wd.get(&ev.wd()) else {
+        return;
+    };
+    let near = |name: Option<&OsStr>, states: &States| Target {
+        dir: w.path.clone(),
+        id: w.id,
+        depth: w.depth,
+        states: states.clone(),
+        name: name.map(OsStr::to_os_string),
+    };
+    let Some(states) = &w.states else {
+        woken.sweep = true;
+        return;
+    };
+    let name = ev.file_name().map(|n| OsStr::from_bytes(n.to_bytes()));
+    let Some(name) = name else {
+        // The folder itself moved, went or changed (its mode): look again.
+        woken.near.push(near(None, states));
+        return;
+    };
+    let step = globs.step(states, name);
+    if step.is_empty() {
+        return;
+    }
+    if flags == ReadFlags::MODIFY {
+        if !step.matches.is_empty() {
+            woken.data = true;
+            if modified {
+                woken.near.push(near(Some(name), states));
+            }
+        }
+        return;
+    }
+    woken.near.push(near(Some(name), states));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn table(budget: usize) -> Watches {
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+        Watches::new(Arc::new(fd), budget, Arc::default())
+    }
+
+    fn open_dir(p: &Path) -> OwnedFd {
+        rustix::fs::openat(CWD, p, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap()
+    }
+
+    fn id(fd: &OwnedFd) -> DirId {
+        let st = rustix::fs::fstat(fd).unwrap();
+        (st.st_dev, st.st_ino)
+    }
+
+    /// `inotify wd:` lines of the instance's fdinfo: the kernel's own count.
+    fn kernel_watches(t: &Watches) -> usize {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", t.fd.as_raw_fd())).unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("inotify wd:"))
+            .count()
+    }
+
     #[test]
-    fn the_root_of_a_pattern_is_its_fixed_prefix() {
-        assert_eq!(
-            root_of("/tmp/alloy/logs/*.log"),
-            (PathBuf::from("/tmp/alloy/logs"), false)
-        );
-        assert_eq!(
-            root_of("/var/log/**/*.log"),
-            (PathBuf::from("/var/log"), true)
-        );
-        assert_eq!(
-            root_of("/srv/*/logs/app.log"),
-            (PathBuf::from("/srv"), true)
-        );
-        assert_eq!(
-            root_of("/var/log/syslog"),
-            (PathBuf::from("/var/log"), false)
-        );
-        assert_eq!(root_of("*.log"), (PathBuf::from("."), false));
+    fn the_budget_holds_and_shallow_folders_take_the_place_of_deep_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = table(2);
+        let states: States = Vec::new().into();
+        let mut deep = Vec::new();
+        for name in ["a/b/c", "d/e/f", "g/h/i"] {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            let fd = open_dir(&p);
+            let ok = t.offer(fd.as_fd(), &p, id(&fd), 9, Some(&states));
+            deep.push((p, ok));
+        }
+        assert_eq!(deep.iter().filter(|(_, ok)| *ok).count(), 2);
+        assert_eq!((t.len(), kernel_watches(&t)), (2, 2));
+        // A shallower folder takes a deep one's place; a deeper one does not.
+        let shallow = dir.path().join("a");
+        let fd = open_dir(&shallow);
+        assert!(t.place(&shallow, id(&fd), 1, &states));
+        let (p, _) = &deep[2];
+        let fd = open_dir(p);
+        assert!(!t.place(p, id(&fd), 9, &states));
+        assert_eq!((t.len(), kernel_watches(&t)), (2, 2));
+    }
+
+    #[test]
+    fn a_folder_removed_or_not_reached_by_a_sweep_gives_its_watch_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = table(10);
+        let states: States = Vec::new().into();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        t.begin_sweep();
+        for p in [&a, &b] {
+            let fd = open_dir(p);
+            assert!(t.offer(fd.as_fd(), p, id(&fd), 2, Some(&states)));
+        }
+        t.end_sweep();
+        assert_eq!((t.len(), kernel_watches(&t)), (2, 2));
+        // Removed: the kernel says IN_IGNORED.
+        std::fs::remove_dir(&a).unwrap();
+        let mut buf = vec![MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(t.fd.clone(), &mut buf);
+        let mut ignored = Vec::new();
+        while let Ok(ev) = reader.next() {
+            if ev.events().contains(ReadFlags::IGNORED) {
+                ignored.push(ev.wd());
+            }
+        }
+        drop(reader);
+        for wd in ignored {
+            t.forget(wd);
+        }
+        assert_eq!((t.len(), kernel_watches(&t)), (1, 1));
+        // Not reached by the next sweep: removed at its end.
+        t.begin_sweep();
+        t.end_sweep();
+        assert_eq!((t.len(), kernel_watches(&t)), (0, 0));
     }
 }
