@@ -25,3 +25,4 @@ pub mod source;
 pub mod spool;
 pub(crate) mod state_file;
 pub mod status;
+pub mod users;

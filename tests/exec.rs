@@ -910,7 +910,8 @@ async fn a_user_churning_bad_runs_on_the_socket_cannot_flood_the_log() {
     let mut frame = (hello.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(hello);
     for _ in 0..500 {
-        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut s = std::os::unix::net::UnixStream::connect(&socket)
+            .unwrap_or_else(|e| panic!("cannot connect: {e}\n{}", agent.log()));
         s.write_all(&frame).unwrap();
         let mut answer = Vec::new();
         let _ = std::io::Read::read_to_end(&mut s, &mut answer);

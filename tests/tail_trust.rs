@@ -444,3 +444,43 @@ async fn a_file_the_agent_cannot_reach_for_a_while_is_not_taken_for_rotated() {
         .assert_shipped_once(&loki, r#"{job="deep"}"#, &lines("line", 6), DEADLINE)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_to_a_file_the_folders_owner_may_not_read_is_not_shipped() {
+    let Some(who) = intruder() else { return };
+    let loki = LokiReceiver::start().await;
+    let s = setup(&loki, who, "");
+    let logs = s.dir.path().join("logs");
+    let (_secret_dir, secret) = root_only_file();
+    // Made by root (the kernel's protected_hardlinks keeps the user from it):
+    // a second name for a root-only file, in the user's folder.
+    std::fs::hard_link(&secret, logs.join("linked.log")).unwrap();
+    // A root file the user may read is theirs to see, and shipped.
+    let readable = logs.join("readable.log");
+    std::fs::write(&readable, "readable 0\n").unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    as_intruder(who, &logs, "printf 'own 0\\n' > own.log");
+    let agent = s.start();
+    agent
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &["own 0".into(), "readable 0".into()],
+            DEADLINE,
+        )
+        .await;
+    let refusal = format!(
+        "skipping {}: it belongs to uid 0 and lies in a folder of uid {}",
+        logs.join("linked.log").display(),
+        who.0
+    );
+    assert!(
+        wait_until(DEADLINE, || agent.log().contains(&refusal)).await,
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !shipped_secret(&loki),
+        "a root-only file reached Loki through a hard link"
+    );
+}

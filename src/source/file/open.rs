@@ -17,6 +17,11 @@
 //!   through the descriptor that was checked (`readlinkat(fd, "")`), so swapping a
 //!   link or a folder between the check and the open changes nothing: there is no
 //!   window between them;
+//! - a file in a folder of user U (not root) is tailed only if U owns it or may
+//!   read it (the hard-link rule, beside the symlink owner rule): else a user
+//!   could read in Loki a file they cannot read, through a hard link a root job
+//!   made, or a root-only file left in their folder; `follow_symlinks = true`
+//!   lifts it as it lifts the symlink rule;
 //! - metadata files are read with a size cap ([`crate::state_file::read_capped`]),
 //!   never whole.
 //!
@@ -64,6 +69,12 @@ pub(crate) enum Refused {
         link_uid: u32,
         target_uid: u32,
     },
+    /// A file in a folder of a user who may not read it (a hard link to
+    /// someone else's file, or a file another user put there).
+    NotTheFoldersOwners {
+        folder_uid: u32,
+        file_uid: u32,
+    },
     Io(io::Error),
 }
 
@@ -91,6 +102,16 @@ impl Refused {
                  this [[files]] entry to follow it anyway",
                 path.display(),
                 link.display()
+            ),
+            Self::NotTheFoldersOwners {
+                folder_uid,
+                file_uid,
+            } => format!(
+                "skipping {}: it belongs to uid {file_uid} and lies in a folder of uid \
+                 {folder_uid}, who may not read it (a hard link to another user's file?), so \
+                 it is not shipped; set follow_symlinks = true in this [[files]] entry to \
+                 tail it anyway",
+                path.display()
             ),
             Self::Io(e) => format!(
                 "cannot open {}: {}; skipping it",
@@ -194,6 +215,9 @@ pub(crate) fn open_in_folder(
         let Ok(fd) = rustix::fs::openat(&handle, name, read_flags(), Mode::empty()) else {
             continue;
         };
+        if !follow_any && folder_owner_may_read(&handle, &fd).is_err() {
+            continue;
+        }
         let file = File::from(fd);
         match file.metadata() {
             Ok(meta) if meta.is_file() => found.push((dir.join(name), Opened { file, meta })),
@@ -201,6 +225,25 @@ pub(crate) fn open_in_folder(
         }
     }
     Ok(found)
+}
+
+/// The hard-link rule, beside the symlink owner rule: a file in a folder of
+/// user U (not root) is tailed only if U owns it or may read it. Otherwise a
+/// user could hard-link a file they cannot read (or root's 0600 file a root
+/// job left there) into a folder the agent tails, and read it in Loki.
+fn folder_owner_may_read(folder: &OwnedFd, file: &OwnedFd) -> Result<(), Refused> {
+    let folder_uid = rustix::fs::fstat(folder)?.st_uid;
+    let st = rustix::fs::fstat(file)?;
+    if folder_uid == 0 || folder_uid == st.st_uid || st.st_mode & 0o004 != 0 {
+        return Ok(());
+    }
+    if st.st_mode & 0o040 != 0 && crate::users::in_group(folder_uid, st.st_gid) {
+        return Ok(());
+    }
+    Err(Refused::NotTheFoldersOwners {
+        folder_uid,
+        file_uid: st.st_uid,
+    })
 }
 
 struct Walk {
@@ -249,7 +292,12 @@ impl Walk {
             let fd = if last && read_last {
                 match rustix::fs::openat(&dir, name, read_flags(), Mode::empty()) {
                     // O_NOFOLLOW: not a symlink, this is the file.
-                    Ok(fd) => return Ok(fd),
+                    Ok(fd) => {
+                        if !self.follow_any {
+                            folder_owner_may_read(&dir, &fd)?;
+                        }
+                        return Ok(fd);
+                    }
                     // A symlink: resolved and checked below.
                     Err(Errno::LOOP) => {
                         rustix::fs::openat(&dir, name, path_flags(), Mode::empty())?

@@ -60,18 +60,4 @@ pub(super) fn check_hello(hello: &Hello) -> Result<(String, BTreeMap<String, Str
     Ok((job, labels))
 }
 
-/// The name of `uid` in `/etc/passwd`, or the uid as text.
-pub(super) fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let _password = fields.next()?;
-                let id: u32 = fields.next()?.parse().ok()?;
-                (id == uid && !name.is_empty()).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
-}
+pub(super) use crate::users::user_name;

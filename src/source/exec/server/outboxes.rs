@@ -34,8 +34,6 @@ use super::super::protocol::{read_frame, ClientFrame, Hello, Read1};
 pub const MAX_USERS: usize = 4096;
 /// Captures taken from one outbox at one start, at most.
 pub const MAX_CAPTURES_PER_USER: usize = 256;
-/// `/etc/passwd` is read up to this size.
-const MAX_PASSWD_BYTES: u64 = 4 << 20;
 
 /// One outbox found, with its captures (oldest first) and their runs' hellos.
 pub(crate) struct Outbox {
@@ -74,8 +72,9 @@ pub(crate) fn find(state_dir: &Path) -> Vec<Outbox> {
         }
     }
     places.extend(
-        passwd_homes()
+        crate::users::homes()
             .into_iter()
+            .take(MAX_USERS)
             .filter(|(uid, _)| *uid != 0)
             .map(|(uid, home)| Place {
                 base: home,
@@ -107,23 +106,6 @@ pub(crate) fn find(state_dir: &Path) -> Vec<Outbox> {
         }
     }
     out
-}
-
-/// `(uid, home)` of each `/etc/passwd` entry with an absolute home.
-fn passwd_homes() -> Vec<(u32, PathBuf)> {
-    let text = match crate::state_file::read_capped(Path::new("/etc/passwd"), MAX_PASSWD_BYTES) {
-        Ok(crate::state_file::Capped::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
-        _ => return Vec::new(),
-    };
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            let uid = f.get(2)?.parse().ok()?;
-            let home = f.get(5)?;
-            (home.starts_with('/') && *home != "/").then(|| (uid, PathBuf::from(home)))
-        })
-        .take(MAX_USERS)
-        .collect()
 }
 
 /// Opens the outbox of `place`: `Ok(None)` when there is none.

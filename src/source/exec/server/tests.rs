@@ -148,9 +148,3 @@ fn one_user_cannot_take_every_connection() {
     drop(slots);
     assert!(UserSlot::take(&ctx, 1000).is_some());
 }
-
-#[test]
-fn root_is_named() {
-    assert_eq!(user_name(0), "root");
-    assert_eq!(user_name(4_000_000_000), "4000000000");
-}
