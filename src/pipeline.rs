@@ -60,6 +60,18 @@ pub fn log_tailed_files(config: &Config) {
     if config.files.is_empty() {
         tracing::warn!("no [[files]] entries configured: nothing to tail");
     }
+    for f in &config.files {
+        for p in f.paths.iter().filter(|p| !p.starts_with('/')) {
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            tracing::warn!(
+                "[[files]] {}: {p:?} is a relative path, found from the working directory \
+                 ({cwd}; under systemd that is /): write it from /",
+                f.name
+            );
+        }
+    }
 }
 
 /// Runs the transform stage: parses every source batch and passes it on. Ends when

@@ -633,3 +633,45 @@ fn bad_values_that_would_spin_or_silence_the_agent_are_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_that_matches_nothing_and_a_relative_path_are_warned_about_once() {
+    let loki = support::loki::LokiReceiver::start().await;
+    let setup = support::agent::Setup::new(&loki, "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{text}\n[[files]]\nname = \"typo\"\npaths = [\"logs/nope/*.log\"]\npoll_interval = \"50ms\"\n"
+        ),
+    )
+    .unwrap();
+    let agent = setup.start();
+    let warned = |log: &str| {
+        log.contains("\"logs/nope/*.log\" is a relative path")
+            && log.contains("tailing typo (logs/nope/*.log): nothing matches yet")
+            && log.contains("tailing app (")
+    };
+    assert!(
+        support::wait_until(support::DEADLINE, || warned(&agent.log())).await,
+        "{}",
+        agent.log()
+    );
+    // Once each (app, whose folder was empty at start, and typo): later walks
+    // say nothing more.
+    support::append(&setup.log_path("a.log"), &["one".to_string()]);
+    agent
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &["one".to_string()],
+            support::DEADLINE,
+        )
+        .await;
+    assert_eq!(
+        agent.log().matches("nothing matches yet").count(),
+        2,
+        "{}",
+        agent.log()
+    );
+}

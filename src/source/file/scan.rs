@@ -382,11 +382,20 @@ impl Tailer {
             } else {
                 String::new()
             };
+            if n == 0 {
+                // Once, after the first walk: a typo in a path looks like this.
+                tracing::warn!(
+                    "tailing {} ({}): nothing matches yet; files created later are picked \
+                     up, but check the path if some should exist already",
+                    e.config.name,
+                    e.config.paths.join(", ")
+                );
+                continue;
+            }
             tracing::info!(
-                "tailing {} ({}): {n} file(s) match now{}{}{more}",
+                "tailing {} ({}): {n} file(s) match now: {}{more}",
                 e.config.name,
                 e.config.paths.join(", "),
-                if names.is_empty() { "" } else { ": " },
                 names.join(", ")
             );
         }
