@@ -10,6 +10,7 @@ pub mod loki;
 pub mod otlp;
 pub mod tls;
 pub mod tmux;
+pub mod users;
 
 use std::collections::HashMap;
 use std::future::Future;

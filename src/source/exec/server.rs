@@ -21,7 +21,11 @@
 //! [`MAX_FRAME`]) in flight, so at most 64 MiB in flight; a connection silent
 //! for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects); at most
 //! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
-//! the oldest is forgotten), so no user grows the spool's state without bound.
+//! the oldest is forgotten), so no user grows the spool's state without bound;
+//! at most `agent.max_label_values` distinct `--name`/`--label` sets per uid
+//! (further runs ship as `other`, `guard_streams`), so no user's streams
+//! take another's; each uid's lines are its own owner in the spool
+//! ([`crate::record::Owner::exec`]): a flood loses its own oldest first.
 //!
 //! Each line is also looked at for the cost the command reported
 //! ([`super::cost`]); the run's last is kept with its resume point and put on
@@ -614,13 +618,22 @@ async fn serve_run(
                 if let Err(reason) = finish_run(ctx, uid, &run, handled_key).await {
                     return conn.answer(&refuse(&reason)).await;
                 }
-                // Handled: the spool need not remember how far it holds the run.
-                let forget = SourceBatch {
-                    source,
-                    lines: Vec::new(),
-                    ack: Ack::none().with_resume(ResumePoint { key, state: None }),
-                };
-                let _ = ctx.tx.send(forget).await;
+                // Handled: the spool need not remember how far it holds the
+                // run (nothing to forget for a run that printed nothing: no
+                // append, no fsync).
+                let held = ctx
+                    .durable
+                    .lock()
+                    .map(|mut d| d.remove(&key).is_some())
+                    .unwrap_or(true);
+                if held || acked > 0 {
+                    let forget = SourceBatch {
+                        source,
+                        lines: Vec::new(),
+                        ack: Ack::none().with_resume(ResumePoint { key, state: None }),
+                    };
+                    let _ = ctx.tx.send(forget).await;
+                }
                 return conn.answer(&DaemonFrame::Done).await;
             }
         }
