@@ -197,13 +197,15 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             Ok(())
         };
         if result.is_ok() {
-            // Room by the owners' shares first; what is still missing (the
-            // commit, headers) the oldest segments give in `write_chunk`.
+            // Room by the owners' shares first, for an upper bound of what
+            // the append writes (two varints of at most 10 bytes a resume
+            // point and a run), so the oldest segments need not go whole in
+            // `write_chunk` for the last few bytes.
             let resume_bytes: usize = resume
                 .iter()
-                .map(|p| p.key.len() + p.state.as_ref().map_or(0, Vec::len) + 4)
+                .map(|p| p.key.len() + p.state.as_ref().map_or(0, Vec::len) + 20)
                 .sum();
-            let incoming = (buf.len() + resume_bytes) as u64 + 64;
+            let incoming = (buf.len() + resume_bytes + runs.len() * 20) as u64 + 64;
             result = self.make_room(incoming, dropped);
         }
         if result.is_ok() {
