@@ -104,6 +104,7 @@ fn main() {
         format: LogFormat::Auto,
         label_fields: vec![],
         trace_context: None,
+        owner: wisp_agent::record::Owner::UNKNOWN,
     });
     let mut best = Duration::MAX;
     for _ in 0..ROUNDS {

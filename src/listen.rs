@@ -21,6 +21,7 @@
 //!   closes at once, one with a request in flight after its answer), and
 //!   whatever is still open after the grace is dropped.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -113,10 +114,10 @@ pub(crate) async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // Out of file descriptors, mostly: wait instead of spinning.
                     tracing::warn!("{}: cannot accept a connection: {e}", limits.name);
@@ -130,7 +131,8 @@ pub(crate) async fn serve(
         let counters = counters.clone();
         connections.spawn(async move {
             counters.open.fetch_add(1, Ordering::Relaxed);
-            if let Some(cut) = serve_connection(stream, router, limits, cancel).await {
+            let peer = Arc::new(Peer::new(peer, stream.local_addr().ok()));
+            if let Some(cut) = serve_connection(stream, peer, router, limits, cancel).await {
                 counters.cut(cut);
             }
             counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -141,6 +143,34 @@ pub(crate) async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Who is at the other end of a connection: the local user whose socket it
+/// is (the kernel's `/proc/net/tcp`), looked up once, when a request first
+/// asks. Each request of the connection finds it in its extensions.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+    uid: std::sync::OnceLock<Option<u32>>,
+}
+
+impl Peer {
+    pub(crate) fn new(remote: SocketAddr, local: Option<SocketAddr>) -> Peer {
+        Peer {
+            remote,
+            local,
+            uid: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The uid of the sender's socket, `None` for a sender on another host or
+    /// one the tables do not list.
+    pub(crate) fn uid(&self) -> Option<u32> {
+        *self
+            .uid
+            .get_or_init(|| crate::procfs::tcp_socket_uid(self.remote, self.local?))
+    }
 }
 
 /// What a connection is doing, shared by its reads, its requests and its
@@ -374,6 +404,7 @@ impl AsyncWrite for Metered {
 /// Serves one connection until it ends; what cut it, if the agent did.
 async fn serve_connection(
     stream: TcpStream,
+    peer: Arc<Peer>,
     router: Router,
     limits: ListenerLimits,
     cancel: CancellationToken,
@@ -384,7 +415,11 @@ async fn serve_connection(
         stream,
         activity: activity.clone(),
     });
-    let service = TowerToHyperService::new(router.layer(Extension(activity.clone())));
+    let service = TowerToHyperService::new(
+        router
+            .layer(Extension(activity.clone()))
+            .layer(Extension(peer)),
+    );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     match limits.protocol {
         Protocol::Http1 => {

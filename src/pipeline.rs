@@ -508,6 +508,7 @@ fn start_exec_server(
         },
         intake: relay.as_ref().map(|r| r.intake()),
         counters,
+        max_label_sets: config.agent.max_label_values,
     };
     let resume = resume.clone();
     let cancel = cancel.clone();

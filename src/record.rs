@@ -269,6 +269,75 @@ pub struct SourceInfo {
     /// (the relay puts the command's own spans into the run's trace), and its
     /// own `span_id`, else the run span's.
     pub trace_context: Option<(String, String)>,
+    /// Whose share of the buffer the source's lines take ([`Owner`]).
+    pub owner: Owner,
+}
+
+/// Whose share of a spool records take: each `[[files]]` entry per file
+/// owner, each user's `exec` output, each sender's OTLP logs, the agent's own
+/// telemetry. When a spool is full, the largest owner's oldest records go
+/// first ([`crate::spool`]). Stored in the spool's commits as a `u64`: the
+/// kind in the top byte, an entry index in the next two, a uid in the low
+/// four.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner(u64);
+
+const OWNER_EXEC: u64 = 1;
+const OWNER_FILE: u64 = 2;
+const OWNER_OTLP: u64 = 3;
+const OWNER_OTLP_UNKNOWN: u64 = 4;
+const OWNER_AGENT: u64 = 5;
+
+impl Owner {
+    /// Records of an older spool, which kept no owners.
+    pub const UNKNOWN: Owner = Owner(0);
+    /// The agent's own telemetry (host metrics, its own metrics).
+    pub const AGENT: Owner = Owner(OWNER_AGENT << 56);
+
+    /// The `exec` output (and spans) of user `uid`.
+    pub fn exec(uid: u32) -> Owner {
+        Owner(OWNER_EXEC << 56 | u64::from(uid))
+    }
+
+    /// The lines of files of `[[files]]` entry `entry` owned by `uid`.
+    pub fn file(entry: usize, uid: u32) -> Owner {
+        let entry = u64::try_from(entry).unwrap_or(u64::MAX) & 0xffff;
+        Owner(OWNER_FILE << 56 | entry << 32 | u64::from(uid))
+    }
+
+    /// What the local OTLP receivers took from user `uid` (`None`: a sender
+    /// whose user cannot be told).
+    pub fn otlp(uid: Option<u32>) -> Owner {
+        match uid {
+            Some(uid) => Owner(OWNER_OTLP << 56 | u64::from(uid)),
+            None => Owner(OWNER_OTLP_UNKNOWN << 56),
+        }
+    }
+
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> Owner {
+        Owner(bits)
+    }
+}
+
+impl fmt::Display for Owner {
+    /// As the `owner` label of `wisp_spool_owner_*`: `exec:1001`,
+    /// `file[0]:1000` (entry index, file owner's uid), `otlp:1000`, `otlp`,
+    /// `agent`, `unknown`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uid = self.0 & 0xffff_ffff;
+        match self.0 >> 56 {
+            OWNER_EXEC => write!(f, "exec:{uid}"),
+            OWNER_FILE => write!(f, "file[{}]:{uid}", (self.0 >> 32) & 0xffff),
+            OWNER_OTLP => write!(f, "otlp:{uid}"),
+            OWNER_OTLP_UNKNOWN => f.write_str("otlp"),
+            OWNER_AGENT => f.write_str("agent"),
+            _ => f.write_str("unknown"),
+        }
+    }
 }
 
 /// One raw record as a source read it: a line, or lines joined by multi-line rules.
@@ -293,6 +362,8 @@ pub struct SourceBatch {
 pub struct Batch<R = LogRecord> {
     pub records: Vec<R>,
     pub ack: Ack,
+    /// Whose share of the spool the records take.
+    pub owner: Owner,
 }
 
 /// The three OTLP signals, each with its own export service and HTTP path.

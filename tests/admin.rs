@@ -614,7 +614,7 @@ async fn metrics_count_otlp_requests_received_buffered_and_exported_beside_the_l
         page.samples
             .keys()
             .filter(|k| k.starts_with("wisp_spool_"))
-            .all(|k| k.ends_with("{spool=\"loki\"}") || k.ends_with("{spool=\"otlp\"}")),
+            .all(|k| k.contains("{spool=\"loki\"") || k.contains("{spool=\"otlp\"")),
         "{:?}",
         page.samples.keys()
     );

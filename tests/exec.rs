@@ -15,6 +15,7 @@ use std::time::Instant;
 use support::agent::{Agent, Setup};
 use support::loki::LokiReceiver;
 use support::otlp::OtlpReceiver;
+use support::users::INTRUDER;
 use support::{agent_command, wait_until, DEADLINE};
 
 fn exec(config: &Path, args: &[&str]) -> Output {
@@ -676,39 +677,14 @@ async fn what_is_planted_in_the_old_exec_dir_has_no_effect() {
 }
 
 /// The second user the tests run commands as; created when missing.
-const INTRUDER: &str = "wisp-test-intruder";
-
-/// `(uid, gid)` of [`INTRUDER`], creating it if needed (idempotent; another test
-/// creating it at the same time is fine).
+/// `(uid, gid)` of [`INTRUDER`] (tests call it once they know they are root).
 fn intruder() -> (u32, u32) {
-    let id = |flag: &str| {
-        Command::new("id")
-            .args([flag, INTRUDER])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-    };
-    if id("-u").is_none() {
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", INTRUDER])
-            .status();
-    }
-    (
-        id("-u").expect("cannot create the test user"),
-        id("-g").expect("no gid"),
-    )
+    support::users::intruder().expect("needs root")
 }
 
 /// `wisp-agent exec ARGS` as [`INTRUDER`], with its outbox under `state_home`.
 fn exec_as_intruder(bin: &Path, config: &Path, state_home: &Path, args: &[&str]) -> Child {
-    let (uid, gid) = intruder();
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .arg(bin);
-    support::clear_agent_env(&mut cmd);
+    let mut cmd = support::users::command_as(intruder(), bin);
     cmd.env("XDG_STATE_HOME", state_home)
         .env("HOME", state_home)
         .arg("exec")

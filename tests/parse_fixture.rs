@@ -162,6 +162,7 @@ fn ship(t: &mut Transformer, lines: &[&str], label_fields: &[&str]) -> Batch {
             format: LogFormat::Auto,
             label_fields: label_fields.iter().map(|f| f.to_string()).collect(),
             trace_context: None,
+            owner: wisp_agent::record::Owner::UNKNOWN,
         }),
         lines: lines
             .iter()

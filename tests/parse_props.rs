@@ -39,6 +39,7 @@ fn source(format: LogFormat) -> Arc<SourceInfo> {
         format,
         label_fields: vec!["service".into(), "msg".into()],
         trace_context: None,
+        owner: wisp_agent::record::Owner::UNKNOWN,
     })
 }
 

@@ -35,6 +35,7 @@ fn source(labels: &[(&str, &str)], label_fields: &[&str]) -> Arc<SourceInfo> {
         format: LogFormat::Auto,
         label_fields: label_fields.iter().map(|f| f.to_string()).collect(),
         trace_context: None,
+        owner: wisp_agent::record::Owner::UNKNOWN,
     })
 }
 

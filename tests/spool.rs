@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wisp_agent::config::FsyncPolicy;
-use wisp_agent::record::{Labels, LogRecord, ResumePoint, Timestamp};
-use wisp_agent::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
+use wisp_agent::record::{Labels, LogRecord, Owner, ResumePoint, Timestamp};
+use wisp_agent::spool::{OwnerCounts, Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
 fn settings(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolSettings {
     SpoolSettings {
@@ -1111,4 +1111,174 @@ fn a_drop_for_space_is_logged_once_per_append_with_records_and_bytes() {
             .all(|l| l.contains("WARN") && l.contains("records=") && l.contains("bytes=")),
         "{text}"
     );
+}
+
+/// Record `i` of owner `who` (its line says both), `bytes` long or so.
+fn owned_rec(who: &str, i: u64, bytes: usize) -> LogRecord {
+    let mut line = format!("{who} {i} ");
+    line.extend(std::iter::repeat_n('x', bytes.saturating_sub(line.len())));
+    LogRecord {
+        timestamp: Timestamp(1_795_388_381_726_000_000 + i as i64),
+        labels: Labels::from_pairs([("job", who), ("host", "vm1")]),
+        structured_metadata: vec![],
+        line,
+    }
+}
+
+fn lines_of(records: &[LogRecord], who: &str) -> Vec<String> {
+    let mut v: Vec<String> = records
+        .iter()
+        .filter(|r| r.labels.get("job") == Some(who))
+        .map(|r| r.line.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+fn owner_counts(w: &SpoolWriter, owner: Owner) -> OwnerCounts {
+    w.counters()
+        .snapshot()
+        .owners
+        .into_iter()
+        .find(|(o, _)| *o == owner)
+        .map(|(_, c)| c)
+        .unwrap_or_default()
+}
+
+/// A victim's records written before and during another owner's flood of a
+/// full spool: returns the victim's lines, in the order written.
+fn flood(w: &mut SpoolWriter, victim: Owner, flooder: Owner, max: u64, rounds: u64) -> Vec<String> {
+    let dir = w.dir().to_path_buf();
+    let mut written = Vec::new();
+    let mut put = |w: &mut SpoolWriter, i: u64| {
+        let r = owned_rec("alice", i, 120);
+        written.push(r.line.clone());
+        w.append_owned(&[r], &[], &[(victim, 1)]).unwrap();
+    };
+    for i in 0..50 {
+        put(w, i);
+    }
+    for round in 0..rounds {
+        let batch: Vec<LogRecord> = (0..8)
+            .map(|j| owned_rec("mallory", round * 8 + j, 900))
+            .collect();
+        w.append_owned(&batch, &[], &[(flooder, batch.len())])
+            .unwrap();
+        if round % 5 == 0 {
+            put(w, 1000 + round);
+        }
+        let on_disk: u64 = segment_files(&dir).iter().map(|p| file_len(p)).sum();
+        assert!(on_disk <= max, "{on_disk} bytes on disk, bound {max}");
+    }
+    written
+}
+
+#[test]
+fn past_max_bytes_the_largest_owner_loses_its_oldest_records_and_the_others_keep_all_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 64 * 1024;
+    let (mut w, mut r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+    let (alice, mallory) = (Owner::file(0, 1000), Owner::exec(1001));
+    let mut written = flood(&mut w, alice, mallory, max, 400);
+    let got = read_all(&mut r);
+    written.sort();
+    assert_eq!(
+        lines_of(&got, "alice"),
+        written,
+        "every line of the victim, once"
+    );
+    let lost = owner_counts(&w, mallory);
+    let kept = lines_of(&got, "mallory").len() as u64;
+    assert!(lost.records_dropped > 0 && lost.bytes_dropped > 0);
+    assert_eq!(
+        lost.records_dropped + kept,
+        400 * 8,
+        "each flooder record read or counted"
+    );
+    assert_eq!(owner_counts(&w, alice).records_dropped, 0);
+    let c = w.counters().snapshot();
+    assert_eq!(c.records_dropped, lost.records_dropped);
+    assert!(
+        c.bytes_carried > 0,
+        "the victim's records were carried forward"
+    );
+    // The flooder's newest records are the ones kept.
+    let newest = lines_of(&got, "mallory");
+    assert!(newest
+        .iter()
+        .any(|l| l.starts_with(&format!("mallory {} ", 400 * 8 - 1))));
+}
+
+#[test]
+fn the_shares_survive_a_restart_and_a_reader_mid_flood_reads_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 64 * 1024;
+    let (alice, mallory) = (Owner::file(0, 1000), Owner::exec(1001));
+    let mut written;
+    {
+        let (mut w, _r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+        written = flood(&mut w, alice, mallory, max, 60);
+    }
+    let (mut w, mut r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+    // Read (and acknowledge) a little, then flood on: what was read is the
+    // sink's, what was not is carried or dropped, nothing twice.
+    let first = r.next_batch(20, 1 << 20).unwrap().unwrap();
+    r.ack(first.end).unwrap();
+    let mut got = first.records;
+    assert!(
+        owner_counts(&w, alice).bytes_buffered > 0,
+        "shares read back from the commits"
+    );
+    let mut more = flood(&mut w, alice, mallory, max, 300);
+    got.extend(read_all(&mut r));
+    written.append(&mut more);
+    written.sort();
+    assert_eq!(lines_of(&got, "alice"), written);
+    assert_eq!(owner_counts(&w, alice).records_dropped, 0);
+    let mut m = lines_of(&got, "mallory");
+    let n = m.len();
+    m.dedup();
+    assert_eq!(m.len(), n, "no flooder record read twice");
+}
+
+#[test]
+fn a_segment_whose_records_were_carried_forward_is_deleted_at_open_if_a_crash_left_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 64 * 1024;
+    let (alice, mallory) = (Owner::file(0, 1000), Owner::exec(1001));
+    let keep = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    {
+        let (mut w, _r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+        for i in 0..200u64 {
+            let r = owned_rec("alice", i, 120);
+            written.push(r.line.clone());
+            w.append_owned(&[r], &[], &[(alice, 1)]).unwrap();
+            let batch: Vec<LogRecord> = (0..2)
+                .map(|j| owned_rec("mallory", i * 2 + j, 900))
+                .collect();
+            // The segments as a crash right after the carry's commit would
+            // leave them: the carried segment not deleted yet.
+            for f in segment_files(dir.path()) {
+                fs::copy(&f, keep.path().join(f.file_name().unwrap())).unwrap();
+            }
+            w.append_owned(&batch, &[], &[(mallory, 2)]).unwrap();
+            if w.counters().snapshot().bytes_carried > 0 {
+                break;
+            }
+        }
+        assert!(w.counters().snapshot().bytes_carried > 0);
+    }
+    let gone: Vec<PathBuf> = segment_files(keep.path())
+        .into_iter()
+        .filter(|f| !dir.path().join(f.file_name().unwrap()).exists())
+        .collect();
+    assert!(!gone.is_empty());
+    for f in &gone {
+        fs::copy(f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let (_w, mut r) = Spool::open(settings(dir.path(), max, 8 * 1024)).unwrap();
+    let got = lines_of(&read_all(&mut r), "alice");
+    written.sort();
+    assert_eq!(got, written, "every line once, none twice");
 }

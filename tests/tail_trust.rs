@@ -8,53 +8,15 @@
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use support::agent::{Agent, Setup};
 use support::loki::LokiReceiver;
+use support::users::{as_intruder, intruder};
 use support::{append, wait_until, DEADLINE};
 
-const INTRUDER: &str = "wisp-test-intruder";
 const SECRET: &str = "root-only secret line";
-
-/// The intruder's uid and gid, creating the user if missing; `None` (test
-/// skipped) when not root.
-fn intruder() -> Option<(u32, u32)> {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: needs root");
-        return None;
-    }
-    let id = |flag: &str| -> Option<u32> {
-        let out = Command::new("id").args([flag, INTRUDER]).output().ok()?;
-        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-    };
-    if id("-u").is_none() {
-        // Another test may be creating it at the same moment: the second
-        // useradd fails, and the user exists either way.
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", INTRUDER])
-            .status();
-    }
-    Some((
-        id("-u").expect("intruder user"),
-        id("-g").expect("intruder group"),
-    ))
-}
-
-/// Runs `sh -c script` as the intruder, in `dir`.
-fn as_intruder(who: (u32, u32), dir: &Path, script: &str) {
-    let status = Command::new("setpriv")
-        .arg(format!("--reuid={}", who.0))
-        .arg(format!("--regid={}", who.1))
-        .arg("--clear-groups")
-        .args(["sh", "-c", script])
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "as {INTRUDER}: {script}");
-}
 
 /// A harness whose `logs` folder belongs to the intruder (the agent's temp dir
 /// is opened up so the intruder can reach it), plus an entry one folder deeper

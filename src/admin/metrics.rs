@@ -68,7 +68,7 @@ const HOST: &[Family<Option<Chosen>>] = &[
 /// A spool's bound, served after `wisp_spool_bytes_buffered`.
 const SPOOL_MAX_BYTES: &[Family<u64>] = &[gauge(
     "wisp_spool_max_bytes",
-    "The buffer's bound, its share of buffer.max_bytes; past it the oldest data is dropped.",
+    "The buffer's bound, its share of buffer.max_bytes; past it the oldest data of the owner holding the most is dropped.",
     |max| one(*max),
 )];
 

@@ -131,6 +131,8 @@ fn every_metric_has_help_and_a_type_and_the_page_parses() {
         .unwrap()
         .insert(crate::sink::loki::refusal::Cause::TooOld, 2);
     logs.loki.batches_dropped.lock().unwrap().insert(400, 1);
+    logs.spool
+        .owner_dropped(crate::record::Owner::exec(1001), 5, 4500);
     let relay = s.relay.as_ref().unwrap();
     relay.receiver.requests_accepted[0].store(4, Ordering::Relaxed);
     relay.exporter.requests_shipped.store(4, Ordering::Relaxed);
@@ -201,10 +203,18 @@ fn every_metric_has_help_and_a_type_and_the_page_parses() {
         samples["wisp_otlp_requests_dropped_total{reason=\"http_400\"}"],
         2.0
     );
-    // Every spool sample names its spool.
+    assert_eq!(
+        samples["wisp_spool_owner_records_dropped_total{spool=\"loki\",owner=\"exec:1001\"}"],
+        5.0
+    );
+    assert_eq!(
+        samples["wisp_spool_owner_bytes_buffered{spool=\"loki\",owner=\"exec:1001\"}"],
+        0.0
+    );
+    // Every spool sample names its spool, first.
     for name in samples.keys().filter(|n| n.starts_with("wisp_spool_")) {
         assert!(
-            name.ends_with("{spool=\"loki\"}") || name.ends_with("{spool=\"otlp\"}"),
+            name.contains("{spool=\"loki\"") || name.contains("{spool=\"otlp\""),
             "{name}"
         );
     }

@@ -2,8 +2,9 @@
 //! promoted fields, and the cache that lets the common line reuse a shared label
 //! set instead of building one.
 //!
-//! Bounds: at most `max_label_values` distinct values per promoted label (past it
-//! the value is `other`); label values at most [`MAX_VALUE_BYTES`]; the cache holds
+//! Bounds: at most `max_label_values` distinct values per promoted label and
+//! owner, and at most `max_label_values` label sets per user for `exec` runs
+//! and OTLP senders ([`StreamGuard`]) (past it the value is `other`); label values at most [`MAX_VALUE_BYTES`]; the cache holds
 //! at most [`MAX_CACHED_SOURCES`] sources and [`MAX_CACHED_SETS`] promoted label
 //! sets per source, and starts over when full.
 
@@ -160,6 +161,54 @@ impl CardinalityGuard {
         if first {
             set.insert(OVERFLOW_MARK.to_owned());
         }
+        Admitted::Overflow { first }
+    }
+}
+
+/// Keys a [`StreamGuard`] or a set of per-owner guards remembers at most (the
+/// users and sources of one machine); past it they start over.
+pub(crate) const MAX_GUARDED_KEYS: usize = 4096;
+
+/// Bounds the distinct label sets (streams, level aside) each key (a user, a
+/// source) makes: at most `max_sets` per key, further sets are `other`. So no
+/// key takes another's: each has its own bound, not a first-come share of one.
+/// A set is remembered by a keyed hash (random keys per process: no sender
+/// can aim collisions), so a key's memory is `max_sets` × 8 bytes.
+#[derive(Debug)]
+pub(crate) struct StreamGuard<K> {
+    max_sets: usize,
+    hasher: std::collections::hash_map::RandomState,
+    seen: HashMap<K, (HashSet<u64>, bool)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> StreamGuard<K> {
+    pub(crate) fn new(max_sets: usize) -> Self {
+        Self {
+            max_sets,
+            hasher: Default::default(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Whether `key` may ship the label set `set` (anything hashable that
+    /// names it, e.g. `(job, labels)`): `Value(())` when it has before or has
+    /// room, else `Overflow` (`first`: the first time for this key).
+    pub(crate) fn admit(&mut self, key: &K, set: impl std::hash::Hash) -> Admitted<'static> {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(set);
+        if !self.seen.contains_key(key) && self.seen.len() >= MAX_GUARDED_KEYS {
+            self.seen.clear();
+        }
+        let (sets, warned) = self.seen.entry(key.clone()).or_default();
+        if sets.contains(&hash) {
+            return Admitted::Value("");
+        }
+        if sets.len() < self.max_sets {
+            sets.insert(hash);
+            return Admitted::Value("");
+        }
+        let first = !*warned;
+        *warned = true;
         Admitted::Overflow { first }
     }
 }
@@ -333,6 +382,20 @@ mod tests {
         assert_eq!(g.admit("other_label", "c"), Admitted::Value("c"));
     }
 
+    #[test]
+    fn each_key_of_a_stream_guard_has_its_own_bound() {
+        let mut g = StreamGuard::new(2);
+        assert_eq!(g.admit(&1, ("a", 1)), Admitted::Value(""));
+        assert_eq!(g.admit(&1, ("b", 1)), Admitted::Value(""));
+        assert_eq!(g.admit(&1, ("c", 1)), Admitted::Overflow { first: true });
+        assert_eq!(g.admit(&1, ("d", 1)), Admitted::Overflow { first: false });
+        assert_eq!(g.admit(&1, ("a", 1)), Admitted::Value(""));
+        // Another key is not pushed out by the first one's sets.
+        assert_eq!(g.admit(&2, ("z", 1)), Admitted::Value(""));
+        assert_eq!(g.admit(&2, ("a", 1)), Admitted::Value(""));
+        assert_eq!(g.admit(&2, ("y", 1)), Admitted::Overflow { first: true });
+    }
+
     fn source(labels: &[(&str, &str)], fields: &[&str]) -> Arc<SourceInfo> {
         Arc::new(SourceInfo {
             job: "api".into(),
@@ -344,6 +407,7 @@ mod tests {
             format: LogFormat::Auto,
             label_fields: fields.iter().map(|f| f.to_string()).collect(),
             trace_context: None,
+            owner: crate::record::Owner::UNKNOWN,
         })
     }
 

@@ -28,19 +28,20 @@ pub mod text;
 pub mod timestamp;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::family::{counter, named, one, Family};
 use crate::config::Config;
-use crate::record::{Batch, LogRecord, SourceBatch};
+use crate::record::{Batch, LogRecord, Owner, SourceBatch};
 use crate::spool::ResumeState;
 
 pub use level::Level;
 pub use line::{parse_line, Fields, LineKind, Parsed};
 
-use labels::{Admitted, CardinalityGuard, LabelCache, OVERFLOW_VALUE};
+use labels::{Admitted, CardinalityGuard, LabelCache, MAX_GUARDED_KEYS, OVERFLOW_VALUE};
 
 /// What the transform stage needs from the configuration.
 #[derive(Clone, Debug)]
@@ -193,7 +194,9 @@ impl ParseCounters {
 pub struct Transformer {
     settings: ParseSettings,
     counters: Arc<ParseCounters>,
-    guard: CardinalityGuard,
+    /// One guard per owner (a file entry and the file's owner, a user's
+    /// runs): no source's values push another's into `other`.
+    guards: HashMap<Owner, CardinalityGuard>,
     cache: LabelCache,
     clocks: stamp::Clocks,
 }
@@ -201,7 +204,7 @@ pub struct Transformer {
 impl Transformer {
     pub fn new(settings: ParseSettings) -> Self {
         Self {
-            guard: CardinalityGuard::new(settings.max_label_values),
+            guards: HashMap::new(),
             settings,
             counters: Arc::default(),
             cache: LabelCache::default(),
@@ -231,6 +234,14 @@ impl Transformer {
         let entry = self
             .cache
             .source(&src, &self.settings.hostname, &self.settings.agent_labels);
+        if !self.guards.contains_key(&src.owner) && self.guards.len() >= MAX_GUARDED_KEYS {
+            self.guards.clear();
+        }
+        let max_values = self.settings.max_label_values;
+        let guard = self
+            .guards
+            .entry(src.owner)
+            .or_insert_with(|| CardinalityGuard::new(max_values));
         let mut records = Vec::with_capacity(batch.lines.len());
         for line in batch.lines {
             let (timestamp, labels, structured_metadata) = {
@@ -274,7 +285,7 @@ impl Transformer {
                     for (name, value) in entry.promoted_names.iter().zip(&values) {
                         promoted.push(match value.as_deref() {
                             None | Some("") => None,
-                            Some(v) => match self.guard.admit(name, v) {
+                            Some(v) => match guard.admit(name, v) {
                                 Admitted::Value(v) => Some(v),
                                 Admitted::Overflow { first } => {
                                     counts.label_values_overflowed += 1;
@@ -331,6 +342,7 @@ impl Transformer {
         Batch {
             records,
             ack: self.clocks.settle(batch.ack, clock, stamped),
+            owner: src.owner,
         }
     }
 }

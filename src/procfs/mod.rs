@@ -1,6 +1,8 @@
 //! The one place that knows `/proc` file formats: host metrics
-//! ([`crate::source::host_metrics`]) and the admin endpoint's `process_*`
-//! families ([`crate::admin`]) read through it, and nothing else parses `/proc`.
+//! ([`crate::source::host_metrics`]), the admin endpoint's `process_*`
+//! families ([`crate::admin`]) and the listeners' peer users
+//! ([`crate::listen::Peer`], from `net/tcp`) read through it, and nothing else
+//! parses `/proc`.
 //!
 //! Promises: every read is capped at [`MAX_FILE_BYTES`] (a larger file is an
 //! error, never a half-read one parsed as if whole); parsers are pure
@@ -16,9 +18,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+mod net;
 mod process;
 mod system;
 
+pub(crate) use net::tcp_socket_uid;
 pub(crate) use process::ProcessStats;
 pub(crate) use system::*;
 

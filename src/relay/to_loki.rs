@@ -23,14 +23,14 @@
 //! Promises: the conversion is a pure function of the request and the receipt
 //! time, so the spool holds each entry with the timestamp, labels and line it
 //! is shipped (and replayed) with. The request converted is the one stored
-//! for the collector, a run's records already in the run's trace. `job`
-//! values are bounded like promoted
-//! labels (`[agent] max_label_values` distinct values, further ones are
-//! `other`, warned once), label values cut at [`labels::MAX_VALUE_BYTES`]; the
+//! for the collector, a run's records already in the run's trace. The label
+//! sets (`job` and a run's labels) of each sender's user are bounded
+//! (`[agent] max_label_values` distinct sets per uid, further ones have `job`
+//! and run label values `other`, warned once per uid): one sender cannot push
+//! another's into `other`, label values cut at [`labels::MAX_VALUE_BYTES`]; the
 //! label cache is bounded ([`MAX_CACHED_SETS`]). Nothing here panics on any
 //! request.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -41,9 +41,9 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::parse::labels::{self, Admitted, CardinalityGuard, OVERFLOW_VALUE};
+use crate::parse::labels::{self, Admitted, StreamGuard, OVERFLOW_VALUE};
 use crate::parse::Level;
-use crate::record::{Ack, Batch, Labels, LogRecord, Timestamp};
+use crate::record::{Ack, Batch, Labels, LogRecord, Owner, Timestamp};
 use crate::relay::run::{string_attribute, RunIds, RUN_LABELS, RUN_NAME};
 use crate::spool::stage::BufferHealth;
 
@@ -99,7 +99,8 @@ pub(crate) struct Converter {
     /// `[agent].labels`, names and values made valid, empty values left out.
     base: Vec<(String, String)>,
     host: String,
-    guard: CardinalityGuard,
+    /// Per sender's uid (`None`: a sender that cannot be told apart).
+    guard: StreamGuard<Option<u32>>,
     max_label_values: usize,
     cache: HashMap<LabelKey, Labels>,
 }
@@ -116,18 +117,20 @@ impl Converter {
         Self {
             base,
             host: labels::label_value(&settings.hostname).into_owned(),
-            guard: CardinalityGuard::new(settings.max_label_values),
+            guard: StreamGuard::new(settings.max_label_values),
             max_label_values: settings.max_label_values,
             cache: HashMap::new(),
         }
     }
 
     /// One entry per log record of `request`, in order; `received` stamps the
-    /// records that carry no time of their own.
+    /// records that carry no time of their own; `uid` is the sender's (its
+    /// own bound on `job` values and run label sets).
     pub(crate) fn convert(
         &mut self,
         request: &ExportLogsServiceRequest,
         received: Timestamp,
+        uid: Option<u32>,
     ) -> Vec<LogRecord> {
         let mut out = Vec::new();
         for resource_logs in &request.resource_logs {
@@ -140,25 +143,27 @@ impl Converter {
                 .and_then(|_| string_attribute(resource, RUN_NAME))
                 .map(labels::label_value)
                 .filter(|s| !s.is_empty());
-            let job = self.job(
-                run_name
-                    .as_deref()
-                    .or(service.as_deref())
-                    .unwrap_or(UNKNOWN_SERVICE),
-            );
             let (run_labels, run_metadata) = match run {
                 None => (Vec::new(), Vec::new()),
                 Some(run) => (
                     run_labels(resource),
                     [
                         ("run_id", Some(hex(&run.trace_id))),
-                        ("service_name", service.map(Cow::into_owned)),
+                        ("service_name", service.as_deref().map(str::to_owned)),
                     ]
                     .into_iter()
                     .filter_map(|(k, v)| Some((k.to_owned(), v?)))
                     .collect(),
                 ),
             };
+            let (job, run_labels) = self.guarded(
+                uid,
+                run_name
+                    .as_deref()
+                    .or(service.as_deref())
+                    .unwrap_or(UNKNOWN_SERVICE),
+                run_labels,
+            );
             // The resource's label set per level, from the shared cache.
             let mut by_level: [Option<Labels>; Level::ALL.len()] = Default::default();
             for scope in &resource_logs.scope_logs {
@@ -191,21 +196,31 @@ impl Converter {
         out
     }
 
-    /// The `job` of a resource's records (`name`, already cut), through the
-    /// guard.
-    fn job(&mut self, name: &str) -> String {
-        match self.guard.admit("job", name) {
-            Admitted::Value(v) => v.to_owned(),
+    /// The `job` (`name`, already cut) and run labels of a resource's records
+    /// from sender `uid`, through the guard: past the sender's bound, both are
+    /// `other` (the label names kept).
+    fn guarded(
+        &mut self,
+        uid: Option<u32>,
+        name: &str,
+        mut run_labels: Vec<(String, String)>,
+    ) -> (String, Vec<(String, String)>) {
+        match self.guard.admit(&uid, (name, &run_labels)) {
+            Admitted::Value(_) => (name.to_owned(), run_labels),
             Admitted::Overflow { first } => {
                 if first {
+                    let who = uid.map_or("a sender of unknown user".into(), |u| format!("uid {u}"));
                     tracing::warn!(
                         limit = self.max_label_values,
-                        "otlp logs to loki: more distinct service.name (or wisp.run.name) values \
-                         than agent.max_label_values allows; the job label of further ones is \
-                         \"{OVERFLOW_VALUE}\" (raise agent.max_label_values)"
+                        "otlp logs to loki: {who} sent more distinct service.name (or wisp.run.name \
+                         and run label) values than agent.max_label_values allows; the job and run \
+                         labels of further ones are \"{OVERFLOW_VALUE}\" (raise agent.max_label_values)"
                     );
                 }
-                OVERFLOW_VALUE.to_owned()
+                for (_, v) in &mut run_labels {
+                    *v = OVERFLOW_VALUE.to_owned();
+                }
+                (OVERFLOW_VALUE.to_owned(), run_labels)
             }
         }
     }
@@ -419,16 +434,26 @@ impl LogsToLoki {
 
     /// The entries of one logs request (its protobuf encoding, already checked
     /// by the receiver), stamped `received` where a record has no time.
-    pub fn convert(&self, body: &[u8], received: Timestamp) -> Result<Vec<LogRecord>, String> {
+    pub fn convert(
+        &self,
+        body: &[u8],
+        received: Timestamp,
+        uid: Option<u32>,
+    ) -> Result<Vec<LogRecord>, String> {
         let request = ExportLogsServiceRequest::decode(body).map_err(|e| e.to_string())?;
         let mut converter = self.converter.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(converter.convert(&request, received))
+        Ok(converter.convert(&request, received, uid))
     }
 
     /// Stores `records` as one batch (one append, one commit: all or none of
     /// them); `Ok` once they are durable in the Loki spool. `ack` is called
     /// then too (no records: at once).
-    pub async fn store(&self, records: Vec<LogRecord>, ack: Ack) -> Result<(), String> {
+    pub async fn store(
+        &self,
+        records: Vec<LogRecord>,
+        ack: Ack,
+        owner: Owner,
+    ) -> Result<(), String> {
         if records.is_empty() {
             ack.done();
             return Ok(());
@@ -437,6 +462,7 @@ impl LogsToLoki {
         let batch = Batch {
             records,
             ack: Ack::replying(reply).and(ack),
+            owner,
         };
         let stopping = || "the log buffer is closed: the agent is stopping".to_string();
         match self.tx.send(batch).await {

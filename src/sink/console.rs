@@ -90,6 +90,7 @@ mod tests {
                 line: "x".into(),
             }],
             ack: Ack::new(move || a.store(true, Ordering::SeqCst)),
+            owner: crate::record::Owner::UNKNOWN,
         })
         .unwrap();
         drop(tx);

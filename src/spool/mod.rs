@@ -14,9 +14,17 @@
 //!   length and CRC-32, counted and logged with the segment's name), and resumes
 //!   reading after the last acknowledged position. Records appended but not
 //!   acknowledged are read again after a restart, byte for byte the same.
-//! - **Bounded.** Beyond `max_bytes` the oldest whole segments are deleted, read or
-//!   not, and what is lost is counted and logged once per drop event. The writer never
-//!   waits for the reader.
+//! - **Bounded, and shared fairly.** Each append says whose its records are
+//!   ([`Owner`]: a file entry and the file's owner, a user's `exec` output, an
+//!   OTLP sender, the agent), in its commit. Beyond `max_bytes` the largest
+//!   owner loses its oldest records first: a segment holding them is deleted,
+//!   and the unread records of other owners in it are first carried forward
+//!   (copied, frame by frame, into the active segment, in one commit that names
+//!   the segment it replaces; recovery deletes a replaced segment a crash left
+//!   behind, so nothing is read twice). What is lost is counted per owner and
+//!   logged once per drop event. Whole oldest segments go only when no owner's
+//!   records can (`share.rs`). The writer never waits for the reader beyond one
+//!   [`SpoolReader::next_batch`] while it carries records forward.
 //! - **A full disk is an error, not a loss.** When a write fails with ENOSPC, `append`
 //!   cuts the segment back to its last complete batch (a batch never spans two
 //!   segments) and returns [`SpoolError::DiskFull`]: nothing of the batch is stored,
@@ -56,6 +64,7 @@ mod ack;
 mod open;
 mod reader;
 mod segment;
+mod share;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -71,10 +80,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
-use crate::admin::family::{counter, gauge, named, one, Family};
+use crate::admin::family::{counter, gauge, labelled, named, one, Family, Sample};
 use crate::config::FsyncPolicy;
-use crate::record::{LogRecord, ResumePoint};
-use segment::{Commit, Frame, FRAME_HEADER_LEN, HEADER_LEN};
+use crate::record::{LogRecord, Owner, ResumePoint};
+use segment::{Commit, Frame, Shares, FRAME_HEADER_LEN, HEADER_LEN};
 pub use segment::{DecodeError, ResumeState, SpoolRecord};
 
 pub mod stage;
@@ -83,6 +92,8 @@ use ack::*;
 pub use open::Spool;
 use open::*;
 pub use reader::SpoolReader;
+pub use share::OwnerCounts;
+use share::*;
 pub use writer::SpoolWriter;
 use writer::*;
 
@@ -194,10 +205,14 @@ pub struct SpoolCounters {
     records_read: AtomicU64,
     fsyncs: AtomicU64,
     fsync_nanos: AtomicU64,
+    bytes_carried: AtomicU64,
+    /// Per owner: bytes buffered, records and bytes dropped (at most
+    /// [`MAX_OWNERS_SHOWN`] owners).
+    owners: Mutex<BTreeMap<Owner, OwnerCounts>>,
 }
 
 /// A point-in-time copy of [`SpoolCounters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpoolCountersSnapshot {
     pub records_appended: u64,
     pub bytes_appended: u64,
@@ -221,6 +236,11 @@ pub struct SpoolCountersSnapshot {
     /// Data fsyncs of segment files, and the time they took.
     pub fsyncs: u64,
     pub fsync_time: Duration,
+    /// Bytes of other owners' unread records copied forward out of segments
+    /// deleted for space.
+    pub bytes_carried: u64,
+    /// Per owner, in owner order.
+    pub owners: Vec<(Owner, OwnerCounts)>,
 }
 
 impl SpoolCounters {
@@ -240,6 +260,24 @@ impl SpoolCounters {
             records_read: get(&self.records_read),
             fsyncs: get(&self.fsyncs),
             fsync_time: Duration::from_nanos(get(&self.fsync_nanos)),
+            bytes_carried: get(&self.bytes_carried),
+            owners: self
+                .owners
+                .lock()
+                .map(|m| m.iter().map(|(o, c)| (*o, *c)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Counts records of `owner` dropped for space.
+    pub(crate) fn owner_dropped(&self, owner: Owner, records: u64, bytes: u64) {
+        Self::add(&self.records_dropped, records);
+        Self::add(&self.bytes_dropped, bytes);
+        if let Ok(mut m) = self.owners.lock() {
+            if let Some(c) = owner_entry(&mut m, owner) {
+                c.records_dropped += records;
+                c.bytes_dropped += bytes;
+            }
         }
     }
 
@@ -318,6 +356,26 @@ impl SpoolCountersSnapshot {
             "Time spent in fsyncs of buffer segment files.",
             |s| one(s.fsync_time.as_secs_f64()),
         ),
+        gauge(
+            "wisp_spool_owner_bytes_buffered",
+            "Bytes of each owner's records in the buffer (a file entry and the file's owner, a user's exec output, an OTLP sender, the agent).",
+            |s| per_owner(s, |c| c.bytes_buffered),
+        ),
+        counter(
+            "wisp_spool_owner_records_dropped_total",
+            "Records of each owner dropped unshipped because the buffer reached buffer.max_bytes (the largest owner loses first).",
+            |s| per_owner(s, |c| c.records_dropped),
+        ),
+        counter(
+            "wisp_spool_owner_bytes_dropped_total",
+            "Bytes of each owner's records dropped unshipped because the buffer reached buffer.max_bytes.",
+            |s| per_owner(s, |c| c.bytes_dropped),
+        ),
+        counter(
+            "wisp_spool_bytes_carried_total",
+            "Bytes of unread records of other owners copied forward out of a segment dropped for the largest owner.",
+            |s| one(s.bytes_carried),
+        ),
     ];
 
     /// The counters as Prometheus metric names and values, read through
@@ -328,6 +386,14 @@ impl SpoolCountersSnapshot {
             .map(|(name, v)| (name, v.as_f64()))
             .collect()
     }
+}
+
+/// One sample per owner, labelled `owner`.
+fn per_owner(s: &SpoolCountersSnapshot, value: fn(&OwnerCounts) -> u64) -> Vec<Sample> {
+    s.owners
+        .iter()
+        .map(|(owner, c)| labelled([("owner", owner.to_string().into())], value(c)))
+        .collect()
 }
 
 /// A borrowed view that bumps related counters together.
@@ -348,6 +414,14 @@ struct SegmentMeta {
     records: u64,
 }
 
+/// An owner's records in a segment, or in the spool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Share {
+    records: u64,
+    /// Their frames' bytes (headers and commits are no one's).
+    bytes: u64,
+}
+
 /// The reader's progress, as the writer needs it to count what trimming loses.
 #[derive(Clone, Copy, Debug, Default)]
 struct ReaderMark {
@@ -365,10 +439,55 @@ struct Index {
     total_bytes: u64,
     reader: ReaderMark,
     acked: SpoolPosition,
+    /// Whose the records of each segment are.
+    shares: BTreeMap<u64, BTreeMap<Owner, Share>>,
+    /// The shares of all segments, per owner.
+    owners: BTreeMap<Owner, Share>,
 }
 
 impl Index {
+    /// Forgets segment `id` (its bytes and its owners' shares); its meta, if
+    /// it was listed.
+    fn remove_segment(&mut self, id: u64) -> Option<SegmentMeta> {
+        let meta = self.segments.remove(&id)?;
+        self.total_bytes = self.total_bytes.saturating_sub(meta.len);
+        for (owner, share) in self.shares.remove(&id).unwrap_or_default() {
+            self.take_share(owner, share);
+        }
+        Some(meta)
+    }
+
+    /// Credits `share` to `owner` in segment `id`.
+    fn add_share(&mut self, id: u64, owner: Owner, share: Share) {
+        let s = self.shares.entry(id).or_default().entry(owner).or_default();
+        s.records += share.records;
+        s.bytes += share.bytes;
+        let t = self.owners.entry(owner).or_default();
+        t.records += share.records;
+        t.bytes += share.bytes;
+    }
+
+    fn take_share(&mut self, owner: Owner, share: Share) {
+        if let Some(t) = self.owners.get_mut(&owner) {
+            t.records = t.records.saturating_sub(share.records);
+            t.bytes = t.bytes.saturating_sub(share.bytes);
+            if t.bytes == 0 && t.records == 0 {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
     fn update_gauges(&self, c: &SpoolCounters) {
+        if let Ok(mut m) = c.owners.lock() {
+            for (owner, counts) in m.iter_mut() {
+                counts.bytes_buffered = self.owners.get(owner).map_or(0, |s| s.bytes);
+            }
+            for (owner, share) in &self.owners {
+                if let Some(counts) = owner_entry(&mut m, *owner) {
+                    counts.bytes_buffered = share.bytes;
+                }
+            }
+        }
         let acked_in_head = match self.segments.get(&self.acked.segment) {
             Some(_) => self.acked.offset,
             None => 0,
@@ -386,6 +505,11 @@ impl Index {
 struct Shared {
     dir: PathBuf,
     index: Mutex<Index>,
+    /// Held by the reader through each [`SpoolReader::next_batch`] and by the
+    /// writer while it carries records forward out of a segment it deletes:
+    /// so a record is either read there or carried, never both. Taken before
+    /// `index`, never after it.
+    reading: Mutex<()>,
     /// Woken by the writer after each append; one permit is kept when nobody waits,
     /// so an append between `next_batch` returning `None` and `wait` is not missed.
     appended: Notify,
@@ -397,6 +521,10 @@ impl Shared {
         // The index holds only plain numbers updated in single steps: a panic elsewhere
         // cannot leave it half-written, so a poisoned lock is still usable.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reading(&self) -> MutexGuard<'_, ()> {
+        self.reading.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn segment_path(&self, id: u64) -> PathBuf {

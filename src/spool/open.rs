@@ -54,6 +54,8 @@ impl Spool {
         let max_seen = ids.last().copied().unwrap_or(0);
 
         let mut segments = BTreeMap::new();
+        let mut shares: BTreeMap<u64, BTreeMap<Owner, Share>> = BTreeMap::new();
+        let mut superseded = Vec::new();
         let mut reader = None;
         let mut state = ResumeState::new();
         // Files to delete once the new segment holds the resume points: an empty
@@ -74,6 +76,7 @@ impl Spool {
             let ack_offset = acked.filter(|a| a.segment == id).map(|a| a.offset);
             let scan = segment::scan_segment(&path, ack_offset, &mut state)
                 .map_err(|e| SpoolError::io("read spool segment", &path, e))?;
+            superseded.extend_from_slice(&scan.superseded);
             if scan.unreadable {
                 if scan.file_len < HEADER_LEN {
                     warn!(segment = %path.display(), bytes = scan.file_len,
@@ -133,6 +136,27 @@ impl Spool {
                     records: scan.records,
                 },
             );
+            shares.insert(
+                id,
+                scan.owners
+                    .iter()
+                    .map(|(&o, &(records, bytes))| (Owner::from_bits(o), Share { records, bytes }))
+                    .collect(),
+            );
+        }
+        // A segment whose unread records a later commit carried forward was
+        // being deleted when the agent stopped: its records are read from the
+        // copies only.
+        for id in superseded {
+            if segments.remove(&id).is_some() {
+                shares.remove(&id);
+                warn!(segment = %dir.join(segment::file_name(id)).display(),
+                    "deleting a spool segment whose records were carried forward before a stop");
+                doomed.push(dir.join(segment::file_name(id)));
+                if reader.is_some_and(|r: ReaderMark| r.segment == id) {
+                    reader = None;
+                }
+            }
         }
 
         // The new segment's id must be above the acknowledged one, or its records
@@ -165,17 +189,26 @@ impl Spool {
             }
         });
         let total_bytes = segments.values().map(|m| m.len).sum();
+        let mut owners: BTreeMap<Owner, Share> = BTreeMap::new();
+        for (owner, share) in shares.values().flatten() {
+            let t = owners.entry(*owner).or_default();
+            t.records += share.records;
+            t.bytes += share.bytes;
+        }
         let index = Index {
             segments,
             active,
             total_bytes,
             reader,
             acked: acked.unwrap_or_default(),
+            shares,
+            owners,
         };
         index.update_gauges(&counters);
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             index: Mutex::new(index),
+            reading: Mutex::new(()),
             appended: Notify::new(),
             counters,
         });
@@ -194,6 +227,7 @@ impl Spool {
             last_sync: Instant::now(),
             buf: Vec::new(),
             needs_rotation: false,
+            carry_buf: Vec::new(),
             _record: PhantomData,
         };
         let reader = SpoolReader {

@@ -35,6 +35,9 @@ impl<R: SpoolRecord> SpoolReader<R> {
         max_bytes: usize,
     ) -> Result<Option<ReadBatch<R>>, SpoolError> {
         let shared = Arc::clone(&self.shared);
+        // The writer does not carry records forward out of a segment while
+        // this reads it (see `share.rs`).
+        let _reading = shared.reading();
         let mut records = Vec::new();
         let mut bytes = 0u64;
         let max_records = max_records.max(1);
@@ -179,10 +182,9 @@ impl<R: SpoolRecord> SpoolReader<R> {
     fn forget_missing_segment(&mut self) -> bool {
         let id = self.cursor.segment;
         let mut index = self.shared.index();
-        let Some(meta) = index.segments.remove(&id) else {
+        let Some(meta) = index.remove_segment(id) else {
             return true;
         };
-        index.total_bytes -= meta.len;
         index.update_gauges(&self.shared.counters);
         let active = index.active;
         drop(index);
@@ -243,8 +245,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
                 .map(|(&id, _)| id)
                 .collect();
             for id in covered {
-                if let Some(meta) = index.segments.remove(&id) {
-                    index.total_bytes -= meta.len;
+                if index.remove_segment(id).is_some() {
                     done.push(id);
                 }
             }

@@ -120,8 +120,16 @@ const COMMIT_SNAPSHOT: u8 = 2;
 /// Appends a commit frame: `records` is how many records the segment holds up to
 /// it; `updates` set a source's resume point (`Some`) or forget the source
 /// (`None`). A `snapshot` commit holds the whole state: it replaces what came
-/// before. Returns the frame's length.
-pub fn encode_commit<'a, I>(records: u64, snapshot: bool, updates: I, out: &mut Vec<u8>) -> usize
+/// before. `shares` says whose the append's records are and which segments it
+/// replaces (written only when it says anything: a reader that does not know
+/// it ignores the bytes after the resume points). Returns the frame's length.
+pub fn encode_commit<'a, I>(
+    records: u64,
+    snapshot: bool,
+    updates: I,
+    shares: &Shares,
+    out: &mut Vec<u8>,
+) -> usize
 where
     I: ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 {
@@ -146,7 +154,55 @@ where
             None => put_varint(out, 0),
         }
     }
+    if !shares.is_empty() {
+        put_varint(out, shares.owners.len() as u64);
+        for &(owner, n) in &shares.owners {
+            put_varint(out, owner);
+            put_varint(out, n);
+        }
+        put_varint(out, shares.superseded.len() as u64);
+        for &id in &shares.superseded {
+            put_varint(out, id);
+        }
+    }
     finish_frame(out, start, META_FLAG)
+}
+
+/// What a commit may say beyond its resume points: whose the append's records
+/// are, and the segments whose records it carried forward.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shares {
+    /// The append's records in order, as runs of (owner, how many)
+    /// ([`crate::record::Owner::to_bits`]); records beyond the runs (and every
+    /// record of an older spool) are [`crate::record::Owner::UNKNOWN`]'s.
+    pub owners: Vec<(u64, u64)>,
+    /// Segments whose unread records of other owners this append holds
+    /// (carried forward when the spool was full): they are gone, and recovery
+    /// deletes any a crash left behind, so no record is read twice.
+    pub superseded: Vec<u64>,
+}
+
+impl Shares {
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty() && self.superseded.is_empty()
+    }
+
+    fn decode(cur: &mut Cursor<'_>) -> Result<Shares, DecodeError> {
+        let mut shares = Shares::default();
+        if cur.buf.is_empty() {
+            return Ok(shares);
+        }
+        let n = cur.count()?;
+        shares.owners.reserve(n.min(4096));
+        for _ in 0..n {
+            shares.owners.push((cur.varint()?, cur.varint()?));
+        }
+        let n = cur.count()?;
+        for _ in 0..n {
+            shares.superseded.push(cur.varint()?);
+        }
+        Ok(shares)
+    }
 }
 
 /// A decoded commit frame.
@@ -156,6 +212,8 @@ pub struct Commit {
     pub records: u64,
     pub snapshot: bool,
     pub updates: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Read with the updates; empty in a commit that has none.
+    pub shares: Shares,
 }
 
 impl Commit {
@@ -190,19 +248,27 @@ impl Commit {
                 updates.push((key, state));
             }
         }
+        // An unreadable tail is taken as no shares: the resume points are what
+        // matters, and the owners only weigh who loses first.
+        let shares = if with_updates {
+            Shares::decode(&mut cur).unwrap_or_default()
+        } else {
+            Shares::default()
+        };
         Ok(Commit {
             records,
             snapshot,
             updates,
+            shares,
         })
     }
 
     /// Applies the commit's resume points to `state`.
-    pub fn apply(self, state: &mut ResumeState) {
+    pub fn apply(&mut self, state: &mut ResumeState) {
         if self.snapshot {
             state.clear();
         }
-        for (key, value) in self.updates {
+        for (key, value) in std::mem::take(&mut self.updates) {
             match value {
                 Some(v) => {
                     state.insert(key, v);
@@ -323,6 +389,49 @@ fn read_frame_header<R: Read>(r: &mut R, remaining: u64) -> io::Result<Option<Fr
         Err(e) => return Err(e),
     }
     Ok(FrameHeader::parse(head, remaining))
+}
+
+/// One frame as a walk over a segment's appends sees it ([`step`]): the
+/// records' payloads are skipped, unchecked; a commit is checked and decoded.
+#[derive(Debug)]
+pub enum Step {
+    Record {
+        size: u64,
+    },
+    Commit {
+        size: u64,
+        commit: Commit,
+    },
+    /// No frame fits here, or a commit whose checksum or payload is bad.
+    Damaged,
+}
+
+/// Reads the frame at the reader's position (`remaining` bytes of valid data
+/// left), skipping a record's payload; a commit's payload goes through
+/// `payload`.
+pub fn step(r: &mut BufReader<File>, remaining: u64, payload: &mut Vec<u8>) -> io::Result<Step> {
+    let Some(head) = read_frame_header(r, remaining)? else {
+        return Ok(Step::Damaged);
+    };
+    let size = FRAME_HEADER_LEN + u64::from(head.len);
+    if head.raw & META_FLAG == 0 {
+        r.seek_relative(i64::from(head.len))?;
+        return Ok(Step::Record { size });
+    }
+    payload.clear();
+    payload.resize(head.len as usize, 0);
+    match r.read_exact(payload) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Step::Damaged),
+        Err(e) => return Err(e),
+    }
+    if frame_crc(head.raw.to_le_bytes(), payload) != head.crc {
+        return Ok(Step::Damaged);
+    }
+    Ok(match Commit::decode(payload, true) {
+        Ok(commit) => Step::Commit { size, commit },
+        Err(_) => Step::Damaged,
+    })
 }
 
 /// Opens segment `path` for reading, positioned at `offset`.

@@ -7,7 +7,8 @@
 //! - **Group commit.** Whatever else is already queued when a batch arrives goes
 //!   into the same append and the same fsync (up to [`GroupLimits`]), so a fast
 //!   source pays one fsync per group, not per batch. Each batch's resume points
-//!   go into the same commit as its records.
+//!   go into the same commit as its records, and its [`Owner`] too (whose
+//!   share of the spool the records take).
 //! - **Acknowledged only once durable.** A batch's [`Ack`] is called after the
 //!   append (and, with `buffer.fsync = "batch"`, the fsync) succeeded.
 //! - **A failed append** (a full disk, an I/O error) is reported once in the log
@@ -28,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{Ack, Batch, LogRecord, OtlpPayload};
+use crate::record::{Ack, Batch, LogRecord, OtlpPayload, Owner};
 use crate::spool::{SpoolError, SpoolRecord, SpoolWriter};
 
 /// The size of a record, as group commit counts it.
@@ -181,6 +182,14 @@ pub async fn run<R>(
                 Err(_) => break,
             }
         }
+        // Whose the records are, as runs, for the spool's fair shares.
+        let mut owners: Vec<(Owner, usize)> = Vec::with_capacity(batches.len());
+        for b in &batches {
+            match owners.last_mut() {
+                Some((o, n)) if *o == b.owner => *n += b.records.len(),
+                _ => owners.push((b.owner, b.records.len())),
+            }
+        }
         // One allocation of the group's size: growing the first batch's records
         // batch by batch copied them over and over.
         let (records, mut ack) = match batches.len() {
@@ -199,28 +208,29 @@ pub async fn run<R>(
             }
         };
         let resume = ack.take_resume();
-        let mut group = Some((records, resume));
+        let mut group = Some((records, resume, owners));
         loop {
-            let (Some(mut w), Some((records, resume))) = (writer.take(), group.take()) else {
+            let (Some(mut w), Some((records, resume, owners))) = (writer.take(), group.take())
+            else {
                 break 'batches;
             };
             let name = settings.name;
             let appended = tokio::task::spawn_blocking(move || {
-                let r = w.append_with(&records, &resume);
+                let r = w.append_owned(&records, &resume, &owners);
                 if r.is_ok() {
                     if let Err(e) = w.sync_if_due() {
                         tracing::warn!("cannot fsync {name}: {e}");
                     }
                 }
-                (w, records, resume, r)
+                (w, records, resume, owners, r)
             })
             .await;
             let (count, result) = match appended {
-                Ok((w, records, resume, r)) => {
+                Ok((w, records, resume, owners, r)) => {
                     writer = Some(w);
                     let count = records.len();
                     if r.is_err() {
-                        group = Some((records, resume));
+                        group = Some((records, resume, owners));
                     }
                     (count, r)
                 }

@@ -29,7 +29,7 @@ pub(super) fn create_segment(
         let points = state
             .iter()
             .map(|(k, v)| (k.as_slice(), Some(v.as_slice())));
-        segment::encode_commit(0, true, points, &mut head);
+        segment::encode_commit(0, true, points, &Shares::default(), &mut head);
     }
     let written = file.write_all(&head).and_then(|()| {
         if state.is_empty() {
@@ -78,15 +78,27 @@ pub struct SpoolWriter<R: SpoolRecord = LogRecord> {
     pub(super) buf: Vec<u8>,
     /// A write failed in the active segment: start a new segment before writing again.
     pub(super) needs_rotation: bool,
+    /// Scratch space for carrying records forward ([`share`]); released after use.
+    pub(super) carry_buf: Vec<u8>,
     pub(super) _record: PhantomData<fn(&R)>,
 }
 
 /// What one append deleted to stay under `max_bytes`.
 #[derive(Default)]
-struct Dropped {
-    segments: u64,
-    records: u64,
-    bytes: u64,
+pub(super) struct Dropped {
+    pub(super) segments: u64,
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+    /// Whose records were dropped (the largest first).
+    pub(super) owners: Vec<Owner>,
+}
+
+impl Dropped {
+    pub(super) fn owner(&mut self, owner: Owner) {
+        if !self.owners.contains(&owner) {
+            self.owners.push(owner);
+        }
+    }
 }
 
 impl<R: SpoolRecord> SpoolWriter<R> {
@@ -103,15 +115,29 @@ impl<R: SpoolRecord> SpoolWriter<R> {
     /// one) in the same commit: after a crash the points are exactly those of the
     /// appends that are on disk ([`SpoolWriter::resume_state`]).
     pub fn append_with(&mut self, records: &[R], resume: &[ResumePoint]) -> Result<(), SpoolError> {
+        self.append_owned(records, resume, &[])
+    }
+
+    /// As [`SpoolWriter::append_with`]; `owners` says whose the records are,
+    /// in order, as runs of (owner, how many); records past the runs are
+    /// [`Owner::UNKNOWN`]'s. Stored in the commit: when the spool is full, the
+    /// owner with the most bytes in it loses its oldest records first.
+    pub fn append_owned(
+        &mut self,
+        records: &[R],
+        resume: &[ResumePoint],
+        owners: &[(Owner, usize)],
+    ) -> Result<(), SpoolError> {
         if records.is_empty() && resume.is_empty() {
             return Ok(());
         }
         let mut dropped = Dropped::default();
-        let result = self.append_inner(records, resume, &mut dropped);
-        if dropped.segments > 0 {
+        let result = self.append_inner(records, resume, owners, &mut dropped);
+        if dropped.segments > 0 || dropped.records > 0 {
+            let owners: Vec<String> = dropped.owners.iter().map(Owner::to_string).collect();
             warn!(dir = %self.shared.dir.display(), records = dropped.records, bytes = dropped.bytes,
-                segments = dropped.segments,
-                "spool reached its max_bytes; dropped the oldest unshipped records");
+                segments = dropped.segments, owners = %owners.join(","),
+                "spool reached its max_bytes; dropped the oldest unshipped records of its largest owner");
         }
         self.shared.appended.notify_one();
         result
@@ -121,12 +147,23 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         &mut self,
         records: &[R],
         resume: &[ResumePoint],
+        owners: &[(Owner, usize)],
         dropped: &mut Dropped,
     ) -> Result<(), SpoolError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let mut stored = 0u64;
+        // Whose each stored record is, as runs (the commit's and the index's).
+        let mut runs: Vec<(Owner, Share)> = Vec::with_capacity(owners.len().max(1));
+        let mut run = 0usize;
+        let mut left = owners.first().map_or(usize::MAX, |r| r.1);
         for record in records {
+            while left == 0 {
+                run += 1;
+                left = owners.get(run).map_or(usize::MAX, |r| r.1);
+            }
+            left = left.saturating_sub(1);
+            let owner = owners.get(run).map_or(Owner::UNKNOWN, |r| r.0);
             let start = buf.len();
             let frame_len = segment::encode_frame(record, &mut buf) as u64;
             if frame_len > FRAME_HEADER_LEN + u64::from(segment::MAX_PAYLOAD) {
@@ -136,6 +173,19 @@ impl<R: SpoolRecord> SpoolWriter<R> {
                 continue;
             }
             stored += 1;
+            match runs.last_mut() {
+                Some((o, share)) if *o == owner => {
+                    share.records += 1;
+                    share.bytes += frame_len;
+                }
+                _ => runs.push((
+                    owner,
+                    Share {
+                        records: 1,
+                        bytes: frame_len,
+                    },
+                )),
+            }
         }
         // A batch goes whole into one segment (which may so exceed `segment_bytes` by
         // one batch): then a failed write is undone by cutting one file, and a failed
@@ -147,13 +197,32 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             Ok(())
         };
         if result.is_ok() {
+            // Room by the owners' shares first, for an upper bound of what
+            // the append writes (two varints of at most 10 bytes a resume
+            // point and a run), so the oldest segments need not go whole in
+            // `write_chunk` for the last few bytes.
+            let resume_bytes: usize = resume
+                .iter()
+                .map(|p| p.key.len() + p.state.as_ref().map_or(0, Vec::len) + 20)
+                .sum();
+            let incoming = (buf.len() + resume_bytes + runs.len() * 20) as u64 + 64;
+            result = self.make_room(incoming, dropped);
+        }
+        if result.is_ok() {
             // The commit ends the append: recovery keeps nothing of an append
             // without it, and takes its resume points with its records.
             let points = resume
                 .iter()
                 .map(|p| (p.key.as_slice(), p.state.as_deref()));
-            segment::encode_commit(self.records + stored, false, points, &mut buf);
-            result = self.write_chunk(&buf, stored, dropped);
+            let shares = Shares {
+                owners: runs
+                    .iter()
+                    .map(|(o, share)| (o.to_bits(), share.records))
+                    .collect(),
+                superseded: Vec::new(),
+            };
+            segment::encode_commit(self.records + stored, false, points, &shares, &mut buf);
+            result = self.write_chunk(&buf, stored, &runs, dropped);
         }
         if result.is_ok() {
             for p in resume {
@@ -188,6 +257,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         &mut self,
         chunk: &[u8],
         records: u64,
+        runs: &[(Owner, Share)],
         dropped: &mut Dropped,
     ) -> Result<(), SpoolError> {
         if chunk.is_empty() {
@@ -218,42 +288,51 @@ impl<R: SpoolRecord> SpoolWriter<R> {
                 records: self.records,
             },
         );
+        for &(owner, share) in runs {
+            index.add_share(self.active, owner, share);
+        }
         index.update_gauges(c);
         Ok(())
     }
 
-    /// Deletes the oldest sealed segments until `incoming` more bytes fit in `max_bytes`.
+    /// Deletes the oldest sealed segments until `incoming` more bytes fit in
+    /// `max_bytes`: the last resort, once the owners' shares gave what they
+    /// could ([`SpoolWriter::make_room`]).
     fn trim(&mut self, incoming: u64, dropped: &mut Dropped) {
         let mut doomed = Vec::new();
         {
             let mut index = self.shared.index();
             while index.total_bytes + incoming > self.settings.max_bytes {
-                let Some((&id, &meta)) = index.segments.iter().next() else {
+                let Some(&id) = index.segments.keys().next() else {
                     break;
                 };
                 if id == self.active {
                     break;
                 }
-                index.segments.remove(&id);
-                index.total_bytes -= meta.len;
                 // What the reader has not read yet is lost; what it has read is in
-                // the sink's hands already.
+                // the sink's hands already. In the reader's segment the loss is
+                // spread over the owners as their shares are.
                 let r = index.reader;
-                let (records, bytes) = match id.cmp(&r.segment) {
-                    std::cmp::Ordering::Greater => {
-                        (meta.records, meta.len.saturating_sub(HEADER_LEN))
-                    }
-                    std::cmp::Ordering::Equal => (
-                        meta.records.saturating_sub(r.records),
-                        meta.len.saturating_sub(r.offset.max(HEADER_LEN)),
-                    ),
-                    std::cmp::Ordering::Less => (0, 0),
+                let shares = index.shares.get(&id).cloned().unwrap_or_default();
+                let Some(meta) = index.remove_segment(id) else {
+                    break;
+                };
+                let unread = match id.cmp(&r.segment) {
+                    std::cmp::Ordering::Greater => meta.records,
+                    std::cmp::Ordering::Equal => meta.records.saturating_sub(r.records),
+                    std::cmp::Ordering::Less => 0,
                 };
                 dropped.segments += 1;
-                dropped.records += records;
-                dropped.bytes += bytes;
-                SpoolCounters::add(&self.shared.counters.records_dropped, records);
-                SpoolCounters::add(&self.shared.counters.bytes_dropped, bytes);
+                for (owner, share) in shares {
+                    let records = scale(share.records, unread, meta.records);
+                    let bytes = scale(share.bytes, unread, meta.records);
+                    if records > 0 {
+                        dropped.records += records;
+                        dropped.bytes += bytes;
+                        dropped.owner(owner);
+                        self.shared.counters.owner_dropped(owner, records, bytes);
+                    }
+                }
                 doomed.push(id);
             }
             index.update_gauges(&self.shared.counters);
@@ -287,8 +366,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         if index.acked.segment == sealed {
             if let Some(meta) = index.segments.get(&sealed).copied() {
                 if index.acked.offset >= meta.len {
-                    index.segments.remove(&sealed);
-                    index.total_bytes -= meta.len;
+                    index.remove_segment(sealed);
                     done = Some(sealed);
                 }
             }
@@ -342,6 +420,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
     /// an idle agent should not keep that.
     pub fn release_memory(&mut self) {
         self.buf = Vec::new();
+        self.carry_buf = Vec::new();
     }
 
     /// Whether appended data awaits an fsync (only with [`FsyncPolicy::Interval`]).

@@ -63,3 +63,14 @@ pub fn inotify_watches(pid: u32) -> usize {
         })
         .sum()
 }
+
+/// Bytes process `pid` caused to be written to storage (`write_bytes` of
+/// `/proc/PID/io`).
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}

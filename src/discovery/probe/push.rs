@@ -111,6 +111,7 @@ fn test_records(config: &Config, token: &str, sent_at: Timestamp) -> Vec<LogReco
         format: LogFormat::Text,
         label_fields: Vec::new(),
         trace_context: None,
+        owner: crate::record::Owner::AGENT,
     });
     let batch = SourceBatch {
         source,

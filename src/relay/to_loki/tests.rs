@@ -100,7 +100,7 @@ fn a_record_becomes_an_entry_with_job_host_level_agent_labels_ids_and_line() {
             ..Default::default()
         }],
     );
-    let out = c.convert(&req, Timestamp(1));
+    let out = c.convert(&req, Timestamp(1), None);
     assert_eq!(out.len(), 1);
     let e = &out[0];
     assert_eq!(
@@ -129,14 +129,18 @@ fn no_service_name_is_unknown_service_and_unset_ids_are_left_out() {
             ..Default::default()
         }],
     );
-    let out = c.convert(&req, Timestamp(42));
+    let out = c.convert(&req, Timestamp(42), None);
     assert_eq!(out[0].labels.get("job"), Some(UNKNOWN_SERVICE));
     assert_eq!(out[0].labels.get("level"), Some("unknown"));
     assert_eq!(out[0].timestamp, Timestamp(42));
     assert_eq!(out[0].line, "");
     assert!(out[0].structured_metadata.is_empty());
     // An empty service.name is no name either.
-    let out = c.convert(&request(Some(""), vec![Default::default()]), Timestamp(1));
+    let out = c.convert(
+        &request(Some(""), vec![Default::default()]),
+        Timestamp(1),
+        None,
+    );
     assert_eq!(out[0].labels.get("job"), Some(UNKNOWN_SERVICE));
 }
 
@@ -146,11 +150,37 @@ fn job_values_are_bounded_by_max_label_values() {
     let jobs: Vec<String> = ["a", "b", "c", "a", "d"]
         .iter()
         .map(|s| {
-            let out = c.convert(&request(Some(s), vec![Default::default()]), Timestamp(1));
+            let out = c.convert(
+                &request(Some(s), vec![Default::default()]),
+                Timestamp(1),
+                None,
+            );
             out[0].labels.get("job").unwrap_or_default().to_string()
         })
         .collect();
     assert_eq!(jobs, ["a", "b", "other", "a", "other"]);
+}
+
+#[test]
+fn each_sender_has_its_own_bound_on_job_values() {
+    let mut c = Converter::new(&settings(2));
+    let mut job = |uid: Option<u32>, s: &str| {
+        let out = c.convert(
+            &request(Some(s), vec![Default::default()]),
+            Timestamp(1),
+            uid,
+        );
+        out[0].labels.get("job").unwrap_or_default().to_string()
+    };
+    // One sender's junk names fill its own bound only.
+    for i in 0..55 {
+        job(Some(1001), &format!("junk{i}"));
+    }
+    assert_eq!(job(Some(1001), "junk99"), "other");
+    assert_eq!(job(Some(1000), "billing"), "billing");
+    assert_eq!(job(Some(1000), "api"), "api");
+    assert_eq!(job(Some(1000), "third"), "other");
+    assert_eq!(job(None, "unknown_sender"), "unknown_sender");
 }
 
 #[test]
@@ -235,14 +265,14 @@ fn every_record_of_every_resource_and_scope_is_one_entry_in_order() {
         )
         .resource_logs,
     );
-    let out = c.convert(&req, Timestamp(1));
+    let out = c.convert(&req, Timestamp(1), None);
     let got: Vec<(&str, &str)> = out
         .iter()
         .map(|e| (e.labels.get("job").unwrap_or_default(), e.line.as_str()))
         .collect();
     assert_eq!(got, [("a", "1"), ("a", "2"), ("b", "3")]);
     assert!(c
-        .convert(&ExportLogsServiceRequest::default(), Timestamp(1))
+        .convert(&ExportLogsServiceRequest::default(), Timestamp(1), None)
         .is_empty());
 }
 
@@ -300,7 +330,7 @@ fn a_runs_records_are_in_the_runs_job_with_its_labels_run_id_and_service() {
             },
         ],
     );
-    let out = c.convert(&req, Timestamp(1));
+    let out = c.convert(&req, Timestamp(1), None);
     assert_eq!(
         out[0].labels.to_string(),
         r#"{env="run", host="vm1", iter="3", job="ralph", level="info", task="fix-ci", team_name="core"}"#
@@ -375,6 +405,7 @@ fn only_valid_listed_run_labels_with_a_string_value_become_labels_at_most_sixtee
     let out = c.convert(
         &run_request(attributes, vec![Default::default()]),
         Timestamp(1),
+        None,
     );
     let got: Vec<(&str, &str)> = out[0]
         .labels
@@ -417,7 +448,7 @@ fn records_of_a_resource_without_a_valid_run_id_are_converted_as_any_others() {
             trace_id: vec![0xab; 16],
             ..Default::default()
         };
-        let out = c.convert(&run_request(attributes, vec![record]), Timestamp(1));
+        let out = c.convert(&run_request(attributes, vec![record]), Timestamp(1), None);
         assert_eq!(
             out[0].labels.to_string(),
             r#"{env="local", host="vm1", job="web", level="unknown", team_name="core"}"#,
@@ -438,6 +469,7 @@ fn a_run_without_a_name_or_service_is_named_as_before_and_its_names_are_bounded(
         let out = c.convert(
             &run_request(attributes, vec![Default::default()]),
             Timestamp(1),
+            None,
         );
         (
             out[0].labels.get("job").unwrap_or_default().to_string(),
@@ -484,8 +516,8 @@ fn converting_the_same_run_request_again_gives_the_same_entries() {
             ..Default::default()
         }],
     );
-    let first = Converter::new(&settings(10)).convert(&req, Timestamp(5));
+    let first = Converter::new(&settings(10)).convert(&req, Timestamp(5), None);
     let mut c = Converter::new(&settings(10));
-    c.convert(&req, Timestamp(5));
-    assert_eq!(c.convert(&req, Timestamp(5)), first);
+    c.convert(&req, Timestamp(5), None);
+    assert_eq!(c.convert(&req, Timestamp(5), None), first);
 }

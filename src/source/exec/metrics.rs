@@ -13,9 +13,10 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::admin::family::{counter, labelled, Family, Sample};
+use crate::admin::family::{counter, labelled, load, one, Family, Sample};
 use crate::parse::labels::OVERFLOW_VALUE;
 
 /// What one job's runs add up to.
@@ -33,6 +34,9 @@ struct JobRuns {
 pub struct ExecCounters {
     max_jobs: usize,
     jobs: Mutex<BTreeMap<String, JobRuns>>,
+    /// Runs whose lines got `job` and label values `other` (their user's
+    /// label sets were at the bound, see the exec server).
+    relabelled: AtomicU64,
 }
 
 /// A run as counted.
@@ -50,7 +54,13 @@ impl ExecCounters {
         ExecCounters {
             max_jobs: max_jobs.max(1),
             jobs: Mutex::default(),
+            relabelled: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a run whose lines are shipped as `other`.
+    pub fn relabelled(&self) {
+        self.relabelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one handled run.
@@ -122,6 +132,11 @@ impl ExecCounters {
                     }
                 })
             },
+        ),
+        counter(
+            "wisp_exec_runs_relabelled_total",
+            "exec runs whose lines were shipped with job and --label values \"other\": their user had used agent.max_label_values distinct label sets (--name and --label values) already.",
+            |c| one(load(&c.relabelled)),
         ),
     ];
 }

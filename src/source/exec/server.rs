@@ -21,7 +21,11 @@
 //! [`MAX_FRAME`]) in flight, so at most 64 MiB in flight; a connection silent
 //! for [`IDLE_TIMEOUT`] is closed (its `exec` reconnects); at most
 //! [`MAX_UNFINISHED_RUNS_PER_USER`] unfinished runs remembered per uid (past it
-//! the oldest is forgotten), so no user grows the spool's state without bound.
+//! the oldest is forgotten), so no user grows the spool's state without bound;
+//! at most `agent.max_label_values` distinct `--name`/`--label` sets per uid
+//! (further runs ship as `other`, `guard_streams`), so no user's streams
+//! take another's; each uid's lines are its own owner in the spool
+//! ([`crate::record::Owner::exec`]): a flood loses its own oldest first.
 //!
 //! Each line is also looked at for the cost the command reported
 //! ([`super::cost`]); the run's last is kept with its resume point and put on
@@ -47,7 +51,8 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{encode, read_frame_async, ClientFrame, DaemonFrame, MAX_FRAME};
 use super::DEFAULT_JOB;
 use crate::config::LogFormat;
-use crate::record::{Ack, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
+use crate::parse::labels::StreamGuard;
+use crate::record::{Ack, Owner, ResumePoint, SourceBatch, SourceInfo, SourceLine, Timestamp};
 use crate::relay::Intake;
 use crate::source::exec::metrics::ExecCounters;
 use crate::source::exec::spans::{Handled, RunSpan, SpanSettings};
@@ -89,6 +94,9 @@ pub struct ExecServerSettings {
     pub intake: Option<Intake>,
     /// The runs counted for `/metrics`.
     pub counters: Arc<ExecCounters>,
+    /// Distinct label sets (`--name` and `--label` values) per user, at most
+    /// (`agent.max_label_values`).
+    pub max_label_sets: usize,
 }
 
 /// What the server knows before it serves, found by [`startup`] before the
@@ -148,6 +156,9 @@ struct Ctx {
     intake: Option<Intake>,
     counters: Arc<ExecCounters>,
     span: SpanSettings,
+    /// Each user's label sets ([`StreamGuard`]): one user's `--label` values
+    /// never take another's streams.
+    streams: Mutex<StreamGuard<u32>>,
 }
 
 /// Binds the socket: its parent is created 0755 if missing, a stale socket left
@@ -214,6 +225,7 @@ pub async fn run(
         intake: settings.intake,
         counters: settings.counters,
         span: settings.span,
+        streams: Mutex::new(StreamGuard::new(settings.max_label_sets)),
     });
     tracing::info!(
         "wisp-agent exec hands its runs over {}",
@@ -504,6 +516,7 @@ async fn serve_run(
                 format: LogFormat::Auto,
                 label_fields: Vec::new(),
                 trace_context: None,
+                owner: Owner::exec(uid),
             }),
             lines: Vec::new(),
             ack: Ack::none().with_resume(ResumePoint {
@@ -518,15 +531,17 @@ async fn serve_run(
         complete: false,
     })
     .await?;
-    let mut source_labels: Vec<(String, String)> = labels.into_iter().collect();
+    let (line_job, line_labels) = guard_streams(ctx, uid, &user, &job, labels);
+    let mut source_labels = line_labels;
     source_labels.push(("user".into(), user.clone()));
     let source = Arc::new(SourceInfo {
-        job: job.clone(),
+        job: line_job,
         filename: None,
         labels: source_labels,
         format: LogFormat::Auto,
         label_fields: Vec::new(),
         trace_context: Some((hello.trace_id.clone(), hello.span_id.clone())),
+        owner: Owner::exec(uid),
     });
     loop {
         let Some(frame) = conn.next(cancel).await? else {
@@ -600,18 +615,63 @@ async fn serve_run(
                     git_head_after: commit(git_head.as_ref()),
                     cost_usd,
                 };
-                if let Err(reason) = finish_run(ctx, &run, handled_key).await {
+                if let Err(reason) = finish_run(ctx, uid, &run, handled_key).await {
                     return conn.answer(&refuse(&reason)).await;
                 }
-                // Handled: the spool need not remember how far it holds the run.
-                let forget = SourceBatch {
-                    source,
-                    lines: Vec::new(),
-                    ack: Ack::none().with_resume(ResumePoint { key, state: None }),
-                };
-                let _ = ctx.tx.send(forget).await;
+                // Handled: the spool need not remember how far it holds the
+                // run (nothing to forget for a run that printed nothing: no
+                // append, no fsync).
+                let held = ctx
+                    .durable
+                    .lock()
+                    .map(|mut d| d.remove(&key).is_some())
+                    .unwrap_or(true);
+                if held || acked > 0 {
+                    let forget = SourceBatch {
+                        source,
+                        lines: Vec::new(),
+                        ack: Ack::none().with_resume(ResumePoint { key, state: None }),
+                    };
+                    let _ = ctx.tx.send(forget).await;
+                }
                 return conn.answer(&DaemonFrame::Done).await;
             }
+        }
+    }
+}
+
+/// The job and labels a run's lines are shipped with: its own, or, once its
+/// user has used [`ExecServerSettings::max_label_sets`] other sets, `other`
+/// for the job and each label value (the names kept; the span keeps the
+/// run's own). Warned once per user, counted per run.
+fn guard_streams(
+    ctx: &Ctx,
+    uid: u32,
+    user: &str,
+    job: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> (String, Vec<(String, String)>) {
+    use crate::parse::labels::{Admitted, OVERFLOW_VALUE};
+    let admitted = match ctx.streams.lock() {
+        Ok(mut g) => g.admit(&uid, (job, &labels)),
+        Err(_) => Admitted::Value(""),
+    };
+    match admitted {
+        Admitted::Value(_) => (job.to_owned(), labels.into_iter().collect()),
+        Admitted::Overflow { first } => {
+            if first {
+                tracing::warn!(
+                    "{user} (uid {uid}) used more distinct exec --name/--label sets than \
+                     agent.max_label_values allows; further runs of theirs are shipped with \
+                     job and label values \"{OVERFLOW_VALUE}\""
+                );
+            }
+            ctx.counters.relabelled();
+            let labels = labels
+                .into_keys()
+                .map(|k| (k, OVERFLOW_VALUE.to_owned()))
+                .collect();
+            (OVERFLOW_VALUE.to_owned(), labels)
         }
     }
 }

@@ -16,11 +16,15 @@
 //! the capture.
 //!
 //! Each run is handed on once: the runs already handled are kept in
-//! `state_dir/exec-spans.json` (written temp → fsync → rename after the spool
-//! took the span), at most [`MAX_HANDLED`] of them, newest kept.
+//! `state_dir/exec-spans.log`, one line appended (and fdatasynced) per run
+//! after the spool took its span: a few dozen bytes a run, not the whole list.
+//! At most [`MAX_HANDLED`] runs are remembered, newest kept; once the file holds
+//! twice as many lines it is compacted (the newest written temp → fsync →
+//! rename), so its size and the cost of a run stay bounded. The JSON list an
+//! older version kept (`exec-spans.json`) is read once and folded in.
 
-use std::collections::BTreeMap;
-use std::fs;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -33,21 +37,23 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::record::otlp_text as text;
 
-/// The list of handled runs, under `state_dir`.
-pub const HANDLED_FILE: &str = "exec-spans.json";
-/// The largest `exec-spans.json` read; a larger one is taken as unreadable.
+/// The journal of handled runs, under `state_dir`.
+pub const HANDLED_FILE: &str = "exec-spans.log";
+/// The list an older version rewrote per run; read once, then removed.
+const LEGACY_HANDLED_FILE: &str = "exec-spans.json";
+/// The largest handled file read; a larger one is taken as unreadable.
 const MAX_HANDLED_BYTES: u64 = 16 << 20;
 
 /// At most this many runs are remembered as handled (oldest forgotten first): a
 /// capture replayed after that many newer runs would be shipped again.
 pub const MAX_HANDLED: usize = 10_000;
 
-#[derive(Default, Serialize, Deserialize)]
-struct HandledFile {
+#[derive(Default, Deserialize)]
+struct LegacyFile {
     /// Run key → when it was handled (ms since the epoch).
     runs: BTreeMap<String, u64>,
 }
@@ -55,27 +61,79 @@ struct HandledFile {
 /// The runs already handed on, by run key; see the module doc.
 pub struct Handled {
     path: PathBuf,
-    runs: BTreeMap<String, u64>,
+    /// Run key → when it was handled (ms since the epoch).
+    runs: HashMap<String, u64>,
+    /// The keys, oldest first.
+    order: VecDeque<String>,
+    /// The journal, open for appending once a run was added since the load.
+    file: Option<File>,
+    /// Lines in the journal (valid or not): past `2 × max` it is compacted.
+    lines: usize,
     max: usize,
 }
 
 impl Handled {
-    /// Reads the list under `state_dir` (an unreadable one is empty: at worst a
-    /// replayed run gets a second span).
+    /// Reads the journal under `state_dir` (an unreadable one is empty: at
+    /// worst a replayed run gets a second span), and an older version's list.
     pub fn load(state_dir: &Path) -> Handled {
         let path = state_dir.join(HANDLED_FILE);
-        // Capped like every metadata read: 10 000 runs take about 1 MiB.
-        let runs = match crate::state_file::read_capped(&path, MAX_HANDLED_BYTES) {
-            Ok(crate::state_file::Capped::Bytes(b)) => Some(b),
-            _ => None,
-        }
-        .and_then(|b| serde_json::from_slice::<HandledFile>(&b).ok())
-        .map(|f| f.runs)
-        .unwrap_or_default();
-        Handled {
+        let mut h = Handled {
             path,
-            runs,
+            runs: HashMap::new(),
+            order: VecDeque::new(),
+            file: None,
+            lines: 0,
             max: MAX_HANDLED,
+        };
+        let legacy = state_dir.join(LEGACY_HANDLED_FILE);
+        let mut old: Vec<(String, u64)> = read(&legacy)
+            .and_then(|b| serde_json::from_slice::<LegacyFile>(&b).ok())
+            .map(|f| f.runs.into_iter().collect())
+            .unwrap_or_default();
+        old.sort_by_key(|(_, at)| *at);
+        for (key, at) in old {
+            h.remember(key, at);
+        }
+        if let Some(bytes) = read(&h.path) {
+            for line in bytes.split(|&b| b == b'\n') {
+                if line.is_empty() {
+                    continue;
+                }
+                h.lines += 1;
+                // A line a crash cut short has no time: skipped.
+                let parsed = std::str::from_utf8(line).ok().and_then(|l| {
+                    let (key, at) = l.split_once(' ')?;
+                    Some((key.to_owned(), at.parse().ok()?))
+                });
+                if let Some((key, at)) = parsed {
+                    h.remember(key, at);
+                }
+            }
+        }
+        if legacy.exists() {
+            // Folded in: written out whole once, then the old list goes.
+            match h.compact() {
+                Ok(()) => {
+                    let _ = fs::remove_file(&legacy);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot write {}: {e}; the handled exec runs are read from {} again at the next start",
+                    h.path.display(),
+                    legacy.display()
+                ),
+            }
+        }
+        h
+    }
+
+    fn remember(&mut self, key: String, at: u64) {
+        if self.runs.insert(key.clone(), at).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > self.max {
+            if let Some(oldest) = self.order.pop_front() {
+                self.runs.remove(&oldest);
+            }
         }
     }
 
@@ -85,33 +143,75 @@ impl Handled {
 
     /// The handled runs' keys (`uid:trace id:span id`).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.runs.keys().map(String::as_str)
+        self.order.iter().map(String::as_str)
     }
 
-    /// Adds `key` and writes the list durably.
+    /// Adds `key` and appends it to the journal durably (one line, one
+    /// fdatasync; a compaction now and then).
     pub fn insert(&mut self, key: String, now_ms: u64) -> io::Result<()> {
-        self.runs.insert(key, now_ms);
-        while self.runs.len() > self.max {
-            let Some(oldest) = self
-                .runs
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.runs.remove(&oldest);
+        if key.contains([' ', '\n']) {
+            return Err(io::Error::other("a run key holds a space or a newline"));
         }
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&HandledFile {
-            runs: self.runs.clone(),
-        })
-        .map_err(io::Error::other)?;
-        let mut f = crate::state_file::create_temp(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)
+        self.remember(key.clone(), now_ms);
+        if self.lines >= self.max.saturating_mul(2) {
+            return self.compact();
+        }
+        let line = format!("{key} {now_ms}\n");
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(open_append(&self.path)?),
+        };
+        file.write_all(line.as_bytes())?;
+        file.sync_data()?;
+        self.lines += 1;
+        Ok(())
     }
+
+    /// Rewrites the journal with the runs remembered (temp → fsync → rename).
+    fn compact(&mut self) -> io::Result<()> {
+        let tmp = self.path.with_extension("log.tmp");
+        let mut text = String::with_capacity(self.order.len() * 72);
+        for key in &self.order {
+            let at = self.runs.get(key).copied().unwrap_or(0);
+            text.push_str(&format!("{key} {at}\n"));
+        }
+        let mut f = crate::state_file::create_temp(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &self.path)?;
+        self.file = None;
+        self.lines = self.order.len();
+        Ok(())
+    }
+}
+
+/// A handled file's bytes, `None` when absent, unreadable or over the cap.
+fn read(path: &Path) -> Option<Vec<u8>> {
+    match crate::state_file::read_capped(path, MAX_HANDLED_BYTES) {
+        Ok(crate::state_file::Capped::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// Opens the journal for appending: created 0600 if missing, never through a
+/// symlink, a regular file only.
+fn open_append(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is a {}, not a regular file",
+            path.display(),
+            crate::state_file::kind_of(&meta.file_type())
+        )));
+    }
+    Ok(file)
 }
 
 /// What the daemon needs to describe a run.
@@ -397,9 +497,76 @@ mod tests {
         for i in 0..3 {
             h.insert(format!("r{i}"), 2 + i).unwrap();
         }
+        let mut h = Handled::load(dir.path());
+        h.max = 3;
+        h.remember("x".into(), 0);
         let h = Handled::load(dir.path());
-        assert!(!h.contains("a"), "the oldest is forgotten");
+        assert!(!h.contains("x"), "only what was inserted is written");
+        let mut h = Handled::load(dir.path());
+        h.max = 3;
+        h.insert("r3".into(), 9).unwrap();
+        assert!(
+            !h.contains("a") && !h.contains("r0"),
+            "the oldest are forgotten"
+        );
         assert_eq!(h.runs.len(), 3);
+    }
+
+    #[test]
+    fn a_run_appends_one_line_and_the_journal_is_compacted_at_twice_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HANDLED_FILE);
+        let mut h = Handled::load(dir.path());
+        h.max = 4;
+        h.insert("0:t:s".into(), 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0:t:s 5\n");
+        for i in 0..7 {
+            h.insert(format!("k{i}"), 10 + i).unwrap();
+        }
+        // Eight lines: the ninth run compacts to the newest four.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 8);
+        h.insert("k7".into(), 20).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "k4 14\nk5 15\nk6 16\nk7 20\n"
+        );
+        h.insert("k8".into(), 21).unwrap();
+        let again = Handled::load(dir.path());
+        assert!(again.contains("k8") && again.contains("k5"));
+        assert!(h.insert("a b".into(), 1).is_err());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_an_older_json_list_is_folded_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(LEGACY_HANDLED_FILE),
+            r#"{"runs":{"old:a:b":3,"old:c:d":4}}"#,
+        )
+        .unwrap();
+        let h = Handled::load(dir.path());
+        assert!(h.contains("old:a:b") && h.contains("old:c:d"));
+        assert!(!dir.path().join(LEGACY_HANDLED_FILE).exists());
+        let path = dir.path().join(HANDLED_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"new:e:f 7\nnew:g:h").unwrap();
+        let h = Handled::load(dir.path());
+        assert!(h.contains("old:a:b") && h.contains("new:e:f"));
+        assert!(!h.contains("new:g:h"));
+    }
+
+    #[test]
+    fn the_journal_is_not_appended_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(HANDLED_FILE)).unwrap();
+        let mut h = Handled::load(dir.path());
+        assert!(h.insert("k".into(), 1).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 
     fn hex(b: &[u8]) -> String {

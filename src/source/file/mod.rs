@@ -592,6 +592,8 @@ impl Tailer {
                 format: crate::config::LogFormat::Text,
                 label_fields: Vec::new(),
                 trace_context: None,
+                // Marks carry resume points, never records.
+                owner: crate::record::Owner::UNKNOWN,
             }),
         })
     }

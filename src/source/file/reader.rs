@@ -663,6 +663,7 @@ mod tests {
                 format: LogFormat::Auto,
                 label_fields: vec![],
                 trace_context: None,
+                owner: crate::record::Owner::UNKNOWN,
             }),
             joiner: JoinerSettings {
                 mode: Multiline::None,

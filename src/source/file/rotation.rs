@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::StartAt;
-use crate::record::{SourceBatch, SourceInfo};
+use crate::record::{Owner, SourceBatch, SourceInfo};
 
 use super::checkpoint::Known;
 use super::fingerprint::{FileId, Fingerprint};
@@ -159,6 +159,12 @@ impl Tailer {
         why: &str,
     ) -> SourceBatch {
         let entry = &self.entries[ei];
+        // The file's owner shares the buffer with the entry's other files'
+        // owners as a separate owner (see `crate::spool`).
+        let uid = {
+            use std::os::unix::fs::MetadataExt;
+            file.metadata().map_or(0, |m| m.uid())
+        };
         let source = Arc::new(SourceInfo {
             job: entry.config.name.clone(),
             filename: Some(path.display().to_string()),
@@ -171,6 +177,7 @@ impl Tailer {
             trace_context: None,
             format: entry.config.format,
             label_fields: entry.config.label_fields.clone(),
+            owner: Owner::file(ei, uid),
         });
         let seq = self.next_seq;
         let exec_runs = self.known_runs.clone().and_then(|known| {

@@ -99,7 +99,7 @@ pub async fn run(
         };
         let stored = tokio::select! {
             _ = cancel.cancelled() => break,
-            stored = intake.store(payload) => stored,
+            stored = intake.store(payload, crate::record::Owner::AGENT) => stored,
         };
         match stored {
             Ok(()) => {

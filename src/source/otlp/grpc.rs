@@ -1,6 +1,7 @@
 //! OTLP/gRPC: the three export services, and the budget check that reads a
 //! request's body before tonic decodes it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,6 +24,7 @@ use prost::Message;
 
 use super::budget::{read_body, BodyRefusal, Held};
 use super::{encode_within, Oversize, Relay, MAX_REQUEST_BYTES};
+use crate::listen::Peer;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::run::JoinRuns;
 
@@ -46,6 +48,7 @@ impl Relay {
         &self,
         signal: OtlpSignal,
         wire: Option<WireBytes>,
+        peer: Option<Arc<Peer>>,
         mut request: M,
     ) -> Result<(), tonic::Status> {
         request.join_runs();
@@ -68,10 +71,13 @@ impl Relay {
         if body.is_empty() {
             return Ok(());
         }
-        self.store(OtlpPayload {
-            signal,
-            body: body.into(),
-        })
+        self.store(
+            OtlpPayload {
+                signal,
+                body: body.into(),
+            },
+            peer.as_deref(),
+        )
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot buffer the request: {e}")))?;
         drop(held);
@@ -86,7 +92,8 @@ impl TraceService for Relay {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(OtlpSignal::Traces, wire, request.into_inner())
+        let peer = request.extensions().get::<Arc<Peer>>().cloned();
+        self.store_grpc(OtlpSignal::Traces, wire, peer, request.into_inner())
             .await?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -99,7 +106,8 @@ impl MetricsService for Relay {
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(OtlpSignal::Metrics, wire, request.into_inner())
+        let peer = request.extensions().get::<Arc<Peer>>().cloned();
+        self.store_grpc(OtlpSignal::Metrics, wire, peer, request.into_inner())
             .await?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -112,7 +120,8 @@ impl LogsService for Relay {
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
         let wire = request.extensions().get::<WireBytes>().copied();
-        self.store_grpc(OtlpSignal::Logs, wire, request.into_inner())
+        let peer = request.extensions().get::<Arc<Peer>>().cloned();
+        self.store_grpc(OtlpSignal::Logs, wire, peer, request.into_inner())
             .await?;
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }

@@ -2,11 +2,13 @@
 //! plain or gzip.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -14,19 +16,35 @@ use prost::Message;
 
 use super::budget::{read_body, BodyRefusal as ReadRefusal, Held};
 use super::{encode_within, Oversize, Relay, BODY_BYTES_IN_FLIGHT, MAX_REQUEST_BYTES};
+use crate::listen::Peer;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::run::JoinRuns;
 
-pub(super) async fn traces(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
-    http_export(&r, OtlpSignal::Traces, &headers, body).await
+pub(super) async fn traces(
+    State(r): State<Relay>,
+    peer: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    http_export(&r, OtlpSignal::Traces, peer.map(|p| p.0), &headers, body).await
 }
 
-pub(super) async fn metrics(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
-    http_export(&r, OtlpSignal::Metrics, &headers, body).await
+pub(super) async fn metrics(
+    State(r): State<Relay>,
+    peer: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    http_export(&r, OtlpSignal::Metrics, peer.map(|p| p.0), &headers, body).await
 }
 
-pub(super) async fn logs(State(r): State<Relay>, headers: HeaderMap, body: Body) -> Response {
-    http_export(&r, OtlpSignal::Logs, &headers, body).await
+pub(super) async fn logs(
+    State(r): State<Relay>,
+    peer: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    http_export(&r, OtlpSignal::Logs, peer.map(|p| p.0), &headers, body).await
 }
 
 fn busy_response(message: String) -> Response {
@@ -46,6 +64,7 @@ pub(crate) enum BodyEncoding {
 async fn http_export(
     relay: &Relay,
     signal: OtlpSignal,
+    peer: Option<Arc<Peer>>,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
@@ -141,10 +160,13 @@ async fn http_export(
     };
     if !protobuf.is_empty() {
         if let Err(e) = relay
-            .store(OtlpPayload {
-                signal,
-                body: protobuf,
-            })
+            .store(
+                OtlpPayload {
+                    signal,
+                    body: protobuf,
+                },
+                peer.as_deref(),
+            )
             .await
         {
             return busy_response(format!("cannot buffer the request: {e}"));

@@ -75,8 +75,8 @@ use tonic::codec::CompressionEncoding;
 
 use crate::admin::family::{counter, labelled, load, one, Family};
 use crate::config::ReceiverConfig;
-use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
-use crate::record::{Ack, OtlpPayload, OtlpSignal, Timestamp};
+use crate::listen::{ListenerCounters, ListenerLimits, Peer, Protocol};
+use crate::record::{Ack, OtlpPayload, OtlpSignal, Owner, Timestamp};
 use crate::relay::to_loki::{wait, Turn};
 use crate::relay::{Intake, LogsToLoki};
 
@@ -371,12 +371,15 @@ impl Relay {
     /// Stores one request in the OTLP spool, and a logs request's records in the
     /// Loki spool too with `logs_to_loki`; `Ok` once all of it is durable.
     /// Counted as accepted (per signal, with its bytes) or refused.
-    async fn store(&self, payload: OtlpPayload) -> Result<(), String> {
+    /// `peer`: the connection's, whose user owns what it sends (its share of
+    /// the buffers, its `job` values in Loki).
+    async fn store(&self, payload: OtlpPayload, peer: Option<&Peer>) -> Result<(), String> {
         let bytes = payload.body.len() as u64;
         let signal = payload.signal;
+        let uid = peer.and_then(Peer::uid);
         let result = match (&self.to_loki, signal) {
-            (Some(to_loki), OtlpSignal::Logs) => self.store_with_loki(to_loki, payload).await,
-            _ => self.intake.store(payload).await,
+            (Some(to_loki), OtlpSignal::Logs) => self.store_with_loki(to_loki, payload, uid).await,
+            _ => self.intake.store(payload, Owner::otlp(uid)).await,
         };
         match &result {
             Ok(()) => {
@@ -401,7 +404,9 @@ impl Relay {
         &self,
         to_loki: &LogsToLoki,
         payload: OtlpPayload,
+        uid: Option<u32>,
     ) -> Result<(), String> {
+        let owner = Owner::otlp(uid);
         let (digest, progress) = to_loki.progress(&payload.body);
         if !progress.loki.is_durable() {
             if let Some(e) = to_loki.refusing() {
@@ -412,14 +417,14 @@ impl Relay {
         match progress.otlp.turn() {
             Turn::Done => {}
             Turn::Wait(pending) => wait(pending).await?,
-            Turn::Mine(ack) => self.intake.store_acked(payload, ack).await?,
+            Turn::Mine(ack) => self.intake.store_acked(payload, ack, owner).await?,
         }
         match progress.loki.turn() {
             Turn::Done => {}
             Turn::Wait(pending) => wait(pending).await?,
             Turn::Mine(ack) => {
                 let records = to_loki
-                    .convert(&body, Timestamp::now())
+                    .convert(&body, Timestamp::now(), uid)
                     .map_err(|e| format!("cannot read the logs request for loki: {e}"))?;
                 // Counted once durable, even if this attempt is cut before.
                 let n = records.len() as u64;
@@ -428,7 +433,7 @@ impl Relay {
                     counters.logs_to_loki.fetch_add(n, Ordering::Relaxed);
                 });
                 to_loki
-                    .store(records, ack.and(counted))
+                    .store(records, ack.and(counted), owner)
                     .await
                     .map_err(|e| format!("cannot store the logs for loki: {e}"))?;
             }

@@ -1,6 +1,7 @@
 //! Recovery: checking a whole segment file in bounded memory, and finding where
 //! frames start again after damage.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -150,6 +151,47 @@ pub struct Scan {
     pub records_before_ack: u64,
     /// Whether `ack_offset` falls on a frame boundary at or before `valid_len`.
     pub ack_aligned: bool,
+    /// Records and frame bytes before `valid_len` per owner, as the commits'
+    /// runs say ([`Shares::owners`]; owner 0 for records they do not cover).
+    pub owners: BTreeMap<u64, (u64, u64)>,
+    /// Segments the commits before `valid_len` say they replace.
+    pub superseded: Vec<u64>,
+}
+
+/// Records of one append waiting for its commit to say whose they are; past
+/// this many (only a damaged or very old segment has so many between
+/// commits) they are counted as owner 0's at once.
+const MAX_PENDING: usize = 1 << 16;
+
+/// Credits `pending` (the frame sizes of an append's records, in order) to the
+/// owners `runs` names; what they do not cover is owner 0's.
+pub(crate) fn credit(
+    owners: &mut BTreeMap<u64, (u64, u64)>,
+    runs: &[(u64, u64)],
+    pending: &mut Vec<u64>,
+) {
+    let mut sizes = pending.drain(..);
+    for &(owner, n) in runs {
+        let mut share = (0u64, 0u64);
+        for size in sizes
+            .by_ref()
+            .take(usize::try_from(n).unwrap_or(usize::MAX))
+        {
+            share.0 += 1;
+            share.1 += size;
+        }
+        if share.0 > 0 {
+            let e = owners.entry(owner).or_default();
+            e.0 += share.0;
+            e.1 += share.1;
+        }
+    }
+    let rest = sizes.fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
+    if rest.0 > 0 {
+        let e = owners.entry(0).or_default();
+        e.0 += rest.0;
+        e.1 += rest.1;
+    }
 }
 
 /// Checks every frame of a segment file, in bounded memory, and applies the
@@ -191,6 +233,10 @@ pub fn scan_segment(
     // far, and both as of the last point worth keeping.
     let (mut records, mut damaged) = (0u64, 0u64);
     let mut found_frame = false;
+    // Whose each record of the append being read is, once its commit says,
+    // and the shares as of the last point worth keeping.
+    let mut pending: Vec<u64> = Vec::new();
+    let mut owners = BTreeMap::new();
     scan.valid_len = HEADER_LEN;
     scan.ack_aligned = ack_offset == Some(HEADER_LEN);
     while offset < file_len {
@@ -200,20 +246,28 @@ pub fn scan_segment(
                 found_frame = true;
                 records += 1;
                 offset += frame.size();
+                pending.push(frame.size());
+                if !commits || pending.len() >= MAX_PENDING {
+                    credit(&mut owners, &[], &mut pending);
+                }
                 if !commits {
                     scan.valid_len = offset;
                     (scan.records, scan.damaged) = (records, damaged);
+                    scan.owners.clone_from(&owners);
                 }
             }
             Frame::Commit { .. } => {
                 found_frame = true;
                 offset += frame.size();
                 match Commit::decode(&commit, true) {
-                    Ok(c) => {
+                    Ok(mut c) => {
                         records = c.records;
                         c.apply(state);
+                        credit(&mut owners, &c.shares.owners, &mut pending);
+                        scan.superseded.extend_from_slice(&c.shares.superseded);
                         scan.valid_len = offset;
                         (scan.records, scan.damaged) = (records, damaged);
+                        scan.owners.clone_from(&owners);
                     }
                     // A good checksum over a payload this build cannot read.
                     Err(_) => damaged += 1,

@@ -8,7 +8,7 @@ use std::io;
 
 use super::super::protocol::Hello;
 use super::Ctx;
-use crate::record::{OtlpPayload, OtlpSignal};
+use crate::record::{OtlpPayload, OtlpSignal, Owner};
 use crate::source::exec::metrics::CountedRun;
 use crate::source::exec::spans::{span_request, RunSpan};
 use crate::spool::ResumeState;
@@ -109,16 +109,20 @@ pub(super) fn run_key(uid: u32, hello: &Hello) -> Vec<u8> {
 /// counts it (`wisp_exec_*`): once per run, as its span.
 pub(super) async fn finish_run(
     ctx: &Ctx,
+    uid: u32,
     run: &RunSpan,
     handled_key: String,
 ) -> Result<(), String> {
     if let Some(intake) = &ctx.intake {
         match span_request(run, &ctx.span) {
             Some(body) => intake
-                .store(OtlpPayload {
-                    signal: OtlpSignal::Traces,
-                    body: body.into(),
-                })
+                .store(
+                    OtlpPayload {
+                        signal: OtlpSignal::Traces,
+                        body: body.into(),
+                    },
+                    Owner::exec(uid),
+                )
                 .await
                 .map_err(|e| format!("cannot buffer the run's span: {e}"))?,
             None => tracing::warn!("exec run {handled_key} has invalid ids; no span for it"),

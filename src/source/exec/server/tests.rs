@@ -124,13 +124,24 @@ fn a_runs_cost_is_kept_in_its_resume_point_and_old_points_still_read() {
 fn one_user_cannot_take_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, _rx) = mpsc::channel(1);
-    let ctx = Ctx {
+    let ctx = ctx(dir.path(), tx, 10);
+    let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
+        .map(|_| UserSlot::take(&ctx, 1000).unwrap())
+        .collect();
+    assert!(UserSlot::take(&ctx, 1000).is_none());
+    assert!(UserSlot::take(&ctx, 1001).is_some(), "others still get in");
+    drop(slots);
+    assert!(UserSlot::take(&ctx, 1000).is_some());
+}
+
+fn ctx(dir: &std::path::Path, tx: mpsc::Sender<SourceBatch>, max_label_sets: usize) -> Ctx {
+    Ctx {
         tx,
         durable: Arc::default(),
         active: Mutex::default(),
         run_ended: tokio::sync::Notify::new(),
         per_user: Mutex::default(),
-        handled: Arc::new(Mutex::new(Handled::load(dir.path()))),
+        handled: Arc::new(Mutex::new(Handled::load(dir))),
         known: Arc::default(),
         warnings: crate::event::Repeated::default(),
         intake: None,
@@ -139,12 +150,30 @@ fn one_user_cannot_take_every_connection() {
             hostname: "vm".into(),
             resource_attributes: vec![],
         },
-    };
-    let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_USER)
-        .map(|_| UserSlot::take(&ctx, 1000).unwrap())
-        .collect();
-    assert!(UserSlot::take(&ctx, 1000).is_none());
-    assert!(UserSlot::take(&ctx, 1001).is_some(), "others still get in");
-    drop(slots);
-    assert!(UserSlot::take(&ctx, 1000).is_some());
+        streams: Mutex::new(StreamGuard::new(max_label_sets)),
+    }
+}
+
+#[test]
+fn one_users_label_values_do_not_take_another_users_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _rx) = mpsc::channel(1);
+    let ctx = ctx(dir.path(), tx, 3);
+    let labels = |v: &str| [("iter".to_string(), v.to_string())].into();
+    for i in 0..2016 {
+        guard_streams(&ctx, 1001, "mallory", "ralph", labels(&i.to_string()));
+    }
+    let (job, l) = guard_streams(&ctx, 1001, "mallory", "ralph", labels("x"));
+    assert_eq!(
+        (job.as_str(), l),
+        ("other", vec![("iter".into(), "other".into())])
+    );
+    let (job, l) = guard_streams(&ctx, 1000, "alice", "build", labels("1"));
+    assert_eq!(
+        (job.as_str(), l),
+        ("build", vec![("iter".into(), "1".into())])
+    );
+    // A set seen before keeps its labels.
+    let (job, _) = guard_streams(&ctx, 1001, "mallory", "ralph", labels("0"));
+    assert_eq!(job, "ralph");
 }
