@@ -48,6 +48,8 @@ pub struct Segment {
 /// The line cut at its marks (the marks themselves left out), or `None` when it
 /// carries none: the common case, one vectorised search.
 pub fn segments(line: &[u8]) -> Option<Vec<Segment>> {
+    // Most lines hold no ESC at all: one memchr, no searcher built.
+    memchr::memchr(0x1b, line)?;
     let finder = memmem::Finder::new(PREFIX);
     let mut at = finder.find(line)?;
     let mut out = Vec::new();
