@@ -5,9 +5,15 @@
 //! - `render`: never panics; the output holds no control character but TAB
 //!   (C0, DEL, C1); it has at most twice as many characters as the input has
 //!   bytes; a line holding no control character (after lossy UTF-8) comes out
-//!   as that text; `invalid_utf8_lines` counts exactly the invalid lines. The
-//!   work is linear: .ci/fuzz-long.sh gives each input a `-timeout` and long
-//!   inputs (`-max_len`), so a quadratic path shows as a timeout;
+//!   as that text; `invalid_utf8_lines` counts exactly the invalid lines;
+//! - linear work: `render` and `segments` together spend at most
+//!   [`WORK_PER_BYTE`] of the thread's CPU time per input byte (plus
+//!   [`WORK_BASE`]), ten times the most they took on the fuzzing corpus (under
+//!   300 ns a byte, on a loaded machine), so a path that loops over the line
+//!   for each sequence shows on inputs of some 8 KiB and more (.ci/fuzz-long.sh
+//!   gives inputs up to 16 KiB). CPU time, not wall time: a fuzzer under `nice`
+//!   on a busy machine waits seconds for a core (libFuzzer's `-timeout`, wall
+//!   time, is only the backstop for a hang);
 //! - `segments`: `None` for a line without the mark prefix; otherwise the
 //!   ranges are non-empty, inside the line, in order and non-overlapping, and
 //!   what lies between them (and before the first, after the last) is marks,
@@ -19,6 +25,8 @@
 //! whose low half is not zero, as the real one does (the otlp_json target
 //! fuzzes the real one through the agent).
 #![no_main]
+
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 
@@ -48,14 +56,39 @@ mod relay {
 
 use source::terminal::{mark, render, RenderStats};
 
+/// The CPU time `render` and `segments` may take per input byte, and once.
+const WORK_PER_BYTE: Duration = Duration::from_micros(3);
+const WORK_BASE: Duration = Duration::from_millis(10);
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// A character the rendered text must not hold: C0 but TAB, DEL, C1.
 fn is_control(c: char) -> bool {
     c.is_control() && c != '\t'
 }
 
 fuzz_target!(|data: &[u8]| {
+    let start = thread_cpu_time();
     let mut stats = RenderStats::default();
     let out = render(data, &mut stats);
+    let segments = mark::segments(data);
+    let spent = thread_cpu_time() - start;
+    let budget = WORK_BASE + WORK_PER_BYTE * data.len() as u32;
+    assert!(
+        spent <= budget,
+        "{spent:?} of CPU time for {} bytes (budget {budget:?})",
+        data.len()
+    );
     if let Some(c) = out.chars().find(|&c| is_control(c)) {
         panic!("control character {c:?} in the output {out:?}");
     }
@@ -74,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let has_prefix = memchr::memmem::find(data, mark::PREFIX).is_some();
-    match mark::segments(data) {
+    match segments {
         None => {}
         Some(_) if !has_prefix => panic!("segments of a line without the mark prefix"),
         Some(segments) => {
