@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod listen;
 pub mod log;
 pub mod notify;

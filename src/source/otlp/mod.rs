@@ -82,7 +82,7 @@ use crate::relay::{Intake, LogsToLoki};
 
 mod budget;
 mod grpc;
-mod http;
+pub(crate) mod http;
 
 use budget::BodyBudget;
 
