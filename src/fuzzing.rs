@@ -50,12 +50,14 @@ impl LokiConversion {
         Self(Converter::new(settings))
     }
 
-    /// One entry per log record of `request`.
+    /// One entry per log record of `request`, sent by `uid` (`None`: a
+    /// sender whose user cannot be told).
     pub fn convert(
         &mut self,
         request: &ExportLogsServiceRequest,
         received: Timestamp,
+        uid: Option<u32>,
     ) -> Vec<LogRecord> {
-        self.0.convert(request, received)
+        self.0.convert(request, received, uid)
     }
 }

@@ -98,7 +98,7 @@ fn valid_label_name(name: &str) -> bool {
 fn check_loki(request: &ExportLogsServiceRequest) {
     let received = Timestamp(1_700_000_000_000_000_000);
     let mut conversion = LokiConversion::new(&settings());
-    let entries = conversion.convert(request, received);
+    let entries = conversion.convert(request, received, Some(1000));
     let records: usize = request
         .resource_logs
         .iter()
@@ -107,11 +107,11 @@ fn check_loki(request: &ExportLogsServiceRequest) {
         .sum();
     assert_eq!(entries.len(), records, "one entry per record");
     assert_eq!(
-        conversion.convert(request, received),
+        conversion.convert(request, received, Some(1000)),
         entries,
         "converted again"
     );
-    let fresh = LokiConversion::new(&settings()).convert(request, received);
+    let fresh = LokiConversion::new(&settings()).convert(request, received, Some(1000));
     assert_eq!(fresh, entries, "converted by a new converter");
     for entry in &entries {
         for label in ["job", "host", "level"] {
