@@ -74,7 +74,7 @@ fn dump(loki: &LokiReceiver, collector: &OtlpReceiver, first_push: Option<f64>) 
         .map(|m| json!({"name": m.name, "service_name": m.service_name, "resource": m.resource}))
         .collect();
     json!({
-        "loki": {"pushes": loki.pushes(), "first_push_unix": first_push, "entries": entries, "resent": resent},
+        "loki": {"pushes": loki.pushes(), "received": loki.received_count(), "first_push_unix": first_push, "entries": entries, "resent": resent},
         "collector": {"exports": collector.exports(), "spans": spans, "logs": logs, "metrics": metrics},
     })
     .to_string()

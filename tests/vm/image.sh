@@ -59,12 +59,15 @@ Name=en* eth*
 [Network]
 DHCP=ipv4
 NET
-    # NoCloud only (the seed disk), and no locale module: the image has no
-    # locales package, and cloud-init's locale step would fail without it.
+    # NoCloud only (the seed disk).
     cat >"$root/etc/cloud/cloud.cfg.d/90-wisp-vm.cfg" <<'CFG'
 datasource_list: [NoCloud, None]
-locale: false
 CFG
+    # No locale module: the image has no locales package, and cloud-init's
+    # locale step fails without it (`locale: false` would do, but the
+    # schema wants a string there and warns at every boot).
+    grep -qE '^ *- locale$' "$root/etc/cloud/cloud.cfg"
+    sed -i -E '/^ *- locale$/d' "$root/etc/cloud/cloud.cfg"
     # A machine id made at first boot, so every VM has its own.
     : >"$root/etc/machine-id"
     rm -f "$root/var/lib/dbus/machine-id"
