@@ -58,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,10 @@ FIGURES = {}
 
 
 def say(msg):
-    print(f"vm [{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+    # Scenarios run side by side (--jobs) say which they are.
+    who = threading.current_thread().name
+    who = "" if who == "MainThread" else f"{who}: "
+    print(f"vm [{time.monotonic() - T0:6.1f}s] {who}{msg}", flush=True)
 
 
 class Failed(Exception):
@@ -546,8 +550,8 @@ def append_lines(guest, path, tag, count):
     return [f"wisp-vm-test {tag} line {i:0{len(str(count))}d}" for i in range(1, count + 1)]
 
 
-def loki_lines(dump, job=None):
-    return [e["line"] for e in dump["loki"]["entries"] if job is None or e["labels"].get("job") == job]
+def loki_lines(dump):
+    return [e["line"] for e in dump["loki"]["entries"]]
 
 
 def exactly_once(dump, expected, what):
@@ -584,11 +588,9 @@ def spans_once(dump, span_ids, what):
     check(not missing and not doubled, f"{what}: spans missing {missing}, received twice {doubled}")
 
 
-def exec_run(guest, job, tag, count, as_user=None):
+def exec_run(guest, job, tag, count):
     """A `wisp-agent exec` run printing `count` numbered lines: its lines."""
     cmd = f"wisp-agent exec --name {job} -- sh -c 'for i in $(seq -w 1 {count}); do echo \"wisp-vm-test {tag} exec line $i\"; done'"
-    if as_user:
-        cmd = f"runuser -u {as_user} -- {cmd}"
     guest.run(cmd, limit=60)
     return [f"wisp-vm-test {tag} exec line {i:0{len(str(count))}d}" for i in range(1, count + 1)]
 
@@ -614,6 +616,26 @@ def status(guest):
     except ValueError:
         raise Failed(f"status --json printed no JSON (exit {rc}):\n{out}")
     return rc, doc
+
+
+def quiet(guest, receivers, limit=90):
+    """Waits until nothing moves: the agent's log buffer empty and what it
+    shipped and what Loki received unchanged over 5 s; Loki's count then."""
+    def reading():
+        st = status(guest)[1]["loki"]
+        return st["buffer"]["bytes"], st["records_shipped"], receivers.dump()["loki"]["received"]
+    last = [None]
+
+    def still():
+        now = reading()
+        same = now == last[0] and now[0] == 0
+        last[0] = now
+        return now if same else None
+
+    try:
+        return wait_for("the agent and Loki quiet", still, limit=limit, every=5)[2]
+    except Failed as e:
+        raise Failed(f"{e}; last (buffered bytes, status's shipped, Loki's received): {last[0]}")
 
 
 def agent_usage(guest, name, window=30):
@@ -887,7 +909,7 @@ def scenario_lima(run):
 
     # A stale hosts entry: host.lima.internal names an address where nothing
     # answers; discovery passes it by for the default route's gateway.
-    before = run.receivers.dump()["loki"]["received"]
+    before = quiet(guest, run.receivers)
     guest.run("sed -i 's/^192.168.5.2 host.lima.internal/192.168.5.99 host.lima.internal/' /etc/hosts && "
               "grep -q '^192.168.5.99 host.lima.internal' /etc/hosts && systemctl restart wisp-agent", limit=60)
     unit_is_up(guest)
@@ -901,11 +923,10 @@ def scenario_lima(run):
     rc, st = status(guest)
     check(st["host"] == {"candidate": "gateway", "address": "192.168.5.2"}, f"status shows host {st['host']}")
     # What status says it shipped since the restart is what Loki received.
-    def shipped_matches():
-        st, got = status(guest)[1], run.receivers.dump()["loki"]["received"] - before
-        return (st["loki"]["records_shipped"], got) if st["loki"]["records_shipped"] == got and st["loki"]["buffer"]["bytes"] == 0 else None
-    shipped = wait_for("status's lines shipped matching what Loki received", shipped_matches, limit=60)
-    say(f"status: {shipped[0]} lines shipped since the restart, as many as Loki received")
+    received = quiet(guest, run.receivers) - before
+    shipped = status(guest)[1]["loki"]["records_shipped"]
+    check(shipped == received, f"status says {shipped} lines shipped since the restart, Loki received {received}")
+    say(f"status: {shipped} lines shipped since the restart, as many as Loki received")
     say("a stale host.lima.internal entry: probe and status say gateway 192.168.5.2, lines arrive")
     agent_usage(guest, "lima, idle after the Ralph loop and a restart")
 
@@ -990,6 +1011,7 @@ def ralph_loop(run, guest):
             if not e or e["metadata"].get("run_id") != r["id"] or e["labels"].get("job") != "ralph":
                 problems.append(f"OTLP record {l['body'][:50]!r} of run {r['id']}: in Loki as {e and (e['labels'], e['metadata'])}")
     check(not problems, "the Ralph loop as a user sees it:\n- " + "\n- ".join(problems[:10]))
+    guest.run("runuser -u dev -- tmux kill-server")
     say(f"the Ralph loop in the guest: {len(printed)} lines once each, labelled by run, spans in each run's trace")
 
 
@@ -1019,18 +1041,24 @@ class Run:
         return g
 
     def close(self):
-        for g in self.guests:
+        """Stops and removes everything; safe to call again."""
+        guests, self.guests = self.guests, []
+        for g in guests:
             g.close()
         if self.receivers:
             self.receivers.close()
+            self.receivers = None
         if self.netns:
             self.netns.delete()
+            self.netns = None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], help="default: all")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("WISP_VM_JOBS", "1")),
+                        help="scenarios at once (default 1, or $WISP_VM_JOBS)")
     args = parser.parse_args()
     names = args.scenarios or list(SCENARIOS)
     if os.geteuid() != 0:
@@ -1053,22 +1081,46 @@ def main():
         sh(ROOT / ".ci/sdks.sh", timeout=600, capture=False)
     binary, receivers_bin = cargo_artifacts()
     img = image()
-    failures = []
-    for name in names:
+    failures, runs = [], []
+
+    def scenario(name):
         started = time.monotonic()
         say(f"== scenario {name}: {SCENARIOS[name].__doc__.split(chr(10))[0]}")
         run = Run(name, binary, receivers_bin, img, root)
+        runs.append(run)
         try:
             run.start()
             SCENARIOS[name](run)
             say(f"== scenario {name} passed in {time.monotonic() - started:.0f} s")
-        except (Failed, RuntimeError, subprocess.TimeoutExpired) as e:
+        except Exception as e:  # noqa: BLE001 - any error fails this scenario, not the others
             failures.append(name)
-            say(f"== scenario {name} FAILED after {time.monotonic() - started:.0f} s: {e}")
-            if run.guests:
-                say(f"the console's end ({run.guests[0].console}):\n{run.guests[0].console_tail(40)}")
+            detail = str(e) if isinstance(e, (Failed, RuntimeError)) else traceback.format_exc()
+            say(f"== scenario {name} FAILED after {time.monotonic() - started:.0f} s: {detail}")
+            for g in run.guests:
+                say(f"the console's end ({g.console}):\n{g.console_tail(40)}")
         finally:
             FIGURES[f"scenario {name}"] = f"{time.monotonic() - started:.0f} s"
+            run.close()
+
+    try:
+        if args.jobs <= 1:
+            for name in names:
+                scenario(name)
+        else:
+            # Side by side, each in its own namespace; the main thread stays
+            # free to take SIGTERM and stop them all.
+            pending = list(names)
+            threads = []
+            while pending or any(t.is_alive() for t in threads):
+                threads = [t for t in threads if t.is_alive()]
+                while pending and len(threads) < args.jobs:
+                    name = pending.pop(0)
+                    t = threading.Thread(target=scenario, args=(name,), name=name, daemon=True)
+                    t.start()
+                    threads.append(t)
+                time.sleep(0.5)
+    finally:
+        for run in runs:
             run.close()
     FIGURES["the VM test in all"] = f"{time.monotonic() - T0:.0f} s"
     say("figures:")
