@@ -4,6 +4,7 @@ install it, checked under real systemd against this crate's fake Loki and
 fake OTLP collector on the host side.
 
     sudo tests/vm/run.py                 both scenarios, one after the other
+    sudo tests/vm/run.py --jobs 2        both at once, each in its own namespace (CI)
     sudo tests/vm/run.py cloud-init      one of them: cloud-init | lima
     sudo tests/vm/run.py --keep          keep the run's folder (consoles, guest outputs)
 
@@ -428,7 +429,7 @@ class Guest:
             stderr=subprocess.STDOUT,
             env=qemu_env(),
         )
-        say(f"{name}: QEMU started ({a}, {mem} MiB, net {net.split(',')[0]})")
+        say(f"QEMU started ({a}, {mem} MiB, {net.split(',')[0]})")
 
     def alive(self):
         return self.qemu.poll() is None
@@ -452,7 +453,7 @@ class Guest:
             time.sleep(0.5)
         raise Failed(f"the guest did not come up in {limit} s; the console's end:\n{self.console_tail()}")
 
-    def run(self, script, limit=60, ok=True):
+    def run(self, script, limit=120, ok=True):
         """Runs `script` (sh) as root in the guest; (exit status, output).
         With ok=True a non-zero status fails the check."""
         self.n += 1
@@ -525,7 +526,7 @@ def denials_are_visible(guest):
     """The control for the check below: a program the same two settings run,
     making one call outside @system-service (swapoff), is logged."""
     guest.run("systemd-run --wait --quiet --unit=wisp-vm-denial-control -p SystemCallFilter= "
-              "-p 'SystemCallLog=~@system-service' swapoff /nonexistent || true", limit=60)
+              "-p 'SystemCallLog=~@system-service' swapoff /nonexistent || true", limit=120)
     out = wait_for("the control's SECCOMP record in the journal", lambda: (lambda o: o if "swapoff" in o else None)(
         guest.run("journalctl -b --no-pager -o cat _TRANSPORT=audit | grep SECCOMP || true")[1]), limit=30, every=1)
     return [l for l in out.splitlines() if "swapoff" in l][0]
@@ -591,7 +592,7 @@ def spans_once(dump, span_ids, what):
 def exec_run(guest, job, tag, count):
     """A `wisp-agent exec` run printing `count` numbered lines: its lines."""
     cmd = f"wisp-agent exec --name {job} -- sh -c 'for i in $(seq -w 1 {count}); do echo \"wisp-vm-test {tag} exec line $i\"; done'"
-    guest.run(cmd, limit=60)
+    guest.run(cmd)
     return [f"wisp-vm-test {tag} exec line {i:0{len(str(count))}d}" for i in range(1, count + 1)]
 
 
@@ -757,7 +758,7 @@ def scenario_cloud_init(run):
     guest.run(
         "mkdir -p /etc/systemd/system/wisp-agent.service.d && "
         f"printf '%s' '{AUDIT_DROPIN}' >/etc/systemd/system/wisp-agent.service.d/90-vm-test-audit.conf && "
-        "systemctl daemon-reload && systemctl restart wisp-agent", limit=60)
+        "systemctl daemon-reload && systemctl restart wisp-agent", limit=120)
     unit_is_up(guest)
     expected = append_lines(guest, "/var/log/cloud-init-output.log", "before", 20)
     expected += exec_run(guest, "vmtest", "before", 5)
@@ -771,7 +772,7 @@ def scenario_cloud_init(run):
     run.receivers.stop()
     expected += append_lines(guest, "/var/log/cloud-init-output.log", "outage-a", 30)
     expected += exec_run(guest, "vmtest", "outage-a", 5)
-    wait_for("the agent buffering the outage's lines", lambda: status(guest)[1]["loki"]["buffer"]["bytes"] > 0, limit=60)
+    wait_for("the agent buffering the outage's lines", lambda: status(guest)[1]["loki"]["buffer"]["bytes"] > 0, limit=120)
     rc, st = status(guest)
     check(rc == 0 and st["loki"]["last_error"], f"status with the host down: exit {rc}, last error {st['loki']['last_error']!r}")
     doc = probe(guest, want_ok=False)
@@ -780,7 +781,7 @@ def scenario_cloud_init(run):
     guest.run("systemctl kill -s KILL wisp-agent", limit=20)
     expected += append_lines(guest, "/var/log/cloud-init-output.log", "after-kill", 30)
     wait_for("systemd restarting the agent after SIGKILL",
-             lambda: (lambda s: s["ActiveState"] == "active" and s["NRestarts"] != "0")(service_state(guest)), limit=60)
+             lambda: (lambda s: s["ActiveState"] == "active" and s["NRestarts"] != "0")(service_state(guest)), limit=120)
     expected += exec_run(guest, "vmtest", "after-kill", 5)
     expected += append_lines(guest, "/var/log/cloud-init-output.log", "before-reboot", 30)
     took = guest.reboot()
@@ -799,7 +800,7 @@ def scenario_cloud_init(run):
     journal_has_no_denials(guest)
     control = denials_are_visible(guest)
     say(f"the control call outside the filter is logged: {control[:120]}")
-    wait_for("status agreeing with Loki", lambda: (lambda s: s[1]["loki"]["buffer"]["bytes"] == 0 and s[1]["loki"]["last_push_seconds_ago"] is not None)(status(guest)), limit=60)
+    wait_for("status agreeing with Loki", lambda: (lambda s: s[1]["loki"]["buffer"]["bytes"] == 0 and s[1]["loki"]["last_push_seconds_ago"] is not None)(status(guest)), limit=120)
     rc, st = status(guest)
     check(rc == 0 and st["health"]["ok"] and st["host"]["address"] == "192.168.122.1", f"status after the outage: {st}")
     probe(guest)
@@ -911,7 +912,7 @@ def scenario_lima(run):
     # answers; discovery passes it by for the default route's gateway.
     before = quiet(guest, run.receivers)
     guest.run("sed -i 's/^192.168.5.2 host.lima.internal/192.168.5.99 host.lima.internal/' /etc/hosts && "
-              "grep -q '^192.168.5.99 host.lima.internal' /etc/hosts && systemctl restart wisp-agent", limit=60)
+              "grep -q '^192.168.5.99 host.lima.internal' /etc/hosts && systemctl restart wisp-agent", limit=120)
     unit_is_up(guest)
     doc = probe(guest)
     stale = [c for c in doc["candidates"] if c["name"] == "host.lima.internal"][0]
@@ -947,7 +948,7 @@ def ralph_loop(run, guest):
         f"runuser -u dev -- tar -C {home}/ralph -xf /home/dev/ralph-node/node_modules.tar && "
         f"cd {home}/ralph && runuser -u dev -- env HOME={home} tmux new-session -d -s ralph -x 200 -y 50 "
         f"-e RALPH_RECORDS={records} && "
-        f"runuser -u dev -- tmux pipe-pane -o -t ralph 'cat >> {home}/ralph/pane.log'")
+        f"runuser -u dev -- tmux pipe-pane -o -t ralph 'cat >> {home}/ralph/pane.log'", limit=300)
     loop = ("for i in 1 2 3; do wisp-agent exec --name ralph --label iter=$i -- "
             "node --require ./instrumentation.js app.js; done; touch /home/dev/ralph-finished")
     started = time.monotonic()
