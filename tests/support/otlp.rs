@@ -176,16 +176,30 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts both listeners on 127.0.0.1, each on a free port.
     pub async fn start() -> Self {
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner::default()),
-            changed: Notify::new(),
-        });
         let grpc = super::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind otlp grpc");
         let http = super::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind otlp http");
+        Self::serve_on(grpc, http)
+    }
+
+    /// Starts on listeners the test bound (a collector's usual ports, 4317
+    /// and 4318); [`restart`](Self::restart) binds their addresses again.
+    pub fn start_on(grpc: std::net::TcpListener, http: std::net::TcpListener) -> Self {
+        let tokio_listener = |l: std::net::TcpListener| {
+            l.set_nonblocking(true).expect("a nonblocking listener");
+            tokio::net::TcpListener::from_std(l).expect("a tokio listener")
+        };
+        Self::serve_on(tokio_listener(grpc), tokio_listener(http))
+    }
+
+    fn serve_on(grpc: tokio::net::TcpListener, http: tokio::net::TcpListener) -> Self {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            changed: Notify::new(),
+        });
         let grpc_addr = grpc.local_addr().unwrap();
         let http_addr = http.local_addr().unwrap();
         let servers = vec![
