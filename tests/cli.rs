@@ -356,6 +356,36 @@ fn a_state_dir_other_users_may_write_to_is_a_configuration_error_everywhere() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// As installed: the unit runs as `wisp-agent` and owns its state directory,
+/// and the admin asks as root. `config check` and `probe` accept it; `run` as
+/// root refuses a directory another user could change.
+#[test]
+fn a_state_dir_of_the_service_user_passes_config_check_as_root_and_run_refuses_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root to give a folder to another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(500), Some(500)).unwrap();
+    let cfg = runnable(dir.path(), &state, "");
+    let o = agent()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = agent()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("belongs to uid 500"), "{err}");
+}
+
 #[test]
 fn a_state_dir_that_cannot_be_created_is_a_configuration_error_everywhere() {
     // /proc refuses new directories to root as well.

@@ -344,7 +344,7 @@ pub fn check_state_dir(dir: &Path, origin: &str, create: bool) -> Result<(), Con
             Err(e) => return Err(fail(format!("cannot inspect {}: {e}", at.display()))),
         }
     }
-    if let Some(why) = others_may_write(dir, at) {
+    if let Some(why) = others_may_write(dir, at, create) {
         return Err(fail(why));
     }
     if at == dir {
@@ -369,11 +369,14 @@ pub fn check_state_dir(dir: &Path, origin: &str, create: bool) -> Result<(), Con
 
 /// Why another user could change what the agent keeps in `dir` (its
 /// checkpoints, its buffer), if one could: `dir` (when it exists, `at` is it)
-/// writable by its group or by anyone, or owned by someone else (root aside);
-/// or the folder it is made in writable by others without the sticky bit
-/// (they could rename it away and put their own in its place). `at` is `dir`
-/// or, while `dir` does not exist yet, the nearest folder above it that does.
-fn others_may_write(dir: &Path, at: &Path) -> Option<String> {
+/// writable by its group or by anyone, or, with `check_owner`, owned by
+/// someone else (root aside); or the folder it is made in writable by others
+/// without the sticky bit (they could rename it away and put their own in its
+/// place). `at` is `dir` or, while `dir` does not exist yet, the nearest folder
+/// above it that does. The owner is checked by `run` only: `config check` and
+/// `probe` are often run by root against a daemon running as another user (the
+/// unit's `User=wisp-agent` owns its `StateDirectory=`).
+fn others_may_write(dir: &Path, at: &Path, check_owner: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let me = rustix::process::geteuid().as_raw();
     if at == dir {
@@ -385,7 +388,7 @@ fn others_may_write(dir: &Path, at: &Path) -> Option<String> {
                 m.mode() & 0o7777
             ));
         }
-        if m.uid() != me && m.uid() != 0 {
+        if check_owner && m.uid() != me && m.uid() != 0 {
             return Some(format!(
                 "{} belongs to uid {}, not to the agent's user (uid {me}); chown it or choose another",
                 dir.display(),
