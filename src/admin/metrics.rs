@@ -23,7 +23,7 @@ use super::{process_metrics, Proc, ProcessStats, Sources};
 use crate::discovery::Chosen;
 use crate::listen::ListenerCounters;
 use crate::parse::ParseCountersSnapshot;
-use crate::sink::loki::sink::LokiCounters;
+use crate::sink::loki::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
 use crate::source::exec::metrics::ExecCounters;
 use crate::source::file::TailStats;

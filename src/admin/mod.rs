@@ -56,7 +56,7 @@ use crate::discovery::Chosen;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::parse::ParseCounters;
 use crate::procfs::{Proc, ProcFs, ProcessStats};
-use crate::sink::loki::sink::LokiCounters;
+use crate::sink::loki::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
 use crate::source::exec::metrics::ExecCounters;
 use crate::source::file::TailCounters;

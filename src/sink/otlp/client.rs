@@ -20,8 +20,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::OtlpSinkSettings;
 use crate::config::{redact_text, redact_url, OtlpProtocol};
+use crate::http_client::{self, USER_AGENT};
 use crate::record::OtlpSignal;
-use crate::sink::loki::service::USER_AGENT;
 use crate::sink::retry::PushOutcome;
 
 /// Why the exporter could not be built.
@@ -102,8 +102,7 @@ impl OtlpClient {
                 tonic::metadata::MetadataValue::try_from(value.trim()).map_err(|_| invalid())?;
             metadata.insert(key, val);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
+        let http = http_client::builder()
             .default_headers(headers)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
