@@ -5,8 +5,10 @@
 //! Promises: one connection pool per client; every request carries
 //! `User-Agent: wisp-agent/<version>`, `X-Scope-OrgID` when a tenant is set, and
 //! the configured credentials; every push answer (or failure to get one) becomes
-//! a [`PushOutcome`]; a query's answer is read up to a bound given by the caller. Credentials are read once, at construction, and never appear
-//! in `Debug` output, error messages or outcome reasons.
+//! a [`PushOutcome`], and, as the shipper is told, an [`Outcome`]; a query's
+//! answer is read up to a bound given by the caller. Credentials are read once,
+//! at construction, and never appear in `Debug` output, error messages or
+//! outcome reasons.
 //!
 //! Proxies: the client follows reqwest's defaults, so `HTTP_PROXY`, `HTTPS_PROXY`
 //! and `NO_PROXY` in the agent's environment apply, as they do for Promtail and
@@ -20,27 +22,36 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::encode::EncodedPush;
+use super::refusal::Answer as RefusalAnswer;
 use crate::config::LokiConfig;
 use crate::http_client::{self, TlsError};
-use crate::sink::retry::{bounded_text, error_chain, PushOutcome, MAX_REASON_BYTES};
+use crate::sink::retry::{
+    bounded_text, error_chain, Outcome, Partial, PushOutcome, MAX_REASON_BYTES,
+};
 
 /// A 400 or 429 answer to a push is read up to this many bytes: Loki lists
 /// the entries it refused there.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// A push's answer, as the sink reads it.
-#[derive(Clone, Debug)]
-pub struct PushAnswer {
-    pub outcome: PushOutcome,
-    /// The try may have left the push (or part of it) stored.
-    pub maybe_stored: bool,
-    /// The HTTP status; 0 without an answer.
-    pub status: u16,
+/// What became of one push request.
+enum Reply {
+    Answered(Answered),
+    /// No answer; `maybe_stored`: the request may have reached Loki.
+    Failed {
+        outcome: PushOutcome,
+        maybe_stored: bool,
+    },
+}
+
+/// An HTTP answer to a push.
+struct Answered {
+    status: u16,
+    headers: HeaderMap,
     /// The body of an answer that is not a success, up to
-    /// [`MAX_ANSWER_BYTES`] (400, 429) or about [`MAX_REASON_BYTES`].
-    pub body: Bytes,
+    /// [`MAX_ANSWER_BYTES`] (400, 429) or [`MAX_REASON_BYTES`].
+    body: Vec<u8>,
     /// `body` is the whole answer.
-    pub complete: bool,
+    complete: bool,
 }
 
 /// Loki's tenant header.
@@ -176,17 +187,54 @@ impl LokiClient {
     /// Sends one push to `url` (the full push URL) and classifies the answer.
     /// Never fails: a request that gets no answer is a [`PushOutcome::Retry`].
     pub async fn push(&self, url: &str, push: &EncodedPush) -> PushOutcome {
-        self.push_reporting(url, push).await.outcome
+        match self.answer(url, push).await {
+            Reply::Answered(a) => PushOutcome::from_response(a.status, &a.headers, &a.body),
+            Reply::Failed { outcome, .. } => outcome,
+        }
     }
 
-    /// As [`LokiClient::push`], with whether a failed try may have left the
-    /// push stored anyway, and the body of a 400 or a 429 (Loki's account of
-    /// the entries it refused). A try may have left the push stored when it
-    /// may have reached Loki (a timeout, a connection lost after it was made)
-    /// or Loki failed after it began writing (a 5xx other than 503, which Loki
-    /// answers before writing: not ready, unhealthy ring). A refused
-    /// connection and a 503 stored nothing.
-    pub async fn push_reporting(&self, url: &str, push: &EncodedPush) -> PushAnswer {
+    /// As [`LokiClient::push`], as the shipper is told: with whether a failed
+    /// try may have left the push stored anyway, and a push Loki took in part
+    /// as an [`Outcome::Partial`] with its answer (Loki's account of the
+    /// entries it refused). A 400 is taken in part (Loki refused entries one by
+    /// one and stored the others); so is a 429 telling of Loki's per-stream rate
+    /// or stream limits, which an ingester answers after storing the rest (its
+    /// ingestion rate limit stores nothing; either way the answer tells which).
+    /// A try may have left the push stored when it may have reached Loki (a
+    /// timeout, a connection lost after it was made) or Loki failed after it
+    /// began writing (a 5xx other than 503, which Loki answers before writing:
+    /// not ready, unhealthy ring). A refused connection and a 503 stored nothing.
+    pub async fn send(&self, url: &str, push: &EncodedPush) -> Outcome {
+        let a = match self.answer(url, push).await {
+            Reply::Answered(a) => a,
+            Reply::Failed {
+                outcome,
+                maybe_stored,
+            } => return outcome.into_outcome(maybe_stored),
+        };
+        let outcome = PushOutcome::from_response(a.status, &a.headers, &a.body);
+        let partial = |after| {
+            Outcome::Partial(Partial {
+                status: a.status,
+                body: Bytes::from(a.body.clone()),
+                complete: a.complete,
+                after,
+            })
+        };
+        match outcome {
+            PushOutcome::Rejected { status: 400, .. } => partial(None),
+            PushOutcome::Retry { after, .. }
+                if a.status == 429
+                    && RefusalAnswer::parse(429, &a.body, !a.complete).tells_refusals() =>
+            {
+                partial(after)
+            }
+            other => other.into_outcome(matches!(a.status, 500..=599) && a.status != 503),
+        }
+    }
+
+    /// One push's HTTP answer, its body read up to a bound.
+    async fn answer(&self, url: &str, push: &EncodedPush) -> Reply {
         let request = self
             .http
             .post(url)
@@ -197,14 +245,10 @@ impl LokiClient {
             Ok(r) => r,
             // The URL may carry a password; the caller logs its redacted form.
             Err(e) => {
-                let maybe_stored = !e.is_connect();
-                return PushAnswer {
+                return Reply::Failed {
+                    maybe_stored: !e.is_connect(),
                     outcome: PushOutcome::from_transport_error(&e.without_url()),
-                    maybe_stored,
-                    status: 0,
-                    body: Bytes::new(),
-                    complete: true,
-                };
+                }
             }
         };
         let status = response.status().as_u16();
@@ -235,14 +279,12 @@ impl LokiClient {
                 }
             }
         }
-        let maybe_stored = matches!(status, 500..=599) && status != 503;
-        PushAnswer {
-            outcome: PushOutcome::from_response(status, &headers, &body),
-            maybe_stored,
+        Reply::Answered(Answered {
             status,
-            body: Bytes::from(body),
+            headers,
+            body,
             complete,
-        }
+        })
     }
 
     /// `GET url` with `params` as the query string, the push's headers and

@@ -36,15 +36,17 @@ use std::time::{Duration, SystemTime};
 use crate::admin::family::{by, counter, gauge, load, one, Family};
 use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding, RefusedEntries};
 use crate::discovery::current_host;
+use crate::event::Repeated;
 use crate::record::{LogRecord, Timestamp};
 use crate::sink::loki::client::LokiClient;
 use crate::sink::loki::encode::{encode, EncodedPush};
-use crate::sink::loki::refusal::{Answer, Cause};
+use crate::sink::loki::refusal::{Answer, Cause as Refusal};
 use crate::sink::loki::replay::{self, CheckError};
 use crate::sink::loki::settle::{self, Fate, RefusalLog};
-use crate::sink::retry::{Backoff, PushOutcome};
+use crate::sink::retry::Backoff;
 use crate::sink::ship::{
-    BatchLimits, Check, Event, Outcome, Partial, Reach, Service, Settled, ShipSettings, Wording,
+    BatchLimits, Cause, Check, Event, Outcome, Partial, Reach, Service, Settled, ShipSettings,
+    Wording,
 };
 
 /// At most this many records in one push, whatever their size.
@@ -82,9 +84,9 @@ pub struct LokiCounters {
     pub records_dropped: Mutex<BTreeMap<String, u64>>,
     pub batches_dropped: Mutex<BTreeMap<u16, u64>>,
     /// Entries Loki refused, by cause, each time it refused one.
-    pub records_refused: Mutex<BTreeMap<Cause, u64>>,
+    pub records_refused: Mutex<BTreeMap<Refusal, u64>>,
     /// Refused entries sent again changed (a new time, a cut line), by cause.
-    pub records_rewritten: Mutex<BTreeMap<Cause, u64>>,
+    pub records_rewritten: Mutex<BTreeMap<Refusal, u64>>,
     /// Records of the push in flight at the last stop that were sent again
     /// without knowing whether Loki had them (it could not be queried).
     pub records_possibly_duplicated: AtomicU64,
@@ -118,7 +120,7 @@ impl LokiCounters {
             .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
     }
 
-    fn add(map: &Mutex<BTreeMap<Cause, u64>>, from: &BTreeMap<Cause, u64>) {
+    fn add(map: &Mutex<BTreeMap<Refusal, u64>>, from: &BTreeMap<Refusal, u64>) {
         if let Ok(mut m) = map.lock() {
             for (&cause, &n) in from {
                 *m.entry(cause).or_default() += n;
@@ -152,6 +154,8 @@ pub struct LokiService {
     /// it) takes `&self`; never contended.
     looked: Mutex<HashSet<u64>>,
     refusals: Mutex<RefusalLog>,
+    /// Pushes rejected whole, logged once per status and kind of reason.
+    rejections: Repeated<(u16, &'static str)>,
 }
 
 /// What a check of what Loki holds came to.
@@ -175,6 +179,7 @@ impl LokiService {
             refused_entries: c.refused_entries,
             looked: Mutex::new(HashSet::new()),
             refusals: Mutex::new(RefusalLog::default()),
+            rejections: Repeated::once(),
         }
     }
 
@@ -265,16 +270,14 @@ impl Service for LokiService {
     type Request = EncodedPush;
     const CHECKS_STORED: bool = true;
 
-    fn wording(&self) -> Wording {
-        Wording {
-            name: "loki",
-            sending: "push to loki at",
-            request: "push",
-            requests: "pushes",
-            waiting: "lines wait",
-            spool: "the spool",
-        }
-    }
+    const WORDING: Wording = Wording {
+        name: "loki",
+        sending: "push to loki at",
+        request: "push",
+        requests: "pushes",
+        waiting: "lines wait",
+        spool: "the spool",
+    };
 
     /// An error cannot happen for records that came through the spool; never
     /// wedge on it: the records are dropped, counted under status 0.
@@ -293,59 +296,7 @@ impl Service for LokiService {
     }
 
     async fn send(&mut self, url: &str, push: &EncodedPush) -> Outcome {
-        let answer = self.client.push_reporting(url, push).await;
-        let partial = || {
-            Outcome::Partial(Partial {
-                status: answer.status,
-                body: answer.body.clone(),
-                complete: answer.complete,
-                after: match &answer.outcome {
-                    PushOutcome::Retry { after, .. } => *after,
-                    _ => None,
-                },
-            })
-        };
-        match &answer.outcome {
-            PushOutcome::Delivered => Outcome::Delivered { note: None },
-            // Loki refused entries one by one and stored the others.
-            PushOutcome::Rejected { status: 400, .. } => partial(),
-            // Loki's limits: its ingesters store the rest of the push (its
-            // per-stream rate limit, its stream limit), or nothing is stored
-            // (its ingestion rate limit); either way the answer tells which.
-            PushOutcome::Retry { .. }
-                if answer.status == 429
-                    && Answer::parse(429, &answer.body, !answer.complete).tells_refusals() =>
-            {
-                partial()
-            }
-            PushOutcome::Rejected { status, reason } => Outcome::Rejected {
-                cause: status.to_string(),
-                reason: reason.clone(),
-            },
-            PushOutcome::Retry { after, reason } => Outcome::Retry {
-                after: *after,
-                reason: reason.clone(),
-                maybe_stored: answer.maybe_stored,
-            },
-        }
-    }
-
-    fn rejection_message(
-        &self,
-        push: &EncodedPush,
-        _shown: &str,
-        status: &str,
-        reason: &str,
-    ) -> (String, String) {
-        let cause = cause_of(reason);
-        (
-            format!("{status} {cause}"),
-            format!(
-                "loki rejected a push of {} entries with status {status} ({cause}); \
-                 dropping it, further rejections for this cause are only counted: {reason}",
-                push.entries
-            ),
-        )
+        self.client.send(url, push).await
     }
 
     fn count(&self, event: Event<'_, EncodedPush>) {
@@ -368,10 +319,23 @@ impl Service for LokiService {
                 request,
                 cause,
                 reason,
+                shown: _,
             } => {
                 c.pushes.fetch_add(1, Ordering::Relaxed);
-                count_drop(c, cause.parse().unwrap_or(0), request.entries);
+                let status = match cause {
+                    Cause::Status(status) => status,
+                    _ => 0,
+                };
+                count_drop(c, status, request.entries);
                 c.set_last_error(&format!("status {cause}: {reason}"));
+                let kind = cause_of(reason);
+                self.rejections.warn((status, kind), || {
+                    format!(
+                        "loki rejected a push of {} entries with status {status} ({kind}); \
+                         dropping it, further rejections for this cause are only counted: {reason}",
+                        request.entries
+                    )
+                });
             }
             Event::Retried { reason } => {
                 c.retries.fetch_add(1, Ordering::Relaxed);
@@ -456,7 +420,7 @@ impl Service for LokiService {
                         .map(|r| match read.attribute(r) {
                             Some(cause) => Fate::Refused(cause),
                             None if read.tells_refusals() => Fate::Stored,
-                            None => Fate::Refused(Cause::Other),
+                            None => Fate::Refused(Refusal::Other),
                         })
                         .collect(),
                 }
