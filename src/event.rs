@@ -111,6 +111,15 @@ impl<K: Hash + Eq> Repeated<K> {
         }
     }
 
+    /// As [`Repeated::clear`]; returns whether `cause` had been logged (so the
+    /// caller may say the condition ended).
+    pub fn ended(&self, cause: &K) -> bool {
+        self.causes
+            .lock()
+            .map(|mut c| c.remove(cause).is_some())
+            .unwrap_or(false)
+    }
+
     /// Whether `cause` was logged and not cleared since.
     pub fn seen(&self, cause: &K) -> bool {
         self.causes
@@ -177,6 +186,7 @@ mod tests {
         assert!(r.seen(&"full"));
         r.clear(&"full");
         assert!(!r.seen(&"full"));
+        assert!(!r.ended(&"full"));
         assert_eq!(r.due("full", t0 + Duration::from_secs(3601)), Some(0));
     }
 
