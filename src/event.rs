@@ -120,14 +120,6 @@ impl<K: Hash + Eq> Repeated<K> {
             .unwrap_or(false)
     }
 
-    /// Whether `cause` was logged and not cleared since.
-    pub fn seen(&self, cause: &K) -> bool {
-        self.causes
-            .lock()
-            .map(|c| c.contains_key(cause))
-            .unwrap_or(false)
-    }
-
     /// `Some(not logged since)` when `cause` is due to be logged at `now`.
     fn due(&self, cause: K, now: Instant) -> Option<u64> {
         let mut causes = self.causes.lock().ok()?;
@@ -183,10 +175,8 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(r.due("full", t0), Some(0));
         assert_eq!(r.due("full", t0 + Duration::from_secs(3600)), None);
-        assert!(r.seen(&"full"));
-        r.clear(&"full");
-        assert!(!r.seen(&"full"));
-        assert!(!r.ended(&"full"));
+        assert!(r.ended(&"full"), "it had been logged");
+        assert!(!r.ended(&"full"), "and is no more");
         assert_eq!(r.due("full", t0 + Duration::from_secs(3601)), Some(0));
     }
 
