@@ -1,10 +1,11 @@
 //! The running daemon's status: what `GET /status` serves (JSON, [`Status`],
-//! `"version": 1`), what `wisp-agent status` prints from it ([`command`]), and
-//! the one line `run` logs every `agent.status_interval` ([`periodic`]).
+//! `"version": 1`), what `wisp-agent status` prints from it
+//! ([`crate::command::status`]), and the one line `run` logs every
+//! `agent.status_interval` ([`periodic`]).
 //!
-//! Promises: a status is built from the `/metrics` page itself ([`page`]),
-//! so it never says something the metrics do not (exec runs included, whatever
-//! stage declares them), plus what the page has no family for: the health
+//! Promises: a status is built from the same [`Reading`]s `/metrics` renders
+//! ([`build`]), so it never says something the metrics do not (exec runs
+//! included, whatever stage declares them), plus what the page has no family for: the health
 //! `/healthz` reports and each sink's last error (redacted: no URL userinfo).
 //! The summary and the periodic line are rendered by the same code
 //! ([`render`]) from the same [`Status`]. The JSON keys are stable within a
@@ -12,8 +13,6 @@
 //! reads with defaults, so a `status` of another version still prints what it
 //! knows.
 
-pub mod command;
-pub mod page;
 pub mod periodic;
 pub mod render;
 #[cfg(test)]
@@ -24,7 +23,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use page::Page;
+use crate::metric::{Reading, Sample};
 
 /// The version of the `/status` document.
 pub const VERSION: u32 = 1;
@@ -160,7 +159,7 @@ pub struct ExecJob {
     pub cost_usd: f64,
 }
 
-/// What a status needs beyond the `/metrics` page (no family holds it).
+/// What a status needs beyond the readings (no family holds it).
 #[derive(Clone, Debug, Default)]
 pub struct Extras {
     /// `/healthz`'s problem, if any.
@@ -175,9 +174,10 @@ pub struct Extras {
     pub relay: bool,
 }
 
-/// Builds the status from a `/metrics` page, the extras, and the time now.
-pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
-    let page = Page::parse(page_text);
+/// Builds the status from a reading of the agent's metrics (what `/metrics`
+/// serves), the extras, and the time now.
+pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
+    let page = Readings(readings);
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -205,8 +205,8 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
             problem: extras.problem.clone(),
         },
         host: HostStatus {
-            candidate: host.and_then(|s| s.label("candidate")).map(str::to_string),
-            address: host.and_then(|s| s.label("host")).map(str::to_string),
+            candidate: host.and_then(|s| label(s, "candidate")).map(str::to_string),
+            address: host.and_then(|s| label(s, "host")).map(str::to_string),
         },
         files: extras.logs.then(|| FilesStatus {
             open: page.value("wisp_file_files_open", &[]) as u64,
@@ -251,32 +251,78 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
 
 /// The exec runs, per job, from `wisp_exec_runs_total{job,exit_code}`,
 /// `wisp_exec_run_seconds_total{job}` and `wisp_exec_cost_usd_total{job}`.
-fn exec_status(page: &Page) -> ExecStatus {
+fn exec_status(page: &Readings) -> ExecStatus {
     let mut jobs: BTreeMap<String, ExecJob> = BTreeMap::new();
-    fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &page::Sample) -> &'a mut ExecJob {
-        let name = s.label("job").unwrap_or("exec");
+    fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &Sample) -> &'a mut ExecJob {
+        let name = label(s, "job").unwrap_or("exec");
         jobs.entry(name.to_string()).or_insert_with(|| ExecJob {
             job: name.to_string(),
             ..ExecJob::default()
         })
     }
     for s in page.samples("wisp_exec_runs_total") {
-        let n = s.value.max(0.0) as u64;
+        let n = s.value.as_f64().max(0.0) as u64;
         let j = job(&mut jobs, s);
         j.runs += n;
         *j.exit_codes
-            .entry(s.label("exit_code").unwrap_or("unknown").to_string())
+            .entry(label(s, "exit_code").unwrap_or("unknown").to_string())
             .or_default() += n;
     }
     for s in page.samples("wisp_exec_run_seconds_total") {
-        job(&mut jobs, s).run_seconds += s.value;
+        job(&mut jobs, s).run_seconds += s.value.as_f64();
     }
     for s in page.samples("wisp_exec_cost_usd_total") {
-        job(&mut jobs, s).cost_usd += s.value;
+        job(&mut jobs, s).cost_usd += s.value.as_f64();
     }
     let jobs: Vec<ExecJob> = jobs.into_values().collect();
     ExecStatus {
         runs: jobs.iter().map(|j| j.runs).sum(),
         jobs,
     }
+}
+
+/// A reading seen as samples by family name: what [`build`] looks up.
+struct Readings<'a>(&'a [Reading]);
+
+impl<'a> Readings<'a> {
+    /// The samples of the family `name`, in the order served.
+    fn samples(&self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.0
+            .iter()
+            .filter(move |r| r.name == name)
+            .flat_map(|r| r.samples.iter())
+    }
+
+    /// The first sample of `name` with `labels` (and maybe others), if any.
+    fn get(&self, name: &'a str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name)
+            .find(|s| has(s, labels))
+            .map(|s| s.value.as_f64())
+    }
+
+    /// As [`Readings::get`], 0 when absent (a family with nothing to count yet).
+    fn value(&self, name: &'a str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The sum of every sample of `name` with `labels`.
+    fn sum(&self, name: &'a str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .filter(|s| has(s, labels))
+            .map(|s| s.value.as_f64())
+            .sum()
+    }
+}
+
+/// The value of a sample's label `name`, if it has one.
+fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
+    s.labels
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_ref())
+}
+
+/// Whether the sample has each of `labels` with that value.
+fn has(s: &Sample, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(k, v)| label(s, k) == Some(*v))
 }
