@@ -5,8 +5,9 @@
 //!
 //! Promises: a status is built from the same [`Reading`]s `/metrics` renders
 //! ([`build`]), so it never says something the metrics do not (exec runs
-//! included, whatever stage declares them), plus what the page has no family for: the health
-//! `/healthz` reports and each sink's last error (redacted: no URL userinfo).
+//! included, whatever stage declares them), plus what no family holds: the
+//! health `/healthz` reports and each sink's last error (redacted: no URL
+//! userinfo).
 //! The summary and the periodic line are rendered by the same code
 //! ([`render`]) from the same [`Status`]. The JSON keys are stable within a
 //! `version`; a field may be added, none renamed or dropped. Every struct
@@ -177,7 +178,7 @@ pub struct Extras {
 /// Builds the status from a reading of the agent's metrics (what `/metrics`
 /// serves), the extras, and the time now.
 pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
-    let page = Readings(readings);
+    let metrics = Readings(readings);
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -186,17 +187,17 @@ pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
     let spool = |name: &str| {
         let of = [("spool", name)];
         BufferStatus {
-            bytes: page.value("wisp_spool_bytes_buffered", &of) as u64,
-            max_bytes: page.value("wisp_spool_max_bytes", &of) as u64,
-            records_dropped: page.value("wisp_spool_records_dropped_total", &of) as u64,
+            bytes: metrics.value("wisp_spool_bytes_buffered", &of) as u64,
+            max_bytes: metrics.value("wisp_spool_max_bytes", &of) as u64,
+            records_dropped: metrics.value("wisp_spool_records_dropped_total", &of) as u64,
         }
     };
-    let host = page.samples("wisp_host_info").next();
+    let host = metrics.samples("wisp_host_info").next();
     Status {
         version: VERSION,
         agent: AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_seconds: page
+            uptime_seconds: metrics
                 .get("process_start_time_seconds", &[])
                 .map(|start| (now - start).max(0.0)),
         },
@@ -209,20 +210,20 @@ pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
             address: host.and_then(|s| label(s, "host")).map(str::to_string),
         },
         files: extras.logs.then(|| FilesStatus {
-            open: page.value("wisp_file_files_open", &[]) as u64,
-            lines_read: page.value("wisp_file_lines_read_total", &[]) as u64,
-            bytes_read: page.value("wisp_file_bytes_read_total", &[]) as u64,
+            open: metrics.value("wisp_file_files_open", &[]) as u64,
+            lines_read: metrics.value("wisp_file_lines_read_total", &[]) as u64,
+            bytes_read: metrics.value("wisp_file_bytes_read_total", &[]) as u64,
         }),
         loki: extras.logs.then(|| LokiStatus {
-            records_shipped: page.value("wisp_loki_records_shipped_total", &[]) as u64,
-            bytes_shipped: page.value("wisp_loki_bytes_shipped_total", &[]) as u64,
+            records_shipped: metrics.value("wisp_loki_records_shipped_total", &[]) as u64,
+            bytes_shipped: metrics.value("wisp_loki_bytes_shipped_total", &[]) as u64,
             buffer: spool("loki"),
-            last_push_seconds_ago: ago(page.get("wisp_loki_last_push_timestamp_seconds", &[])),
-            retries: page.value("wisp_loki_retries_total", &[]) as u64,
-            records_rejected: page.sum("wisp_loki_records_dropped_total", &[]) as u64,
-            records_refused: page.sum("wisp_loki_records_refused_total", &[]) as u64,
-            records_rewritten: page.sum("wisp_loki_records_rewritten_total", &[]) as u64,
-            records_possibly_duplicated: page
+            last_push_seconds_ago: ago(metrics.get("wisp_loki_last_push_timestamp_seconds", &[])),
+            retries: metrics.value("wisp_loki_retries_total", &[]) as u64,
+            records_rejected: metrics.sum("wisp_loki_records_dropped_total", &[]) as u64,
+            records_refused: metrics.sum("wisp_loki_records_refused_total", &[]) as u64,
+            records_rewritten: metrics.sum("wisp_loki_records_rewritten_total", &[]) as u64,
+            records_possibly_duplicated: metrics
                 .value("wisp_loki_records_possibly_duplicated_total", &[])
                 as u64,
             last_error: redact(&extras.loki_last_error),
@@ -232,26 +233,28 @@ pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
                 .and_then(|_| ago(extras.loki_last_error_at)),
         }),
         otlp: extras.relay.then(|| OtlpStatus {
-            requests_received: page.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
-            requests_shipped: page.value("wisp_otlp_requests_shipped_total", &[]) as u64,
-            bytes_shipped: page.value("wisp_otlp_bytes_shipped_total", &[]) as u64,
+            requests_received: metrics.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
+            requests_shipped: metrics.value("wisp_otlp_requests_shipped_total", &[]) as u64,
+            bytes_shipped: metrics.value("wisp_otlp_bytes_shipped_total", &[]) as u64,
             buffer: spool("otlp"),
-            last_export_seconds_ago: ago(page.get("wisp_otlp_last_export_timestamp_seconds", &[])),
-            retries: page.value("wisp_otlp_retries_total", &[]) as u64,
-            requests_rejected: page.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
+            last_export_seconds_ago: ago(
+                metrics.get("wisp_otlp_last_export_timestamp_seconds", &[])
+            ),
+            retries: metrics.value("wisp_otlp_retries_total", &[]) as u64,
+            requests_rejected: metrics.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
             last_error: redact(&extras.otlp_last_error),
             last_error_seconds_ago: extras
                 .otlp_last_error
                 .as_ref()
                 .and_then(|_| ago(extras.otlp_last_error_at)),
         }),
-        exec: exec_status(&page),
+        exec: exec_status(&metrics),
     }
 }
 
 /// The exec runs, per job, from `wisp_exec_runs_total{job,exit_code}`,
 /// `wisp_exec_run_seconds_total{job}` and `wisp_exec_cost_usd_total{job}`.
-fn exec_status(page: &Readings) -> ExecStatus {
+fn exec_status(metrics: &Readings) -> ExecStatus {
     let mut jobs: BTreeMap<String, ExecJob> = BTreeMap::new();
     fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &Sample) -> &'a mut ExecJob {
         let name = label(s, "job").unwrap_or("exec");
@@ -260,7 +263,7 @@ fn exec_status(page: &Readings) -> ExecStatus {
             ..ExecJob::default()
         })
     }
-    for s in page.samples("wisp_exec_runs_total") {
+    for s in metrics.samples("wisp_exec_runs_total") {
         let n = s.value.as_f64().max(0.0) as u64;
         let j = job(&mut jobs, s);
         j.runs += n;
@@ -268,10 +271,10 @@ fn exec_status(page: &Readings) -> ExecStatus {
             .entry(label(s, "exit_code").unwrap_or("unknown").to_string())
             .or_default() += n;
     }
-    for s in page.samples("wisp_exec_run_seconds_total") {
+    for s in metrics.samples("wisp_exec_run_seconds_total") {
         job(&mut jobs, s).run_seconds += s.value.as_f64();
     }
-    for s in page.samples("wisp_exec_cost_usd_total") {
+    for s in metrics.samples("wisp_exec_cost_usd_total") {
         job(&mut jobs, s).cost_usd += s.value.as_f64();
     }
     let jobs: Vec<ExecJob> = jobs.into_values().collect();
