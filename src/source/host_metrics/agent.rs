@@ -14,8 +14,7 @@ use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
-use super::build::{double_point, gauge, int_point, sum, to_i64};
-use super::collect::unix_nanos;
+use super::points::{double_point, gauge, int_point, sum, to_i64, unix_nanos};
 use crate::admin::family::{Kind, Value};
 use crate::admin::{AgentMetrics, Reading};
 use crate::record::otlp_text as text;
