@@ -1,57 +1,51 @@
-//! Wiring the stages: sources → transform (parse + labels) → sink.
+//! The file-log pipeline as one value for `run`: tailer → transform (parse +
+//! labels) → spool stage → shipper with `LokiService` (the same spool stage
+//! and shipper as the OTLP pipeline's), with its counters.
 //!
 //! Every stage is a task joined to the next by a bounded channel, so a slow sink
-//! slows the tailer instead of growing memory. Shutdown runs front to back: the
-//! cancellation token stops the sources, each stage ends when its input channel
-//! closes, and the last stage acknowledges what it made durable on its way out.
+//! slows the tailer instead of growing memory. The exec server's lines join at
+//! the transform ([`OpenLogs::lines`]), the OTLP receivers' log records (with
+//! `otlp.logs_to_loki`) at the spool stage ([`LogsInput::to_loki`]).
+//! [`LogsPipeline::finish`] runs front to back: each stage ends when its input
+//! channel closes, and the shipper gets a grace period to ship what is left.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, LogSources, Sources};
-use crate::config::{Config, Loaded, ProcessEnv};
-use crate::discovery::{self, Inputs};
+use super::Shipping;
+use crate::admin::LogSources;
+use crate::config::Config;
+use crate::discovery::{Chosen, HostHealth};
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
-use crate::relay::{LogsToLoki, OtlpRelay, ToLokiSettings};
+use crate::relay::{LogsToLoki, ToLokiSettings};
 use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
 use crate::sink::ship::{self, Shipper};
-use crate::source::file::{self, TailSettings};
-use crate::source::{exec, host_metrics};
+use crate::source::file::{self, TailError, TailSettings};
+use crate::source::known_runs::KnownRuns;
 use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
-use crate::spool::{Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
+use crate::spool::{ResumeState, Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
-const CHANNEL_BATCHES: usize = 4;
+pub(super) const CHANNEL_BATCHES: usize = 4;
 
-/// Takes the state directory's lock (see [`crate::state_file::lock_dir`]): a
-/// second daemon on one state directory is a configuration error naming the
-/// first one's pid.
-fn lock_state_dir(state_dir: &std::path::Path, origin: &str) -> Result<std::fs::File> {
-    let why = match crate::state_file::lock_dir(state_dir) {
-        Ok(Ok(lock)) => return Ok(lock),
-        Ok(Err(Some(pid))) => format!("another wisp-agent (pid {pid}) runs on it"),
-        Ok(Err(None)) => "another wisp-agent runs on it".to_string(),
-        Err(e) => format!("cannot lock it: {e}"),
-    };
-    Err(crate::config::ConfigError::invalid(
-        origin,
-        "agent.state_dir",
-        format!(
-            "{} is in use: {why}; stop that one, or give this one its own agent.state_dir",
-            state_dir.display()
-        ),
-    )
-    .into())
-}
+/// The spool stage appends at most about this many records (and bytes of lines)
+/// with one fsync. The byte bound keeps a group's encoding (lines, labels and
+/// frames: about 1.15 times the lines' bytes for Pino lines) under the 1 MiB
+/// the spool writer keeps between appends: a larger group had the writer drop
+/// its buffer and grow a new one by reallocation at every append.
+const GROUP_COMMIT: GroupLimits = GroupLimits {
+    max_records: 4096,
+    max_bytes: 768 * 1024,
+};
 
 /// Warns when there is nothing to tail. What each entry's patterns match is
 /// logged by the tailer after its first walk (bounded, as every walk is: a
@@ -76,7 +70,7 @@ pub fn log_tailed_files(config: &Config) {
 
 /// Runs the transform stage: parses every source batch and passes it on. Ends when
 /// its input closes or the next stage went away.
-async fn transform(
+pub(super) async fn transform(
     mut rx: mpsc::Receiver<SourceBatch>,
     tx: mpsc::Sender<Batch>,
     mut transformer: Transformer,
@@ -88,280 +82,213 @@ async fn transform(
     }
 }
 
-/// A state directory that lives as long as a dry run: real checkpoints stay
-/// untouched, so a dry run never makes the daemon skip lines.
-struct ThrowawayDir(PathBuf);
-
-impl ThrowawayDir {
-    fn create() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("wisp-agent-dry-run-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
+/// The Loki spool stage's input, made before anything that feeds it: with
+/// `otlp.logs_to_loki` the OTLP receivers store logs records through it, and
+/// they start before the Loki spool is open.
+pub struct LogsInput {
+    tx: mpsc::Sender<Batch>,
+    rx: mpsc::Receiver<Batch>,
+    /// Whether the Loki spool can append.
+    health: Arc<BufferHealth>,
 }
 
-impl Drop for ThrowawayDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `run --dry-run`: tails as `run` would and prints each record it would ship as
-/// one JSON line on stdout. Checkpoints go to a throwaway directory, so with
-/// `start_at = "end"` only lines written while it runs are shown.
-pub async fn run_dry(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
-    let config = loaded.config;
-    let state = ThrowawayDir::create()?;
-    tracing::info!(
-        "dry run: printing records instead of shipping them; checkpoints go to {} and are discarded",
-        state.0.display()
-    );
-    let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
-    let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
-    let transformer = Transformer::new(ParseSettings::from_config(&config));
-    let settings = TailSettings::new(config.files.clone(), state.0.clone());
-    let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
-    let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
-    let console = tokio::task::spawn_blocking(move || {
-        crate::sink::console::run_blocking(batch_rx, std::io::stdout())
-    });
-
-    let printed = console.await.context("the console sink stopped")?;
-    // The console ends first only when stdout went away (a closed pipe): stop the
-    // sources then, there is no one left to print for.
-    cancel.cancel();
-    let tailed = tail.await.context("the file tailer stopped")?;
-    let _ = stage.await;
-    tailed.context("cannot tail files")?;
-    match printed {
-        Ok(n) => {
-            tracing::info!("dry run done: {n} record(s) printed");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(e).context("cannot write to stdout"),
-    }
-}
-
-/// The spool stage appends at most about this many records (and bytes of lines)
-/// with one fsync. The byte bound keeps a group's encoding (lines, labels and
-/// frames: about 1.15 times the lines' bytes for Pino lines) under the 1 MiB
-/// the spool writer keeps between appends: a larger group had the writer drop
-/// its buffer and grow a new one by reallocation at every append.
-const GROUP_COMMIT: GroupLimits = GroupLimits {
-    max_records: 4096,
-    max_bytes: 768 * 1024,
-};
-
-/// After the sources stopped, the Loki sink gets this long to ship what is left;
-/// whatever it could not ship stays in the spool for the next start.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
-
-/// `run`: tails the configured files into the spool and ships the spool to Loki,
-/// and relays local OTLP to the host's collector ([`OtlpRelay`]), until `cancel`
-/// fires; then drains both (see [`DRAIN_GRACE`]) and returns.
-pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
-    let started = SystemTime::now();
-    let config = loaded.config;
-    let origin = loaded.origin.to_string();
-    config.check_sinks(&origin)?;
-    let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
-    if let Some(note) = note {
-        tracing::warn!("{note}");
-    }
-    crate::config::check_state_dir(&state_dir, &origin, true)?;
-    // Held until `run` returns.
-    let _lock = lock_state_dir(&state_dir, &origin)?;
-    let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
-    // The OTLP relay (receivers → its own spool → exporter); the two spools
-    // share `buffer.max_bytes` half and half when both run.
-    let max_bytes = config.buffer.max_bytes.bytes();
-    let spool_bytes = if config.loki.enabled && config.otlp.enabled {
-        max_bytes / 2
-    } else {
-        max_bytes
-    };
-    // The Loki spool stage's input, made before the relay: with
-    // `otlp.logs_to_loki` the receivers store logs records through it too (the
-    // stage itself starts once the Loki spool is open).
-    let (batch_tx, batch_rx) = mpsc::channel(CHANNEL_BATCHES);
-    let buffer_health = Arc::new(BufferHealth::logs());
-    let to_loki = config.logs_to_loki().then(|| {
-        LogsToLoki::new(
-            &ToLokiSettings::from_config(&config),
-            batch_tx.clone(),
-            buffer_health.clone(),
-        )
-    });
-    let mut otlp = OtlpRelay::start(
-        &config,
-        &state_dir,
-        spool_bytes,
-        host.clone(),
-        health.clone(),
-        to_loki,
-        cancel.clone(),
-    )
-    .await?;
-    let exec_counters = Arc::new(exec::metrics::ExecCounters::new(
-        config.agent.max_label_values,
-    ));
-    if !config.loki.enabled {
-        // File logs go to Loki only: exec output is dropped (acknowledged at
-        // once), its spans go on.
-        let (tx, mut rx) = mpsc::channel::<SourceBatch>(CHANNEL_BATCHES);
-        tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                batch.ack.done();
-            }
-        });
-        let _ = start_exec_server(
-            &config,
-            &state_dir,
-            &crate::spool::ResumeState::new(),
+impl LogsInput {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        Self {
             tx,
-            otlp.as_mut(),
-            exec_counters.clone(),
-            &cancel,
-        );
-        let sources = Sources {
-            logs: None,
-            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-            host,
-            exec: Some(exec_counters),
+            rx,
+            health: Arc::new(BufferHealth::logs()),
+        }
+    }
+
+    /// The OTLP receivers' way into the Loki spool stage (`otlp.logs_to_loki`).
+    pub fn to_loki(&self, config: &Config) -> LogsToLoki {
+        LogsToLoki::new(
+            &ToLokiSettings::from_config(config),
+            self.tx.clone(),
+            self.health.clone(),
+        )
+    }
+}
+
+impl Default for LogsInput {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The file-log pipeline with its spool open and its counters made, not
+/// reading yet: [`OpenLogs::start`] starts it.
+pub struct OpenLogs {
+    input: LogsInput,
+    writer: SpoolWriter,
+    reader: SpoolReader,
+    transformer: Transformer,
+    tail: TailSettings,
+    service: LokiService,
+    src_tx: mpsc::Sender<SourceBatch>,
+    src_rx: mpsc::Receiver<SourceBatch>,
+    counters: LogSources,
+}
+
+impl OpenLogs {
+    /// Opens the Loki spool (bounded by `max_bytes`) and makes each stage's
+    /// counters. `None` when `cancel` fired while a full disk was waited out.
+    pub async fn open(
+        config: &Config,
+        state_dir: &Path,
+        max_bytes: u64,
+        input: LogsInput,
+        cancel: &CancellationToken,
+    ) -> Result<Option<OpenLogs>> {
+        let client = LokiClient::new(&config.loki)?;
+        let spool_settings = SpoolSettings {
+            fsync_interval: config.buffer.fsync_interval.get(),
+            ..SpoolSettings::new(
+                state_dir.join("spool").join("loki"),
+                max_bytes,
+                config.buffer.fsync,
+            )
         };
-        return run_otlp_only(
-            &config,
-            &loaded.origin.to_string(),
-            otlp,
-            sources,
-            started,
-            cancel,
-        )
-        .await;
+        let Some((writer, reader)) = open_spool(spool_settings, cancel).await? else {
+            return Ok(None);
+        };
+        tracing::info!("buffer: {}", writer.dir().display());
+        let loki_counters = Arc::new(LokiCounters::default());
+        let mut transformer = Transformer::new(ParseSettings::from_config(config));
+        // Each source's clock as the spool's last commit left it: lines read after
+        // a crash never take a timestamp the spool's records already carry.
+        transformer.restore_clocks(writer.resume_state());
+        let tail = TailSettings {
+            resume: writer.resume_state().clone(),
+            ..TailSettings::new(config.files.clone(), state_dir.to_path_buf())
+        };
+        let counters = LogSources {
+            tail: tail.counters.clone(),
+            parse: transformer.counters(),
+            spool: writer.counters(),
+            loki: loki_counters.clone(),
+            buffer: input.health.clone(),
+            spool_max_bytes: max_bytes,
+        };
+        let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
+        Ok(Some(OpenLogs {
+            input,
+            writer,
+            reader,
+            transformer,
+            tail,
+            service: LokiService::new(client, &config.loki, loki_counters),
+            src_tx,
+            src_rx,
+            counters,
+        }))
     }
-    let client = LokiClient::new(&config.loki)?;
-    let spool_settings = SpoolSettings {
-        fsync_interval: config.buffer.fsync_interval.get(),
-        ..SpoolSettings::new(
-            state_dir.join("spool").join("loki"),
-            spool_bytes,
-            config.buffer.fsync,
-        )
-    };
-    let Some((writer, reader)) = open_spool(spool_settings, &cancel).await? else {
-        tracing::info!("stopped before the buffer could be opened");
-        return Ok(ExitCode::SUCCESS);
-    };
-    tracing::info!("buffer: {}", writer.dir().display());
 
-    let loki_counters = Arc::new(LokiCounters::default());
-    let mut transformer = Transformer::new(ParseSettings::from_config(&config));
-    // Each source's clock as the spool's last commit left it: lines read after
-    // a crash never take a timestamp the spool's records already carry.
-    transformer.restore_clocks(writer.resume_state());
-    let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
-    let known_runs = start_exec_server(
-        &config,
-        &state_dir,
-        writer.resume_state(),
-        src_tx.clone(),
-        otlp.as_mut(),
-        exec_counters.clone(),
-        &cancel,
-    );
-    let settings = TailSettings {
-        resume: writer.resume_state().clone(),
-        known_runs,
-        ..TailSettings::new(config.files.clone(), state_dir.clone())
-    };
-    let admin = start_admin(
-        &config,
-        &loaded.origin.to_string(),
-        Sources {
-            logs: Some(LogSources {
-                tail: settings.counters.clone(),
-                parse: transformer.counters(),
-                spool: writer.counters(),
-                loki: loki_counters.clone(),
-                buffer: buffer_health.clone(),
-                spool_max_bytes: spool_bytes,
-            }),
-            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-            host: host.clone(),
-            exec: Some(exec_counters),
-        },
-        otlp.as_mut(),
-        started,
-        &cancel,
-    )
-    .await?;
-    let shipper = Shipper {
-        settings: loki_sink::ship_settings(&config.loki),
-        service: LokiService::new(client, &config.loki, loki_counters),
-        reader,
-        host,
-        health,
-    };
-    let drain = CancellationToken::new();
-    let stop = CancellationToken::new();
-    let shipping = tokio::spawn(ship::run(shipper, drain.clone(), stop.clone()));
-
-    let tail = tokio::spawn(file::run(settings, src_tx, cancel.clone()));
-    let stage = tokio::spawn(transform(src_rx, batch_tx, transformer));
-    let spooling = tokio::spawn(stage::run(
-        batch_rx,
-        writer,
-        StageSettings {
-            name: "the buffer",
-            what: "record(s)",
-            meanwhile: "reading is paused and nothing is lost",
-            group: GROUP_COMMIT,
-            on_failure: OnFailure::Hold,
-        },
-        buffer_health,
-        cancel.clone(),
-    ));
-    crate::notify::ready_until(&cancel);
-
-    let tailed = tail.await.context("the file tailer stopped")?;
-    // The receivers (and exec's server) feed the Loki spool stage too: it ends
-    // once they let go of it.
-    if let Some(otlp) = otlp.as_mut() {
-        otlp.close_receivers(DRAIN_GRACE).await;
+    /// Its counters, for the admin endpoint and the agent's own metrics.
+    pub fn counters(&self) -> LogSources {
+        self.counters.clone()
     }
-    let _ = stage.await;
-    let _ = spooling.await;
-    drain.cancel();
-    let loki_drained = async {
-        let grace = tokio::time::sleep(DRAIN_GRACE);
-        tokio::pin!(grace);
-        let mut shipping = shipping;
-        tokio::select! {
-            _ = &mut shipping => {}
-            _ = &mut grace => {
-                tracing::info!(
-                    "loki did not take everything within {DRAIN_GRACE:?}; the rest waits in the buffer for the next start"
-                );
-                stop.cancel();
-                let _ = shipping.await;
-            }
+
+    /// The resume points the spool's commits hold (the tailer's, the exec
+    /// server's).
+    pub fn resume(&self) -> &ResumeState {
+        self.writer.resume_state()
+    }
+
+    /// Where other sources' lines join the tailer's, before the transform (the
+    /// exec server's).
+    pub fn lines(&self) -> mpsc::Sender<SourceBatch> {
+        self.src_tx.clone()
+    }
+
+    /// Starts the shipper, then the tailer, the transform and the spool stage.
+    /// `known_runs`: the exec runs the daemon knows, whose marked lines the
+    /// tailer leaves to `exec`. The tailer and the spool stage stop when `cancel`
+    /// fires.
+    pub fn start(
+        self,
+        config: &Config,
+        known_runs: Option<Arc<KnownRuns>>,
+        host: watch::Receiver<Option<Chosen>>,
+        health: HostHealth,
+        cancel: &CancellationToken,
+    ) -> LogsPipeline {
+        let shipper = Shipper {
+            settings: loki_sink::ship_settings(&config.loki),
+            service: self.service,
+            reader: self.reader,
+            host,
+            health,
+        };
+        let shipping = Shipping::start("loki", |drain, stop| ship::run(shipper, drain, stop));
+        let tail = TailSettings {
+            known_runs,
+            ..self.tail
+        };
+        let tailing = tokio::spawn(file::run(tail, self.src_tx, cancel.clone()));
+        let transforming = tokio::spawn(transform(self.src_rx, self.input.tx, self.transformer));
+        let spooling = tokio::spawn(stage::run(
+            self.input.rx,
+            self.writer,
+            StageSettings {
+                name: "the buffer",
+                what: "record(s)",
+                meanwhile: "reading is paused and nothing is lost",
+                group: GROUP_COMMIT,
+                on_failure: OnFailure::Hold,
+            },
+            self.input.health,
+            cancel.clone(),
+        ));
+        LogsPipeline {
+            tailing,
+            tailed: None,
+            transforming,
+            spooling,
+            shipping,
         }
-    };
-    let otlp_drained = async {
-        if let Some(otlp) = otlp {
-            otlp.finish(DRAIN_GRACE).await;
-        }
-    };
-    tokio::join!(loki_drained, otlp_drained);
-    if let Some(admin) = admin {
-        // It stopped with `cancel`; a scrape still in flight gets a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
-    tailed.context("cannot tail files")?;
-    tracing::info!("stopped cleanly");
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The running file-log pipeline; [`LogsPipeline::finish`] once the
+/// cancellation token fired.
+pub struct LogsPipeline {
+    tailing: JoinHandle<Result<(), TailError>>,
+    /// How the tailer ended, once [`LogsPipeline::tailer_stopped`] saw it.
+    tailed: Option<Result<Result<(), TailError>, tokio::task::JoinError>>,
+    transforming: JoinHandle<()>,
+    spooling: JoinHandle<()>,
+    shipping: Shipping,
+}
+
+impl LogsPipeline {
+    /// Returns once the tailer stopped: after the cancellation token fired, or
+    /// on its own when it could not start.
+    pub async fn tailer_stopped(&mut self) {
+        if self.tailed.is_none() {
+            self.tailed = Some((&mut self.tailing).await);
+        }
+    }
+
+    /// After the cancellation token fired, and once the other sources feeding
+    /// it (the exec server, the OTLP receivers) let go of it: waits for the
+    /// tailer, the transform and the spool stage to end, then gives the shipper
+    /// `grace` to ship what is left. Whatever it could not ship stays in the
+    /// spool for the next start. An error when the tailer could not run.
+    pub async fn finish(mut self, grace: Duration) -> Result<()> {
+        self.tailer_stopped().await;
+        let _ = self.transforming.await;
+        let _ = self.spooling.await;
+        self.shipping.finish(grace).await;
+        match self.tailed {
+            Some(tailed) => tailed
+                .context("the file tailer stopped")?
+                .context("cannot tail files"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Opens the Loki spool. A full disk is waited out (nothing is read until there
@@ -400,123 +327,4 @@ async fn open_spool(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// `run` with `loki.enabled = false`: only the OTLP relay runs, and the admin
-/// endpoint with its metrics. File logs go to Loki only, so `[[files]]` are not
-/// tailed then (the log says so).
-async fn run_otlp_only(
-    config: &Config,
-    origin: &str,
-    mut otlp: Option<OtlpRelay>,
-    sources: Sources,
-    started: SystemTime,
-    cancel: CancellationToken,
-) -> Result<ExitCode> {
-    if !config.files.is_empty() {
-        tracing::warn!(
-            "loki.enabled = false: the [[files]] entries are not tailed (file logs are shipped to Loki only); \
-             relaying OTLP only"
-        );
-    }
-    let admin = start_admin(config, origin, sources, otlp.as_mut(), started, &cancel).await?;
-    crate::notify::ready_until(&cancel);
-    cancel.cancelled().await;
-    if let Some(otlp) = otlp {
-        otlp.finish(DRAIN_GRACE).await;
-    }
-    if let Some(admin) = admin {
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-    }
-    tracing::info!("stopped cleanly");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Starts the admin endpoint on `sources` and the host-metrics task, which
-/// pushes the host's metrics and the agent's own (the families `/metrics`
-/// serves, read by the same code, the endpoint on or off) into the relay's
-/// spool. Here, once every stage's counters exist; `started` is the agent's
-/// start, where the pushed counters begin.
-async fn start_admin(
-    config: &Config,
-    origin: &str,
-    sources: Sources,
-    relay: Option<&mut OtlpRelay>,
-    started: SystemTime,
-    cancel: &CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    let status_sources = sources.clone();
-    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
-    // The periodic status line (`agent.status_interval`; off at zero), from
-    // the same readers as `/metrics`.
-    crate::status::periodic::spawn(
-        config.agent.status_interval.get(),
-        admin::status_snapshots(status_sources, admin.metrics.clone()),
-        cancel.clone(),
-    );
-    let push = host_metrics::spawn(
-        config,
-        relay.as_deref(),
-        admin.metrics,
-        started,
-        cancel.clone(),
-    );
-    if let (Some(task), Some(relay)) = (push, relay) {
-        relay.add_producer(task);
-    }
-    Ok(admin.task)
-}
-
-/// Starts the exec socket server ([`exec::server`]): its lines go into `tx`
-/// (the transform stage), its spans into the relay's spool. A socket that cannot
-/// be bound is warned about; the daemon runs on without it. Returns the runs
-/// the server knows, for the tailer (see [`crate::source::known_runs`]).
-fn start_exec_server(
-    config: &Config,
-    state_dir: &std::path::Path,
-    resume: &crate::spool::ResumeState,
-    tx: mpsc::Sender<SourceBatch>,
-    relay: Option<&mut OtlpRelay>,
-    counters: Arc<exec::metrics::ExecCounters>,
-    cancel: &CancellationToken,
-) -> Option<Arc<crate::source::known_runs::KnownRuns>> {
-    let socket = config.exec.daemon_socket(&ProcessEnv);
-    let listener = match exec::server::bind(&socket) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(
-                "cannot listen on {} ({e}): `wisp-agent exec` keeps its output in each user's outbox \
-                 until a daemon listens there",
-                socket.display()
-            );
-            return None;
-        }
-    };
-    let startup = exec::server::startup(state_dir, resume);
-    let known = startup.known.clone();
-    let settings = exec::server::ExecServerSettings {
-        socket,
-        state_dir: state_dir.to_path_buf(),
-        span: exec::spans::SpanSettings {
-            hostname: config.agent.effective_hostname(),
-            resource_attributes: config
-                .otlp
-                .resource_attributes
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        },
-        intake: relay.as_ref().map(|r| r.intake()),
-        counters,
-        max_label_sets: config.agent.max_label_values,
-    };
-    let resume = resume.clone();
-    let cancel = cancel.clone();
-    let task = tokio::spawn(async move {
-        exec::server::run(listener, settings, startup, &resume, tx, cancel).await;
-    });
-    if let Some(relay) = relay {
-        relay.add_producer(task);
-    }
-    Some(known)
 }

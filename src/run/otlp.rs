@@ -1,22 +1,23 @@
-//! The OTLP relay as one unit for `run`: the local receivers
+//! The OTLP pipeline as one value for `run`: the local receivers
 //! ([`crate::source::otlp`]) → the OTLP spool (`state_dir/spool/otlp/`) → the
-//! exporter ([`crate::sink::otlp`]) to the host's collector.
+//! exporter ([`crate::sink::otlp`]) to the host's collector, with its counters.
 //!
 //! Started only with `[otlp] enabled = true`: with the export off, the receivers
 //! do not listen either (accepting data that can go nowhere would only fill the
-//! disk), and the log says so. Shutdown: the receivers stop taking requests
-//! (those in flight get [`crate::source::otlp::SHUTDOWN_GRACE`] to be answered,
-//! then their connections are dropped, so no client holds the shutdown), the
-//! spool stage ends, and the exporter gets a grace period to ship what is left;
-//! the rest waits in the spool.
+//! disk), and the log says so. [`OtlpPipeline::finish`]: the receivers stop
+//! taking requests (those in flight get [`crate::source::otlp::SHUTDOWN_GRACE`]
+//! to be answered, then their connections are dropped, so no client holds the
+//! shutdown), the spool stage ends, and the exporter gets a grace period to
+//! ship what is left; the rest waits in the spool.
 //!
 //! With `[otlp] logs_to_loki` (and `[loki]`), the receivers also store each logs
-//! request's records in the Loki spool ([`to_loki`]), and the exporter marks
-//! logs exports with `x-wisp-logs-in-loki: true`.
+//! request's records in the Loki spool ([`crate::relay::to_loki`]), and the
+//! exporter marks logs exports with `x-wisp-logs-in-loki: true`.
 //!
 //! A run's own spans and log records (`exec`'s command, its resource naming
-//! the run) join the run's trace as the receivers take them ([`run`]): what is
-//! stored, relayed and sent to Loki is the rewritten request.
+//! the run) join the run's trace as the receivers take them
+//! ([`crate::relay::run`]): what is stored, relayed and sent to Loki is the
+//! rewritten request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,22 +28,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::Shipping;
 use crate::admin::RelaySources;
 use crate::config::{Config, FsyncPolicy};
 use crate::discovery::{Chosen, HostHealth};
 use crate::record::OtlpPayload;
+use crate::relay::{Intake, LogsToLoki};
 use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpService, OtlpSinkSettings};
 use crate::sink::ship::{self, Shipper};
 use crate::source::otlp::{ReceiverCounters, Receivers, PENDING_REQUESTS};
 use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
-use crate::spool::{Spool, SpoolCounters, SpoolSettings};
-
-mod intake;
-pub mod run;
-pub mod to_loki;
-
-pub use intake::Intake;
-pub use to_loki::{LogsToLoki, ToLokiSettings};
+use crate::spool::{Spool, SpoolSettings};
 
 /// The spool stage appends at most this many requests, and about this many
 /// bytes (at least one request), with one fsync.
@@ -51,31 +47,20 @@ const GROUP_COMMIT: GroupLimits = GroupLimits {
     max_bytes: 4 * 1024 * 1024,
 };
 
-/// The running relay; [`OtlpRelay::finish`] after the cancellation token fired.
-pub struct OtlpRelay {
-    /// `None` once [`OtlpRelay::close_receivers`] waited for them.
-    receivers: Option<Receivers>,
-    /// For the agent's own telemetry (host metrics, `exec` spans): see
-    /// [`OtlpRelay::intake`].
+/// The running OTLP pipeline; [`OtlpPipeline::finish`] once the cancellation
+/// token fired.
+pub struct OtlpPipeline {
+    receivers: Receivers,
+    /// Where the agent's own telemetry goes in: see [`OtlpPipeline::intake`].
     intake: Intake,
-    /// Tasks holding clones of `intake`, awaited (they end with the cancellation
-    /// token) before the spool stage is.
-    producers: Vec<JoinHandle<()>>,
     spooling: JoinHandle<()>,
-    exporting: JoinHandle<()>,
-    drain: CancellationToken,
-    stop: CancellationToken,
-    pub receiver_counters: Arc<ReceiverCounters>,
-    pub counters: Arc<OtlpCounters>,
-    /// The OTLP spool's counters (`wisp_spool_*` with `spool="otlp"`).
-    pub spool_counters: Arc<SpoolCounters>,
-    /// Whether the OTLP spool can append.
-    pub buffer_health: Arc<BufferHealth>,
-    /// The OTLP spool's bound.
-    max_bytes: u64,
+    exporting: Shipping,
+    /// Its counters: receivers, spool, exporter, whether the spool can append,
+    /// and the spool's bound.
+    counters: RelaySources,
 }
 
-impl OtlpRelay {
+impl OtlpPipeline {
     /// Opens the OTLP spool (bounded by `max_bytes`), starts the exporter and
     /// binds the receivers. `None` when `[otlp]` is disabled. The receivers stop
     /// when `cancel` fires. With `to_loki` the receivers also store logs in the
@@ -88,7 +73,7 @@ impl OtlpRelay {
         health: HostHealth,
         to_loki: Option<LogsToLoki>,
         cancel: CancellationToken,
-    ) -> Result<Option<OtlpRelay>> {
+    ) -> Result<Option<OtlpPipeline>> {
         if !config.otlp.enabled {
             if !config.receiver.grpc.is_empty() || !config.receiver.http.is_empty() {
                 tracing::info!(
@@ -161,93 +146,52 @@ impl OtlpRelay {
             ..settings
         };
         let counters = Arc::new(OtlpCounters::default());
-        let drain = CancellationToken::new();
-        let stop = CancellationToken::new();
-        let exporting = tokio::spawn(ship::run(
-            Shipper {
-                settings: settings.ship_settings(),
-                service: OtlpService::new(client, &settings, counters.clone()),
-                reader,
-                host,
-                health,
-            },
-            drain.clone(),
-            stop.clone(),
-        ));
-        Ok(Some(OtlpRelay {
-            receivers: Some(receivers),
+        let shipper = Shipper {
+            settings: settings.ship_settings(),
+            service: OtlpService::new(client, &settings, counters.clone()),
+            reader,
+            host,
+            health,
+        };
+        let exporting = Shipping::start("the otlp collector", |drain, stop| {
+            ship::run(shipper, drain, stop)
+        });
+        Ok(Some(OtlpPipeline {
+            receivers,
             intake,
-            producers: Vec::new(),
             spooling,
             exporting,
-            drain,
-            stop,
-            receiver_counters,
-            counters,
-            spool_counters,
-            buffer_health,
-            max_bytes,
+            counters: RelaySources {
+                receiver: receiver_counters,
+                exporter: counters,
+                spool: spool_counters,
+                buffer: buffer_health,
+                spool_max_bytes: max_bytes,
+            },
         }))
     }
 
-    /// What the admin endpoint reads of the relay.
-    pub fn admin_sources(&self) -> RelaySources {
-        RelaySources {
-            receiver: self.receiver_counters.clone(),
-            exporter: self.counters.clone(),
-            spool: self.spool_counters.clone(),
-            buffer: self.buffer_health.clone(),
-            spool_max_bytes: self.max_bytes,
-        }
+    /// Its counters, for the admin endpoint and the agent's own metrics.
+    pub fn counters(&self) -> RelaySources {
+        self.counters.clone()
     }
 
     /// Where the agent's own telemetry goes into the OTLP spool, as if received
     /// (but not counted as received: the receiver counters are programs' only).
-    /// Whoever holds a clone must drop it once the cancellation token fired: the
-    /// spool stage ends, and [`OtlpRelay::finish`] returns, only then.
+    /// Whoever holds a clone must drop it once the cancellation token fired:
+    /// the spool stage ends, and [`OtlpPipeline::finish`] returns, only then.
     pub fn intake(&self) -> Intake {
         self.intake.clone()
     }
 
-    /// A task that holds an [`OtlpRelay::intake`] clone and ends once the
-    /// cancellation token fired: [`OtlpRelay::finish`] waits for it.
-    pub fn add_producer(&mut self, task: JoinHandle<()>) {
-        self.producers.push(task);
-    }
-
-    /// After the cancellation token fired: waits (at most `grace` each) for the
-    /// producers and the receivers to stop, so that they no longer hold the
-    /// spools' senders: the Loki spool stage, which the receivers feed with
-    /// `logs_to_loki`, ends only then. [`OtlpRelay::finish`] does it if not
-    /// done before.
-    pub async fn close_receivers(&mut self, grace: Duration) {
-        for p in self.producers.drain(..) {
-            if tokio::time::timeout(grace, p).await.is_err() {
-                tracing::warn!("an otlp producer did not stop within {grace:?}");
-            }
-        }
-        if let Some(receivers) = self.receivers.take() {
-            receivers.join(grace).await;
-        }
-    }
-
-    /// After the cancellation token fired: waits for the receivers and the spool
-    /// stage, then gives the exporter `grace` to ship what is left.
-    pub async fn finish(mut self, grace: Duration) {
-        self.close_receivers(grace).await;
+    /// After the cancellation token fired: waits (at most `grace`) for the
+    /// receivers to stop, so that they let go of both spools' inputs (the Loki
+    /// spool stage, which they feed with `logs_to_loki`, ends only then), then
+    /// for the spool stage, then gives the exporter `grace` to ship what is left.
+    pub async fn finish(self, grace: Duration) {
+        self.receivers.join(grace).await;
         drop(self.intake);
         let _ = self.spooling.await;
-        self.drain.cancel();
-        let mut exporting = self.exporting;
-        tokio::select! {
-            _ = &mut exporting => {}
-            _ = tokio::time::sleep(grace) => {
-                tracing::info!(
-                    "the otlp collector did not take everything within {grace:?}; the rest waits in the buffer for the next start"
-                );
-                self.stop.cancel();
-                let _ = exporting.await;
-            }
-        }
+        self.exporting.finish(grace).await;
     }
 }

@@ -34,36 +34,23 @@
 //! means "quit now" to many programs). `exec` waits for the command either way.
 
 pub mod client;
-pub mod cost;
-pub mod git;
-pub mod metrics;
 pub mod otel_env;
-pub mod outbox;
-pub mod protocol;
-pub mod server;
-pub mod spans;
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cli::ExecArgs;
 use crate::config::{Config, EnvSource, ProcessEnv};
 use crate::record::Timestamp;
+use crate::source::exec::protocol::{self, ClientFrame, Hello, Line, Stream, LINES_FRAME_TARGET};
+use crate::source::exec::{git, now_ms, outbox, DEFAULT_JOB, MAX_PENDING_LINE};
 use client::Follow;
-use protocol::{ClientFrame, Hello, Line, Stream, LINES_FRAME_TARGET};
-
-/// The `job` label of a command run without `--name`.
-pub const DEFAULT_JOB: &str = "exec";
-
-/// A line longer than this is captured in pieces; it bounds what `exec` holds in
-/// memory and, with [`LINES_FRAME_TARGET`], the size of a frame.
-pub const MAX_PENDING_LINE: usize = 64 * 1024;
 
 /// After the command exited, its output pipes may stay open in processes it left
 /// running in the background; `exec` stops reading them after this long.
@@ -99,13 +86,6 @@ fn run_ids() -> (String, String) {
             return (trace_id, span_id);
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// One capture being written: this run's frames in its outbox file.
@@ -321,6 +301,26 @@ fn exit_code(status: ExitStatus) -> i32 {
         (Some(code), _) => code,
         (None, Some(signal)) => 128 + signal,
         (None, None) => 1,
+    }
+}
+
+/// `exec`'s configuration, as `run` would load it but for the `OTEL_*`
+/// variables ([`ConfigEnv`]). Telemetry never stops the command, so one that
+/// cannot be loaded is a warning on stderr, not exit 2, and the command runs
+/// uncaptured (`None`).
+pub fn load_config(path: Option<&std::path::Path>, args: &ExecArgs) -> Option<Config> {
+    match crate::config::load(path, &ConfigEnv) {
+        Ok(loaded) => Some(loaded.config),
+        Err(e) if args.flush => {
+            warn(&e.to_string());
+            None
+        }
+        Err(e) => {
+            warn(&format!(
+                "{e}; running the command without capturing its output"
+            ));
+            None
+        }
     }
 }
 
