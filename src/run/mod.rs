@@ -17,7 +17,7 @@ mod logs;
 mod otlp;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -79,25 +79,14 @@ async fn daemon(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
 
     // The state directory: checked, and locked until `run` returns.
     config.check_sinks(&origin)?;
-    let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
-    if let Some(note) = note {
-        tracing::warn!("{note}");
-    }
-    crate::config::check_state_dir(&state_dir, &origin, true)?;
-    let _lock = lock_state_dir(&state_dir, &origin)?;
+    let (state_dir, _lock) = claim_state_dir(config, &origin)?;
 
     // Discover: the host, chosen and kept fresh in the background.
     let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
 
-    // Each enabled pipeline. The two spools share `buffer.max_bytes` half and
-    // half when both run. The Loki spool stage's input comes first: with
+    // Each enabled pipeline. The Loki spool stage's input comes first: with
     // `otlp.logs_to_loki` the OTLP receivers store logs records through it.
-    let max_bytes = config.buffer.max_bytes.bytes();
-    let spool_bytes = if config.loki.enabled && config.otlp.enabled {
-        max_bytes / 2
-    } else {
-        max_bytes
-    };
+    let spool_bytes = spool_share(config);
     let logs_input = LogsInput::new();
     let to_loki = config.logs_to_loki().then(|| logs_input.to_loki(config));
     let otlp = OtlpPipeline::start(
@@ -256,6 +245,29 @@ impl Shipping {
                 let _ = task.await;
             }
         }
+    }
+}
+
+/// The state directory `run` keeps its spools and checkpoints in, checked
+/// (created if missing), with its lock: held until it is dropped.
+fn claim_state_dir(config: &Config, origin: &str) -> Result<(PathBuf, std::fs::File)> {
+    let (state_dir, note) = config.resolve_state_dir(&ProcessEnv);
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    crate::config::check_state_dir(&state_dir, origin, true)?;
+    let lock = lock_state_dir(&state_dir, origin)?;
+    Ok((state_dir, lock))
+}
+
+/// Each spool's bound: the two share `buffer.max_bytes` half and half when
+/// both run.
+fn spool_share(config: &Config) -> u64 {
+    let max_bytes = config.buffer.max_bytes.bytes();
+    if config.loki.enabled && config.otlp.enabled {
+        max_bytes / 2
+    } else {
+        max_bytes
     }
 }
 
