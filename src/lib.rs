@@ -16,6 +16,7 @@ pub mod event;
 pub mod fuzzing;
 pub(crate) mod listen;
 pub mod log;
+pub mod metric;
 pub mod notify;
 pub mod parse;
 pub(crate) mod procfs;

@@ -22,16 +22,19 @@ use super::Shipping;
 use crate::admin::LogSources;
 use crate::config::Config;
 use crate::discovery::{Chosen, HostHealth};
-use crate::parse::{ParseSettings, Transformer};
+use crate::metric::Registry;
+use crate::parse::{ParseCounters, ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
 use crate::relay::{LogsToLoki, ToLokiSettings};
 use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
 use crate::sink::ship::{self, Shipper};
-use crate::source::file::{self, TailError, TailSettings};
+use crate::source::file::{self, TailCounters, TailError, TailSettings};
 use crate::source::known_runs::KnownRuns;
 use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
-use crate::spool::{ResumeState, Spool, SpoolError, SpoolReader, SpoolSettings, SpoolWriter};
+use crate::spool::{
+    ResumeState, Spool, SpoolCounters, SpoolError, SpoolReader, SpoolSettings, SpoolWriter,
+};
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
@@ -129,7 +132,17 @@ pub struct OpenLogs {
     service: LokiService,
     src_tx: mpsc::Sender<SourceBatch>,
     src_rx: mpsc::Receiver<SourceBatch>,
-    counters: LogSources,
+    counters: StageCounters,
+}
+
+/// The counters of each stage of the file-log pipeline.
+struct StageCounters {
+    tail: Arc<TailCounters>,
+    parse: Arc<ParseCounters>,
+    spool: Arc<SpoolCounters>,
+    loki: Arc<LokiCounters>,
+    /// The spool's bound (its share of `buffer.max_bytes`).
+    spool_max_bytes: u64,
 }
 
 impl OpenLogs {
@@ -164,12 +177,11 @@ impl OpenLogs {
             resume: writer.resume_state().clone(),
             ..TailSettings::new(config.files.clone(), state_dir.to_path_buf())
         };
-        let counters = LogSources {
+        let counters = StageCounters {
             tail: tail.counters.clone(),
             parse: transformer.counters(),
             spool: writer.counters(),
             loki: loki_counters.clone(),
-            buffer: input.health.clone(),
             spool_max_bytes: max_bytes,
         };
         let (src_tx, src_rx) = mpsc::channel(CHANNEL_BATCHES);
@@ -186,9 +198,22 @@ impl OpenLogs {
         }))
     }
 
-    /// Its counters, for the admin endpoint and the agent's own metrics.
-    pub fn counters(&self) -> LogSources {
-        self.counters.clone()
+    /// Registers each stage's metric readers: the tailer's, the parser's, the
+    /// Loki spool's (`spool="loki"`) and the Loki sink's.
+    pub fn register_metrics(&self, metrics: &mut Registry) {
+        let c = &self.counters;
+        c.tail.clone().register(metrics);
+        c.parse.clone().register(metrics);
+        c.spool.clone().register(metrics, "loki", c.spool_max_bytes);
+        c.loki.clone().register(metrics);
+    }
+
+    /// What `/healthz` and `/status` read of it besides its metrics.
+    pub fn sources(&self) -> LogSources {
+        LogSources {
+            loki: self.counters.loki.clone(),
+            buffer: self.input.health.clone(),
+        }
     }
 
     /// The resume points the spool's commits hold (the tailer's, the exec

@@ -13,8 +13,11 @@
 //! shipping.
 
 mod dry;
+mod families;
 mod logs;
 mod otlp;
+
+pub use families::metric_families;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use crate::admin::{self, Sources};
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigError, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
+use crate::metric::Registry;
 use crate::record::SourceBatch;
 use crate::relay::Intake;
 use crate::source::exec::metrics::ExecCounters;
@@ -143,14 +147,23 @@ async fn daemon(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
     });
 
     // The admin endpoint, the periodic status line and host metrics, once
-    // every stage's counters exist.
+    // every stage's counters exist: each registers its metric readers (the
+    // page serves them in one order whatever the order here,
+    // [`crate::metric::ORDER`]).
+    let mut metrics = Registry::default();
+    discovery::metrics::register(&mut metrics, host.clone());
+    if let Some(logs) = &logs {
+        logs.register_metrics(&mut metrics);
+    }
+    if let Some(otlp) = &otlp {
+        otlp.register_metrics(&mut metrics);
+    }
+    exec_counters.register(&mut metrics);
     let sources = Sources {
-        logs: logs.as_ref().map(OpenLogs::counters),
-        relay: otlp.as_ref().map(OtlpPipeline::counters),
-        host: host.clone(),
-        exec: Some(exec_counters),
+        logs: logs.as_ref().map(OpenLogs::sources),
+        relay: otlp.as_ref().map(OtlpPipeline::sources),
     };
-    let admin = start_admin(config, &origin, sources, intake, started, &cancel).await?;
+    let admin = start_admin(config, &origin, sources, metrics, intake, started, &cancel).await?;
     feeding.extend(admin.host_metrics);
 
     // The logs pipeline reads from here on.
@@ -320,12 +333,20 @@ async fn start_admin(
     config: &Config,
     origin: &str,
     sources: Sources,
+    metrics: Registry,
     intake: Option<Intake>,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<Admin> {
     let status_sources = sources.clone();
-    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    let admin = admin::start(
+        &config.admin.listen,
+        origin,
+        sources,
+        metrics,
+        cancel.clone(),
+    )
+    .await?;
     // The periodic status line (`agent.status_interval`; off at zero), from
     // the same readers as `/metrics`.
     crate::status::periodic::spawn(

@@ -32,13 +32,14 @@ use super::Shipping;
 use crate::admin::RelaySources;
 use crate::config::{Config, FsyncPolicy};
 use crate::discovery::{Chosen, HostHealth};
+use crate::metric::Registry;
 use crate::record::OtlpPayload;
 use crate::relay::{Intake, LogsToLoki};
 use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpService, OtlpSinkSettings};
 use crate::sink::ship::{self, Shipper};
 use crate::source::otlp::{ReceiverCounters, Receivers, PENDING_REQUESTS};
 use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
-use crate::spool::{Spool, SpoolSettings};
+use crate::spool::{Spool, SpoolCounters, SpoolSettings};
 
 /// The spool stage appends at most this many requests, and about this many
 /// bytes (at least one request), with one fsync.
@@ -55,9 +56,18 @@ pub struct OtlpPipeline {
     intake: Intake,
     spooling: JoinHandle<()>,
     exporting: Shipping,
-    /// Its counters: receivers, spool, exporter, whether the spool can append,
-    /// and the spool's bound.
-    counters: RelaySources,
+    counters: StageCounters,
+}
+
+/// The counters of each stage of the OTLP pipeline.
+struct StageCounters {
+    receiver: Arc<ReceiverCounters>,
+    spool: Arc<SpoolCounters>,
+    exporter: Arc<OtlpCounters>,
+    /// Whether the OTLP spool can append.
+    buffer: Arc<BufferHealth>,
+    /// The OTLP spool's bound (its share of `buffer.max_bytes`).
+    spool_max_bytes: u64,
 }
 
 impl OtlpPipeline {
@@ -161,19 +171,40 @@ impl OtlpPipeline {
             intake,
             spooling,
             exporting,
-            counters: RelaySources {
+            counters: StageCounters {
                 receiver: receiver_counters,
-                exporter: counters,
                 spool: spool_counters,
+                exporter: counters,
                 buffer: buffer_health,
                 spool_max_bytes: max_bytes,
             },
         }))
     }
 
-    /// Its counters, for the admin endpoint and the agent's own metrics.
-    pub fn counters(&self) -> RelaySources {
-        self.counters.clone()
+    /// Registers each stage's metric readers: the receiver's, the OTLP
+    /// spool's (`spool="otlp"`), the exporter's and the receiver's two
+    /// listeners'.
+    pub fn register_metrics(&self, metrics: &mut Registry) {
+        let c = &self.counters;
+        c.receiver.clone().register(metrics);
+        c.spool.clone().register(metrics, "otlp", c.spool_max_bytes);
+        c.exporter.clone().register(metrics);
+        c.receiver
+            .grpc_connections
+            .clone()
+            .register(metrics, "otlp_grpc");
+        c.receiver
+            .http_connections
+            .clone()
+            .register(metrics, "otlp_http");
+    }
+
+    /// What `/healthz` and `/status` read of it besides its metrics.
+    pub fn sources(&self) -> RelaySources {
+        RelaySources {
+            exporter: self.counters.exporter.clone(),
+            buffer: self.counters.buffer.clone(),
+        }
     }
 
     /// Where the agent's own telemetry goes into the OTLP spool, as if received

@@ -15,8 +15,7 @@ use std::time::SystemTime;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::points::{double_point, gauge, int_point, sum, to_i64, unix_nanos};
-use crate::admin::family::{Kind, Value};
-use crate::admin::{AgentMetrics, Reading};
+use crate::metric::{AgentMetrics, Kind, Reading, Value};
 use crate::record::otlp_text as text;
 
 /// The instrumentation scope of the agent's own metrics.

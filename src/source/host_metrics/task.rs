@@ -13,8 +13,8 @@ use super::agent::OwnMetrics;
 use super::build::{data_points, request};
 use super::collect::Collector;
 use super::HostMetricsSettings;
-use crate::admin::AgentMetrics;
 use crate::config::Config;
+use crate::metric::AgentMetrics;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::Intake;
 
