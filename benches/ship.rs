@@ -242,10 +242,11 @@ multiline = "none"
         std::process::exit(1);
     }
     println!(
-        "ship: {:.0} lines/s end to end ({:.2} s; the agent used {:.2} s of CPU){}",
+        "ship: {:.0} lines/s end to end ({:.2} s; the agent used {:.2} s of CPU: {:.0} lines per CPU-second){}",
         n as f64 / took.as_secs_f64(),
         took.as_secs_f64(),
         cpu.unwrap_or(0.0),
+        n as f64 / cpu.unwrap_or(0.0).max(0.01),
         if pinned {
             ", agent pinned to one core"
         } else {
