@@ -142,7 +142,7 @@ fn encode_protobuf(
 /// Bytes of a varint holding `v`.
 fn varint_len(v: u64) -> usize {
     // One byte per 7 bits, at least one.
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
