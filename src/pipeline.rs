@@ -272,7 +272,7 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         &cancel,
     );
     let settings = TailSettings {
-        resume: writer.resume_state().clone(),
+        resume: Some(writer.resume_state().clone()),
         known_runs,
         ..TailSettings::new(config.files.clone(), state_dir.clone())
     };

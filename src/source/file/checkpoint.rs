@@ -1,5 +1,13 @@
 //! Checkpoints: how far each file has been handed on, persisted in
-//! `<state_dir>/positions.json`.
+//! `<state_dir>/positions.json`, and the resume points the spool stores for them.
+//!
+//! One source of truth per start: when the tailer's lines go to a spool that
+//! holds the point of any file, the spool's points (its commit frames, stored in
+//! the same fsync as the lines) are the checkpoints, and `positions.json` only
+//! adds when each file was last seen; without a spool (the dry run, the tailer
+//! alone), or with one that holds no file's point yet (new, or left by an agent
+//! that wrote none), `positions.json` is, and the tailer hands its points to
+//! that spool in one batch at start ([`CheckpointStore::points`]).
 //!
 //! Promises: an offset advances only when the batch that ends there is acknowledged
 //! downstream, and only over an unbroken run of acknowledged batches (a dropped ack
@@ -145,6 +153,14 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
     Some((id, path, fp, offset))
 }
 
+/// Whether the spool's resume state holds the point of any file (rather than
+/// none, or only other sources' points).
+pub(crate) fn holds_file_points(state: &ResumeState) -> bool {
+    state
+        .iter()
+        .any(|(key, value)| decode_resume(key, value).is_some())
+}
+
 /// The checkpoints of every file known, live or not.
 #[derive(Debug)]
 pub(crate) struct CheckpointStore {
@@ -212,34 +228,63 @@ impl CheckpointStore {
         &self.path
     }
 
-    /// Takes the resume points the spool holds over what `positions.json` says:
+    /// Makes the spool's resume points the checkpoints, when it holds any file's:
     /// they were stored in the same fsync as the lines, and `positions.json` is
     /// written after it (about once a second), so a crash leaves it behind them,
-    /// never ahead. Returns how many checkpoints moved.
+    /// never ahead. An entry the spool holds no point for is dropped (the spool
+    /// was told to forget it); `positions.json` only adds when each file was last
+    /// seen, which the spool does not keep. A spool that holds no file's point
+    /// changes nothing: `positions.json` stands, and is handed to it
+    /// ([`CheckpointStore::points`]). Returns how many checkpoints moved.
     pub(crate) fn apply_resume(&mut self, state: &ResumeState) -> usize {
+        let points: Vec<_> = state
+            .iter()
+            .filter_map(|(key, value)| decode_resume(key, value))
+            .collect();
+        if points.is_empty() {
+            return 0;
+        }
+        let mut was = std::mem::take(&mut self.entries);
+        self.followed_paths.clear();
         let mut moved = 0;
-        for (key, value) in state {
-            let Some((id, path, fingerprint, offset)) = decode_resume(key, value) else {
-                continue;
-            };
+        for (id, path, fingerprint, offset) in points {
             self.followed_paths.insert(path.clone());
-            match self.entries.get_mut(&id) {
-                Some(c) if c.offset == offset && c.fingerprint == fingerprint => {}
+            let seen = match was.remove(&id) {
+                Some(c) if c.offset == offset && c.fingerprint == fingerprint => c.seen,
                 // When last seen stays as it was, so the entry is still pruned
                 // in time.
                 Some(c) => {
                     moved += 1;
-                    c.offset = offset;
-                    c.fingerprint = fingerprint;
-                    c.path = path;
+                    c.seen
                 }
                 None => {
                     moved += 1;
-                    self.put(id, &path, fingerprint, offset);
+                    unix_secs(SystemTime::now())
                 }
-            }
+            };
+            self.entries.insert(
+                id,
+                Checkpoint {
+                    path,
+                    dev: id.dev,
+                    inode: id.inode,
+                    fingerprint,
+                    offset,
+                    seen,
+                },
+            );
         }
         moved
+    }
+
+    /// The resume point of every checkpoint kept: what a spool that holds none
+    /// is handed at start, in one batch (one commit), so that from then on it
+    /// holds them all.
+    pub(crate) fn points(&self) -> Vec<ResumePoint> {
+        self.entries
+            .values()
+            .map(|c| resume_point(c.id(), &c.path, c.fingerprint, c.offset))
+            .collect()
     }
 
     /// What is known of the file `id`, now open as `file` under `path`. Matches by

@@ -112,9 +112,12 @@ pub struct TailSettings {
     pub events: bool,
     /// Where the tailer counts what it does (shared with the admin endpoint).
     pub counters: Arc<TailCounters>,
-    /// The resume points the spool holds (its commits): they win over
-    /// `positions.json`, which is written after them.
-    pub resume: ResumeState,
+    /// The resume points of the spool the tailer's lines go to (its commits),
+    /// `None` without a spool (the dry run, the tailer alone). Once the spool
+    /// holds any file's point, its points are the checkpoints and
+    /// `positions.json` is a copy written after them; a spool that holds none
+    /// is handed what `positions.json` says, in one batch at start.
+    pub resume: Option<ResumeState>,
     /// The exec runs the daemon knows: a line marked as one of them, in a file
     /// of the user who ran it, is left to `exec` (see [`crate::source::terminal::mark`]).
     /// `None` (no exec server): every line is shipped.
@@ -129,7 +132,7 @@ impl TailSettings {
             state_dir,
             events: true,
             counters: Arc::default(),
-            resume: ResumeState::new(),
+            resume: None,
             known_runs: None,
         }
     }
@@ -522,13 +525,47 @@ impl Tailer {
         if let Some(p) = problem {
             tracing::warn!("{p}");
         }
-        let moved = store.apply_resume(&settings.resume);
-        if moved > 0 {
-            tracing::info!(
-                "{moved} file(s) resume where the buffer's last commit left them, past {}: \
-                 lines buffered before a crash are not read again",
-                store.path().display()
-            );
+        let mut out = VecDeque::new();
+        let marker_source = Arc::new(SourceInfo {
+            job: String::new(),
+            filename: None,
+            labels: Vec::new(),
+            format: crate::config::LogFormat::Text,
+            label_fields: Vec::new(),
+            trace_context: None,
+            // Marks carry resume points, never records.
+            owner: crate::record::Owner::UNKNOWN,
+        });
+        match &settings.resume {
+            None => {}
+            Some(state) if checkpoint::holds_file_points(state) => {
+                let moved = store.apply_resume(state);
+                if moved > 0 {
+                    tracing::info!(
+                        "{moved} file(s) resume where the buffer's last commit left them, past {}: \
+                         lines buffered before a crash are not read again",
+                        store.path().display()
+                    );
+                }
+            }
+            Some(_) => {
+                let points = store.points();
+                if !points.is_empty() {
+                    tracing::info!(
+                        "the buffer holds no file's resume point: {} file(s) resume where {} \
+                         says, and the buffer takes their points",
+                        points.len(),
+                        store.path().display()
+                    );
+                    out.push_back(SourceBatch {
+                        source: marker_source.clone(),
+                        lines: Vec::new(),
+                        ack: points
+                            .into_iter()
+                            .fold(crate::record::Ack::none(), |a, p| a.with_resume(p)),
+                    });
+                }
+            }
         }
         let entries: Vec<Entry> = settings
             .files
@@ -579,22 +616,13 @@ impl Tailer {
             counters: settings.counters.clone(),
             known_runs: settings.known_runs.clone(),
             chunk: vec![0; reader::CHUNK_BYTES],
-            out: VecDeque::new(),
+            out,
             poll_interval,
             unreadable: HashMap::new(),
             truncated: Vec::new(),
             undecided: false,
             patterns,
-            marker_source: Arc::new(SourceInfo {
-                job: String::new(),
-                filename: None,
-                labels: Vec::new(),
-                format: crate::config::LogFormat::Text,
-                label_fields: Vec::new(),
-                trace_context: None,
-                // Marks carry resume points, never records.
-                owner: crate::record::Owner::UNKNOWN,
-            }),
+            marker_source,
         })
     }
 
