@@ -38,9 +38,13 @@ async fn a_deleted_buffer_takes_the_resume_points_positions_json_holds() {
     append(&file, &second);
     let mut want = first.clone();
     want.extend(second);
-    agent.assert_shipped_once(&loki, SELECTOR, &want, DEADLINE).await;
+    agent
+        .assert_shipped_once(&loki, SELECTOR, &want, DEADLINE)
+        .await;
     assert!(
-        agent.log().contains("the buffer holds no file's resume point"),
+        agent
+            .log()
+            .contains("the buffer holds no file's resume point"),
         "{}",
         agent.log()
     );
@@ -53,7 +57,9 @@ async fn a_deleted_buffer_takes_the_resume_points_positions_json_holds() {
     let third = lines("third", 30, 35);
     append(&file, &third);
     want.extend(third);
-    agent.assert_shipped_once(&loki, SELECTOR, &want, DEADLINE).await;
+    agent
+        .assert_shipped_once(&loki, SELECTOR, &want, DEADLINE)
+        .await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     if let Err(e) = loki.exactly_once(SELECTOR, &want) {
         panic!("{e}\nagent log:\n{}", agent.log());

@@ -19,8 +19,11 @@
 //!   ([`scan`]);
 //! - lines are cut, rendered and joined per file ([`reader`]) into batches whose
 //!   acks, called once the batch is durable downstream, advance the checkpoint
-//!   ([`checkpoint`]); the checkpoint file is written atomically every second and at
-//!   shutdown, and a restart resumes from it exactly;
+//!   ([`checkpoint`]); each batch carries the file's resume point to the spool,
+//!   which stores it in the fsync that stores the lines, and a restart resumes
+//!   where the spool's last commit says; the checkpoint file, written atomically
+//!   every second and at shutdown after the spool, is the resume point only
+//!   where no spool holds one (the dry run, the tailer alone);
 //! - `start_at = end` applies only to files present at startup with no checkpoint;
 //!   a file that appears while the agent runs is read from its start, or lines
 //!   written right after a rotation would be lost;
