@@ -539,36 +539,15 @@ impl Tailer {
             // Marks carry resume points, never records.
             owner: crate::record::Owner::UNKNOWN,
         });
-        match &settings.resume {
-            None => {}
-            Some(state) if checkpoint::holds_file_points(state) => {
-                let moved = store.apply_resume(state);
-                if moved > 0 {
-                    tracing::info!(
-                        "{moved} file(s) resume where the buffer's last commit left them, past {}: \
-                         lines buffered before a crash are not read again",
-                        store.path().display()
-                    );
-                }
-            }
-            Some(_) => {
-                let points = store.points();
-                if !points.is_empty() {
-                    tracing::info!(
-                        "the buffer holds no file's resume point: {} file(s) resume where {} \
-                         says, and the buffer takes their points",
-                        points.len(),
-                        store.path().display()
-                    );
-                    out.push_back(SourceBatch {
-                        source: marker_source.clone(),
-                        lines: Vec::new(),
-                        ack: points
-                            .into_iter()
-                            .fold(crate::record::Ack::none(), |a, p| a.with_resume(p)),
-                    });
-                }
-            }
+        let handed = store.settle_start(settings.resume.as_ref());
+        if !handed.is_empty() {
+            out.push_back(SourceBatch {
+                source: marker_source.clone(),
+                lines: Vec::new(),
+                ack: handed
+                    .into_iter()
+                    .fold(crate::record::Ack::none(), |a, p| a.with_resume(p)),
+            });
         }
         let entries: Vec<Entry> = settings
             .files
