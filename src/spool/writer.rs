@@ -166,6 +166,17 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             let owner = owners.get(run).map_or(Owner::UNKNOWN, |r| r.0);
             let start = buf.len();
             let frame_len = segment::encode_frame(record, &mut buf) as u64;
+            if start == 0 {
+                // Room for the group at the first frame's size, within the buffer
+                // kept between appends: a buffer released at a pause is then grown
+                // once, not doubled (and copied) a dozen times up to a group's size.
+                let estimate = (frame_len as usize).saturating_mul(records.len());
+                buf.reserve(
+                    estimate
+                        .min(RETAINED_BUFFER_BYTES)
+                        .saturating_sub(buf.len()),
+                );
+            }
             if frame_len > FRAME_HEADER_LEN + u64::from(segment::MAX_PAYLOAD) {
                 buf.truncate(start);
                 SpoolCounters::add(&self.shared.counters.records_oversize, 1);
