@@ -3,8 +3,9 @@
 //! fake Loki on loopback. The agent is the release binary, pinned to one core
 //! (`taskset -c 0` when available); the receiver runs in this process.
 //!
-//! Prints lines/s end to end, the agent's peak RSS while shipping (VmHWM) and its
-//! RSS at idle afterwards, and the spool's fsync count. `cargo bench --bench ship`;
+//! Prints lines/s end to end and per CPU-second of the agent (issue 25), the
+//! agent's peak RSS while shipping (VmHWM) and its RSS at idle afterwards, and
+//! the spool's fsync count. `cargo bench --bench ship`;
 //! `WISP_BENCH_LINES` sets the line count (default 500000). `WISP_BENCH_ADMIN=1`
 //! turns the admin endpoint on and scrapes `/metrics` when fresh, after the burst
 //! and at idle, as Prometheus would (it is off otherwise). `WISP_BENCH_ALL=1`

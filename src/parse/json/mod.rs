@@ -5,9 +5,10 @@
 //!
 //! Three passes, each later one paid only by the lines the one before hands over:
 //! [`skim`] (one walk over the bytes, for lines without escapes or anything
-//! unusual, when no label fields are configured), [`fast`] (borrowed `&str` keys, `IgnoredAny` for the members the agent skips,
-//! level, time and ids read straight from serde_json's values) answers for nearly
-//! every line a logger writes; the full reader here takes every key and value as a
+//! unusual, when no label fields are configured), then [`fast`] (borrowed `&str`
+//! keys, `IgnoredAny` for the members the agent skips, level, time and ids read
+//! straight from serde_json's values), which answers for nearly every line a
+//! logger writes; the full reader here takes every key and value as a
 //! borrowed `&RawValue` (serde_json's `ignore_value` underneath, as for
 //! `IgnoredAny`, plus the slice it skipped) and reads the few values kept from the
 //! line's own text, which is what escaped keys, numbers kept as written, errors,
