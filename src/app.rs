@@ -48,7 +48,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
-            Ok(runtime()?.block_on(crate::status::command::run(&loaded, args.json)))
+            Ok(runtime()?.block_on(crate::command::status::run(&loaded, args.json)))
         }
         Command::Probe(args) => {
             let loaded = config::load(path, &ProcessEnv)?;

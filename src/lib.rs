@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod discovery;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod fuzzing;
 pub(crate) mod listen;
 pub mod log;
+pub mod metric;
 pub mod notify;
 pub mod parse;
 pub mod pipeline;

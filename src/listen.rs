@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::family::{counter, gauge, labelled, one, Family};
+use crate::metric::{counter, encode, gauge, labelled, names, one, Family, Registry};
 
 /// The HTTP version a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +306,18 @@ pub struct ListenerCounters {
 }
 
 impl ListenerCounters {
+    /// Registers this listener's connections as an instance of
+    /// [`ListenerCounters::FAMILIES`], each sample labelled `listener=name`.
+    pub fn register(self: Arc<Self>, metrics: &mut Registry, name: &'static str) {
+        metrics.add("listener", names(Self::FAMILIES), move |out| {
+            encode(
+                out,
+                Self::FAMILIES,
+                &[(vec![("listener", name.into())], self.as_ref())],
+            )
+        });
+    }
+
     /// A listener's metric families, the one place their names and help live;
     /// the admin endpoint serves them for every listener, each sample labelled
     /// `listener="otlp_grpc"|"otlp_http"|"admin"`.

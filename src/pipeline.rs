@@ -14,9 +14,10 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, LogSources, Sources};
+use crate::admin::{self, LogSources, RelaySources, Sources};
 use crate::config::{Config, Loaded, ProcessEnv};
 use crate::discovery::{self, Inputs};
+use crate::metric::Registry;
 use crate::parse::{ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
 use crate::relay::{LogsToLoki, OtlpRelay, ToLokiSettings};
@@ -225,17 +226,19 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
             exec_counters.clone(),
             &cancel,
         );
+        let mut metrics = Registry::default();
+        discovery::metrics::register(&mut metrics, host);
         let sources = Sources {
             logs: None,
-            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-            host,
-            exec: Some(exec_counters),
+            relay: relay_sources(otlp.as_ref(), &mut metrics),
         };
+        exec_counters.register(&mut metrics);
         return run_otlp_only(
             &config,
             &loaded.origin.to_string(),
             otlp,
             sources,
+            metrics,
             started,
             cancel,
         )
@@ -276,22 +279,29 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         known_runs,
         ..TailSettings::new(config.files.clone(), state_dir.clone())
     };
+    // Each stage's metric readers; the page serves them in one order
+    // whatever the order here ([`crate::metric::ORDER`]).
+    let mut metrics = Registry::default();
+    discovery::metrics::register(&mut metrics, host.clone());
+    settings.counters.clone().register(&mut metrics);
+    transformer.counters().register(&mut metrics);
+    writer
+        .counters()
+        .register(&mut metrics, "loki", spool_bytes);
+    loki_counters.clone().register(&mut metrics);
+    let relay = relay_sources(otlp.as_ref(), &mut metrics);
+    exec_counters.register(&mut metrics);
     let admin = start_admin(
         &config,
         &loaded.origin.to_string(),
         Sources {
             logs: Some(LogSources {
-                tail: settings.counters.clone(),
-                parse: transformer.counters(),
-                spool: writer.counters(),
                 loki: loki_counters.clone(),
                 buffer: buffer_health.clone(),
-                spool_max_bytes: spool_bytes,
             }),
-            relay: otlp.as_ref().map(OtlpRelay::admin_sources),
-            host: host.clone(),
-            exec: Some(exec_counters),
+            relay,
         },
+        metrics,
         otlp.as_mut(),
         started,
         &cancel,
@@ -410,6 +420,7 @@ async fn run_otlp_only(
     origin: &str,
     mut otlp: Option<OtlpRelay>,
     sources: Sources,
+    metrics: Registry,
     started: SystemTime,
     cancel: CancellationToken,
 ) -> Result<ExitCode> {
@@ -419,7 +430,16 @@ async fn run_otlp_only(
              relaying OTLP only"
         );
     }
-    let admin = start_admin(config, origin, sources, otlp.as_mut(), started, &cancel).await?;
+    let admin = start_admin(
+        config,
+        origin,
+        sources,
+        metrics,
+        otlp.as_mut(),
+        started,
+        &cancel,
+    )
+    .await?;
     crate::notify::ready_until(&cancel);
     cancel.cancelled().await;
     if let Some(otlp) = otlp {
@@ -441,12 +461,20 @@ async fn start_admin(
     config: &Config,
     origin: &str,
     sources: Sources,
+    metrics: Registry,
     relay: Option<&mut OtlpRelay>,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<()>>> {
     let status_sources = sources.clone();
-    let admin = admin::start(&config.admin.listen, origin, sources, cancel.clone()).await?;
+    let admin = admin::start(
+        &config.admin.listen,
+        origin,
+        sources,
+        metrics,
+        cancel.clone(),
+    )
+    .await?;
     // The periodic status line (`agent.status_interval`; off at zero), from
     // the same readers as `/metrics`.
     crate::status::periodic::spawn(
@@ -465,6 +493,17 @@ async fn start_admin(
         relay.add_producer(task);
     }
     Ok(admin.task)
+}
+
+/// Registers the relay's metric readers, if it runs, and what `/healthz` and
+/// `/status` read of it.
+fn relay_sources(relay: Option<&OtlpRelay>, metrics: &mut Registry) -> Option<RelaySources> {
+    let relay = relay?;
+    relay.register_metrics(metrics);
+    Some(RelaySources {
+        exporter: relay.counters.clone(),
+        buffer: relay.buffer_health.clone(),
+    })
 }
 
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`
@@ -519,4 +558,29 @@ fn start_exec_server(
         relay.add_producer(task);
     }
     Some(known)
+}
+
+/// Every family `/metrics` can serve, with its type, in the order served
+/// ([`crate::metric::ORDER`]): the tables the stages register, so the
+/// reference can be checked against them.
+pub fn metric_families() -> Vec<(&'static str, &'static str)> {
+    use crate::metric::{Family, Kind};
+    fn of<T>(f: &[Family<T>]) -> impl Iterator<Item = (&'static str, Kind)> + '_ {
+        f.iter().map(|f| (f.name, f.kind))
+    }
+    let (spool_a, spool_b) = crate::spool::SpoolCountersSnapshot::split();
+    of(discovery::metrics::FAMILIES)
+        .chain(of(file::TailStats::FAMILIES))
+        .chain(of(crate::parse::ParseCountersSnapshot::FAMILIES))
+        .chain(of(spool_a))
+        .chain(of(crate::spool::SPOOL_MAX_BYTES))
+        .chain(of(spool_b))
+        .chain(of(LokiCounters::FAMILIES))
+        .chain(of(crate::source::otlp::ReceiverCounters::FAMILIES))
+        .chain(of(crate::sink::otlp::OtlpCounters::FAMILIES))
+        .chain(of(crate::listen::ListenerCounters::FAMILIES))
+        .chain(of(exec::metrics::ExecCounters::FAMILIES))
+        .chain(of(crate::procfs::ProcessStats::FAMILIES))
+        .map(|(name, kind)| (name, kind.as_str()))
+        .collect()
 }

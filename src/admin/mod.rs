@@ -2,14 +2,16 @@
 //! exposition format 0.0.4, `GET /healthz`, and `GET /status` (JSON, for
 //! `wisp-agent status`; `status.rs`).
 //!
-//! Promises: the metrics are read from the counters the stages already keep (the
-//! tailer's, the parser's, both spools' (told apart by a `spool` label), the
-//! Loki sink's, the OTLP receiver's and exporter's), plus build, host and
-//! process metrics read from `/proc` ([`crate::procfs`]); a scrape never blocks a stage.
-//! Each stage declares its families once, beside its counters (`family.rs`);
-//! `metrics.rs` reads them all ([`AgentMetrics`]) and renders a reading with
-//! one `prometheus-client` registry; the same reading is pushed over OTLP
-//! ([`crate::source::host_metrics`]), the endpoint on or off.
+//! Promises: the metrics are read from the counters the stages already keep,
+//! through the readers each stage registered ([`crate::metric::Registry`]:
+//! the tailer's, the parser's, both spools' (told apart by a `spool` label),
+//! the Loki sink's, the OTLP receiver's and exporter's, the listeners', exec's,
+//! build and host), plus the endpoint's own connections and the process
+//! figures read from `/proc` ([`crate::procfs`]), which it registers itself; a
+//! scrape never blocks a stage. `metrics.rs` renders a reading with one
+//! `prometheus-client` collector; `/status` is built from the same reading;
+//! the same reading is pushed over OTLP (the host-metrics task), the endpoint
+//! on or off.
 //! Either pipeline may be off (`loki.enabled`, `otlp.enabled`): its metrics are
 //! then absent, the rest is served. The
 //! server is one task on the agent's runtime (no thread of its own) and stops with
@@ -26,14 +28,11 @@
 //! [`BIND_RETRY`] in the background (quietly), so the endpoint comes up once
 //! the port is free.
 
-pub(crate) mod family;
 mod metrics;
 mod status;
 #[cfg(test)]
 mod tests;
 
-pub use family::Reading;
-pub use metrics::{families as metric_families, AgentMetrics};
 pub use status::snapshots as status_snapshots;
 
 use std::net::SocketAddr;
@@ -45,24 +44,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
-use crate::discovery::Chosen;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
-use crate::parse::ParseCounters;
-use crate::procfs::{Proc, ProcFs, ProcessStats};
+use crate::metric::{AgentMetrics, Registry};
+use crate::procfs::{ProcFs, ProcessStats};
 use crate::sink::loki::sink::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
-use crate::source::exec::metrics::ExecCounters;
-use crate::source::file::TailCounters;
-use crate::source::otlp::ReceiverCounters;
 use crate::spool::stage::BufferHealth;
-use crate::spool::SpoolCounters;
 
 /// How often a listen address that could not be bound is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -85,43 +77,32 @@ const LIMITS: ListenerLimits = ListenerLimits {
     on_timeout: crate::listen::http_timeout,
 };
 
-/// Everything `/metrics` and `/healthz` read: the stages' shared counters.
-#[derive(Clone, Debug)]
+/// What `/healthz` and `/status` read beyond the metrics: each pipeline's
+/// buffer and its sink's last error.
+#[derive(Clone, Debug, Default)]
 pub struct Sources {
     /// The file logs to Loki; `None` with `loki.enabled = false`.
     pub logs: Option<LogSources>,
     /// The OTLP relay; `None` with `otlp.enabled = false`.
     pub relay: Option<RelaySources>,
-    /// The host discovery chose, if any.
-    pub host: watch::Receiver<Option<Chosen>>,
-    /// The `exec` runs the daemon handled; `None` without the exec socket.
-    pub exec: Option<Arc<ExecCounters>>,
 }
 
-/// The counters of the file-log pipeline: tailer → parser → spool → Loki.
+/// The file-log pipeline as `/healthz` and `/status` see it.
 #[derive(Clone, Debug)]
 pub struct LogSources {
-    pub tail: Arc<TailCounters>,
-    pub parse: Arc<ParseCounters>,
-    pub spool: Arc<SpoolCounters>,
+    /// The Loki sink's counters (its last error).
     pub loki: Arc<LokiCounters>,
     /// Whether the spool can append (`/healthz`).
     pub buffer: Arc<BufferHealth>,
-    /// The spool's bound (its share of `buffer.max_bytes`), so a dashboard can
-    /// show how full it is.
-    pub spool_max_bytes: u64,
 }
 
-/// The counters of the OTLP relay: receiver → spool → exporter.
+/// The OTLP relay as `/healthz` and `/status` see it.
 #[derive(Clone, Debug)]
 pub struct RelaySources {
-    pub receiver: Arc<ReceiverCounters>,
+    /// The exporter's counters (its last error).
     pub exporter: Arc<OtlpCounters>,
-    pub spool: Arc<SpoolCounters>,
     /// Whether the OTLP spool can append (`/healthz`).
     pub buffer: Arc<BufferHealth>,
-    /// The OTLP spool's bound (its share of `buffer.max_bytes`).
-    pub spool_max_bytes: u64,
 }
 
 impl Sources {
@@ -150,20 +131,24 @@ pub struct Admin {
 }
 
 /// Starts the endpoint on `listen` (`""`: disabled, no task; the metrics are
-/// still read for the push). Binding happens now, so a failure is reported at
-/// startup; see the module docs for what a failure does. `listen` with port 0
-/// binds a free port, which is logged.
+/// still read for the push), serving what the stages registered in `metrics`
+/// and, registered here, the endpoint's own connections and the process
+/// figures. Binding happens now, so a failure is reported at startup; see the
+/// module docs for what a failure does. `listen` with port 0 binds a free
+/// port, which is logged.
 pub async fn start(
     listen: &str,
     origin: &str,
     sources: Sources,
+    mut metrics: Registry,
     cancel: CancellationToken,
 ) -> Result<Admin, ConfigError> {
     if listen.is_empty() {
         tracing::info!("admin endpoint disabled (admin.listen = \"\")");
+        ProcessStats::register(&mut metrics, Box::new(ProcFs));
         return Ok(Admin {
             task: None,
-            metrics: AgentMetrics::new(&sources, None),
+            metrics: metrics.finish(),
         });
     }
     let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
@@ -175,7 +160,9 @@ pub async fn start(
         ),
     })?;
     let connections = Arc::new(ListenerCounters::default());
-    let metrics = AgentMetrics::new(&sources, Some(connections.clone()));
+    connections.clone().register(&mut metrics, "admin");
+    ProcessStats::register(&mut metrics, Box::new(ProcFs));
+    let metrics = metrics.finish();
     let router = router(sources, metrics.clone());
     let first = TcpListener::bind(addr).await;
     let task = tokio::spawn(async move {
@@ -225,8 +212,12 @@ async fn retry_bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<TcpL
 
 /// The endpoint's routes; `metrics` reads what `/metrics` serves.
 fn router(sources: Sources, metrics: AgentMetrics) -> Router {
-    let registry = metrics::registry(metrics);
-    let state = Arc::new(Endpoint { sources, registry });
+    let page = metrics::registry(metrics.clone());
+    let state = Arc::new(Endpoint {
+        sources,
+        metrics,
+        page,
+    });
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
@@ -234,16 +225,18 @@ fn router(sources: Sources, metrics: AgentMetrics) -> Router {
         .with_state(state)
 }
 
-/// What the routes read: the stages' counters (for `/healthz`) and the
-/// registry that renders them (for `/metrics`).
+/// What the routes read: the buffers and last errors (for `/healthz` and
+/// `/status`), the stages' readers (for `/status`) and the
+/// `prometheus-client` registry that renders them (for `/metrics`).
 #[derive(Debug)]
 struct Endpoint {
     sources: Sources,
-    registry: Registry,
+    metrics: AgentMetrics,
+    page: prometheus_client::registry::Registry,
 }
 
 async fn serve_metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
-    let body = metrics::render(&endpoint.registry);
+    let body = metrics::render(&endpoint.page);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -252,10 +245,4 @@ async fn healthz(State(endpoint): State<Arc<Endpoint>>) -> Response {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("{p}\n")).into_response(),
     }
-}
-
-/// The process's own figures, read through [`crate::procfs`] (each `None`
-/// when its file could not be read: its metric is then left out).
-fn process_metrics(proc: &dyn Proc) -> ProcessStats {
-    ProcessStats::read(proc)
 }

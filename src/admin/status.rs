@@ -1,7 +1,7 @@
 //! `GET /status`: the daemon's [`Status`] as JSON (`"version": 1`), built from
-//! the `/metrics` page the same registry renders, `/healthz`'s verdict and the
-//! sinks' last errors ([`crate::status`]); and the same status for the line
-//! `run` logs ([`snapshots`]).
+//! a reading of the same [`AgentMetrics`] `/metrics` renders, `/healthz`'s
+//! verdict and the sinks' last errors ([`crate::status::build`]); and the same
+//! status for the line `run` logs ([`snapshots`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -9,20 +9,20 @@ use std::time::SystemTime;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use prometheus_client::registry::Registry;
 
-use super::{metrics, AgentMetrics, Endpoint, Sources};
+use super::{Endpoint, Sources};
+use crate::metric::AgentMetrics;
 use crate::status::{self, Extras, Status};
 
 pub(super) async fn serve(State(endpoint): State<Arc<Endpoint>>) -> Response {
-    let status = snapshot(&endpoint.sources, &endpoint.registry);
+    let status = snapshot(&endpoint.sources, &endpoint.metrics);
     // A plain struct of numbers and strings always serialises.
     let body = serde_json::to_string_pretty(&status).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
 }
 
-/// The status now, from `registry`'s page over `sources`.
-fn snapshot(sources: &Sources, registry: &Registry) -> Status {
+/// The status now, from a reading of `metrics` and `sources`.
+fn snapshot(sources: &Sources, metrics: &AgentMetrics) -> Status {
     let last = |m: &std::sync::Mutex<Option<String>>| m.lock().ok().and_then(|l| l.clone());
     let at = |millis: &std::sync::atomic::AtomicU64| {
         let ms = millis.load(std::sync::atomic::Ordering::Relaxed);
@@ -46,15 +46,14 @@ fn snapshot(sources: &Sources, registry: &Registry) -> Status {
         logs: sources.logs.is_some(),
         relay: sources.relay.is_some(),
     };
-    status::build(&metrics::render(registry), &extras, SystemTime::now())
+    status::build(&metrics.read(), &extras, SystemTime::now())
 }
 
-/// A status source for `run`'s periodic line, with its own registry over the
-/// same readers (so it works with the endpoint off).
+/// A status source for `run`'s periodic line, over the same readers (so it
+/// works with the endpoint off).
 pub fn snapshots(
     sources: Sources,
     metrics: AgentMetrics,
 ) -> impl Fn() -> Status + Send + Sync + 'static {
-    let registry = metrics::registry(metrics);
-    move || snapshot(&sources, &registry)
+    move || snapshot(&sources, &metrics)
 }

@@ -1,13 +1,22 @@
-//! The admin endpoint's unit tests: the page parses strictly, every declared
-//! family is served, `/healthz` follows the buffers.
+//! The admin endpoint's unit tests: with every stage registered as `run`
+//! registers it, the page parses strictly, every declared family is served in
+//! the declared order, `/healthz` follows the buffers.
 
 use super::*;
-use crate::admin::metrics::{families, registry, render};
-use crate::admin::AgentMetrics;
-use crate::source::exec::metrics::CountedRun;
+use crate::admin::metrics::{registry, render};
+use crate::discovery::Chosen;
+use crate::metric::{self as family, Registry};
+use crate::parse::ParseCounters;
+use crate::pipeline::metric_families as families;
+use crate::procfs::Proc;
+use crate::source::exec::metrics::{CountedRun, ExecCounters};
+use crate::source::file::TailCounters;
+use crate::source::otlp::ReceiverCounters;
+use crate::spool::SpoolCounters;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
+use tokio::sync::watch;
 
 #[derive(Debug)]
 struct FakeProc;
@@ -39,15 +48,109 @@ impl Proc for FakeProc {
     }
 }
 
-/// The page a scrape of `s` gets, with `/proc` read from `proc`.
-fn page(s: &Sources, proc: impl Proc + 'static) -> String {
-    render(&registry(AgentMetrics::with_proc(s, None, Box::new(proc))))
+/// Every stage's counters, as `run` wires them: what the tests set, and
+/// from which [`Stages::metrics`] registers the readers in the same way.
+#[derive(Clone, Debug)]
+struct Stages {
+    logs: Option<LogStages>,
+    relay: Option<RelayStages>,
+    host: watch::Receiver<Option<Chosen>>,
+    exec: Option<Arc<ExecCounters>>,
 }
 
-fn sources(chosen: Option<Chosen>) -> Sources {
+#[derive(Clone, Debug)]
+struct LogStages {
+    tail: Arc<TailCounters>,
+    parse: Arc<ParseCounters>,
+    spool: Arc<SpoolCounters>,
+    loki: Arc<LokiCounters>,
+    buffer: Arc<BufferHealth>,
+    spool_max_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct RelayStages {
+    receiver: Arc<ReceiverCounters>,
+    exporter: Arc<OtlpCounters>,
+    spool: Arc<SpoolCounters>,
+    buffer: Arc<BufferHealth>,
+    spool_max_bytes: u64,
+}
+
+impl Stages {
+    /// Every stage's readers, registered as `run` does, the endpoint's own
+    /// connections (`admin`) and the process figures read from `proc`.
+    fn metrics(
+        &self,
+        admin: Option<Arc<ListenerCounters>>,
+        proc: impl Proc + 'static,
+    ) -> AgentMetrics {
+        let mut r = Registry::default();
+        crate::discovery::metrics::register(&mut r, self.host.clone());
+        if let Some(logs) = &self.logs {
+            logs.tail.clone().register(&mut r);
+            logs.parse.clone().register(&mut r);
+            logs.spool
+                .clone()
+                .register(&mut r, "loki", logs.spool_max_bytes);
+            logs.loki.clone().register(&mut r);
+        }
+        if let Some(relay) = &self.relay {
+            relay.receiver.clone().register(&mut r);
+            relay
+                .spool
+                .clone()
+                .register(&mut r, "otlp", relay.spool_max_bytes);
+            relay.exporter.clone().register(&mut r);
+            relay
+                .receiver
+                .grpc_connections
+                .clone()
+                .register(&mut r, "otlp_grpc");
+            relay
+                .receiver
+                .http_connections
+                .clone()
+                .register(&mut r, "otlp_http");
+        }
+        if let Some(exec) = &self.exec {
+            exec.clone().register(&mut r);
+        }
+        if let Some(admin) = admin {
+            admin.register(&mut r, "admin");
+        }
+        ProcessStats::register(&mut r, Box::new(proc));
+        r.finish()
+    }
+
+    /// What `/healthz` and `/status` read of the stages.
+    fn sources(&self) -> Sources {
+        Sources {
+            logs: self.logs.as_ref().map(|l| LogSources {
+                loki: l.loki.clone(),
+                buffer: l.buffer.clone(),
+            }),
+            relay: self.relay.as_ref().map(|r| RelaySources {
+                exporter: r.exporter.clone(),
+                buffer: r.buffer.clone(),
+            }),
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.sources().problem()
+    }
+}
+
+/// The page a scrape of `s` gets, with `/proc` read from `proc`.
+fn page(s: &Stages, proc: impl Proc + 'static) -> String {
+    render(&registry(s.metrics(None, proc)))
+}
+
+fn sources(chosen: Option<Chosen>) -> Stages {
     let (_tx, host) = watch::channel(chosen);
-    Sources {
-        logs: Some(LogSources {
+    Stages {
+        logs: Some(LogStages {
             tail: Arc::default(),
             parse: Arc::default(),
             spool: Arc::default(),
@@ -55,7 +158,7 @@ fn sources(chosen: Option<Chosen>) -> Sources {
             buffer: Arc::new(BufferHealth::logs()),
             spool_max_bytes: 256 << 20,
         }),
-        relay: Some(RelaySources {
+        relay: Some(RelayStages {
             receiver: Arc::default(),
             exporter: Arc::default(),
             spool: Arc::default(),
@@ -340,8 +443,8 @@ fn unreadable_proc_files_leave_their_metrics_out() {
 async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     let s = sources(None);
     let health = s.logs.as_ref().unwrap().buffer.clone();
-    let metrics = AgentMetrics::with_proc(&s, None, Box::new(FakeProc));
-    let app = router(s, metrics);
+    let metrics = s.metrics(None, FakeProc);
+    let app = router(s.sources(), metrics);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();
@@ -380,7 +483,7 @@ fn a_reading_holds_exactly_the_samples_the_page_serves_in_its_order() {
         .records_shipped
         .store(3, Ordering::Relaxed);
     let admin = Arc::new(ListenerCounters::default());
-    let metrics = AgentMetrics::with_proc(&s, Some(admin), Box::new(FakeProc));
+    let metrics = s.metrics(Some(admin), FakeProc);
     let reading = metrics.read();
     let text = render(&registry(metrics));
     let served: Vec<&str> = text

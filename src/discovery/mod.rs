@@ -12,6 +12,7 @@
 //! keeps the daemon's choice fresh.
 
 pub mod check;
+pub mod metrics;
 pub mod probe;
 pub mod resolve;
 pub mod route;

@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::family::{counter, named, one, Family};
 use crate::config::Config;
+use crate::metric::{counter, encode, named, names, one, single, Family, Registry};
 use crate::record::{Batch, LogRecord, Owner, SourceBatch};
 use crate::spool::ResumeState;
 
@@ -160,6 +160,22 @@ impl ParseCountersSnapshot {
 }
 
 impl ParseCounters {
+    /// Registers the parser's families ([`ParseCountersSnapshot::FAMILIES`]),
+    /// read from a snapshot at each reading.
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add(
+            "parse",
+            names(ParseCountersSnapshot::FAMILIES),
+            move |out| {
+                encode(
+                    out,
+                    ParseCountersSnapshot::FAMILIES,
+                    &single(&self.snapshot()),
+                )
+            },
+        );
+    }
+
     pub fn snapshot(&self) -> ParseCountersSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ParseCountersSnapshot {

@@ -3,6 +3,7 @@
 //! standard `process_*` families.
 
 use super::{boot_time, Proc};
+use crate::metric::{counter, encode, gauge, maybe, names, single, Family, Registry};
 
 /// `USER_HZ`, the unit of the CPU times in `/proc/<pid>/stat`: 100 on every
 /// architecture the agent runs on (the kernel fixes it for user space; the
@@ -28,6 +29,48 @@ pub(crate) struct ProcessStats {
 }
 
 impl ProcessStats {
+    /// The process's own figures, as the Prometheus clients name them.
+    pub const FAMILIES: &'static [Family<ProcessStats>] = &[
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            |p| maybe(p.resident_memory_bytes),
+        ),
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            |p| maybe(p.virtual_memory_bytes),
+        ),
+        counter(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            |p| maybe(p.cpu_seconds),
+        ),
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+            |p| maybe(p.start_time_seconds),
+        ),
+        gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            |p| maybe(p.open_fds),
+        ),
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit).",
+            |p| maybe(p.max_fds),
+        ),
+    ];
+
+    /// Registers the process families, read from `proc` at each reading
+    /// (each left out while its file cannot be read).
+    pub fn register(metrics: &mut Registry, proc: Box<dyn Proc>) {
+        metrics.add("process", names(Self::FAMILIES), move |out| {
+            encode(out, Self::FAMILIES, &single(&Self::read(proc.as_ref())))
+        });
+    }
+
     /// Reads each file once, in the order the families are served.
     pub fn read(proc: &dyn Proc) -> ProcessStats {
         let mut p = ProcessStats::default();

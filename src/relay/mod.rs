@@ -27,9 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::RelaySources;
 use crate::config::{Config, FsyncPolicy};
 use crate::discovery::{Chosen, HostHealth};
+use crate::metric::Registry;
 use crate::record::OtlpPayload;
 use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpService, OtlpSinkSettings};
 use crate::sink::ship::{self, Shipper};
@@ -190,15 +190,24 @@ impl OtlpRelay {
         }))
     }
 
-    /// What the admin endpoint reads of the relay.
-    pub fn admin_sources(&self) -> RelaySources {
-        RelaySources {
-            receiver: self.receiver_counters.clone(),
-            exporter: self.counters.clone(),
-            spool: self.spool_counters.clone(),
-            buffer: self.buffer_health.clone(),
-            spool_max_bytes: self.max_bytes,
-        }
+    /// Registers the relay's metric readers: the receiver's, the OTLP
+    /// spool's (`spool="otlp"`), the exporter's and the receiver's two
+    /// listeners'.
+    pub fn register_metrics(&self, metrics: &mut Registry) {
+        self.receiver_counters.clone().register(metrics);
+        self.spool_counters
+            .clone()
+            .register(metrics, "otlp", self.max_bytes);
+        self.counters.clone().register(metrics);
+        let receiver = &self.receiver_counters;
+        receiver
+            .grpc_connections
+            .clone()
+            .register(metrics, "otlp_grpc");
+        receiver
+            .http_connections
+            .clone()
+            .register(metrics, "otlp_http");
     }
 
     /// Where the agent's own telemetry goes into the OTLP spool, as if received

@@ -80,8 +80,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
-use crate::admin::family::{counter, gauge, labelled, named, one, Family, Sample};
 use crate::config::FsyncPolicy;
+use crate::metric::{
+    counter, encode, gauge, labelled, named, names, one, Family, Registry, Sample,
+};
 use crate::record::{LogRecord, Owner, ResumePoint};
 use segment::{Commit, Frame, Shares, FRAME_HEADER_LEN, HEADER_LEN};
 pub use segment::{DecodeError, ResumeState, SpoolRecord};
@@ -243,7 +245,29 @@ pub struct SpoolCountersSnapshot {
     pub owners: Vec<(Owner, OwnerCounts)>,
 }
 
+/// A spool's bound, served after `wisp_spool_bytes_buffered`.
+pub(crate) const SPOOL_MAX_BYTES: &[Family<u64>] = &[gauge(
+    "wisp_spool_max_bytes",
+    "The buffer's bound, its share of buffer.max_bytes; past it the oldest data of the owner holding the most is dropped.",
+    |max| one(*max),
+)];
+
 impl SpoolCounters {
+    /// Registers this spool as an instance of the spool families, each
+    /// sample labelled `spool=name`, with its bound `max_bytes` (its share of
+    /// `buffer.max_bytes`) served after `wisp_spool_bytes_buffered`.
+    pub fn register(self: Arc<Self>, metrics: &mut Registry, name: &'static str, max_bytes: u64) {
+        let (a, b) = SpoolCountersSnapshot::split();
+        let families = names(a).chain(names(SPOOL_MAX_BYTES)).chain(names(b));
+        metrics.add("spool", families, move |out| {
+            let own = || vec![("spool", name.into())];
+            let snapshot = self.snapshot();
+            encode(out, a, &[(own(), &snapshot)])?;
+            encode(out, SPOOL_MAX_BYTES, &[(own(), &max_bytes)])?;
+            encode(out, b, &[(own(), &snapshot)])
+        });
+    }
+
     pub fn snapshot(&self) -> SpoolCountersSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SpoolCountersSnapshot {
@@ -287,9 +311,21 @@ impl SpoolCounters {
 }
 
 impl SpoolCountersSnapshot {
+    /// The families served before [`SPOOL_MAX_BYTES`] and those after.
+    pub(crate) fn split() -> (
+        &'static [Family<SpoolCountersSnapshot>],
+        &'static [Family<SpoolCountersSnapshot>],
+    ) {
+        let at = Self::FAMILIES
+            .iter()
+            .position(|f| f.name == "wisp_spool_bytes_buffered")
+            .map_or(0, |i| i + 1);
+        Self::FAMILIES.split_at(at)
+    }
+
     /// The spool's metric families, the one place their names and help live.
     /// Both spools serve them, each sample labelled `spool="loki"|"otlp"`;
-    /// `wisp_spool_max_bytes` (a setting, not a counter) is the admin endpoint's.
+    /// `wisp_spool_max_bytes` (a setting, not a counter) is [`SPOOL_MAX_BYTES`].
     pub(crate) const FAMILIES: &'static [Family<SpoolCountersSnapshot>] = &[
         counter(
             "wisp_spool_records_appended_total",

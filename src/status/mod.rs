@@ -1,19 +1,19 @@
 //! The running daemon's status: what `GET /status` serves (JSON, [`Status`],
-//! `"version": 1`), what `wisp-agent status` prints from it ([`command`]), and
-//! the one line `run` logs every `agent.status_interval` ([`periodic`]).
+//! `"version": 1`), what `wisp-agent status` prints from it
+//! ([`crate::command::status`]), and the one line `run` logs every
+//! `agent.status_interval` ([`periodic`]).
 //!
-//! Promises: a status is built from the `/metrics` page itself ([`page`]),
-//! so it never says something the metrics do not (exec runs included, whatever
-//! stage declares them), plus what the page has no family for: the health
-//! `/healthz` reports and each sink's last error (redacted: no URL userinfo).
+//! Promises: a status is built from the same [`Reading`]s `/metrics` renders
+//! ([`build`]), so it never says something the metrics do not (exec runs
+//! included, whatever stage declares them), plus what no family holds: the
+//! health `/healthz` reports and each sink's last error (redacted: no URL
+//! userinfo).
 //! The summary and the periodic line are rendered by the same code
 //! ([`render`]) from the same [`Status`]. The JSON keys are stable within a
 //! `version`; a field may be added, none renamed or dropped. Every struct
 //! reads with defaults, so a `status` of another version still prints what it
 //! knows.
 
-pub mod command;
-pub mod page;
 pub mod periodic;
 pub mod render;
 #[cfg(test)]
@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use page::Page;
+use crate::metric::{Reading, Sample};
 
 /// The version of the `/status` document.
 pub const VERSION: u32 = 1;
@@ -160,7 +160,7 @@ pub struct ExecJob {
     pub cost_usd: f64,
 }
 
-/// What a status needs beyond the `/metrics` page (no family holds it).
+/// What a status needs beyond the readings (no family holds it).
 #[derive(Clone, Debug, Default)]
 pub struct Extras {
     /// `/healthz`'s problem, if any.
@@ -175,9 +175,10 @@ pub struct Extras {
     pub relay: bool,
 }
 
-/// Builds the status from a `/metrics` page, the extras, and the time now.
-pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
-    let page = Page::parse(page_text);
+/// Builds the status from a reading of the agent's metrics (what `/metrics`
+/// serves), the extras, and the time now.
+pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
+    let metrics = Readings(readings);
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -186,17 +187,17 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
     let spool = |name: &str| {
         let of = [("spool", name)];
         BufferStatus {
-            bytes: page.value("wisp_spool_bytes_buffered", &of) as u64,
-            max_bytes: page.value("wisp_spool_max_bytes", &of) as u64,
-            records_dropped: page.value("wisp_spool_records_dropped_total", &of) as u64,
+            bytes: metrics.value("wisp_spool_bytes_buffered", &of) as u64,
+            max_bytes: metrics.value("wisp_spool_max_bytes", &of) as u64,
+            records_dropped: metrics.value("wisp_spool_records_dropped_total", &of) as u64,
         }
     };
-    let host = page.samples("wisp_host_info").next();
+    let host = metrics.samples("wisp_host_info").next();
     Status {
         version: VERSION,
         agent: AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_seconds: page
+            uptime_seconds: metrics
                 .get("process_start_time_seconds", &[])
                 .map(|start| (now - start).max(0.0)),
         },
@@ -205,24 +206,24 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
             problem: extras.problem.clone(),
         },
         host: HostStatus {
-            candidate: host.and_then(|s| s.label("candidate")).map(str::to_string),
-            address: host.and_then(|s| s.label("host")).map(str::to_string),
+            candidate: host.and_then(|s| label(s, "candidate")).map(str::to_string),
+            address: host.and_then(|s| label(s, "host")).map(str::to_string),
         },
         files: extras.logs.then(|| FilesStatus {
-            open: page.value("wisp_file_files_open", &[]) as u64,
-            lines_read: page.value("wisp_file_lines_read_total", &[]) as u64,
-            bytes_read: page.value("wisp_file_bytes_read_total", &[]) as u64,
+            open: metrics.value("wisp_file_files_open", &[]) as u64,
+            lines_read: metrics.value("wisp_file_lines_read_total", &[]) as u64,
+            bytes_read: metrics.value("wisp_file_bytes_read_total", &[]) as u64,
         }),
         loki: extras.logs.then(|| LokiStatus {
-            records_shipped: page.value("wisp_loki_records_shipped_total", &[]) as u64,
-            bytes_shipped: page.value("wisp_loki_bytes_shipped_total", &[]) as u64,
+            records_shipped: metrics.value("wisp_loki_records_shipped_total", &[]) as u64,
+            bytes_shipped: metrics.value("wisp_loki_bytes_shipped_total", &[]) as u64,
             buffer: spool("loki"),
-            last_push_seconds_ago: ago(page.get("wisp_loki_last_push_timestamp_seconds", &[])),
-            retries: page.value("wisp_loki_retries_total", &[]) as u64,
-            records_rejected: page.sum("wisp_loki_records_dropped_total", &[]) as u64,
-            records_refused: page.sum("wisp_loki_records_refused_total", &[]) as u64,
-            records_rewritten: page.sum("wisp_loki_records_rewritten_total", &[]) as u64,
-            records_possibly_duplicated: page
+            last_push_seconds_ago: ago(metrics.get("wisp_loki_last_push_timestamp_seconds", &[])),
+            retries: metrics.value("wisp_loki_retries_total", &[]) as u64,
+            records_rejected: metrics.sum("wisp_loki_records_dropped_total", &[]) as u64,
+            records_refused: metrics.sum("wisp_loki_records_refused_total", &[]) as u64,
+            records_rewritten: metrics.sum("wisp_loki_records_rewritten_total", &[]) as u64,
+            records_possibly_duplicated: metrics
                 .value("wisp_loki_records_possibly_duplicated_total", &[])
                 as u64,
             last_error: redact(&extras.loki_last_error),
@@ -232,51 +233,99 @@ pub fn build(page_text: &str, extras: &Extras, now: SystemTime) -> Status {
                 .and_then(|_| ago(extras.loki_last_error_at)),
         }),
         otlp: extras.relay.then(|| OtlpStatus {
-            requests_received: page.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
-            requests_shipped: page.value("wisp_otlp_requests_shipped_total", &[]) as u64,
-            bytes_shipped: page.value("wisp_otlp_bytes_shipped_total", &[]) as u64,
+            requests_received: metrics.sum("wisp_otlp_receiver_requests_total", &[]) as u64,
+            requests_shipped: metrics.value("wisp_otlp_requests_shipped_total", &[]) as u64,
+            bytes_shipped: metrics.value("wisp_otlp_bytes_shipped_total", &[]) as u64,
             buffer: spool("otlp"),
-            last_export_seconds_ago: ago(page.get("wisp_otlp_last_export_timestamp_seconds", &[])),
-            retries: page.value("wisp_otlp_retries_total", &[]) as u64,
-            requests_rejected: page.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
+            last_export_seconds_ago: ago(
+                metrics.get("wisp_otlp_last_export_timestamp_seconds", &[])
+            ),
+            retries: metrics.value("wisp_otlp_retries_total", &[]) as u64,
+            requests_rejected: metrics.sum("wisp_otlp_requests_dropped_total", &[]) as u64,
             last_error: redact(&extras.otlp_last_error),
             last_error_seconds_ago: extras
                 .otlp_last_error
                 .as_ref()
                 .and_then(|_| ago(extras.otlp_last_error_at)),
         }),
-        exec: exec_status(&page),
+        exec: exec_status(&metrics),
     }
 }
 
 /// The exec runs, per job, from `wisp_exec_runs_total{job,exit_code}`,
 /// `wisp_exec_run_seconds_total{job}` and `wisp_exec_cost_usd_total{job}`.
-fn exec_status(page: &Page) -> ExecStatus {
+fn exec_status(metrics: &Readings) -> ExecStatus {
     let mut jobs: BTreeMap<String, ExecJob> = BTreeMap::new();
-    fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &page::Sample) -> &'a mut ExecJob {
-        let name = s.label("job").unwrap_or("exec");
+    fn job<'a>(jobs: &'a mut BTreeMap<String, ExecJob>, s: &Sample) -> &'a mut ExecJob {
+        let name = label(s, "job").unwrap_or("exec");
         jobs.entry(name.to_string()).or_insert_with(|| ExecJob {
             job: name.to_string(),
             ..ExecJob::default()
         })
     }
-    for s in page.samples("wisp_exec_runs_total") {
-        let n = s.value.max(0.0) as u64;
+    for s in metrics.samples("wisp_exec_runs_total") {
+        let n = s.value.as_f64().max(0.0) as u64;
         let j = job(&mut jobs, s);
         j.runs += n;
         *j.exit_codes
-            .entry(s.label("exit_code").unwrap_or("unknown").to_string())
+            .entry(label(s, "exit_code").unwrap_or("unknown").to_string())
             .or_default() += n;
     }
-    for s in page.samples("wisp_exec_run_seconds_total") {
-        job(&mut jobs, s).run_seconds += s.value;
+    for s in metrics.samples("wisp_exec_run_seconds_total") {
+        job(&mut jobs, s).run_seconds += s.value.as_f64();
     }
-    for s in page.samples("wisp_exec_cost_usd_total") {
-        job(&mut jobs, s).cost_usd += s.value;
+    for s in metrics.samples("wisp_exec_cost_usd_total") {
+        job(&mut jobs, s).cost_usd += s.value.as_f64();
     }
     let jobs: Vec<ExecJob> = jobs.into_values().collect();
     ExecStatus {
         runs: jobs.iter().map(|j| j.runs).sum(),
         jobs,
     }
+}
+
+/// A reading seen as samples by family name: what [`build`] looks up.
+struct Readings<'a>(&'a [Reading]);
+
+impl<'a> Readings<'a> {
+    /// The samples of the family `name`, in the order served.
+    fn samples(&self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.0
+            .iter()
+            .filter(move |r| r.name == name)
+            .flat_map(|r| r.samples.iter())
+    }
+
+    /// The first sample of `name` with `labels` (and maybe others), if any.
+    fn get(&self, name: &'a str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples(name)
+            .find(|s| has(s, labels))
+            .map(|s| s.value.as_f64())
+    }
+
+    /// As [`Readings::get`], 0 when absent (a family with nothing to count yet).
+    fn value(&self, name: &'a str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The sum of every sample of `name` with `labels`.
+    fn sum(&self, name: &'a str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .filter(|s| has(s, labels))
+            .map(|s| s.value.as_f64())
+            .sum()
+    }
+}
+
+/// The value of a sample's label `name`, if it has one.
+fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
+    s.labels
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_ref())
+}
+
+/// Whether the sample has each of `labels` with that value.
+fn has(s: &Sample, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(k, v)| label(s, k) == Some(*v))
 }

@@ -1,40 +1,97 @@
+//! The status's unit tests: a status says what a reading says, the summary
+//! and the line carry its figures, the JSON reads back.
+
 use std::time::{Duration, SystemTime};
 
-use super::command::endpoint;
-use super::page::Page;
 use super::render::{ago, bytes, line, summary};
 use super::*;
+use crate::metric::{Kind, Value};
 
-const PAGE: &str = r#"# HELP wisp_host_info The host discovery chose.
-# TYPE wisp_host_info gauge
-wisp_host_info{candidate="host.lima.internal",host="192.168.5.2"} 1
-wisp_file_files_open 3
-wisp_file_lines_read_total 12034
-wisp_file_bytes_read_total 99999
-wisp_spool_bytes_buffered{spool="loki"} 2048
-wisp_spool_bytes_buffered{spool="otlp"} 0
-wisp_spool_max_bytes{spool="loki"} 268435456
-wisp_spool_max_bytes{spool="otlp"} 268435456
-wisp_spool_records_dropped_total{spool="loki"} 4
-wisp_loki_records_shipped_total 12030
-wisp_loki_retries_total 2
-wisp_loki_last_push_timestamp_seconds 1000.5
-wisp_loki_records_dropped_total{reason="400"} 5
-wisp_loki_records_dropped_total{reason="413"} 1
-wisp_loki_records_refused_total{reason="too_old"} 7
-wisp_loki_records_refused_total{reason="too_long"} 2
-wisp_loki_records_rewritten_total{reason="too_old"} 7
-wisp_otlp_receiver_requests_total{signal="traces"} 50
-wisp_otlp_receiver_requests_total{signal="logs"} 5
-wisp_otlp_requests_shipped_total 55
-wisp_otlp_last_export_timestamp_seconds 0
-wisp_exec_runs_total{job="ralph",exit_code="0"} 3
-wisp_exec_runs_total{job="ralph",exit_code="1"} 1
-wisp_exec_runs_total{job="exec",exit_code="unknown"} 1
-wisp_exec_run_seconds_total{job="ralph"} 720.5
-wisp_exec_cost_usd_total{job="ralph"} 0.42
-process_start_time_seconds 900
-"#;
+/// One reading of one sample (the kind and help do not matter to a status).
+fn r(name: &'static str, labels: &[(&'static str, &'static str)], value: f64) -> Reading {
+    Reading {
+        name,
+        kind: Kind::Gauge,
+        help: "",
+        samples: vec![Sample {
+            labels: labels.iter().map(|(k, v)| (*k, (*v).into())).collect(),
+            value: Value::Float(value),
+        }],
+    }
+}
+
+/// A reading of a daemon with both pipelines, a host and exec runs.
+fn page() -> Vec<Reading> {
+    vec![
+        r(
+            "wisp_host_info",
+            &[("candidate", "host.lima.internal"), ("host", "192.168.5.2")],
+            1.0,
+        ),
+        r("wisp_file_files_open", &[], 3.0),
+        r("wisp_file_lines_read_total", &[], 12034.0),
+        r("wisp_file_bytes_read_total", &[], 99999.0),
+        r("wisp_spool_bytes_buffered", &[("spool", "loki")], 2048.0),
+        r("wisp_spool_bytes_buffered", &[("spool", "otlp")], 0.0),
+        r("wisp_spool_max_bytes", &[("spool", "loki")], 268435456.0),
+        r("wisp_spool_max_bytes", &[("spool", "otlp")], 268435456.0),
+        r(
+            "wisp_spool_records_dropped_total",
+            &[("spool", "loki")],
+            4.0,
+        ),
+        r("wisp_loki_records_shipped_total", &[], 12030.0),
+        r("wisp_loki_retries_total", &[], 2.0),
+        r("wisp_loki_last_push_timestamp_seconds", &[], 1000.5),
+        r("wisp_loki_records_dropped_total", &[("reason", "400")], 5.0),
+        r("wisp_loki_records_dropped_total", &[("reason", "413")], 1.0),
+        r(
+            "wisp_loki_records_refused_total",
+            &[("reason", "too_old")],
+            7.0,
+        ),
+        r(
+            "wisp_loki_records_refused_total",
+            &[("reason", "too_long")],
+            2.0,
+        ),
+        r(
+            "wisp_loki_records_rewritten_total",
+            &[("reason", "too_old")],
+            7.0,
+        ),
+        r(
+            "wisp_otlp_receiver_requests_total",
+            &[("signal", "traces")],
+            50.0,
+        ),
+        r(
+            "wisp_otlp_receiver_requests_total",
+            &[("signal", "logs")],
+            5.0,
+        ),
+        r("wisp_otlp_requests_shipped_total", &[], 55.0),
+        r("wisp_otlp_last_export_timestamp_seconds", &[], 0.0),
+        r(
+            "wisp_exec_runs_total",
+            &[("job", "ralph"), ("exit_code", "0")],
+            3.0,
+        ),
+        r(
+            "wisp_exec_runs_total",
+            &[("job", "ralph"), ("exit_code", "1")],
+            1.0,
+        ),
+        r(
+            "wisp_exec_runs_total",
+            &[("job", "exec"), ("exit_code", "unknown")],
+            1.0,
+        ),
+        r("wisp_exec_run_seconds_total", &[("job", "ralph")], 720.5),
+        r("wisp_exec_cost_usd_total", &[("job", "ralph")], 0.42),
+        r("process_start_time_seconds", &[], 900.0),
+    ]
+}
 
 fn at(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
@@ -49,23 +106,8 @@ fn both() -> Extras {
 }
 
 #[test]
-fn a_page_reads_back_with_escaped_label_values_and_timestamps() {
-    let page = Page::parse(
-        "# TYPE x gauge\nx{a=\"q\\\"u\\\\o\\nte\",b=\"}\"} 1.5 1700000000\ny 2\nbroken{a=\"1\" \n\nz +Inf\n",
-    );
-    let x = page.samples("x").next().unwrap();
-    assert_eq!(x.label("a"), Some("q\"u\\o\nte"));
-    assert_eq!(x.label("b"), Some("}"));
-    assert_eq!(x.value, 1.5);
-    assert_eq!(page.value("y", &[]), 2.0);
-    assert_eq!(page.get("broken", &[]), None);
-    assert_eq!(page.value("z", &[]), f64::INFINITY);
-    assert_eq!(page.value("absent", &[]), 0.0);
-}
-
-#[test]
 fn the_status_says_what_the_page_says() {
-    let s = build(PAGE, &both(), at(1012));
+    let s = build(&page(), &both(), at(1012));
     assert_eq!(s.version, 1);
     assert_eq!(s.agent.uptime_seconds, Some(112.0));
     assert!(s.health.ok);
@@ -96,7 +138,11 @@ fn the_status_says_what_the_page_says() {
 
 #[test]
 fn a_pipeline_that_is_off_is_null_and_no_host_is_none() {
-    let s = build("wisp_host_chosen 0\n", &Extras::default(), at(5));
+    let s = build(
+        &[r("wisp_host_chosen", &[], 0.0)],
+        &Extras::default(),
+        at(5),
+    );
     assert!(s.files.is_none() && s.loki.is_none() && s.otlp.is_none());
     assert_eq!(s.host, HostStatus::default());
     assert!(summary(&s).contains("none answers; run `wisp-agent probe`"));
@@ -111,7 +157,7 @@ fn last_errors_are_redacted_and_health_is_the_healthz_verdict() {
         loki_last_error_at: Some(1000.0),
         ..both()
     };
-    let s = build(PAGE, &extras, at(1012));
+    let s = build(&page(), &extras, at(1012));
     assert!(!s.health.ok);
     assert_eq!(s.loki.as_ref().unwrap().last_error_seconds_ago, Some(12.0));
     let shown = summary(&s);
@@ -134,7 +180,7 @@ fn what_the_daemon_reports_is_printed_without_a_raw_control_character() {
         ),
         ..both()
     };
-    let s = build(PAGE, &extras, at(1012));
+    let s = build(&page(), &extras, at(1012));
     let shown = summary(&s);
     assert!(
         !shown.chars().any(|c| c.is_control() && c != '\n'),
@@ -147,7 +193,7 @@ fn what_the_daemon_reports_is_printed_without_a_raw_control_character() {
 
 #[test]
 fn the_summary_and_the_line_carry_the_figures() {
-    let s = build(PAGE, &both(), at(1012));
+    let s = build(&page(), &both(), at(1012));
     let shown = summary(&s);
     for want in [
         "192.168.5.2 (host.lima.internal)",
@@ -173,7 +219,7 @@ fn the_summary_and_the_line_carry_the_figures() {
 
 #[test]
 fn the_json_round_trips_and_reads_with_missing_fields() {
-    let s = build(PAGE, &both(), at(1012));
+    let s = build(&page(), &both(), at(1012));
     let text = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<Status>(&text).unwrap(), s);
     let old: Status = serde_json::from_str(r#"{"version":1,"health":{"ok":true}}"#).unwrap();
@@ -189,28 +235,4 @@ fn units_read_as_people_say_them() {
     assert_eq!(ago(Some(600.0)), "10 min ago");
     assert_eq!(ago(Some(3.0 * 86400.0)), "3 d ago");
     assert_eq!(ago(None), "never");
-}
-
-#[test]
-fn the_endpoint_is_admin_listen_with_any_address_on_loopback() {
-    assert_eq!(
-        endpoint("127.0.0.1:9465", "f").unwrap().to_string(),
-        "127.0.0.1:9465"
-    );
-    assert_eq!(
-        endpoint("0.0.0.0:9465", "f").unwrap().to_string(),
-        "127.0.0.1:9465"
-    );
-    assert_eq!(
-        endpoint("[::]:9465", "f").unwrap().to_string(),
-        "[::1]:9465"
-    );
-    assert_eq!(
-        endpoint("10.0.0.5:80", "f").unwrap().to_string(),
-        "10.0.0.5:80"
-    );
-    let off = endpoint("", "/etc/wisp-agent/config.toml").unwrap_err();
-    assert!(off.contains("needs the admin endpoint") && off.contains("admin.listen"));
-    let zero = endpoint("127.0.0.1:0", "f").unwrap_err();
-    assert!(zero.contains("cannot guess"), "{zero}");
 }

@@ -33,9 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::admin::family::{by, counter, gauge, load, one, Family};
 use crate::config::{fill_host, redact_url, LokiConfig, LokiEncoding, RefusedEntries};
 use crate::discovery::current_host;
+use crate::metric::{self, by, counter, gauge, load, names, one, single, Family, Registry};
 use crate::record::{LogRecord, Timestamp};
 use crate::sink::loki::encode::{encode, EncodedPush};
 use crate::sink::loki::refusal::{Answer, Cause};
@@ -94,6 +94,13 @@ pub struct LokiCounters {
 }
 
 impl LokiCounters {
+    /// Registers the Loki sink's families ([`LokiCounters::FAMILIES`]).
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add("loki", names(Self::FAMILIES), move |out| {
+            metric::encode(out, Self::FAMILIES, &single(self.as_ref()))
+        });
+    }
+
     /// The Loki sink's metric families: the one place their names and help live.
     pub(crate) const FAMILIES: &'static [Family<LokiCounters>] = &[
         counter("wisp_loki_records_shipped_total", "Log entries Loki took (2xx, or stored of a push it took in part).", |c| one(load(&c.records_shipped))),

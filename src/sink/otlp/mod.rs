@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::admin::family::{by, counter, gauge, load, one, Family};
 use crate::config::{OtlpConfig, OtlpProtocol};
+use crate::metric::{by, counter, encode, gauge, load, names, one, single, Family, Registry};
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::sink::ship::{BatchLimits, Event, Outcome, Service, ShipSettings, Wording};
 
@@ -116,6 +116,13 @@ pub struct OtlpCounters {
 }
 
 impl OtlpCounters {
+    /// Registers the exporter's families ([`OtlpCounters::FAMILIES`]).
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add("otlp_exporter", names(Self::FAMILIES), move |out| {
+            encode(out, Self::FAMILIES, &single(self.as_ref()))
+        });
+    }
+
     /// The exporter's metric families: the one place their names and help live.
     pub(crate) const FAMILIES: &'static [Family<OtlpCounters>] = &[
         counter("wisp_otlp_requests_shipped_total", "Received OTLP requests the collector took (several may travel in one export).", |c| one(load(&c.requests_shipped))),

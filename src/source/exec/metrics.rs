@@ -14,9 +14,11 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::admin::family::{counter, labelled, load, one, Family, Sample};
+use crate::metric::{
+    counter, encode, labelled, load, names, one, single, Family, Registry, Sample,
+};
 use crate::parse::labels::OVERFLOW_VALUE;
 
 /// What one job's runs add up to.
@@ -49,6 +51,13 @@ pub struct CountedRun<'a> {
 }
 
 impl ExecCounters {
+    /// Registers the exec families ([`ExecCounters::FAMILIES`]).
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add("exec", names(Self::FAMILIES), move |out| {
+            encode(out, Self::FAMILIES, &single(self.as_ref()))
+        });
+    }
+
     /// Counters telling at most `max_jobs` jobs apart (`agent.max_label_values`).
     pub fn new(max_jobs: usize) -> ExecCounters {
         ExecCounters {
@@ -148,7 +157,7 @@ fn owned(s: &str) -> Cow<'static, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::family::Value;
+    use crate::metric::Value;
 
     fn run(job: &str, exit: Option<i32>, cost_usd: Option<f64>) -> CountedRun<'_> {
         CountedRun {

@@ -77,8 +77,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::family::{counter, gauge, labelled, named, one, Family};
 use crate::config::FileConfig;
+use crate::metric::{
+    counter, encode, gauge, labelled, named, names, one, single, Family, Registry,
+};
 use crate::record::{SourceBatch, SourceInfo};
 use crate::source::known_runs::KnownRuns;
 use crate::source::multiline::JoinerSettings;
@@ -212,6 +214,14 @@ pub struct TailStats {
 }
 
 impl TailCounters {
+    /// Registers the tailer's families ([`TailStats::FAMILIES`]), read from a
+    /// snapshot of these counters at each reading.
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add("tail", names(TailStats::FAMILIES), move |out| {
+            encode(out, TailStats::FAMILIES, &single(&self.snapshot()))
+        });
+    }
+
     pub fn snapshot(&self) -> TailStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TailStats {

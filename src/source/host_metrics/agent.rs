@@ -16,8 +16,8 @@ use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::build::{double_point, gauge, int_point, sum, to_i64};
 use super::collect::unix_nanos;
-use crate::admin::family::{Kind, Value};
-use crate::admin::{AgentMetrics, Reading};
+use crate::metric::{AgentMetrics, Reading};
+use crate::metric::{Kind, Value};
 use crate::record::otlp_text as text;
 
 /// The instrumentation scope of the agent's own metrics.

@@ -252,8 +252,8 @@ fn a_proc_file_over_the_read_cap_skips_its_metrics_instead_of_being_read_whole()
 
 #[test]
 fn the_agents_readings_become_sums_and_gauges_with_their_labels_and_number_types() {
-    use crate::admin::family::{Kind, Sample, Value};
-    use crate::admin::Reading;
+    use crate::metric::Reading;
+    use crate::metric::{Kind, Sample, Value};
     let readings = [
         Reading {
             name: "wisp_spool_records_appended_total",

@@ -73,9 +73,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
-use crate::admin::family::{counter, labelled, load, one, Family};
 use crate::config::ReceiverConfig;
 use crate::listen::{ListenerCounters, ListenerLimits, Peer, Protocol};
+use crate::metric::{counter, encode, labelled, load, names, one, single, Family, Registry};
 use crate::record::{Ack, OtlpPayload, OtlpSignal, Owner, Timestamp};
 use crate::relay::to_loki::{wait, Turn};
 use crate::relay::{Intake, LogsToLoki};
@@ -154,6 +154,15 @@ fn signal_index(s: OtlpSignal) -> usize {
 }
 
 impl ReceiverCounters {
+    /// Registers the receiver's families ([`ReceiverCounters::FAMILIES`]);
+    /// its listeners' connections are registered as listeners
+    /// ([`ListenerCounters::register`]).
+    pub fn register(self: Arc<Self>, metrics: &mut Registry) {
+        metrics.add("otlp_receiver", names(Self::FAMILIES), move |out| {
+            encode(out, Self::FAMILIES, &single(self.as_ref()))
+        });
+    }
+
     /// The receiver's metric families: the one place their names and help
     /// live (its listeners' are [`ListenerCounters::FAMILIES`]).
     pub(crate) const FAMILIES: &'static [Family<ReceiverCounters>] = &[

@@ -1,8 +1,9 @@
 //! How a stage declares its metrics: once, as a table of [`Family`]s beside
 //! its counter struct (name as a scraper sees it, type, help, and how to read
 //! the samples from the counters). The admin endpoint's collectors encode
-//! those tables with `prometheus-client` at scrape time, the OTLP push of the
-//! agent's own metrics reads the same [`Reading`]s, and the tests read them;
+//! those tables with `prometheus-client` at scrape time, `/status` and the OTLP
+//! push of the agent's own metrics read the same [`Reading`]s, and the tests
+//! read them;
 //! no other place names a metric.
 //!
 //! Promises: the hot path is untouched (a stage keeps its plain `AtomicU64`
@@ -174,8 +175,8 @@ pub fn named<T>(families: &[Family<T>], of: &T) -> Vec<(&'static str, Value)> {
 
 /// One family's samples at one reading, in the order served, each sample's
 /// instance labels (`spool`, `listener`) first: what `/metrics` encodes and
-/// what the agent pushes over OTLP ([`crate::source::host_metrics`]), so both
-/// say the same.
+/// what the agent pushes over OTLP (the host-metrics task), so both say the
+/// same.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
     pub name: &'static str,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::Loaded;
 
-use super::{render, Status};
+use crate::status::{render, Status};
 
 /// How long the daemon has to answer, connecting included: it answers from
 /// counters in memory, so a daemon slower than this is wedged or not there.
@@ -170,5 +170,34 @@ pub async fn run(loaded: &Loaded, json: bool) -> ExitCode {
             );
         }
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn the_endpoint_is_admin_listen_with_any_address_on_loopback() {
+        assert_eq!(
+            endpoint("127.0.0.1:9465", "f").unwrap().to_string(),
+            "127.0.0.1:9465"
+        );
+        assert_eq!(
+            endpoint("0.0.0.0:9465", "f").unwrap().to_string(),
+            "127.0.0.1:9465"
+        );
+        assert_eq!(
+            endpoint("[::]:9465", "f").unwrap().to_string(),
+            "[::1]:9465"
+        );
+        assert_eq!(
+            endpoint("10.0.0.5:80", "f").unwrap().to_string(),
+            "10.0.0.5:80"
+        );
+        let off = endpoint("", "/etc/wisp-agent/config.toml").unwrap_err();
+        assert!(off.contains("needs the admin endpoint") && off.contains("admin.listen"));
+        let zero = endpoint("127.0.0.1:0", "f").unwrap_err();
+        assert!(zero.contains("cannot guess"), "{zero}");
     }
 }
