@@ -31,8 +31,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use support::loki::LokiReceiver;
 use tokio::task::JoinHandle;
+use wisp_agent::command::probe::{self, PushStatus, PROBE_JOB};
 use wisp_agent::config::Config;
-use wisp_agent::discovery::probe::{PushStatus, PROBE_JOB};
 use wisp_agent::discovery::{self, Check, Chosen, Inputs, Resolution, Resolver};
 
 // ---------------------------------------------------------------- fakes
@@ -264,7 +264,7 @@ async fn wait_for<F: Fn() -> bool>(what: &str, deadline: Duration, f: F) {
     }
 }
 
-fn kinds(r: &discovery::ProbeReport) -> Vec<&str> {
+fn kinds(r: &probe::ProbeReport) -> Vec<&str> {
     r.diagnoses.iter().map(|d| d.kind).collect()
 }
 
@@ -323,7 +323,7 @@ async fn the_default_route_finds_the_host_when_no_name_resolves() {
         port,
     );
 
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
 
     assert_eq!(r.chosen.as_ref().unwrap().name, "gateway");
     assert_eq!(r.chosen.as_ref().unwrap().address, ip("127.0.0.3"));
@@ -413,7 +413,7 @@ async fn a_garbage_route_file_means_no_gateway_and_says_so() {
         &[],
     );
 
-    let r = discovery::run_probe(&loki_only(&["gateway"], 3100), &inputs, false).await;
+    let r = probe::run_probe(&loki_only(&["gateway"], 3100), &inputs, false).await;
 
     assert!(r.candidates[0].resolution.is_failed());
     assert!(r.chosen.is_none());
@@ -443,7 +443,7 @@ async fn unresolvable_names_are_diagnosed_without_real_dns() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(
+    let r = probe::run_probe(
         &loki_only(&["host.lima.internal", "host.docker.internal"], 3100),
         &inputs,
         false,
@@ -472,7 +472,7 @@ async fn a_candidate_that_accepts_and_never_answers_times_out_within_the_promise
             .host
             .probe_timeout;
         let started = Instant::now();
-        let r = discovery::run_probe(&cfg, &inputs, false).await;
+        let r = probe::run_probe(&cfg, &inputs, false).await;
         let took = started.elapsed();
 
         assert!(took < Duration::from_secs(5), "probe took {took:?}");
@@ -492,7 +492,7 @@ async fn a_refused_port_is_reported_with_the_publish_hint() {
     let port = closed_port("127.0.0.1");
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&loki_only(&["127.0.0.1"], port), &inputs, false).await;
+    let r = probe::run_probe(&loki_only(&["127.0.0.1"], port), &inputs, false).await;
 
     assert!(matches!(
         r.candidates[0].services.loki.check,
@@ -509,7 +509,7 @@ async fn a_loki_that_is_not_ready_is_reported_with_its_answer_and_not_chosen() {
     let _loki = start_loki(ls.remove(0), 503);
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&loki_only(&["127.0.0.6"], port), &inputs, false).await;
+    let r = probe::run_probe(&loki_only(&["127.0.0.6"], port), &inputs, false).await;
 
     assert!(r.chosen.is_none());
     match &r.candidates[0].services.loki.check {
@@ -538,7 +538,7 @@ async fn loki_up_but_otlp_down_is_a_failed_verdict_that_says_so() {
     ));
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
 
     assert_eq!(r.chosen.as_ref().unwrap().address, ip("127.0.0.7"));
     assert!(!r.verdict.ok);
@@ -561,7 +561,7 @@ async fn loki_and_an_otlp_grpc_collector_give_a_clean_verdict() {
     ));
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
 
     assert!(r.verdict.ok, "{}", r.verdict.summary);
     assert!(r.candidates[0].services.otlp_grpc.check.is_ok());
@@ -590,7 +590,7 @@ async fn with_loki_disabled_the_otlp_port_chooses_the_host() {
             .address,
         ip("127.0.0.9")
     );
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
     assert!(r.verdict.ok, "{}", r.verdict.summary);
     assert!(r.candidates[1].services.otlp_http.required);
 }
@@ -610,7 +610,7 @@ async fn proxy_variables_that_do_not_spare_the_host_are_diagnosed_without_their_
         .insert("NO_PROXY".into(), "localhost,.corp".into());
     let cfg = loki_only(&["127.0.0.2"], port);
 
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
 
     // The check itself went direct, whatever the proxy variables say.
     assert!(r.verdict.ok);
@@ -622,7 +622,7 @@ async fn proxy_variables_that_do_not_spare_the_host_are_diagnosed_without_their_
     inputs
         .proxy_env
         .insert("NO_PROXY".into(), "localhost,127.0.0.0/8".into());
-    assert!(discovery::run_probe(&cfg, &inputs, false)
+    assert!(probe::run_probe(&cfg, &inputs, false)
         .await
         .diagnoses
         .is_empty());
@@ -641,11 +641,11 @@ async fn credentials_in_urls_never_reach_the_report() {
     ));
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&cfg, &inputs, false).await;
+    let r = probe::run_probe(&cfg, &inputs, false).await;
 
     assert!(r.candidates[0].services.loki.check.is_ok());
     let json = serde_json::to_string(&r).unwrap();
-    let text = discovery::probe::render_text(&r);
+    let text = probe::render_text(&r);
     assert!(!json.contains("s3cret"), "{json}");
     assert!(!text.contains("s3cret"), "{text}");
 }
@@ -682,7 +682,7 @@ async fn push_sends_a_line_reads_it_back_and_sends_a_span_over_grpc() {
         &[],
     );
 
-    let r = discovery::run_probe(&cfg, &inputs, true).await;
+    let r = probe::run_probe(&cfg, &inputs, true).await;
 
     let push = r.push.as_ref().unwrap();
     assert_eq!(push.loki.status, PushStatus::Ok, "{}", push.loki.detail);
@@ -711,7 +711,7 @@ async fn push_over_otlp_http_reports_the_collectors_answer() {
     ));
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&cfg, &inputs, true).await;
+    let r = probe::run_probe(&cfg, &inputs, true).await;
 
     let push = r.push.unwrap();
     assert_eq!(push.otlp.status, PushStatus::Ok, "{}", push.otlp.detail);
@@ -732,7 +732,7 @@ async fn a_push_to_a_loki_that_drops_lines_fails_the_probe() {
     let cfg = loki_only(&["127.0.0.2"], port);
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
 
-    let r = discovery::run_probe(&cfg, &inputs, true).await;
+    let r = probe::run_probe(&cfg, &inputs, true).await;
 
     let push = r.push.as_ref().unwrap();
     assert_eq!(push.loki.status, PushStatus::Failed);

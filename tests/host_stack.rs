@@ -13,7 +13,7 @@
 //!   sampling code (`source::host_metrics::Collector`) makes of a captured
 //!   VM's `/proc` (`tests/fixtures/proc/`), for disks and interfaces this
 //!   machine may lack; and the agent's own families (names from
-//!   `wisp_agent::pipeline::metric_families()`, labels from a scrape of
+//!   `wisp_agent::run::metric_families()`, labels from a scrape of
 //!   `/metrics`) as contract B pushes them; each translated by the rules of
 //!   `prometheus/prometheus.yaml` and `otelcol/config.yaml`
 //!   (`host_stack/translate.rs`);
@@ -382,7 +382,7 @@ async fn catalogue() -> Catalogue {
     // The agent's own families (contract B): pushed under their /metrics
     // names, with their labels as data point attributes (taken with the push
     // above).
-    let families = wisp_agent::pipeline::metric_families();
+    let families = wisp_agent::run::metric_families();
     let agent_pushed: Vec<&String> = pushed
         .keys()
         .filter(|n| n.starts_with("wisp_") || n.starts_with("process_"))

@@ -145,7 +145,7 @@ fn the_reference_lists_every_key_of_the_schema_and_no_other() {
 /// The metric families `/metrics` serves, as the registry's collectors
 /// declare them (a unit test in `src/admin` checks a full page serves exactly these).
 fn served_families() -> BTreeSet<String> {
-    let families: BTreeSet<String> = wisp_agent::pipeline::metric_families()
+    let families: BTreeSet<String> = wisp_agent::run::metric_families()
         .into_iter()
         .map(|(name, _)| name.to_string())
         .collect();
@@ -175,7 +175,7 @@ fn the_reference_lists_every_metric_family_served() {
 #[test]
 fn the_reference_gives_each_metric_family_its_served_type() {
     let doc = read("docs/REFERENCE.md");
-    for (name, kind) in wisp_agent::pipeline::metric_families() {
+    for (name, kind) in wisp_agent::run::metric_families() {
         let line = section(&doc, "metrics")
             .lines()
             .find(|l| l.starts_with(&format!("| `{name}` |")))

@@ -1,4 +1,9 @@
-//! The commands that are clients of the daemon or of the system, each in a
-//! room of its own (what `run` starts lives beside the stages).
+//! The commands other than `run`, each in a room of its own: what the command
+//! does, from the parsed command line to its exit status; clients of the
+//! daemon or of the system. `run`, the daemon, is in [`crate::run`]; `app`
+//! only dispatches to these.
 
+pub mod config;
+pub mod exec;
+pub mod probe;
 pub mod status;

@@ -8,12 +8,11 @@
 //! the OTLP port accepting a connection. The first candidate in order that answers
 //! is chosen. Every step has a timeout (`host.probe_timeout`, capped at
 //! [`MAX_STEP_TIMEOUT`]), so discovery ends within two steps even when every
-//! candidate hangs. [`probe`] builds `wisp-agent probe` on top of it and [`watch`]
+//! candidate hangs. `command/probe` builds `wisp-agent probe` on top of it and [`watch`]
 //! keeps the daemon's choice fresh.
 
 pub mod check;
 pub mod metrics;
-pub mod probe;
 pub mod resolve;
 pub mod route;
 pub mod watch;
@@ -28,7 +27,6 @@ use serde::Serialize;
 use crate::config::{fill_host, redact_url, Config, OtlpProtocol};
 
 pub use check::{check_client, check_http, check_tcp, Check};
-pub use probe::{probe, run_probe, ProbeReport};
 pub use resolve::{resolve, Resolution, Resolver};
 pub use watch::{current_host, watch, HostHealth};
 

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use super::fingerprint::FileId;
 use super::open;
 use super::reader::FileState;
-use super::walk::{Limits, Reached, Request, Scope, Target, Walked, WalkerThread};
-use super::watcher::{Woken, WATCH_BUDGET};
+use super::walk::{Limits, Reached, Request, Scope, Walked, WalkerThread};
+use super::watcher::{Target, Woken, WATCH_BUDGET};
 use super::Tailer;
 
 /// After a walk that took `d`, the next of its kind waits `d × WALK_REST`.

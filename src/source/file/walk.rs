@@ -41,7 +41,7 @@ use rustix::io::Errno;
 use super::fingerprint::FileId;
 use super::globs::{Globs, State, States, Step};
 use super::open;
-use super::watcher::{DirId, Watches};
+use super::watcher::{DirId, Target, Watches};
 
 /// What one walk may do, at most.
 #[derive(Clone, Copy, Debug)]
@@ -59,27 +59,6 @@ impl Limits {
         depth: 32,
         time: Duration::from_millis(250),
     };
-}
-
-/// Where file events asked to look: a watched folder, and the name an event
-/// named in it (`None`: the folder itself).
-#[derive(Clone, Debug)]
-pub(super) struct Target {
-    pub dir: PathBuf,
-    pub id: DirId,
-    pub depth: usize,
-    pub states: States,
-    pub name: Option<OsString>,
-}
-
-impl Target {
-    /// The path whose followed files this look covers.
-    pub(super) fn scope(&self) -> PathBuf {
-        match &self.name {
-            Some(n) => self.dir.join(n),
-            None => self.dir.clone(),
-        }
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -28,7 +28,7 @@
 //! events ask for.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,7 +41,6 @@ use rustix::fs::{Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use super::globs::{Globs, States};
-use super::walk::Target;
 use super::TailCounters;
 
 /// inotify watches the agent holds, at most.
@@ -51,6 +50,27 @@ const EVENTS_PER_WAKE: usize = 4096;
 
 /// A folder: device and inode.
 pub(super) type DirId = (u64, u64);
+
+/// Where file events asked to look: a watched folder, and the name an event
+/// named in it (`None`: the folder itself).
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    pub dir: PathBuf,
+    pub id: DirId,
+    pub depth: usize,
+    pub states: States,
+    pub name: Option<OsString>,
+}
+
+impl Target {
+    /// The path whose followed files this look covers.
+    pub(super) fn scope(&self) -> PathBuf {
+        match &self.name {
+            Some(n) => self.dir.join(n),
+            None => self.dir.clone(),
+        }
+    }
+}
 
 /// A watched folder.
 #[derive(Debug)]

@@ -14,10 +14,8 @@ use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
-use super::build::{double_point, gauge, int_point, sum, to_i64};
-use super::collect::unix_nanos;
-use crate::metric::{AgentMetrics, Reading};
-use crate::metric::{Kind, Value};
+use super::points::{double_point, gauge, int_point, sum, to_i64, unix_nanos};
+use crate::metric::{AgentMetrics, Kind, Reading, Value};
 use crate::record::otlp_text as text;
 
 /// The instrumentation scope of the agent's own metrics.

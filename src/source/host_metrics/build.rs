@@ -4,14 +4,11 @@
 //! beside them.
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, number_data_point, AggregationTemporality, Gauge, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum,
-};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::metrics::v1::{metric, Metric, ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::collect::FsUsage;
+use super::points::{double_point, gauge, int_point, sum, to_i64};
 use crate::procfs::{DiskStats, MemInfo, Mount, NetDev, Stat};
 use crate::record::otlp_text as text;
 
@@ -302,73 +299,38 @@ pub(super) fn network_metrics(nets: &[NetDev], start: u64, now: u64) -> Vec<Metr
     ]
 }
 
-// ---- OTLP building blocks ----
-
-pub(super) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// One filesystem's space, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FsUsage {
+    pub used: u64,
+    /// Free for unprivileged users.
+    pub free: u64,
+    /// Free for root only.
+    pub reserved: u64,
 }
 
-pub(super) fn int_point(
-    attributes: Vec<KeyValue>,
-    v: i64,
-    start: u64,
-    now: u64,
-) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes,
-        start_time_unix_nano: start,
-        time_unix_nano: now,
-        value: Some(number_data_point::Value::AsInt(v)),
-        ..Default::default()
+impl FsUsage {
+    /// From `statvfs` figures (blocks of `frsize` bytes).
+    pub fn from_statvfs(blocks: u64, bfree: u64, bavail: u64, frsize: u64) -> Option<FsUsage> {
+        if blocks == 0 {
+            return None;
+        }
+        let bfree = bfree.min(blocks);
+        let bavail = bavail.min(bfree);
+        Some(FsUsage {
+            used: (blocks - bfree).saturating_mul(frsize),
+            free: bavail.saturating_mul(frsize),
+            reserved: (bfree - bavail).saturating_mul(frsize),
+        })
     }
-}
 
-pub(super) fn double_point(
-    attributes: Vec<KeyValue>,
-    v: f64,
-    start: u64,
-    now: u64,
-) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes,
-        start_time_unix_nano: start,
-        time_unix_nano: now,
-        value: Some(number_data_point::Value::AsDouble(v)),
-        ..Default::default()
-    }
-}
-
-pub(super) fn sum(
-    name: &str,
-    description: &str,
-    unit: &str,
-    monotonic: bool,
-    data_points: Vec<NumberDataPoint>,
-) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(metric::Data::Sum(Sum {
-            data_points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: monotonic,
-        })),
-        ..Default::default()
-    }
-}
-
-pub(super) fn gauge(
-    name: &str,
-    description: &str,
-    unit: &str,
-    data_points: Vec<NumberDataPoint>,
-) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(metric::Data::Gauge(Gauge { data_points })),
-        ..Default::default()
+    /// As `df` shows it: used / (used + free to users).
+    pub fn utilization(&self) -> f64 {
+        let room = self.used.saturating_add(self.free);
+        if room == 0 {
+            0.0
+        } else {
+            self.used as f64 / room as f64
+        }
     }
 }

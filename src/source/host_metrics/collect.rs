@@ -3,14 +3,14 @@
 //! odd one skips (said once, at debug level), and `statvfs` per filesystem.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 
 use super::build::{
-    cpu_metrics, disk_metrics, double_point, filesystem_metrics, gauge, memory_metrics,
-    network_metrics,
+    cpu_metrics, disk_metrics, filesystem_metrics, memory_metrics, network_metrics, FsUsage,
 };
+use super::points::{double_point, gauge, unix_nanos};
 use crate::procfs::{
     parse_diskstats, parse_loadavg, parse_meminfo, parse_mounts, parse_net_dev, parse_stat,
     parse_uptime,
@@ -193,48 +193,5 @@ impl Collector {
             }
         }
         out
-    }
-}
-
-/// `t` in nanoseconds since the epoch (0 before it, saturating past u64).
-pub(super) fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// One filesystem's space, in bytes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FsUsage {
-    pub used: u64,
-    /// Free for unprivileged users.
-    pub free: u64,
-    /// Free for root only.
-    pub reserved: u64,
-}
-
-impl FsUsage {
-    /// From `statvfs` figures (blocks of `frsize` bytes).
-    pub fn from_statvfs(blocks: u64, bfree: u64, bavail: u64, frsize: u64) -> Option<FsUsage> {
-        if blocks == 0 {
-            return None;
-        }
-        let bfree = bfree.min(blocks);
-        let bavail = bavail.min(bfree);
-        Some(FsUsage {
-            used: (blocks - bfree).saturating_mul(frsize),
-            free: bavail.saturating_mul(frsize),
-            reserved: (bfree - bavail).saturating_mul(frsize),
-        })
-    }
-
-    /// As `df` shows it: used / (used + free to users).
-    pub fn utilization(&self) -> f64 {
-        let room = self.used.saturating_add(self.free);
-        if room == 0 {
-            0.0
-        } else {
-            self.used as f64 / room as f64
-        }
     }
 }

@@ -51,7 +51,8 @@
 //! that knows `/proc` file formats.
 //!
 //! `task.rs` is the loop, `collect.rs` reads a sample, `build.rs` turns it into
-//! OTLP, `agent.rs` turns the agent's own metrics into OTLP.
+//! OTLP, `agent.rs` turns the agent's own metrics into OTLP, both from the
+//! building blocks in `points.rs`.
 
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ use crate::record::otlp_text as text;
 mod agent;
 mod build;
 mod collect;
+mod points;
 mod task;
 #[cfg(test)]
 mod tests;

@@ -17,18 +17,17 @@ use crate::config::Config;
 use crate::metric::AgentMetrics;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::Intake;
-use crate::relay::OtlpRelay;
 
 /// Starts the task when `[host_metrics] enabled` or `agent_metrics` and the
-/// relay runs; with `[otlp] enabled = false` there is nowhere to send them, and
-/// the log says so (for the host metrics: the agent's own are still on
-/// `/metrics`). `agent` is what `/metrics` serves; its cumulative sums start at
-/// `started`, the agent's start. The task ends soon after `cancel` fires,
-/// dropping its [`Intake`]: hand it to [`OtlpRelay::add_producer`] so the relay
-/// waits for that before its spool.
+/// relay runs (`intake`: where it stores); with `[otlp] enabled = false` there
+/// is nowhere to send them, and the log says so (for the host metrics: the
+/// agent's own are still on `/metrics`). `agent` is what `/metrics` serves; its
+/// cumulative sums start at `started`, the agent's start. The task ends soon
+/// after `cancel` fires, dropping its [`Intake`]: whoever runs the relay waits
+/// for that before its spool stage can end.
 pub fn spawn(
     config: &Config,
-    relay: Option<&OtlpRelay>,
+    intake: Option<Intake>,
     agent: AgentMetrics,
     started: SystemTime,
     cancel: CancellationToken,
@@ -40,7 +39,7 @@ pub fn spawn(
     if !host && !own {
         return None;
     }
-    let Some(relay) = relay else {
+    let Some(intake) = intake else {
         if host {
             tracing::info!(
                 "otlp.enabled = false: host metrics are not collected (they are shipped over OTLP only)"
@@ -59,7 +58,7 @@ pub fn spawn(
         );
     }
     let own = own.then(|| OwnMetrics::new(agent, started));
-    Some(tokio::spawn(run(settings, relay.intake(), own, cancel)))
+    Some(tokio::spawn(run(settings, intake, own, cancel)))
 }
 
 /// Samples every `interval` (the first at once) until `cancel` fires: the

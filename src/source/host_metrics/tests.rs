@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use super::build::FsUsage;
 use super::build::{cpu_metrics, memory_metrics};
-use super::collect::FsUsage;
 use super::*;
 use crate::procfs::{parse_meminfo, parse_stat};
 

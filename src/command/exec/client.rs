@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::outbox;
-use super::protocol::{read_frame, write_frame, ClientFrame, DaemonFrame, Read1};
+use crate::source::exec::outbox;
+use crate::source::exec::protocol::{read_frame, write_frame, ClientFrame, DaemonFrame, Read1};
 
 /// How long an answer from the daemon may take (a spool fsync, a busy disk).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

@@ -3,7 +3,7 @@
 //! test line and span and reads the line back.
 //!
 //! Promises: without `--push` the probe ends within two step timeouts (resolution,
-//! then one concurrent round of checks; see [`super::MAX_STEP_TIMEOUT`]), so under
+//! then one concurrent round of checks; see [`crate::discovery::MAX_STEP_TIMEOUT`]), so under
 //! 5 s even when every candidate hangs. Secrets (proxy URLs, passwords, tokens,
 //! OTLP headers) never appear in the output.
 //!
@@ -42,9 +42,9 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::{discover_with, Depth, Inputs};
 use crate::cli::ProbeArgs;
 use crate::config::{Config, Loaded};
+use crate::discovery::{discover_with, Depth, Inputs};
 
 pub use diagnose::no_proxy_covers;
 pub use push::{PROBE_JOB, PUSH_READ_BACK_DEADLINE};

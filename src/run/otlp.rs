@@ -1,0 +1,228 @@
+//! The OTLP pipeline as one value for `run`: the local receivers
+//! ([`crate::source::otlp`]) → the OTLP spool (`state_dir/spool/otlp/`) → the
+//! exporter ([`crate::sink::otlp`]) to the host's collector, with its counters.
+//!
+//! Started only with `[otlp] enabled = true`: with the export off, the receivers
+//! do not listen either (accepting data that can go nowhere would only fill the
+//! disk), and the log says so. [`OtlpPipeline::finish`]: the receivers stop
+//! taking requests (those in flight get [`crate::source::otlp::SHUTDOWN_GRACE`]
+//! to be answered, then their connections are dropped, so no client holds the
+//! shutdown), the spool stage ends, and the exporter gets a grace period to
+//! ship what is left; the rest waits in the spool.
+//!
+//! With `[otlp] logs_to_loki` (and `[loki]`), the receivers also store each logs
+//! request's records in the Loki spool ([`crate::relay::to_loki`]), and the
+//! exporter marks logs exports with `x-wisp-logs-in-loki: true`.
+//!
+//! A run's own spans and log records (`exec`'s command, its resource naming
+//! the run) join the run's trace as the receivers take them
+//! ([`crate::relay::run`]): what is stored, relayed and sent to Loki is the
+//! rewritten request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::Shipping;
+use crate::admin::RelaySources;
+use crate::config::{Config, FsyncPolicy};
+use crate::discovery::{Chosen, HostHealth};
+use crate::metric::Registry;
+use crate::record::OtlpPayload;
+use crate::relay::{Intake, LogsToLoki};
+use crate::sink::otlp::{OtlpClient, OtlpCounters, OtlpService, OtlpSinkSettings};
+use crate::sink::ship::{self, Shipper};
+use crate::source::otlp::{ReceiverCounters, Receivers, PENDING_REQUESTS};
+use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSettings};
+use crate::spool::{Spool, SpoolCounters, SpoolSettings};
+
+/// The spool stage appends at most this many requests, and about this many
+/// bytes (at least one request), with one fsync.
+const GROUP_COMMIT: GroupLimits = GroupLimits {
+    max_records: 256,
+    max_bytes: 4 * 1024 * 1024,
+};
+
+/// The running OTLP pipeline; [`OtlpPipeline::finish`] once the cancellation
+/// token fired.
+pub struct OtlpPipeline {
+    receivers: Receivers,
+    /// Where the agent's own telemetry goes in: see [`OtlpPipeline::intake`].
+    intake: Intake,
+    spooling: JoinHandle<()>,
+    exporting: Shipping,
+    counters: StageCounters,
+}
+
+/// The counters of each stage of the OTLP pipeline.
+struct StageCounters {
+    receiver: Arc<ReceiverCounters>,
+    spool: Arc<SpoolCounters>,
+    exporter: Arc<OtlpCounters>,
+    /// Whether the OTLP spool can append.
+    buffer: Arc<BufferHealth>,
+    /// The OTLP spool's bound (its share of `buffer.max_bytes`).
+    spool_max_bytes: u64,
+}
+
+impl OtlpPipeline {
+    /// Opens the OTLP spool (bounded by `max_bytes`), starts the exporter and
+    /// binds the receivers. `None` when `[otlp]` is disabled. The receivers stop
+    /// when `cancel` fires. With `to_loki` the receivers also store logs in the
+    /// Loki spool, and logs exports carry `x-wisp-logs-in-loki: true`.
+    pub async fn start(
+        config: &Config,
+        state_dir: &Path,
+        max_bytes: u64,
+        host: watch::Receiver<Option<Chosen>>,
+        health: HostHealth,
+        to_loki: Option<LogsToLoki>,
+        cancel: CancellationToken,
+    ) -> Result<Option<OtlpPipeline>> {
+        if !config.otlp.enabled {
+            if !config.receiver.grpc.is_empty() || !config.receiver.http.is_empty() {
+                tracing::info!(
+                    "otlp.enabled = false: the local OTLP receivers (receiver.grpc, receiver.http) are not started"
+                );
+            }
+            return Ok(None);
+        }
+        let settings = OtlpSinkSettings {
+            logs_in_loki: to_loki.is_some(),
+            ..OtlpSinkSettings::from_config(&config.otlp)
+        };
+        let client = OtlpClient::new(&settings)?;
+        // Always fsynced per group, whatever `buffer.fsync` says: a program's
+        // request cannot be read again the way a file line can.
+        let spool_settings = SpoolSettings {
+            fsync_interval: config.buffer.fsync_interval.get(),
+            ..SpoolSettings::new(
+                state_dir.join("spool").join("otlp"),
+                max_bytes,
+                FsyncPolicy::Batch,
+            )
+        };
+        let (writer, reader) =
+            tokio::task::spawn_blocking(move || Spool::open_for::<OtlpPayload>(spool_settings))
+                .await
+                .context("the otlp spool stopped while opening")??;
+        tracing::info!(
+            "otlp: relaying to {} ({:?}); buffer: {}{}",
+            crate::config::redact_url(&settings.endpoint),
+            config.otlp.protocol,
+            writer.dir().display(),
+            if to_loki.is_some() {
+                "; received logs also go to loki (otlp.logs_to_loki)"
+            } else {
+                ""
+            }
+        );
+
+        let spool_counters = writer.counters();
+        // The receivers first: the exporter must know their bound addresses to
+        // refuse exporting to them.
+        let receiver_counters = Arc::new(ReceiverCounters::default());
+        let buffer_health = Arc::new(BufferHealth::otlp());
+        let (tx, rx) = tokio::sync::mpsc::channel(PENDING_REQUESTS);
+        let intake = Intake::new(tx);
+        let spooling = tokio::spawn(stage::run(
+            rx,
+            writer,
+            StageSettings {
+                name: "the otlp buffer",
+                what: "otlp request(s)",
+                meanwhile: "senders are told to retry",
+                group: GROUP_COMMIT,
+                on_failure: OnFailure::Refuse,
+            },
+            buffer_health.clone(),
+            cancel.clone(),
+        ));
+        let receivers = Receivers::start(
+            &config.receiver,
+            intake.clone(),
+            to_loki,
+            receiver_counters.clone(),
+            cancel,
+        )
+        .await?;
+        let settings = OtlpSinkSettings {
+            own_receivers: receivers.addrs().to_vec(),
+            ..settings
+        };
+        let counters = Arc::new(OtlpCounters::default());
+        let shipper = Shipper {
+            settings: settings.ship_settings(),
+            service: OtlpService::new(client, &settings, counters.clone()),
+            reader,
+            host,
+            health,
+        };
+        let exporting = Shipping::start("the otlp collector", |drain, stop| {
+            ship::run(shipper, drain, stop)
+        });
+        Ok(Some(OtlpPipeline {
+            receivers,
+            intake,
+            spooling,
+            exporting,
+            counters: StageCounters {
+                receiver: receiver_counters,
+                spool: spool_counters,
+                exporter: counters,
+                buffer: buffer_health,
+                spool_max_bytes: max_bytes,
+            },
+        }))
+    }
+
+    /// Registers each stage's metric readers: the receiver's, the OTLP
+    /// spool's (`spool="otlp"`), the exporter's and the receiver's two
+    /// listeners'.
+    pub fn register_metrics(&self, metrics: &mut Registry) {
+        let c = &self.counters;
+        c.receiver.clone().register(metrics);
+        c.spool.clone().register(metrics, "otlp", c.spool_max_bytes);
+        c.exporter.clone().register(metrics);
+        c.receiver
+            .grpc_connections
+            .clone()
+            .register(metrics, "otlp_grpc");
+        c.receiver
+            .http_connections
+            .clone()
+            .register(metrics, "otlp_http");
+    }
+
+    /// What `/healthz` and `/status` read of it besides its metrics.
+    pub fn sources(&self) -> RelaySources {
+        RelaySources {
+            exporter: self.counters.exporter.clone(),
+            buffer: self.counters.buffer.clone(),
+        }
+    }
+
+    /// Where the agent's own telemetry goes into the OTLP spool, as if received
+    /// (but not counted as received: the receiver counters are programs' only).
+    /// Whoever holds a clone must drop it once the cancellation token fired:
+    /// the spool stage ends, and [`OtlpPipeline::finish`] returns, only then.
+    pub fn intake(&self) -> Intake {
+        self.intake.clone()
+    }
+
+    /// After the cancellation token fired: waits (at most `grace`) for the
+    /// receivers to stop, so that they let go of both spools' inputs (the Loki
+    /// spool stage, which they feed with `logs_to_loki`, ends only then), then
+    /// for the spool stage, then gives the exporter `grace` to ship what is left.
+    pub async fn finish(self, grace: Duration) {
+        self.receivers.join(grace).await;
+        drop(self.intake);
+        let _ = self.spooling.await;
+        self.exporting.finish(grace).await;
+    }
+}
