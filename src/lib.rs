@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_client;
 pub(crate) mod listen;
 pub mod log;
 pub mod metric;

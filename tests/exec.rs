@@ -875,11 +875,18 @@ async fn a_user_churning_bad_runs_on_the_socket_cannot_flood_the_log() {
     let setup = Setup::new(&loki, "");
     let agent = setup.start();
     let socket = setup.dir.path().join("exec.sock");
+    // The socket appears only once it answers.
     assert!(
         wait_until(DEADLINE, || socket.exists()).await,
         "{}",
         agent.log()
     );
+    let staged: Vec<_> = std::fs::read_dir(setup.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".exec.sock"))
+        .collect();
+    assert!(staged.is_empty(), "a staging socket is left: {staged:?}");
     // A hello the daemon refuses (a protocol version it does not speak), 500
     // times over, as fast as connections go.
     let hello = br#"{"type":"hello","version":99,"job":"x","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","started_ms":1}"#;

@@ -52,7 +52,7 @@ use crate::config::ConfigError;
 use crate::listen::{ListenerCounters, ListenerLimits, Protocol};
 use crate::metric::{AgentMetrics, Registry};
 use crate::procfs::{ProcFs, ProcessStats};
-use crate::sink::loki::sink::LokiCounters;
+use crate::sink::loki::LokiCounters;
 use crate::sink::otlp::OtlpCounters;
 use crate::spool::stage::BufferHealth;
 

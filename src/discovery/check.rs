@@ -7,7 +7,7 @@
 //! client built with `no_proxy()`: the host is one hop away, and a proxy variable
 //! set for the internet must not route (or break) a check of it. The check of
 //! Loki trusts what the Loki sink trusts: its client gets `[loki]`'s TLS
-//! settings from the code that builds the sink's ([`loki_check_client`]).
+//! settings from [`crate::http_client`], as the sink's does ([`loki_check_client`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,8 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use serde::Serialize;
 
 use crate::config::LokiConfig;
-use crate::sink::loki::service::{with_tls, USER_AGENT};
-use crate::sink::loki::LokiClientError;
+use crate::http_client::{self, with_tls};
 
 /// The longest body excerpt kept from an unexpected answer.
 const BODY_EXCERPT_CHARS: usize = 200;
@@ -122,26 +121,26 @@ pub fn check_client(timeout: Duration) -> reqwest::Client {
 }
 
 /// The client for the check of Loki: a [`check_client`] with `[loki]`'s TLS
-/// settings (`loki.ca_file`, `loki.insecure_skip_verify`), applied by the code
-/// that builds the sink's client, so a Loki over https that the sink trusts is
+/// settings (`loki.ca_file`, `loki.insecure_skip_verify`), applied as to the
+/// sink's client, so a Loki over https that the sink trusts is
 /// one discovery chooses. Fails only when `loki.ca_file` became unusable after
 /// the start, which checked it.
 pub(crate) fn loki_check_client(
     cfg: &LokiConfig,
     timeout: Duration,
-) -> Result<reqwest::Client, LokiClientError> {
-    with_tls(check_builder(timeout), cfg)?
+) -> Result<reqwest::Client, String> {
+    with_tls(check_builder(timeout), cfg)
+        .map_err(|e| e.to_string())?
         .build()
-        .map_err(LokiClientError::Build)
+        .map_err(|e| format!("cannot build the loki http client: {e}"))
 }
 
 fn check_builder(timeout: Duration) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    http_client::builder()
         .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout)
         .pool_max_idle_per_host(0)
-        .user_agent(USER_AGENT)
 }
 
 fn ms(d: Duration) -> u64 {

@@ -271,7 +271,7 @@ impl CheckClients {
         let timeout = step_timeout(config);
         let plain = check_client(timeout);
         let loki = if config.loki.enabled {
-            check::loki_check_client(&config.loki, timeout).map_err(|e| e.to_string())
+            check::loki_check_client(&config.loki, timeout)
         } else {
             Ok(plain.clone())
         };

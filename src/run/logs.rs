@@ -26,8 +26,8 @@ use crate::metric::Registry;
 use crate::parse::{ParseCounters, ParseSettings, Transformer};
 use crate::record::{Batch, SourceBatch};
 use crate::relay::{LogsToLoki, ToLokiSettings};
-use crate::sink::loki::sink::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::loki::LokiClient;
+use crate::sink::loki::{self as loki_sink, LokiCounters, LokiService};
 use crate::sink::ship::{self, Shipper};
 use crate::source::file::{self, TailCounters, TailError, TailSettings};
 use crate::source::known_runs::KnownRuns;
@@ -323,7 +323,7 @@ async fn open_spool(
     settings: SpoolSettings,
     cancel: &CancellationToken,
 ) -> Result<Option<(SpoolWriter, SpoolReader)>> {
-    let mut logged = false;
+    let full = crate::event::Repeated::once();
     loop {
         let s = settings.clone();
         match tokio::task::spawn_blocking(move || Spool::open(s))
@@ -331,19 +331,18 @@ async fn open_spool(
             .context("the spool stopped while opening")?
         {
             Ok(halves) => {
-                if logged {
+                if full.ended(&"disk full") {
                     tracing::info!("the buffer has room again");
                 }
                 return Ok(Some(halves));
             }
             Err(e @ SpoolError::DiskFull { .. }) => {
-                if !logged {
-                    tracing::error!(
+                full.error("disk full", || {
+                    format!(
                         "cannot open the buffer: {e} (free space there, or lower buffer.max_bytes); \
                          files are not read until it opens, so nothing is lost"
-                    );
-                    logged = true;
-                }
+                    )
+                });
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

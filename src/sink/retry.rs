@@ -1,12 +1,16 @@
-//! Classifies a push's answer (acknowledge, retry later, or drop) and paces retries.
+//! Classifies a request's answer (acknowledge, retry later, or drop) and paces retries.
 //!
-//! This is the one place that decides retry policy; sink loops match on
-//! [`PushOutcome`]. Promises: 2xx is delivered; 408, 429 and 5xx, timeouts and
-//! connection errors are retried (honouring `Retry-After`, in seconds or as an
-//! HTTP date, bounded by [`MAX_RETRY_AFTER`]); any other 4xx is rejected with the
-//! server's own words as the reason, cut to [`MAX_REASON_BYTES`]. Retrying is the
-//! default for anything not understood (1xx, 3xx: the client follows no
-//! redirects, since a redirected POST loses its body): a batch kept is never lost.
+//! This is the one place that decides retry policy. An HTTP answer becomes a
+//! [`PushOutcome`], a gRPC status an [`Outcome`], and the shipper matches on
+//! [`Outcome`], the one thing every service's `send` answers, whose refusals
+//! carry a typed [`Cause`]. Promises: 2xx is delivered; 408, 429 and 5xx,
+//! timeouts and connection errors are retried (honouring `Retry-After`, in
+//! seconds or as an HTTP date, bounded by [`MAX_RETRY_AFTER`]); any other 4xx is
+//! rejected with the server's own words as the reason, cut to
+//! [`MAX_REASON_BYTES`]. gRPC follows the OTLP specification's table of
+//! retryable codes. Retrying is the default for anything not understood (1xx,
+//! 3xx: the client follows no redirects, since a redirected POST loses its
+//! body): a batch kept is never lost.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +23,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// The server's answer kept as a rejection reason is cut to this many bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// What to do with a batch after the server answered (or did not).
+/// What an HTTP answer (or its absence) means for the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PushOutcome {
     /// 2xx: acknowledge the batch.
@@ -35,7 +39,125 @@ pub enum PushOutcome {
     Rejected { status: u16, reason: String },
 }
 
+/// Why a service refused a request for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// An HTTP status (`400`).
+    Status(u16),
+    /// A gRPC status code other than the retryable ones.
+    Grpc(tonic::Code),
+    /// A stored request that could not be converted for the wire.
+    Undecodable,
+}
+
+impl std::fmt::Display for Cause {
+    /// `400`, `grpc_invalid_argument`, `undecodable`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Status(status) => write!(f, "{status}"),
+            Cause::Grpc(code) => write!(f, "grpc_{}", snake(&format!("{code:?}"))),
+            Cause::Undecodable => f.write_str("undecodable"),
+        }
+    }
+}
+
+fn snake(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A service's answer that it took part of a request and refused the rest:
+/// only the service can tell which, from the request's records (the shipper's
+/// `Service::settle`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    pub status: u16,
+    /// The answer's body as received, up to a bound.
+    pub body: bytes::Bytes,
+    /// `body` is the whole answer.
+    pub complete: bool,
+    /// When the service said to come back (`Retry-After`).
+    pub after: Option<Duration>,
+}
+
+/// What became of one request: what every service's `send` answers the shipper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Taken. `note` is a warning to log once per key (a partial success).
+    Delivered { note: Option<(String, String)> },
+    /// Refused for good: dropped and counted by `cause`, logged once per cause.
+    Rejected { cause: Cause, reason: String },
+    /// May succeed later. `maybe_stored`: the try may have left the request (or
+    /// part of it) stored, so it is checked before it is sent again.
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+        maybe_stored: bool,
+    },
+    /// Taken in part: settled by the service.
+    Partial(Partial),
+}
+
+impl Outcome {
+    /// Retry without having reached the service.
+    pub fn retry(reason: String) -> Self {
+        Outcome::Retry {
+            after: None,
+            reason,
+            maybe_stored: false,
+        }
+    }
+
+    /// The OTLP specification's retryable gRPC codes; the rest are permanent.
+    pub fn from_grpc_status(status: &tonic::Status) -> Self {
+        use tonic::Code;
+        let code = status.code();
+        let reason = format!("grpc {:?}: {}", code, status.message());
+        match code {
+            Code::Cancelled
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss => Outcome::retry(reason),
+            _ => Outcome::Rejected {
+                cause: Cause::Grpc(code),
+                reason,
+            },
+        }
+    }
+}
+
 impl PushOutcome {
+    /// What the shipper is told of an HTTP answer; `maybe_stored` as for
+    /// [`Outcome::Retry`].
+    pub fn into_outcome(self, maybe_stored: bool) -> Outcome {
+        match self {
+            PushOutcome::Delivered => Outcome::Delivered { note: None },
+            PushOutcome::Retry { after, reason } => Outcome::Retry {
+                after,
+                reason,
+                maybe_stored,
+            },
+            PushOutcome::Rejected { status, reason } => Outcome::Rejected {
+                cause: Cause::Status(status),
+                reason,
+            },
+        }
+    }
+
     /// Classifies an HTTP answer.
     pub fn from_response(status: u16, headers: &HeaderMap, body: &[u8]) -> Self {
         Self::from_response_at(status, headers, body, SystemTime::now())

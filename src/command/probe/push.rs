@@ -29,10 +29,10 @@ use crate::parse::{ParseSettings, Transformer};
 use crate::record::{
     Ack, LogRecord, OtlpPayload, OtlpSignal, SourceBatch, SourceInfo, SourceLine, Timestamp,
 };
+use crate::sink::loki::client::QueryError;
 use crate::sink::loki::replay;
-use crate::sink::loki::service::QueryError;
-use crate::sink::loki::sink::LokiService;
 use crate::sink::loki::LokiClient;
+use crate::sink::loki::LokiService;
 use crate::sink::otlp::{OtlpClient, OtlpService, OtlpSinkSettings};
 use crate::sink::retry::bounded_text;
 use crate::sink::ship::{Outcome, Service};

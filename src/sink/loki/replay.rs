@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::service::{LokiClient, QueryError};
+use super::client::{LokiClient, QueryError};
 use crate::parse::timestamp::from_rfc3339;
 use crate::record::{Labels, LogRecord, Timestamp};
 

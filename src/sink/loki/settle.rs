@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use super::refusal::{Answer, Cause};
 use super::replay::ORIGINAL_TIMESTAMP;
 use crate::config::RefusedEntries;
+use crate::event::Repeated;
 use crate::record::{LogRecord, Timestamp};
 use crate::sink::retry::{bounded_text, one_line};
 
@@ -194,19 +195,21 @@ pub fn record_key(r: &LogRecord) -> u64 {
 /// [`SUMMARY_EVERY`].
 #[derive(Debug)]
 pub struct RefusalLog {
-    logged: HashSet<Cause>,
+    /// The first refusal of each cause, logged in full.
+    firsts: Repeated<Cause>,
     pending: Counts,
     since: Instant,
-    clocks_logged: bool,
+    /// Loki refusing for its time an entry sent again at its time, logged once.
+    clocks: Repeated,
 }
 
 impl Default for RefusalLog {
     fn default() -> Self {
         RefusalLog {
-            logged: HashSet::new(),
+            firsts: Repeated::once(),
             pending: Counts::default(),
             since: Instant::now(),
-            clocks_logged: false,
+            clocks: Repeated::once(),
         }
     }
 }
@@ -238,16 +241,17 @@ impl RefusalLog {
         let mut causes = Vec::new();
         for (&cause, &n) in &counts.refused {
             causes.push(format!("{cause} {n}"));
-            if self.logged.insert(cause) {
-                tracing::warn!(
+            let logged = self.firsts.warn(cause, || {
+                format!(
                     "loki refused {n} of the {entries} entries of a push as {cause} (status {}): \
                      {}; further refusals are summed up every {} s; loki said: {}",
                     answer.status,
                     action(cause, counts, line_limit),
                     SUMMARY_EVERY.as_secs(),
                     said(cause)
-                );
-            } else {
+                )
+            });
+            if !logged {
                 *self.pending.refused.entry(cause).or_default() += n;
                 for (from, to) in [
                     (&counts.rewritten, &mut self.pending.rewritten),
@@ -259,13 +263,13 @@ impl RefusalLog {
                 }
             }
         }
-        if counts.clocks_disagree && !self.clocks_logged {
-            self.clocks_logged = true;
-            tracing::warn!(
+        if counts.clocks_disagree {
+            self.clocks.warn("clocks", || {
                 "loki refused for its time an entry already sent again at the time loki had \
                  refused it: the agent's clock and loki's seem to disagree; dropping such \
                  entries (counted in wisp_loki_records_dropped_total)"
-            );
+                    .to_string()
+            });
         }
         self.summary_if_due();
         let first = counts

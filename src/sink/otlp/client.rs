@@ -20,9 +20,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
 use super::OtlpSinkSettings;
 use crate::config::{redact_text, redact_url, OtlpProtocol};
+use crate::http_client::{self, USER_AGENT};
 use crate::record::OtlpSignal;
-use crate::sink::loki::service::USER_AGENT;
-use crate::sink::retry::PushOutcome;
+use crate::sink::retry::{Cause, Outcome, PushOutcome};
 
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,43 +34,39 @@ pub enum OtlpClientError {
     Build(reqwest::Error),
 }
 
-/// What became of one export.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ExportOutcome {
-    /// Taken; `rejected` items (with the collector's message) were refused inside
-    /// an otherwise successful answer.
-    Delivered {
-        rejected: i64,
-        message: String,
-    },
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-    },
-    Rejected {
-        cause: String,
-        reason: String,
-    },
+/// A collector's success answer (2xx, gRPC OK): the items it rejected in it
+/// (a partial success) and its message, 0 and empty when it took all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub rejected: i64,
+    pub message: String,
 }
 
-impl ExportOutcome {
-    /// The same outcome with any URL credentials in its messages redacted
-    /// (tonic and hyper errors may quote the endpoint as given).
-    pub(crate) fn redacted(self) -> Self {
-        match self {
-            ExportOutcome::Delivered { rejected, message } => ExportOutcome::Delivered {
-                rejected,
-                message: redact_text(&message),
-            },
-            ExportOutcome::Retry { after, reason } => ExportOutcome::Retry {
-                after,
-                reason: redact_text(&reason),
-            },
-            ExportOutcome::Rejected { cause, reason } => ExportOutcome::Rejected {
-                cause,
-                reason: redact_text(&reason),
-            },
-        }
+/// What became of one export: taken, or what the shipper is to do with it.
+pub(crate) type Exported = Result<Taken, Outcome>;
+
+/// `exported` with any URL credentials in its messages redacted (tonic and
+/// hyper errors may quote the endpoint as given).
+pub(crate) fn redacted(exported: Exported) -> Exported {
+    match exported {
+        Ok(Taken { rejected, message }) => Ok(Taken {
+            rejected,
+            message: redact_text(&message),
+        }),
+        Err(Outcome::Retry {
+            after,
+            reason,
+            maybe_stored,
+        }) => Err(Outcome::Retry {
+            after,
+            reason: redact_text(&reason),
+            maybe_stored,
+        }),
+        Err(Outcome::Rejected { cause, reason }) => Err(Outcome::Rejected {
+            cause,
+            reason: redact_text(&reason),
+        }),
+        Err(other) => Err(other),
     }
 }
 
@@ -102,8 +98,7 @@ impl OtlpClient {
                 tonic::metadata::MetadataValue::try_from(value.trim()).map_err(|_| invalid())?;
             metadata.insert(key, val);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
+        let http = http_client::builder()
             .default_headers(headers)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
@@ -132,7 +127,7 @@ impl OtlpClient {
         endpoint: &str,
         signal: OtlpSignal,
         body: Bytes,
-    ) -> ExportOutcome {
+    ) -> Exported {
         match self.protocol {
             OtlpProtocol::Grpc => self.export_grpc(endpoint, signal, body).await,
             OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
@@ -141,25 +136,17 @@ impl OtlpClient {
         }
     }
 
-    async fn export_grpc(
-        &mut self,
-        endpoint: &str,
-        signal: OtlpSignal,
-        body: Bytes,
-    ) -> ExportOutcome {
+    async fn export_grpc(&mut self, endpoint: &str, signal: OtlpSignal, body: Bytes) -> Exported {
         let channel = match &self.channel {
             Some((e, c)) if e == endpoint => c.clone(),
             _ => {
                 let ep = match tonic::transport::Endpoint::from_shared(endpoint.to_string()) {
                     Ok(ep) => ep,
                     Err(e) => {
-                        return ExportOutcome::Retry {
-                            after: None,
-                            reason: format!(
-                                "otlp.endpoint {} is not a valid URL: {e}",
-                                redact_url(endpoint)
-                            ),
-                        }
+                        return Err(Outcome::retry(format!(
+                            "otlp.endpoint {} is not a valid URL: {e}",
+                            redact_url(endpoint)
+                        )))
                     }
                 };
                 let c = ep
@@ -172,23 +159,17 @@ impl OtlpClient {
                         c
                     }
                     Err(e) => {
-                        return ExportOutcome::Retry {
-                            after: None,
-                            reason: format!(
-                                "cannot set up a channel to {}: {e}",
-                                redact_url(endpoint)
-                            ),
-                        }
+                        return Err(Outcome::retry(format!(
+                            "cannot set up a channel to {}: {e}",
+                            redact_url(endpoint)
+                        )))
                     }
                 }
             }
         };
         let mut grpc = tonic::client::Grpc::new(channel);
         if let Err(e) = grpc.ready().await {
-            return ExportOutcome::Retry {
-                after: None,
-                reason: format!("cannot connect: {e}"),
-            };
+            return Err(Outcome::retry(format!("cannot connect: {e}")));
         }
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
@@ -201,26 +182,21 @@ impl OtlpClient {
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(signal.grpc_path());
         match grpc.unary(request, path, RawCodec).await {
             Ok(response) => delivered(signal, &response.into_inner(), false),
-            Err(status) => classify_status(&status),
+            Err(status) => Err(Outcome::from_grpc_status(&status)),
         }
     }
 
-    async fn export_http(
-        &mut self,
-        endpoint: &str,
-        signal: OtlpSignal,
-        body: Bytes,
-    ) -> ExportOutcome {
+    async fn export_http(&mut self, endpoint: &str, signal: OtlpSignal, body: Bytes) -> Exported {
         let url = http_url(endpoint, signal);
         let json = self.protocol == OtlpProtocol::HttpJson;
         let (content_type, body) = if json {
             match to_json(signal, &body) {
                 Ok(b) => ("application/json", Bytes::from(b)),
                 Err(e) => {
-                    return ExportOutcome::Rejected {
-                        cause: "undecodable".into(),
+                    return Err(Outcome::Rejected {
+                        cause: Cause::Undecodable,
                         reason: format!("cannot convert a stored request to JSON: {e}"),
-                    }
+                    })
                 }
             }
         } else {
@@ -234,13 +210,7 @@ impl OtlpClient {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                return match PushOutcome::from_transport_error(&e.without_url()) {
-                    PushOutcome::Retry { after, reason } => ExportOutcome::Retry { after, reason },
-                    other => ExportOutcome::Retry {
-                        after: None,
-                        reason: format!("{other:?}"),
-                    },
-                }
+                return Err(PushOutcome::from_transport_error(&e.without_url()).into_outcome(false))
             }
         };
         let status = response.status().as_u16();
@@ -252,11 +222,7 @@ impl OtlpClient {
         let body = response.bytes().await.unwrap_or_default();
         match PushOutcome::from_response(status, &headers, &body) {
             PushOutcome::Delivered => delivered(signal, &body, is_json),
-            PushOutcome::Retry { after, reason } => ExportOutcome::Retry { after, reason },
-            PushOutcome::Rejected { status, reason } => ExportOutcome::Rejected {
-                cause: format!("http_{status}"),
-                reason,
-            },
+            other => Err(other.into_outcome(false)),
         }
     }
 }
@@ -308,14 +274,14 @@ fn to_json(signal: OtlpSignal, body: &[u8]) -> Result<Vec<u8>, String> {
 
 /// A success answer, read for a partial success. An answer that does not decode
 /// is still a success: the collector said 2xx / OK.
-pub(super) fn delivered(signal: OtlpSignal, body: &[u8], json: bool) -> ExportOutcome {
+pub(super) fn delivered(signal: OtlpSignal, body: &[u8], json: bool) -> Exported {
     let (rejected, message) = if json {
         json_partial_success(signal, body)
     } else {
         protobuf_partial_success(signal, body)
     }
     .unwrap_or_default();
-    ExportOutcome::Delivered { rejected, message }
+    Ok(Taken { rejected, message })
 }
 
 fn protobuf_partial_success(signal: OtlpSignal, body: &[u8]) -> Option<(i64, String)> {
@@ -355,45 +321,6 @@ fn json_partial_success(signal: OtlpSignal, body: &[u8]) -> Option<(i64, String)
         .unwrap_or("")
         .to_string();
     Some((rejected, message))
-}
-
-/// The OTLP specification's retryable gRPC codes; the rest are permanent.
-pub(super) fn classify_status(status: &tonic::Status) -> ExportOutcome {
-    use tonic::Code;
-    let code = status.code();
-    let reason = format!("grpc {:?}: {}", code, status.message());
-    match code {
-        Code::Cancelled
-        | Code::Unknown
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => ExportOutcome::Retry {
-            after: None,
-            reason,
-        },
-        _ => ExportOutcome::Rejected {
-            cause: format!("grpc_{}", snake(&format!("{code:?}"))),
-            reason,
-        },
-    }
-}
-
-fn snake(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A gRPC codec that passes bytes through: the request already is the encoded

@@ -32,13 +32,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{OtlpConfig, OtlpProtocol};
+use crate::event::Repeated;
 use crate::metric::{by, counter, encode, gauge, load, names, one, single, Family, Registry};
 use crate::record::{OtlpPayload, OtlpSignal};
-use crate::sink::ship::{BatchLimits, Event, Outcome, Service, ShipSettings, Wording};
+use crate::sink::ship::{BatchLimits, Cause, Event, Outcome, Service, ShipSettings, Wording};
 
 pub mod client;
 
-pub(crate) use client::{loops_back, ExportOutcome};
+pub(crate) use client::loops_back;
+use client::{redacted, Taken};
 pub use client::{OtlpClient, OtlpClientError};
 
 /// One export carries at most about this many bytes (a single larger request
@@ -191,8 +193,18 @@ pub struct OtlpService {
     /// The agent's own receivers, as bound: exporting to one would loop.
     pub own_receivers: Vec<SocketAddr>,
     pub counters: Arc<OtlpCounters>,
-    /// The loop was logged (once).
-    loop_logged: bool,
+    /// The loop to an own receiver, logged once.
+    warnings: Repeated,
+    /// Exports refused for good, logged once per cause.
+    rejections: Repeated<Cause>,
+}
+
+/// `requests_dropped`'s label for a cause: `http_400`, `grpc_invalid_argument`.
+fn label(cause: Cause) -> String {
+    match cause {
+        Cause::Status(status) => format!("http_{status}"),
+        other => other.to_string(),
+    }
 }
 
 impl OtlpService {
@@ -205,7 +217,8 @@ impl OtlpService {
             client,
             own_receivers: settings.own_receivers.clone(),
             counters,
-            loop_logged: false,
+            warnings: Repeated::once(),
+            rejections: Repeated::once(),
         }
     }
 }
@@ -214,16 +227,14 @@ impl Service for OtlpService {
     type Record = OtlpPayload;
     type Request = Export;
 
-    fn wording(&self) -> Wording {
-        Wording {
-            name: "the otlp collector",
-            sending: "otlp export to",
-            request: "export",
-            requests: "exports",
-            waiting: "data waits",
-            spool: "the otlp spool",
-        }
-    }
+    const WORDING: Wording = Wording {
+        name: "the otlp collector",
+        sending: "otlp export to",
+        request: "export",
+        requests: "exports",
+        waiting: "data waits",
+        spool: "the otlp spool",
+    };
 
     fn split(&self, records: Vec<OtlpPayload>) -> Vec<Vec<OtlpPayload>> {
         split(records)
@@ -251,14 +262,9 @@ impl Service for OtlpService {
                  point otlp.endpoint at the host's collector, or move receiver.grpc / receiver.http",
                 crate::config::redact_url(endpoint)
             );
-            if !self.loop_logged {
-                tracing::error!("{reason}; data waits in the buffer");
-                self.loop_logged = true;
-            }
-            ExportOutcome::Retry {
-                after: None,
-                reason,
-            }
+            self.warnings
+                .error("loop", || format!("{reason}; data waits in the buffer"));
+            Err(Outcome::retry(reason))
         } else {
             self.client
                 .export(endpoint, export.signal, export.body.clone())
@@ -266,8 +272,8 @@ impl Service for OtlpService {
         };
         // What the logs and the admin endpoint show: a password quoted by
         // tonic/hyper in an error never is.
-        match outcome.redacted() {
-            ExportOutcome::Delivered { rejected, message } => {
+        match redacted(outcome) {
+            Ok(Taken { rejected, message }) => {
                 if rejected > 0 {
                     if let Ok(mut m) = self.counters.items_rejected.lock() {
                         *m.entry(export.signal.as_str()).or_default() += rejected as u64;
@@ -286,31 +292,8 @@ impl Service for OtlpService {
                 });
                 Outcome::Delivered { note }
             }
-            ExportOutcome::Rejected { cause, reason } => Outcome::Rejected { cause, reason },
-            ExportOutcome::Retry { after, reason } => Outcome::Retry {
-                after,
-                reason,
-                maybe_stored: false,
-            },
+            Err(outcome) => outcome,
         }
-    }
-
-    fn rejection_message(
-        &self,
-        export: &Export,
-        shown: &str,
-        cause: &str,
-        reason: &str,
-    ) -> (String, String) {
-        (
-            cause.to_string(),
-            format!(
-                "the otlp collector at {shown} refused {} {} request(s) ({cause}); \
-                 dropping them, further refusals for this cause are only counted: {reason}",
-                export.requests,
-                export.signal.as_str()
-            ),
-        )
     }
 
     fn count(&self, event: Event<'_, Export>) {
@@ -329,11 +312,21 @@ impl Service for OtlpService {
                 request,
                 cause,
                 reason,
+                shown,
             } => {
+                let label = label(cause);
                 if let Ok(mut m) = c.requests_dropped.lock() {
-                    *m.entry(cause.to_string()).or_default() += request.requests;
+                    *m.entry(label.clone()).or_default() += request.requests;
                 }
                 c.set_last_error(reason);
+                self.rejections.warn(cause, || {
+                    format!(
+                        "the otlp collector at {shown} refused {} {} request(s) ({label}); \
+                         dropping them, further refusals for this cause are only counted: {reason}",
+                        request.requests,
+                        request.signal.as_str()
+                    )
+                });
             }
             Event::Retried { reason } => {
                 c.retries.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +342,7 @@ impl Service for OtlpService {
 
 #[cfg(test)]
 mod tests {
-    use super::client::{classify_status, delivered, http_url};
+    use super::client::{delivered, http_url};
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -426,19 +419,21 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    classify_status(&Status::new(code, "x")),
-                    ExportOutcome::Retry { .. }
+                    Outcome::from_grpc_status(&Status::new(code, "x")),
+                    Outcome::Retry { .. }
                 ),
                 "{code:?}"
             );
         }
-        match classify_status(&Status::invalid_argument("bad")) {
-            ExportOutcome::Rejected { cause, .. } => assert_eq!(cause, "grpc_invalid_argument"),
+        match Outcome::from_grpc_status(&Status::invalid_argument("bad")) {
+            Outcome::Rejected { cause, .. } => {
+                assert_eq!(label(cause), "grpc_invalid_argument")
+            }
             o => panic!("{o:?}"),
         }
         assert!(matches!(
-            classify_status(&Status::permission_denied("no")),
-            ExportOutcome::Rejected { .. }
+            Outcome::from_grpc_status(&Status::permission_denied("no")),
+            Outcome::Rejected { .. }
         ));
     }
 
@@ -487,22 +482,22 @@ mod tests {
         .encode_to_vec();
         assert_eq!(
             delivered(OtlpSignal::Traces, &body, false),
-            ExportOutcome::Delivered {
+            Ok(Taken {
                 rejected: 3,
                 message: "too old".into()
-            }
+            })
         );
         let json = br#"{"partialSuccess":{"rejectedSpans":"2","errorMessage":"x"}}"#;
         assert!(matches!(
             delivered(OtlpSignal::Traces, json, true),
-            ExportOutcome::Delivered { rejected: 2, .. }
+            Ok(Taken { rejected: 2, .. })
         ));
         assert_eq!(
             delivered(OtlpSignal::Traces, b"", false),
-            ExportOutcome::Delivered {
+            Ok(Taken {
                 rejected: 0,
                 message: String::new()
-            }
+            })
         );
     }
 }

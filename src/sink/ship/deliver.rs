@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{without_stored, Check, Event, Loop, Outcome, Partial, Reach, Service, Shipper};
+use super::{without_stored, Check, Event, Loop, Outcome, Partial, Reach, Service, Shipper, MARK};
 use crate::config::{fill_host, redact_url};
 use crate::discovery::current_host;
 
@@ -73,20 +73,19 @@ fn mark_in_flight<S: Service>(sh: &mut Shipper<S>, state: &mut Loop, mark: u64) 
     if let Err(e) = tokio::task::block_in_place(|| sh.reader.mark_in_flight(mark)) {
         // Sending anyway keeps the lines flowing; only a stop before this
         // push is acknowledged would then send them again in their first form.
-        if !state.mark_failing {
-            tracing::warn!(
+        state.failing.warn(MARK, || {
+            format!(
                 "cannot mark the {} {} in flight in {} ({e}); should the agent stop before \
                  it is acknowledged, the records {} sent again changed may be sent once more",
-                sh.service.wording().name,
-                sh.service.wording().request,
-                sh.service.wording().spool,
-                sh.service.wording().name,
-            );
-        }
-        state.mark_failing = true;
+                S::WORDING.name,
+                S::WORDING.request,
+                S::WORDING.spool,
+                S::WORDING.name,
+            )
+        });
         return;
     }
-    state.mark_failing = false;
+    state.failing.clear(&MARK);
 }
 
 /// How [`deliver`] ended.
@@ -110,7 +109,7 @@ async fn deliver<S: Service>(
     request: &S::Request,
     stop: &CancellationToken,
 ) -> Delivery {
-    let words = sh.service.wording();
+    let words = S::WORDING;
     loop {
         let Some(host) = current_host(&mut sh.host, stop).await else {
             return Delivery::Stopped;
@@ -128,9 +127,7 @@ async fn deliver<S: Service>(
             Outcome::Delivered { note } => {
                 sh.service.count(Event::Delivered { request, took });
                 if let Some((key, warning)) = note {
-                    if state.logged.insert(key) {
-                        tracing::warn!("{warning}");
-                    }
+                    state.notes.warn(key, || warning);
                 }
                 if state.backoff.attempts() > 0 {
                     tracing::info!("{} at {shown} takes {} again", words.name, words.requests);
@@ -142,15 +139,10 @@ async fn deliver<S: Service>(
             Outcome::Rejected { cause, reason } => {
                 sh.service.count(Event::Rejected {
                     request,
-                    cause: &cause,
+                    cause,
                     reason: &reason,
+                    shown: &shown,
                 });
-                let (key, message) = sh
-                    .service
-                    .rejection_message(request, &shown, &cause, &reason);
-                if state.logged.insert(key) {
-                    tracing::warn!("{message}");
-                }
                 state.backoff.reset();
                 sh.health.report_success();
                 return Delivery::Done;

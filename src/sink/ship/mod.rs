@@ -26,7 +26,6 @@
 //!   the spool is caught up. `stop` ends it at once; what is unshipped stays in
 //!   the spool for the next start.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -34,7 +33,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{Chosen, HostHealth};
+use crate::event::Repeated;
 use crate::sink::retry::Backoff;
+pub use crate::sink::retry::{Cause, Outcome, Partial};
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader, SpoolRecord};
 
 mod deliver;
@@ -83,20 +84,6 @@ pub struct Wording {
     pub spool: &'static str,
 }
 
-/// A service's answer that it took part of a request and refused the rest:
-/// only the service can tell which, from the request's records
-/// ([`Service::settle`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Partial {
-    pub status: u16,
-    /// The answer's body as received, up to a bound.
-    pub body: bytes::Bytes,
-    /// `body` is the whole answer.
-    pub complete: bool,
-    /// When the service said to come back (`Retry-After`).
-    pub after: Option<Duration>,
-}
-
 /// How a request taken in part was settled: what to send next.
 #[derive(Debug)]
 pub struct Settled<R> {
@@ -120,34 +107,17 @@ impl<R> Settled<R> {
     }
 }
 
-/// What became of one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Taken. `note` is a warning to log once per key (a partial success).
-    Delivered { note: Option<(String, String)> },
-    /// Refused for good: dropped and counted. `cause` keys the once-per-cause
-    /// log line.
-    Rejected { cause: String, reason: String },
-    /// May succeed later. `maybe_stored`: the try may have left the request (or
-    /// part of it) stored, so it is checked before it is sent again.
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-        maybe_stored: bool,
-    },
-    /// Taken in part: settled with [`Service::settle`].
-    Partial(Partial),
-}
-
 /// What the shipper tells a service to count.
 pub enum Event<'a, Q> {
     /// A request was taken; `took` is its round trip.
     Delivered { request: &'a Q, took: Duration },
-    /// A request was refused for good.
+    /// A request was refused for good: the service counts it and logs it
+    /// (once per cause); `shown` is where it was sent, as the log may show it.
     Rejected {
         request: &'a Q,
-        cause: &'a str,
+        cause: Cause,
         reason: &'a str,
+        shown: &'a str,
     },
     /// A try failed and will be retried.
     Retried { reason: &'a str },
@@ -201,7 +171,8 @@ pub trait Service: Send {
     /// acknowledgements written with the next push.
     const CHECKS_STORED: bool = false;
 
-    fn wording(&self) -> Wording;
+    /// How the log speaks of the service.
+    const WORDING: Wording;
 
     /// Splits a batch into the groups that each become one request (in order).
     fn split(&self, records: Vec<Self::Record>) -> Vec<Vec<Self::Record>> {
@@ -213,15 +184,6 @@ pub trait Service: Send {
 
     /// Sends one request to `url` (the settings' URL with the host filled in).
     fn send(&mut self, url: &str, request: &Self::Request) -> impl Future<Output = Outcome> + Send;
-
-    /// The log line for a refusal, and the key it is logged once per.
-    fn rejection_message(
-        &self,
-        request: &Self::Request,
-        shown: &str,
-        cause: &str,
-        reason: &str,
-    ) -> (String, String);
 
     fn count(&self, event: Event<'_, Self::Request>);
 
@@ -275,14 +237,19 @@ pub async fn run<S: Service>(
 /// The state of one shipping loop.
 struct Loop {
     backoff: Backoff,
-    /// Causes already logged (refusals, notes).
-    logged: HashSet<String>,
+    /// Notes (partial successes), each logged once per key.
+    notes: Repeated<String>,
+    /// The spool's in-flight record failing ([`BEGIN_PUSH`], [`MARK`]): logged
+    /// once until it works again.
+    failing: Repeated,
     /// The end of the push in flight at the last stop, while the reader is not
     /// past it.
     in_flight: Option<SpoolPosition>,
-    begin_push_failing: bool,
-    mark_failing: bool,
 }
+
+/// Causes of [`Loop::failing`].
+const BEGIN_PUSH: &str = "begin push";
+const MARK: &str = "mark in flight";
 
 async fn ship<S: Service>(
     sh: &mut Shipper<S>,
@@ -291,14 +258,13 @@ async fn ship<S: Service>(
 ) {
     let mut state = Loop {
         backoff: Backoff::new(Duration::from_millis(250), sh.settings.max_backoff),
-        logged: HashSet::new(),
+        notes: Repeated::once(),
+        failing: Repeated::once(),
         in_flight: if S::CHECKS_STORED {
             sh.reader.in_flight()
         } else {
             None
         },
-        begin_push_failing: false,
-        mark_failing: false,
     };
     loop {
         let (batch, replayed) = match state.in_flight {
@@ -365,21 +331,20 @@ async fn ship<S: Service>(
 /// Records the end of the push about to be sent (with the last acknowledgement).
 fn begin_push<S: Service>(sh: &mut Shipper<S>, state: &mut Loop, end: SpoolPosition) {
     match tokio::task::block_in_place(|| sh.reader.begin_push(end)) {
-        Ok(()) => state.begin_push_failing = false,
+        Ok(()) => state.failing.clear(&BEGIN_PUSH),
         Err(e) => {
             // Pushing anyway keeps the lines flowing; only a stop before this
             // push's answer would then re-send it unchecked.
-            if !state.begin_push_failing {
-                tracing::warn!(
+            state.failing.warn(BEGIN_PUSH, || {
+                format!(
                     "cannot record the {} {} in flight in {} ({e}); should the agent stop \
                      before it answers, the {} is sent again without checking what it already has",
-                    sh.service.wording().name,
-                    sh.service.wording().request,
-                    sh.service.wording().spool,
-                    sh.service.wording().request,
-                );
-            }
-            state.begin_push_failing = true;
+                    S::WORDING.name,
+                    S::WORDING.request,
+                    S::WORDING.spool,
+                    S::WORDING.request,
+                )
+            });
         }
     }
 }
@@ -417,7 +382,7 @@ fn acknowledge<S: Service>(sh: &mut Shipper<S>, end: SpoolPosition) {
     } else if let Err(e) = tokio::task::block_in_place(|| sh.reader.ack(end)) {
         tracing::warn!(
             "cannot record the {} acknowledgement in the spool: {e}",
-            sh.service.wording().name
+            S::WORDING.name
         );
     }
 }
@@ -429,13 +394,13 @@ pub(super) fn save_ack<S: Service>(sh: &mut Shipper<S>) {
         // checked against what the service holds after a restart.
         tracing::warn!(
             "cannot record the {} acknowledgement in the spool: {e}",
-            sh.service.wording().name
+            S::WORDING.name
         );
     }
 }
 
 pub(super) fn spool_error<S: Service>(sh: &Shipper<S>, e: &SpoolError) {
-    tracing::error!("cannot read {}: {e}", sh.service.wording().spool);
+    tracing::error!("cannot read {}: {e}", S::WORDING.spool);
     sh.service.count(Event::SpoolError {
         error: &e.to_string(),
     });

@@ -162,7 +162,8 @@ struct Ctx {
 }
 
 /// Binds the socket: its parent is created 0755 if missing, a stale socket left
-/// by a dead daemon is replaced, the socket is made 0666 (see the module doc).
+/// by a dead daemon is replaced, the socket is made 0666 (see the module doc)
+/// before it appears under its name.
 pub fn bind(socket: &Path) -> io::Result<UnixListener> {
     if let Some(parent) = socket.parent() {
         if !parent.as_os_str().is_empty() && !parent.exists() {
@@ -198,8 +199,25 @@ pub fn bind(socket: &Path) -> io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    // Bound, listening and opened to all under a name of its own, then renamed
+    // into place: an `exec` starting beside the daemon finds either no socket
+    // or one that answers, never one still being set up.
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = socket.with_file_name(format!(".{name}.{}", std::process::id()));
+    match std::fs::remove_file(&staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&staging)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o666))
+        .and_then(|()| std::fs::rename(&staging, socket));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     Ok(listener)
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
@@ -23,6 +23,7 @@ use super::reader::FileState;
 use super::walk::{Limits, Reached, Request, Scope, Walked, WalkerThread};
 use super::watcher::{Target, Woken, WATCH_BUDGET};
 use super::Tailer;
+use crate::event::{Level, Repeated};
 
 /// After a walk that took `d`, the next of its kind waits `d × WALK_REST`.
 const WALK_REST: u32 = 19;
@@ -39,9 +40,9 @@ pub(super) struct Discovery {
     near: HashMap<PathBuf, Target>,
     next_sweep: Instant,
     next_near: Instant,
-    /// The bounds logged already (each is logged once).
-    logged: Reached,
-    link_logged: bool,
+    /// The bounds a walk reached and the symlinks it did not follow: each
+    /// logged once, counted each time.
+    events: Repeated,
     /// Sweeps ended: a problem not reported again by a whole sweep is
     /// forgotten (and logged again if it comes back).
     sweeps: u64,
@@ -56,8 +57,7 @@ impl Discovery {
             near: HashMap::new(),
             next_sweep: now,
             next_near: now,
-            logged: Reached::default(),
-            link_logged: false,
+            events: Repeated::once(),
             sweeps: 0,
         }
     }
@@ -286,27 +286,22 @@ impl Tailer {
     /// Counts the bounds a walk reached, and logs each the first time.
     fn note_bounds(&mut self, reached: Reached, link: Option<&(PathBuf, usize)>) {
         let c = &self.counters;
-        let logged = &mut self.discovery.logged;
+        let events = &self.discovery.events;
         let limits = Limits::DEFAULT;
-        let once = |hit: bool,
-                    logged: &mut bool,
-                    counter: &std::sync::atomic::AtomicU64,
-                    msg: &dyn Fn() -> String| {
-            if !hit {
-                return;
-            }
-            counter.fetch_add(1, Ordering::Relaxed);
-            if !*logged {
-                *logged = true;
-                tracing::warn!(
-                    "{} (logged once; counted in wisp_file_scans_bounded_total)",
-                    msg()
-                );
-            }
-        };
-        once(
+        let bound =
+            |hit: bool, cause: &'static str, counter: &AtomicU64, msg: &dyn Fn() -> String| {
+                if hit {
+                    events.counted(counter, cause, || {
+                        format!(
+                            "{} (logged once; counted in wisp_file_scans_bounded_total)",
+                            msg()
+                        )
+                    });
+                }
+            };
+        bound(
             reached.entries,
-            &mut logged.entries,
+            "entries",
             &c.scans_bounded_entries,
             &|| {
                 format!(
@@ -316,32 +311,22 @@ impl Tailer {
             )
             },
         );
-        once(
-            reached.time,
-            &mut logged.time,
-            &c.scans_bounded_time,
-            &|| {
-                format!(
+        bound(reached.time, "time", &c.scans_bounded_time, &|| {
+            format!(
                 "a scan for [[files]] stopped after {} ms; the next scan goes on from there, so \
                  files in a tree this slow are found over several scans",
                 limits.time.as_millis()
             )
-            },
-        );
-        once(
-            reached.depth,
-            &mut logged.depth,
-            &c.scans_bounded_depth,
-            &|| {
-                format!(
+        });
+        bound(reached.depth, "depth", &c.scans_bounded_depth, &|| {
+            format!(
                 "folders more than {} levels below a pattern's fixed folders are not looked into",
                 limits.depth
             )
-            },
-        );
-        once(
+        });
+        bound(
             reached.watches,
-            &mut logged.watches,
+            "watches",
             &c.scans_bounded_watches,
             &|| {
                 format!(
@@ -352,16 +337,15 @@ impl Tailer {
             },
         );
         if let Some((path, ei)) = link {
-            if !self.discovery.link_logged {
-                self.discovery.link_logged = true;
-                let name = self.entries.get(*ei).map_or("", |e| e.config.name.as_str());
-                tracing::info!(
+            let name = self.entries.get(*ei).map_or("", |e| e.config.name.as_str());
+            events.log(Level::Info, "symlink", || {
+                format!(
                     "not looking into {}: a symlink, and [[files]] {name:?} does not set \
                      follow_symlinks = true, so no symlink to a folder is followed below the \
                      pattern's fixed folders (further ones are not logged)",
                     path.display()
-                );
-            }
+                )
+            });
         }
     }
 

@@ -14,9 +14,13 @@ use super::build::{data_points, request};
 use super::collect::Collector;
 use super::HostMetricsSettings;
 use crate::config::Config;
+use crate::event::Repeated;
 use crate::metric::AgentMetrics;
 use crate::record::{OtlpPayload, OtlpSignal};
 use crate::relay::Intake;
+
+/// The cause the sample task logs once while buffering fails.
+const BUFFER: &str = "buffer";
 
 /// Starts the task when `[host_metrics] enabled` or `agent_metrics` and the
 /// relay runs (`intake`: where it stores); with `[otlp] enabled = false` there
@@ -74,7 +78,8 @@ pub async fn run(
     let mut collector = settings
         .system
         .then(|| Collector::new(settings.proc_root.clone()));
-    let mut failing = false;
+    // Buffering samples failing: logged once until it works again.
+    let failing = Repeated::once();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -105,16 +110,14 @@ pub async fn run(
                 tracing::debug!(
                     "host metrics: stored a sample of {host_points} host and {agent_points} agent data points"
                 );
-                if failing {
+                if failing.ended(&BUFFER) {
                     tracing::info!("host metrics: samples are buffered again");
-                    failing = false;
                 }
             }
             Err(e) => {
-                if !failing {
-                    tracing::warn!("host metrics: cannot buffer a sample ({e}); it is skipped");
-                    failing = true;
-                }
+                failing.warn(BUFFER, || {
+                    format!("host metrics: cannot buffer a sample ({e}); it is skipped")
+                });
             }
         }
     }
