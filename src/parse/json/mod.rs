@@ -3,12 +3,10 @@
 //! ids, configured label fields, and `log` for a nested `log.level`). Nothing is
 //! allocated and no tree is built.
 //!
-//! Three passes, each later one paid only by the lines the one before hands over:
-//! [`skim`] (one walk over the bytes, for lines without escapes or anything
-//! unusual, when no label fields are configured), then [`fast`] (borrowed `&str`
-//! keys, `IgnoredAny` for the members the agent skips, level, time and ids read
-//! straight from serde_json's values), which answers for nearly every line a
-//! logger writes; the full reader here takes every key and value as a
+//! Two passes, the second paid only by the few lines the first hands over:
+//! [`fast`] (borrowed `&str` keys, `IgnoredAny` for the members the agent skips,
+//! level, time and ids read straight from serde_json's values) answers for nearly
+//! every line a logger writes; the full reader here takes every key and value as a
 //! borrowed `&RawValue` (serde_json's `ignore_value` underneath, as for
 //! `IgnoredAny`, plus the slice it skipped) and reads the few values kept from the
 //! line's own text, which is what escaped keys, numbers kept as written, errors,
@@ -30,7 +28,6 @@
 
 mod fast;
 mod lenient;
-mod skim;
 #[cfg(test)]
 mod tests;
 mod value;
@@ -110,12 +107,6 @@ pub fn scan<'a>(
         .find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(b'{') {
         return Err(Broken::NotAnObject);
-    }
-    if label_fields.is_empty() {
-        if skim::read(line, out) {
-            return Ok(());
-        }
-        *out = Fields::new(0);
     }
     if fast::read(line, label_fields, out) {
         return Ok(());
