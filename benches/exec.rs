@@ -17,7 +17,7 @@
 //! built (colon-separated, e.g. a build of main for before and after figures).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -233,7 +233,7 @@ fn main() {
             return timed(&mut cmd);
         }
         let s = &subjects[(k - 1) / 2];
-        s.exec((k - 1) % 2 == 0, &repo)
+        s.exec((k - 1).is_multiple_of(2), &repo)
     };
     // Warm up: page cache, the daemons' first connections.
     for _ in 0..5 {

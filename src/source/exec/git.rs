@@ -533,7 +533,7 @@ mod tests {
         std::fs::remove_file(git.join("refs/heads/main")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &git.join("refs/heads/main"),
+            git.join("refs/heads/main"),
             rustix::fs::FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
