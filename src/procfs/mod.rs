@@ -12,7 +12,7 @@
 //! `meminfo` key, `ctxt` and `processes` in `/proc/stat`, 37 fields of
 //! `/proc/self/stat`), read load averages as `f32` and fail a whole `mounts`
 //! or `net/dev` file on one odd line, where these read as far as a file goes
-//! (docs/ARCHITECTURE.md, "Decisions").
+//! (docs/decisions/019-proc-is-read-by-hand.md).
 
 use std::fs::File;
 use std::io::{self, Read};

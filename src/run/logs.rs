@@ -174,7 +174,7 @@ impl OpenLogs {
         // a crash never take a timestamp the spool's records already carry.
         transformer.restore_clocks(writer.resume_state());
         let tail = TailSettings {
-            resume: writer.resume_state().clone(),
+            resume: Some(writer.resume_state().clone()),
             ..TailSettings::new(config.files.clone(), state_dir.to_path_buf())
         };
         let counters = StageCounters {

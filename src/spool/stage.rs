@@ -144,7 +144,7 @@ pub async fn run<R>(
     R: SpoolRecord + Weigh + Send + 'static,
 {
     let mut writer = Some(writer);
-    let mut failing = false;
+    let failing = crate::event::Repeated::once();
     // With `buffer.fsync = "interval"` an idle spool still gets its fsync: wake
     // up at least once a second to see whether one is due.
     let tick = Duration::from_secs(1);
@@ -241,10 +241,9 @@ pub async fn run<R>(
             };
             match result {
                 Ok(()) => {
-                    if failing {
+                    if failing.ended(&"buffer") {
                         tracing::info!("{} takes {} again", settings.name, settings.what);
                         health.set(None);
-                        failing = false;
                     }
                     ack.done();
                     break;
@@ -256,15 +255,14 @@ pub async fn run<R>(
                         }
                         _ => "",
                     };
-                    if !failing {
-                        tracing::error!(
+                    let told = failing.error("buffer", || {
+                        format!(
                             "cannot buffer {} {}: {e}{hint}; {}",
-                            count,
-                            settings.what,
-                            settings.meanwhile
-                        );
+                            count, settings.what, settings.meanwhile
+                        )
+                    });
+                    if told {
                         health.set(Some(format!("{e}{hint}")));
-                        failing = true;
                     }
                     match settings.on_failure {
                         OnFailure::Refuse => {

@@ -1,5 +1,13 @@
 //! Checkpoints: how far each file has been handed on, persisted in
-//! `<state_dir>/positions.json`.
+//! `<state_dir>/positions.json`, and the resume points the spool stores for them.
+//!
+//! One source of truth per start: when the tailer's lines go to a spool that
+//! holds the point of any file, the spool's points (its commit frames, stored in
+//! the same fsync as the lines) are the checkpoints, and `positions.json` only
+//! adds when each file was last seen; without a spool (the dry run, the tailer
+//! alone), or with one that holds no file's point yet (new, or left by an agent
+//! that wrote none), `positions.json` is, and the tailer hands its points to
+//! that spool in one batch at start ([`CheckpointStore::settle_start`]).
 //!
 //! Promises: an offset advances only when the batch that ends there is acknowledged
 //! downstream, and only over an unbroken run of acknowledged batches (a dropped ack
@@ -8,11 +16,10 @@
 //! a crash leaves the old or the new version, never a mix; a corrupt file is
 //! reported, kept aside as `positions.json.corrupt`, and rebuilt, never fatal.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::fingerprint::{FileId, Fingerprint};
 use crate::record::ResumePoint;
 use crate::spool::ResumeState;
+
+mod commits;
+pub(crate) use commits::{lock, AckTicket, Commits, SharedCommits};
 
 /// The checkpoint file's name under `state_dir`.
 pub const POSITIONS_FILE: &str = "positions.json";
@@ -145,6 +155,14 @@ fn decode_resume(key: &[u8], state: &[u8]) -> Option<(FileId, PathBuf, Fingerpri
     Some((id, path, fp, offset))
 }
 
+/// Whether the spool's resume state holds the point of any file (rather than
+/// none, or only other sources' points).
+pub(crate) fn holds_file_points(state: &ResumeState) -> bool {
+    state
+        .iter()
+        .any(|(key, value)| decode_resume(key, value).is_some())
+}
+
 /// The checkpoints of every file known, live or not.
 #[derive(Debug)]
 pub(crate) struct CheckpointStore {
@@ -212,34 +230,94 @@ impl CheckpointStore {
         &self.path
     }
 
-    /// Takes the resume points the spool holds over what `positions.json` says:
+    /// Settles where files resume at start, from the spool's resume points
+    /// (`None`: no spool, `positions.json` alone): see the module doc. Returns
+    /// the points to hand to a spool that holds no file's point yet (empty
+    /// otherwise), for one batch without lines.
+    pub(crate) fn settle_start(&mut self, spool: Option<&ResumeState>) -> Vec<ResumePoint> {
+        let Some(state) = spool else {
+            return Vec::new();
+        };
+        if holds_file_points(state) {
+            let moved = self.apply_resume(state);
+            if moved > 0 {
+                tracing::info!(
+                    "{moved} file(s) resume where the buffer's last commit left them, past {}: \
+                     lines buffered before a crash are not read again",
+                    self.path.display()
+                );
+            }
+            return Vec::new();
+        }
+        let points = self.points();
+        if !points.is_empty() {
+            tracing::info!(
+                "the buffer holds no file's resume point: {} file(s) resume where {} says, \
+                 and the buffer takes their points",
+                points.len(),
+                self.path.display()
+            );
+        }
+        points
+    }
+
+    /// Makes the spool's resume points the checkpoints, when it holds any file's:
     /// they were stored in the same fsync as the lines, and `positions.json` is
     /// written after it (about once a second), so a crash leaves it behind them,
-    /// never ahead. Returns how many checkpoints moved.
+    /// never ahead. An entry the spool holds no point for is dropped (the spool
+    /// was told to forget it); `positions.json` only adds when each file was last
+    /// seen, which the spool does not keep. A spool that holds no file's point
+    /// changes nothing: `positions.json` stands, and is handed to it
+    /// ([`CheckpointStore::points`]). Returns how many checkpoints moved.
     pub(crate) fn apply_resume(&mut self, state: &ResumeState) -> usize {
+        let points: Vec<_> = state
+            .iter()
+            .filter_map(|(key, value)| decode_resume(key, value))
+            .collect();
+        if points.is_empty() {
+            return 0;
+        }
+        let mut was = std::mem::take(&mut self.entries);
+        self.followed_paths.clear();
         let mut moved = 0;
-        for (key, value) in state {
-            let Some((id, path, fingerprint, offset)) = decode_resume(key, value) else {
-                continue;
-            };
+        for (id, path, fingerprint, offset) in points {
             self.followed_paths.insert(path.clone());
-            match self.entries.get_mut(&id) {
-                Some(c) if c.offset == offset && c.fingerprint == fingerprint => {}
+            let seen = match was.remove(&id) {
+                Some(c) if c.offset == offset && c.fingerprint == fingerprint => c.seen,
                 // When last seen stays as it was, so the entry is still pruned
                 // in time.
                 Some(c) => {
                     moved += 1;
-                    c.offset = offset;
-                    c.fingerprint = fingerprint;
-                    c.path = path;
+                    c.seen
                 }
                 None => {
                     moved += 1;
-                    self.put(id, &path, fingerprint, offset);
+                    unix_secs(SystemTime::now())
                 }
-            }
+            };
+            self.entries.insert(
+                id,
+                Checkpoint {
+                    path,
+                    dev: id.dev,
+                    inode: id.inode,
+                    fingerprint,
+                    offset,
+                    seen,
+                },
+            );
         }
         moved
+    }
+
+    /// The resume point of every checkpoint kept: what a spool that holds none
+    /// is handed at start, in one batch (one commit), so that from then on it
+    /// holds them all.
+    pub(crate) fn points(&self) -> Vec<ResumePoint> {
+        self.entries
+            .values()
+            .map(|c| resume_point(c.id(), &c.path, c.fingerprint, c.offset))
+            .collect()
     }
 
     /// What is known of the file `id`, now open as `file` under `path`. Matches by
@@ -399,137 +477,6 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The batches of one file that are out downstream, and the offset before which
-/// everything has been acknowledged. Shared between the tailer and the acks.
-#[derive(Debug)]
-pub(crate) struct Commits {
-    /// Bumped when the file is truncated: acks of batches read before that no
-    /// longer say anything about the file's new content.
-    epoch: u64,
-    /// Sequence number of `pending[0]`.
-    first_seq: u64,
-    /// End offset of each batch out, and what became of it.
-    pending: VecDeque<(u64, Slot)>,
-    committed: u64,
-}
-
-/// A handle to one file's [`Commits`].
-pub(crate) type SharedCommits = Arc<Mutex<Commits>>;
-
-impl Commits {
-    pub(crate) fn new(committed: u64) -> SharedCommits {
-        Arc::new(Mutex::new(Self {
-            epoch: 0,
-            first_seq: 0,
-            pending: VecDeque::new(),
-            committed,
-        }))
-    }
-
-    /// Registers a batch ending at `end`; returns the ticket its ack presents.
-    pub(crate) fn register(&mut self, end: u64) -> (u64, u64) {
-        let seq = self.first_seq + self.pending.len() as u64;
-        self.pending.push_back((end, Slot::Out));
-        (self.epoch, seq)
-    }
-
-    /// Acknowledges one batch. The checkpoint moves over the acknowledged prefix
-    /// only: acks come in order from the FIFO stages after the tailer, but a batch
-    /// whose ack was dropped must hold the checkpoint back.
-    pub(crate) fn ack(&mut self, epoch: u64, seq: u64) {
-        self.settle(epoch, seq, Slot::Acked);
-        while let Some(&(end, Slot::Acked)) = self.pending.front() {
-            self.committed = self.committed.max(end);
-            self.pending.pop_front();
-            self.first_seq += 1;
-        }
-    }
-
-    /// A batch's ack was dropped uncalled: not acknowledged, ever. The checkpoint
-    /// stays before it, and nothing waits for it any more.
-    pub(crate) fn dropped(&mut self, epoch: u64, seq: u64) {
-        self.settle(epoch, seq, Slot::Dropped);
-    }
-
-    fn settle(&mut self, epoch: u64, seq: u64, to: Slot) {
-        if epoch != self.epoch || seq < self.first_seq {
-            return;
-        }
-        let Ok(i) = usize::try_from(seq - self.first_seq) else {
-            return;
-        };
-        if let Some(slot) = self.pending.get_mut(i) {
-            if slot.1 == Slot::Out {
-                slot.1 = to;
-            }
-        }
-    }
-
-    /// The file was truncated: forget what is out and start again at `committed`.
-    pub(crate) fn reset(&mut self, committed: u64) {
-        self.epoch += 1;
-        self.first_seq = 0;
-        self.pending.clear();
-        self.committed = committed;
-    }
-
-    pub(crate) fn committed(&self) -> u64 {
-        self.committed
-    }
-
-    /// Batches out whose ack has neither been called nor dropped yet.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.pending.iter().filter(|(_, s)| *s == Slot::Out).count()
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
-    Out,
-    Acked,
-    Dropped,
-}
-
-/// What a batch's [`crate::record::Ack`] holds: calling it acknowledges the batch;
-/// dropping it uncalled tells the file the batch will never be acknowledged.
-pub(crate) struct AckTicket {
-    commits: SharedCommits,
-    epoch: u64,
-    seq: u64,
-    done: bool,
-}
-
-impl AckTicket {
-    pub(crate) fn register(commits: &SharedCommits, end: u64) -> Self {
-        let (epoch, seq) = lock(commits).register(end);
-        Self {
-            commits: commits.clone(),
-            epoch,
-            seq,
-            done: false,
-        }
-    }
-
-    pub(crate) fn ack(mut self) {
-        lock(&self.commits).ack(self.epoch, self.seq);
-        self.done = true;
-    }
-}
-
-impl Drop for AckTicket {
-    fn drop(&mut self) {
-        if !self.done {
-            lock(&self.commits).dropped(self.epoch, self.seq);
-        }
-    }
-}
-
-/// Locks a file's commits; a poisoned lock (a panic elsewhere) still holds valid
-/// offsets, so it is used as it is.
-pub(crate) fn lock(c: &SharedCommits) -> std::sync::MutexGuard<'_, Commits> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

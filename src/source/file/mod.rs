@@ -19,8 +19,11 @@
 //!   ([`scan`]);
 //! - lines are cut, rendered and joined per file ([`reader`]) into batches whose
 //!   acks, called once the batch is durable downstream, advance the checkpoint
-//!   ([`checkpoint`]); the checkpoint file is written atomically every second and at
-//!   shutdown, and a restart resumes from it exactly;
+//!   ([`checkpoint`]); each batch carries the file's resume point to the spool,
+//!   which stores it in the fsync that stores the lines, and a restart resumes
+//!   where the spool's last commit says; the checkpoint file, written atomically
+//!   every second and at shutdown after the spool, is the resume point only
+//!   where no spool holds one (the dry run, the tailer alone);
 //! - `start_at = end` applies only to files present at startup with no checkpoint;
 //!   a file that appears while the agent runs is read from its start, or lines
 //!   written right after a rotation would be lost;
@@ -114,9 +117,12 @@ pub struct TailSettings {
     pub events: bool,
     /// Where the tailer counts what it does (shared with the admin endpoint).
     pub counters: Arc<TailCounters>,
-    /// The resume points the spool holds (its commits): they win over
-    /// `positions.json`, which is written after them.
-    pub resume: ResumeState,
+    /// The resume points of the spool the tailer's lines go to (its commits),
+    /// `None` without a spool (the dry run, the tailer alone). Once the spool
+    /// holds any file's point, its points are the checkpoints and
+    /// `positions.json` is a copy written after them; a spool that holds none
+    /// is handed what `positions.json` says, in one batch at start.
+    pub resume: Option<ResumeState>,
     /// The exec runs the daemon knows: a line marked as one of them, in a file
     /// of the user who ran it, is left to `exec` (see [`crate::source::terminal::mark`]).
     /// `None` (no exec server): every line is shipped.
@@ -131,7 +137,7 @@ impl TailSettings {
             state_dir,
             events: true,
             counters: Arc::default(),
-            resume: ResumeState::new(),
+            resume: None,
             known_runs: None,
         }
     }
@@ -468,7 +474,7 @@ struct Tailer {
     closing: Vec<Closing>,
     next_seq: u64,
     store: CheckpointStore,
-    save_failing: bool,
+    save_failing: crate::event::Repeated,
     watcher: DirWatcher,
     discovery: Discovery,
     counters: Arc<TailCounters>,
@@ -532,13 +538,26 @@ impl Tailer {
         if let Some(p) = problem {
             tracing::warn!("{p}");
         }
-        let moved = store.apply_resume(&settings.resume);
-        if moved > 0 {
-            tracing::info!(
-                "{moved} file(s) resume where the buffer's last commit left them, past {}: \
-                 lines buffered before a crash are not read again",
-                store.path().display()
-            );
+        let mut out = VecDeque::new();
+        let marker_source = Arc::new(SourceInfo {
+            job: String::new(),
+            filename: None,
+            labels: Vec::new(),
+            format: crate::config::LogFormat::Text,
+            label_fields: Vec::new(),
+            trace_context: None,
+            // Marks carry resume points, never records.
+            owner: crate::record::Owner::UNKNOWN,
+        });
+        let handed = store.settle_start(settings.resume.as_ref());
+        if !handed.is_empty() {
+            out.push_back(SourceBatch {
+                source: marker_source.clone(),
+                lines: Vec::new(),
+                ack: handed
+                    .into_iter()
+                    .fold(crate::record::Ack::none(), |a, p| a.with_resume(p)),
+            });
         }
         let entries: Vec<Entry> = settings
             .files
@@ -583,28 +602,19 @@ impl Tailer {
             closing: Vec::new(),
             next_seq: 0,
             store,
-            save_failing: false,
+            save_failing: crate::event::Repeated::once(),
             watcher,
             discovery: Discovery::new(thread),
             counters: settings.counters.clone(),
             known_runs: settings.known_runs.clone(),
             chunk: vec![0; reader::CHUNK_BYTES],
-            out: VecDeque::new(),
+            out,
             poll_interval,
             unreadable: HashMap::new(),
             truncated: Vec::new(),
             undecided: false,
             patterns,
-            marker_source: Arc::new(SourceInfo {
-                job: String::new(),
-                filename: None,
-                labels: Vec::new(),
-                format: crate::config::LogFormat::Text,
-                label_fields: Vec::new(),
-                trace_context: None,
-                // Marks carry resume points, never records.
-                owner: crate::record::Owner::UNKNOWN,
-            }),
+            marker_source,
         })
     }
 

@@ -226,25 +226,21 @@ impl Tailer {
         }
         match self.store.save() {
             Ok(()) => {
-                if self.save_failing {
+                if self.save_failing.ended(&"save") {
                     tracing::info!(
                         "checkpoint file {} written again",
                         self.store.path().display()
                     );
                 }
-                self.save_failing = false;
             }
             Err(e) => {
-                self.counters
-                    .checkpoint_write_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                if !self.save_failing {
-                    tracing::warn!(
-                        "cannot write checkpoint file {}: {e}; will retry",
-                        self.store.path().display()
-                    );
-                }
-                self.save_failing = true;
+                self.save_failing
+                    .counted(&self.counters.checkpoint_write_errors, "save", || {
+                        format!(
+                            "cannot write checkpoint file {}: {e}; will retry",
+                            self.store.path().display()
+                        )
+                    });
             }
         }
     }

@@ -166,3 +166,48 @@ fn a_reused_inode_with_other_content_is_changed() {
         }
     );
 }
+
+#[test]
+fn once_the_spool_holds_a_files_point_positions_adds_only_when_each_was_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = CheckpointStore::load(dir.path());
+    let fp = Fingerprint::of_bytes(b"first line\n");
+    // Forgotten by the spool (deleted and fully handed on) before the crash
+    // that kept positions.json from saying so too.
+    s.put(id(3), Path::new("/gone.log"), fp, 40);
+    let mut state = ResumeState::new();
+    let p = resume_point(id(1), Path::new("/a.log"), fp, 250);
+    state.insert(p.key, p.state.unwrap());
+    assert!(holds_file_points(&state));
+    assert_eq!(s.apply_resume(&state), 1);
+    assert_eq!(s.get(id(1)).map(|c| c.offset), Some(250));
+    assert!(
+        !s.knows(id(3)),
+        "the spool is the truth: {:?}",
+        s.get(id(3))
+    );
+}
+
+#[test]
+fn a_spool_without_file_points_is_handed_what_positions_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = CheckpointStore::load(dir.path());
+    let fp = Fingerprint::of_bytes(b"first line\n");
+    s.put(id(1), Path::new("/a.log"), fp, 100);
+    let mut state = ResumeState::new();
+    // An exec run's point only.
+    state.insert(vec![7; 40], vec![1; 24]);
+    assert!(!holds_file_points(&state));
+    assert_eq!(s.apply_resume(&state), 0);
+    assert_eq!(s.get(id(1)).map(|c| c.offset), Some(100));
+    let mut handed = ResumeState::new();
+    for p in s.points() {
+        handed.insert(p.key, p.state.unwrap());
+    }
+    let (mut fresh, _) = CheckpointStore::load(tempfile::tempdir().unwrap().path());
+    assert_eq!(fresh.apply_resume(&handed), 1);
+    assert_eq!(
+        fresh.get(id(1)).map(|c| (c.offset, c.fingerprint)),
+        Some((100, fp))
+    );
+}
