@@ -42,7 +42,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if args.flush {
                 return Ok(command::exec::flush(config));
             }
-            Ok(runtime()?.block_on(command::exec::run(config, args)))
+            // One thread: exec waits on its command and copies two pipes; no
+            // worker threads to start (and stop) around every command.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            Ok(runtime.block_on(command::exec::run(config, args)))
         }
         Command::Config(ConfigCommand::Check) => {
             command::config::check(&config::load(path, &ProcessEnv)?)

@@ -166,7 +166,9 @@ impl Capture {
         self.follow.wrote();
     }
 
-    /// Records the end; the capture is then complete.
+    /// Records the end; the capture is then complete. The file stays open
+    /// (and locked) until exec exits, so no flush takes the capture while this
+    /// run's own sender still sends it.
     fn finish(&mut self, exit: i32, git_head: Option<String>) {
         match protocol::encode(&ClientFrame::End {
             exit: Some(exit),
@@ -176,12 +178,14 @@ impl Capture {
             Ok(b) => self.write(&b),
             Err(e) => warn(&format!("cannot record the end: {e}")),
         }
-        // The file stays open (and locked) until exec exits, so no flush takes
-        // the capture while this run's own sender still sends it.
+        self.follow.end();
+    }
+
+    /// Makes the capture durable: it stays in the outbox for a later hand-over.
+    fn keep(&self) {
         if let Some(file) = &self.file {
             let _ = file.sync_data();
         }
-        self.follow.end();
     }
 }
 
@@ -399,25 +403,27 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
                 return None;
             }
         };
-        // Earlier runs' captures go first, in the background.
-        {
-            let (sockets, dir, own) = (sockets.clone(), dir.clone(), capture.path.clone());
-            let _ = std::thread::Builder::new()
-                .name("exec-flush".into())
-                .spawn(move || client::flush(&sockets, &dir, Some(&own)));
-        }
+        // This run's sender first: the command waits for its hello.
         let (path, follow) = (capture.path.clone(), capture.follow.clone());
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let send_to = sockets.clone();
         let spawned = std::thread::Builder::new()
             .name("exec-send".into())
             .spawn(move || {
                 let sent = match File::open(&path) {
-                    Ok(mut file) => client::send_and_delete(&sockets, &path, &mut file, Some(&follow)),
+                    Ok(mut file) => client::send_and_delete(&send_to, &path, &mut file, Some(&follow)),
                     Err(e) => Err(client::SendError::Corrupt(e.to_string())),
                 };
                 follow.settle();
                 let _ = done_tx.send(sent);
             });
+        // Earlier runs' captures, in the background.
+        {
+            let (dir, own) = (dir.clone(), capture.path.clone());
+            let _ = std::thread::Builder::new()
+                .name("exec-flush".into())
+                .spawn(move || client::flush(&sockets, &dir, Some(&own)));
+        }
         if spawned.is_ok() {
             sender = Some(done_rx);
             capture.follow.wait_settled(HELLO_WAIT);
@@ -514,33 +520,45 @@ pub async fn run(config: Option<Config>, args: ExecArgs) -> ExitCode {
 /// What the sender thread says once it is done: the capture handed over, or why not.
 type Sent = std::sync::mpsc::Receiver<Result<(), client::SendError>>;
 
-/// Records the end in the capture and gives the sender [`HAND_OVER_GRACE`].
+/// Records the end in the capture and gives the sender [`HAND_OVER_GRACE`]; a
+/// capture it did not hand over is made durable before exec exits (one the
+/// daemon took is deleted: no fsync for it).
 fn finish(
     capture: Option<&Arc<Mutex<Capture>>>,
     code: i32,
     git_head: Option<String>,
     sender: Option<Sent>,
 ) {
-    let mut dir = None;
-    if let Some(c) = capture {
-        if let Ok(mut c) = c.lock() {
-            c.finish(code, git_head);
-            dir = c.path.parent().map(std::path::Path::to_path_buf);
-        }
-    }
-    let (Some(done), Some(dir)) = (sender, dir) else {
+    let Some(capture) = capture else {
         return;
     };
-    match done.recv_timeout(HAND_OVER_GRACE) {
-        Ok(Ok(())) => outbox::daemon_answered(&dir),
-        Ok(Err(client::SendError::Unreachable(why))) if outbox::daemon_away(&dir) => {
-            warn(&format!(
-                "no daemon answers ({why}); runs are kept in {} and handed over once \
-                 `wisp-agent run` is up (said once until it answers)",
-                dir.display()
-            ));
+    let mut dir = None;
+    if let Ok(mut c) = capture.lock() {
+        c.finish(code, git_head);
+        dir = c.path.parent().map(std::path::Path::to_path_buf);
+    }
+    let handed_over = match (sender, dir) {
+        (Some(done), Some(dir)) => match done.recv_timeout(HAND_OVER_GRACE) {
+            Ok(Ok(())) => {
+                outbox::daemon_answered(&dir);
+                true
+            }
+            Ok(Err(client::SendError::Unreachable(why))) if outbox::daemon_away(&dir) => {
+                warn(&format!(
+                    "no daemon answers ({why}); runs are kept in {} and handed over once \
+                     `wisp-agent run` is up (said once until it answers)",
+                    dir.display()
+                ));
+                false
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if !handed_over {
+        if let Ok(c) = capture.lock() {
+            c.keep();
         }
-        _ => {}
     }
 }
 
