@@ -8,12 +8,11 @@ use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::command;
-use crate::config::{self, ConfigError, ProcessEnv};
+use crate::config::{self, AgentLogFormat, ConfigError, ProcessEnv};
 use crate::discovery::Inputs;
 
 /// Runs a parsed command line; never panics on bad input, returns the exit status.
 pub fn main(cli: Cli) -> ExitCode {
-    crate::log::init(cli.log_level.as_deref());
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -36,6 +35,12 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let path = cli.config.as_deref();
+    let level = cli.log_level.as_deref();
+    // `run`'s log takes `agent.log_format` (loading the configuration logs
+    // nothing); every other command talks to a person, in text.
+    if !matches!(cli.command, Command::Run(_)) {
+        crate::log::init(level, AgentLogFormat::Text);
+    }
     match cli.command {
         Command::Exec(args) => {
             let config = command::exec::load_config(path, &args);
@@ -55,6 +60,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
+            crate::log::init(level, loaded.config.agent.log_format);
             runtime()?.block_on(crate::run::run(loaded, args))
         }
         Command::Status(args) => {

@@ -8,26 +8,44 @@
 //! of the C0 controls (`\r`, a newline inside an event, NUL, …), so an event
 //! stays one line that moves no cursor. TAB stays, and so does ESC, which is
 //! then only the formatter's own colour codes (at a terminal).
+//!
+//! With `agent.log_format = "json"` (`run` only) each event is one JSON object
+//! (`timestamp`, `level`, `message`, the event's fields): JSON escapes every C0
+//! control itself, and [`CleanWriter`] writes DEL and the C1 controls, which it
+//! does not, as `\u` escapes.
 
 use std::io::{self, Write};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::config::AgentLogFormat;
+
 /// Sets up the log. `--log-level` wins over `RUST_LOG`; the default is `info`.
-pub fn init(level: Option<&str>) {
+pub fn init(level: Option<&str>, format: AgentLogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
     }
     .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(CleanStderr)
-        // Colours only for a person at a terminal, not in journald or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        AgentLogFormat::Text => builder
+            .with_writer(CleanStderr)
+            // Colours only for a person at a terminal, not in journald or a file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        AgentLogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(CleanStderr)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
 /// Stderr, each event's control characters escaped (see the module doc).
@@ -51,16 +69,23 @@ impl<W: Write> Write for CleanWriter<W> {
             Some(body) => (body, &b"\n"[..]),
             None => (buf, &b""[..]),
         };
-        if !body.iter().any(|&b| needs_escape(b)) {
+        if !body.iter().any(|&b| needs_escape(b)) && !has_c1_or_del(body) {
             self.0.write_all(buf)?;
             return Ok(buf.len());
         }
         let mut out = Vec::with_capacity(buf.len() + 16);
-        for &b in body {
+        let mut bytes = body.iter().copied().peekable();
+        while let Some(b) = bytes.next() {
             match b {
                 b'\n' => out.extend_from_slice(b"\\n"),
                 b'\r' => out.extend_from_slice(b"\\r"),
                 b if needs_escape(b) => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                0x7f => out.extend_from_slice(b"\\u007f"),
+                // U+0080..U+009F, the C1 controls: C2 80..9F in UTF-8.
+                0xc2 if bytes.peek().is_some_and(|n| (0x80..=0x9f).contains(n)) => {
+                    let c1 = bytes.next().unwrap_or(0x80);
+                    out.extend_from_slice(format!("\\u{c1:04x}").as_bytes());
+                }
                 b => out.push(b),
             }
         }
@@ -72,6 +97,14 @@ impl<W: Write> Write for CleanWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// DEL or a C1 control (U+0080..U+009F) in UTF-8 text.
+fn has_c1_or_del(body: &[u8]) -> bool {
+    body.contains(&0x7f)
+        || body
+            .windows(2)
+            .any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]))
 }
 
 /// A C0 control other than TAB and ESC (see the module doc).
@@ -135,5 +168,49 @@ mod tests {
             "{out:?}"
         );
         assert!(out.contains("line one\\nline two\\r"), "{out:?}");
+    }
+
+    #[test]
+    fn a_json_event_is_one_object_a_line_with_no_control_raw() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(false)
+            .with_writer(move || CleanWriter(writer.clone()))
+            .finish();
+        let job = "x\u{1b}]0;T\u{7}\u{9b}2J\u{7f}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("refused a run named {job}: line one\nline two\r");
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.matches('\n').count(), 1, "{out:?}");
+        assert!(
+            !out.trim_end_matches('\n').chars().any(|c| c.is_control()),
+            "{out:?}"
+        );
+        let event: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(event["level"], "WARN", "{out}");
+        assert_eq!(
+            event["message"],
+            format!("refused a run named {job}: line one\nline two\r"),
+            "the text survives, escaped only on the wire: {out}"
+        );
+        assert!(event["timestamp"].is_string(), "{out}");
     }
 }

@@ -705,3 +705,53 @@ async fn a_glob_that_matches_nothing_and_a_relative_path_are_warned_about_once()
         agent.log()
     );
 }
+
+/// `agent.log_format = "json"`: `run`'s log is one JSON object a line, each
+/// with its time, level and message, for a pipeline that reads JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_log_format_json_run_logs_one_json_object_a_line() {
+    let loki = support::loki::LokiReceiver::start().await;
+    let setup = support::agent::Setup::new(&loki, "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    assert!(text.contains("[agent]\n"), "{text}");
+    std::fs::write(
+        &setup.config,
+        text.replacen("[agent]\n", "[agent]\nlog_format = \"json\"\n", 1),
+    )
+    .unwrap();
+    let daemon = setup.start();
+    support::append(&setup.log_path("a.log"), &["one".to_string()]);
+    daemon
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &["one".to_string()],
+            support::DEADLINE,
+        )
+        .await;
+    let log = daemon.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\n{log}"));
+        assert!(event["timestamp"].is_string(), "{line}");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .contains(&event["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(event["message"].is_string(), "{line}");
+    }
+    // A bad value names the key and what it takes.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "bad.toml", "[agent]\nlog_format = \"xml\"\n");
+    let o = agent()
+        .args(["config", "check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("log_format") && err.contains("json"), "{err}");
+}

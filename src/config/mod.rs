@@ -66,6 +66,20 @@ pub struct AgentConfig {
     pub timestamp_max_ahead: Span,
     /// `run` logs a one-line status this often; zero turns it off.
     pub status_interval: Span,
+    /// How `run` writes its own log on stderr: text lines, or one JSON object
+    /// a line (for a log pipeline that reads JSON).
+    pub log_format: AgentLogFormat,
+}
+
+/// `agent.log_format`: the agent's own log (not `[[files]].format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentLogFormat {
+    /// `2026-12-07T09:00:00.000000Z  INFO message`, coloured at a terminal.
+    #[default]
+    Text,
+    /// `{"timestamp":…,"level":"INFO","message":…}`, one object a line.
+    Json,
 }
 
 impl AgentConfig {
@@ -92,6 +106,7 @@ impl Default for AgentConfig {
             timestamp_max_age: Span::secs(7 * 24 * 3600),
             timestamp_max_ahead: Span::secs(600),
             status_interval: Span::secs(300),
+            log_format: AgentLogFormat::Text,
         }
     }
 }

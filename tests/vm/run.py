@@ -402,7 +402,11 @@ class Guest:
             "-name", name,
             "-machine", f"q35,accel={a}",
             "-cpu", "max" if a == "tcg" else "host",
-            "-smp", "2",
+            # One vCPU: under TCG a second one is a thread the host may not run
+            # for seconds (two guests side by side on two cores), and a guest
+            # kernel waiting on it in a cross-CPU call (module loading patches
+            # text on every CPU) stalled a boot past BOOT_LIMIT.
+            "-smp", "1",
             "-m", mem,
             "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
             "-numa", "node,memdev=mem",
