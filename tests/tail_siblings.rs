@@ -190,3 +190,43 @@ async fn a_link_or_a_compressed_file_beside_a_truncated_one_is_not_read_as_its_c
     }
     assert_eq!(loki.stored_count(), shipped.len(), "{}", agent.log());
 }
+
+/// `paths = ["…/app.log*"]`: the copy a `copytruncate` makes is the globs' too.
+/// It is taken with the truncation, its start in the same batch as the
+/// original's new one: a `kill -9` right after the truncation is seen (before
+/// any scan) does not read the copy again from its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_globs_match_is_taken_with_the_truncation_and_a_kill_9_reads_it_not_again() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let logs = setup.dir.path().join("logs");
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        config.replace(
+            &format!("paths = [\"{}/*.log\"]", logs.display()),
+            &format!("paths = [\"{}/app.log*\"]", logs.display()),
+        ),
+    )
+    .unwrap();
+    let file = setup.log_path("app.log");
+    let before = lines("before", 0, 300);
+    append(&file, &before);
+    let mut agent = setup.start();
+    agent
+        .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
+        .await;
+    let copy = copytruncate(&file);
+    let taken = format!("in its copy {}: reading them there", copy.display());
+    assert!(
+        support::wait_until(DEADLINE, || agent.log().contains(&taken)).await,
+        "{}",
+        agent.log()
+    );
+    agent.kill9();
+    let after = lines("after", 300, 350);
+    append(&file, &after);
+    let mut agent = setup.start();
+    let all: Vec<String> = [before, after].concat();
+    assert_each_once(&loki, &all, &mut agent).await;
+}

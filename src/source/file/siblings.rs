@@ -7,12 +7,13 @@
 //!   against its checkpoint), its folder is searched for its copy: a regular file
 //!   (never through a symlink; a FIFO is never waited on) whose name starts with
 //!   the file's name and goes on (`app.log.1`, `app.log-20261207`; not a
-//!   compressed one, `app.log.2.gz`), that no glob matches (those are the scan's,
-//!   [`super::rotation`]), that the agent has no checkpoint of, owned by the
-//!   file's owner or root (any owner with `follow_symlinks = true`), longer than
-//!   where the file was read up to, and starting with the bytes the agent knew
-//!   the file to start with (its [`Fingerprint`]); of several, the last
-//!   modified. It is read from there to its end, then closed, and its resume
+//!   compressed one, `app.log.2.gz`), that the agent has no checkpoint of,
+//!   owned by the file's owner or root (any owner with `follow_symlinks =
+//!   true`), longer than where the file was read up to (or, when a glob matches
+//!   it, at least as long), and starting with the bytes the agent knew the file
+//!   to start with (its [`Fingerprint`]); of several, the last modified. It is
+//!   read from there (to its end, then closed, when no glob matches it; else
+//!   followed as the glob would), and its resume
 //!   point goes to the spool in the same batch as the truncated file's new
 //!   start, so a crash leaves both or neither: exactly once either way;
 //! - at start, a file beside a followed one (or beside where one was) that the
@@ -108,7 +109,7 @@ impl Tailer {
         let follow_any = self.entries[ei].config.follow_symlinks;
         let found =
             match open::open_in_folder(dir, follow_any, MAX_FOLDER_ENTRIES, MAX_FILES, |name| {
-                is_sibling_name(base, name) && !self.globbed(&dir.join(name))
+                is_sibling_name(base, name)
             }) {
                 Ok(found) => found,
                 Err(r) => {
@@ -120,15 +121,20 @@ impl Tailer {
                     return None;
                 }
             };
+        // A copy the globs match is taken here too, even with nothing past
+        // `from`: the scan would follow it a moment later in a batch of its
+        // own, and a crash in between would leave the spool with the
+        // original's new start and no point for the copy (read again from 0).
         let copy = found
             .into_iter()
-            .filter(|(_, o)| {
+            .filter(|(copy_path, o)| {
                 let id = FileId::of(&o.meta);
                 let uid = o.meta.uid();
+                let globbed = self.globbed(copy_path);
                 !self.by_id.contains_key(&id)
                     && !self.store.knows(id)
                     && (follow_any || uid == owner || uid == 0)
-                    && o.meta.len() > from
+                    && (o.meta.len() > from || (globbed && o.meta.len() == from))
                     && was.matches(&o.file).unwrap_or(false)
             })
             .max_by_key(|(_, o)| o.meta.modified().ok());
@@ -146,16 +152,17 @@ impl Tailer {
                 return None;
             }
         };
+        let globbed = self.entry_of(&copy_path);
         tracing::info!(
-            "{} was truncated with {} byte(s) past byte {from} in its copy {}, which no pattern \
-             matches: reading them there",
+            "{} was truncated with {} byte(s) past byte {from} in its copy {}{}: reading them there",
             path.display(),
             meta.len() - from,
-            copy_path.display()
+            copy_path.display(),
+            if globbed.is_some() { "" } else { ", which no pattern matches" }
         );
         let copy_seq = self.next_seq;
         let marker = self.follow(
-            ei,
+            globbed.unwrap_or(ei),
             copy_path,
             file,
             FileId::of(&meta),
@@ -163,8 +170,11 @@ impl Tailer {
             from,
             "where its original was read up to: its copy",
         );
-        if let Some(c) = self.files.get_mut(&copy_seq) {
-            c.start_draining(Instant::now(), false);
+        if globbed.is_none() {
+            // Read to its end, then closed: no pattern would follow it on.
+            if let Some(c) = self.files.get_mut(&copy_seq) {
+                c.start_draining(Instant::now(), false);
+            }
         }
         if let Some(original) = self.files.get_mut(&seq) {
             // The line it held unfinished is whole in the copy.
