@@ -59,6 +59,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             command::config::check(&config::load(path, &ProcessEnv)?)
         }
         Command::Run(args) => {
+            if args.stdin && !args.dry_run {
+                eprintln!(
+                    "wisp-agent: --stdin needs --dry-run: standard input is parsed and printed, \
+                     never shipped (the daemon ships only the files it tails, whose positions it \
+                     keeps); run `wisp-agent run --stdin --dry-run`"
+                );
+                return Ok(ExitCode::from(2));
+            }
             let loaded = config::load(path, &ProcessEnv)?;
             crate::log::init(level, loaded.config.agent.log_format);
             runtime()?.block_on(crate::run::run(loaded, args))
@@ -66,6 +74,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
             Ok(runtime()?.block_on(command::status::run(&loaded, args.json)))
+        }
+        Command::Tap(args) => {
+            let loaded = config::load(path, &ProcessEnv)?;
+            Ok(runtime()?.block_on(command::tap::run(&loaded, &args)))
         }
         Command::Probe(args) => {
             let loaded = config::load(path, &ProcessEnv)?;

@@ -38,6 +38,10 @@ pub enum Command {
     /// Show what the running daemon is doing: host, files, lines shipped,
     /// buffered bytes, last push, errors (from its admin endpoint)
     Status(StatusArgs),
+    /// Stream the records the running daemon ships, one JSON line each (as
+    /// `run --dry-run` prints them, with their source), from its admin
+    /// endpoint, until Ctrl-C
+    Tap(TapArgs),
     /// Work with the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -51,11 +55,33 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TapArgs {
+    /// Only records from this source
+    #[arg(long, value_name = "SOURCE", value_parser = ["file", "exec", "otlp"])]
+    pub source: Option<String>,
+    /// Only records whose `job` label is J
+    #[arg(long, value_name = "J", value_parser = parse_name)]
+    pub job: Option<String>,
+    /// Only records whose `level` label is L
+    #[arg(long, value_name = "L", value_parser = ["trace", "debug", "info", "warn", "error", "fatal", "unknown"])]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     /// Print each record that would be shipped as one JSON line on stdout instead
     /// of shipping it (file positions are not saved)
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: parse standard input as a [[files]] entry would (the
+    /// first entry, or the one --job names), print its records and exit at
+    /// its end
+    #[arg(long)]
+    pub stdin: bool,
+    /// With --stdin: the [[files]] entry whose settings parse it (by name);
+    /// a name no entry has gets the defaults of an entry, under that job
+    #[arg(long, value_name = "NAME", requires = "stdin", value_parser = parse_name)]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -30,4 +30,5 @@ pub mod source;
 pub mod spool;
 pub(crate) mod state_file;
 pub mod status;
+pub mod tap;
 pub mod users;

@@ -15,7 +15,10 @@
 //!   flight since its last answer is closed after that.
 //! - **A request is answered within `request_timeout`**, its body read
 //!   included: a body that trickles in is cut, answered with the listener's
-//!   timeout response (HTTP 408 / gRPC `DEADLINE_EXCEEDED`).
+//!   timeout response (HTTP 408 / gRPC `DEADLINE_EXCEEDED`). A response
+//!   marked [`Streaming`] (the admin endpoint's `/tap`) is bounded there only
+//!   until its head: its body lasts as long as the client reads, and counts as
+//!   a request in flight (no idle cut) until it ends.
 //! - **Shutdown within `shutdown_grace`.** When the cancellation token fires the
 //!   listener stops accepting, each connection is told to finish (an idle one
 //!   closes at once, one with a request in flight after its answer), and
@@ -513,6 +516,14 @@ pub(crate) fn http_timeout(limit: Duration) -> Response {
     r
 }
 
+/// Marks a response whose body streams for as long as the client listens
+/// (`GET /tap`): its request stays in flight until the body ends, so the
+/// connection's idle timeout does not cut it; the request timeout bounds only
+/// the wait for the response's head. Such a body must end by itself when the
+/// cancellation token fires: the shutdown grace still bounds it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Streaming;
+
 /// Marks the request in flight on its connection and bounds it in time.
 async fn track_request(
     State((limits, counters)): State<(ListenerLimits, Arc<ListenerCounters>)>,
@@ -535,8 +546,19 @@ async fn track_request(
             (limits.on_timeout)(limits.request_timeout)
         }
     };
-    drop(in_flight);
-    response
+    match in_flight {
+        // In flight until the body is dropped: ended, or the connection gone.
+        Some(guard) if response.extensions().get::<Streaming>().is_some() => response.map(|body| {
+            axum::body::Body::from_stream(futures_util::StreamExt::map(
+                body.into_data_stream(),
+                move |chunk| {
+                    let _in_flight = &guard;
+                    chunk
+                },
+            ))
+        }),
+        _ => response,
+    }
 }
 
 #[cfg(test)]

@@ -318,6 +318,27 @@ impl Owner {
         self.0
     }
 
+    /// What kind of source the records come from: `file`, `exec`, `otlp`
+    /// (a sender's user known or not), `agent`; `None` for [`Owner::UNKNOWN`].
+    pub fn kind(self) -> Option<&'static str> {
+        match self.0 >> 56 {
+            OWNER_EXEC => Some("exec"),
+            OWNER_FILE => Some("file"),
+            OWNER_OTLP | OWNER_OTLP_UNKNOWN => Some("otlp"),
+            OWNER_AGENT => Some("agent"),
+            _ => None,
+        }
+    }
+
+    /// The user whose records these are (the file's owner, the `exec` or
+    /// OTLP sender's user); `None` when no user is known.
+    pub fn uid(self) -> Option<u32> {
+        match self.0 >> 56 {
+            OWNER_EXEC | OWNER_FILE | OWNER_OTLP => Some((self.0 & 0xffff_ffff) as u32),
+            _ => None,
+        }
+    }
+
     pub fn from_bits(bits: u64) -> Owner {
         Owner(bits)
     }

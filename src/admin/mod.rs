@@ -1,6 +1,7 @@
 //! The admin endpoint (`[admin] listen`): `GET /metrics` in the Prometheus text
-//! exposition format 0.0.4, `GET /healthz`, and `GET /status` (JSON, for
-//! `wisp-agent status`; `status.rs`).
+//! exposition format 0.0.4, `GET /healthz`, `GET /status` (JSON, for
+//! `wisp-agent status`; `status.rs`) and `GET /tap` (the records the daemon
+//! ships, streamed, for `wisp-agent tap`; `tap.rs`).
 //!
 //! Promises: the metrics are read from the counters the stages already keep,
 //! through the readers each stage registered ([`crate::metric::Registry`]:
@@ -18,7 +19,9 @@
 //! the cancellation token. Other paths answer 404, other methods 405. At most 8
 //! connections, each cut after 10 s without a request, 60 s idle, or 30 s for
 //! one request ([`crate::listen`]), so no client holds the endpoint or the
-//! shutdown.
+//! shutdown; a tap's answer streams past those (it counts as a request in
+//! flight until it ends), at most [`crate::tap::MAX_TAPS`] at once, and ends
+//! when the token fires.
 //!
 //! A listen address that does not parse is a configuration error (exit 2, from
 //! validation). An address that parses but cannot be bound (the port is taken,
@@ -30,6 +33,7 @@
 
 mod metrics;
 mod status;
+mod tap;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +98,8 @@ pub struct LogSources {
     pub loki: Arc<LokiCounters>,
     /// Whether the spool can append (`/healthz`).
     pub buffer: Arc<BufferHealth>,
+    /// What the spool appends, for `GET /tap`.
+    pub tap: Arc<crate::tap::Tap>,
 }
 
 /// The OTLP relay as `/healthz` and `/status` see it.
@@ -163,7 +169,7 @@ pub async fn start(
     connections.clone().register(&mut metrics, "admin");
     ProcessStats::register(&mut metrics, Box::new(ProcFs));
     let metrics = metrics.finish();
-    let router = router(sources, metrics.clone());
+    let router = router(sources, metrics.clone(), cancel.clone());
     let first = TcpListener::bind(addr).await;
     let task = tokio::spawn(async move {
         let listener = match first {
@@ -211,17 +217,19 @@ async fn retry_bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<TcpL
 }
 
 /// The endpoint's routes; `metrics` reads what `/metrics` serves.
-fn router(sources: Sources, metrics: AgentMetrics) -> Router {
+fn router(sources: Sources, metrics: AgentMetrics, cancel: CancellationToken) -> Router {
     let page = metrics::registry(metrics.clone());
     let state = Arc::new(Endpoint {
         sources,
         metrics,
         page,
+        cancel,
     });
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status::serve))
+        .route("/tap", get(tap::serve))
         .with_state(state)
 }
 
@@ -233,6 +241,8 @@ struct Endpoint {
     sources: Sources,
     metrics: AgentMetrics,
     page: prometheus_client::registry::Registry,
+    /// Ends the taps' answers at shutdown.
+    cancel: CancellationToken,
 }
 
 async fn serve_metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {

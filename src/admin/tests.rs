@@ -94,6 +94,7 @@ impl Stages {
                 .clone()
                 .register(&mut r, "loki", logs.spool_max_bytes);
             logs.loki.clone().register(&mut r);
+            Arc::new(crate::tap::Tap::default()).register(&mut r);
         }
         if let Some(relay) = &self.relay {
             relay.receiver.clone().register(&mut r);
@@ -129,6 +130,7 @@ impl Stages {
             logs: self.logs.as_ref().map(|l| LogSources {
                 loki: l.loki.clone(),
                 buffer: l.buffer.clone(),
+                tap: Arc::default(),
             }),
             relay: self.relay.as_ref().map(|r| RelaySources {
                 exporter: r.exporter.clone(),
@@ -444,7 +446,7 @@ async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     let s = sources(None);
     let health = s.logs.as_ref().unwrap().buffer.clone();
     let metrics = s.metrics(None, FakeProc);
-    let app = router(s.sources(), metrics);
+    let app = router(s.sources(), metrics, CancellationToken::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();

@@ -7,3 +7,4 @@ pub mod config;
 pub mod exec;
 pub mod probe;
 pub mod status;
+pub mod tap;

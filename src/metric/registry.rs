@@ -23,6 +23,7 @@ pub const ORDER: &[&str] = &[
     "parse",
     "spool",
     "loki",
+    "tap",
     "otlp_receiver",
     "otlp_exporter",
     "listener",

@@ -19,6 +19,7 @@ pub fn metric_families() -> Vec<(&'static str, &'static str)> {
         .chain(of(crate::spool::SPOOL_MAX_BYTES))
         .chain(of(spool_b))
         .chain(of(crate::sink::loki::LokiCounters::FAMILIES))
+        .chain(of(crate::tap::TapCounters::FAMILIES))
         .chain(of(crate::source::otlp::ReceiverCounters::FAMILIES))
         .chain(of(crate::sink::otlp::OtlpCounters::FAMILIES))
         .chain(of(crate::listen::ListenerCounters::FAMILIES))

@@ -5,7 +5,8 @@
 //! Every stage is a task joined to the next by a bounded channel, so a slow sink
 //! slows the tailer instead of growing memory. The exec server's lines join at
 //! the transform ([`OpenLogs::lines`]), the OTLP receivers' log records (with
-//! `otlp.logs_to_loki`) at the spool stage ([`LogsInput::to_loki`]).
+//! `otlp.logs_to_loki`) at the spool stage ([`LogsInput::to_loki`]). What the
+//! spool stage appended, from all three, goes to the taps open ([`crate::tap`]).
 //! [`LogsPipeline::finish`] runs front to back: each stage ends when its input
 //! channel closes, and the shipper gets a grace period to ship what is left.
 
@@ -24,7 +25,7 @@ use crate::config::Config;
 use crate::discovery::{Chosen, HostHealth};
 use crate::metric::Registry;
 use crate::parse::{ParseCounters, ParseSettings, Transformer};
-use crate::record::{Batch, SourceBatch};
+use crate::record::{Batch, LogRecord, Owner, SourceBatch};
 use crate::relay::{LogsToLoki, ToLokiSettings};
 use crate::sink::loki::LokiClient;
 use crate::sink::loki::{self as loki_sink, LokiCounters, LokiService};
@@ -35,6 +36,7 @@ use crate::spool::stage::{self, BufferHealth, GroupLimits, OnFailure, StageSetti
 use crate::spool::{
     ResumeState, Spool, SpoolCounters, SpoolError, SpoolReader, SpoolSettings, SpoolWriter,
 };
+use crate::tap::Tap;
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
 /// makes a slow stage push back on the one before it.
@@ -93,6 +95,8 @@ pub struct LogsInput {
     rx: mpsc::Receiver<Batch>,
     /// Whether the Loki spool can append.
     health: Arc<BufferHealth>,
+    /// Where the spool stage shows what it appended (`GET /tap`).
+    tap: Arc<Tap>,
 }
 
 impl LogsInput {
@@ -102,6 +106,7 @@ impl LogsInput {
             tx,
             rx,
             health: Arc::new(BufferHealth::logs()),
+            tap: Arc::new(Tap::default()),
         }
     }
 
@@ -206,6 +211,7 @@ impl OpenLogs {
         c.parse.clone().register(metrics);
         c.spool.clone().register(metrics, "loki", c.spool_max_bytes);
         c.loki.clone().register(metrics);
+        self.input.tap.clone().register(metrics);
     }
 
     /// What `/healthz` and `/status` read of it besides its metrics.
@@ -213,6 +219,7 @@ impl OpenLogs {
         LogSources {
             loki: self.counters.loki.clone(),
             buffer: self.input.health.clone(),
+            tap: self.input.tap.clone(),
         }
     }
 
@@ -254,6 +261,7 @@ impl OpenLogs {
         };
         let tailing = tokio::spawn(file::run(tail, self.src_tx, cancel.clone()));
         let transforming = tokio::spawn(transform(self.src_rx, self.input.tx, self.transformer));
+        let tap = self.input.tap;
         let spooling = tokio::spawn(stage::run(
             self.input.rx,
             self.writer,
@@ -266,6 +274,7 @@ impl OpenLogs {
             },
             self.input.health,
             cancel.clone(),
+            move |records: &[LogRecord], owners: &[(Owner, usize)]| tap.publish(records, owners),
         ));
         LogsPipeline {
             tailing,

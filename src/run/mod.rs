@@ -10,12 +10,14 @@
 //! admin endpoint last.
 //!
 //! `run --dry-run` is [`dry`]: the tailer and the parser, printing instead of
-//! shipping.
+//! shipping; `run --stdin --dry-run` is [`stdin`]: standard input instead of
+//! the tailer.
 
 mod dry;
 mod families;
 mod logs;
 mod otlp;
+mod stdin;
 
 pub use families::metric_families;
 
@@ -62,11 +64,15 @@ pub async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
         env!("CARGO_PKG_VERSION"),
         loaded.origin
     );
-    logs::log_tailed_files(&loaded.config);
+    if !args.stdin {
+        logs::log_tailed_files(&loaded.config);
+    }
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signals(cancel.clone())
         .context("cannot install the signal handlers")?;
-    if args.dry_run {
+    if args.stdin {
+        stdin::run(loaded.config, args.job, cancel).await
+    } else if args.dry_run {
         dry::run(loaded, cancel).await
     } else {
         daemon(loaded, cancel).await

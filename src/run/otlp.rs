@@ -142,6 +142,7 @@ impl OtlpPipeline {
             },
             buffer_health.clone(),
             cancel.clone(),
+            |_: &[OtlpPayload], _: &[(crate::record::Owner, usize)]| {},
         ));
         let receivers = Receivers::start(
             &config.receiver,

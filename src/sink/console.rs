@@ -1,5 +1,6 @@
 //! The console sink of `run --dry-run`: each record it would ship, as one JSON
-//! object per line on stdout, and nothing else on stdout.
+//! object per line on stdout, and nothing else on stdout. `GET /tap` writes
+//! the same line, its source named ([`write_tapped`]).
 
 use std::io::Write;
 
@@ -10,6 +11,9 @@ use crate::record::{Batch, Labels, LogRecord};
 
 #[derive(Serialize)]
 struct ConsoleRecord<'a> {
+    /// Only in `wisp-agent tap`'s lines: `file`, `exec` or `otlp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
     timestamp: String,
     labels: &'a Labels,
     structured_metadata: Metadata<'a>,
@@ -26,7 +30,18 @@ impl Serialize for Metadata<'_> {
 
 /// Writes one record as its JSON line (with the trailing newline).
 pub fn write_record(out: &mut impl Write, record: &LogRecord) -> std::io::Result<()> {
+    write(out, None, record)
+}
+
+/// Writes one record as `wisp-agent tap` prints it: the same line, with the
+/// `source` it came from (`file`, `exec`, `otlp`) first.
+pub fn write_tapped(out: &mut impl Write, source: &str, record: &LogRecord) -> std::io::Result<()> {
+    write(out, Some(source), record)
+}
+
+fn write(out: &mut impl Write, source: Option<&str>, record: &LogRecord) -> std::io::Result<()> {
     let r = ConsoleRecord {
+        source,
         timestamp: record.timestamp.to_string(),
         labels: &record.labels,
         structured_metadata: Metadata(&record.structured_metadata),

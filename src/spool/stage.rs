@@ -134,14 +134,18 @@ impl BufferHealth {
 
 /// Runs the stage until every sender of `rx` is gone (then fsyncs and returns),
 /// or, while an append fails under [`OnFailure::Hold`], until `cancel` fires.
-pub async fn run<R>(
+/// `appended` sees each group once it is appended, with its owners as runs
+/// (the Loki spool's tap, [`crate::tap`]); it must not wait.
+pub async fn run<R, F>(
     mut rx: mpsc::Receiver<Batch<R>>,
     writer: SpoolWriter<R>,
     settings: StageSettings,
     health: Arc<BufferHealth>,
     cancel: CancellationToken,
+    mut appended: F,
 ) where
     R: SpoolRecord + Weigh + Send + 'static,
+    F: FnMut(&[R], &[(Owner, usize)]) + Send,
 {
     let mut writer = Some(writer);
     let failing = crate::event::Repeated::once();
@@ -215,7 +219,7 @@ pub async fn run<R>(
                 break 'batches;
             };
             let name = settings.name;
-            let appended = tokio::task::spawn_blocking(move || {
+            let done = tokio::task::spawn_blocking(move || {
                 let r = w.append_owned(&records, &resume, &owners);
                 if r.is_ok() {
                     if let Err(e) = w.sync_if_due() {
@@ -225,12 +229,14 @@ pub async fn run<R>(
                 (w, records, resume, owners, r)
             })
             .await;
-            let (count, result) = match appended {
+            let (count, result) = match done {
                 Ok((w, records, resume, owners, r)) => {
                     writer = Some(w);
                     let count = records.len();
                     if r.is_err() {
                         group = Some((records, resume, owners));
+                    } else {
+                        appended(&records, &owners);
                     }
                     (count, r)
                 }

@@ -49,9 +49,14 @@ pub enum Unreachable {
 
 /// Where to ask, from `admin.listen`: `Err` says why there is no address (exit 2).
 pub fn endpoint(listen: &str, origin: &str) -> Result<SocketAddr, String> {
+    endpoint_for("status", listen, origin)
+}
+
+/// [`endpoint`] for `wisp-agent COMMAND`, which the messages name.
+pub fn endpoint_for(command: &str, listen: &str, origin: &str) -> Result<SocketAddr, String> {
     if listen.is_empty() {
         return Err(format!(
-            "`wisp-agent status` needs the admin endpoint, but admin.listen = \"\" in {origin} \
+            "`wisp-agent {command}` needs the admin endpoint, but admin.listen = \"\" in {origin} \
              turns it off; set [admin] listen (default \"127.0.0.1:9465\") and restart the daemon"
         ));
     }
@@ -63,9 +68,9 @@ pub fn endpoint(listen: &str, origin: &str) -> Result<SocketAddr, String> {
     if addr.port() == 0 {
         return Err(format!(
             "admin.listen = {listen:?} in {origin} binds a free port chosen when the daemon \
-             starts, which `wisp-agent status` cannot guess; the daemon logs it \
+             starts, which `wisp-agent {command}` cannot guess; the daemon logs it \
              (\"admin endpoint: http://…\"): set admin.listen to a fixed port such as \
-             \"127.0.0.1:9465\" to use `status`"
+             \"127.0.0.1:9465\" to use `{command}`"
         ));
     }
     // An address bound to every interface is reached on loopback.

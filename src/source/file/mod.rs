@@ -63,7 +63,7 @@ mod fingerprint;
 mod globs;
 pub(crate) mod open;
 mod read_loop;
-mod reader;
+pub(crate) mod reader;
 mod rotation;
 mod scan;
 mod siblings;

@@ -620,7 +620,7 @@ fn drain_grace(limits: LineLimits) -> Duration {
 
 /// The largest cut point ≤ `max` that does not split a UTF-8 sequence, when one is
 /// near; a cut line is then still valid UTF-8 when its start was.
-fn char_floor(bytes: &[u8], max: usize) -> usize {
+pub(crate) fn char_floor(bytes: &[u8], max: usize) -> usize {
     let mut cut = max.min(bytes.len());
     let floor = cut.saturating_sub(3);
     while cut > floor && cut < bytes.len() && (bytes[cut] & 0xC0) == 0x80 {
