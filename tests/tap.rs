@@ -214,7 +214,11 @@ async fn tap_shows_file_exec_and_otlp_records_with_their_source_and_exits_0_when
     let client = client_config(relay.dir.path(), admin);
     let mut tap = Tap::start(agent_command(), &client, &[]);
     assert!(wait_taps(admin, 1).await, "{}", tap.stderr());
-    assert!(tap.stderr().contains("tapping http://"), "{}", tap.stderr());
+    assert!(
+        wait_until(DEADLINE, || tap.stderr().contains("tapping http://")).await,
+        "{}",
+        tap.stderr()
+    );
 
     append(
         &relay.dir.path().join("logs/a.log"),
@@ -388,7 +392,10 @@ async fn another_user_taps_only_their_own_records() {
     let mut root = Tap::start(agent_command(), &client, &[]);
     assert!(wait_taps(admin, 2).await, "{}", theirs.stderr());
     assert!(
-        theirs.stderr().contains("only your own records"),
+        wait_until(DEADLINE, || theirs
+            .stderr()
+            .contains("only your own records"))
+        .await,
         "{}",
         theirs.stderr()
     );

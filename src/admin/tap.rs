@@ -147,3 +147,17 @@ fn chunk(first: Arc<crate::tap::Tapped>, subscription: &mut Subscription) -> Byt
     }
     Bytes::from(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scope;
+
+    #[test]
+    fn root_and_the_daemons_user_see_all_others_their_own_an_unknown_peer_nothing() {
+        assert_eq!(scope(Some(0), 998), Ok(None));
+        assert_eq!(scope(Some(998), 998), Ok(None));
+        assert_eq!(scope(Some(1000), 998), Ok(Some(1000)));
+        assert_eq!(scope(Some(1000), 0), Ok(Some(1000)));
+        assert_eq!(scope(None, 0), Err(()));
+    }
+}
