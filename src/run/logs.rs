@@ -147,12 +147,15 @@ struct StageCounters {
 
 impl OpenLogs {
     /// Opens the Loki spool (bounded by `max_bytes`) and makes each stage's
-    /// counters. `None` when `cancel` fired while a full disk was waited out.
+    /// counters. `continued`: the `[[files]]` entries tailed before a reload
+    /// ([`TailSettings::continued`]). `None` when `cancel` fired while a full
+    /// disk was waited out.
     pub async fn open(
         config: &Config,
         state_dir: &Path,
         max_bytes: u64,
         input: LogsInput,
+        continued: std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<Option<OpenLogs>> {
         let client = LokiClient::new(&config.loki)?;
@@ -175,6 +178,7 @@ impl OpenLogs {
         transformer.restore_clocks(writer.resume_state());
         let tail = TailSettings {
             resume: Some(writer.resume_state().clone()),
+            continued,
             ..TailSettings::new(config.files.clone(), state_dir.to_path_buf())
         };
         let counters = StageCounters {
