@@ -1,13 +1,18 @@
 //! `wisp-agent run`, the daemon, top to bottom in [`daemon`]: check and lock
-//! the state directory; discover the host (kept fresh in the background);
-//! start each enabled pipeline, the file logs to Loki ([`logs`]) and the OTLP
-//! relay ([`otlp`]), each a value holding its counters; the exec server; the
-//! admin endpoint with the periodic status line and host metrics; wait for a
-//! signal; then one shutdown, front to back: every source stops, the tasks
-//! feeding the pipelines let go of them, each pipeline finishes (its spool
-//! stage ends once nothing feeds it, its shipper gets [`DRAIN_GRACE`] to ship
-//! what is left, the rest waits in the spool for the next start), and the
-//! admin endpoint last.
+//! the state directory; then a generation of the pipelines on one
+//! configuration ([`Generation`]): discovery (kept fresh in the background),
+//! each enabled pipeline, the file logs to Loki ([`logs`]) and the OTLP relay
+//! ([`otlp`]), each a value holding its counters; the exec server; the admin
+//! endpoint with the periodic status line and host metrics; wait for a
+//! signal; then the generation finishes, front to back: every source stops,
+//! the tasks feeding the pipelines let go of them, each pipeline finishes (its
+//! spool stage ends once nothing feeds it, its shipper gets [`DRAIN_GRACE`] to
+//! ship what is left, the rest waits in the spool for the next start), and
+//! the admin endpoint last. SIGTERM and SIGINT stop there; a SIGHUP with a
+//! valid new configuration ([`reload`]) starts the next generation on it,
+//! which resumes from the spools' commit frames as a restart does, in the same
+//! process, with the same lock and, while `admin.listen` stays, the same
+//! admin endpoint.
 //!
 //! `run --dry-run` is [`dry`]: the tailer and the parser, printing instead of
 //! shipping.
