@@ -5,7 +5,8 @@
 //! `start_at`; an invalid file is logged and the configuration in effect
 //! keeps shipping; `/status` and `wisp-agent status` show the new hash and
 //! load time; two SIGHUPs in a row and a SIGTERM during a reload lose
-//! nothing; a dry run survives SIGHUP and leaves no throwaway directory.
+//! nothing; the OTLP receivers listen again and each span is relayed once;
+//! a dry run survives SIGHUP and leaves no throwaway directory.
 
 mod support;
 
@@ -13,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::agent::{Agent, Setup};
+use support::agent::{listening, Agent, Relay, Setup};
 use support::loki::LokiReceiver;
+use support::otlp::OtlpReceiver;
 use support::{append, wait_until, DEADLINE};
 
 /// What the agent logs once the pipelines run on a reloaded configuration.
@@ -337,6 +339,73 @@ async fn two_sighups_in_a_row_then_a_sigterm_during_a_reload_lose_nothing() {
         .await;
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     loki.exactly_once(r#"{job="app"}"#, &lines).unwrap();
+}
+
+/// One span named `name`, as OTLP/HTTP JSON.
+fn span_json(name: &str) -> String {
+    serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "0123456789abcdef0123456789abcdef",
+        "spanId": "0123456789abcdef",
+        "name": name,
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+    }]}]}]})
+    .to_string()
+}
+
+async fn send_span(http: std::net::SocketAddr, name: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{http}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(span_json(name))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_relay_listens_again_after_a_reload_and_relays_each_span_once() {
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", None);
+    let (mut agent, _, http) = relay.start().await;
+    send_span(http, "before").await;
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+
+    let text = std::fs::read_to_string(&relay.config).unwrap();
+    std::fs::write(
+        &relay.config,
+        text.replace(
+            "\"x-relay-test\" = \"yes\"",
+            "\"x-relay-test\" = \"reloaded\"",
+        ),
+    )
+    .unwrap();
+    let before = agent.own_log().len();
+    agent.hup();
+    assert!(agent.wait_logged(IN_EFFECT, 1).await, "{}", agent.log());
+    // The receivers are bound again (on new ports: `127.0.0.1:0`).
+    let mut http = None;
+    let bound = wait_until(DEADLINE, || {
+        let log = agent.own_log();
+        http = listening(&log[before..], "otlp receiver (http) listening on ");
+        http.is_some()
+    })
+    .await;
+    assert!(bound, "{}", agent.log());
+    send_span(http.unwrap(), "after").await;
+    assert!(
+        collector.wait_for_spans(2, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    let names: Vec<String> = collector.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["before", "after"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
