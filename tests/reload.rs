@@ -5,7 +5,8 @@
 //! `start_at`; an invalid file is logged and the configuration in effect
 //! keeps shipping; `/status` and `wisp-agent status` show the new hash and
 //! load time; two SIGHUPs in a row and a SIGTERM during a reload lose
-//! nothing; the OTLP receivers listen again and each span is relayed once;
+//! nothing; the OTLP receivers listen again and each span is relayed once; a
+//! configuration whose receiver port is taken gives way to the one before;
 //! a dry run survives SIGHUP and leaves no throwaway directory.
 
 mod support;
@@ -406,6 +407,66 @@ async fn the_otlp_relay_listens_again_after_a_reload_and_relays_each_span_once()
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     let names: Vec<String> = collector.spans().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["before", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_whose_pipelines_cannot_start_gives_way_to_the_one_before() {
+    let loki = LokiReceiver::start().await;
+    let collector = OtlpReceiver::start().await;
+    let relay = Relay::new(&collector, "grpc", Some(&loki));
+    let (mut agent, _, _) = relay.start().await;
+    let app = relay.dir.path().join("logs").join("app.log");
+    append(&app, &["before".to_string()]);
+    agent
+        .assert_shipped_once(&loki, r#"{job="app"}"#, &["before".to_string()], DEADLINE)
+        .await;
+
+    // Valid, but its receiver's port is taken: found only when it binds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&relay.config).unwrap();
+    let text = text.replace(
+        "http = \"127.0.0.1:0\"",
+        &format!("http = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&relay.config, text).unwrap();
+    let before = agent.own_log().len();
+    agent.hup();
+    assert!(
+        agent
+            .wait_logged("SIGHUP: cannot start the pipelines on", 1)
+            .await,
+        "{}",
+        agent.log()
+    );
+    let mut http = None;
+    let bound = wait_until(DEADLINE, || {
+        let log = agent.own_log();
+        http = listening(&log[before..], "otlp receiver (http) listening on ");
+        http.is_some()
+    })
+    .await;
+    assert!(bound, "{}", agent.log());
+    assert_ne!(http.unwrap().port(), port);
+
+    append(&app, &["after".to_string()]);
+    agent
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &["before".to_string(), "after".to_string()],
+            DEADLINE,
+        )
+        .await;
+    send_span(http.unwrap(), "relayed").await;
+    assert!(
+        collector.wait_for_spans(1, DEADLINE).await,
+        "{}",
+        agent.log()
+    );
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    drop(taken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

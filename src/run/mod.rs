@@ -297,7 +297,19 @@ impl Generation {
                 continued,
                 cancel,
             )
-            .await?;
+            .await;
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    // The OTLP pipeline finishes first: a reload that goes
+                    // back to the configuration before opens its spool again.
+                    cancel.cancel();
+                    if let Some(otlp) = otlp {
+                        otlp.finish(DRAIN_GRACE).await;
+                    }
+                    return Err(e);
+                }
+            };
             let Some(logs) = opened else {
                 if let Some(otlp) = otlp {
                     otlp.finish(DRAIN_GRACE).await;
