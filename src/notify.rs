@@ -1,7 +1,8 @@
 //! systemd readiness (`sd_notify(3)`) without libsystemd: one datagram to the
 //! Unix socket named by `$NOTIFY_SOCKET`. `READY=1` once the pipeline runs (the
 //! spools are open, the sinks and the tailer started), `STOPPING=1` when shutdown
-//! begins. Without `$NOTIFY_SOCKET` (not under systemd, or `Type=` other than
+//! begins, `RELOADING=1` when a SIGHUP's new configuration is being applied
+//! (then `READY=1` again). Without `$NOTIFY_SOCKET` (not under systemd, or `Type=` other than
 //! `notify`) every call does nothing. A failed send is logged at debug level and
 //! otherwise ignored: readiness is a courtesy to the service manager, never a
 //! reason to stop shipping.
@@ -59,9 +60,10 @@ fn send(to: &Target<'_>, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `READY=1` now, and `STOPPING=1` as soon as `cancel` fires (a signal).
-pub fn ready_until(cancel: &CancellationToken) {
-    notify("READY=1");
+/// `STOPPING=1` as soon as `cancel` fires (a signal). `run` sends `READY=1`
+/// once its pipelines run, and around a reload (SIGHUP) `RELOADING=1` then
+/// `READY=1` again.
+pub fn stopping_on(cancel: &CancellationToken) {
     let cancel = cancel.clone();
     tokio::spawn(async move {
         cancel.cancelled().await;

@@ -1,4 +1,5 @@
-//! Shutdown: one cancellation token, cancelled by SIGTERM or SIGINT.
+//! Shutdown: one cancellation token, cancelled by SIGTERM or SIGINT; and
+//! SIGHUP, which asks `run` to reload its configuration ([`Reloads`]).
 //!
 //! Every task takes a clone of the token (never a global). On the first signal
 //! sources stop reading and the pipeline drains; a second signal exits at once.
@@ -27,4 +28,25 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
         std::process::exit(code);
     });
     Ok(())
+}
+
+/// SIGHUP, caught from the moment it is made (its default action ends the
+/// process): `run` reloads its configuration at each [`Reloads::next`]. Signals
+/// that arrive while one is being handled are coalesced by the kernel and
+/// tokio into one more.
+pub struct Reloads(tokio::signal::unix::Signal);
+
+impl Reloads {
+    pub fn catch() -> std::io::Result<Self> {
+        signal(SignalKind::hangup()).map(Reloads)
+    }
+
+    /// Returns at the next SIGHUP (at once if one came since the last call).
+    pub async fn next(&mut self) {
+        // `None` only once the driver is gone, with the runtime: wait for the
+        // shutdown then, as if no SIGHUP came.
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `Type=notify` readiness: under systemd (`$NOTIFY_SOCKET` set) the agent sends
-//! `READY=1` once its pipeline runs and `STOPPING=1` when SIGTERM starts the
-//! shutdown; the socket may be a path or an abstract name (`@name`).
+//! `READY=1` once its pipeline runs, `RELOADING=1` then `READY=1` around a
+//! SIGHUP's reload, and `STOPPING=1` when SIGTERM starts the shutdown; the
+//! socket may be a path or an abstract name (`@name`).
 
 mod support;
 
@@ -83,6 +84,38 @@ async fn ready_once_the_pipeline_runs_and_stopping_on_sigterm() {
         setup.dir.path().join("state/spool/loki").is_dir(),
         "READY=1 before the buffer was opened"
     );
+    sigterm(&child);
+    assert_eq!(next_message(&sock, &stderr).await, "STOPPING=1");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+}
+
+#[tokio::test]
+async fn reloading_then_ready_around_a_reload_and_nothing_for_an_unchanged_file() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let socket_path = setup.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&socket_path).unwrap();
+    let stderr = setup.stderr_path();
+    let mut child = start(&setup.config, &stderr, socket_path.to_str().unwrap());
+    assert_eq!(next_message(&sock, &stderr).await, "READY=1");
+
+    let hup = |child: &Running| {
+        let _ = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status();
+    };
+    // Unchanged: nothing to say. The next message is the reload's.
+    hup(&child);
+    assert!(
+        support::wait_until(DEADLINE, || std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("is unchanged"))
+        .await
+    );
+    setup.edit(|text| format!("{text}labels = {{ env = \"b\" }}\n"));
+    hup(&child);
+    assert_eq!(next_message(&sock, &stderr).await, "RELOADING=1");
+    assert_eq!(next_message(&sock, &stderr).await, "READY=1");
     sigterm(&child);
     assert_eq!(next_message(&sock, &stderr).await, "STOPPING=1");
     assert_eq!(exit_code(&mut child).await, Some(0));

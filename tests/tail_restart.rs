@@ -70,6 +70,27 @@ async fn start_at_end_applies_only_to_files_never_seen_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_appeared_during_a_reload_is_read_from_its_start_whatever_start_at_says() {
+    let (_dir, logs, state) = temp();
+    let mut e = entry("app", &logs.join("*.log"));
+    e.start_at = StartAt::End;
+    let tail = start(vec![e.clone()], &state);
+    eventually("first walk", || tail.counters.snapshot().watches > 0).await;
+    tail.stop().await;
+    // Created while the pipelines restarted on a reloaded configuration: the
+    // entry ran before it, so `start_at = "end"` is not applied again.
+    let path = logs.join("rotated-in.log");
+    append(&path, "written during the reload\n");
+    let settings = TailSettings {
+        continued: ["app".to_string()].into(),
+        ..TailSettings::new(vec![e], state.clone())
+    };
+    let tail = start_with(settings, Acks::Call);
+    assert_eq!(tail.wait_lines(1).await, ["written during the reload"]);
+    tail.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_positions_file_is_set_aside_and_rebuilt() {
     let (_dir, logs, state) = temp();
     std::fs::create_dir_all(&state).unwrap();

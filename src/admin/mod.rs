@@ -40,7 +40,7 @@ mod tests;
 pub use status::snapshots as status_snapshots;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -134,6 +134,46 @@ pub struct Admin {
     pub task: Option<JoinHandle<()>>,
     /// Every family `/metrics` serves (or would serve, with the endpoint off).
     pub metrics: AgentMetrics,
+    /// What it serves, replaced when `run` reloads its configuration.
+    pub served: Served,
+}
+
+/// What a running endpoint serves: replaced as a whole by [`Served::replace`]
+/// when `run` restarts its pipelines on a new configuration, the listener,
+/// its connections and their counters kept.
+#[derive(Clone, Debug)]
+pub struct Served {
+    listen: String,
+    /// The endpoint's connection counters; `None` with the endpoint off.
+    connections: Option<Arc<ListenerCounters>>,
+    current: Arc<RwLock<Arc<Endpoint>>>,
+    /// The endpoint's own token (not a generation's): it ends the taps'
+    /// answers, which go on across a reload.
+    cancel: CancellationToken,
+}
+
+impl Served {
+    /// `admin.listen` as the endpoint was started on.
+    pub fn listen(&self) -> &str {
+        &self.listen
+    }
+
+    /// Serves `sources` and what the stages registered in `metrics` from now
+    /// on, with the endpoint's own families (its connections, the process);
+    /// returns every family, as [`start`] does.
+    pub fn replace(&self, sources: Sources, mut metrics: Registry) -> AgentMetrics {
+        if let Some(connections) = &self.connections {
+            connections.clone().register(&mut metrics, "admin");
+        }
+        ProcessStats::register(&mut metrics, Box::new(ProcFs));
+        let metrics = metrics.finish();
+        let endpoint = Arc::new(Endpoint::new(sources, metrics.clone(), self.cancel.clone()));
+        match self.current.write() {
+            Ok(mut current) => *current = endpoint,
+            Err(poisoned) => *poisoned.into_inner() = endpoint,
+        }
+        metrics
+    }
 }
 
 /// Starts the endpoint on `listen` (`""`: disabled, no task; the metrics are
@@ -152,9 +192,20 @@ pub async fn start(
     if listen.is_empty() {
         tracing::info!("admin endpoint disabled (admin.listen = \"\")");
         ProcessStats::register(&mut metrics, Box::new(ProcFs));
+        let metrics = metrics.finish();
         return Ok(Admin {
             task: None,
-            metrics: metrics.finish(),
+            served: Served {
+                listen: String::new(),
+                connections: None,
+                current: Arc::new(RwLock::new(Arc::new(Endpoint::new(
+                    sources,
+                    metrics.clone(),
+                    cancel.clone(),
+                )))),
+                cancel,
+            },
+            metrics,
         });
     }
     let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
@@ -169,7 +220,18 @@ pub async fn start(
     connections.clone().register(&mut metrics, "admin");
     ProcessStats::register(&mut metrics, Box::new(ProcFs));
     let metrics = metrics.finish();
-    let router = router(sources, metrics.clone(), cancel.clone());
+    let current = Arc::new(RwLock::new(Arc::new(Endpoint::new(
+        sources,
+        metrics.clone(),
+        cancel.clone(),
+    ))));
+    let served = Served {
+        listen: listen.to_string(),
+        connections: Some(connections.clone()),
+        current: current.clone(),
+        cancel: cancel.clone(),
+    };
+    let router = router(current);
     let first = TcpListener::bind(addr).await;
     let task = tokio::spawn(async move {
         let listener = match first {
@@ -199,6 +261,7 @@ pub async fn start(
     Ok(Admin {
         task: Some(task),
         metrics,
+        served,
     })
 }
 
@@ -216,21 +279,14 @@ async fn retry_bind(addr: SocketAddr, cancel: &CancellationToken) -> Option<TcpL
     }
 }
 
-/// The endpoint's routes; `metrics` reads what `/metrics` serves.
-fn router(sources: Sources, metrics: AgentMetrics, cancel: CancellationToken) -> Router {
-    let page = metrics::registry(metrics.clone());
-    let state = Arc::new(Endpoint {
-        sources,
-        metrics,
-        page,
-        cancel,
-    });
+/// The endpoint's routes, serving what `current` holds at each request.
+fn router(current: Arc<RwLock<Arc<Endpoint>>>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status::serve))
         .route("/tap", get(tap::serve))
-        .with_state(state)
+        .with_state(current)
 }
 
 /// What the routes read: the buffers and last errors (for `/healthz` and
@@ -241,16 +297,38 @@ struct Endpoint {
     sources: Sources,
     metrics: AgentMetrics,
     page: prometheus_client::registry::Registry,
-    /// Ends the taps' answers at shutdown.
+    /// Ends the taps' answers at shutdown (the endpoint's own token: a tap
+    /// goes on across a reload).
     cancel: CancellationToken,
 }
 
-async fn serve_metrics(State(endpoint): State<Arc<Endpoint>>) -> Response {
+impl Endpoint {
+    fn new(sources: Sources, metrics: AgentMetrics, cancel: CancellationToken) -> Self {
+        Self {
+            sources,
+            page: metrics::registry(metrics.clone()),
+            metrics,
+            cancel,
+        }
+    }
+
+    /// What a request reads now (one reload may replace it meanwhile).
+    fn now(current: &RwLock<Arc<Endpoint>>) -> Arc<Endpoint> {
+        match current.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+async fn serve_metrics(State(current): State<Arc<RwLock<Arc<Endpoint>>>>) -> Response {
+    let endpoint = Endpoint::now(&current);
     let body = metrics::render(&endpoint.page);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
-async fn healthz(State(endpoint): State<Arc<Endpoint>>) -> Response {
+async fn healthz(State(current): State<Arc<RwLock<Arc<Endpoint>>>>) -> Response {
+    let endpoint = Endpoint::now(&current);
     match endpoint.sources.problem() {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("{p}\n")).into_response(),

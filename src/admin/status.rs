@@ -3,7 +3,7 @@
 //! verdict and the sinks' last errors ([`crate::status::build`]); and the same
 //! status for the line `run` logs ([`snapshots`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -14,7 +14,8 @@ use super::{Endpoint, Sources};
 use crate::metric::AgentMetrics;
 use crate::status::{self, Extras, Status};
 
-pub(super) async fn serve(State(endpoint): State<Arc<Endpoint>>) -> Response {
+pub(super) async fn serve(State(current): State<Arc<RwLock<Arc<Endpoint>>>>) -> Response {
+    let endpoint = Endpoint::now(&current);
     let status = snapshot(&endpoint.sources, &endpoint.metrics);
     // A plain struct of numbers and strings always serialises.
     let body = serde_json::to_string_pretty(&status).unwrap_or_default();

@@ -12,7 +12,7 @@
 //! (another host) is refused with 403. The answer's `x-wisp-tap-scope` header
 //! says which: `all` or `own`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -50,10 +50,11 @@ pub(super) fn scope(peer: Option<u32>, daemon: u32) -> Result<Option<u32>, ()> {
 }
 
 pub(super) async fn serve(
-    State(endpoint): State<Arc<Endpoint>>,
+    State(current): State<Arc<RwLock<Arc<Endpoint>>>>,
     peer: Option<Extension<Arc<Peer>>>,
     Query(query): Query<TapQuery>,
 ) -> Response {
+    let endpoint = Endpoint::now(&current);
     let Some(logs) = &endpoint.sources.logs else {
         return (
             StatusCode::NOT_FOUND,

@@ -87,6 +87,12 @@ impl Stages {
     ) -> AgentMetrics {
         let mut r = Registry::default();
         crate::discovery::metrics::register(&mut r, self.host.clone());
+        let config = crate::run::reload::ConfigState::with(
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_764_400_000),
+        );
+        config.count(crate::run::reload::Outcome::Unchanged, None);
+        config.register(&mut r);
         if let Some(logs) = &self.logs {
             logs.tail.clone().register(&mut r);
             logs.parse.clone().register(&mut r);
@@ -323,6 +329,16 @@ fn every_metric_has_help_and_a_type_and_the_page_parses() {
             "{name}"
         );
     }
+    assert_eq!(
+        samples["wisp_config_reloads_total{result=\"unchanged\"}"],
+        1.0
+    );
+    assert_eq!(samples["wisp_config_reloads_total{result=\"failed\"}"], 0.0);
+    assert_eq!(samples["wisp_config_last_reload_successful"], 1.0);
+    assert_eq!(
+        samples["wisp_config_last_reload_success_timestamp_seconds"],
+        1_764_400_000.0
+    );
     assert_eq!(samples["process_resident_memory_bytes"], 7040.0 * 1024.0);
     assert_eq!(samples["process_virtual_memory_bytes"], 123456.0 * 1024.0);
     assert_eq!(samples["process_cpu_seconds_total"], 3.0);
@@ -446,7 +462,11 @@ async fn healthz_answers_503_with_the_reason_while_the_buffer_cannot_write() {
     let s = sources(None);
     let health = s.logs.as_ref().unwrap().buffer.clone();
     let metrics = s.metrics(None, FakeProc);
-    let app = router(s.sources(), metrics, CancellationToken::new());
+    let app = router(Arc::new(std::sync::RwLock::new(Arc::new(Endpoint::new(
+        s.sources(),
+        metrics,
+        CancellationToken::new(),
+    )))));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cancel = CancellationToken::new();

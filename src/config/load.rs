@@ -79,6 +79,25 @@ pub struct Loaded {
     pub env_overrides: Vec<String>,
     /// Environment variables the file's `${…}` read, by name.
     pub expanded: Vec<String>,
+    /// The sha256 of the file's bytes as read (before `${…}` and the
+    /// environment), lower-case hex; of no bytes for the built-in defaults.
+    /// What `/status` shows, and how a reload tells an unchanged file.
+    pub sha256: String,
+    /// When it was read.
+    pub loaded_at: std::time::SystemTime,
+}
+
+/// The sha256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 /// Finds and reads the configuration, applies the environment, validates.
@@ -102,6 +121,8 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
             }
         },
     };
+    let loaded_at = std::time::SystemTime::now();
+    let sha256 = sha256_hex(text.as_deref().unwrap_or_default().as_bytes());
     let (text, expanded) = match text {
         Some(t) => {
             let (t, names) = super::interpolate::expand(&t, &origin.to_string(), env)?;
@@ -120,6 +141,8 @@ pub fn load(explicit: Option<&Path>, env: &dyn EnvSource) -> Result<Loaded, Conf
         origin,
         env_overrides,
         expanded,
+        sha256,
+        loaded_at,
     })
 }
 

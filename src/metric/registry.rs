@@ -19,6 +19,7 @@ use super::family::{Family, Reading};
 /// after these, in the order registered.
 pub const ORDER: &[&str] = &[
     "host",
+    "config",
     "tail",
     "parse",
     "spool",

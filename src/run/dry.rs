@@ -13,6 +13,7 @@ use super::logs::{transform, CHANNEL_BATCHES};
 use crate::config::{self, Loaded};
 use crate::discovery::{self, Discovery, Inputs, Resolution};
 use crate::parse::{ParseSettings, Transformer};
+use crate::shutdown::Reloads;
 use crate::source::file::{self, TailSettings};
 
 /// A state directory that lives as long as a dry run: real checkpoints stay
@@ -37,7 +38,11 @@ impl Drop for ThrowawayDir {
 /// `run --dry-run`: tails as `run` would and prints each record it would ship as
 /// one JSON line on stdout. Checkpoints go to a throwaway directory, so with
 /// `start_at = "end"` only lines written while it runs are shown.
-pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
+pub async fn run(
+    loaded: Loaded,
+    mut reloads: Reloads,
+    cancel: CancellationToken,
+) -> Result<ExitCode> {
     // The daemon's discovery runs in the background and logs its choice; a
     // dry run ships nothing, so it only says once which host it would use.
     let discovery = discovery::discover(&loaded.config, &Inputs::default()).await;
@@ -58,7 +63,23 @@ pub async fn run(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> 
         crate::sink::console::run_blocking(batch_rx, std::io::stdout())
     });
 
+    // A SIGHUP does not reload a dry run (it would print what it printed
+    // already, or skip what the new entries hold): it says so and goes on.
+    let hups = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = reloads.next() => tracing::warn!(
+                        "SIGHUP: a dry run does not reload its configuration; stop it and start it again"
+                    ),
+                }
+            }
+        })
+    };
     let printed = console.await.context("the console sink stopped")?;
+    hups.abort();
     // The console ends first only when stdout went away (a closed pipe): stop the
     // sources then, there is no one left to print for.
     cancel.cancel();

@@ -13,6 +13,7 @@ pub fn metric_families() -> Vec<(&'static str, &'static str)> {
     }
     let (spool_a, spool_b) = crate::spool::SpoolCountersSnapshot::split();
     of(crate::discovery::metrics::FAMILIES)
+        .chain(of(super::reload::FAMILIES))
         .chain(of(crate::source::file::TailStats::FAMILIES))
         .chain(of(crate::parse::ParseCountersSnapshot::FAMILIES))
         .chain(of(spool_a))

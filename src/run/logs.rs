@@ -95,18 +95,19 @@ pub struct LogsInput {
     rx: mpsc::Receiver<Batch>,
     /// Whether the Loki spool can append.
     health: Arc<BufferHealth>,
-    /// Where the spool stage shows what it appended (`GET /tap`).
+    /// Where the spool stage shows what it appended (`GET /tap`): one for the
+    /// process, so a tap open across a reload goes on.
     tap: Arc<Tap>,
 }
 
 impl LogsInput {
-    pub fn new() -> Self {
+    pub fn new(tap: Arc<Tap>) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         Self {
             tx,
             rx,
             health: Arc::new(BufferHealth::logs()),
-            tap: Arc::new(Tap::default()),
+            tap,
         }
     }
 
@@ -117,12 +118,6 @@ impl LogsInput {
             self.tx.clone(),
             self.health.clone(),
         )
-    }
-}
-
-impl Default for LogsInput {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -152,12 +147,15 @@ struct StageCounters {
 
 impl OpenLogs {
     /// Opens the Loki spool (bounded by `max_bytes`) and makes each stage's
-    /// counters. `None` when `cancel` fired while a full disk was waited out.
+    /// counters. `continued`: the `[[files]]` entries tailed before a reload
+    /// ([`TailSettings::continued`]). `None` when `cancel` fired while a full
+    /// disk was waited out.
     pub async fn open(
         config: &Config,
         state_dir: &Path,
         max_bytes: u64,
         input: LogsInput,
+        continued: std::collections::BTreeSet<String>,
         cancel: &CancellationToken,
     ) -> Result<Option<OpenLogs>> {
         let client = LokiClient::new(&config.loki)?;
@@ -180,6 +178,7 @@ impl OpenLogs {
         transformer.restore_clocks(writer.resume_state());
         let tail = TailSettings {
             resume: Some(writer.resume_state().clone()),
+            continued,
             ..TailSettings::new(config.files.clone(), state_dir.to_path_buf())
         };
         let counters = StageCounters {

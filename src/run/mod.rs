@@ -1,13 +1,18 @@
 //! `wisp-agent run`, the daemon, top to bottom in [`daemon`]: check and lock
-//! the state directory; discover the host (kept fresh in the background);
-//! start each enabled pipeline, the file logs to Loki ([`logs`]) and the OTLP
-//! relay ([`otlp`]), each a value holding its counters; the exec server; the
-//! admin endpoint with the periodic status line and host metrics; wait for a
-//! signal; then one shutdown, front to back: every source stops, the tasks
-//! feeding the pipelines let go of them, each pipeline finishes (its spool
-//! stage ends once nothing feeds it, its shipper gets [`DRAIN_GRACE`] to ship
-//! what is left, the rest waits in the spool for the next start), and the
-//! admin endpoint last.
+//! the state directory; then a generation of the pipelines on one
+//! configuration ([`Generation`]): discovery (kept fresh in the background),
+//! each enabled pipeline, the file logs to Loki ([`logs`]) and the OTLP relay
+//! ([`otlp`]), each a value holding its counters; the exec server; the admin
+//! endpoint with the periodic status line and host metrics; wait for a
+//! signal; then the generation finishes, front to back: every source stops,
+//! the tasks feeding the pipelines let go of them, each pipeline finishes (its
+//! spool stage ends once nothing feeds it, its shipper gets [`DRAIN_GRACE`] to
+//! ship what is left, the rest waits in the spool for the next start), and
+//! the admin endpoint last. SIGTERM and SIGINT stop there; a SIGHUP with a
+//! valid new configuration ([`reload`]) starts the next generation on it,
+//! which resumes from the spools' commit frames as a restart does, in the same
+//! process, with the same lock and, while `admin.listen` stays, the same
+//! admin endpoint.
 //!
 //! `run --dry-run` is [`dry`]: the tailer and the parser, printing instead of
 //! shipping; `run --stdin --dry-run` is [`stdin`]: standard input instead of
@@ -17,10 +22,12 @@ mod dry;
 mod families;
 mod logs;
 mod otlp;
+pub(crate) mod reload;
 mod stdin;
 
 pub use families::metric_families;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,12 +46,14 @@ use crate::discovery::{self, Inputs};
 use crate::metric::Registry;
 use crate::record::SourceBatch;
 use crate::relay::Intake;
+use crate::shutdown::Reloads;
 use crate::source::exec::metrics::ExecCounters;
 use crate::source::known_runs::KnownRuns;
 use crate::source::{exec, host_metrics};
 use crate::spool::ResumeState;
 use logs::{LogsInput, OpenLogs};
 use otlp::OtlpPipeline;
+use reload::ConfigState;
 
 /// After the sources stopped, each task feeding the pipelines, and each
 /// pipeline's receivers, get this long to stop; then each shipper gets this
@@ -57,12 +66,13 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// `run`: the daemon, or with `--dry-run` the tailer printing what it would
-/// ship, until SIGTERM or SIGINT.
+/// ship, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
     tracing::info!(
-        "wisp-agent {} starting; configuration: {}",
+        "wisp-agent {} starting; configuration: {} (sha256 {})",
         env!("CARGO_PKG_VERSION"),
-        loaded.origin
+        loaded.origin,
+        reload::short(&loaded.sha256)
     );
     if !args.stdin {
         logs::log_tailed_files(&loaded.config);
@@ -70,152 +80,393 @@ pub async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signals(cancel.clone())
         .context("cannot install the signal handlers")?;
+    let reloads = Reloads::catch().context("cannot install the signal handlers")?;
     if args.stdin {
+        // Standard input is read once: a SIGHUP, caught, is ignored.
+        let _ignored = reloads;
         stdin::run(loaded.config, args.job, cancel).await
     } else if args.dry_run {
-        dry::run(loaded, cancel).await
+        dry::run(loaded, reloads, cancel).await
     } else {
-        daemon(loaded, cancel).await
+        daemon(loaded, reloads, cancel).await
     }
 }
 
 /// The daemon: tails the configured files into the Loki spool and ships it to
 /// Loki, and relays local OTLP to the host's collector, until `cancel` fires;
 /// then finishes both (see [`DRAIN_GRACE`]) and returns.
-async fn daemon(loaded: Loaded, cancel: CancellationToken) -> Result<ExitCode> {
+///
+/// A SIGHUP with a valid new configuration ([`reload`]) finishes the
+/// pipelines as shutdown does (sources stop, spools take what was read,
+/// shippers get their grace, the rest waits in the spool) and starts them
+/// again on it, resuming from the resume points in the spools' commit frames,
+/// as a restart does; the process, its lock on the state directory and the
+/// admin endpoint (when `admin.listen` is unchanged) stay.
+async fn daemon(
+    loaded: Loaded,
+    mut reloads: Reloads,
+    cancel: CancellationToken,
+) -> Result<ExitCode> {
     let started = SystemTime::now();
-    let config = &loaded.config;
     let origin = loaded.origin.to_string();
 
     // The state directory: checked, and locked until `run` returns.
-    config.check_sinks(&origin)?;
-    let (state_dir, _lock) = claim_state_dir(config, &origin)?;
+    loaded.config.check_sinks(&origin)?;
+    let (state_dir, _lock) = claim_state_dir(&loaded.config, &origin)?;
+    let config_state = ConfigState::new(&loaded);
+    let shared = Shared {
+        state_dir,
+        started,
+        config: config_state.clone(),
+        cancel: cancel.clone(),
+        tap: Arc::new(crate::tap::Tap::default()),
+    };
+    crate::notify::stopping_on(&cancel);
 
-    // Discover: the host, chosen and kept fresh in the background.
-    let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
-
-    // Each enabled pipeline. The Loki spool stage's input comes first: with
-    // `otlp.logs_to_loki` the OTLP receivers store logs records through it.
-    let spool_bytes = spool_share(config);
-    let logs_input = LogsInput::new();
-    let to_loki = config.logs_to_loki().then(|| logs_input.to_loki(config));
-    let otlp = OtlpPipeline::start(
-        config,
-        &state_dir,
-        spool_bytes,
-        host.clone(),
-        health.clone(),
-        to_loki,
-        cancel.clone(),
-    )
-    .await?;
-    let intake = otlp.as_ref().map(OtlpPipeline::intake);
-    let logs = if config.loki.enabled {
-        let opened = OpenLogs::open(config, &state_dir, spool_bytes, logs_input, &cancel).await?;
-        let Some(logs) = opened else {
-            tracing::info!("stopped before the buffer could be opened");
-            return Ok(ExitCode::SUCCESS);
+    let mut loaded = loaded;
+    // The configuration before a reload, while the pipelines start on the
+    // new one: should they fail to, they start again on it.
+    let mut previous: Option<Loaded> = None;
+    let mut admin: Option<AdminEndpoint> = None;
+    let mut continued = BTreeSet::new();
+    loop {
+        let generation = cancel.child_token();
+        let started = Generation::start(&loaded, &shared, continued, &mut admin, &generation).await;
+        let mut running = match (started, previous.take()) {
+            (Ok(Some(running)), previous) => {
+                if previous.is_some() {
+                    config_state.count(reload::Outcome::Ok, Some(&loaded));
+                    tracing::info!(
+                        "SIGHUP: {} (sha256 {}) is in effect",
+                        loaded.origin,
+                        reload::short(&loaded.sha256)
+                    );
+                }
+                running
+            }
+            (Ok(None), _) => {
+                tracing::info!("stopped before the buffer could be opened");
+                break;
+            }
+            (Err(e), Some(before)) => {
+                tracing::error!(
+                    "SIGHUP: cannot start the pipelines on {}: {e:#}; starting them again on the \
+                     configuration before (sha256 {})",
+                    loaded.origin,
+                    reload::short(&before.sha256)
+                );
+                config_state.count(reload::Outcome::Failed, None);
+                generation.cancel();
+                continued = before.config.files.iter().map(|f| f.name.clone()).collect();
+                loaded = before;
+                continue;
+            }
+            (Err(e), None) => return Err(e),
         };
-        Some(logs)
-    } else {
-        if !config.files.is_empty() {
-            tracing::warn!(
-                "loki.enabled = false: the [[files]] entries are not tailed (file logs are shipped to Loki only); \
-                 relaying OTLP only"
+        crate::notify::notify("READY=1");
+
+        // Wait: for SIGTERM or SIGINT, the tailer stopping on its own (it
+        // could not start), or a SIGHUP with a new configuration.
+        let next = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break None,
+                _ = running.tailer_stopped() => break None,
+                _ = reloads.next() => {
+                    if let Some(new) = reload::read_again(&loaded, &config_state) {
+                        break Some(new);
+                    }
+                }
+            }
+        };
+        if let Some(new) = &next {
+            crate::notify::notify("RELOADING=1");
+            tracing::info!(
+                "SIGHUP: reloading {} (sha256 {}, {}): finishing the pipelines, then starting them again",
+                new.origin,
+                reload::short(&new.sha256),
+                reload::files_changed(&loaded.config, &new.config)
             );
         }
-        None
-    };
-
-    // Tasks feeding the pipelines besides their own sources (the exec server,
-    // host metrics): each ends soon after `cancel` fires, letting go of them.
-    let mut feeding = Vec::new();
-
-    // The exec server: a run's lines into the logs pipeline (acknowledged and
-    // dropped without it: file logs go to Loki only), its span into the OTLP one.
-    let exec_counters = Arc::new(ExecCounters::new(config.agent.max_label_values));
-    let (lines, resume) = match &logs {
-        Some(logs) => (logs.lines(), logs.resume().clone()),
-        None => (discard_lines(), ResumeState::new()),
-    };
-    let known_runs = start_exec_server(
-        config,
-        &state_dir,
-        &resume,
-        lines,
-        intake.clone(),
-        exec_counters.clone(),
-        &cancel,
-    )
-    .map(|(task, known)| {
-        feeding.push(task);
-        known
-    });
-
-    // The admin endpoint, the periodic status line and host metrics, once
-    // every stage's counters exist: each registers its metric readers (the
-    // page serves them in one order whatever the order here,
-    // [`crate::metric::ORDER`]).
-    let mut metrics = Registry::default();
-    discovery::metrics::register(&mut metrics, host.clone());
-    if let Some(logs) = &logs {
-        logs.register_metrics(&mut metrics);
-    }
-    if let Some(otlp) = &otlp {
-        otlp.register_metrics(&mut metrics);
-    }
-    exec_counters.register(&mut metrics);
-    let sources = Sources {
-        logs: logs.as_ref().map(OpenLogs::sources),
-        relay: otlp.as_ref().map(OtlpPipeline::sources),
-    };
-    let admin = start_admin(config, &origin, sources, metrics, intake, started, &cancel).await?;
-    feeding.extend(admin.host_metrics);
-
-    // The logs pipeline reads from here on.
-    let mut logs = logs.map(|l| l.start(config, known_runs, host, health, &cancel));
-    crate::notify::ready_until(&cancel);
-
-    // Wait: for SIGTERM or SIGINT, or the tailer stopping on its own (it
-    // could not start).
-    match logs.as_mut() {
-        Some(logs) => tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = logs.tailer_stopped() => {}
-        },
-        None => cancel.cancelled().await,
-    }
-
-    // Shutdown, front to back. The token stops every source (the tailer, the
-    // receivers, the exec server, host metrics); once the tasks feeding the
-    // pipelines let go of them, both pipelines finish side by side: the Loki
-    // spool stage ends only once the OTLP receivers let go of it too, which the
-    // OTLP pipeline's finish waits for.
-    cancel.cancel();
-    for task in feeding {
-        if tokio::time::timeout(DRAIN_GRACE, task).await.is_err() {
-            tracing::warn!("a task feeding the pipelines did not stop within {DRAIN_GRACE:?}");
+        generation.cancel();
+        running.finish().await?;
+        let Some(new) = next else {
+            break;
+        };
+        if cancel.is_cancelled() {
+            // SIGTERM during the reload: the new configuration never ran.
+            break;
         }
+        continued = continued_entries(&loaded.config, &new.config);
+        logs::log_tailed_files(&new.config);
+        previous = Some(std::mem::replace(&mut loaded, new));
     }
-    let (tailed, ()) = tokio::join!(
-        async {
-            match logs {
-                Some(logs) => logs.finish(DRAIN_GRACE).await,
-                None => Ok(()),
-            }
-        },
-        async {
-            if let Some(otlp) = otlp {
-                otlp.finish(DRAIN_GRACE).await;
-            }
-        },
-    );
-    if let Some(admin) = admin.task {
-        let _ = tokio::time::timeout(ADMIN_GRACE, admin).await;
+    if let Some(admin) = admin {
+        admin.finish().await;
     }
-    tailed?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `[[files]]` entries of `now` that ran in `was` with the same patterns
+/// (by name): `start_at` does not apply to them again (see
+/// [`crate::source::file::TailSettings::continued`]).
+fn continued_entries(was: &Config, now: &Config) -> BTreeSet<String> {
+    now.files
+        .iter()
+        .filter(|f| {
+            was.files
+                .iter()
+                .any(|w| w.name == f.name && w.paths == f.paths)
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
+/// What every generation of the pipelines shares: it lives as long as `run`.
+struct Shared {
+    state_dir: PathBuf,
+    /// The agent's start, where the pushed counters begin.
+    started: SystemTime,
+    config: Arc<ConfigState>,
+    /// The daemon's token: SIGTERM or SIGINT.
+    cancel: CancellationToken,
+    /// What the Loki spool appends, for `GET /tap`: taps stay open across a
+    /// reload.
+    tap: Arc<crate::tap::Tap>,
+}
+
+/// The admin endpoint, kept across reloads while `admin.listen` stays: its
+/// own token (a child of the daemon's), its task, and what it serves.
+struct AdminEndpoint {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    served: admin::Served,
+}
+
+impl AdminEndpoint {
+    /// Stops it, giving a scrape in flight [`ADMIN_GRACE`].
+    async fn finish(self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task {
+            let _ = tokio::time::timeout(ADMIN_GRACE, task).await;
+        }
+    }
+}
+
+/// The pipelines on one configuration, from start to the next reload or the
+/// shutdown: discovery, both pipelines, the exec server, host metrics and the
+/// periodic status line, all stopped by one token.
+struct Generation {
+    /// Tasks feeding the pipelines besides their own sources (the exec
+    /// server, host metrics): each ends soon after the token fires.
+    feeding: Vec<JoinHandle<()>>,
+    logs: Option<logs::LogsPipeline>,
+    otlp: Option<OtlpPipeline>,
+}
+
+impl Generation {
+    /// Starts the pipelines on `loaded` until `cancel` fires; `continued`:
+    /// the `[[files]]` entries tailed before a reload. The admin endpoint is
+    /// started, or kept and handed the new stages' readers when
+    /// `admin.listen` did not change. `None` when `cancel` fired while a full
+    /// disk was waited out.
+    async fn start(
+        loaded: &Loaded,
+        shared: &Shared,
+        continued: BTreeSet<String>,
+        admin: &mut Option<AdminEndpoint>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Self>> {
+        let config = &loaded.config;
+        let origin = loaded.origin.to_string();
+        let state_dir = &shared.state_dir;
+
+        // Discover: the host, chosen and kept fresh in the background.
+        let (host, health) = discovery::watch(config.clone(), Inputs::default(), cancel.clone());
+
+        // Each enabled pipeline. The Loki spool stage's input comes first: with
+        // `otlp.logs_to_loki` the OTLP receivers store logs records through it.
+        let spool_bytes = spool_share(config);
+        let logs_input = LogsInput::new(shared.tap.clone());
+        let to_loki = config.logs_to_loki().then(|| logs_input.to_loki(config));
+        let otlp = OtlpPipeline::start(
+            config,
+            state_dir,
+            spool_bytes,
+            host.clone(),
+            health.clone(),
+            to_loki,
+            cancel.clone(),
+        )
+        .await?;
+        let intake = otlp.as_ref().map(OtlpPipeline::intake);
+        let logs = if config.loki.enabled {
+            let opened = OpenLogs::open(
+                config,
+                state_dir,
+                spool_bytes,
+                logs_input,
+                continued,
+                cancel,
+            )
+            .await;
+            let opened = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    // The OTLP pipeline finishes first: a reload that goes
+                    // back to the configuration before opens its spool again.
+                    cancel.cancel();
+                    if let Some(otlp) = otlp {
+                        otlp.finish(DRAIN_GRACE).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(logs) = opened else {
+                if let Some(otlp) = otlp {
+                    otlp.finish(DRAIN_GRACE).await;
+                }
+                return Ok(None);
+            };
+            Some(logs)
+        } else {
+            if !config.files.is_empty() {
+                tracing::warn!(
+                    "loki.enabled = false: the [[files]] entries are not tailed (file logs are shipped to Loki only); \
+                     relaying OTLP only"
+                );
+            }
+            None
+        };
+
+        let mut feeding = Vec::new();
+
+        // The exec server: a run's lines into the logs pipeline (acknowledged and
+        // dropped without it: file logs go to Loki only), its span into the OTLP one.
+        let exec_counters = Arc::new(ExecCounters::new(config.agent.max_label_values));
+        let (lines, resume) = match &logs {
+            Some(logs) => (logs.lines(), logs.resume().clone()),
+            None => (discard_lines(), ResumeState::new()),
+        };
+        let known_runs = start_exec_server(
+            config,
+            state_dir,
+            &resume,
+            lines,
+            intake.clone(),
+            exec_counters.clone(),
+            cancel,
+        )
+        .map(|(task, known)| {
+            feeding.push(task);
+            known
+        });
+
+        // The admin endpoint, the periodic status line and host metrics, once
+        // every stage's counters exist: each registers its metric readers (the
+        // page serves them in one order whatever the order here,
+        // [`crate::metric::ORDER`]).
+        let mut metrics = Registry::default();
+        discovery::metrics::register(&mut metrics, host.clone());
+        shared.config.register(&mut metrics);
+        if let Some(logs) = &logs {
+            logs.register_metrics(&mut metrics);
+        }
+        if let Some(otlp) = &otlp {
+            otlp.register_metrics(&mut metrics);
+        }
+        exec_counters.register(&mut metrics);
+        let sources = Sources {
+            logs: logs.as_ref().map(OpenLogs::sources),
+            relay: otlp.as_ref().map(OtlpPipeline::sources),
+        };
+        let status_sources = sources.clone();
+        let agent_metrics = match admin.take() {
+            Some(kept) if kept.served.listen() == config.admin.listen => {
+                let m = kept.served.replace(sources, metrics);
+                *admin = Some(kept);
+                m
+            }
+            other => {
+                if let Some(old) = other {
+                    old.finish().await;
+                }
+                let admin_cancel = shared.cancel.child_token();
+                let started = admin::start(
+                    &config.admin.listen,
+                    &origin,
+                    sources,
+                    metrics,
+                    admin_cancel.clone(),
+                )
+                .await?;
+                *admin = Some(AdminEndpoint {
+                    cancel: admin_cancel,
+                    task: started.task,
+                    served: started.served,
+                });
+                started.metrics
+            }
+        };
+        // The periodic status line (`agent.status_interval`; off at zero), from
+        // the same readers as `/metrics`.
+        crate::status::periodic::spawn(
+            config.agent.status_interval.get(),
+            admin::status_snapshots(status_sources, agent_metrics.clone()),
+            cancel.clone(),
+        );
+        feeding.extend(host_metrics::spawn(
+            config,
+            intake,
+            agent_metrics,
+            shared.started,
+            cancel.clone(),
+        ));
+
+        // The logs pipeline reads from here on.
+        let logs = logs.map(|l| l.start(config, known_runs, host, health, cancel));
+        Ok(Some(Self {
+            feeding,
+            logs,
+            otlp,
+        }))
+    }
+
+    /// Returns once the tailer stopped on its own (it could not start); never
+    /// without a logs pipeline.
+    async fn tailer_stopped(&mut self) {
+        match self.logs.as_mut() {
+            Some(logs) => logs.tailer_stopped().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Once its token fired, front to back: once the tasks feeding the
+    /// pipelines let go of them, both pipelines finish side by side: the Loki
+    /// spool stage ends only once the OTLP receivers let go of it too, which
+    /// the OTLP pipeline's finish waits for. An error when the tailer could
+    /// not run.
+    async fn finish(self) -> Result<()> {
+        for task in self.feeding {
+            if tokio::time::timeout(DRAIN_GRACE, task).await.is_err() {
+                tracing::warn!("a task feeding the pipelines did not stop within {DRAIN_GRACE:?}");
+            }
+        }
+        let (tailed, ()) = tokio::join!(
+            async {
+                match self.logs {
+                    Some(logs) => logs.finish(DRAIN_GRACE).await,
+                    None => Ok(()),
+                }
+            },
+            async {
+                if let Some(otlp) = self.otlp {
+                    otlp.finish(DRAIN_GRACE).await;
+                }
+            },
+        );
+        tailed
+    }
 }
 
 /// A shipper on a task of its own, and how it ends: `drain` asks it to ship
@@ -321,50 +572,6 @@ fn discard_lines() -> mpsc::Sender<SourceBatch> {
         }
     });
     tx
-}
-
-/// The admin endpoint's task (`None` when `admin.listen` is empty) and the
-/// host-metrics task (`None` when off).
-struct Admin {
-    task: Option<JoinHandle<()>>,
-    host_metrics: Option<JoinHandle<()>>,
-}
-
-/// Starts the admin endpoint on `sources` and the host-metrics task, which
-/// pushes the host's metrics and the agent's own (the families `/metrics`
-/// serves, read by the same code, the endpoint on or off) into the OTLP
-/// pipeline's `intake`. Here, once every stage's counters exist; `started` is
-/// the agent's start, where the pushed counters begin.
-async fn start_admin(
-    config: &Config,
-    origin: &str,
-    sources: Sources,
-    metrics: Registry,
-    intake: Option<Intake>,
-    started: SystemTime,
-    cancel: &CancellationToken,
-) -> Result<Admin> {
-    let status_sources = sources.clone();
-    let admin = admin::start(
-        &config.admin.listen,
-        origin,
-        sources,
-        metrics,
-        cancel.clone(),
-    )
-    .await?;
-    // The periodic status line (`agent.status_interval`; off at zero), from
-    // the same readers as `/metrics`.
-    crate::status::periodic::spawn(
-        config.agent.status_interval.get(),
-        admin::status_snapshots(status_sources, admin.metrics.clone()),
-        cancel.clone(),
-    );
-    let host_metrics = host_metrics::spawn(config, intake, admin.metrics, started, cancel.clone());
-    Ok(Admin {
-        task: admin.task,
-        host_metrics,
-    })
 }
 
 /// Starts the exec socket server ([`exec::server`]): its lines go into `tx`

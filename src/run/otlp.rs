@@ -144,14 +144,26 @@ impl OtlpPipeline {
             cancel.clone(),
             |_: &[OtlpPayload], _: &[(crate::record::Owner, usize)]| {},
         ));
-        let receivers = Receivers::start(
+        let receivers = match Receivers::start(
             &config.receiver,
             intake.clone(),
             to_loki,
             receiver_counters.clone(),
-            cancel,
+            cancel.clone(),
         )
-        .await?;
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // The receivers bound already stop, and the spool stage ends,
+                // closing the spool, before `run` may open it again (a reload
+                // that goes back to the configuration before).
+                cancel.cancel();
+                drop(intake);
+                let _ = spooling.await;
+                return Err(e.into());
+            }
+        };
         let settings = OtlpSinkSettings {
             own_receivers: receivers.addrs().to_vec(),
             ..settings

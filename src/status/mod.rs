@@ -35,6 +35,8 @@ pub const VERSION: u32 = 1;
 pub struct Status {
     pub version: u32,
     pub agent: AgentStatus,
+    /// The configuration in effect; `null` from a daemon that predates it.
+    pub config: Option<ConfigStatus>,
     pub health: Health,
     pub host: HostStatus,
     /// The tailer; `null` with `loki.enabled = false` (files are not tailed).
@@ -53,6 +55,25 @@ pub struct AgentStatus {
     pub version: String,
     /// Seconds since the daemon started; `null` when `/proc` could not say.
     pub uptime_seconds: Option<f64>,
+}
+
+/// The configuration in effect (the `wisp_config_*` families).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigStatus {
+    /// The sha256 of its file's bytes, lower-case hex (of no bytes for the
+    /// built-in defaults).
+    pub sha256: String,
+    /// When it was read (at start, or by the last SIGHUP that read a valid
+    /// one), in seconds since the Unix epoch.
+    pub loaded_at: f64,
+    /// Seconds since then.
+    pub loaded_seconds_ago: f64,
+    /// Whether the last SIGHUP read a valid configuration (`true` when none
+    /// came).
+    pub last_reload_ok: bool,
+    /// SIGHUPs handled, by result (`ok`, `unchanged`, `failed`).
+    pub reloads: BTreeMap<String, u64>,
 }
 
 /// `/healthz`'s verdict.
@@ -201,6 +222,7 @@ pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
                 .get("process_start_time_seconds", &[])
                 .map(|start| (now - start).max(0.0)),
         },
+        config: config_status(&metrics, now),
         health: Health {
             ok: extras.problem.is_none(),
             problem: extras.problem.clone(),
@@ -250,6 +272,26 @@ pub fn build(readings: &[Reading], extras: &Extras, now: SystemTime) -> Status {
         }),
         exec: exec_status(&metrics),
     }
+}
+
+/// The configuration in effect, from the `wisp_config_*` families; `None`
+/// without them.
+fn config_status(metrics: &Readings, now: f64) -> Option<ConfigStatus> {
+    let sha256 = metrics
+        .samples("wisp_config_hash")
+        .find_map(|s| label(s, "sha256"))?
+        .to_string();
+    let loaded_at = metrics.value("wisp_config_last_reload_success_timestamp_seconds", &[]);
+    Some(ConfigStatus {
+        sha256,
+        loaded_at,
+        loaded_seconds_ago: (now - loaded_at).max(0.0),
+        last_reload_ok: metrics.get("wisp_config_last_reload_successful", &[]) != Some(0.0),
+        reloads: metrics
+            .samples("wisp_config_reloads_total")
+            .filter_map(|s| Some((label(s, "result")?.to_string(), s.value.as_u64())))
+            .collect(),
+    })
 }
 
 /// The exec runs, per job, from `wisp_exec_runs_total{job,exit_code}`,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{BufferStatus, ExecStatus, HostStatus, Status};
+use super::{BufferStatus, ConfigStatus, ExecStatus, HostStatus, Status};
 
 /// The one-screen summary `wisp-agent status` prints, one topic a line. What the daemon reported (a job
 /// name, Loki's error text, a host) is shown with its control characters
@@ -20,6 +20,9 @@ fn summary_text(s: &Status) -> String {
         .uptime_seconds
         .map_or(String::new(), |u| format!(", up {}", duration(u)));
     let _ = writeln!(out, "wisp-agent {}{uptime}", s.agent.version);
+    if let Some(c) = &s.config {
+        let _ = writeln!(out, "config:  {}", config(c));
+    }
     let _ = match &s.health.problem {
         None if s.health.ok => writeln!(out, "health:  ok"),
         None => writeln!(out, "health:  unhealthy"),
@@ -159,6 +162,30 @@ fn line_text(s: &Status) -> String {
         parts.push(format!("unhealthy: {p}"));
     }
     format!("status: {}", parts.join(", "))
+}
+
+/// `sha256 0123456789ab, loaded 5 min ago`, and what the last reload came to
+/// when it failed or any came.
+fn config(c: &ConfigStatus) -> String {
+    let mut text = format!(
+        "sha256 {}, loaded {}",
+        c.sha256.get(..12).unwrap_or(&c.sha256),
+        ago(Some(c.loaded_seconds_ago))
+    );
+    let count = |r: &str| c.reloads.get(r).copied().unwrap_or(0);
+    let (ok, unchanged, failed) = (count("ok"), count("unchanged"), count("failed"));
+    if ok + unchanged + failed > 0 {
+        let _ = write!(
+            text,
+            "; reloads: {ok} applied, {unchanged} unchanged, {failed} refused"
+        );
+    }
+    if !c.last_reload_ok {
+        text.push_str(
+            "; the last reload was refused (the log says why): the configuration before it runs",
+        );
+    }
+    text
 }
 
 /// `192.168.5.2 (host.lima.internal)`, or `None` while no host answers.

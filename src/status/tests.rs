@@ -28,6 +28,20 @@ fn page() -> Vec<Reading> {
             &[("candidate", "host.lima.internal"), ("host", "192.168.5.2")],
             1.0,
         ),
+        r(
+            "wisp_config_hash",
+            &[("sha256", "0123456789abcdef0123")],
+            1.0,
+        ),
+        r(
+            "wisp_config_last_reload_success_timestamp_seconds",
+            &[],
+            712.0,
+        ),
+        r("wisp_config_last_reload_successful", &[], 0.0),
+        r("wisp_config_reloads_total", &[("result", "ok")], 2.0),
+        r("wisp_config_reloads_total", &[("result", "failed")], 1.0),
+        r("wisp_config_reloads_total", &[("result", "unchanged")], 0.0),
         r("wisp_file_files_open", &[], 3.0),
         r("wisp_file_lines_read_total", &[], 12034.0),
         r("wisp_file_bytes_read_total", &[], 99999.0),
@@ -110,6 +124,14 @@ fn the_status_says_what_the_page_says() {
     let s = build(&page(), &both(), at(1012));
     assert_eq!(s.version, 1);
     assert_eq!(s.agent.uptime_seconds, Some(112.0));
+    let config = s.config.as_ref().unwrap();
+    assert_eq!(config.sha256, "0123456789abcdef0123");
+    assert_eq!(
+        (config.loaded_at, config.loaded_seconds_ago),
+        (712.0, 300.0)
+    );
+    assert!(!config.last_reload_ok);
+    assert_eq!(config.reloads.get("ok"), Some(&2));
     assert!(s.health.ok);
     assert_eq!(s.host.candidate.as_deref(), Some("host.lima.internal"));
     assert_eq!(s.host.address.as_deref(), Some("192.168.5.2"));
@@ -204,6 +226,8 @@ fn the_summary_and_the_line_carry_the_figures() {
         "2 retries, 10 dropped (6 rejected by loki, 4 for want of buffer room), \
          9 refused by loki one by one (7 sent again changed)",
         "last export never",
+        "config:  sha256 0123456789ab, loaded 5 min ago; reloads: 2 applied, 0 unchanged, 1 refused; \
+         the last reload was refused",
         "5 runs: exec 1 (exit unknown: 1; 0 s), ralph 4 (exit 0: 3, exit 1: 1; 12 min, $0.42)",
     ] {
         assert!(shown.contains(want), "{want:?} not in\n{shown}");

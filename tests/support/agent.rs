@@ -38,6 +38,16 @@ impl Agent {
         Self::spawn(cmd, config, stderr)
     }
 
+    /// An agent started by the test itself (say `run --dry-run`), its stderr
+    /// going to `stderr`.
+    pub fn adopt(child: Child, stderr: &Path) -> Agent {
+        Agent {
+            child: Some(child),
+            stderr: stderr.to_path_buf(),
+            log_start: 0,
+        }
+    }
+
     /// Runs `cmd run --log-level debug --config CONFIG`, its stderr appended to
     /// `stderr`.
     fn spawn(mut cmd: Command, config: &Path, stderr: &Path) -> Agent {
@@ -138,6 +148,24 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// SIGHUP: reload the configuration.
+    pub fn hup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Waits until this agent's part of the log holds `text` `n` times or
+    /// more; false after [`DEADLINE`] × 2.
+    pub async fn wait_logged(&self, text: &str, n: usize) -> bool {
+        wait_until(DEADLINE * 2, || self.own_log().matches(text).count() >= n).await
+    }
+
+    /// Whether the process still runs (has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGCONT, after [`Agent::pause`].
@@ -246,6 +274,12 @@ poll_interval = "100ms"
         assert!(text.contains("\n[loki]\n"), "{text}");
         let text = text.replacen("\n[loki]\n", &format!("\n[loki]\n{keys}\n"), 1);
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Rewrites the configuration file with `edit` (a test then sends SIGHUP).
+    pub fn edit(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {

@@ -127,6 +127,11 @@ pub struct TailSettings {
     /// of the user who ran it, is left to `exec` (see [`crate::source::terminal::mark`]).
     /// `None` (no exec server): every line is shipped.
     pub known_runs: Option<Arc<KnownRuns>>,
+    /// The entries (by name) that were tailing before `run` reloaded its
+    /// configuration: `start_at` does not apply to them again, so a file
+    /// that appeared while the pipelines restarted is read from its start, as
+    /// any file that appears while the agent runs. Empty at start.
+    pub continued: std::collections::BTreeSet<String>,
 }
 
 impl TailSettings {
@@ -139,6 +144,7 @@ impl TailSettings {
             counters: Arc::default(),
             resume: None,
             known_runs: None,
+            continued: Default::default(),
         }
     }
 }
@@ -452,6 +458,8 @@ enum Flow {
 /// One `[[files]]` entry, prepared.
 struct Entry {
     config: FileConfig,
+    /// It was tailing before a reload ([`TailSettings::continued`]).
+    continued: bool,
     limits: LineLimits,
     joiner: JoinerSettings,
 }
@@ -566,6 +574,7 @@ impl Tailer {
                 let max_line_bytes = c.max_line_bytes.as_usize().max(1);
                 Entry {
                     config: c.clone(),
+                    continued: settings.continued.contains(&c.name),
                     limits: LineLimits {
                         max_line_bytes,
                         partial_line_timeout: c.partial_line_timeout.get(),

@@ -106,6 +106,12 @@ impl Tailer {
                     Known::Replaced if startup => {
                         (0, "the start: it replaced a file followed before")
                     }
+                    // Its entry was tailing before a reload: the file came
+                    // while the pipelines restarted, or was not there before.
+                    Known::New if startup && entry.continued => (
+                        0,
+                        "the start: a new file of an entry tailed before the reload",
+                    ),
                     Known::New if startup && entry.config.start_at == StartAt::End => {
                         (size, "the end: start_at = end")
                     }
