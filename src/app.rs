@@ -23,7 +23,10 @@ pub fn main(cli: Cli) -> ExitCode {
                 || e.downcast_ref::<crate::sink::loki::LokiClientError>()
                     .is_some_and(|e| !matches!(e, crate::sink::loki::LokiClientError::Build(_)))
                 || e.downcast_ref::<crate::sink::otlp::OtlpClientError>()
-                    .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)));
+                    .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)))
+                // A receiver's address that cannot be bound: another program holds
+                // the port the configuration names.
+                || e.downcast_ref::<crate::source::otlp::ReceiverError>().is_some();
             if config_error {
                 ExitCode::from(2)
             } else {
@@ -42,6 +45,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         crate::log::init(level, AgentLogFormat::Text);
     }
     match cli.command {
+        Command::Completions(args) => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                args.shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "wisp-agent",
+                &mut out,
+            );
+            print_all(&out)
+        }
+        Command::Manpage => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .manual("User Commands")
+                .source(concat!("wisp-agent ", env!("CARGO_PKG_VERSION")))
+                .render(&mut out)
+                .context("cannot render the man page")?;
+            print_all(&out)
+        }
         Command::Exec(args) => {
             let config = command::exec::load_config(path, &args);
             if args.flush {
@@ -73,6 +95,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(runtime()?.block_on(command::probe::probe(&loaded, &args, &Inputs::default()))?)
         }
     }
+}
+
+/// Writes a generated document to stdout in one go.
+fn print_all(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

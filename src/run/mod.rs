@@ -62,7 +62,7 @@ pub async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
         env!("CARGO_PKG_VERSION"),
         loaded.origin
     );
-    logs::log_tailed_files(&loaded.config);
+    logs::log_tailed_files(&loaded.config, &loaded.origin, args.dry_run);
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signals(cancel.clone())
         .context("cannot install the signal handlers")?;
