@@ -56,13 +56,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print_all(&out)
         }
         Command::Manpage => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .manual("User Commands")
-                .source(concat!("wisp-agent ", env!("CARGO_PKG_VERSION")))
-                .render(&mut out)
+            let page = command::manpage::render(<Cli as clap::CommandFactory>::command())
                 .context("cannot render the man page")?;
-            print_all(&out)
+            print_all(&page)
         }
         Command::Exec(args) => {
             let config = command::exec::load_config(path, &args);

@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod exec;
+pub mod manpage;
 pub mod probe;
 pub mod status;
