@@ -880,6 +880,11 @@ async fn probe_exits_1_when_nothing_answers_and_2_on_a_configuration_error() {
     let (code, stdout) = run_probe_binary(&text, &[]).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("chosen host: none"), "{stdout}");
+    // 127.0.0.1 is this machine: no advice to publish a port on 0.0.0.0.
+    assert!(
+        stdout.contains("this machine itself") && !stdout.contains("publish the port"),
+        "{stdout}"
+    );
 
     let (code, _) = run_probe_binary("[host]\nadress = \"x\"\n", &["--json"]).await;
     assert_eq!(code, 2);
