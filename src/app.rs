@@ -26,7 +26,8 @@ pub fn main(cli: Cli) -> ExitCode {
                     .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)))
                 // A receiver's address that cannot be bound: another program holds
                 // the port the configuration names.
-                || e.downcast_ref::<crate::source::otlp::ReceiverError>().is_some();
+                || e.downcast_ref::<crate::source::otlp::ReceiverError>().is_some()
+                || e.downcast_ref::<crate::log::BadLogFilter>().is_some();
             if config_error {
                 ExitCode::from(2)
             } else {
@@ -39,6 +40,20 @@ pub fn main(cli: Cli) -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let path = cli.config.as_deref();
     let level = cli.log_level.as_deref();
+    // `exec` runs its command whatever its environment holds (a developer's
+    // RUST_LOG is meant for the command); the generators log nothing.
+    let logs = matches!(
+        cli.command,
+        Command::Run(_) | Command::Probe(_) | Command::Status(_) | Command::Config(_)
+    );
+    if level.is_none() && logs {
+        if let Some(filter) = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            crate::log::check_env_filter(&filter)?;
+        }
+    }
     // `run`'s log takes `agent.log_format` (loading the configuration logs
     // nothing); every other command talks to a person, in text.
     if !matches!(cli.command, Command::Run(_)) {

@@ -640,6 +640,28 @@ fn bad_values_that_would_spin_or_silence_the_agent_are_refused() {
         "{}",
         stderr(&o)
     );
+    // The same word in RUST_LOG would be a target name to tracing: the agent's
+    // own log, warnings included, would be empty.
+    let o = agent()
+        .env("RUST_LOG", "verbose")
+        .args(["config", "check", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("RUST_LOG=\"verbose\"") && stderr(&o).contains("--log-level LEVEL"),
+        "{}",
+        stderr(&o)
+    );
+    // exec runs its command whatever RUST_LOG holds (it is the command's too).
+    let o = agent()
+        .env("RUST_LOG", "verbose")
+        .env("HOME", dir.path())
+        .env("XDG_STATE_HOME", dir.path().join("xdg"))
+        .args(["exec", "--config", "/dev/null", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for (table, key) in [
         ("host", "rediscover_interval"),
         ("loki", "max_backoff"),
