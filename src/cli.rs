@@ -65,10 +65,11 @@ The command's environment gets:
   TRACEPARENT                   the run's span: 00-<run id>-<span id>-01
   OTEL_RESOURCE_ATTRIBUTES      yours, then wisp.run.id, wisp.run.name,
                                 wisp.run.labels and each --label K=V
-  OTEL_EXPORTER_OTLP_ENDPOINT   the agent's local receiver (receiver.http, else
-                                receiver.grpc), unless already set
-  OTEL_EXPORTER_OTLP_PROTOCOL   http/protobuf (or grpc for the gRPC receiver),
-                                unless set, or the endpoint was set
+  OTEL_EXPORTER_OTLP_ENDPOINT   the agent's local receiver, unless already set:
+                                receiver.http; receiver.grpc when the protocol
+                                is grpc or the HTTP receiver is off
+  OTEL_EXPORTER_OTLP_PROTOCOL   http/protobuf, or grpc for the gRPC receiver,
+                                unless the protocol or the endpoint is set
 Exit status: the command's own; 128+N if it died of signal N; 127 not found; 126
 not runnable";
 

@@ -822,24 +822,6 @@ fn stderr_until(
     (seen, met)
 }
 
-/// `child`'s exit status, or `None` if it is still running at `deadline`
-/// (then it is killed).
-fn exit_within(
-    child: &mut std::process::Child,
-    deadline: std::time::Duration,
-) -> Option<std::process::ExitStatus> {
-    let end = std::time::Instant::now() + deadline;
-    while std::time::Instant::now() < end {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[test]
 fn completions_are_printed_for_each_shell_and_parse() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
@@ -987,44 +969,6 @@ fn exec_help_names_every_variable_exec_sets() {
             "exec --help does not name {var}:\n{help}"
         );
     }
-}
-
-#[test]
-fn a_receiver_port_in_use_exits_2_naming_the_key_and_the_os_error_once() {
-    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = held.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write(
-        dir.path(),
-        "agent.toml",
-        &format!(
-            "[agent]\nstate_dir = \"{}\"\n[host]\naddress = \"127.0.0.1\"\n\
-             [loki]\nenabled = false\n[receiver]\ngrpc = \"{addr}\"\nhttp = \"\"\n\
-             [host_metrics]\nenabled = false\nagent_metrics = false\n[admin]\nlisten = \"\"\n\
-             [exec]\nsocket = \"{}\"\n",
-            dir.path().join("state").display(),
-            dir.path().join("exec.sock").display()
-        ),
-    );
-    let mut child = agent()
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_within(&mut child, support::DEADLINE);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
-    let last = err.lines().last().unwrap_or("");
-    assert!(
-        last.contains(&format!("cannot listen on {addr}"))
-            && last.contains("set receiver.grpc to a free address"),
-        "{err}"
-    );
-    assert_eq!(err.matches("os error").count(), 1, "{err}");
-    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
