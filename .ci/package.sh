@@ -6,9 +6,10 @@
 #      current and pass sh -n and shellcheck, as do the workflow's run:
 #      steps; `cloud-init schema` accepts the user-data;
 #   2. the Debian package built from BINARY (default target/debug/wisp-agent)
-#      with packaging/deb/build.sh: exactly the expected paths and modes, its
-#      control fields, its conffile, its maintainer scripts (skipped, saying
-#      so, without dpkg);
+#      with packaging/deb/build.sh: exactly the expected paths and modes, the
+#      man page (its sections; `man -l` renders it) and the completions
+#      (bash -n; zsh -n and fish -n where installed), its control fields, its
+#      conffile, its maintainer scripts (skipped, saying so, without dpkg);
 #   3. as root: the package installed for real (no systemd running in CI):
 #      the user, the files, the unit enabled for the next boot, `--version`,
 #      `config check`; a locally changed conffile survives a reinstall, an
@@ -142,14 +143,52 @@ drwxr-xr-x root/root ./usr/lib/systemd/
 drwxr-xr-x root/root ./usr/lib/systemd/system/
 -rw-r--r-- root/root ./usr/lib/systemd/system/wisp-agent.service
 drwxr-xr-x root/root ./usr/share/
+drwxr-xr-x root/root ./usr/share/bash-completion/
+drwxr-xr-x root/root ./usr/share/bash-completion/completions/
+-rw-r--r-- root/root ./usr/share/bash-completion/completions/wisp-agent
 drwxr-xr-x root/root ./usr/share/doc/
 drwxr-xr-x root/root ./usr/share/doc/wisp-agent/
--rw-r--r-- root/root ./usr/share/doc/wisp-agent/copyright"
+-rw-r--r-- root/root ./usr/share/doc/wisp-agent/copyright
+drwxr-xr-x root/root ./usr/share/fish/
+drwxr-xr-x root/root ./usr/share/fish/vendor_completions.d/
+-rw-r--r-- root/root ./usr/share/fish/vendor_completions.d/wisp-agent.fish
+drwxr-xr-x root/root ./usr/share/man/
+drwxr-xr-x root/root ./usr/share/man/man1/
+-rw-r--r-- root/root ./usr/share/man/man1/wisp-agent.1.gz
+drwxr-xr-x root/root ./usr/share/zsh/
+drwxr-xr-x root/root ./usr/share/zsh/vendor-completions/
+-rw-r--r-- root/root ./usr/share/zsh/vendor-completions/_wisp-agent"
 got=$(dpkg-deb -c "$deb" | awk '{ print $1, $2, $6 }')
 [ "$got" = "$expected" ] || fail "dpkg-deb -c lists:
 $got
 expected:
 $expected"
+
+# The man page renders and the completions parse in their shells (zsh and fish
+# when installed).
+mkdir "$tmp/data"
+dpkg-deb -x "$deb" "$tmp/data"
+share="$tmp/data/usr/share"
+page=$(gzip -dc "$share/man/man1/wisp-agent.1.gz")
+for section in NAME SYNOPSIS DESCRIPTION OPTIONS COMMANDS EXAMPLES FILES VERSION; do
+    grep -q "^\.SH $section\$" <<<"$page" || fail "the man page has no $section section"
+done
+grep -q '^\.TH wisp-agent 1 ' <<<"$page" || fail "the man page has no .TH wisp-agent 1 header"
+if command -v man >/dev/null 2>&1; then
+    rendered=$(MANWIDTH=80 man -l "$share/man/man1/wisp-agent.1.gz" 2>&1) || fail "man -l wisp-agent.1.gz failed: $rendered"
+    grep -q 'wisp-agent completions' <<<"$rendered" || fail "the rendered man page holds no examples:
+$rendered"
+fi
+bash -n "$share/bash-completion/completions/wisp-agent" || fail "the bash completion does not parse"
+grep -q 'complete .*wisp-agent' "$share/bash-completion/completions/wisp-agent" || fail "the bash completion registers nothing"
+grep -qx '#compdef wisp-agent' <(head -n1 "$share/zsh/vendor-completions/_wisp-agent") || fail "_wisp-agent does not start with #compdef wisp-agent"
+if command -v zsh >/dev/null 2>&1; then
+    zsh -n "$share/zsh/vendor-completions/_wisp-agent" || fail "the zsh completion does not parse"
+fi
+if command -v fish >/dev/null 2>&1; then
+    fish -n "$share/fish/vendor_completions.d/wisp-agent.fish" || fail "the fish completion does not parse"
+fi
+echo "package: the man page and the bash, zsh and fish completions are in place"
 
 field() { dpkg-deb -f "$deb" "$1"; }
 [ "$(field Package)" = wisp-agent ] || fail "Package: $(field Package)"
@@ -269,7 +308,8 @@ wisp-agent config check --config /etc/wisp-agent/config.toml | grep -qx 'listen 
 mkdir -p /var/lib/wisp-agent/spool
 echo '{}' >/var/lib/wisp-agent/positions.json
 dpkg -r wisp-agent >/dev/null 2>&1 || fail "dpkg -r failed"
-for gone in /usr/bin/wisp-agent $unit; do
+for gone in /usr/bin/wisp-agent $unit /usr/share/man/man1/wisp-agent.1.gz \
+    /usr/share/bash-completion/completions/wisp-agent; do
     [ ! -e "$gone" ] || fail "dpkg -r left $gone"
 done
 if [ "$systemd_runs" = yes ] && systemctl --quiet is-active wisp-agent; then

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs a built wisp-agent into a VM image: the binary, the default
-# configuration (kept if present) and the systemd unit. Where a Debian package
+# configuration (kept if present), the systemd unit, the man page and the bash
+# completion. Where a Debian package
 # fits, prefer it (docs/install.md): this script is for other distributions.
 #   cargo build --release && sudo packaging/install.sh
 # From a release tarball (wisp-agent-VERSION-linux-ARCH.tar.gz), the binary
@@ -29,6 +30,12 @@ install -d -m 0755 /etc/wisp-agent
 # provisioning log); packaging/examples/full.toml shows every key.
 [ -e /etc/wisp-agent/config.toml ] || install -m 0644 "$here/packaging/deb/config.toml" /etc/wisp-agent/config.toml
 install -m 0644 "$here/systemd/wisp-agent.service" /etc/systemd/system/wisp-agent.service
+# The man page and the bash completion, from the binary itself.
+install -d -m 0755 /usr/local/share/man/man1 /usr/local/share/bash-completion/completions
+page=$(/usr/local/bin/wisp-agent manpage)
+printf '%s\n' "$page" | gzip -9n >/usr/local/share/man/man1/wisp-agent.1.gz
+/usr/local/bin/wisp-agent completions bash >/usr/local/share/bash-completion/completions/wisp-agent
+chmod 0644 /usr/local/share/man/man1/wisp-agent.1.gz /usr/local/share/bash-completion/completions/wisp-agent
 if command -v systemctl >/dev/null 2>&1; then
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload

@@ -23,7 +23,11 @@ pub fn main(cli: Cli) -> ExitCode {
                 || e.downcast_ref::<crate::sink::loki::LokiClientError>()
                     .is_some_and(|e| !matches!(e, crate::sink::loki::LokiClientError::Build(_)))
                 || e.downcast_ref::<crate::sink::otlp::OtlpClientError>()
-                    .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)));
+                    .is_some_and(|e| !matches!(e, crate::sink::otlp::OtlpClientError::Build(_)))
+                // A receiver's address that cannot be bound: another program holds
+                // the port the configuration names.
+                || e.downcast_ref::<crate::source::otlp::ReceiverError>().is_some()
+                || e.downcast_ref::<crate::log::BadLogFilter>().is_some();
             if config_error {
                 ExitCode::from(2)
             } else {
@@ -36,12 +40,41 @@ pub fn main(cli: Cli) -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let path = cli.config.as_deref();
     let level = cli.log_level.as_deref();
+    // `exec` runs its command whatever its environment holds (a developer's
+    // RUST_LOG is meant for the command); the generators log nothing.
+    let logs = matches!(
+        cli.command,
+        Command::Run(_) | Command::Probe(_) | Command::Status(_) | Command::Config(_)
+    );
+    if level.is_none() && logs {
+        if let Some(filter) = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            crate::log::check_env_filter(&filter)?;
+        }
+    }
     // `run`'s log takes `agent.log_format` (loading the configuration logs
     // nothing); every other command talks to a person, in text.
     if !matches!(cli.command, Command::Run(_)) {
         crate::log::init(level, AgentLogFormat::Text);
     }
     match cli.command {
+        Command::Completions(args) => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                args.shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "wisp-agent",
+                &mut out,
+            );
+            print_all(&out)
+        }
+        Command::Manpage => {
+            let page = command::manpage::render(<Cli as clap::CommandFactory>::command())
+                .context("cannot render the man page")?;
+            print_all(&page)
+        }
         Command::Exec(args) => {
             let config = command::exec::load_config(path, &args);
             if args.flush {
@@ -85,6 +118,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(runtime()?.block_on(command::probe::probe(&loaded, &args, &Inputs::default()))?)
         }
     }
+}
+
+/// Writes a generated document to stdout in one go.
+fn print_all(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -9,7 +9,12 @@ use clap::{Args, Parser, Subcommand};
 /// tails log files, ships logs to Loki and OTLP to the host's collector, and loses
 /// nothing while the host is away.
 #[derive(Debug, Parser)]
-#[command(name = "wisp-agent", version, propagate_version = true)]
+#[command(
+    name = "wisp-agent",
+    version,
+    propagate_version = true,
+    after_help = EXAMPLES
+)]
 pub struct Cli {
     /// Configuration file [default: $WISP_AGENT_CONFIG, then
     /// /etc/wisp-agent/config.toml, then built-in defaults]
@@ -25,18 +30,87 @@ pub struct Cli {
     pub command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  wisp-agent config check --config /etc/wisp-agent/config.toml
+  wisp-agent run --dry-run --config quickstart.toml
+  wisp-agent probe
+  wisp-agent exec --name ralph --label iter=3 -- claude -p \"$PROMPT\"
+  wisp-agent status
+  wisp-agent completions bash > ~/.local/share/bash-completion/completions/wisp-agent";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  wisp-agent run --config /etc/wisp-agent/config.toml
+  wisp-agent run --dry-run --config quickstart.toml    # print what would be shipped
+  wisp-agent run --log-level debug
+Without --config: $WISP_AGENT_CONFIG, then /etc/wisp-agent/config.toml, then the
+built-in defaults (which tail no file: write [[files]] entries to tail logs)";
+
+const PROBE_EXAMPLES: &str = "\
+Examples:
+  wisp-agent probe                  # each candidate, each service, what to fix
+  wisp-agent probe --json | jq .chosen
+  wisp-agent probe --push           # also ship a test line and span, read the line back
+  WISP_HOST=192.168.5.2 wisp-agent probe
+Exit status: 0 the required services answer, 1 not, 2 configuration error";
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  wisp-agent exec -- make test
+  wisp-agent exec --name ralph --label iter=3 -- claude -p \"$PROMPT\"
+  wisp-agent exec --flush           # hand over captures kept while the daemon was away
+
+The command's environment gets:
+  TRACEPARENT                   the run's span: 00-<run id>-<span id>-01
+  OTEL_RESOURCE_ATTRIBUTES      yours, then wisp.run.id, wisp.run.name,
+                                wisp.run.labels and each --label K=V
+  OTEL_EXPORTER_OTLP_ENDPOINT   the agent's local receiver, unless already set:
+                                receiver.http; receiver.grpc when the protocol
+                                is grpc or the HTTP receiver is off
+  OTEL_EXPORTER_OTLP_PROTOCOL   http/protobuf, or grpc for the gRPC receiver,
+                                unless the protocol or the endpoint is set
+Exit status: the command's own; 128+N if it died of signal N; 127 not found; 126
+not runnable";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  wisp-agent status
+  wisp-agent status --json | jq .loki
+  watch -n 2 wisp-agent status
+Exit status: 0 the daemon answers and is healthy, 1 unhealthy or not running, 2
+configuration error or no admin address to ask";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  wisp-agent config check
+  wisp-agent config check --config ./config.toml
+  LOKI_URL=http://192.168.5.2:3100 wisp-agent config check
+Exit status: 0 valid, 2 invalid (the message names the key, its line and the fix)";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  wisp-agent completions bash > ~/.local/share/bash-completion/completions/wisp-agent
+  wisp-agent completions zsh > ~/.zfunc/_wisp-agent
+  wisp-agent completions fish > ~/.config/fish/completions/wisp-agent.fish
+The Debian package installs the bash, zsh and fish ones";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: discover the host, tail files, receive local OTLP, buffer
     /// durably, ship. Stops cleanly on SIGTERM or Ctrl-C
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Check connectivity: each host candidate, how it resolved, each service on it
+    #[command(after_help = PROBE_EXAMPLES)]
     Probe(ProbeArgs),
     /// Run CMD as one traced iteration: its output passes through unchanged and is
     /// shipped as logs
+    #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
     /// Show what the running daemon is doing: host, files, lines shipped,
     /// buffered bytes, last push, errors (from its admin endpoint)
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
     /// Stream the records the running daemon ships, one JSON line each (as
     /// `run --dry-run` prints them, with their source), from its admin
@@ -45,6 +119,19 @@ pub enum Command {
     /// Work with the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script on stdout
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, for packaging
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +205,7 @@ pub struct ExecArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective one, secrets redacted
+    #[command(after_help = CHECK_EXAMPLES)]
     Check,
 }
 

@@ -20,6 +20,66 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::AgentLogFormat;
 
+/// A `RUST_LOG` that would leave the agent's own log empty: a configuration
+/// error (exit 2), not a silent `info` or a silent nothing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "RUST_LOG={value:?} {why}: set it to a level (error, warn, info, debug, trace), \
+         add one to the filter (`{value},info`), or pass --log-level LEVEL"
+)]
+pub struct BadLogFilter {
+    value: String,
+    why: String,
+}
+
+/// Checks `RUST_LOG` (when set and not empty) as [`init`] will read it: it
+/// must parse, and some directive must let the agent's own events through. A
+/// bare word that is not a level (`verbose`) is a target name to tracing, and a
+/// filter of other crates' targets only (`hyper=debug`) turns every other
+/// target off: either silences the agent, its warnings included.
+pub fn check_env_filter(value: &str) -> Result<(), BadLogFilter> {
+    let bad = |why: String| BadLogFilter {
+        value: crate::parse::labels::escape_controls(value).into_owned(),
+        why,
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
+        return Err(bad(format!("is not a filter ({e})")));
+    }
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let shows_agent = |directive: &str| {
+        let target = match directive.split_once('=') {
+            Some((t, _)) => t.split('[').next().unwrap_or(""),
+            None if LEVELS.contains(&directive.to_ascii_lowercase().as_str()) => "",
+            None => directive.split('[').next().unwrap_or(""),
+        };
+        // A level for every target (`off` too: asked for), or one of ours.
+        let target = target.trim();
+        target.is_empty() || "wisp_agent".starts_with(target) || target.starts_with("wisp_agent")
+    };
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.iter().any(|d| shows_agent(d)) {
+        return Ok(());
+    }
+    let words: Vec<&str> = directives
+        .iter()
+        .filter(|d| !d.contains(['=', '[']))
+        .filter(|d| !LEVELS.contains(&d.to_ascii_lowercase().as_str()))
+        .copied()
+        .collect();
+    Err(bad(match words.first() {
+        Some(w) => format!(
+            "turns the agent's own log off, warnings included (`{}` is read as a target \
+             name, not a level)",
+            crate::parse::labels::escape_controls(w)
+        ),
+        None => "turns the agent's own log off, warnings included".to_string(),
+    }))
+}
+
 /// Sets up the log. `--log-level` wins over `RUST_LOG`; the default is `info`.
 pub fn init(level: Option<&str>, format: AgentLogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -114,6 +174,32 @@ fn needs_escape(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_rust_log_that_silences_the_agent_is_refused() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "wisp_agent=debug",
+            "wisp_agent::sink=trace",
+            "hyper=debug,info",
+            "warn,wisp_agent::run=debug",
+            "[span]=debug",
+            "off",
+            "wisp_agent=off",
+        ] {
+            assert!(super::check_env_filter(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("verbose", "`verbose` is read as a target name"),
+            ("hyper=debug", "turns the agent's own log off"),
+            ("hyper,tower", "`hyper` is read as a target name"),
+            ("wisp_agent=loud", "is not a filter"),
+        ] {
+            let e = super::check_env_filter(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("--log-level"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     use std::sync::{Arc, Mutex};

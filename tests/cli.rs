@@ -640,6 +640,28 @@ fn bad_values_that_would_spin_or_silence_the_agent_are_refused() {
         "{}",
         stderr(&o)
     );
+    // The same word in RUST_LOG would be a target name to tracing: the agent's
+    // own log, warnings included, would be empty.
+    let o = agent()
+        .env("RUST_LOG", "verbose")
+        .args(["config", "check", "--config", "/dev/null"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("RUST_LOG=\"verbose\"") && stderr(&o).contains("--log-level LEVEL"),
+        "{}",
+        stderr(&o)
+    );
+    // exec runs its command whatever RUST_LOG holds (it is the command's too).
+    let o = agent()
+        .env("RUST_LOG", "verbose")
+        .env("HOME", dir.path())
+        .env("XDG_STATE_HOME", dir.path().join("xdg"))
+        .args(["exec", "--config", "/dev/null", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for (table, key) in [
         ("host", "rediscover_interval"),
         ("loki", "max_backoff"),
@@ -754,4 +776,380 @@ async fn with_log_format_json_run_logs_one_json_object_a_line() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("log_format") && err.contains("json"), "{err}");
+}
+
+/// Runs `cmd` with stderr piped until a line of it satisfies `done` or
+/// `deadline` passes, then kills it; returns the stderr read and whether `done`
+/// was met.
+fn stderr_until(
+    mut cmd: Command,
+    deadline: std::time::Duration,
+    done: impl Fn(&str) -> bool,
+) -> (String, bool) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let end = std::time::Instant::now() + deadline;
+    let mut seen = String::new();
+    let mut met = false;
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if done(&line) {
+                    met = true;
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (seen, met)
+}
+
+#[test]
+fn completions_are_printed_for_each_shell_and_parse() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = agent().args(["completions", shell]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        // Every command is offered.
+        for command in ["run", "probe", "exec", "status", "config", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+        let checker = match shell {
+            "bash" | "zsh" | "fish" => shell,
+            _ => continue,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "completion", &script);
+        match Command::new(checker).arg("-n").arg(&file).output() {
+            Ok(check) => assert!(
+                check.status.success(),
+                "{shell} -n refuses the completion: {}",
+                stderr(&check)
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("skipped: {checker} not installed, its completion not parsed")
+            }
+            Err(e) => panic!("{checker}: {e}"),
+        }
+    }
+    let o = agent().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("possible values"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_man_page_has_every_command_its_options_and_examples() {
+    let o = agent().arg("manpage").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH wisp-agent 1 "), "{page}");
+    for section in [
+        "NAME", "SYNOPSIS", "OPTIONS", "COMMANDS", "EXAMPLES", "FILES",
+    ] {
+        assert!(
+            page.lines().any(|l| l == format!(".SH {section}")),
+            "no {section}"
+        );
+    }
+    for command in [
+        "run",
+        "probe",
+        "exec",
+        "status",
+        "config check",
+        "completions",
+    ] {
+        assert!(
+            page.contains(&format!(".SS wisp\\-agent {}", command.replace('-', "\\-"))),
+            "no {command}"
+        );
+    }
+    // The hidden command is not offered in --help.
+    assert!(!stdout(&agent().arg("--help").output().unwrap()).contains("manpage"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "wisp-agent.1", &page);
+    match Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&file)
+        .env("MANWIDTH", "100")
+        .env("MAN_KEEP_FORMATTING", "0")
+        .output()
+    {
+        Ok(man) => {
+            assert!(man.status.success(), "man -l: {}", stderr(&man));
+            assert_eq!(stderr(&man), "", "man reports troff warnings");
+            let text = stdout(&man);
+            // Unfilled: each example on its own line.
+            assert!(
+                text.lines()
+                    .any(|l| l.trim() == "wisp-agent exec -- make test"),
+                "{text}"
+            );
+            assert!(text.contains("--dry-run"), "{text}");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: man not installed, the page not rendered")
+        }
+        Err(e) => panic!("man: {e}"),
+    }
+}
+
+#[test]
+fn help_shows_examples_for_each_command() {
+    for command in [
+        &["run"][..],
+        &["probe"],
+        &["exec"],
+        &["status"],
+        &["config", "check"],
+        &["completions"],
+    ] {
+        let o = agent().args(command).arg("--help").output().unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        let help = stdout(&o);
+        let example = format!("  wisp-agent {}", command.join(" "));
+        assert!(
+            help.contains("Examples:") && help.contains(&example),
+            "{command:?} --help:\n{help}"
+        );
+    }
+}
+
+/// What `exec --help` says the command's environment gets is what `exec`
+/// sets: every `OTEL_*` variable and `TRACEPARENT` a command sees.
+#[test]
+fn exec_help_names_every_variable_exec_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[agent]\nstate_dir = \"{}\"\n[exec]\nsocket = \"{}\"\n",
+            dir.path().join("state").display(),
+            dir.path().join("exec.sock").display()
+        ),
+    );
+    let o = agent()
+        .env("HOME", dir.path())
+        .env("XDG_STATE_HOME", dir.path().join("xdg"))
+        .args(["exec", "--label", "iter=1", "--config"])
+        .arg(&cfg)
+        .args(["--", "env"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let set: Vec<String> = stdout(&o)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+        .filter(|k| k.starts_with("OTEL_") || k == "TRACEPARENT")
+        .collect();
+    assert!(set.len() >= 4, "exec set only {set:?}");
+    let help = stdout(&agent().args(["exec", "--help"]).output().unwrap());
+    for var in &set {
+        assert!(
+            help.contains(var.as_str()),
+            "exec --help does not name {var}:\n{help}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_log_names_the_collector_and_protocol_as_a_person_reads_them() {
+    let collector = support::otlp::OtlpReceiver::start().await;
+    let relay = support::agent::Relay::new(&collector, "grpc", None);
+    let (agent, _, _) = relay.start().await;
+    assert!(
+        support::wait_until(support::DEADLINE, || agent
+            .log()
+            .contains("otlp: relaying over gRPC to "))
+        .await,
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("otlp: relaying"))
+        .unwrap_or("");
+    assert!(!line.contains("{host}") && !line.contains("Grpc"), "{line}");
+    assert!(
+        line.contains(&collector.grpc_endpoint()),
+        "the endpoint is set in full, it is shown as it is: {line}"
+    );
+}
+
+/// A host that stays down: "keeps failing" is said once at WARN, later rounds
+/// at DEBUG only, and the end of the outage once at INFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_warned_about_once_and_its_end_said() {
+    let loki = support::loki::LokiReceiver::start().await;
+    let setup = support::agent::Setup::new(&loki, "");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replacen(
+            "[host]\naddress = \"127.0.0.1\"\n",
+            "[host]\naddress = \"127.0.0.1\"\nrediscover_interval = \"1s\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let agent = setup.start();
+    support::append(&setup.log_path("a.log"), &["before".to_string()]);
+    agent
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &["before".to_string()],
+            support::DEADLINE,
+        )
+        .await;
+    loki.stop().await;
+    let during: Vec<String> = (0..50).map(|i| format!("during {i}")).collect();
+    support::append(&setup.log_path("a.log"), &during);
+    let failing = |log: &str| log.lines().filter(|l| l.contains("keeps failing")).count();
+    // Two rediscoveries the failures triggered (at least 5 s apart).
+    assert!(
+        support::wait_until(std::time::Duration::from_secs(40), || failing(&agent.log())
+            >= 2)
+        .await,
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("keeps failing") && l.contains(" WARN "))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("keeps failing"))
+            .skip(1)
+            .all(|l| l.contains("DEBUG")),
+        "{log}"
+    );
+    loki.restart().await;
+    let all: Vec<String> = std::iter::once("before".to_string())
+        .chain(during)
+        .collect();
+    agent
+        .assert_shipped_once(
+            &loki,
+            r#"{job="app"}"#,
+            &all,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        support::wait_until(support::DEADLINE, || agent
+            .log()
+            .contains("host: 127.0.0.1 (127.0.0.1) answers again"))
+        .await,
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn run_without_files_says_so_naming_the_file_or_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "otlp-only.toml", "[agent]\nhostname = \"t\"\n");
+    let mut cmd = agent();
+    cmd.args(["run", "--dry-run", "--config"]).arg(&cfg);
+    let (err, met) = stderr_until(cmd, support::DEADLINE, |l| l.contains("[[files]]"));
+    assert!(met, "{err}");
+    assert!(
+        err.contains(&format!("{} has no [[files]] entries", cfg.display()))
+            && err.contains("nothing will be printed"),
+        "{err}"
+    );
+    // No file at all: the message says where the agent looked.
+    if Path::new("/etc/wisp-agent/config.toml").exists() {
+        eprintln!("skipped: /etc/wisp-agent/config.toml exists here, the built-in defaults cannot be tried");
+        return;
+    }
+    let mut cmd = agent();
+    cmd.current_dir(dir.path()).args(["run", "--dry-run"]);
+    let (err, met) = stderr_until(cmd, support::DEADLINE, |l| l.contains("[[files]]"));
+    assert!(met, "{err}");
+    assert!(
+        err.contains("no configuration file")
+            && err.contains("WISP_AGENT_CONFIG")
+            && err.contains("/etc/wisp-agent/config.toml")
+            && err.contains("--config FILE"),
+        "{err}"
+    );
+}
+
+/// The quickstart's sample line, run as its comment says, is shown with its
+/// own time whenever the test runs (a fixed time would age past
+/// `agent.timestamp_max_age` and take the read time).
+#[test]
+fn the_quickstart_sample_line_keeps_its_own_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("wisp-quickstart");
+    std::fs::create_dir(&folder).unwrap();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples/quickstart.toml"),
+    )
+    .unwrap()
+    .replace("/tmp/wisp-quickstart", &folder.display().to_string());
+    let echo = example
+        .lines()
+        .find_map(|l| l.trim_start_matches('#').trim().strip_prefix("echo "))
+        .expect("quickstart.toml shows an echo command");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {echo}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = std::fs::read_to_string(folder.join("app.log")).unwrap();
+    let time: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let ms = time["time"].as_u64().expect("a time in milliseconds");
+    let cfg = write(dir.path(), "quickstart.toml", &example);
+
+    let mut child = agent()
+        .args(["run", "--dry-run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut first);
+        let _ = tx.send(first);
+    });
+    let record = rx.recv_timeout(support::DEADLINE).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let shown = humantime::parse_rfc3339(record["timestamp"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        shown,
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        "{record}"
+    );
 }

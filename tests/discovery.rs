@@ -487,7 +487,7 @@ async fn a_candidate_that_accepts_and_never_answers_times_out_within_the_promise
 }
 
 #[tokio::test]
-async fn a_refused_port_is_reported_with_the_publish_hint() {
+async fn a_refused_port_on_loopback_is_reported_as_nothing_listening_on_this_machine() {
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port("127.0.0.1");
     let inputs = inputs(dir.path(), "", ROUTE_HEADER, "", &[]);
@@ -499,7 +499,14 @@ async fn a_refused_port_is_reported_with_the_publish_hint() {
         Check::Refused { .. }
     ));
     assert_eq!(kinds(&r), ["refused"]);
-    assert!(r.diagnoses[0].message.contains("0.0.0.0"));
+    // Publishing the port on 0.0.0.0 would not help a client on the same
+    // machine: the hint for loopback says where to look instead.
+    let message = &r.diagnoses[0].message;
+    assert!(!message.contains("0.0.0.0"), "{message}");
+    assert!(
+        message.contains("this machine itself") && message.contains("host.address"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -873,6 +880,11 @@ async fn probe_exits_1_when_nothing_answers_and_2_on_a_configuration_error() {
     let (code, stdout) = run_probe_binary(&text, &[]).await;
     assert_eq!(code, 1);
     assert!(stdout.contains("chosen host: none"), "{stdout}");
+    // 127.0.0.1 is this machine: no advice to publish a port on 0.0.0.0.
+    assert!(
+        stdout.contains("this machine itself") && !stdout.contains("publish the port"),
+        "{stdout}"
+    );
 
     let (code, _) = run_probe_binary("[host]\nadress = \"x\"\n", &["--json"]).await;
     assert_eq!(code, 2);

@@ -14,6 +14,11 @@
 #   /usr/lib/systemd/system/wisp-agent.service   systemd/wisp-agent.service, ExecStart in /usr/bin
 #   /etc/wisp-agent/config.toml                  a conffile: packaging/deb/config.toml
 #   /usr/share/doc/wisp-agent/copyright
+#   /usr/share/man/man1/wisp-agent.1.gz          `wisp-agent manpage`, gzip -9n
+#   /usr/share/bash-completion/completions/wisp-agent
+#   /usr/share/zsh/vendor-completions/_wisp-agent
+#   /usr/share/fish/vendor_completions.d/wisp-agent.fish
+#                                                `wisp-agent completions SHELL`
 # and the maintainer scripts beside this file (postinst, prerm, postrm).
 # Depends is read from the binary: the libraries it links (readelf's NEEDED)
 # and the newest GLIBC_ / GCC_ symbol version it asks for.
@@ -91,8 +96,24 @@ umask 022
 # mktemp made it 0700: it becomes the package's / and would be installed so.
 chmod 0755 "$stage"
 install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
-    "$stage/etc/wisp-agent" "$stage/usr/share/doc/wisp-agent"
+    "$stage/etc/wisp-agent" "$stage/usr/share/doc/wisp-agent" "$stage/usr/share/man/man1" \
+    "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
+    "$stage/usr/share/fish/vendor_completions.d"
 install -m 0755 "$bin" "$stage/usr/bin/wisp-agent"
+# The man page and completions come from the binary's own command line (run
+# here: the package is built where the binary runs, arm64 on arm64).
+"$bin" manpage >"$stage/man.1" ||
+    die "$bin manpage failed: build.sh runs the binary to make the man page, build the package on $arch"
+grep -q '^\.TH wisp-agent 1 ' "$stage/man.1" || die "$bin manpage printed no .TH wisp-agent 1 header"
+gzip -9n <"$stage/man.1" >"$stage/usr/share/man/man1/wisp-agent.1.gz"
+rm "$stage/man.1"
+"$bin" completions bash >"$stage/usr/share/bash-completion/completions/wisp-agent"
+"$bin" completions zsh >"$stage/usr/share/zsh/vendor-completions/_wisp-agent"
+"$bin" completions fish >"$stage/usr/share/fish/vendor_completions.d/wisp-agent.fish"
+chmod 0644 "$stage/usr/share/man/man1/wisp-agent.1.gz" \
+    "$stage/usr/share/bash-completion/completions/wisp-agent" \
+    "$stage/usr/share/zsh/vendor-completions/_wisp-agent" \
+    "$stage/usr/share/fish/vendor_completions.d/wisp-agent.fish"
 # The repo's unit is the one source; only the binary's path differs.
 sed 's|^ExecStart=/usr/local/bin/wisp-agent |ExecStart=/usr/bin/wisp-agent |' \
     "$root/systemd/wisp-agent.service" >"$stage/usr/lib/systemd/system/wisp-agent.service"

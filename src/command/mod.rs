@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod manpage;
 pub mod probe;
 pub mod status;
 pub mod tap;

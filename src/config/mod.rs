@@ -225,6 +225,18 @@ pub enum OtlpProtocol {
     HttpJson,
 }
 
+/// The protocol as a person reads it (`gRPC`, `HTTP/protobuf`, `HTTP/JSON`),
+/// for the log.
+impl std::fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "gRPC",
+            Self::HttpProtobuf => "HTTP/protobuf",
+            Self::HttpJson => "HTTP/JSON",
+        })
+    }
+}
+
 impl OtlpProtocol {
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim() {

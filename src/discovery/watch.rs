@@ -9,6 +9,11 @@
 //! chosen host has failed [`FAILURES_BEFORE_REDISCOVERY`] times in a row or for
 //! [`FAILING_FOR`], at most once per [`MIN_TRIGGERED_GAP`] so a dead host cannot
 //! make it spin. It stops when the cancellation token fires.
+//!
+//! During an outage the log says so once at WARN ("keeps failing", "no
+//! candidate answers"), then at DEBUG on every further round, and once at INFO
+//! when a host answers again: an outage of an hour is three lines, not one
+//! every few seconds.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{discover, Chosen, Inputs};
 use crate::config::Config;
+use crate::event::Repeated;
 
 /// Consecutive failures of the chosen host that trigger a rediscovery.
 pub const FAILURES_BEFORE_REDISCOVERY: u32 = 3;
@@ -111,6 +117,9 @@ async fn rediscover_loop(
 ) {
     let interval = config.host.rediscover_interval.get();
     let mut last_triggered: Option<Instant> = None;
+    // "failing" (the chosen host) and "none" (no candidate answers): each said
+    // once at WARN per outage, cleared when a host answers.
+    let outage: Repeated = Repeated::once();
     loop {
         let round = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -139,6 +148,10 @@ async fn rediscover_loop(
                         true
                     }
                 });
+                let outage_ended = answered && {
+                    let failing = outage.ended(&"failing");
+                    outage.ended(&"none") || failing
+                };
                 if changed && answered {
                     tracing::info!(
                         "host: {} ({}) answers; sending there",
@@ -146,6 +159,8 @@ async fn rediscover_loop(
                         new.address
                     );
                     health.reset();
+                } else if outage_ended {
+                    tracing::info!("host: {} ({}) answers again", new.name, new.address);
                 } else if changed {
                     tracing::warn!(
                         "host: {} ({}) is set explicitly but does not answer yet; sending there \
@@ -158,17 +173,20 @@ async fn rediscover_loop(
             }
             None => {
                 let tried: Vec<&str> = round.candidates.iter().map(|c| c.name.as_str()).collect();
-                match tx.borrow().as_ref() {
-                    Some(kept) => tracing::warn!(
+                let message = match tx.borrow().as_ref() {
+                    Some(kept) => format!(
                         "host: no candidate answers (tried {}); keeping {} ({})",
                         tried.join(", "),
                         kept.name,
                         kept.address
                     ),
-                    None => tracing::warn!(
+                    None => format!(
                         "host: no candidate answers (tried {}); run `wisp-agent probe` to see why",
                         tried.join(", ")
                     ),
+                };
+                if !outage.warn("none", || message.clone()) {
+                    tracing::debug!("{message}");
                 }
             }
         }
@@ -189,7 +207,17 @@ async fn rediscover_loop(
                     }
                 }
                 last_triggered = Some(Instant::now());
-                tracing::info!("host: the chosen host keeps failing; looking again");
+                let message = match tx.borrow().as_ref() {
+                    Some(c) => format!(
+                        "host: the chosen host {} ({}) keeps failing; looking for another \
+                         (said once until a host answers again)",
+                        c.name, c.address
+                    ),
+                    None => "host: the chosen host keeps failing; looking for another".into(),
+                };
+                if !outage.warn("failing", || message.clone()) {
+                    tracing::debug!("{message}");
+                }
                 health.reset();
             }
         }

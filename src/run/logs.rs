@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shipping;
 use crate::admin::LogSources;
-use crate::config::Config;
+use crate::config::{Config, ConfigOrigin};
 use crate::discovery::{Chosen, HostHealth};
 use crate::metric::Registry;
 use crate::parse::{ParseCounters, ParseSettings, Transformer};
@@ -55,9 +55,29 @@ const GROUP_COMMIT: GroupLimits = GroupLimits {
 /// Warns when there is nothing to tail. What each entry's patterns match is
 /// logged by the tailer after its first walk (bounded, as every walk is: a
 /// `glob` here would follow `ln -s . a` under a `**` without end).
-pub fn log_tailed_files(config: &Config) {
+pub fn log_tailed_files(config: &Config, origin: &ConfigOrigin, dry_run: bool) {
     if config.files.is_empty() {
-        tracing::warn!("no [[files]] entries configured: nothing to tail");
+        let what = if dry_run {
+            "no log file is tailed and nothing will be printed (run --dry-run shows file records only)"
+        } else if config.loki.enabled {
+            "no log file is tailed (exec runs and local OTLP are still shipped)"
+        } else {
+            "no log file is tailed (local OTLP is still relayed)"
+        };
+        match origin {
+            ConfigOrigin::BuiltIn => tracing::warn!(
+                "no configuration file (no --config, WISP_AGENT_CONFIG unset, no {}): running on \
+                 the built-in defaults, so {what}; to tail logs, write a configuration with \
+                 [[files]] entries (name = \"app\", paths = [\"/var/log/app/*.log\"]) there or pass \
+                 --config FILE",
+                crate::config::DEFAULT_CONFIG_PATH
+            ),
+            ConfigOrigin::File(p) | ConfigOrigin::DefaultFile(p) => tracing::warn!(
+                "{} has no [[files]] entries, so {what}; to tail logs, add one (name = \"app\", \
+                 paths = [\"/var/log/app/*.log\"])",
+                p.display()
+            ),
+        }
     }
     for f in &config.files {
         for p in f.paths.iter().filter(|p| !p.starts_with('/')) {

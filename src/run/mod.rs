@@ -75,7 +75,7 @@ pub async fn run(loaded: Loaded, args: RunArgs) -> Result<ExitCode> {
         reload::short(&loaded.sha256)
     );
     if !args.stdin {
-        logs::log_tailed_files(&loaded.config);
+        logs::log_tailed_files(&loaded.config, &loaded.origin, args.dry_run);
     }
     let cancel = CancellationToken::new();
     crate::shutdown::cancel_on_signals(cancel.clone())
@@ -197,7 +197,7 @@ async fn daemon(
             break;
         }
         continued = continued_entries(&loaded.config, &new.config);
-        logs::log_tailed_files(&new.config);
+        logs::log_tailed_files(&new.config, &new.origin, false);
         previous = Some(std::mem::replace(&mut loaded, new));
     }
     if let Some(admin) = admin {
@@ -299,7 +299,6 @@ impl Generation {
             cancel.clone(),
         )
         .await?;
-        let intake = otlp.as_ref().map(OtlpPipeline::intake);
         let logs = if config.loki.enabled {
             let opened = OpenLogs::open(
                 config,
@@ -338,6 +337,9 @@ impl Generation {
             }
             None
         };
+        // Taken only now: the OTLP pipeline finishes (above, when the Loki
+        // one cannot open) once every way into it is let go of.
+        let intake = otlp.as_ref().map(OtlpPipeline::intake);
 
         let mut feeding = Vec::new();
 

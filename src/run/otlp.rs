@@ -111,10 +111,11 @@ impl OtlpPipeline {
             tokio::task::spawn_blocking(move || Spool::open_for::<OtlpPayload>(spool_settings))
                 .await
                 .context("the otlp spool stopped while opening")??;
+        let chosen = host.borrow().as_ref().map(|c| c.address.to_string());
         tracing::info!(
-            "otlp: relaying to {} ({:?}); buffer: {}{}",
-            crate::config::redact_url(&settings.endpoint),
+            "otlp: relaying over {} to {}; buffer: {}{}",
             config.otlp.protocol,
+            collector(&settings.endpoint, chosen.as_deref()),
             writer.dir().display(),
             if to_loki.is_some() {
                 "; received logs also go to loki (otlp.logs_to_loki)"
@@ -237,5 +238,49 @@ impl OtlpPipeline {
         drop(self.intake);
         let _ = self.spooling.await;
         self.exporting.finish(grace).await;
+    }
+}
+
+/// Where the exporter sends, for the log: the endpoint itself (password
+/// redacted), the chosen host filled in; before a host is chosen, in words
+/// rather than as the `{host}` template.
+fn collector(endpoint: &str, host: Option<&str>) -> String {
+    if !endpoint.contains("{host}") {
+        return crate::config::redact_url(endpoint);
+    }
+    if let Some(host) = host {
+        return crate::config::redact_url(&crate::config::fill_host(endpoint, host));
+    }
+    let port = reqwest::Url::parse(&crate::config::fill_host(endpoint, "host.invalid"))
+        .ok()
+        .and_then(|u| u.port_or_known_default());
+    match port {
+        Some(p) => format!("port {p} of the host, once discovery has chosen one"),
+        None => "the host, once discovery has chosen one".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collector;
+
+    #[test]
+    fn the_collector_is_named_without_a_template() {
+        assert_eq!(
+            collector("http://{host}:4317", None),
+            "port 4317 of the host, once discovery has chosen one"
+        );
+        assert_eq!(
+            collector("http://{host}:4318", Some("192.168.5.2")),
+            "http://192.168.5.2:4318"
+        );
+        assert_eq!(
+            collector("http://{host}:4317", Some("fd00::1")),
+            "http://[fd00::1]:4317"
+        );
+        assert_eq!(
+            collector("https://collector.example:4317", None),
+            "https://collector.example:4317"
+        );
     }
 }

@@ -182,6 +182,19 @@ fn service_diagnosis(c: &CandidateReport, service: &str, s: &ServiceReport) -> O
     let at = where_(c, s);
     let (kind, message) = match &s.check {
         Check::Ok { .. } | Check::NotChecked { .. } => return None,
+        // Loopback is this machine (the VM itself): nothing to publish, the
+        // service is not running here, or the host is elsewhere.
+        Check::Refused { .. } if c.address.is_some_and(|a| a.is_loopback()) => (
+            "refused",
+            format!(
+                "{service} on {at}: connection refused: nothing listens on that port on this \
+                 machine ({a} is this machine itself, not the VM's host): start {service} here \
+                 on port {p}, or if it runs on the host, set host.address to the host's \
+                 address (or \"auto\" to discover it)",
+                a = c.address.map(|a| a.to_string()).unwrap_or_default(),
+                p = s.port
+            ),
+        ),
         Check::Refused { .. } => (
             "refused",
             format!(
@@ -383,6 +396,44 @@ fn in_cidr(address: IpAddr, net: IpAddr, bits: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused_on(address: &str) -> String {
+        let address: IpAddr = address.parse().unwrap();
+        let s = ServiceReport {
+            port: 3100,
+            target: String::new(),
+            required: true,
+            check: Check::Refused { latency_ms: 1 },
+        };
+        let c = CandidateReport {
+            name: address.to_string(),
+            resolution: crate::discovery::Resolution::Literal { address },
+            address: Some(address),
+            services: crate::discovery::Services {
+                loki: s.clone(),
+                otlp_grpc: s.clone(),
+                otlp_http: s.clone(),
+                tempo: s.clone(),
+                prometheus: s.clone(),
+                grafana: s.clone(),
+            },
+        };
+        service_diagnosis(&c, "loki", &s).unwrap().message
+    }
+
+    #[test]
+    fn a_refused_port_on_the_host_says_publish_it_and_on_loopback_says_this_machine() {
+        let host = refused_on("192.168.5.2");
+        assert!(host.contains("publish the port on 0.0.0.0"), "{host}");
+        for lo in ["127.0.0.1", "::1"] {
+            let here = refused_on(lo);
+            assert!(!here.contains("publish"), "{here}");
+            assert!(
+                here.contains("this machine itself") && here.contains("host.address"),
+                "{here}"
+            );
+        }
+    }
 
     #[test]
     fn no_proxy_entries_cover_names_addresses_and_networks() {

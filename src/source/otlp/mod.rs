@@ -215,19 +215,26 @@ pub(crate) fn encode_within<M: prost::Message>(
     Ok(request.encode_to_vec())
 }
 
-/// Why a receiver could not start.
+/// Why a receiver could not start: a configuration error (exit 2), since the
+/// address is the configuration's and a restart meets the same holder. The OS
+/// error is part of the message, not a `source`, so it is printed once.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiverError {
     #[error(
-        "cannot listen on {addr} for OTLP/{proto} ({key}): {source}; \
-         another program (a local OpenTelemetry collector?) may hold the port: \
-         set {key} to a free address, or \"\" to disable it"
+        "cannot listen on {addr} for OTLP/{proto} ({key}): {error}{}: \
+         set {key} to a free address, or \"\" to disable it",
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            "; another program (a local OpenTelemetry collector, or another wisp-agent) \
+             holds the port"
+        } else {
+            ""
+        }
     )]
     Bind {
         key: &'static str,
         proto: &'static str,
         addr: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -331,11 +338,11 @@ async fn bind(
     key: &'static str,
     proto: &'static str,
 ) -> Result<TcpListener, ReceiverError> {
-    let err = |source| ReceiverError::Bind {
+    let err = |error| ReceiverError::Bind {
         key,
         proto,
         addr: addr.to_string(),
-        source,
+        error,
     };
     let parsed: SocketAddr = addr.parse().map_err(|_| {
         err(std::io::Error::new(
