@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// The encoding buffer kept between appends (and given back at a pause,
+/// [`SpoolWriter::release_memory`]): room for the largest group the log
+/// stage makes (`run::logs::GROUP_COMMIT`), so a burst grows it once.
+const GROUP_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
 /// Creates segment `id`: its header, then (when there are any) a snapshot of the
 /// resume points, fsynced, so that older segments may go. Returns the file and
 /// its length.
@@ -173,7 +178,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
                 let estimate = (frame_len as usize).saturating_mul(records.len());
                 buf.reserve(
                     estimate
-                        .min(RETAINED_BUFFER_BYTES)
+                        .min(GROUP_BUFFER_BYTES)
                         .saturating_sub(buf.len()),
                 );
             }
@@ -248,7 +253,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             }
         }
         // Keep the encoding buffer between batches, but not one a rare huge batch grew.
-        if buf.capacity() > RETAINED_BUFFER_BYTES {
+        if buf.capacity() > GROUP_BUFFER_BYTES {
             buf = Vec::new();
         }
         self.buf = buf;
@@ -427,7 +432,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
     }
 
     /// Hands the encoding buffer back to the allocator. Call it when appends pause:
-    /// a burst grows the buffer to the size of its largest group (about 1 MiB), and
+    /// a burst grows the buffer to the size of its largest group (about 2 MiB), and
     /// an idle agent should not keep that.
     pub fn release_memory(&mut self) {
         self.buf = Vec::new();
