@@ -176,11 +176,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
                 // kept between appends: a buffer released at a pause is then grown
                 // once, not doubled (and copied) a dozen times up to a group's size.
                 let estimate = (frame_len as usize).saturating_mul(records.len());
-                buf.reserve(
-                    estimate
-                        .min(GROUP_BUFFER_BYTES)
-                        .saturating_sub(buf.len()),
-                );
+                buf.reserve(estimate.min(GROUP_BUFFER_BYTES).saturating_sub(buf.len()));
             }
             if frame_len > FRAME_HEADER_LEN + u64::from(segment::MAX_PAYLOAD) {
                 buf.truncate(start);
