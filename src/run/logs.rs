@@ -37,21 +37,17 @@ use crate::spool::{
 };
 
 /// Batches in flight between two stages (each at most 1000 lines or 1 MiB): the bound that
-/// makes a slow stage push back on the one before it. Eight, so that while the
-/// spool stage waits on one group's fsync the next group's worth (up to
-/// [`GROUP_COMMIT`]) can queue: with four, each fsync took about 4,000 lines
-/// and the stages before it stood still for most of its wait.
-pub(super) const CHANNEL_BATCHES: usize = 8;
+/// makes a slow stage push back on the one before it.
+pub(super) const CHANNEL_BATCHES: usize = 4;
 
 /// The spool stage appends at most about this many records (and bytes of lines)
 /// with one fsync. The byte bound keeps a group's encoding (lines, labels and
-/// frames: about 1.15 times the lines' bytes for Pino lines) under the 2 MiB
-/// the spool writer keeps between appends during a burst: a larger group had
-/// the writer drop its buffer and grow a new one by reallocation at every
-/// append.
+/// frames: about 1.15 times the lines' bytes for Pino lines) under the 1 MiB
+/// the spool writer keeps between appends: a larger group had the writer drop
+/// its buffer and grow a new one by reallocation at every append.
 const GROUP_COMMIT: GroupLimits = GroupLimits {
-    max_records: 8192,
-    max_bytes: 1536 * 1024,
+    max_records: 4096,
+    max_bytes: 768 * 1024,
 };
 
 /// Warns when there is nothing to tail. What each entry's patterns match is

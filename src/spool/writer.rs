@@ -3,11 +3,6 @@
 
 use super::*;
 
-/// The encoding buffer kept between appends (and given back at a pause,
-/// [`SpoolWriter::release_memory`]): room for the largest group the log
-/// stage makes (`run::logs::GROUP_COMMIT`), so a burst grows it once.
-const GROUP_BUFFER_BYTES: usize = 2 * 1024 * 1024;
-
 /// Creates segment `id`: its header, then (when there are any) a snapshot of the
 /// resume points, fsynced, so that older segments may go. Returns the file and
 /// its length.
@@ -176,7 +171,11 @@ impl<R: SpoolRecord> SpoolWriter<R> {
                 // kept between appends: a buffer released at a pause is then grown
                 // once, not doubled (and copied) a dozen times up to a group's size.
                 let estimate = (frame_len as usize).saturating_mul(records.len());
-                buf.reserve(estimate.min(GROUP_BUFFER_BYTES).saturating_sub(buf.len()));
+                buf.reserve(
+                    estimate
+                        .min(RETAINED_BUFFER_BYTES)
+                        .saturating_sub(buf.len()),
+                );
             }
             if frame_len > FRAME_HEADER_LEN + u64::from(segment::MAX_PAYLOAD) {
                 buf.truncate(start);
@@ -249,7 +248,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             }
         }
         // Keep the encoding buffer between batches, but not one a rare huge batch grew.
-        if buf.capacity() > GROUP_BUFFER_BYTES {
+        if buf.capacity() > RETAINED_BUFFER_BYTES {
             buf = Vec::new();
         }
         self.buf = buf;
@@ -428,7 +427,7 @@ impl<R: SpoolRecord> SpoolWriter<R> {
     }
 
     /// Hands the encoding buffer back to the allocator. Call it when appends pause:
-    /// a burst grows the buffer to the size of its largest group (about 2 MiB), and
+    /// a burst grows the buffer to the size of its largest group (about 1 MiB), and
     /// an idle agent should not keep that.
     pub fn release_memory(&mut self) {
         self.buf = Vec::new();
