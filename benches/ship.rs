@@ -12,6 +12,13 @@
 //! runs the agent as its defaults do: the admin endpoint, the OTLP relay (its
 //! receivers listening, exporting to a fake collector in this process) and host
 //! metrics every 15 s, all on.
+//!
+//! `WISP_BENCH_AGENT=/path/to/wisp-agent` runs another build of the agent
+//! under this same driver (before/after comparisons).
+//! `WISP_BENCH_BATCH_WAIT` sets `[loki] batch_max_wait` (default "1s", the
+//! agent's default): the last, partial batch waits that long for more lines,
+//! and the end-to-end time includes it (while lines stream, pushes fill by
+//! size, not by time).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -138,6 +145,7 @@ fn main() {
             .local_addr()
             .unwrap()
     });
+    let batch_wait = std::env::var("WISP_BENCH_BATCH_WAIT").unwrap_or_else(|_| "1s".into());
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -149,6 +157,7 @@ hostname = "bench"
 address = "127.0.0.1"
 [loki]
 url = "http://{{host}}:{port}/loki/api/v1/push"
+batch_max_wait = "{batch_wait}"
 {otlp_section}
 [admin]
 listen = "{admin}"
@@ -162,11 +171,14 @@ multiline = "none"
             port = loki.addr().port(),
             file = file.display(),
             admin = admin.map(|a| a.to_string()).unwrap_or_default(),
+            batch_wait = batch_wait,
         ),
     )
     .unwrap();
 
-    let bin = env!("CARGO_BIN_EXE_wisp-agent");
+    let bin = std::env::var("WISP_BENCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wisp-agent").to_string());
+    let bin = bin.as_str();
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
@@ -242,6 +254,9 @@ multiline = "none"
         );
         std::process::exit(1);
     }
+    println!(
+        "ship: batch_max_wait = {batch_wait} (the last, partial push waits that long for more lines)"
+    );
     println!(
         "ship: {:.0} lines/s end to end ({:.2} s; the agent used {:.2} s of CPU: {:.0} lines per CPU-second){}",
         n as f64 / took.as_secs_f64(),

@@ -1,5 +1,7 @@
 //! The `ack` file: the last acknowledged position and the end of the push in
-//! flight, replaced atomically.
+//! flight. Written in place, in one of two slots taken in turn, so that a
+//! write cut short leaves the state before it (v4); the older single-record
+//! versions (v1–v3, replaced whole through a temporary file) are still read.
 
 use super::*;
 
@@ -47,7 +49,9 @@ pub(super) fn get_position(b: &[u8]) -> Option<SpoolPosition> {
     })
 }
 
-/// v2, or v3 when the state carries a mark.
+/// v2, or v3 when the state carries a mark (what agents before v4 wrote; kept
+/// for the tests of reading them).
+#[cfg(test)]
 pub(super) fn encode_ack(state: AckState) -> Vec<u8> {
     let (version, len) = if state.mark == 0 {
         (ACK_V2, ACK_V2_LEN)
@@ -102,21 +106,171 @@ pub(super) fn decode_ack(b: &[u8]) -> Option<AckState> {
     })
 }
 
-/// Replaces the `ack` file: written to a temporary file, fsynced, renamed over.
-pub(super) fn write_ack_file(dir: &Path, state: AckState) -> Result<(), SpoolError> {
-    let tmp = dir.join(ACK_TMP_FILE);
-    let write = || -> io::Result<()> {
-        let mut f = crate::state_file::create_temp(&tmp)?;
-        f.write_all(&encode_ack(state))?;
-        f.sync_all()
+/// v4 (written since acknowledgements are recorded in place): two slots of
+/// [`ACK_SLOT_LEN`] bytes, written in turn, each magic, version, a sequence
+/// number, the acknowledged position, the in-flight end, the mark (0: none),
+/// CRC-32 over what precedes it, zero padding. The valid slot with the higher
+/// sequence number is the state: a write cut short damages only the slot it
+/// was writing, and the other holds the state before it. An agent older than
+/// v4 finds the file unreadable and ships the whole spool again (at least once).
+pub(super) const ACK_V4: u32 = 4;
+pub(super) const ACK_SLOT_LEN: usize = 64;
+pub(super) const ACK_V4_LEN: usize = 2 * ACK_SLOT_LEN;
+/// The bytes of a slot the CRC-32 covers.
+const ACK_SLOT_BODY: usize = 56;
+
+/// One v4 slot holding `state` under sequence number `seq`.
+pub(super) fn encode_slot(seq: u64, state: AckState) -> [u8; ACK_SLOT_LEN] {
+    let mut b = [0u8; ACK_SLOT_LEN];
+    b[..4].copy_from_slice(&ACK_MAGIC);
+    b[4..8].copy_from_slice(&ACK_V4.to_le_bytes());
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    put_position(&mut b[16..32], state.acked);
+    put_position(&mut b[32..48], state.in_flight);
+    b[48..56].copy_from_slice(&state.mark.to_le_bytes());
+    let crc = crc32fast::hash(&b[..ACK_SLOT_BODY]);
+    b[ACK_SLOT_BODY..ACK_SLOT_BODY + 4].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// A v4 slot's sequence number and state; `None` when it is damaged (or
+/// was never written).
+pub(super) fn decode_slot(b: &[u8]) -> Option<(u64, AckState)> {
+    let b = b.get(..ACK_SLOT_LEN)?;
+    if b[..4] != ACK_MAGIC || u32::from_le_bytes(b[4..8].try_into().ok()?) != ACK_V4 {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[ACK_SLOT_BODY..ACK_SLOT_BODY + 4].try_into().ok()?);
+    if crc32fast::hash(&b[..ACK_SLOT_BODY]) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    let state = AckState {
+        acked: get_position(&b[16..32])?,
+        in_flight: get_position(&b[32..48])?,
+        mark: u64::from_le_bytes(b[48..56].try_into().ok()?),
     };
-    write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
-    let path = dir.join(ACK_FILE);
-    fs::rename(&tmp, &path)
-        .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
-    // No directory fsync: should a power loss undo the rename, the previous
-    // state is used and a little more is shipped again (at least once).
-    Ok(())
+    Some((seq, state))
+}
+
+/// A v4 file's newest valid slot: its index, sequence number and state.
+pub(super) fn decode_slots(b: &[u8]) -> Option<(usize, u64, AckState)> {
+    if b.len() != ACK_V4_LEN {
+        return None;
+    }
+    let first = decode_slot(&b[..ACK_SLOT_LEN]).map(|(seq, s)| (0, seq, s));
+    let second = decode_slot(&b[ACK_SLOT_LEN..]).map(|(seq, s)| (1, seq, s));
+    match (first, second) {
+        (Some(a), Some(b)) => Some(if b.1 > a.1 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `ack` file as the reader keeps it: once in the v4 form, open, and each
+/// state written over the older of its two slots (`pwrite` + `fdatasync`: no
+/// new file, no rename, the file's size unchanged).
+#[derive(Debug)]
+pub(super) struct AckFile {
+    dir: PathBuf,
+    /// The v4 file, open for writing in place; `None` until it is created
+    /// (no file, an older version's, a damaged one) or after a failed write.
+    file: Option<File>,
+    /// The slot holding the newest state: the next write goes to the other.
+    newest: usize,
+    /// The newest state's sequence number.
+    seq: u64,
+}
+
+impl AckFile {
+    /// Reads the `ack` file of `dir`: the state it holds (`None` when there is
+    /// none or it is unreadable: then everything is read again, at least once,
+    /// never fatal), and the file to write the next states to.
+    pub(super) fn open(dir: &Path) -> (Self, Option<AckState>) {
+        let mut ack = AckFile {
+            dir: dir.to_path_buf(),
+            file: None,
+            newest: 0,
+            seq: 0,
+        };
+        let Some(bytes) = read_ack_bytes(dir) else {
+            return (ack, None);
+        };
+        if let Some((slot, seq, state)) = decode_slots(&bytes) {
+            // Written in place from here on.
+            let path = dir.join(ACK_FILE);
+            match open_in_place(&path) {
+                Ok(f) => {
+                    ack.file = Some(f);
+                    ack.newest = slot;
+                    ack.seq = seq;
+                }
+                Err(e) => warn!(path = %path.display(), error = %e,
+                    "cannot open spool acknowledgement file for writing; it is written anew"),
+            }
+            return (ack, Some(state));
+        }
+        let state = decode_ack(&bytes);
+        if state.is_none() {
+            warn!(path = %dir.join(ACK_FILE).display(),
+                "spool acknowledgement file is corrupt; re-reading the whole spool (records may be shipped twice)");
+        }
+        (ack, state)
+    }
+
+    /// Records `state` durably: in the older slot of the v4 file, or (the first
+    /// time, and after a failed write) as a new v4 file, written to a temporary
+    /// file, fsynced and renamed over the previous one.
+    pub(super) fn write(&mut self, state: AckState) -> Result<(), SpoolError> {
+        let seq = self.seq + 1;
+        self.seq = seq;
+        let path = self.dir.join(ACK_FILE);
+        if let Some(f) = &self.file {
+            use std::os::unix::fs::FileExt;
+            let slot = 1 - self.newest;
+            let written = f
+                .write_all_at(&encode_slot(seq, state), (slot * ACK_SLOT_LEN) as u64)
+                .and_then(|()| f.sync_data());
+            return match written {
+                Ok(()) => {
+                    self.newest = slot;
+                    Ok(())
+                }
+                Err(e) => {
+                    // The other slot still holds the state before; the next
+                    // write makes a new file rather than trust this one.
+                    self.file = None;
+                    Err(SpoolError::io("write spool acknowledgement file", &path, e))
+                }
+            };
+        }
+        let tmp = self.dir.join(ACK_TMP_FILE);
+        let mut bytes = [0u8; ACK_V4_LEN];
+        bytes[..ACK_SLOT_LEN].copy_from_slice(&encode_slot(seq, state));
+        let write = || -> io::Result<File> {
+            let mut f = crate::state_file::create_temp(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(f)
+        };
+        let f = write().map_err(|e| SpoolError::io("write spool acknowledgement file", &tmp, e))?;
+        fs::rename(&tmp, &path)
+            .map_err(|e| SpoolError::io("rename spool acknowledgement file", &path, e))?;
+        // Once per file: the writes in place that follow go to this file, so
+        // its name must not be lost to a power cut.
+        sync_dir(&self.dir)?;
+        self.file = Some(f);
+        self.newest = 0;
+        Ok(())
+    }
+}
+
+/// Opens the v4 file to write its slots in place: never through a symlink.
+fn open_in_place(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
+        .open(path)
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -125,13 +279,12 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(|e| SpoolError::io("fsync directory", dir, e))
 }
 
-/// The last acknowledged position and in-flight end, or `None` when nothing was
-/// acknowledged or the file is unreadable: then everything is read again (at
-/// least once, never fatal).
-pub(super) fn read_ack_file(dir: &Path) -> Option<AckState> {
+/// The `ack` file's bytes (a stale temporary file removed first); `None`
+/// when there is none or it cannot be read (logged).
+fn read_ack_bytes(dir: &Path) -> Option<Vec<u8>> {
     remove_file_logged(&dir.join(ACK_TMP_FILE));
     let path = dir.join(ACK_FILE);
-    // An ack file is at most 52 bytes: a larger one is corrupt, and is not read whole.
+    // An ack file is at most 128 bytes: a larger one is corrupt, and is not read whole.
     let read = {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
@@ -144,14 +297,7 @@ pub(super) fn read_ack_file(dir: &Path) -> Option<AckState> {
         io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut bytes).map(|_| bytes)
     });
     match read {
-        Ok(bytes) => {
-            let pos = decode_ack(&bytes);
-            if pos.is_none() {
-                warn!(path = %path.display(),
-                    "spool acknowledgement file is corrupt; re-reading the whole spool (records may be shipped twice)");
-            }
-            pos
-        }
+        Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
             warn!(path = %path.display(), error = %e,

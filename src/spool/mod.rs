@@ -646,6 +646,105 @@ mod tests {
         assert_eq!(decode_ack(&v1), None);
     }
 
+    fn pos(segment: u64, offset: u64) -> SpoolPosition {
+        SpoolPosition { segment, offset }
+    }
+
+    fn state(acked: u64, in_flight: u64, mark: u64) -> AckState {
+        AckState {
+            acked: pos(3, acked),
+            in_flight: pos(3, in_flight),
+            mark,
+        }
+    }
+
+    #[test]
+    fn a_v4_slot_round_trips_and_rejects_damage() {
+        let s = state(100, 200, 1_795_000_000_000_000_000);
+        let slot = encode_slot(9, s);
+        assert_eq!(decode_slot(&slot), Some((9, s)));
+        for i in 0..ACK_SLOT_LEN - 4 {
+            let mut bad = slot;
+            bad[i] ^= 1;
+            assert_eq!(decode_slot(&bad), None, "flip at {i}");
+        }
+        assert_eq!(decode_slot(&slot[..40]), None);
+        assert_eq!(decode_slot(&[0u8; ACK_SLOT_LEN]), None);
+    }
+
+    #[test]
+    fn the_newest_valid_slot_is_the_state_and_a_torn_one_leaves_the_other() {
+        let (old, new) = (state(100, 200, 0), state(200, 300, 7));
+        let mut file = [0u8; ACK_V4_LEN];
+        file[..ACK_SLOT_LEN].copy_from_slice(&encode_slot(4, old));
+        file[ACK_SLOT_LEN..].copy_from_slice(&encode_slot(5, new));
+        assert_eq!(decode_slots(&file), Some((1, 5, new)));
+        // The newer slot cut short (its second half never reached the disk).
+        let mut torn = file;
+        torn[ACK_SLOT_LEN + 32..].fill(0);
+        assert_eq!(decode_slots(&torn), Some((0, 4, old)));
+        // Slots taken in turn: the newest may be the first.
+        let mut turned = file;
+        turned[..ACK_SLOT_LEN].copy_from_slice(&encode_slot(6, state(300, 300, 0)));
+        assert_eq!(decode_slots(&turned), Some((0, 6, state(300, 300, 0))));
+        assert_eq!(decode_slots(&[0u8; ACK_V4_LEN]), None);
+        assert_eq!(decode_slots(&file[..ACK_SLOT_LEN]), None);
+    }
+
+    #[test]
+    fn the_ack_file_is_written_in_place_in_turn_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ack, found) = AckFile::open(dir.path());
+        assert_eq!(found, None);
+        let path = dir.path().join(ACK_FILE);
+        ack.write(state(1, 2, 0)).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+        for i in 2..6 {
+            ack.write(state(i, i + 1, i % 2)).unwrap();
+            let bytes = fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), ACK_V4_LEN);
+            assert_eq!(
+                decode_slots(&bytes).map(|(_, _, s)| s),
+                Some(state(i, i + 1, i % 2))
+            );
+            let (_, again) = AckFile::open(dir.path());
+            assert_eq!(again, Some(state(i, i + 1, i % 2)));
+        }
+        // Written in place: the same file all along, and no temporary one left.
+        let now = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+        assert_eq!(inode, now);
+        assert!(!dir.path().join(ACK_TMP_FILE).exists());
+        // Opened again, it carries on from the newest slot.
+        let (mut ack, found) = AckFile::open(dir.path());
+        assert_eq!(found, Some(state(5, 6, 1)));
+        ack.write(state(6, 6, 0)).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(
+            decode_slots(&bytes).map(|(_, _, s)| s),
+            Some(state(6, 6, 0))
+        );
+        let older = decode_slot(&bytes[..ACK_SLOT_LEN]).or(decode_slot(&bytes[ACK_SLOT_LEN..]));
+        assert!(older.is_some());
+    }
+
+    #[test]
+    fn a_v3_ack_file_is_read_and_replaced_by_a_v4_one_at_the_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ACK_FILE);
+        let marked = state(10, 20, 99);
+        fs::write(&path, encode_ack(marked)).unwrap();
+        let (mut ack, found) = AckFile::open(dir.path());
+        assert_eq!(found, Some(marked));
+        assert_eq!(
+            fs::read(&path).unwrap().len(),
+            ACK_V3_LEN,
+            "unchanged until written"
+        );
+        ack.write(state(20, 30, 0)).unwrap();
+        assert_eq!(fs::read(&path).unwrap().len(), ACK_V4_LEN);
+        assert_eq!(AckFile::open(dir.path()).1, Some(state(20, 30, 0)));
+    }
+
     #[test]
     fn enospc_and_quota_errors_are_disk_full_naming_the_dir() {
         let e = SpoolError::io(

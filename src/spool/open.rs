@@ -33,7 +33,7 @@ impl Spool {
         }
         let counters = Arc::new(SpoolCounters::default());
 
-        let ack_state = read_ack_file(&dir);
+        let (ack_file, ack_state) = AckFile::open(&dir);
         let acked = ack_state.map(|a| a.acked);
         let mut ids = Vec::new();
         let entries =
@@ -241,6 +241,7 @@ impl Spool {
             acked: acked.unwrap_or_default(),
             in_flight: ack_state.map_or_else(SpoolPosition::default, |a| a.in_flight),
             ack_unsaved: false,
+            ack_file,
             in_flight_at_open: ack_state
                 .map(|a| a.in_flight)
                 .filter(|&end| end > acked.unwrap_or_default()),

@@ -21,6 +21,8 @@ pub struct SpoolReader<R: SpoolRecord = LogRecord> {
     pub(super) mark: u64,
     /// `acked` moved past what the `ack` file says ([`SpoolReader::ack_later`]).
     pub(super) ack_unsaved: bool,
+    /// Where acknowledgements and the push in flight are recorded.
+    pub(super) ack_file: AckFile,
     pub(super) payload: Vec<u8>,
     pub(super) cache: R::Cache,
 }
@@ -212,8 +214,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
     }
 
     /// Records that everything up to `upto` was shipped: deletes the segments it
-    /// covers and persists the position (written to a temporary file, fsynced,
-    /// renamed over the previous one). A position at or before the last acknowledged one is ignored.
+    /// covers and persists the position (in the `ack` file's older slot, synced). A position at or before the last acknowledged one is ignored.
     ///
     /// Covered segments go first: that is safe (a restart with the older position
     /// starts at the oldest remaining segment, past them) and frees space, so an
@@ -275,7 +276,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
             // Nothing in flight any more: the mark went with it.
             mark: if in_flight > self.acked { self.mark } else { 0 },
         };
-        write_ack_file(&self.shared.dir, state)?;
+        self.ack_file.write(state)?;
         self.in_flight = state.in_flight;
         self.mark = state.mark;
         self.ack_unsaved = false;
@@ -305,7 +306,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
             in_flight: end,
             mark,
         };
-        write_ack_file(&self.shared.dir, state)?;
+        self.ack_file.write(state)?;
         self.in_flight = end;
         self.mark = mark;
         self.ack_unsaved = false;
@@ -327,7 +328,7 @@ impl<R: SpoolRecord> SpoolReader<R> {
             in_flight: self.in_flight.max(self.acked),
             mark,
         };
-        write_ack_file(&self.shared.dir, state)?;
+        self.ack_file.write(state)?;
         self.in_flight = state.in_flight;
         self.mark = mark;
         self.ack_unsaved = false;

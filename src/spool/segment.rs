@@ -281,8 +281,16 @@ impl Commit {
     }
 }
 
+/// A fresh CRC-32 hasher. Cloned from one made once: `Hasher::new` detects
+/// the CPU's features at every call, which cost as much as hashing a short
+/// frame.
+pub(super) fn crc_hasher() -> crc32fast::Hasher {
+    static FRESH: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    FRESH.get_or_init(crc32fast::Hasher::new).clone()
+}
+
 fn frame_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut h = crc_hasher();
     h.update(&len_bytes);
     h.update(payload);
     h.finalize()

@@ -21,7 +21,7 @@ pub(super) fn check_frame<R: Read>(
     let Some(head) = read_frame_header(r, remaining)? else {
         return Ok(Frame::Torn);
     };
-    let mut h = crc32fast::Hasher::new();
+    let mut h = super::crc_hasher();
     h.update(&head.raw.to_le_bytes());
     if head.raw & META_FLAG != 0 {
         commit.clear();
