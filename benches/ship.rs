@@ -11,7 +11,8 @@
 //! and at idle, as Prometheus would (it is off otherwise). `WISP_BENCH_ALL=1`
 //! runs the agent as its defaults do: the admin endpoint, the OTLP relay (its
 //! receivers listening, exporting to a fake collector in this process) and host
-//! metrics every 15 s, all on.
+//! metrics every 15 s, all on. `WISP_BENCH_AGENT=PATH` runs that agent binary
+//! instead of the one cargo built (to compare release profiles).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -166,7 +167,10 @@ multiline = "none"
     )
     .unwrap();
 
-    let bin = env!("CARGO_BIN_EXE_wisp-agent");
+    // `WISP_BENCH_AGENT`: another agent binary (a release profile to compare).
+    let bin = std::env::var("WISP_BENCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_wisp-agent").to_string());
+    let bin = bin.as_str();
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
