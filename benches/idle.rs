@@ -63,8 +63,8 @@ struct Idle {
     cpu_percent: f64,
     /// Context switches per second over the window: how often it wakes.
     wakeups_per_s: f64,
-    /// Ticks (10 ms) each thread used over the window, the busy ones only.
-    busy_threads: Vec<(String, u64)>,
+    /// Per thread that woke over the window: µs of CPU used, wakeups.
+    busy_threads: Vec<(String, u64, u64)>,
 }
 
 impl Idle {
@@ -98,7 +98,8 @@ fn stat_ticks(path: &Path) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// Per thread: name, ticks used, context switches.
+/// Per thread: name, CPU time in ns (schedstat: finer than the 10 ms ticks of
+/// /proc/.../stat, which an idle agent uses a few of), context switches.
 fn threads(pid: u32) -> BTreeMap<String, (String, u64, u64)> {
     let mut out = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -106,7 +107,10 @@ fn threads(pid: u32) -> BTreeMap<String, (String, u64, u64)> {
     };
     for t in tasks.flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let ticks = stat_ticks(&t.path().join("stat")).unwrap_or(0);
+        let ns = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
         let switches: u64 = status
             .lines()
@@ -115,7 +119,7 @@ fn threads(pid: u32) -> BTreeMap<String, (String, u64, u64)> {
             .sum();
         out.insert(
             t.file_name().to_string_lossy().into_owned(),
-            (comm.trim().to_string(), ticks, switches),
+            (comm.trim().to_string(), ns, switches),
         );
     }
     out
@@ -306,12 +310,15 @@ multiline = "none"
         let ticks1 = stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0);
         let after = threads(pid);
         let mut switches = 0u64;
+        let mut ns = 0u64;
         let mut busy = Vec::new();
         for (tid, (name, t1, s1)) in &after {
             let (t0, s0) = before.get(tid).map(|(_, t, s)| (*t, *s)).unwrap_or((0, 0));
-            switches += s1.saturating_sub(s0);
-            if t1 > &t0 {
-                busy.push((name.clone(), t1 - t0));
+            let woke = s1.saturating_sub(s0);
+            ns += t1.saturating_sub(t0);
+            switches += woke;
+            if woke > 0 {
+                busy.push((name.clone(), t1.saturating_sub(t0) / 1000, woke));
             }
         }
         let rss_kib = rollup_kib(pid, "Rss:").unwrap_or(0);
@@ -327,7 +334,10 @@ multiline = "none"
             anon_kib,
             files: mappings(pid, bin, list),
             threads: after.into_values().map(|v| v.0).collect(),
-            cpu_percent: (ticks1.saturating_sub(ticks0)) as f64 / 100.0 / secs * 100.0,
+            // A thread that ended in the window took its schedstat along; the
+            // process's ticks still count it.
+            cpu_percent: (ns as f64 / 1e9).max(ticks1.saturating_sub(ticks0) as f64 / 100.0) / secs
+                * 100.0,
             wakeups_per_s: switches as f64 / secs,
             busy_threads: busy,
         }
@@ -382,10 +392,10 @@ fn print(label: &str, m: &Idle) {
             String::new()
         } else {
             format!(
-                "; busy threads (10 ms ticks): {}",
+                "; per thread (CPU µs/wakeups): {}",
                 m.busy_threads
                     .iter()
-                    .map(|(n, t)| format!("{n} {t}"))
+                    .map(|(n, t, w)| format!("{n} {t}/{w}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
