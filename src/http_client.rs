@@ -63,3 +63,18 @@ pub fn with_tls(
     }
     Ok(builder)
 }
+
+/// The cause of a failed request in a few words (reqwest's own message is
+/// only "error sending request"): the innermost error, after "cannot
+/// connect" when the connection failed.
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_connect() {
+        format!("cannot connect ({cause})")
+    } else {
+        cause.to_string()
+    }
+}

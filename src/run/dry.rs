@@ -86,6 +86,12 @@ pub async fn run(
     let tailed = tail.await.context("the file tailer stopped")?;
     let _ = stage.await;
     tailed.context("cannot tail files")?;
+    finished(printed)
+}
+
+/// How a dry run ends once its console sink returned: `printed` records, or
+/// stdout gone (a closed pipe is no failure: nobody is left to print for).
+pub(super) fn finished(printed: std::io::Result<u64>) -> Result<ExitCode> {
     match printed {
         Ok(n) => {
             tracing::info!("dry run done: {n} record(s) printed");

@@ -93,14 +93,7 @@ pub async fn run(
     let read = reading.await.context("reading standard input stopped")?;
     let _ = stage.await;
     read.context("cannot read standard input")?;
-    match printed {
-        Ok(n) => {
-            tracing::info!("dry run done: {n} record(s) printed");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(e).context("cannot write to stdout"),
-    }
+    super::dry::finished(printed)
 }
 
 /// Reads standard input in chunks into `tx` until its end (then drops `tx`),

@@ -128,15 +128,7 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return format!("no answer within {} s", TIMEOUT.as_secs());
     }
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if e.is_connect() {
-        format!("cannot connect ({cause})")
-    } else {
-        cause.to_string()
-    }
+    crate::http_client::describe(e)
 }
 
 /// The command: prints the summary (or `--json`) on stdout, problems on stderr.

@@ -76,7 +76,7 @@ async fn tap(loaded: &Loaded, args: &TapArgs) -> Result<(), String> {
             return Err(super::status::Unreachable::NoAnswer {
                 url,
                 origin,
-                reason: describe(&e),
+                reason: crate::http_client::describe(&e),
             }
             .to_string())
         }
@@ -139,20 +139,12 @@ async fn tap(loaded: &Loaded, args: &TapArgs) -> Result<(), String> {
                 eprintln!("wisp-agent tap: the daemon ended the tap (it is stopping)");
                 return Ok(());
             }
-            Err(e) => return Err(format!("the tap at {url} broke off: {}", describe(&e))),
+            Err(e) => {
+                return Err(format!(
+                    "the tap at {url} broke off: {}",
+                    crate::http_client::describe(&e)
+                ))
+            }
         }
-    }
-}
-
-/// The cause of a failed request in a few words.
-fn describe(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if e.is_connect() {
-        format!("cannot connect ({cause})")
-    } else {
-        cause.to_string()
     }
 }
