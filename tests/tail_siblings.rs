@@ -217,9 +217,76 @@ async fn a_copy_the_globs_match_is_taken_with_the_truncation_and_a_kill_9_reads_
         .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
         .await;
     let copy = copytruncate(&file);
+    // Taken with the truncation, or, when a scan meets the copy first, as a
+    // copy of what the original was read up to: either way before the kill.
     let taken = format!("in its copy {}: reading them there", copy.display());
+    let met_first = format!(
+        "tailing {} from byte {} (where its original was read up to: a copy)",
+        copy.display(),
+        std::fs::metadata(&copy).unwrap().len()
+    );
     assert!(
-        support::wait_until(DEADLINE, || agent.log().contains(&taken)).await,
+        support::wait_until(DEADLINE, || {
+            let log = agent.log();
+            log.contains(&taken) || log.contains(&met_first)
+        })
+        .await,
+        "{}",
+        agent.log()
+    );
+    agent.kill9();
+    let after = lines("after", 300, 350);
+    append(&file, &after);
+    let mut agent = setup.start();
+    let all: Vec<String> = [before, after].concat();
+    assert_each_once(&loki, &all, &mut agent).await;
+}
+
+/// The same copy met by a scan before the truncation is seen (copytruncate's
+/// copy lands, then the original is cut): it is tailed from where its
+/// original was read up to, and a `kill -9` right after the truncation reads
+/// it not again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_a_scan_meets_before_the_truncation_and_a_kill_9_reads_it_not_again() {
+    let loki = LokiReceiver::start().await;
+    let setup = Setup::new(&loki, "");
+    let logs = setup.dir.path().join("logs");
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        config.replace(
+            &format!("paths = [\"{}/*.log\"]", logs.display()),
+            &format!("paths = [\"{}/app.log*\"]", logs.display()),
+        ),
+    )
+    .unwrap();
+    let file = setup.log_path("app.log");
+    let before = lines("before", 0, 300);
+    append(&file, &before);
+    let mut agent = setup.start();
+    agent
+        .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
+        .await;
+    let copy = file.with_extension("log.2");
+    std::fs::copy(&file, &copy).unwrap();
+    let met = format!(
+        "tailing {} from byte {} (where its original was read up to: a copy)",
+        copy.display(),
+        std::fs::metadata(&copy).unwrap().len()
+    );
+    assert!(
+        support::wait_until(DEADLINE, || agent.log().contains(&met)).await,
+        "{}",
+        agent.log()
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(
+        support::wait_until(DEADLINE, || agent.log().contains("was truncated")).await,
         "{}",
         agent.log()
     );
