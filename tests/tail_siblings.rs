@@ -23,16 +23,49 @@ fn lines(tag: &str, from: usize, to: usize) -> Vec<String> {
 
 /// A harness whose only pattern is `app.log` itself.
 fn narrow(loki: &LokiReceiver) -> (Setup, PathBuf) {
+    tailing(loki, "app.log")
+}
+
+/// A setup whose one entry tails `logs/PATTERN`, and its `app.log`.
+fn tailing(loki: &LokiReceiver, pattern: &str) -> (Setup, PathBuf) {
     let setup = Setup::new(loki, "");
     let logs = setup.dir.path().join("logs");
     let config = std::fs::read_to_string(&setup.config).unwrap();
     let config = config.replace(
         &format!("paths = [\"{}/*.log\"]", logs.display()),
-        &format!("paths = [\"{}/app.log\"]", logs.display()),
+        &format!("paths = [\"{}/{pattern}\"]", logs.display()),
     );
     std::fs::write(&setup.config, config).unwrap();
     let file = setup.log_path("app.log");
     (setup, file)
+}
+
+/// `before` appended to `file` and shipped once by an agent started on it.
+async fn shipped(loki: &LokiReceiver, setup: &Setup, file: &Path) -> (Agent, Vec<String>) {
+    let before = lines("before", 0, 300);
+    append(file, &before);
+    let agent = setup.start();
+    agent
+        .assert_shipped_once(loki, SELECTOR, &before, DEADLINE)
+        .await;
+    (agent, before)
+}
+
+/// The last part of the copy tests: the agent killed with `kill -9`, `after`
+/// appended to `file`, and a new agent ships `before` and `after` each once.
+async fn killed_then_each_once(
+    loki: &LokiReceiver,
+    setup: &Setup,
+    file: &Path,
+    mut agent: Agent,
+    before: Vec<String>,
+) {
+    agent.kill9();
+    let after = lines("after", 300, 350);
+    append(file, &after);
+    let mut agent = setup.start();
+    let all: Vec<String> = [before, after].concat();
+    assert_each_once(loki, &all, &mut agent).await;
 }
 
 /// `cp app.log app.log.2; truncate -s0 app.log`.
@@ -68,12 +101,7 @@ async fn shipped_then_frozen(
     setup: &Setup,
     file: &Path,
 ) -> (Agent, Vec<String>, Vec<String>) {
-    let before = lines("before", 0, 300);
-    append(file, &before);
-    let agent = setup.start();
-    agent
-        .assert_shipped_once(loki, SELECTOR, &before, DEADLINE)
-        .await;
+    let (agent, before) = shipped(loki, setup, file).await;
     agent.pause();
     let unread = lines("unread", 300, 1300);
     append(file, &unread);
@@ -198,24 +226,8 @@ async fn a_link_or_a_compressed_file_beside_a_truncated_one_is_not_read_as_its_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_globs_match_is_taken_with_the_truncation_and_a_kill_9_reads_it_not_again() {
     let loki = LokiReceiver::start().await;
-    let setup = Setup::new(&loki, "");
-    let logs = setup.dir.path().join("logs");
-    let config = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        config.replace(
-            &format!("paths = [\"{}/*.log\"]", logs.display()),
-            &format!("paths = [\"{}/app.log*\"]", logs.display()),
-        ),
-    )
-    .unwrap();
-    let file = setup.log_path("app.log");
-    let before = lines("before", 0, 300);
-    append(&file, &before);
-    let mut agent = setup.start();
-    agent
-        .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
-        .await;
+    let (setup, file) = tailing(&loki, "app.log*");
+    let (agent, before) = shipped(&loki, &setup, &file).await;
     let copy = copytruncate(&file);
     // Taken with the truncation, or, when a scan meets the copy first, as a
     // copy of what the original was read up to: either way before the kill.
@@ -234,12 +246,7 @@ async fn a_copy_the_globs_match_is_taken_with_the_truncation_and_a_kill_9_reads_
         "{}",
         agent.log()
     );
-    agent.kill9();
-    let after = lines("after", 300, 350);
-    append(&file, &after);
-    let mut agent = setup.start();
-    let all: Vec<String> = [before, after].concat();
-    assert_each_once(&loki, &all, &mut agent).await;
+    killed_then_each_once(&loki, &setup, &file, agent, before).await;
 }
 
 /// The same copy met by a scan before the truncation is seen (copytruncate's
@@ -249,24 +256,8 @@ async fn a_copy_the_globs_match_is_taken_with_the_truncation_and_a_kill_9_reads_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_a_scan_meets_before_the_truncation_and_a_kill_9_reads_it_not_again() {
     let loki = LokiReceiver::start().await;
-    let setup = Setup::new(&loki, "");
-    let logs = setup.dir.path().join("logs");
-    let config = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        config.replace(
-            &format!("paths = [\"{}/*.log\"]", logs.display()),
-            &format!("paths = [\"{}/app.log*\"]", logs.display()),
-        ),
-    )
-    .unwrap();
-    let file = setup.log_path("app.log");
-    let before = lines("before", 0, 300);
-    append(&file, &before);
-    let mut agent = setup.start();
-    agent
-        .assert_shipped_once(&loki, SELECTOR, &before, DEADLINE)
-        .await;
+    let (setup, file) = tailing(&loki, "app.log*");
+    let (agent, before) = shipped(&loki, &setup, &file).await;
     let copy = file.with_extension("log.2");
     std::fs::copy(&file, &copy).unwrap();
     let met = format!(
@@ -290,10 +281,5 @@ async fn a_copy_a_scan_meets_before_the_truncation_and_a_kill_9_reads_it_not_aga
         "{}",
         agent.log()
     );
-    agent.kill9();
-    let after = lines("after", 300, 350);
-    append(&file, &after);
-    let mut agent = setup.start();
-    let all: Vec<String> = [before, after].concat();
-    assert_each_once(&loki, &all, &mut agent).await;
+    killed_then_each_once(&loki, &setup, &file, agent, before).await;
 }
