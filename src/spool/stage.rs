@@ -150,10 +150,18 @@ pub async fn run<R, F>(
     let mut writer = Some(writer);
     let failing = crate::event::Repeated::once();
     // With `buffer.fsync = "interval"` an idle spool still gets its fsync: wake
-    // up at least once a second to see whether one is due.
+    // up once a second after records to see whether one is due, until the
+    // writer holds nothing unsynced and has handed its buffers back; then
+    // sleep until the next records (an idle agent does not wake for this).
     let tick = Duration::from_secs(1);
+    let mut settled = false;
     'batches: loop {
-        let first = match tokio::time::timeout(tick, rx.recv()).await {
+        let next = if settled {
+            Ok(rx.recv().await)
+        } else {
+            tokio::time::timeout(tick, rx.recv()).await
+        };
+        let first = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
@@ -166,12 +174,14 @@ pub async fn run<R, F>(
                     }
                 })
                 .await;
-                if writer.is_none() {
-                    break;
+                match &writer {
+                    Some(w) => settled = !w.sync_pending(),
+                    None => break,
                 }
                 continue;
             }
         };
+        settled = false;
         let limits = settings.group;
         let weigh = |b: &Batch<R>| -> usize { b.records.iter().map(Weigh::weight).sum() };
         let (mut count, mut bytes) = (first.records.len(), weigh(&first));

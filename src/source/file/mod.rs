@@ -15,8 +15,12 @@
 //!   reading or a walk near where it happened; a poll every `poll_interval` asks
 //!   for a sweep of every root and stats every open file, which is what catches
 //!   writes inotify never reports (virtiofs, 9p, sshfs shared folders) and
-//!   folders past the budget. Walks are paced to a small share of the time
-//!   ([`scan`]);
+//!   folders past the budget. Where events report everything (every folder the
+//!   last sweep entered is watched and on a local filesystem, every file is
+//!   reached by its own name in one of them, none draining or being told from a
+//!   copy), the poll is only a safety net and runs every
+//!   [`QUIET_POLL_INTERVAL`] instead, so that an idle agent hardly wakes. Walks
+//!   are paced to a small share of the time ([`scan`]);
 //! - lines are cut, rendered and joined per file ([`reader`]) into batches whose
 //!   acks, called once the batch is durable downstream, advance the checkpoint
 //!   ([`checkpoint`]); each batch carries the file's resume point to the spool,
@@ -105,6 +109,9 @@ pub use checkpoint::POSITIONS_FILE;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The poll never runs more often than this, whatever `poll_interval` says.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the poll runs, at least, where file events report every change
+/// ([`Tailer::poll_every`]): a safety net, not the way changes are found.
+const QUIET_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the tailer needs from the configuration.
 #[derive(Clone, Debug)]
@@ -403,8 +410,11 @@ pub async fn run(
     // Remember where files present at startup begin, so a crash before the first
     // ack does not apply `start_at = end` to them a second time.
     tailer.save(true);
-    let mut next_poll = Instant::now() + tailer.poll_interval;
+    let mut last_poll = Instant::now();
     let mut next_save = Instant::now() + CHECKPOINT_INTERVAL;
+    // Whether the last checkpoint write came after every ack: then nothing
+    // calls for the next one until something happens (no wake every second).
+    let mut saved = false;
     loop {
         let flow = tailer.pump(&tx, &cancel).await;
         if flow == Flow::Stop {
@@ -415,30 +425,52 @@ pub async fn run(
         if tailer.send_out(&tx, &cancel).await == Flow::Stop {
             break;
         }
-        if now >= next_save {
+        if tailer.moved {
+            tailer.moved = false;
+            saved = false;
+        }
+        if now >= next_save && !saved {
+            // Acks come in on other tasks: all in before this write, it is the
+            // last one needed.
+            let settled = tailer.outstanding() == 0;
             tailer.save(false);
+            saved = settled;
             next_save = now + CHECKPOINT_INTERVAL;
         }
         tailer.start_walk(now);
+        let next_poll = last_poll + tailer.poll_every();
         let deadline = match flow {
             Flow::More => now,
-            _ => [tailer.deadline(), tailer.discovery.deadline()]
-                .into_iter()
-                .flatten()
-                .fold(next_poll.min(next_save), Instant::min),
+            _ => [
+                tailer.deadline(),
+                tailer.discovery.deadline(),
+                (!saved).then_some(next_save),
+            ]
+            .into_iter()
+            .flatten()
+            .fold(next_poll, Instant::min),
         };
         let undecided = tailer.undecided;
-        tokio::select! {
+        let timer = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            walked = tailer.discovery.thread.done() => tailer.apply(walked, false),
-            woken = tailer.watcher.next(undecided) => tailer.on_woken(woken),
-            _ = tokio::time::sleep_until(deadline) => {}
+            walked = tailer.discovery.thread.done() => {
+                tailer.apply(walked, false);
+                false
+            }
+            woken = tailer.watcher.next(undecided) => {
+                tailer.on_woken(woken);
+                false
+            }
+            _ = tokio::time::sleep_until(deadline) => true,
+        };
+        if !timer {
+            saved = false;
         }
         let now = Instant::now();
-        if now >= next_poll {
+        if now >= last_poll + tailer.poll_every() {
             tailer.poll();
-            next_poll = now + tailer.poll_interval;
+            last_poll = now;
         }
     }
     // A walk in progress stops at its next check; nothing waits for it.
@@ -490,6 +522,12 @@ struct Tailer {
     /// Batches read and not yet sent: a few at most, as reading stops while one waits.
     out: VecDeque<SourceBatch>,
     poll_interval: Duration,
+    /// Whether file events report every change that matters, as the last walk
+    /// left things (see [`Tailer::poll_every`]).
+    quiet: bool,
+    /// A batch was sent or a file closed since the loop last looked: the
+    /// checkpoints are to be written again.
+    moved: bool,
     /// Matched paths not tailed now (unreadable, refused, not regular files), with
     /// the message logged for each and the sweep that last reported it: logged
     /// once, again only if it changes. Holds only the problems of the last whole
@@ -619,6 +657,8 @@ impl Tailer {
             chunk: vec![0; reader::CHUNK_BYTES],
             out,
             poll_interval,
+            quiet: false,
+            moved: false,
             unreadable: HashMap::new(),
             truncated: Vec::new(),
             undecided: false,
@@ -639,6 +679,49 @@ impl Tailer {
             .iter()
             .find(|(p, _)| p.matches_path_with(path, AS_GLOB_DOES))
             .map(|(_, ei)| *ei)
+    }
+
+    /// How long the poll waits: `poll_interval`, or [`QUIET_POLL_INTERVAL`] if
+    /// longer while file events report every change that matters: the last
+    /// walks found every folder a watch on a local filesystem, and every open
+    /// file is named in one by its own path (not through a symlink, whose
+    /// target's folder is not watched), is followed (a rotated file being
+    /// drained is written to under a name no glob matches), and no copy is
+    /// being told from its original.
+    fn poll_every(&self) -> Duration {
+        let quiet = self.quiet
+            && !self.undecided
+            && self.truncated.is_empty()
+            && self
+                .files
+                .values()
+                .all(|t| t.state == reader::FileState::Following);
+        if quiet {
+            self.poll_interval.max(QUIET_POLL_INTERVAL)
+        } else {
+            self.poll_interval
+        }
+    }
+
+    /// After a walk: whether events now report every change (see
+    /// [`Tailer::poll_every`]); `complete`: every walk since the last whole
+    /// sweep entered every folder, watched, within its bounds.
+    fn events_cover(&self, complete: bool) -> bool {
+        let Some(watches) = self.watcher.watches() else {
+            return false;
+        };
+        if !complete {
+            return false;
+        }
+        let table = watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.all_local()
+            && self.files.values().all(|t| {
+                t.path.parent().is_some_and(|dir| table.covers(dir))
+                    && std::fs::symlink_metadata(&t.path)
+                        .is_ok_and(|m| m.file_type().is_file() && FileId::of(&m) == t.id)
+            })
     }
 
     /// Whether some entry's patterns match `path`.

@@ -109,6 +109,7 @@ impl Tailer {
             };
             if let Some(b) = self.out.pop_front() {
                 permit.send(b);
+                self.moved = true;
             }
         }
         Flow::Go
@@ -140,6 +141,7 @@ impl Tailer {
         let Some(mut t) = self.files.remove(&seq) else {
             return;
         };
+        self.moved = true;
         self.by_id.remove(&t.id);
         t.finish(&self.counters, &mut self.out);
         let deleted = matches!(t.state, FileState::Draining { deleted: true, .. });
@@ -275,7 +277,7 @@ impl Tailer {
         self.save(false);
     }
 
-    fn outstanding(&self) -> usize {
+    pub(super) fn outstanding(&self) -> usize {
         self.files.values().map(Tailed::outstanding).sum::<usize>()
             + self
                 .closing

@@ -38,6 +38,9 @@ pub(super) struct Discovery {
     sweep_wanted: bool,
     /// By the path each covers.
     near: HashMap<PathBuf, Target>,
+    /// Every walk since the last whole sweep entered every folder it should
+    /// have, and each found a watch.
+    complete: bool,
     next_sweep: Instant,
     next_near: Instant,
     /// The bounds a walk reached and the symlinks it did not follow: each
@@ -55,6 +58,7 @@ impl Discovery {
             thread,
             sweep_wanted: false,
             near: HashMap::new(),
+            complete: false,
             next_sweep: now,
             next_near: now,
             events: Repeated::once(),
@@ -119,6 +123,12 @@ impl Tailer {
     pub(super) fn apply(&mut self, walked: Walked, startup: bool) {
         let now = Instant::now();
         let rest = walked.took.saturating_mul(WALK_REST);
+        let r = walked.reached;
+        let bounded = r.entries || r.time || r.watches;
+        self.discovery.complete = match walked.scope {
+            Scope::Sweep { done } => done && !bounded,
+            Scope::Near(_) => self.discovery.complete && !bounded,
+        };
         match walked.scope {
             Scope::Sweep { .. } => {
                 self.discovery.next_sweep = now + rest;
@@ -250,6 +260,7 @@ impl Tailer {
             self.resume_rotated();
             self.log_tailed();
         }
+        self.quiet = self.events_cover(self.discovery.complete);
     }
 
     /// Logs each problem once (again if its message changes); forgets those a

@@ -20,12 +20,18 @@
 //!   wakes the reading, anything else (a file or folder that came, went or
 //!   moved) asks for a near walk there; a lost event (queue overflow) asks for
 //!   a sweep. The poll finds everything events would, including writes inotify
-//!   never reports (virtiofs, 9p, sshfs), so events stay an optimisation.
+//!   never reports (virtiofs, 9p, sshfs), so events stay an optimisation;
+//! - each watch knows whether its folder is on a local filesystem (ext4, xfs,
+//!   btrfs, tmpfs, …), where inotify reports every change made on the machine:
+//!   the tailer polls slowly only where every folder it depends on is one
+//!   ([`Watches::covers`]); a network or shared filesystem (NFS, SMB, 9p,
+//!   FUSE, virtiofs) keeps the poll at `poll_interval`.
 //!
 //! One instance for the agent, because the default limit is 128 inotify
-//! instances per user; read on a thread of its own, which polls it (waking
-//! at most once a second when idle) and hands the tailer's task what the
-//! events ask for.
+//! instances per user; read on a thread of its own, which sleeps in `poll`
+//! until an event comes or the watcher goes (an eventfd wakes it then: no
+//! timeout, so an idle agent's thread never wakes) and hands the tailer's
+//! task what the events ask for.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -83,6 +89,31 @@ struct Watched {
     states: Option<States>,
     /// The sweep that last reached it.
     sweep: u64,
+    /// On a filesystem where inotify reports every local change ([`local_fs`]).
+    local: bool,
+}
+
+/// Whether the folder open as `dir` is on a filesystem whose changes inotify
+/// reports in full: the disk and memory filesystems, where every write goes
+/// through this kernel. Not network or shared ones (NFS, SMB, 9p, FUSE such
+/// as sshfs and virtiofs, vboxsf…), whose files another machine writes; an
+/// unknown type counts as not local.
+fn local_fs(dir: BorrowedFd<'_>) -> bool {
+    // statfs(2) magic numbers (linux/magic.h).
+    const LOCAL: [u64; 9] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x794C_7630, // overlayfs (containers' root)
+        0x5265_4973, // reiserfs
+        0x3153_464A, // jfs
+    ];
+    rustix::fs::fstatfs(dir)
+        .map(|st| LOCAL.contains(&(st.f_type as u64 & 0xFFFF_FFFF)))
+        .unwrap_or(false)
 }
 
 /// The watches: which folder each watch descriptor is, and the budget.
@@ -122,6 +153,20 @@ impl Watches {
 
     pub(super) fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// Whether every watched folder is on a local filesystem.
+    pub(super) fn all_local(&self) -> bool {
+        self.by_wd.values().all(|w| w.local)
+    }
+
+    /// Whether events report every change to the entries of the folder `dir`:
+    /// it is watched, and on a local filesystem.
+    pub(super) fn covers(&self, dir: &Path) -> bool {
+        self.by_path
+            .get(dir)
+            .and_then(|wd| self.by_wd.get(wd))
+            .is_some_and(|w| w.local)
     }
 
     #[cfg(test)]
@@ -230,6 +275,7 @@ impl Watches {
             // ENOSPC: the system's limit of watches, which is the budget's end.
             Err(_) => return false,
         };
+        let local = local_fs(dir);
         if let Some(w) = self.by_wd.get_mut(&wd) {
             // The same folder by another way (a followed link, a bind mount):
             // where an event there matters is not known any more.
@@ -244,6 +290,7 @@ impl Watches {
                     depth,
                     states: states.cloned(),
                     sweep: self.sweep,
+                    local,
                 },
             );
         }
@@ -308,16 +355,9 @@ pub(super) struct DirWatcher {
     watches: Option<Arc<Mutex<Watches>>>,
     /// What [`DirWatcher::next`]'s `modified` says, for the reading thread.
     modified: Arc<AtomicBool>,
-    /// Set when the watcher goes: its thread ends within [`POLL_TICK`].
-    stop: Arc<AtomicBool>,
+    /// Written to when the watcher goes: wakes the reading thread, which ends.
+    stop: Option<Arc<OwnedFd>>,
 }
-
-/// How long the reading thread waits for events before it checks whether
-/// the watcher is gone (one wake-up a second at most when idle).
-const POLL_TICK: rustix::event::Timespec = rustix::event::Timespec {
-    tv_sec: 1,
-    tv_nsec: 0,
-};
 
 /// [`Woken`]s waiting for the tailer, at most; the reading thread waits
 /// behind them (the kernel queues further events, and says when it lost some).
@@ -325,7 +365,10 @@ const WOKEN_QUEUE: usize = 16;
 
 impl Drop for DirWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Some(stop) = &self.stop {
+            // Fails only if the counter is full, which wakes the thread too.
+            let _ = rustix::io::write(&**stop, &1u64.to_ne_bytes());
+        }
     }
 }
 
@@ -337,11 +380,24 @@ impl DirWatcher {
             woken: None,
             watches: None,
             modified: Arc::default(),
-            stop: Arc::default(),
+            stop: None,
         };
         if !enabled {
             return watcher;
         }
+        let stop = match rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        ) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch files for changes ({}); following them by polling alone",
+                    std::io::Error::from(e)
+                );
+                return watcher;
+            }
+        };
         let fd = match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
             Ok(fd) => Arc::new(fd),
             Err(e) => {
@@ -359,7 +415,7 @@ impl DirWatcher {
             watches: watches.clone(),
             globs,
             modified: watcher.modified.clone(),
-            stop: watcher.stop.clone(),
+            stop: stop.clone(),
             tx,
         };
         match std::thread::Builder::new()
@@ -369,6 +425,7 @@ impl DirWatcher {
             Ok(_) => {
                 watcher.woken = Some(rx);
                 watcher.watches = Some(watches);
+                watcher.stop = Some(stop);
             }
             Err(e) => tracing::warn!(
                 "cannot watch files for changes ({e}); following them by polling alone"
@@ -403,7 +460,8 @@ struct Reading {
     watches: Arc<Mutex<Watches>>,
     globs: Arc<Globs>,
     modified: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    /// Readable once the watcher is gone.
+    stop: Arc<OwnedFd>,
     tx: tokio::sync::mpsc::Sender<Woken>,
 }
 
@@ -413,9 +471,12 @@ impl Reading {
     fn run(self) {
         use rustix::event::{poll, PollFd, PollFlags};
         let mut buf = vec![MaybeUninit::uninit(); 16 * 1024];
-        while !self.stop.load(Ordering::Relaxed) {
-            let mut fds = [PollFd::new(&*self.fd, PollFlags::IN)];
-            match poll(&mut fds, Some(&POLL_TICK)) {
+        loop {
+            let mut fds = [
+                PollFd::new(&*self.fd, PollFlags::IN),
+                PollFd::new(&*self.stop, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
                 Ok(0) | Err(Errno::INTR) => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -425,6 +486,9 @@ impl Reading {
                     );
                     return;
                 }
+            }
+            if !fds[1].revents().is_empty() {
+                return;
             }
             let woken = self.drain(&mut buf);
             if (woken.data || woken.sweep || !woken.near.is_empty())
