@@ -74,3 +74,28 @@ pub fn write_bytes(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// How many times the process's threads have been switched out so far (each
+/// went to sleep or was preempted): the sum over `/proc/PID/task/*/status` of
+/// `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches`. About one per
+/// wakeup; threads that ended are not counted.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    let v = l
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                    v.trim().parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
