@@ -687,11 +687,15 @@ impl Tailer {
     /// file is named in one by its own path (not through a symlink, whose
     /// target's folder is not watched), is followed (a rotated file being
     /// drained is written to under a name no glob matches), and no copy is
-    /// being told from its original.
+    /// being told from its original (none undecided, no truncation within
+    /// [`rotation::COPY_WINDOW`]).
     fn poll_every(&self) -> Duration {
         let quiet = self.quiet
             && !self.undecided
-            && self.truncated.is_empty()
+            && !self
+                .truncated
+                .iter()
+                .any(|(_, _, at, _)| at.elapsed() < rotation::COPY_WINDOW)
             && self
                 .files
                 .values()
