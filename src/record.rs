@@ -55,8 +55,24 @@ impl fmt::Display for Timestamp {
 
 /// A stream's label set: sorted by name, names unique. Cheap to clone (shared), so
 /// the transform stage can cache one per (source, level) and reuse it per line.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Eq, PartialOrd, Ord, Default)]
 pub struct Labels(Arc<[(String, String)]>);
+
+impl PartialEq for Labels {
+    /// Two clones of one set are equal at once: the line path compares each
+    /// record's set with the previous record's (spool encoding, grouping into
+    /// streams), nearly always a clone of it, and would otherwise compare every
+    /// label's text.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0[..] == other.0[..]
+    }
+}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0[..].hash(state);
+    }
+}
 
 impl Labels {
     /// Builds a label set; a later pair with the same name replaces an earlier one.

@@ -228,6 +228,7 @@ impl Spool {
             buf: Vec::new(),
             needs_rotation: false,
             carry_buf: Vec::new(),
+            encode_cache: R::Cache::default(),
             _record: PhantomData,
         };
         let reader = SpoolReader {

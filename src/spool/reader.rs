@@ -78,6 +78,13 @@ impl<R: SpoolRecord> SpoolReader<R> {
                     Err(e) => return Err(SpoolError::io("open spool segment", &path, e)),
                 }
             }
+            if records.is_empty() {
+                // Room for what is left of the segment at 128 bytes a frame (a
+                // line of a few dozen bytes with its labels), up to the batch's
+                // bound: the batch is not grown, copying its records, as it fills.
+                let left = usize::try_from(limit - self.cursor.offset).unwrap_or(usize::MAX);
+                records.reserve((left / 128).min(max_records));
+            }
             while self.cursor.offset < limit {
                 let Some(file) = self.file.as_mut() else {
                     continue 'segments;

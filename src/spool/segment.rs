@@ -85,10 +85,21 @@ pub fn header() -> [u8; HEADER_LEN as usize] {
 }
 
 /// Appends `record` to `out` as one complete frame and returns the frame's length.
+#[cfg(test)]
 pub fn encode_frame<R: SpoolRecord>(record: &R, out: &mut Vec<u8>) -> usize {
+    encode_frame_cached(record, out, &mut R::Cache::default())
+}
+
+/// As [`encode_frame`], with the writer's `cache` of what the previous record
+/// encoded (its label set).
+pub fn encode_frame_cached<R: SpoolRecord>(
+    record: &R,
+    out: &mut Vec<u8>,
+    cache: &mut R::Cache,
+) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN as usize]);
-    record.encode_payload(out);
+    record.encode_payload(out, cache);
     finish_frame(out, start, 0)
 }
 
@@ -338,18 +349,42 @@ impl Frame {
 /// Reads the frame at the reader's position into `payload`, given that `remaining`
 /// bytes (`> 0`) of valid data are left before the end of the readable region. On
 /// `Torn` the reader's position is unspecified.
-pub fn read_frame<R: Read>(r: &mut R, remaining: u64, payload: &mut Vec<u8>) -> io::Result<Frame> {
+pub fn read_frame<R: io::BufRead>(
+    r: &mut R,
+    remaining: u64,
+    payload: &mut Vec<u8>,
+) -> io::Result<Frame> {
     let Some(head) = read_frame_header(r, remaining)? else {
         return Ok(Frame::Torn);
     };
     payload.clear();
-    payload.resize(head.len as usize, 0);
-    match r.read_exact(payload) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Frame::Torn),
-        Err(e) => return Err(e),
+    if !fill_exact(r, head.len as usize, payload)? {
+        return Ok(Frame::Torn);
     }
     Ok(head.verdict(frame_crc(head.raw.to_le_bytes(), payload)))
+}
+
+/// Appends the next `len` bytes of `r` to `out`, copied straight from the
+/// reader's buffer: `false` when the input ends first. (`read_exact` would want
+/// the bytes zeroed first, a second pass over every record read.)
+fn fill_exact<R: io::BufRead>(r: &mut R, len: usize, out: &mut Vec<u8>) -> io::Result<bool> {
+    out.reserve(len);
+    let mut left = len;
+    while left > 0 {
+        let buf = match r.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let n = buf.len().min(left);
+        out.extend_from_slice(&buf[..n]);
+        r.consume(n);
+        left -= n;
+    }
+    Ok(true)
 }
 
 /// Whether the frame at the reader's position is marked a commit (its checksum

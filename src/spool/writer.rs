@@ -80,6 +80,8 @@ pub struct SpoolWriter<R: SpoolRecord = LogRecord> {
     pub(super) needs_rotation: bool,
     /// Scratch space for carrying records forward ([`share`]); released after use.
     pub(super) carry_buf: Vec<u8>,
+    /// What the last record encoded (its label set), for the next one.
+    pub(super) encode_cache: R::Cache,
     pub(super) _record: PhantomData<fn(&R)>,
 }
 
@@ -165,12 +167,18 @@ impl<R: SpoolRecord> SpoolWriter<R> {
             left = left.saturating_sub(1);
             let owner = owners.get(run).map_or(Owner::UNKNOWN, |r| r.0);
             let start = buf.len();
-            let frame_len = segment::encode_frame(record, &mut buf) as u64;
+            let frame_len =
+                segment::encode_frame_cached(record, &mut buf, &mut self.encode_cache) as u64;
             if start == 0 {
                 // Room for the group at the first frame's size, within the buffer
                 // kept between appends: a buffer released at a pause is then grown
                 // once, not doubled (and copied) a dozen times up to a group's size.
-                let estimate = (frame_len as usize).saturating_mul(records.len());
+                // An eighth more and 1 KiB spare for longer lines and the commit,
+                // which would otherwise copy the whole group once more at its end.
+                let estimate = (frame_len as usize)
+                    .saturating_mul(records.len())
+                    .saturating_add((frame_len as usize).saturating_mul(records.len()) / 8)
+                    .saturating_add(1024);
                 buf.reserve(
                     estimate
                         .min(RETAINED_BUFFER_BYTES)

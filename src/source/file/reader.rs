@@ -341,6 +341,14 @@ impl Tailed {
             return;
         }
         let mut joined = std::mem::take(&mut self.joined);
+        // Room for these lines at once, up to the batch's bound: a batch that
+        // fills over many reads still grows by doubling, one that fills from one
+        // read is not copied a few times on the way.
+        self.batch.reserve(
+            joined
+                .len()
+                .min(BATCH_MAX_LINES.saturating_sub(self.batch.len())),
+        );
         for j in joined.drain(..) {
             self.batch_bytes += j.text.len();
             self.batch_end = self.batch_end.max(j.end_offset);

@@ -8,10 +8,11 @@ use crate::record::{Labels, LogRecord, OtlpPayload, OtlpSignal, Timestamp};
 /// implementation serves log records (the Loki spool) and OTLP requests (the OTLP
 /// spool, `state_dir/spool/otlp/`).
 pub trait SpoolRecord: Sized {
-    /// State kept between decodes of one reader (for log records: the last label set).
+    /// State kept between encodes of one writer, or between decodes of one
+    /// reader (for log records: the last label set and its encoding).
     type Cache: Default + Send;
     /// Appends the payload encoding of `self` to `out`.
-    fn encode_payload(&self, out: &mut Vec<u8>);
+    fn encode_payload(&self, out: &mut Vec<u8>, cache: &mut Self::Cache);
     /// Decodes a payload written by [`SpoolRecord::encode_payload`].
     fn decode_payload(payload: &[u8], cache: &mut Self::Cache) -> Result<Self, DecodeError>;
 }
@@ -19,13 +20,20 @@ pub trait SpoolRecord: Sized {
 impl SpoolRecord for LogRecord {
     type Cache = LabelCache;
 
-    fn encode_payload(&self, out: &mut Vec<u8>) {
+    fn encode_payload(&self, out: &mut Vec<u8>, cache: &mut LabelCache) {
         out.extend_from_slice(&self.timestamp.as_nanos().to_le_bytes());
-        put_varint(out, self.labels.len() as u64);
-        for (k, v) in self.labels.iter() {
-            put_str(out, k);
-            put_str(out, v);
+        // A run of records of one stream shares one label set (one `Arc`, so the
+        // comparison is a pointer's): its bytes are encoded once and copied.
+        if cache.encoded.is_empty() || cache.labels != self.labels {
+            cache.encoded.clear();
+            put_varint(&mut cache.encoded, self.labels.len() as u64);
+            for (k, v) in self.labels.iter() {
+                put_str(&mut cache.encoded, k);
+                put_str(&mut cache.encoded, v);
+            }
+            cache.labels = self.labels.clone();
         }
+        out.extend_from_slice(&cache.encoded);
         put_varint(out, self.structured_metadata.len() as u64);
         for (k, v) in &self.structured_metadata {
             put_str(out, k);
@@ -44,7 +52,7 @@ impl SpoolRecord for LogRecord {
 impl SpoolRecord for OtlpPayload {
     type Cache = ();
 
-    fn encode_payload(&self, out: &mut Vec<u8>) {
+    fn encode_payload(&self, out: &mut Vec<u8>, _: &mut ()) {
         out.push(match self.signal {
             OtlpSignal::Traces => 1,
             OtlpSignal::Metrics => 2,
@@ -89,8 +97,10 @@ pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
 #[error("malformed record payload: {0}")]
 pub struct DecodeError(pub &'static str);
 
-/// Remembers the last decoded label set, so a run of records of one stream (the
-/// common case) shares one allocation instead of building a label set per record.
+/// Remembers the last label set and its encoding: a reader's run of records of
+/// one stream (the common case) shares one allocation instead of building a
+/// label set per record, and a writer's copies the bytes instead of encoding
+/// each pair again.
 #[derive(Default)]
 pub struct LabelCache {
     encoded: Vec<u8>,
@@ -105,18 +115,20 @@ pub fn decode_payload(payload: &[u8], cache: &mut LabelCache) -> Result<LogRecor
     ts_bytes.copy_from_slice(ts);
     let timestamp = Timestamp(i64::from_le_bytes(ts_bytes));
 
-    // Skip over the labels first: when their bytes equal the previous record's (one
-    // stream, the common case) the cached set is reused without parsing them.
-    let labels_start = payload.len() - cur.buf.len();
-    let n_labels = cur.count()?;
-    for _ in 0..n_labels {
-        cur.skip_str()?;
-        cur.skip_str()?;
-    }
-    let labels_bytes = &payload[labels_start..payload.len() - cur.buf.len()];
-    let labels = if cache.encoded == labels_bytes {
+    // When the labels' bytes start with the previous record's (one stream, the
+    // common case) the cached set is reused without reading them: the encoding is
+    // self-delimiting, so reading them would take exactly those bytes.
+    let labels = if !cache.encoded.is_empty() && cur.buf.starts_with(&cache.encoded) {
+        cur.buf = &cur.buf[cache.encoded.len()..];
         cache.labels.clone()
     } else {
+        let labels_start = payload.len() - cur.buf.len();
+        let n_labels = cur.count()?;
+        for _ in 0..n_labels {
+            cur.skip_str()?;
+            cur.skip_str()?;
+        }
+        let labels_bytes = &payload[labels_start..payload.len() - cur.buf.len()];
         let mut lc = Cursor { buf: labels_bytes };
         let n = lc.count()?;
         let mut pairs = Vec::with_capacity(n);

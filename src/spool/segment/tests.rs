@@ -76,3 +76,47 @@ fn file_names_sort_as_ids_and_parse_back() {
     assert_eq!(parse_file_name("ack"), None);
     assert_eq!(parse_file_name("0000000000000000001x.seg"), None);
 }
+
+/// The writer encodes a run of one stream's label set once and the reader
+/// reuses the set it decoded last: streams that alternate, one set a prefix of
+/// another's, an equal set from another allocation, and no labels at all each
+/// come back as written.
+#[test]
+fn records_of_alternating_streams_decode_to_their_own_labels() {
+    let api = Labels::from_pairs([("job", "api"), ("level", "info")]);
+    let longer = Labels::from_pairs([("job", "api"), ("level", "info"), ("z", "1")]);
+    let api_again = Labels::from_pairs([("job", "api"), ("level", "info")]);
+    let sets = [
+        api.clone(),
+        api.clone(),
+        longer.clone(),
+        api,
+        Labels::default(),
+        api_again,
+        longer,
+    ];
+    let records: Vec<LogRecord> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, labels)| LogRecord {
+            labels: labels.clone(),
+            line: format!("line {i}"),
+            ..record("")
+        })
+        .collect();
+    let mut buf = Vec::new();
+    let mut writer_cache = LabelCache::default();
+    for r in &records {
+        encode_frame_cached(r, &mut buf, &mut writer_cache);
+    }
+    let mut reader = &buf[..];
+    let mut payload = Vec::new();
+    let mut reader_cache = LabelCache::default();
+    for r in &records {
+        let left = reader.len() as u64;
+        let frame = read_frame(&mut reader, left, &mut payload).unwrap();
+        assert!(matches!(frame, Frame::Record { .. }));
+        assert_eq!(&decode_payload(&payload, &mut reader_cache).unwrap(), r);
+    }
+    assert!(reader.is_empty());
+}
