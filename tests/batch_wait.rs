@@ -26,18 +26,20 @@ fn batching(loki: &LokiReceiver, wait: &str, max_bytes: &str) -> Setup {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_a_quarter_push_goes_once_the_file_is_quiet_not_after_batch_max_wait() {
+async fn a_burst_of_half_a_push_goes_once_the_file_is_quiet_not_after_batch_max_wait() {
     let loki = LokiReceiver::start().await;
-    // 1,000 lines of about 75 bytes: more than a quarter of 256 KiB, less
-    // than all of it.
-    let setup = batching(&loki, "30s", "256KiB");
-    let lines = support::pino_lines(30, "burst", 0, 1000);
+    // 5,000 lines: half the 10,000 records a push holds at most, and well
+    // under half of 4 MiB, so no push can go before all of them are read.
+    let setup = batching(&loki, "30s", "4MiB");
+    let lines = support::pino_lines(30, "burst", 0, 5000);
     append(&setup.log_path("api.log"), &lines);
     let agent = setup.start();
-    // Well before the 30 s a push may wait.
+    // Well before the 30 s a push may wait, and in one push: not full, it
+    // went because the file was quiet.
     agent
         .assert_shipped_once(&loki, APP, &lines, DEADLINE)
         .await;
+    assert_eq!(loki.pushes(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 //!   spool keeps taking records meanwhile, bounded by its size.
 //! - **Batches.** A batch is read from the spool up to [`BatchLimits`], waiting
 //!   at most `max_wait` after its first record for more to fill it (less once
-//!   the spool is quiet, when the batch holds a quarter of a full one or ends
+//!   the spool is quiet, when the batch holds half a full one or ends
 //!   a burst: `read.rs`), then split and encoded by the service into one
 //!   request per part, sent in order.
 //! - **Exactly once, where the service can tell** ([`Service::CHECKS_STORED`]):

@@ -95,13 +95,14 @@ pub(super) struct Pace {
 
 impl Pace {
     /// Whether a partial batch of `have` records and `have_bytes` goes after
-    /// [`QUIET`] rather than at its deadline: it holds a quarter of a full
-    /// push, or it is the tail of a burst. A trickle's batch is neither, and
-    /// waits out `max_wait` as before (one push per `max_wait`).
+    /// [`QUIET`] rather than at its deadline: it holds half a full push, or it
+    /// is the tail of a burst. A trickle's batch is neither, and waits out
+    /// `max_wait` as before (one push per `max_wait`); a steadier source
+    /// pushes at most twice as often as full pushes would.
     fn goes_when_quiet(&self, limits: BatchLimits, have: usize, have_bytes: usize) -> bool {
         self.after_full
-            || have.saturating_mul(4) >= limits.max_records
-            || have_bytes.saturating_mul(4) >= limits.max_bytes
+            || have.saturating_mul(2) >= limits.max_records
+            || have_bytes.saturating_mul(2) >= limits.max_bytes
     }
 
     fn sent<R>(&mut self, limits: BatchLimits, batch: Gather<R>) -> Option<ReadBatch<R>> {
