@@ -13,12 +13,15 @@
 //! receivers listening, exporting to a fake collector in this process) and host
 //! metrics every 15 s, all on.
 //!
+//! It also prints when the pushes reached the receiver (the gaps between
+//! them, and how long the last one waited); `WISP_BENCH_PUSHES=1` lists them.
+//!
 //! `WISP_BENCH_AGENT=/path/to/wisp-agent` runs another build of the agent
 //! under this same driver (before/after comparisons).
 //! `WISP_BENCH_BATCH_WAIT` sets `[loki] batch_max_wait` (default "1s", the
-//! agent's default): the last, partial batch waits that long for more lines,
-//! and the end-to-end time includes it (while lines stream, pushes fill by
-//! size, not by time).
+//! agent's default). While lines stream, pushes fill by size; the last,
+//! partial one goes once the file is quiet for 20 ms (decision 033), so the
+//! end-to-end time no longer includes `batch_max_wait`.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -104,6 +107,29 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 fn sample(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// When the pushes came (ms after the first line was written): the first, the
+/// last, the gaps between them, and the wait before the last (the partial
+/// batch). `WISP_BENCH_PUSHES=1` lists every one.
+fn print_push_times(at: &[f64]) {
+    let (Some(first), Some(last)) = (at.first(), at.last()) else {
+        return;
+    };
+    let mut gaps: Vec<f64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let before_last = gaps.last().copied().unwrap_or(0.0);
+    gaps.sort_by(f64::total_cmp);
+    let pick = |q: f64| gaps.get(((gaps.len() as f64 - 1.0) * q) as usize).copied();
+    println!(
+        "ship: pushes at {first:.0} ms (first) … {last:.0} ms (last); gaps median {:.1} ms, p90 {:.1} ms, max {:.1} ms; the last came {before_last:.1} ms after the one before",
+        pick(0.5).unwrap_or(0.0),
+        pick(0.9).unwrap_or(0.0),
+        pick(1.0).unwrap_or(0.0),
+    );
+    if std::env::var_os("WISP_BENCH_PUSHES").is_some() {
+        let list: Vec<String> = at.iter().map(|t| format!("{t:.1}")).collect();
+        println!("ship: push times (ms): {}", list.join(" "));
+    }
 }
 
 fn main() {
@@ -227,6 +253,11 @@ multiline = "none"
     let bytes = std::fs::metadata(&file).unwrap().len();
     let done = rt.block_on(loki.wait_for_stored(n, Duration::from_secs(300)));
     let took = started.elapsed();
+    let push_times: Vec<f64> = loki
+        .push_times()
+        .iter()
+        .map(|t| t.saturating_duration_since(started).as_secs_f64() * 1e3)
+        .collect();
     let peak = status_kib(pid, "VmHWM:");
     let cpu = cpu_seconds(pid);
     let receiver_cpu = cpu_seconds(std::process::id());
@@ -255,7 +286,7 @@ multiline = "none"
         std::process::exit(1);
     }
     println!(
-        "ship: batch_max_wait = {batch_wait} (the last, partial push waits that long for more lines)"
+        "ship: batch_max_wait = {batch_wait} (the last, partial push goes once the file is quiet for 20 ms)"
     );
     println!(
         "ship: {:.0} lines/s end to end ({:.2} s; the agent used {:.2} s of CPU: {:.0} lines per CPU-second){}",
@@ -281,6 +312,7 @@ multiline = "none"
         idle_anon.unwrap_or(0) as f64 / 1024.0,
         loki.pushes()
     );
+    print_push_times(&push_times);
     match (admin, page) {
         (None, _) => println!("ship: admin endpoint off (WISP_BENCH_ADMIN=1 turns it on)"),
         (Some(addr), Some(page)) => println!(

@@ -179,6 +179,8 @@ struct Inner {
     /// one stored before (same stream, timestamp and line).
     stored: usize,
     pushes: usize,
+    /// When each push arrived, in order.
+    push_times: Vec<std::time::Instant>,
     /// Query requests, on either endpoint, whatever their answer.
     queries: usize,
     /// Every query is answered this status while set.
@@ -253,6 +255,7 @@ impl LokiReceiver {
                 received: 0,
                 stored: 0,
                 pushes: 0,
+                push_times: Vec::new(),
                 queries: 0,
                 query_status: None,
                 last_headers: HeaderMap::new(),
@@ -424,6 +427,11 @@ impl LokiReceiver {
     /// Push requests received, whatever their answer.
     pub fn pushes(&self) -> usize {
         self.shared.lock().pushes
+    }
+
+    /// When each push arrived, in order, whatever its answer.
+    pub fn push_times(&self) -> Vec<std::time::Instant> {
+        self.shared.lock().push_times.clone()
     }
 
     /// Query requests received (`query_range` and `query`), whatever their
@@ -616,6 +624,7 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let (failure, mode) = {
         let mut inner = shared.lock();
         inner.pushes += 1;
+        inner.push_times.push(std::time::Instant::now());
         inner.last_headers = headers.clone();
         let failure = inner.failures.pop_front();
         let mode = match failure {

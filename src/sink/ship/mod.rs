@@ -13,8 +13,10 @@
 //!   and full jitter, honouring `Retry-After` ([`crate::sink::retry`]); the
 //!   spool keeps taking records meanwhile, bounded by its size.
 //! - **Batches.** A batch is read from the spool up to [`BatchLimits`], waiting
-//!   at most `max_wait` after its first record for more to fill it, then split
-//!   and encoded by the service into one request per part, sent in order.
+//!   at most `max_wait` after its first record for more to fill it (less once
+//!   the spool is quiet, when the batch holds half a full one or ends
+//!   a burst: `read.rs`), then split and encoded by the service into one
+//!   request per part, sent in order.
 //! - **Exactly once, where the service can tell** ([`Service::CHECKS_STORED`]):
 //!   before a batch is first sent its end is recorded in the spool
 //!   ([`SpoolReader::begin_push`]), its acknowledgement is written with the next
@@ -42,7 +44,7 @@ mod deliver;
 mod read;
 
 use deliver::deliver_group;
-use read::{next_batch, read_in_flight};
+use read::{next_batch, read_in_flight, Pace};
 
 /// How long an acknowledgement waits for the next push to be written with it.
 pub const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
@@ -245,6 +247,8 @@ struct Loop {
     /// The end of the push in flight at the last stop, while the reader is not
     /// past it.
     in_flight: Option<SpoolPosition>,
+    /// What the batches before say about the sources' pace.
+    pace: Pace,
 }
 
 /// Causes of [`Loop::failing`].
@@ -265,6 +269,7 @@ async fn ship<S: Service>(
         } else {
             None
         },
+        pace: Pace::default(),
     };
     loop {
         let (batch, replayed) = match state.in_flight {
@@ -292,7 +297,7 @@ async fn ship<S: Service>(
             }
             None => {
                 let batch = tokio::select! {
-                    b = next_batch(sh, drain) => b,
+                    b = next_batch(sh, &mut state.pace, drain) => b,
                     _ = stop.cancelled() => return,
                 };
                 let Some(batch) = batch else { return };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{save_ack, spool_error, Service, Shipper, ACK_SAVE_DELAY};
+use super::{save_ack, spool_error, BatchLimits, Service, Shipper, ACK_SAVE_DELAY};
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition};
 
 /// The reads that make one batch, joined once at the end: growing the first
@@ -79,19 +79,57 @@ pub(super) fn read_in_flight<S: Service>(
     Ok(batch.finish())
 }
 
+/// How long the spool must have had no new record before a batch worth a push
+/// goes without waiting out `max_wait` (decision 033). Longer than the gaps
+/// between a streaming source's appends (a group's parse and fsync), far
+/// shorter than any `max_wait` a user sets.
+pub(super) const QUIET: Duration = Duration::from_millis(20);
+
+/// What the batches before say about the sources' pace.
+#[derive(Debug, Default)]
+pub(super) struct Pace {
+    /// The last batch went full: the sources were writing a burst, whose
+    /// tail goes once they are quiet (once: the batch after it waits as any).
+    after_full: bool,
+}
+
+impl Pace {
+    /// Whether a partial batch of `have` records and `have_bytes` goes after
+    /// [`QUIET`] rather than at its deadline: it holds half a full push, or it
+    /// is the tail of a burst. A trickle's batch is neither, and waits out
+    /// `max_wait` as before (one push per `max_wait`); a steadier source
+    /// pushes at most twice as often as full pushes would.
+    fn goes_when_quiet(&self, limits: BatchLimits, have: usize, have_bytes: usize) -> bool {
+        self.after_full
+            || have.saturating_mul(2) >= limits.max_records
+            || have_bytes.saturating_mul(2) >= limits.max_bytes
+    }
+
+    fn sent<R>(&mut self, limits: BatchLimits, batch: Gather<R>) -> Option<ReadBatch<R>> {
+        let (have, have_bytes) = batch.counts();
+        self.after_full = have >= limits.max_records || have_bytes >= limits.max_bytes;
+        batch.finish()
+    }
+}
+
 /// Reads the next batch: waits for the first record, then up to `max_wait` for
-/// more to fill it. `None` once drained and caught up.
+/// more to fill it, or, once the spool is quiet for [`QUIET`], less when the
+/// batch is worth a push ([`Pace::goes_when_quiet`]). `None` once drained and
+/// caught up.
 pub(super) async fn next_batch<S: Service>(
     sh: &mut Shipper<S>,
+    pace: &mut Pace,
     drain: &CancellationToken,
 ) -> Option<ReadBatch<S::Record>> {
     let limits = sh.settings.batch;
     let mut batch = Gather::new();
     let mut deadline: Option<tokio::time::Instant> = None;
+    // When a read last brought records (the writer's append, or later).
+    let mut last_record = tokio::time::Instant::now();
     loop {
         let (have, have_bytes) = batch.counts();
         if have >= limits.max_records || have_bytes >= limits.max_bytes {
-            return batch.finish();
+            return pace.sent(limits, batch);
         }
         let read = tokio::task::block_in_place(|| {
             sh.reader
@@ -99,8 +137,9 @@ pub(super) async fn next_batch<S: Service>(
         });
         match read {
             Ok(Some(more)) => {
+                last_record = tokio::time::Instant::now();
                 if batch.is_empty() {
-                    deadline = Some(tokio::time::Instant::now() + limits.max_wait);
+                    deadline = Some(last_record + limits.max_wait);
                 }
                 batch.push(more);
                 continue;
@@ -109,7 +148,7 @@ pub(super) async fn next_batch<S: Service>(
             Err(e) => {
                 spool_error(sh, &e);
                 if !batch.is_empty() {
-                    return batch.finish();
+                    return pace.sent(limits, batch);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -120,16 +159,22 @@ pub(super) async fn next_batch<S: Service>(
         }
         // Caught up with the writer.
         if drain.is_cancelled() {
-            return batch.finish();
+            return pace.sent(limits, batch);
         }
         match deadline {
             Some(d) => {
-                if tokio::time::Instant::now() >= d {
-                    return batch.finish();
+                let (have, have_bytes) = batch.counts();
+                let until = if pace.goes_when_quiet(limits, have, have_bytes) {
+                    d.min(last_record + QUIET)
+                } else {
+                    d
+                };
+                if tokio::time::Instant::now() >= until {
+                    return pace.sent(limits, batch);
                 }
                 tokio::select! {
                     _ = sh.reader.wait() => {}
-                    _ = tokio::time::sleep_until(d) => return batch.finish(),
+                    _ = tokio::time::sleep_until(until) => return pace.sent(limits, batch),
                     _ = drain.cancelled() => {}
                 }
             }
