@@ -385,21 +385,17 @@ impl DirWatcher {
         if !enabled {
             return watcher;
         }
-        let stop = match rustix::event::eventfd(
+        // The eventfd that ends the reading thread, and the inotify descriptor.
+        let opened = rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        ) {
-            Ok(fd) => Arc::new(fd),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot watch files for changes ({}); following them by polling alone",
-                    std::io::Error::from(e)
-                );
-                return watcher;
-            }
-        };
-        let fd = match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
-            Ok(fd) => Arc::new(fd),
+        )
+        .and_then(|stop| {
+            let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+            Ok((Arc::new(stop), Arc::new(fd)))
+        });
+        let (stop, fd) = match opened {
+            Ok(both) => both,
             Err(e) => {
                 tracing::warn!(
                     "cannot watch files for changes ({}); following them by polling alone",
