@@ -77,6 +77,21 @@ impl Writer {
     }
 }
 
+/// Appends the last of `so_far` to `app` and waits until Loki holds each of
+/// `so_far` (every line written to it) exactly once, under `{job="app"}`.
+async fn append_and_see_once(
+    agent: &Agent,
+    loki: &LokiReceiver,
+    app: &std::path::Path,
+    so_far: &[&str],
+) {
+    let lines: Vec<String> = so_far.iter().map(|l| l.to_string()).collect();
+    append(app, &lines[lines.len() - 1..]);
+    agent
+        .assert_shipped_once(loki, r#"{job="app"}"#, &lines, DEADLINE)
+        .await;
+}
+
 /// A `[[files]]` entry named `name` over `dir/*.log`.
 fn entry(name: &str, dir: &std::path::Path, start_at: &str) -> String {
     format!(
@@ -194,10 +209,7 @@ async fn an_invalid_configuration_is_logged_and_the_one_in_effect_keeps_shipping
     let setup = Setup::new(&loki, "");
     let mut agent = setup.start();
     let app = setup.log_path("app.log");
-    append(&app, &["before".to_string()]);
-    agent
-        .assert_shipped_once(&loki, r#"{job="app"}"#, &["before".to_string()], DEADLINE)
-        .await;
+    append_and_see_once(&agent, &loki, &app, &["before"]).await;
 
     let good = std::fs::read_to_string(&setup.config).unwrap();
     setup.edit(|text| text.replace("batch_max_wait = \"100ms\"", "batch_max_wait = \"soon\""));
@@ -215,15 +227,7 @@ async fn an_invalid_configuration_is_logged_and_the_one_in_effect_keeps_shipping
     assert!(agent.own_log().contains("is kept"), "{}", agent.log());
     assert!(agent.own_log().contains("ERROR"), "{}", agent.log());
 
-    append(&app, &["after".to_string()]);
-    agent
-        .assert_shipped_once(
-            &loki,
-            r#"{job="app"}"#,
-            &["before".to_string(), "after".to_string()],
-            DEADLINE,
-        )
-        .await;
+    append_and_see_once(&agent, &loki, &app, &["before", "after"]).await;
     assert!(!agent.own_log().contains(IN_EFFECT), "{}", agent.log());
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
 }
@@ -416,10 +420,7 @@ async fn a_configuration_whose_pipelines_cannot_start_gives_way_to_the_one_befor
     let relay = Relay::new(&collector, "grpc", Some(&loki));
     let (mut agent, _, _) = relay.start().await;
     let app = relay.dir.path().join("logs").join("app.log");
-    append(&app, &["before".to_string()]);
-    agent
-        .assert_shipped_once(&loki, r#"{job="app"}"#, &["before".to_string()], DEADLINE)
-        .await;
+    append_and_see_once(&agent, &loki, &app, &["before"]).await;
 
     // Valid, but its receiver's port is taken: found only when it binds.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -449,15 +450,7 @@ async fn a_configuration_whose_pipelines_cannot_start_gives_way_to_the_one_befor
     assert!(bound, "{}", agent.log());
     assert_ne!(http.unwrap().port(), port);
 
-    append(&app, &["after".to_string()]);
-    agent
-        .assert_shipped_once(
-            &loki,
-            r#"{job="app"}"#,
-            &["before".to_string(), "after".to_string()],
-            DEADLINE,
-        )
-        .await;
+    append_and_see_once(&agent, &loki, &app, &["before", "after"]).await;
     send_span(http.unwrap(), "relayed").await;
     assert!(
         collector.wait_for_spans(1, DEADLINE).await,
