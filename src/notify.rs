@@ -9,8 +9,6 @@
 
 use std::os::unix::net::UnixDatagram;
 
-use tokio_util::sync::CancellationToken;
-
 /// Where systemd listens: a path, or an abstract name (`@name`).
 #[derive(Debug, PartialEq, Eq)]
 enum Target<'a> {
@@ -58,17 +56,6 @@ fn send(to: &Target<'_>, state: &str) -> std::io::Result<()> {
         }
     };
     Ok(())
-}
-
-/// `STOPPING=1` as soon as `cancel` fires (a signal). `run` sends `READY=1`
-/// once its pipelines run, and around a reload (SIGHUP) `RELOADING=1` then
-/// `READY=1` again.
-pub fn stopping_on(cancel: &CancellationToken) {
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        cancel.cancelled().await;
-        notify("STOPPING=1");
-    });
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGTERM/SIGINT; exits the process on the second.
+/// Cancels `token` on the first SIGTERM/SIGINT, telling systemd `STOPPING=1`
+/// first; exits the process on the second.
 pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -19,6 +20,10 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
         tracing::info!(
             "{name} received: stopping sources and draining (send it again to exit at once)"
         );
+        // Said here, before anything stops: a task waiting on the token to
+        // say it could be dropped unpolled when a quick shutdown ends the
+        // runtime first.
+        crate::notify::notify("STOPPING=1");
         token.cancel();
         let code = tokio::select! {
             _ = term.recv() => 128 + 15,

@@ -121,7 +121,6 @@ async fn daemon(
         cancel: cancel.clone(),
         tap: Arc::new(crate::tap::Tap::default()),
     };
-    crate::notify::stopping_on(&cancel);
 
     let mut loaded = loaded;
     // The configuration before a reload, while the pipelines start on the
