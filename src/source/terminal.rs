@@ -94,6 +94,14 @@ fn maybe_special(b: u8) -> u8 {
     ((b < 0x20) & (b != b'\t')) as u8 | (b == 0x7f) as u8 | (b == 0xc2) as u8
 }
 
+/// Is `b` outside printable ASCII (`0x20..=0x7e`): TAB, the other controls, DEL
+/// and every byte of a non-ASCII character. One comparison, where
+/// [`maybe_special`] takes five: the screen a chunk of plain ASCII passes.
+#[inline(always)]
+fn outside_printable_ascii(b: u8) -> u8 {
+    (b.wrapping_sub(0x20) > 0x7e - 0x20) as u8
+}
+
 /// Offset of the first byte in `bytes` that is not plain text, if any. Scans in
 /// fixed chunks with a branch-free fold so the compiler vectorises it.
 fn first_special(bytes: &[u8]) -> Option<usize> {
@@ -109,24 +117,43 @@ fn first_special(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Bytes [`first_candidate`] looks at in one step (four SSE2 vectors).
+const CHUNK: usize = 64;
+
+/// Offset of the first byte of `bytes` for which [`maybe_special`] holds. Whole
+/// chunks only, so no byte is looked at one by one unless its chunk holds a
+/// candidate: a line shorter than a chunk is scanned as a copy padded with
+/// spaces, and the bytes after the last whole chunk as the last `CHUNK` bytes of
+/// the line (those before them were found plain already, so a candidate there
+/// is the first).
 fn first_candidate(bytes: &[u8]) -> Option<usize> {
-    const CHUNK: usize = 32;
-    let mut chunks = bytes.chunks_exact(CHUNK);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0u8, |acc, &b| acc | maybe_special(b)) != 0 {
-            return chunk
-                .iter()
-                .position(|&b| maybe_special(b) != 0)
-                .map(|i| base + i);
+    let Some(last) = bytes.last_chunk::<CHUNK>() else {
+        let mut padded = [b' '; CHUNK];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        return chunk_candidate(&padded);
+    };
+    let (chunks, rest) = bytes.as_chunks::<CHUNK>();
+    for (i, chunk) in chunks.iter().enumerate() {
+        if let Some(at) = chunk_candidate(chunk) {
+            return Some(i * CHUNK + at);
         }
-        base += CHUNK;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| maybe_special(b) != 0)
-        .map(|i| base + i)
+    if rest.is_empty() {
+        return None;
+    }
+    chunk_candidate(last).map(|at| bytes.len() - CHUNK + at)
+}
+
+/// [`first_candidate`] in one chunk. Plain ASCII passes the cheap screen; a
+/// chunk with a TAB or a non-ASCII character takes the exact test, and only a
+/// chunk holding a candidate is searched byte by byte.
+#[inline(always)]
+fn chunk_candidate(chunk: &[u8; CHUNK]) -> Option<usize> {
+    let any = |f: fn(u8) -> u8| chunk.iter().fold(0u8, |acc, &b| acc | f(b)) != 0;
+    if !any(outside_printable_ascii) || !any(maybe_special) {
+        return None;
+    }
+    chunk.iter().position(|&b| maybe_special(b) != 0)
 }
 
 /// One terminal line being drawn.

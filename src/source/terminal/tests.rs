@@ -224,6 +224,83 @@ fn escape_storms_stay_bounded_and_short() {
     );
 }
 
+/// What [`first_special`] answers, byte by byte: the chunked scan must agree.
+fn first_special_byte_by_byte(bytes: &[u8]) -> Option<usize> {
+    (0..bytes.len()).find(|&i| match bytes[i] {
+        b'\t' => false,
+        0x00..=0x1f | 0x7f => true,
+        0xc2 => matches!(bytes.get(i + 1), Some(0x80..=0x9f)),
+        _ => false,
+    })
+}
+
+/// Lines of every length around the scan's chunk size (shorter than a chunk,
+/// whole chunks, whole chunks and a few bytes), with one special byte at each
+/// position: the first one is found wherever it falls, in the overlapping last
+/// chunk too.
+#[test]
+fn a_control_byte_is_found_at_every_position_of_every_chunk() {
+    for text in ["x", "é", "日本"] {
+        for len in (0..=3 * CHUNK + 2).filter(|n| n % 64 < 3 || n % 64 > 61 || n % 16 == 7) {
+            let plain: Vec<u8> = text.bytes().cycle().take(len).collect();
+            assert_eq!(first_special(&plain), None, "{text:?} x {len}");
+            for at in 0..len {
+                for special in [b"\x00", b"\x1b", b"\r", b"\x7f"] {
+                    let mut line = plain.clone();
+                    line[at] = special[0];
+                    assert_eq!(
+                        first_special(&line),
+                        Some(at),
+                        "{special:?} at {at} of {len}"
+                    );
+                }
+                let mut line = plain.clone();
+                line[at] = b'\t';
+                assert_eq!(first_special(&line), None, "tab at {at} of {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn c1_controls_are_found_and_printable_c2_characters_passed_over() {
+    for len in [0, 1, 30, 62, 63, 64, 65, 127, 128, 129, 200] {
+        for at in 0..len {
+            let mut line = vec![b'a'; len + 2];
+            line[at..at + 2].copy_from_slice("\u{85}".as_bytes());
+            assert_eq!(first_special(&line), Some(at), "U+0085 at {at} of {len}");
+            line[at..at + 2].copy_from_slice("©".as_bytes());
+            assert_eq!(first_special(&line), None, "© at {at} of {len}");
+            // A C1 control after a printable 0xC2 character, in any later chunk.
+            for later in [at + 2, at + 3, len] {
+                let mut l = line.clone();
+                l.extend_from_slice(b"bb");
+                l[later..later + 2].copy_from_slice("\u{9b}".as_bytes());
+                assert_eq!(first_special(&l), Some(later), "© at {at}, CSI at {later}");
+            }
+        }
+    }
+    // The last byte of the line a lone 0xC2 (invalid UTF-8, never rendered so):
+    // not a C1 control.
+    assert_eq!(first_special(b"abc\xc2"), None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_chunked_scan_agrees_with_a_byte_by_byte_one(
+        line in proptest::collection::vec(
+            proptest::prop_oneof![
+                8 => 0x20u8..0x7f,
+                1 => proptest::prelude::any::<u8>(),
+                1 => proptest::prelude::Just(0xc2u8),
+            ],
+            0..300,
+        )
+    ) {
+        proptest::prop_assert_eq!(first_special(&line), first_special_byte_by_byte(&line));
+    }
+}
+
 mod properties {
     use super::super::*;
     use proptest::prelude::*;
