@@ -68,13 +68,15 @@ impl<'de, 'a> Visitor<'de> for TopLevel<'a, '_> {
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<usize, M::Error> {
         let text = self.at.line;
+        // A line no longer than a value that deep holds none: nothing to scan.
+        let may_nest = text.len() > 2 * MAX_DEPTH;
         // Just after the previous key's closing quote.
         let mut after_key = None::<usize>;
         // Keys with an escape come as an owned string: an error, and the full
         // reader decodes them.
         while let Some(key) = map.next_key::<&'de str>()? {
             let start = (key.as_ptr() as usize).wrapping_sub(self.at.base);
-            if let Some(prev) = after_key {
+            if let (true, Some(prev)) = (may_nest, after_key) {
                 if may_nest_too_deep(text.get(prev..start.saturating_sub(1))) {
                     return Err(M::Error::custom("may nest too deep"));
                 }

@@ -77,20 +77,24 @@ enum Key {
 
 fn classify(key: &[u8]) -> Key {
     let ci = |name: &[u8]| key.eq_ignore_ascii_case(name);
-    match key.len() {
-        2 if ci(b"ts") => Key::Time,
-        3 if ci(b"lvl") => Key::Level,
-        3 if key == b"log" => Key::Log,
-        4 if ci(b"time") => Key::Time,
-        5 if ci(b"level") => Key::Level,
-        6 if key == b"spanId" => Key::SpanId,
-        7 if key == b"traceId" => Key::TraceId,
-        7 if key == b"span_id" => Key::SpanId,
-        8 if ci(b"severity") => Key::Level,
-        8 if key == b"trace_id" => Key::TraceId,
-        9 if ci(b"levelname") || ci(b"log.level") => Key::Level,
-        9 if ci(b"timestamp") => Key::Time,
-        10 if ci(b"@timestamp") => Key::Time,
+    // Most keys are none of these: their length and first byte (ASCII letters
+    // folded to lower case; `@` becomes a backquote) rule them out before any
+    // comparison, and the others are compared with one or two names at most.
+    let first = key.first().map_or(0, |b| b | 0x20);
+    match (key.len(), first) {
+        (2, b't') if ci(b"ts") => Key::Time,
+        (3, b'l') if ci(b"lvl") => Key::Level,
+        (3, b'l') if key == b"log" => Key::Log,
+        (4, b't') if ci(b"time") => Key::Time,
+        (5, b'l') if ci(b"level") => Key::Level,
+        (6, b's') if key == b"spanId" => Key::SpanId,
+        (7, b't') if key == b"traceId" => Key::TraceId,
+        (7, b's') if key == b"span_id" => Key::SpanId,
+        (8, b's') if ci(b"severity") => Key::Level,
+        (8, b't') if key == b"trace_id" => Key::TraceId,
+        (9, b'l') if ci(b"levelname") || ci(b"log.level") => Key::Level,
+        (9, b't') if ci(b"timestamp") => Key::Time,
+        (10, b'`') if ci(b"@timestamp") => Key::Time,
         _ => Key::Other,
     }
 }

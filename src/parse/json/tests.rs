@@ -321,3 +321,87 @@ const VALUES: [&str; 23] = [
 ];
 
 const SEPARATORS: [&str; 5] = [",", ",", ", ", ",,", " "];
+
+/// The names each kind of key answers to, spelled as the module's docs list
+/// them: [`classify`] is checked against this list, not against itself.
+fn kind_by_name(key: &[u8]) -> Key {
+    let ci = |names: &[&str]| names.iter().any(|n| key.eq_ignore_ascii_case(n.as_bytes()));
+    let exact = |names: &[&str]| names.iter().any(|n| key == n.as_bytes());
+    if ci(&["ts", "time", "timestamp", "@timestamp"]) {
+        Key::Time
+    } else if ci(&["lvl", "level", "severity", "levelname", "log.level"]) {
+        Key::Level
+    } else if exact(&["log"]) {
+        Key::Log
+    } else if exact(&["traceId", "trace_id"]) {
+        Key::TraceId
+    } else if exact(&["spanId", "span_id"]) {
+        Key::SpanId
+    } else {
+        Key::Other
+    }
+}
+
+#[test]
+fn keys_are_classified_by_name_in_any_case_where_the_name_allows() {
+    let names = [
+        "ts",
+        "time",
+        "timestamp",
+        "@timestamp",
+        "lvl",
+        "level",
+        "severity",
+        "levelname",
+        "log.level",
+        "log",
+        "traceId",
+        "trace_id",
+        "spanId",
+        "span_id",
+    ];
+    for name in names {
+        for key in [
+            name.to_owned(),
+            name.to_ascii_uppercase(),
+            name.to_ascii_lowercase(),
+            name[..1].to_ascii_uppercase() + &name[1..],
+        ] {
+            assert!(
+                classify(key.as_bytes()) == kind_by_name(key.as_bytes()),
+                "{key:?}"
+            );
+        }
+    }
+    for key in [
+        "",
+        "t",
+        "msg",
+        "pid",
+        "tS",
+        "Log",
+        "LOG",
+        "traceid",
+        "TRACE_ID",
+        "span",
+        "`timestamp",
+        "@Timestamp",
+        "log_level",
+        "log\x0elevel",
+        "Level ",
+        "levels",
+        "time\u{130}",
+    ] {
+        assert!(
+            classify(key.as_bytes()) == kind_by_name(key.as_bytes()),
+            "{key:?}"
+        );
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_key_is_classified_as_by_its_name(key in "[@`.tTsSlLeEvViImMpPgG_dDnNrRaAcCyY]{0,11}") {
+        proptest::prop_assert!(classify(key.as_bytes()) == kind_by_name(key.as_bytes()), "{:?}", key);
+    }
+}
