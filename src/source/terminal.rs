@@ -70,10 +70,11 @@ pub struct RenderStats {
 /// The text a terminal would show for `line` (no trailing `\n`; a trailing `\r` is
 /// dropped). Never fails: invalid UTF-8 is replaced and counted in `stats`.
 pub fn render(line: &[u8], stats: &mut RenderStats) -> String {
-    // The `\r` of a tty's `\r\n` only moves the cursor after the last character:
-    // nothing visible changes, and dropping it keeps such lines on the fast path.
+    if let Some(text) = plain(line) {
+        return text;
+    }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let text: Cow<'_, str> = match std::str::from_utf8(line) {
+    let text: Cow<'_, str> = match simdutf8::basic::from_utf8(line) {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => {
             stats.invalid_utf8_lines += 1;
@@ -84,6 +85,22 @@ pub fn render(line: &[u8], stats: &mut RenderStats) -> String {
         None => text.into_owned(),
         Some(at) => Screen::new(line.len(), stats).render(&text, at),
     }
+}
+
+/// `line` itself when it is valid UTF-8 holding no byte a terminal acts on
+/// (what [`render`] gives for it, nothing counted); `None` for any other line,
+/// found at its first control byte. A plain line holds no ESC, so no run mark
+/// either ([`mark`]).
+pub fn plain(line: &[u8]) -> Option<String> {
+    // The `\r` of a tty's `\r\n` only moves the cursor after the last character:
+    // nothing visible changes, and dropping it keeps such lines plain.
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if first_special(line).is_some() {
+        return None;
+    }
+    // simdutf8 answers as `std::str::from_utf8` does, in about half the
+    // instructions on a line of 64 bytes or more (decision 030).
+    simdutf8::basic::from_utf8(line).ok().map(str::to_owned)
 }
 
 /// Is `b` a byte the fast path cannot copy: a C0 control but TAB, DEL, or 0xC2

@@ -287,6 +287,12 @@ impl Tailed {
         stats: &mut RenderStats,
         counters: &TailCounters,
     ) -> Option<String> {
+        // Most lines: no control byte, so no mark; shipped without a search
+        // for marks (a line that is not plain is scanned again below, up to
+        // its first control byte).
+        if let Some(text) = terminal::plain(raw) {
+            return Some(text);
+        }
         if let Some(runs) = &self.exec_runs {
             if let Some(segments) = mark::segments(raw) {
                 let mut kept = Vec::with_capacity(raw.len());

@@ -285,6 +285,23 @@ fn c1_controls_are_found_and_printable_c2_characters_passed_over() {
     assert_eq!(first_special(b"abc\xc2"), None);
 }
 
+#[test]
+fn plain_lines_are_their_own_text_and_others_are_left_to_render() {
+    let long = "x".repeat(1000) + "© é" + &"y".repeat(77);
+    for (line, want) in [
+        (&b""[..], Some("")),
+        (b"a\tb\r", Some("a\tb")),
+        (long.as_bytes(), Some(long.as_str())),
+        (b"a\x1b[31mb", None),
+        (b"a\rb", None),
+        (b"\r\r", None),
+        ("x\u{85}".as_bytes(), None),
+        (b"a\xffb", None),
+    ] {
+        assert_eq!(plain(line).as_deref(), want, "{line:?}");
+    }
+}
+
 proptest::proptest! {
     #[test]
     fn the_chunked_scan_agrees_with_a_byte_by_byte_one(
@@ -298,6 +315,27 @@ proptest::proptest! {
         )
     ) {
         proptest::prop_assert_eq!(first_special(&line), first_special_byte_by_byte(&line));
+    }
+
+    #[test]
+    fn a_plain_line_is_what_render_makes_of_it_without_a_change(
+        line in proptest::collection::vec(
+            proptest::prop_oneof![
+                8 => 0x20u8..0x7f,
+                1 => proptest::prelude::any::<u8>(),
+            ],
+            0..300,
+        )
+    ) {
+        let mut stats = RenderStats::default();
+        let rendered = render(&line, &mut stats);
+        let unchanged = stats == RenderStats::default()
+            && rendered.as_bytes() == line.strip_suffix(b"\r").unwrap_or(&line)
+            && !line.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\r');
+        match plain(&line) {
+            Some(text) => proptest::prop_assert_eq!(text, rendered),
+            None => proptest::prop_assert!(!unchanged || line.contains(&b'\r'), "{:?}", line),
+        }
     }
 }
 
