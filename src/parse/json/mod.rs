@@ -75,8 +75,11 @@ enum Key {
     Other,
 }
 
+#[inline]
 fn classify(key: &[u8]) -> Key {
-    let ci = |name: &[u8]| key.eq_ignore_ascii_case(name);
+    // The spelling loggers write (lower case) first: a comparison of a few
+    // bytes at once, where the case-blind one goes byte by byte.
+    let ci = |name: &[u8]| key == name || key.eq_ignore_ascii_case(name);
     // Most keys are none of these: their length and first byte (ASCII letters
     // folded to lower case; `@` becomes a backquote) rule them out before any
     // comparison, and the others are compared with one or two names at most.
