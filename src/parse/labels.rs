@@ -290,7 +290,20 @@ impl SourceLabels {
 
     /// The label set of a line at `level` with these promoted values (already
     /// admitted by the guard; `None` where the line lacks the field).
+    /// The label set of a line of `level` with the `promoted` values; the
+    /// common line (no promoted value) takes a clone of its level's set.
+    #[inline]
     pub(crate) fn labels(&mut self, level: Level, promoted: &[Option<&str>]) -> Labels {
+        if promoted.iter().all(Option::is_none) {
+            if let Some(labels) = &self.by_level[level.index()] {
+                return labels.clone();
+            }
+        }
+        self.build_labels(level, promoted)
+    }
+
+    #[inline(never)]
+    fn build_labels(&mut self, level: Level, promoted: &[Option<&str>]) -> Labels {
         if promoted.iter().all(Option::is_none) {
             return self.by_level[level.index()]
                 .get_or_insert_with(|| build(&self.base, &[], &[], level))

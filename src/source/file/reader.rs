@@ -92,6 +92,8 @@ pub(crate) struct Tailed {
     pub fingerprint: Fingerprint,
     batch: Vec<SourceLine>,
     batch_bytes: usize,
+    /// Lines in the last batch made: the room a new batch starts with.
+    last_batch_lines: usize,
     batch_end: u64,
     /// Lines left to `exec` moved `batch_end` since the last batch: the next
     /// batch is made even without lines, so the checkpoint passes them too.
@@ -160,6 +162,7 @@ impl Tailed {
             fingerprint,
             batch: Vec::new(),
             batch_bytes: 0,
+            last_batch_lines: 0,
             batch_end: o.offset,
             skipped: false,
             commits: Commits::new(o.offset),
@@ -347,14 +350,13 @@ impl Tailed {
             return;
         }
         let mut joined = std::mem::take(&mut self.joined);
-        // Room for these lines at once, up to the batch's bound: a batch that
-        // fills over many reads still grows by doubling, one that fills from one
-        // read is not copied a few times on the way.
-        self.batch.reserve(
-            joined
-                .len()
-                .min(BATCH_MAX_LINES.saturating_sub(self.batch.len())),
-        );
+        if self.batch.is_empty() {
+            // A new batch has room for as many lines as the last one held (at
+            // most BATCH_MAX_LINES): a busy file's batch is one allocation, not
+            // ten doublings, and a quiet file's stays small.
+            self.batch
+                .reserve(self.last_batch_lines.max(joined.len()).min(BATCH_MAX_LINES));
+        }
         for j in joined.drain(..) {
             self.batch_bytes += j.text.len();
             self.batch_end = self.batch_end.max(j.end_offset);
@@ -390,6 +392,7 @@ impl Tailed {
     }
 
     fn make_batch(&mut self, lines: Vec<SourceLine>) -> SourceBatch {
+        self.last_batch_lines = lines.len();
         self.skipped = false;
         // A record the joiner still holds starts at or after every record it has
         // finished; the cap only guards that promise.
