@@ -289,9 +289,9 @@ impl SourceLabels {
     }
 
     /// The label set of a line at `level` with these promoted values (already
-    /// admitted by the guard; `None` where the line lacks the field).
-    /// The label set of a line of `level` with the `promoted` values; the
-    /// common line (no promoted value) takes a clone of its level's set.
+    /// admitted by the guard; `None` where the line lacks the field). The
+    /// common line (no promoted value) takes a clone of its level's set,
+    /// inline; the rest is built out of line.
     #[inline]
     pub(crate) fn labels(&mut self, level: Level, promoted: &[Option<&str>]) -> Labels {
         if promoted.iter().all(Option::is_none) {
