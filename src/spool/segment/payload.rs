@@ -149,7 +149,9 @@ pub fn decode_payload(payload: &[u8], cache: &mut LabelCache) -> Result<LogRecor
         let v = cur.str()?.to_owned();
         structured_metadata.push((k, v));
     }
-    let line = std::str::from_utf8(cur.buf)
+    // `simdutf8` answers as `std::str::from_utf8` does, in about half the
+    // instructions on a line of a couple of hundred bytes.
+    let line = simdutf8::basic::from_utf8(cur.buf)
         .map_err(|_| DecodeError("line is not UTF-8"))?
         .to_owned();
     Ok(LogRecord {

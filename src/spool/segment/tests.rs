@@ -67,6 +67,14 @@ fn malformed_payloads_are_errors_not_panics() {
     ] {
         assert!(decode_payload(bad, &mut cache).is_err(), "{bad:?}");
     }
+    // A line whose one bad byte comes after a long valid run (the vector
+    // check's path), or is a lone surrogate's encoding.
+    for tail in [&[0xff][..], &[0xed, 0xa0, 0x80]] {
+        let mut bad = vec![0u8; 10];
+        bad.extend(std::iter::repeat_n(b'a', 100));
+        bad.extend_from_slice(tail);
+        assert!(decode_payload(&bad, &mut cache).is_err(), "{tail:?}");
+    }
 }
 
 #[test]
