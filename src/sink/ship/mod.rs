@@ -44,7 +44,7 @@ mod deliver;
 mod read;
 
 use deliver::deliver_group;
-use read::{next_batch, read_in_flight, Pace};
+use read::{next_batch, read_in_flight, Filling, Pace};
 
 /// How long an acknowledgement waits for the next push to be written with it.
 pub const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
@@ -271,6 +271,8 @@ async fn ship<S: Service>(
         },
         pace: Pace::default(),
     };
+    // The next batch, read while the push before waits for its answer.
+    let mut ahead: Option<Filling<S::Record>> = None;
     loop {
         let (batch, replayed) = match state.in_flight {
             Some(end) => {
@@ -296,8 +298,9 @@ async fn ship<S: Service>(
                 }
             }
             None => {
+                let filling = ahead.take().unwrap_or_else(Filling::new);
                 let batch = tokio::select! {
-                    b = next_batch(sh, &mut state.pace, drain) => b,
+                    b = next_batch(sh, &mut state.pace, drain, filling) => b,
                     _ = stop.cancelled() => return,
                 };
                 let Some(batch) = batch else { return };
@@ -320,8 +323,14 @@ async fn ship<S: Service>(
             if S::CHECKS_STORED {
                 begin_push(sh, &mut state, end);
             }
+            // While this push waits for its answer, the next batch is read
+            // (not past the range in flight at the last stop: that is read up
+            // to its end, to be checked first).
+            if state.in_flight.is_none() {
+                ahead.get_or_insert_with(Filling::new);
+            }
             for group in groups {
-                if !deliver_group(sh, &mut state, group, stop).await {
+                if !deliver_group(sh, &mut state, group, stop, &mut ahead).await {
                     // Stopped with the batch unshipped: it stays in the spool
                     // (and, recorded in flight, is checked at the next start).
                     return;
