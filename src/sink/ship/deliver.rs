@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::read::Filling;
+use super::read::ReadAhead;
 use super::{
     without_stored, BatchLimits, Check, Event, Loop, Outcome, Partial, Reach, Service, Shipper,
     MARK,
@@ -23,14 +23,15 @@ pub(super) async fn deliver_group<S: Service>(
     sh: &mut Shipper<S>,
     state: &mut Loop,
     mut records: Vec<S::Record>,
+    mut encoded: Option<S::Request>,
     stop: &CancellationToken,
-    ahead: &mut Option<Filling<S::Record>>,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
 ) -> bool {
     loop {
-        let Some(request) = sh.service.encode(&records) else {
+        let Some(request) = encoded.take().or_else(|| sh.service.encode(&records)) else {
             return true;
         };
-        match deliver(sh, state, &request, stop, ahead.as_mut()).await {
+        match deliver(sh, state, &request, stop, ahead).await {
             Delivery::Done => return true,
             Delivery::Stopped => return false,
             Delivery::MaybeStored => {
@@ -116,7 +117,7 @@ async fn deliver<S: Service>(
     state: &mut Loop,
     request: &S::Request,
     stop: &CancellationToken,
-    mut ahead: Option<&mut Filling<S::Record>>,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
 ) -> Delivery {
     let words = S::WORDING;
     let limits = sh.settings.batch;
@@ -133,7 +134,8 @@ async fn deliver<S: Service>(
             &url,
             request,
             &mut sh.reader,
-            ahead.as_deref_mut().map(|a| (a, limits)),
+            &mut *ahead,
+            limits,
         );
         let outcome = tokio::select! {
             o = send => o,
@@ -203,26 +205,24 @@ async fn deliver<S: Service>(
     }
 }
 
-/// Sends `request`, and while its answer is awaited reads the next batch
-/// ahead ([`Filling::read_ahead`]): the request is handed to the connection
-/// first (one poll), then the spool is read on this core, idle otherwise until
-/// the answer comes.
+/// Sends `request`, and while its answer is awaited works on the next batch
+/// ([`ReadAhead::work`]): the request is handed to the connection first (one
+/// poll), then the spool is read on this core, idle otherwise until the
+/// answer comes.
 async fn send_reading_ahead<S: Service>(
     service: &mut S,
     url: &str,
     request: &S::Request,
     reader: &mut SpoolReader<S::Record>,
-    ahead: Option<(&mut Filling<S::Record>, BatchLimits)>,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
+    limits: BatchLimits,
 ) -> Outcome {
     let mut send = std::pin::pin!(service.send(url, request));
-    let Some((ahead, limits)) = ahead else {
-        return send.await;
-    };
     if let Poll::Ready(outcome) =
         std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
     {
         return outcome;
     }
-    tokio::task::block_in_place(|| ahead.read_ahead(reader, limits));
+    tokio::task::block_in_place(|| ahead.work(reader, limits));
     send.await
 }

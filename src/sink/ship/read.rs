@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{save_ack, spool_error, BatchLimits, Service, Shipper, ACK_SAVE_DELAY};
+use super::{
+    save_ack, spool_error, BatchLimits, PrepareAhead, Prepared, Service, Shipper, ACK_SAVE_DELAY,
+};
 use crate::spool::{ReadBatch, SpoolError, SpoolPosition, SpoolReader, SpoolRecord};
 
 /// The reads that make one batch, joined once at the end: growing the first
@@ -105,6 +107,12 @@ impl Pace {
             || have_bytes.saturating_mul(2) >= limits.max_bytes
     }
 
+    /// A batch read ahead full went ([`ReadAhead::take_ready`]): as
+    /// [`Pace::sent`] says of a full one.
+    pub(super) fn sent_full(&mut self) {
+        self.after_full = true;
+    }
+
     fn sent<R>(&mut self, limits: BatchLimits, batch: Gather<R>) -> Option<ReadBatch<R>> {
         let (have, have_bytes) = batch.counts();
         self.after_full = have >= limits.max_records || have_bytes >= limits.max_bytes;
@@ -126,7 +134,7 @@ pub(super) struct Filling<R> {
 }
 
 impl<R: SpoolRecord> Filling<R> {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         Self {
             batch: Gather::new(),
             deadline: None,
@@ -168,7 +176,7 @@ impl<R: SpoolRecord> Filling<R> {
     /// that the next push is ready when it comes. Nothing read here is in
     /// flight or acknowledged until [`next_batch`] returns it and it is pushed;
     /// dropped (a stop), it stays in the spool for the next start.
-    pub(super) fn read_ahead(&mut self, reader: &mut SpoolReader<R>, limits: BatchLimits) {
+    fn read_ahead(&mut self, reader: &mut SpoolReader<R>, limits: BatchLimits) {
         // Bounded: each read brings at least one record, up to the limits.
         while self.failed.is_none() && !self.is_full(limits) {
             match self.read(reader, limits) {
@@ -177,6 +185,77 @@ impl<R: SpoolRecord> Filling<R> {
                 Err(e) => self.failed = Some(e),
             }
         }
+    }
+}
+
+/// A full batch read ahead, split and its first group encoded: it goes as
+/// soon as the push before it is answered.
+pub(super) struct ReadyBatch<R, Q> {
+    pub(super) end: SpoolPosition,
+    pub(super) bytes: u64,
+    pub(super) groups: Vec<Vec<R>>,
+    /// The first group's request; `None`: encoded when its turn comes.
+    pub(super) first: Option<Q>,
+}
+
+/// The batch after the one being pushed, read (and, once full, split and its
+/// first group encoded: [`Service::prepare_ahead`]) while that push waits for
+/// its answer. Bounded: one batch. Nothing here is in flight or acknowledged
+/// until its own push begins; dropped at a stop, it stays in the spool.
+pub(super) struct ReadAhead<R, Q> {
+    prepare: Option<PrepareAhead<R, Q>>,
+    /// The batch being read ahead; none while the range in flight at the last
+    /// stop is sent (it is read up to its end, to be checked first).
+    filling: Option<Filling<R>>,
+    ready: Option<ReadyBatch<R, Q>>,
+}
+
+impl<R: SpoolRecord, Q> ReadAhead<R, Q> {
+    pub(super) fn new(prepare: Option<PrepareAhead<R, Q>>) -> Self {
+        Self {
+            prepare,
+            filling: None,
+            ready: None,
+        }
+    }
+
+    /// Reads the next batch ahead from now on (during the pushes of this one).
+    pub(super) fn start(&mut self) {
+        if self.filling.is_none() && self.ready.is_none() {
+            self.filling = Some(Filling::new());
+        }
+    }
+
+    /// While a push waits for its answer: reads what the spool holds, and
+    /// prepares the batch once it is full (it would go at once anyway).
+    pub(super) fn work(&mut self, reader: &mut SpoolReader<R>, limits: BatchLimits) {
+        let Some(f) = self.filling.as_mut() else {
+            return;
+        };
+        f.read_ahead(reader, limits);
+        let (Some(prepare), true) = (&self.prepare, f.failed.is_none() && f.is_full(limits)) else {
+            return;
+        };
+        let Some(batch) = self.filling.take().and_then(|f| f.batch.finish()) else {
+            return;
+        };
+        let Prepared { groups, first } = prepare(batch.records);
+        self.ready = Some(ReadyBatch {
+            end: batch.end,
+            bytes: batch.bytes,
+            groups,
+            first,
+        });
+    }
+
+    /// The batch read ahead full and prepared, if there is one.
+    pub(super) fn take_ready(&mut self) -> Option<ReadyBatch<R, Q>> {
+        self.ready.take()
+    }
+
+    /// What was read ahead of the next batch, for [`next_batch`] to go on from.
+    pub(super) fn take_filling(&mut self) -> Filling<R> {
+        self.filling.take().unwrap_or_else(Filling::new)
     }
 }
 
