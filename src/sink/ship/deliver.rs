@@ -206,9 +206,10 @@ async fn deliver<S: Service>(
 }
 
 /// Sends `request`, and while its answer is awaited works on the next batch
-/// ([`ReadAhead::work`]): the request is handed to the connection first (one
-/// poll), then the spool is read on this core, idle otherwise until the
-/// answer comes.
+/// ([`ReadAhead::work`]), on this core, idle otherwise until the answer
+/// comes. The request goes first: one poll hands it to the connection, and a
+/// yield lets the connection's task write it (it runs next on this worker)
+/// before the spool is read.
 async fn send_reading_ahead<S: Service>(
     service: &mut S,
     url: &str,
@@ -223,6 +224,7 @@ async fn send_reading_ahead<S: Service>(
     {
         return outcome;
     }
+    tokio::task::yield_now().await;
     tokio::task::block_in_place(|| ahead.work(reader, limits));
     send.await
 }

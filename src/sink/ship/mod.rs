@@ -16,7 +16,11 @@
 //!   at most `max_wait` after its first record for more to fill it (less once
 //!   the spool is quiet, when the batch holds half a full one or ends
 //!   a burst: `read.rs`), then split and encoded by the service into one
-//!   request per part, sent in order.
+//!   request per part, sent in order. While a request waits for its answer
+//!   the next batch is read (and, once full, split and its first request
+//!   encoded: [`Service::prepare_ahead`]), so that it goes when the answer
+//!   comes; one batch at most. It is neither in flight nor acknowledged
+//!   until its own push begins: at a stop it stays in the spool.
 //! - **Exactly once, where the service can tell** ([`Service::CHECKS_STORED`]):
 //!   before a batch is first sent its end is recorded in the spool
 //!   ([`SpoolReader::begin_push`]), its acknowledgement is written with the next
