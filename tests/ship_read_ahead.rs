@@ -1,7 +1,7 @@
 //! While Loki has not answered a push, the agent reads the next one from its
 //! buffer, so that it goes as soon as the answer comes. What is read ahead is
 //! neither in flight nor acknowledged: a stop meanwhile leaves it in the
-//! buffer, and the next start sends it once.
+//! buffer, and the next start sends it once; a drain ships it before the exit.
 
 mod support;
 
@@ -129,5 +129,38 @@ async fn a_stop_while_the_next_push_is_read_ahead_loses_and_doubles_nothing() {
     agent
         .assert_shipped_once(&loki, "{job=\"app\"}", &lines, DEADLINE)
         .await;
+    assert_eq!(loki.received_count(), lines.len(), "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_while_the_next_push_is_read_ahead_ships_it_once() {
+    let loki = LokiReceiver::start().await;
+    let setup = setup(&loki);
+    let lines = pino_lines(0, 60);
+    let (mut agent, _, _) = first_push_held(&loki, &setup, &lines).await;
+
+    // SIGTERM, and Loki answers within the 5 s the sink gets: the batch read
+    // ahead and the rest of the buffer go before the agent exits.
+    let pid = agent.pid().expect("the agent runs").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success()));
+    assert!(
+        agent
+            .wait_logged("SIGTERM received: stopping sources and draining", 1)
+            .await,
+        "{}",
+        agent.log()
+    );
+    loki.release_held();
+    assert!(
+        support::wait_until(DEADLINE, || !agent.running()).await,
+        "the agent did not exit; log:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("stopped cleanly"), "{}", agent.log());
+    loki.exactly_once("{job=\"app\"}", &lines)
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
     assert_eq!(loki.received_count(), lines.len(), "{}", agent.log());
 }
