@@ -105,6 +105,10 @@ pub enum Mode {
     /// Store the push, then never answer: Loki has the entries but the agent never
     /// hears so (an agent killed between push and acknowledgement).
     StoreThenHang,
+    /// Store the push, then answer only once [`LokiReceiver::release_held`] is
+    /// called (at once from then on): a Loki slow to answer, for as long as
+    /// the test needs to look at the agent meanwhile.
+    StoreThenHold,
 }
 
 /// Loki's limits, as its distributor and ingesters apply them; off by default.
@@ -196,6 +200,10 @@ struct Inner {
     limits: Limits,
     /// Keep counts only (no entries): for benchmarks pushing millions of lines.
     count_only: bool,
+    /// Pushes stored in [`Mode::StoreThenHold`] and not answered yet.
+    held: usize,
+    /// [`LokiReceiver::release_held`] was called.
+    released: bool,
 }
 
 struct Shared {
@@ -266,6 +274,8 @@ impl LokiReceiver {
                 answers: Vec::new(),
                 limits: Limits::default(),
                 count_only: false,
+                held: 0,
+                released: false,
             }),
             changed: Notify::new(),
         });
@@ -535,6 +545,19 @@ impl LokiReceiver {
         })
     }
 
+    /// Answers the pushes held by [`Mode::StoreThenHold`], and any later one
+    /// in that mode at once.
+    pub fn release_held(&self) {
+        self.shared.lock().released = true;
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Waits until `n` pushes are stored and held unanswered
+    /// ([`Mode::StoreThenHold`]); false on timeout.
+    pub async fn wait_for_held(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_for(timeout, |inner| inner.held >= n).await
+    }
+
     /// The status of every push answered so far, in order.
     pub fn answers(&self) -> Vec<u16> {
         self.shared.lock().answers.clone()
@@ -644,6 +667,22 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 let _ = accept(&shared, &headers, &body);
                 shared.changed.notify_waiters();
                 std::future::pending().await
+            }
+            Mode::StoreThenHold => {
+                let response = accept(&shared, &headers, &body);
+                shared.lock().held += 1;
+                shared.changed.notify_waiters();
+                loop {
+                    let released = shared.changed.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    if shared.lock().released {
+                        break;
+                    }
+                    released.await;
+                }
+                shared.lock().held -= 1;
+                response
             }
             Mode::Delay(d) => {
                 tokio::time::sleep(d).await;

@@ -45,8 +45,8 @@ use crate::sink::loki::replay::{self, CheckError};
 use crate::sink::loki::settle::{self, Fate, RefusalLog};
 use crate::sink::retry::Backoff;
 use crate::sink::ship::{
-    BatchLimits, Cause, Check, Event, Outcome, Partial, Reach, Service, Settled, ShipSettings,
-    Wording,
+    BatchLimits, Cause, Check, Event, Outcome, Partial, PrepareAhead, Prepared, Reach, Service,
+    Settled, ShipSettings, Wording,
 };
 
 /// At most this many records in one push, whatever their size.
@@ -300,6 +300,19 @@ impl Service for LokiService {
                 None
             }
         }
+    }
+
+    /// One group per batch (`split` is the default); a batch that cannot be
+    /// encoded gets no request here, and `encode` reports it in its turn.
+    fn prepare_ahead(&self) -> Option<PrepareAhead<LogRecord, EncodedPush>> {
+        let encoding = self.encoding;
+        Some(Box::new(move |records| {
+            let first = encode(&records, encoding).ok();
+            Prepared {
+                groups: vec![records],
+                first,
+            }
+        }))
     }
 
     async fn send(&mut self, url: &str, push: &EncodedPush) -> Outcome {

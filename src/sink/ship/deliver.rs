@@ -1,13 +1,20 @@
 //! Sending one group of records until the service takes it, settling what it
 //! took in part, checking what a failed try may have left stored.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{without_stored, Check, Event, Loop, Outcome, Partial, Reach, Service, Shipper, MARK};
+use super::read::ReadAhead;
+use super::{
+    without_stored, BatchLimits, Check, Event, Loop, Outcome, Partial, Reach, Service, Shipper,
+    MARK,
+};
 use crate::config::{fill_host, redact_url};
 use crate::discovery::current_host;
+use crate::spool::SpoolReader;
 
 /// Encodes and sends one group until it is taken or refused for good, checking
 /// what a failed try may have left stored before trying again. False when
@@ -16,13 +23,15 @@ pub(super) async fn deliver_group<S: Service>(
     sh: &mut Shipper<S>,
     state: &mut Loop,
     mut records: Vec<S::Record>,
+    mut encoded: Option<S::Request>,
     stop: &CancellationToken,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
 ) -> bool {
     loop {
-        let Some(request) = sh.service.encode(&records) else {
+        let Some(request) = encoded.take().or_else(|| sh.service.encode(&records)) else {
             return true;
         };
-        match deliver(sh, state, &request, stop).await {
+        match deliver(sh, state, &request, stop, ahead).await {
             Delivery::Done => return true,
             Delivery::Stopped => return false,
             Delivery::MaybeStored => {
@@ -108,8 +117,10 @@ async fn deliver<S: Service>(
     state: &mut Loop,
     request: &S::Request,
     stop: &CancellationToken,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
 ) -> Delivery {
     let words = S::WORDING;
+    let limits = sh.settings.batch;
     loop {
         let Some(host) = current_host(&mut sh.host, stop).await else {
             return Delivery::Stopped;
@@ -118,8 +129,16 @@ async fn deliver<S: Service>(
         // What the log shows: a password in the URL's userinfo never is.
         let shown = redact_url(&url);
         let started = Instant::now();
+        let send = send_reading_ahead(
+            &mut sh.service,
+            &url,
+            request,
+            &mut sh.reader,
+            &mut *ahead,
+            limits,
+        );
         let outcome = tokio::select! {
-            o = sh.service.send(&url, request) => o,
+            o = send => o,
             _ = stop.cancelled() => return Delivery::Stopped,
         };
         let took = started.elapsed();
@@ -184,4 +203,28 @@ async fn deliver<S: Service>(
             }
         }
     }
+}
+
+/// Sends `request`, and while its answer is awaited works on the next batch
+/// ([`ReadAhead::work`]), on this core, idle otherwise until the answer
+/// comes. The request goes first: one poll hands it to the connection, and a
+/// yield lets the connection's task write it (it runs next on this worker)
+/// before the spool is read.
+async fn send_reading_ahead<S: Service>(
+    service: &mut S,
+    url: &str,
+    request: &S::Request,
+    reader: &mut SpoolReader<S::Record>,
+    ahead: &mut ReadAhead<S::Record, S::Request>,
+    limits: BatchLimits,
+) -> Outcome {
+    let mut send = std::pin::pin!(service.send(url, request));
+    if let Poll::Ready(outcome) =
+        std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await
+    {
+        return outcome;
+    }
+    tokio::task::yield_now().await;
+    tokio::task::block_in_place(|| ahead.work(reader, limits));
+    send.await
 }

@@ -16,7 +16,11 @@
 //!   at most `max_wait` after its first record for more to fill it (less once
 //!   the spool is quiet, when the batch holds half a full one or ends
 //!   a burst: `read.rs`), then split and encoded by the service into one
-//!   request per part, sent in order.
+//!   request per part, sent in order. While a request waits for its answer
+//!   the next batch is read (and, once full, split and its first request
+//!   encoded: [`Service::prepare_ahead`]), so that it goes when the answer
+//!   comes; one batch at most. It is neither in flight nor acknowledged
+//!   until its own push begins: at a stop it stays in the spool.
 //! - **Exactly once, where the service can tell** ([`Service::CHECKS_STORED`]):
 //!   before a batch is first sent its end is recorded in the spool
 //!   ([`SpoolReader::begin_push`]), its acknowledgement is written with the next
@@ -44,7 +48,7 @@ mod deliver;
 mod read;
 
 use deliver::deliver_group;
-use read::{next_batch, read_in_flight, Pace};
+use read::{next_batch, read_in_flight, Pace, ReadAhead};
 
 /// How long an acknowledgement waits for the next push to be written with it.
 pub const ACK_SAVE_DELAY: Duration = Duration::from_secs(1);
@@ -129,6 +133,17 @@ pub enum Event<'a, Q> {
     SpoolError { error: &'a str },
 }
 
+/// A batch split into its groups, the first encoded ([`Service::prepare_ahead`]).
+pub struct Prepared<R, Q> {
+    pub groups: Vec<Vec<R>>,
+    /// `None`: the group is encoded when its turn comes ([`Service::encode`]).
+    pub first: Option<Q>,
+}
+
+/// Splits a batch read ahead and encodes its first group, while the service
+/// is busy with the request before it ([`Service::prepare_ahead`]).
+pub type PrepareAhead<R, Q> = Box<dyn Fn(Vec<R>) -> Prepared<R, Q> + Send + Sync>;
+
 /// Why [`Service::without_stored`] is asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -183,6 +198,16 @@ pub trait Service: Send {
 
     /// Encodes one group; `None` drops it (the service logs and counts why).
     fn encode(&self, records: &[Self::Record]) -> Option<Self::Request>;
+
+    /// How a full batch read ahead is split and its first group encoded
+    /// while the request before it is in flight (the service is busy sending
+    /// it meanwhile): as [`Service::split`] and [`Service::encode`] would, but
+    /// silent: a group that cannot be encoded gets no request, and
+    /// [`Service::encode`] reports it when its turn comes. `None` (the
+    /// default): a batch is split and encoded when its turn comes.
+    fn prepare_ahead(&self) -> Option<PrepareAhead<Self::Record, Self::Request>> {
+        None
+    }
 
     /// Sends one request to `url` (the settings' URL with the host filled in).
     fn send(&mut self, url: &str, request: &Self::Request) -> impl Future<Output = Outcome> + Send;
@@ -271,8 +296,10 @@ async fn ship<S: Service>(
         },
         pace: Pace::default(),
     };
+    // The next batch, read while the push before waits for its answer.
+    let mut ahead = ReadAhead::new(sh.service.prepare_ahead());
     loop {
-        let (batch, replayed) = match state.in_flight {
+        let next = match state.in_flight {
             Some(end) => {
                 let read = tokio::task::block_in_place(|| read_in_flight(sh, end));
                 match read {
@@ -280,7 +307,7 @@ async fn ship<S: Service>(
                         if sh.reader.position() >= end {
                             state.in_flight = None;
                         }
-                        (b, true)
+                        Next::Read(b, true)
                     }
                     Ok(None) => {
                         state.in_flight = None;
@@ -295,33 +322,54 @@ async fn ship<S: Service>(
                     }
                 }
             }
-            None => {
-                let batch = tokio::select! {
-                    b = next_batch(sh, &mut state.pace, drain) => b,
-                    _ = stop.cancelled() => return,
-                };
-                let Some(batch) = batch else { return };
-                (batch, false)
-            }
+            None => match ahead.take_ready() {
+                Some(ready) => {
+                    state.pace.sent_full();
+                    Next::Ready(ready)
+                }
+                None => {
+                    let filling = ahead.take_filling();
+                    let batch = tokio::select! {
+                        b = next_batch(sh, &mut state.pace, drain, filling) => b,
+                        _ = stop.cancelled() => return,
+                    };
+                    let Some(batch) = batch else { return };
+                    Next::Read(batch, false)
+                }
+            },
         };
-        let ReadBatch {
-            mut records,
-            end,
-            bytes,
-        } = batch;
-        if replayed {
-            let Some(missing) = without_stored(sh, records, Check::Restart, stop).await else {
-                return; // stopped: the range is checked again at the next start
-            };
-            records = missing;
-        }
-        if !records.is_empty() {
-            let groups = sh.service.split(records);
+        let (groups, mut first, end, bytes) = match next {
+            Next::Read(batch, replayed) => {
+                let ReadBatch {
+                    mut records,
+                    end,
+                    bytes,
+                } = batch;
+                if replayed {
+                    let Some(missing) = without_stored(sh, records, Check::Restart, stop).await
+                    else {
+                        return; // stopped: the range is checked again at the next start
+                    };
+                    records = missing;
+                }
+                let groups = (!records.is_empty()).then(|| sh.service.split(records));
+                (groups, None, end, bytes)
+            }
+            Next::Ready(r) => (Some(r.groups), r.first, r.end, r.bytes),
+        };
+        if let Some(groups) = groups {
             if S::CHECKS_STORED {
                 begin_push(sh, &mut state, end);
             }
+            // While this push waits for its answer, the next batch is read
+            // (not past the range in flight at the last stop: that is read up
+            // to its end, to be checked first).
+            if state.in_flight.is_none() {
+                ahead.start();
+            }
             for group in groups {
-                if !deliver_group(sh, &mut state, group, stop).await {
+                let encoded = first.take();
+                if !deliver_group(sh, &mut state, group, encoded, stop, &mut ahead).await {
                     // Stopped with the batch unshipped: it stays in the spool
                     // (and, recorded in flight, is checked at the next start).
                     return;
@@ -331,6 +379,14 @@ async fn ship<S: Service>(
         }
         acknowledge(sh, end);
     }
+}
+
+/// The next batch to push.
+enum Next<R, Q> {
+    /// Read from the spool; `true`: of the range in flight at the last stop.
+    Read(ReadBatch<R>, bool),
+    /// Read ahead full and prepared.
+    Ready(read::ReadyBatch<R, Q>),
 }
 
 /// Records the end of the push about to be sent (with the last acknowledgement).
