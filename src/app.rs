@@ -3,6 +3,7 @@
 //! otherwise.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -102,7 +103,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let loaded = config::load(path, &ProcessEnv)?;
             crate::log::init(level, loaded.config.agent.log_format);
-            runtime()?.block_on(crate::run::run(loaded, args))
+            let keep_alive = blocking_keep_alive(&loaded.config);
+            runtime_with(keep_alive)?.block_on(crate::run::run(loaded, args))
         }
         Command::Status(args) => {
             let loaded = config::load(path, &ProcessEnv)?;
@@ -132,8 +134,31 @@ fn print_all(bytes: &[u8]) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    runtime_with(DEFAULT_KEEP_ALIVE)
+}
+
+/// tokio's own keep-alive of an idle thread of its blocking pool.
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// How long an idle thread of the blocking pool waits for work before it
+/// ends, for `run`: past the host-metrics interval. Each sample hops to the
+/// pool (the OTLP spool's append, the shipper's reads and acknowledgement);
+/// with tokio's 10 s against the 15 s default interval, every sample started
+/// a thread and another ended. A parked thread waits without waking
+/// (docs/decisions/034-an-idle-agent-sleeps.md). Read once: a SIGHUP that
+/// lengthens the interval keeps the keep-alive of the start.
+fn blocking_keep_alive(config: &config::Config) -> Duration {
+    let metrics = &config.host_metrics;
+    if !(metrics.enabled || metrics.agent_metrics) || !config.otlp.enabled {
+        return DEFAULT_KEEP_ALIVE;
+    }
+    DEFAULT_KEEP_ALIVE.max(metrics.interval.get().saturating_add(DEFAULT_KEEP_ALIVE))
+}
+
+fn runtime_with(keep_alive: Duration) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(keep_alive)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -410,3 +410,52 @@ async fn without_otlp_host_metrics_do_not_run_and_the_log_says_so() {
     assert_eq!(agent.log().matches(said).count(), 1);
     assert_eq!(loki.received_count(), 0, "no file was written");
 }
+
+/// Waits (at most 20 s) for a second in which the agent woke at most 3 times.
+async fn quiet(pid: u32) -> bool {
+    let mut before = support::proc::context_switches(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = support::proc::context_switches(pid);
+        if now - before <= 3 {
+            return true;
+        }
+        before = now;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_agent_keeps_its_threads_from_one_metrics_sample_to_the_next() {
+    // Longer than the 10 s an idle thread of tokio's blocking pool waited by
+    // default: each sample's threads then ended before the next, which
+    // started new ones.
+    let collector = OtlpReceiver::start().await;
+    let vm = Vm::new(
+        &collector,
+        "enabled = true\nagent_metrics = true\ninterval = \"13s\"",
+        None,
+    );
+    let agent = vm.start();
+    let pid = agent.pid().unwrap();
+    assert!(
+        wait_until(DEADLINE, || !sample_times(&collector).is_empty()).await,
+        "agent log:\n{}",
+        agent.log()
+    );
+    assert!(quiet(pid).await, "never quiet; agent log:\n{}", agent.log());
+    let threads = support::proc::thread_ids(pid);
+    assert!(
+        wait_until(Duration::from_secs(30), || sample_times(&collector).len()
+            >= 2)
+        .await,
+        "no second sample; agent log:\n{}",
+        agent.log()
+    );
+    let now = support::proc::thread_ids(pid);
+    let ended: Vec<u32> = threads.difference(&now).copied().collect();
+    assert!(
+        ended.is_empty(),
+        "threads {ended:?} ended between two samples (there were {threads:?}, now {now:?})"
+    );
+}

@@ -31,10 +31,16 @@ pub(crate) use system::*;
 /// on a sample's memory whatever a file (or a test's fake `/proc`) holds.
 pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 
+/// The first read of a `/proc` file.
+const READ_START_BYTES: usize = 4096;
+
 /// Reads `path` whole, or fails: an I/O error, text that is not UTF-8, or a
 /// file over [`MAX_FILE_BYTES`] (an `InvalidData` error saying so).
 pub(crate) fn read(path: &Path) -> io::Result<String> {
-    let mut text = String::new();
+    // Room for the files a sample reads (1 to 4 KiB on a VM): `/proc` files
+    // report no size, and from an empty string the read starts at 32 bytes
+    // and doubles, 8 reads where 2 do.
+    let mut text = String::with_capacity(READ_START_BYTES);
     File::open(path)?
         .take(MAX_FILE_BYTES + 1)
         .read_to_string(&mut text)?;

@@ -18,7 +18,9 @@
 //!   later one would move a file checkpoint past it), or answered with the
 //!   error ([`OnFailure::Refuse`]: an OTLP sender is told to retry).
 //! - **Idle.** After a second without batches the writer gives back a burst's
-//!   buffer, and an fsync due under `buffer.fsync = "interval"` is made.
+//!   buffer, and an fsync due under `buffer.fsync = "interval"` is made. An
+//!   append that leaves nothing unsynced and little buffered (a metrics
+//!   sample) gives its buffer back at once: no wakeup a second later.
 //! - **Blocking I/O off the runtime.** Appends and fsyncs run on the blocking
 //!   pool (no thread of the stage's own); the stage ends when every sender is
 //!   dropped, with a last fsync.
@@ -165,15 +167,21 @@ pub async fn run<R, F>(
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(_) => {
-                // A second without records: the burst is over.
+                // A second without records: the burst is over. Freeing the
+                // buffers is no I/O: only a due fsync goes to the blocking pool.
                 let name = settings.name;
-                writer = blocking(writer, move |w| {
-                    w.release_memory();
-                    if let Err(e) = w.sync_if_due() {
-                        tracing::warn!("cannot fsync {name}: {e}");
+                match writer.as_mut() {
+                    Some(w) if !w.sync_pending() => w.release_memory(),
+                    _ => {
+                        writer = blocking(writer, move |w| {
+                            w.release_memory();
+                            if let Err(e) = w.sync_if_due() {
+                                tracing::warn!("cannot fsync {name}: {e}");
+                            }
+                        })
+                        .await;
                     }
-                })
-                .await;
+                }
                 match &writer {
                     Some(w) => settled = !w.sync_pending(),
                     None => break,
@@ -262,6 +270,7 @@ pub async fn run<R, F>(
                         health.set(None);
                     }
                     ack.done();
+                    settled = settle_at_once(writer.as_mut());
                     break;
                 }
                 Err(e) => {
@@ -307,6 +316,23 @@ pub async fn run<R, F>(
         }
     })
     .await;
+}
+
+/// What a writer may keep between appends and still settle at once after one:
+/// a lone small append (a metrics sample, a few lines) is not a burst.
+const SETTLES_AT_ONCE_BYTES: usize = 64 * 1024;
+
+/// After an append: whether the writer is settled already (nothing to fsync,
+/// buffers no larger than [`SETTLES_AT_ONCE_BYTES`], handed back now), so the
+/// stage sleeps until the next records instead of waking a second later.
+fn settle_at_once<R: SpoolRecord>(writer: Option<&mut SpoolWriter<R>>) -> bool {
+    match writer {
+        Some(w) if !w.sync_pending() && w.held_bytes() <= SETTLES_AT_ONCE_BYTES => {
+            w.release_memory();
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Runs `f` on the writer on the blocking pool; `None` if the pool task died

@@ -442,6 +442,11 @@ impl<R: SpoolRecord> SpoolWriter<R> {
         self.carry_buf = Vec::new();
     }
 
+    /// The bytes its scratch buffers hold (what [`Self::release_memory`] gives back).
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.carry_buf.capacity()
+    }
+
     /// Whether appended data awaits an fsync (only with [`FsyncPolicy::Interval`]).
     pub fn sync_pending(&self) -> bool {
         self.unsynced

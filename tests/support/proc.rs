@@ -99,3 +99,15 @@ pub fn context_switches(pid: u32) -> u64 {
         })
         .sum()
 }
+
+/// The ids of the process's threads now (`/proc/PID/task`): a thread started
+/// since an earlier call shows as an id that call did not see.
+pub fn thread_ids(pid: u32) -> std::collections::BTreeSet<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Default::default();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
