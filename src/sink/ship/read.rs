@@ -41,6 +41,12 @@ impl<R> Gather<R> {
         (self.records, self.bytes as usize)
     }
 
+    /// Whether it holds a full batch: `max_records` records or `max_bytes`.
+    fn is_full(&self, limits: BatchLimits) -> bool {
+        let (have, have_bytes) = self.counts();
+        have >= limits.max_records || have_bytes >= limits.max_bytes
+    }
+
     fn finish(mut self) -> Option<ReadBatch<R>> {
         let last = self.reads.pop()?;
         if self.reads.is_empty() {
@@ -69,8 +75,7 @@ pub(super) fn read_in_flight<S: Service>(
     let limits = sh.settings.batch;
     let mut batch = Gather::new();
     while sh.reader.position() < end {
-        let (have, have_bytes) = batch.counts();
-        if have >= limits.max_records || have_bytes >= limits.max_bytes {
+        if batch.is_full(limits) {
             break;
         }
         let Some(more) = sh.reader.next_batch(1, 1)? else {
@@ -114,8 +119,7 @@ impl Pace {
     }
 
     fn sent<R>(&mut self, limits: BatchLimits, batch: Gather<R>) -> Option<ReadBatch<R>> {
-        let (have, have_bytes) = batch.counts();
-        self.after_full = have >= limits.max_records || have_bytes >= limits.max_bytes;
+        self.after_full = batch.is_full(limits);
         batch.finish()
     }
 }
@@ -144,8 +148,7 @@ impl<R: SpoolRecord> Filling<R> {
     }
 
     fn is_full(&self, limits: BatchLimits) -> bool {
-        let (have, have_bytes) = self.batch.counts();
-        have >= limits.max_records || have_bytes >= limits.max_bytes
+        self.batch.is_full(limits)
     }
 
     /// One read of what the spool holds, up to the batch's limits; whether it
