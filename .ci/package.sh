@@ -37,7 +37,7 @@ need readelf binutils
 
 echo "package: scripts"
 scripts=(packaging/deb/build.sh packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm
-    packaging/provision.sh packaging/embed-provision.sh packaging/install.sh)
+    packaging/provision.sh packaging/embed-provision.sh packaging/install.sh packaging/code-order.sh)
 for s in "${scripts[@]}"; do
     sh -n "$s" || fail "$s: sh -n fails"
     [ -x "$s" ] || fail "$s is not executable"

@@ -19,6 +19,12 @@
 //! `WISP_BENCH_PARTS=1` also runs the first binary with one part turned off at a
 //! time (OTLP relay, host and agent metrics, admin endpoint; 1 file instead
 //! of 10) and prints what each part holds, by difference.
+//!
+//! For each binary it also prints how many of the functions listed in
+//! `packaging/code-order.txt` it has (by `nm`, when binutils is there): the
+//! list names a release build's functions by rustc and Cargo.lock, and a list
+//! that matches little leaves the code that runs scattered over the binary,
+//! about 3.5 MiB more resident (docs/decisions/041-code-in-the-order-it-runs.md).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -355,6 +361,35 @@ multiline = "none"
     result
 }
 
+/// How many of the functions `packaging/code-order.txt` lists `bin` has, of
+/// how many; `None` without `nm` or the list.
+fn code_order_found(bin: &Path) -> Option<(usize, usize)> {
+    let list = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/code-order.txt"
+    ))
+    .ok()?;
+    let out = Command::new("nm")
+        .arg("--defined-only")
+        .arg(bin)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let defined: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = list
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    Some((
+        listed.iter().filter(|n| defined.contains(*n)).count(),
+        listed.len(),
+    ))
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -434,6 +469,14 @@ fn main() {
         "idle: {FILES} files tailed, Loki sink, OTLP gRPC and HTTP receivers, host metrics, exec socket and admin endpoint on; CPU over {} s",
         window.as_secs()
     );
+    for bin in &bins {
+        if let Some((found, listed)) = code_order_found(bin) {
+            println!(
+                "idle: {}: {found} of the {listed} functions of packaging/code-order.txt (for the release and bench builds both)",
+                bin.display()
+            );
+        }
+    }
     let mut all: Vec<Vec<Idle>> = vec![Vec::new(); bins.len()];
     for round in 0..runs {
         for (i, bin) in bins.iter().enumerate() {
