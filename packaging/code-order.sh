@@ -19,7 +19,7 @@ die() {
     exit 1
 }
 
-idle="${1:-60}"
+idle="${1:-90}"
 case "$idle" in
 '' | *[!0-9]*) die "IDLE_SECONDS must be a whole number of seconds, not '$idle'" ;;
 esac
@@ -53,19 +53,28 @@ for build in release bench; do
 done
 # Each build's own functions, then every one callgrind names (as the function
 # of a cost line, fn=, or as one called, cfn=), first seen first.
+for build in release bench; do
+    nm --defined-only "$work/$build" | awk '$2 ~ /^[tTwW]$/ { print $3 }' >"$work/$build.functions"
+done
 {
     echo "# The functions the agent runs, first run first: made by packaging/code-order.sh,"
     echo "# read by build.rs; see docs/decisions/041-code-in-the-order-it-runs.md."
     echo "# rustc: $(rustc --version)"
-    for build in release bench; do
-        nm --defined-only "$work/$build" | awk '$2 ~ /^[tTwW]$/ { print $3 }' >"$work/$build.functions"
-        awk 'NR == FNR { known[$1] = 1; next }
-             /^c?fn=\([0-9]+\) / {
-                 name = $0
-                 sub(/^c?fn=\([0-9]+\) /, "", name)
-                 if ((name in known) && !(name in seen)) { seen[name] = 1; print name }
-             }' "$work/$build.functions" "$work/$build.callgrind"
-    done | awk '!seen[$0]++'
+    {
+        for build in release bench; do
+            awk 'NR == FNR { known[$1] = 1; next }
+                 /^c?fn=\([0-9]+\) / {
+                     name = $0
+                     sub(/^c?fn=\([0-9]+\) /, "", name)
+                     if ((name in known) && !(name in seen)) { seen[name] = 1; print name }
+                 }' "$work/$build.functions" "$work/$build.callgrind"
+        done
+        # Then the variants a run-time check of the CPU picks from (the
+        # checksum's, memchr's, the UTF-8 check's: AVX-512, AVX2, SSE):
+        # valgrind runs no AVX-512, so its profile lacks what such a CPU runs.
+        grep -hE 'crc32fast|memchr|simdutf8' "$work/release.functions" "$work/bench.functions" |
+            grep -E 'avx|sse|pclmul'
+    } | awk '!seen[$0]++'
 } >"$work/code-order.txt"
 listed=$(grep -vc '^#' "$work/code-order.txt" || true)
 [ "$listed" -gt 100 ] || die "only $listed functions found in the profiles: are the binaries stripped of their symbols?"
