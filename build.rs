@@ -34,12 +34,14 @@ pub fn instructions(build: &Build, order: &Path, list: Option<&str>) -> Vec<Stri
     let Some(list) = list else {
         return Vec::new();
     };
-    // A linker of the user's choice (RUSTFLAGS' -C linker or -C linker-flavor
-    // or -C linker-features, or [target].linker) may not take the option.
+    // A linker of the user's choice (RUSTFLAGS' -C linker, -C linker-flavor,
+    // -C linker-features or -C link-arg=-fuse-ld=…, or [target].linker) may
+    // not take the option.
     if build.profile != "release"
         || build.target != "x86_64-unknown-linux-gnu"
         || build.linker_chosen
         || build.rustflags.contains("linker")
+        || build.rustflags.contains("fuse-ld")
     {
         return Vec::new();
     }

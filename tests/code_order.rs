@@ -60,6 +60,10 @@ fn builds_whose_linker_may_not_be_lld_link_as_they_would_without_the_list() {
             rustflags: "-C\u{1f}linker=clang",
             ..release()
         },
+        Build {
+            rustflags: "-Clink-arg=-fuse-ld=bfd",
+            ..release()
+        },
         // GNU ld was rustc's default before 1.90.
         Build {
             rustc: "rustc 1.88.0 (6b00bc388 2025-06-23)",
