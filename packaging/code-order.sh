@@ -1,13 +1,13 @@
 #!/bin/sh
 # Makes packaging/code-order.txt anew: the functions a release build of the
-# agent runs, from its start through shipping ten files and idling with every
-# default on (benches/idle.rs), in the order they first ran, as callgrind saw
-# them. build.rs hands the list to the linker, which puts those functions first
-# in .text (docs/decisions/041-code-in-the-order-it-runs.md).
+# agent runs, from its start through shipping ten files and idling (90 s by
+# default) with every default on (benches/idle.rs), in the order they first
+# ran, as callgrind saw them. build.rs hands the list to the linker, which puts
+# those functions first in .text (docs/decisions/041-code-in-the-order-it-runs.md).
 #
 # Run it after a change of rustc or of Cargo.lock (Rust names change with
 # them) and when the idle bench's resident code grows past about 3.5 MiB.
-# Needs valgrind and binutils (apt-get install valgrind binutils); about 10
+# Needs valgrind and binutils (apt-get install valgrind binutils); about 6
 # minutes on 2 cores.
 #
 #   packaging/code-order.sh [IDLE_SECONDS]
@@ -48,12 +48,10 @@ done
 WISP_BENCH_AGENT="$agents" WISP_BENCH_RUNS=1 WISP_BENCH_IDLE_SECS="$idle" \
     "$bench" >&2 || die "the idle bench failed under callgrind"
 
-for build in release bench; do
-    [ -f "$work/$build.callgrind" ] || die "callgrind wrote no profile of the $build build"
-done
 # Each build's own functions, then every one callgrind names (as the function
 # of a cost line, fn=, or as one called, cfn=), first seen first.
 for build in release bench; do
+    [ -f "$work/$build.callgrind" ] || die "callgrind wrote no profile of the $build build"
     nm --defined-only "$work/$build" | awk '$2 ~ /^[tTwW]$/ { print $3 }' >"$work/$build.functions"
 done
 {
