@@ -67,6 +67,12 @@ done
                      if ((name in known) && !(name in seen)) { seen[name] = 1; print name }
                  }' "$work/$build.functions" "$work/$build.callgrind"
         done
+        # Then the small functions of every tokio task type's vtable: which of
+        # them runs depends on timing (a JoinHandle dropped before or after its
+        # task ends), so one profile misses some, and each one missed maps the
+        # 64 KiB around it.
+        grep -hE '^_ZN5tokio7runtime4task3raw[0-9]+(dealloc|drop_join_handle_slow|drop_abort_handle|try_read_output|shutdown)17h' \
+            "$work/release.functions" "$work/bench.functions"
         # Then the variants a run-time check of the CPU picks from (the
         # checksum's, memchr's, the UTF-8 check's: AVX-512, AVX2, SSE):
         # valgrind runs no AVX-512, so its profile lacks what such a CPU runs.
